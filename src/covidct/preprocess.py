@@ -1,0 +1,239 @@
+"""Preprocessing: HU windows, CLAHE, resampling, lung cropping, and the one model-input normalisation.
+
+The heart of covidct is :func:`to_model_input`. All labelled training data here are 8-bit display
+slices whose grey levels were produced by unknown, per-image windows (MedSeg/SIRM JPEGs) or by
+per-slice min-max scaling plus CLAHE (Ma et al. slices), while users bring HU volumes. A model
+trained on one and applied to the other sees shifted intensities. Rather than guessing each
+source's window, covidct makes the input (nearly) independent of it:
+
+1. put the data on a common [0, 1] scale: HU through the papers' fixed -1000..400 HU window
+   (air and lung kept apart, bone/contrast saturated the way display images saturate them);
+   8-bit display values divided by 255;
+2. stretch each slice between its robust extremes (0.5th..99.5th percentile), which undoes the
+   per-image contrast differences between display sources;
+3. apply CLAHE (contrast-limited adaptive histogram equalisation). Histogram equalisation is
+   invariant to monotone grey-level maps, so whatever window a display image was made with,
+   equalised slices agree; the clip limit keeps noise from being amplified.
+
+The same function runs on training slices and on every slice of a user's HU volume. The check
+on the real series (``benchmarks/normalisation_check.py``) compares lung-tissue histograms of
+Ma/MedSeg display slices and of COVID-CT-MD P001 HU slices after this mapping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+# Named HU windows (level, width).
+WINDOWS: dict[str, tuple[float, float]] = {
+    "lung": (-600.0, 1500.0),  # -1350 .. 150
+    "mediastinum": (40.0, 400.0),  # -160 .. 240
+    "papers": (-300.0, 1400.0),  # -1000 .. 400, the window of the seed papers
+}
+
+MODEL_INPUT_WINDOW = "papers"
+CLAHE_CLIP = 2.0
+CLAHE_TILES = 8
+PERCENTILES = (0.5, 99.5)
+
+
+def window_range(preset: str | tuple[float, float]) -> tuple[float, float]:
+    """(low, high) HU of a named window or an explicit (level, width)."""
+    level, width = WINDOWS[preset] if isinstance(preset, str) else preset
+    return level - width / 2.0, level + width / 2.0
+
+
+def apply_window(hu: np.ndarray, preset: str | tuple[float, float] = "lung") -> np.ndarray:
+    """HU → [0, 1] through a window (clipped)."""
+    lo, hi = window_range(preset)
+    return np.clip((np.asarray(hu, dtype=np.float32) - lo) / (hi - lo), 0.0, 1.0)
+
+
+def to_uint8(x01: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(np.asarray(x01, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def clahe(image_u8: np.ndarray, clip_limit: float = CLAHE_CLIP, tiles: int = CLAHE_TILES) -> np.ndarray:
+    """OpenCV CLAHE on one 8-bit slice (H, W)."""
+    op = cv2.createCLAHE(clipLimit=float(clip_limit), tileGridSize=(tiles, tiles))
+    return op.apply(np.ascontiguousarray(image_u8, dtype=np.uint8))
+
+
+@dataclass(frozen=True)
+class NormalisationConfig:
+    """Parameters of :func:`to_model_input` (stored with every model so inference matches training)."""
+
+    window: str = MODEL_INPUT_WINDOW
+    percentiles: tuple[float, float] = PERCENTILES
+    clahe_clip: float | None = CLAHE_CLIP
+    clahe_tiles: int = CLAHE_TILES
+
+    def as_dict(self) -> dict:
+        return {
+            "window": self.window,
+            "percentiles": list(self.percentiles),
+            "clahe_clip": self.clahe_clip,
+            "clahe_tiles": self.clahe_tiles,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> NormalisationConfig:
+        if not d:
+            return cls()
+        return cls(
+            window=d.get("window", MODEL_INPUT_WINDOW),
+            percentiles=tuple(d.get("percentiles", PERCENTILES)),  # type: ignore[arg-type]
+            clahe_clip=d.get("clahe_clip", CLAHE_CLIP),
+            clahe_tiles=int(d.get("clahe_tiles", CLAHE_TILES)),
+        )
+
+
+def _normalise_slice(x01: np.ndarray, cfg: NormalisationConfig) -> np.ndarray:
+    lo, hi = np.percentile(x01, cfg.percentiles)
+    if hi - lo < 1e-6:  # a blank slice: keep it blank rather than amplifying noise
+        return np.zeros_like(x01, dtype=np.float32)
+    y = np.clip((x01 - lo) / (hi - lo), 0.0, 1.0)
+    if cfg.clahe_clip is None:
+        return y.astype(np.float32)
+    return clahe(to_uint8(y), cfg.clahe_clip, cfg.clahe_tiles).astype(np.float32) / 255.0
+
+
+def to_model_input(image: np.ndarray, is_hu: bool, cfg: NormalisationConfig | None = None) -> np.ndarray:
+    """Map a slice (H, W) or a stack (Z, H, W) of HU or 8-bit display values into model input space.
+
+    Returns float32 in [0, 1], same shape. Each slice is normalised on its own (2-D models).
+    """
+    cfg = cfg or NormalisationConfig()
+    arr = np.asarray(image, dtype=np.float32)
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"to_model_input expects (H, W) or (Z, H, W), got shape {arr.shape}")
+    x01 = apply_window(arr, cfg.window) if is_hu else np.clip(arr / 255.0, 0.0, 1.0)
+    if arr.ndim == 2:
+        return _normalise_slice(x01, cfg)
+    return np.stack([_normalise_slice(s, cfg) for s in x01]).astype(np.float32)
+
+
+try:  # the MONAI dictionary twin, so training pipelines compose it with MONAI transforms
+    from monai.transforms import MapTransform
+
+    class ToModelInputd(MapTransform):
+        """Dictionary version of :func:`to_model_input`; reads ``is_hu`` from the sample."""
+
+        def __init__(self, keys=("image",), is_hu_key: str = "is_hu", cfg: NormalisationConfig | None = None):
+            super().__init__(keys)
+            self.is_hu_key = is_hu_key
+            self.cfg = cfg or NormalisationConfig()
+
+        def __call__(self, data: dict) -> dict:
+            d = dict(data)
+            for key in self.key_iterator(d):
+                d[key] = to_model_input(np.asarray(d[key]), bool(d.get(self.is_hu_key, False)), self.cfg)
+            return d
+
+except ImportError:  # pragma: no cover - MONAI is a hard dependency; keep import errors readable
+    ToModelInputd = None  # type: ignore[assignment,misc]
+
+
+# --- resampling ---------------------------------------------------------------------------
+
+
+def resize_slices(stack: np.ndarray, size: tuple[int, int], order: int = 1) -> np.ndarray:
+    """Resize (H, W) or (Z, H, W) in-plane to ``size`` (H, W). order 0 = nearest (labels)."""
+    arr = np.asarray(stack)
+    interp = cv2.INTER_NEAREST if order == 0 else (cv2.INTER_LINEAR if order == 1 else cv2.INTER_CUBIC)
+
+    def one(s: np.ndarray) -> np.ndarray:
+        return cv2.resize(s, (size[1], size[0]), interpolation=interp)
+
+    if arr.ndim == 2:
+        return one(arr)
+    return np.stack([one(s) for s in arr])
+
+
+def resample_volume(volume: np.ndarray, spacing: tuple[float, float, float], target: tuple[float, float, float], order: int = 1) -> np.ndarray:
+    """Resample a (z, y, x) volume from ``spacing`` to ``target`` spacing (mm)."""
+    zoom = [s / t for s, t in zip(spacing, target, strict=True)]
+    return ndimage.zoom(volume, zoom, order=order, mode="nearest", grid_mode=False)
+
+
+# --- lung masks, cropping, slicing ------------------------------------------------------------
+
+
+def threshold_lung_mask(hu: np.ndarray, threshold: float = -400.0) -> np.ndarray:
+    """Fast HU-threshold lung mask for a (z, y, x) HU volume (or one slice).
+
+    Air below ``threshold`` that is inside the body (not connected to the outside air in its
+    slice), minus small components. The baseline every learned lung model must beat and the
+    fallback used to crop; dense lesions at the lung border are its known weakness.
+    """
+    vol = np.asarray(hu)
+    squeeze = vol.ndim == 2
+    if squeeze:
+        vol = vol[None]
+    air = vol < threshold
+    out = np.zeros_like(air)
+    for k in range(vol.shape[0]):
+        lbl, n = ndimage.label(air[k])
+        if n == 0:
+            continue
+        border = np.unique(np.concatenate([lbl[0], lbl[-1], lbl[:, 0], lbl[:, -1]]))
+        inside = ~np.isin(lbl, border) & (lbl > 0)
+        out[k] = inside
+    if out.shape[0] > 2:
+        lbl, n = ndimage.label(out)
+        if n:
+            sizes = ndimage.sum_labels(out, lbl, index=np.arange(1, n + 1))
+            keep = np.flatnonzero(sizes >= max(sizes.max() * 0.05, 1)) + 1
+            out = np.isin(lbl, keep)
+    return out[0] if squeeze else out
+
+
+def kmeans_lung_mask(image: np.ndarray, erosion: int = 2, dilation: int = 6) -> np.ndarray:
+    """The seed papers' lung-region method on one slice: binarise (k-means, k=2), morphology, keep inner air.
+
+    Works on display or HU values; returns a bool (H, W) mask of the lung field (dilated) used to crop.
+    """
+    x = np.asarray(image, dtype=np.float32)
+    data = x.reshape(-1, 1)
+    criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 1e-3)
+    _, labels, centers = cv2.kmeans(data, 2, None, criteria, 3, cv2.KMEANS_PP_CENTERS)
+    dark = labels.reshape(x.shape) == int(np.argmin(centers.ravel()))
+    dark = ndimage.binary_erosion(dark, iterations=erosion)
+    dark = ndimage.binary_dilation(dark, iterations=dilation)
+    lbl, n = ndimage.label(dark)
+    if n == 0:
+        return dark
+    border = np.unique(np.concatenate([lbl[0], lbl[-1], lbl[:, 0], lbl[:, -1]]))
+    return ~np.isin(lbl, border) & (lbl > 0)
+
+
+def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
+    """Slices of the bounding box of a boolean mask, grown by ``margin`` voxels, or None if empty."""
+    idx = np.argwhere(mask)
+    if idx.size == 0:
+        return None
+    lo = np.maximum(idx.min(0) - margin, 0)
+    hi = np.minimum(idx.max(0) + margin + 1, mask.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+
+
+def crop_to_lungs(image: np.ndarray, mask: np.ndarray, margin: int = 8) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """Crop an image to its lung mask's bounding box (+ margin); returns (crop, box)."""
+    box = bounding_box(mask, margin)
+    if box is None:
+        box = tuple(slice(0, s) for s in image.shape)
+    return image[box], box
+
+
+def lung_slices(mask_zyx: np.ndarray, margin: int = 0, min_pixels: int = 1) -> np.ndarray:
+    """Indices of slices that contain lung (as in seed 002: empty-mask slices dropped), ± margin."""
+    counts = np.asarray(mask_zyx).reshape(mask_zyx.shape[0], -1).sum(1)
+    idx = np.flatnonzero(counts >= min_pixels)
+    if idx.size == 0:
+        return idx
+    lo, hi = max(idx.min() - margin, 0), min(idx.max() + margin, mask_zyx.shape[0] - 1)
+    return np.arange(lo, hi + 1)
