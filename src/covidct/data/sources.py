@@ -1,0 +1,517 @@
+"""Adapters for the development data sets under ``/work/shared/data`` (see its README).
+
+Every loader returns a list of plain dict records (MONAI style, so
+``monai.data.Dataset(records, transform)`` works), loaded eagerly as numpy arrays::
+
+    {"image": (H, W) float32,   # 8-bit display grey levels 0..255, or HU when is_hu
+     "is_hu": bool,
+     "lungs": (H, W) uint8 0/1 | None,
+     "infection": (H, W) uint8 0/1 | None,
+     "lesions": (H, W) uint8 0..3 | None,   # 1 GGO, 2 consolidation, 3 effusion
+     "slice_label": 0/1 | None, "class_label": int | None,
+     "case": str, "id": str, "source": str, "group": str, "meta": dict}
+
+``group`` is the unit that must stay on one side of a split (a patient where known).
+All images are put in covidct's canonical 2-D view (radiological display: front of the
+patient at the top, patient's right on the image's left; see covidct.volume).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from covidct.errors import InconsistentSeries, UnreadableInput
+
+# Folder names of the sources inside the data root.
+SOURCE_FOLDERS: dict[str, str] = {
+    "ma2020": "ma2020-slices",
+    "medseg-ct100": "medseg-ct100",
+    "medseg-infnet": "medseg-infnet",
+    "ucsd": "ucsd-covidct",
+    "covid-ct-md": "covid-ct-md",
+}
+
+# Same-patient MedSeg slice pairs identified by eye (data README, medseg-infnet section).
+MEDSEG_SAME_PATIENT_PAIRS: tuple[tuple[int, int], ...] = (
+    (4, 17), (5, 46), (6, 26), (10, 43), (12, 28), (17, 91), (21, 53),
+    (33, 97), (35, 67), (40, 65), (44, 61), (49, 95), (91, 93),
+)  # fmt: skip
+# infnet_map.csv runner-up matches above this score are treated as same-patient neighbours.
+MEDSEG_NEIGHBOUR_SCORE = 0.75
+
+# Ma et al. cases 10-19 are stored upside down (spine at the top, left/right correct): a
+# vertical flip (not a 180-degree rotation) restores the radiological view. Checked by eye:
+# after flipping rows the liver is on the image's left, stomach/spleen and the descending
+# aorta on the image's right, as in cases 0-9 (see benchmarks/check_data.py).
+MA_FLIPPED_CASES: frozenset[int] = frozenset(range(10, 20))
+MA_SAME_PATIENT: dict[int, str] = {10: "ma-10-11", 11: "ma-10-11"}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def data_root() -> Path | None:
+    """The shared data folder: env ``COVIDCT_DATA``, else ``<repo>/../shared/data``, else None."""
+    env = os.environ.get("COVIDCT_DATA")
+    if env:
+        return Path(env)
+    guess = Path(__file__).resolve().parents[3].parent / "shared" / "data"
+    return guess if guess.is_dir() else None
+
+
+def _source_root(root: str | Path | None, name: str) -> Path:
+    """Resolve a loader's ``root`` (the source's own folder), defaulting to the data root."""
+    if root is None:
+        base = data_root()
+        if base is None:
+            raise UnreadableInput(
+                f"no data folder for {name!r}: pass root= or set COVIDCT_DATA to the data folder"
+            )
+        root = base / SOURCE_FOLDERS[name]
+    root = Path(root)
+    if not root.is_dir():
+        raise UnreadableInput(f"{name} data folder not found: {root}")
+    return root
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        raise UnreadableInput(f"missing file: {path}")
+    return path
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(_need(path), newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        img = Image.open(_need(path))
+        img.load()
+    except UnreadableInput:
+        raise
+    except Exception as e:  # PIL raises several types for corrupt files
+        raise UnreadableInput(f"cannot read image {path}: {e}") from e
+    return img
+
+
+def read_grey(path: Path) -> np.ndarray:
+    """An image file as (H, W) float32 grey levels 0..255 (alpha composited on black)."""
+    return _to_grey(_open(path))
+
+
+def _to_grey(img: Image.Image) -> np.ndarray:
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        # 16-bit/float greyscale: rescale to 0..255 rather than clipping.
+        a = np.asarray(img, dtype=np.float32)
+        lo, hi = float(a.min()), float(a.max())
+        return ((a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)).astype(np.float32)
+    if img.mode == "L":
+        return np.asarray(img, dtype=np.float32)
+    if "A" in img.mode or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(black, rgba)
+    return np.asarray(img.convert("L"), dtype=np.float32)
+
+
+def read_indices(path: Path) -> np.ndarray:
+    """A label PNG as raw (H, W) uint8 values: palette INDICES for mode "P", grey otherwise."""
+    img = _open(path)
+    if img.mode not in ("P", "L", "1"):
+        raise UnreadableInput(f"label image {path} has mode {img.mode}, expected P, L or 1")
+    return np.asarray(img).astype(np.uint8)
+
+
+def read_binary(path: Path) -> np.ndarray:
+    """A 0/255 (or 0/1 palette) mask as uint8 0/1."""
+    return (read_indices(path) > 0).astype(np.uint8)
+
+
+def _record(**kw: Any) -> dict:
+    rec = {
+        "image": None, "is_hu": False, "lungs": None, "infection": None, "lesions": None,
+        "slice_label": None, "class_label": None, "case": "", "id": "", "source": "", "group": "",
+        "meta": {},
+    }  # fmt: skip
+    rec.update(kw)
+    return rec
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[int, int] = {}
+
+    def find(self, a: int) -> int:
+        self.parent.setdefault(a, a)
+        while self.parent[a] != a:
+            self.parent[a] = self.parent[self.parent[a]]
+            a = self.parent[a]
+        return a
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def medseg_groups(indices: Iterable[int], extra_pairs: Iterable[tuple[int, int]] = ()) -> dict[int, str]:
+    """Same-patient groups of MedSeg slice indices, e.g. ``{4: "medseg-4-17-91-93", 5: ...}``.
+
+    Unites the README's listed pairs and ``extra_pairs`` (transitively: 4-17 and 17-91 and
+    91-93 make one group). The group name lists its members in ascending order.
+    """
+    uf = _UnionFind()
+    indices = [int(i) for i in indices]
+    for i in indices:
+        uf.find(i)
+    for a, b in (*MEDSEG_SAME_PATIENT_PAIRS, *extra_pairs):
+        uf.union(int(a), int(b))
+    members: dict[int, list[int]] = {}
+    for i in list(uf.parent):
+        members.setdefault(uf.find(i), []).append(i)
+    names = {r: "medseg-" + "-".join(str(m) for m in sorted(ms)) for r, ms in members.items()}
+    return {i: names[uf.find(i)] for i in indices}
+
+
+def _neighbour_pairs(rows: list[dict[str, str]]) -> list[tuple[int, int]]:
+    """Runner-up matches in infnet_map.csv above MEDSEG_NEIGHBOUR_SCORE (same-patient neighbours)."""
+    pairs = []
+    for r in rows:
+        if r.get("second_best_score") and float(r["second_best_score"]) > MEDSEG_NEIGHBOUR_SCORE:
+            pairs.append((int(r["ct100_index"]), int(r["second_best_index"])))
+    return pairs
+
+
+# --------------------------------------------------------------------------- Ma et al. slices
+
+
+def load_ma2020(root: str | Path | None = None) -> list[dict]:
+    """Ma et al. COVID-19-CT-Seg slices (dstaroff 256x256 PNGs) with lung and infection masks.
+
+    Cases 10-19 are flipped vertically into the radiological view; ``meta["flipped"]`` says so.
+    """
+    root = _source_root(root, "ma2020")
+    out = []
+    for row in _read_csv(root / "cases.csv"):
+        fname, case = row["file"], int(row["case"])
+        img = read_grey(root / "ct" / fname)
+        lungs = read_binary(root / "lungs" / fname)
+        inf = read_binary(root / "infection" / fname)
+        flip = case in MA_FLIPPED_CASES
+        if flip:
+            img, lungs, inf = (np.ascontiguousarray(a[::-1]) for a in (img, lungs, inf))
+        out.append(
+            _record(
+                image=img, lungs=lungs, infection=inf,
+                case=f"ma-{case}", id=Path(fname).stem, source="ma2020",
+                group=MA_SAME_PATIENT.get(case, f"ma-{case}"),
+                meta={"file": fname, "case_index": case, "position": int(row["position"]), "flipped": flip},
+            )  # fmt: skip
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- MedSeg (CT100 + Inf-Net)
+
+_INFNET_DIRS = {
+    "train": (
+        "TrainingSet/LungInfection-Train/Doctor-label/Imgs",
+        "TrainingSet/LungInfection-Train/Doctor-label/GT",
+        "TrainingSet/MultiClassInfection-Train/GT",
+    ),
+    "test": (
+        "TestingSet/LungInfection-Test/Imgs",
+        "TestingSet/LungInfection-Test/GT",
+        "TestingSet/MultiClassInfection-Test/GT",
+    ),
+}
+
+
+def load_medseg_ct100(root: str | Path | None = None, infnet_root: str | Path | None = None) -> list[dict]:
+    """The 100 full 512x512 MedSeg slices (JCS "COVID-19-CT100") with binary infection masks.
+
+    ``lesions`` (1 GGO, 2 consolidation) come from Inf-Net's multi-class GT put back into the
+    512x512 frame (``infnet = ct100[y0:y1, x0:x1].T``), when ``infnet_root`` (default: the
+    sibling ``medseg-infnet/``) exists. Infection pixels of the CT100 mask that Inf-Net leaves
+    unlabelled ("extra, denser regions", perhaps effusion, unconfirmed) stay 0 in ``lesions``
+    and are given as ``meta["extra_region"]`` (uint8 mask) / ``meta["extra_region_pixels"]``.
+    """
+    root = _source_root(root, "medseg-ct100")
+    rows = _read_csv(root / "infnet_map.csv")
+    groups = medseg_groups([int(r["ct100_index"]) for r in rows], _neighbour_pairs(rows))
+    iroot = Path(infnet_root) if infnet_root is not None else root.parent / SOURCE_FOLDERS["medseg-infnet"]
+    have_infnet = iroot.is_dir()
+    out = []
+    for r in rows:
+        idx = int(r["ct100_index"])
+        img = read_grey(root / r["ct100_image"])
+        inf = read_binary(root / "masks" / f"tr_mask_{idx:04d}.png")
+        if img.shape != inf.shape:
+            raise UnreadableInput(f"CT100 slice {idx}: image {img.shape} and mask {inf.shape} differ")
+        split = r["infnet_split"]
+        meta: dict[str, Any] = {
+            "infnet_split": split,
+            "in_jcs_train": r["in_jcs_train"] == "1",
+            "in_jcs_test": r["in_jcs_test"] == "1",
+            "extra_region": None,
+            "extra_region_pixels": None,
+        }
+        lesions = None
+        if split in _INFNET_DIRS and r["box_x0"]:
+            x0, y0, x1, y1 = (int(r[k]) for k in ("box_x0", "box_y0", "box_x1", "box_y1"))
+            meta["infnet_box_xyxy"] = (x0, y0, x1, y1)
+            if have_infnet:
+                gt = read_indices(iroot / _INFNET_DIRS[split][2] / f"{idx}.png")
+                if gt.T.shape != (y1 - y0, x1 - x0):
+                    raise UnreadableInput(f"CT100 slice {idx}: Inf-Net GT {gt.shape} does not fit box")
+                lesions = np.zeros_like(inf)
+                lesions[y0:y1, x0:x1] = gt.T
+                extra = ((inf > 0) & (lesions == 0)).astype(np.uint8)
+                meta["extra_region"] = extra
+                meta["extra_region_pixels"] = int(extra.sum())
+                # Inf-Net labels outside the CT100 mask would mean a mapping error; keep count.
+                meta["infnet_outside_mask_pixels"] = int(((lesions > 0) & (inf == 0)).sum())
+        out.append(
+            _record(
+                image=img, infection=inf, lesions=lesions,
+                case=str(idx), id=str(idx), source="medseg-ct100", group=groups[idx], meta=meta,
+            )  # fmt: skip
+        )
+    return out
+
+
+def load_medseg_infnet(
+    root: str | Path | None = None, split: str = "train", multiclass: bool = False
+) -> list[dict]:
+    """Inf-Net's MedSeg crops (train 50 / test 48), transposed back into the radiological view.
+
+    ``infection`` is the doctor binary GT; with ``multiclass`` also ``lesions`` (1 GGO,
+    2 consolidation). Groups use the README's same-patient pairs, plus the high runner-up
+    matches of ``../medseg-ct100/infnet_map.csv`` when that file exists (as load_medseg_ct100).
+    """
+    if split not in _INFNET_DIRS:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    root = _source_root(root, "medseg-infnet")
+    img_dir, gt_dir, mc_dir = (root / d for d in _INFNET_DIRS[split])
+    if not img_dir.is_dir():
+        raise UnreadableInput(f"Inf-Net image folder not found: {img_dir}")
+    stems = sorted((p.stem for p in img_dir.glob("*.jpg")), key=lambda s: (len(s), s))
+    extra: list[tuple[int, int]] = []
+    map_csv = root.parent / SOURCE_FOLDERS["medseg-ct100"] / "infnet_map.csv"
+    if map_csv.exists():
+        extra = _neighbour_pairs(_read_csv(map_csv))
+    groups = medseg_groups([int(s) for s in stems if s.isdigit()], extra)
+    out = []
+    for s in stems:
+        img = read_grey(img_dir / f"{s}.jpg").T
+        inf = read_binary(gt_dir / f"{s}.png").T
+        lesions = read_indices(mc_dir / f"{s}.png").T if multiclass else None
+        out.append(
+            _record(
+                image=np.ascontiguousarray(img), infection=np.ascontiguousarray(inf),
+                lesions=None if lesions is None else np.ascontiguousarray(lesions),
+                case=s, id=s, source="medseg-infnet",
+                group=groups.get(int(s), f"medseg-{s}") if s.isdigit() else f"medseg-{s}",
+                meta={"infnet_split": split, "file": str((img_dir / f"{s}.jpg").relative_to(root))},
+            )  # fmt: skip
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- UCSD COVID-CT
+
+_PAPER_ID = re.compile(r"^(\d{4}\.\d{2}\.\d{2}\.\d+)")
+
+
+def ucsd_group(file: str) -> str:
+    """The split unit of a UCSD image: its paper id (COVID) or figure number (NonCOVID ``N%k``)."""
+    name = Path(file).name
+    m = _PAPER_ID.match(name)
+    if m:
+        return m.group(1)
+    # NonCOVID names are "N.png" or "N%k.jpg" (panels k of figure N): keep a figure's panels together.
+    return "ucsd-" + Path(file).parent.name + "-" + Path(name).stem.split("%")[0]
+
+
+def load_ucsd(root: str | Path | None = None, split: str = "train") -> list[dict]:
+    """UCSD-AI4H COVID-CT figures (official ``train``/``val`` lists) as grey images with class labels.
+
+    ``meta`` keeps ``mode``, ``format``, ``file_size`` and ``size`` to probe source shortcuts.
+    """
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    root = _source_root(root, "ucsd")
+    out = []
+    for r in _read_csv(root / f"{split}.csv"):
+        path = root / r["file"]
+        pil = _open(path)
+        out.append(
+            _record(
+                image=_to_grey(pil), class_label=int(r["label"]),
+                case=r["file"], id=r["file"], source="ucsd", group=ucsd_group(r["file"]),
+                meta={"mode": pil.mode, "format": pil.format, "file_size": path.stat().st_size,
+                      "size": pil.size, "split": split},
+            )  # fmt: skip
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- COVID-CT-MD (DICOM)
+
+
+def _read_series(folder: Path) -> list[tuple[Path, Any]]:
+    import pydicom
+
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    out = []
+    for p in files:
+        try:
+            ds = pydicom.dcmread(p)
+        except Exception as e:
+            raise UnreadableInput(f"cannot read DICOM file {p}: {e}") from e
+        if "PixelData" not in ds:
+            continue
+        out.append((p, ds))
+    if not out:
+        raise UnreadableInput(f"no DICOM images in {folder}")
+    return out
+
+
+def _hu_canonical(ds: Any, path: Path) -> tuple[np.ndarray, dict]:
+    """Pixel data in HU, flipped if needed so rows run anterior->posterior, cols right->left."""
+    try:
+        arr = ds.pixel_array.astype(np.float32)
+    except Exception as e:  # missing JPEG decoder, corrupt data...
+        raise UnreadableInput(f"cannot decode pixels of {path}: {e}") from e
+    arr = arr * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
+    info: dict[str, Any] = {"flipped_rows": False, "flipped_cols": False}
+    iop = getattr(ds, "ImageOrientationPatient", None)
+    if iop is not None:
+        row_dir, col_dir = np.asarray(iop[:3], float), np.asarray(iop[3:], float)
+        # Axis-aligned axial only: LPS +x along columns, +y along rows is the canonical view.
+        if abs(row_dir[0]) > 0.9 and abs(col_dir[1]) > 0.9:
+            if row_dir[0] < 0:
+                arr, info["flipped_cols"] = arr[:, ::-1], True
+            if col_dir[1] < 0:
+                arr, info["flipped_rows"] = arr[::-1], True
+        else:
+            info["non_axial_orientation"] = [float(v) for v in iop]
+    return np.ascontiguousarray(arr, dtype=np.float32), info
+
+
+def _slice_location(ds: Any) -> float:
+    if "SliceLocation" in ds:
+        return float(ds.SliceLocation)
+    if "ImagePositionPatient" in ds:
+        return float(ds.ImagePositionPatient[2])
+    raise InconsistentSeries("DICOM slice has neither SliceLocation nor ImagePositionPatient")
+
+
+_LOBES = ("LLL", "LUL", "RLL", "RML", "RUL")
+
+
+def load_covid_ct_md(root: str | Path | None = None, subject: str = "P001") -> list[dict]:
+    """Each slice of a COVID-CT-MD subject's DICOM series (HU) with its slice and lobe labels.
+
+    Labels from ``labels_slice.csv`` are matched by DICOM file name and checked against
+    SliceLocation. Records come sorted by SliceLocation descending (the label order of the
+    source, top of the chest first); ``meta["slice_location"]`` gives the position.
+    """
+    root = _source_root(root, "covid-ct-md")
+    folder = root / subject
+    if not folder.is_dir():
+        raise UnreadableInput(f"COVID-CT-MD subject folder not found: {folder}")
+    labels: dict[str, dict[str, str]] = {}
+    lab_csv = root / "labels_slice.csv"
+    diagnosis = None
+    if lab_csv.exists():
+        for r in _read_csv(lab_csv):
+            if r["subject"] == subject:
+                labels[Path(r["dicom_file"]).name] = r
+                diagnosis = r["diagnosis"]
+    if diagnosis is None and (root / "subjects.csv").exists():
+        for r in _read_csv(root / "subjects.csv"):
+            if r["subject"] == subject:
+                diagnosis = r["diagnosis"]
+    series = _read_series(folder)
+    series.sort(key=lambda t: -_slice_location(t[1]))
+    out = []
+    for pos, (path, ds) in enumerate(series):
+        img, info = _hu_canonical(ds, path)
+        loc = _slice_location(ds)
+        lab = labels.get(path.name)
+        meta: dict[str, Any] = {
+            "file": f"{subject}/{path.name}", "slice_location": loc, "position": pos,
+            "instance_number": int(getattr(ds, "InstanceNumber", -1) or -1),
+            "pixel_spacing": tuple(float(v) for v in getattr(ds, "PixelSpacing", (1.0, 1.0))),
+            "slice_thickness": float(getattr(ds, "SliceThickness", 0) or 0),
+            "diagnosis": diagnosis, **info,
+        }  # fmt: skip
+        slice_label = None
+        if lab is not None:
+            if abs(float(lab["slice_location"]) - loc) > 0.05:
+                raise InconsistentSeries(
+                    f"{path.name}: labels_slice.csv slice_location {lab['slice_location']} != SliceLocation {loc}"
+                )
+            slice_label = int(lab["label"])
+            meta["lobes"] = {k: int(lab[k]) for k in _LOBES}
+            meta["label_before_update1"] = int(lab["label_before_update1"])
+            meta["label_slice_position"] = int(lab["slice_position"])
+        elif labels:
+            raise InconsistentSeries(f"{path.name} has no row in {lab_csv}")
+        out.append(
+            _record(
+                image=img, is_hu=True, slice_label=slice_label,
+                case=subject, id=f"{subject}/{path.name}", source="covid-ct-md", group=subject, meta=meta,
+            )  # fmt: skip
+        )
+    return out
+
+
+def load_covid_ct_md_volume(
+    root: str | Path | None = None, subject: str = "P001"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(HU volume float32 (z, y, x) sorted by SliceLocation ascending, per-slice labels int8).
+
+    Labels are in the same z order; -1 where a slice has no label (unlabelled subject).
+    """
+    recs = load_covid_ct_md(root, subject)[::-1]  # records are descending: reverse to ascending
+    shapes = {r["image"].shape for r in recs}
+    if len(shapes) != 1:
+        raise InconsistentSeries(f"{subject}: slices of different sizes {sorted(shapes)}")
+    vol = np.stack([r["image"] for r in recs]).astype(np.float32)
+    labels = np.array([-1 if r["slice_label"] is None else r["slice_label"] for r in recs], dtype=np.int8)
+    return vol, labels
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def load_source(name: str, root: str | Path | None = None, **kw: Any) -> list[dict]:
+    """Load a source by name: ma2020, medseg-ct100, medseg-infnet, ucsd, covid-ct-md, nifti."""
+    from covidct.data.nifti import load_nifti_dataset
+
+    loaders = {
+        "ma2020": load_ma2020,
+        "medseg-ct100": load_medseg_ct100,
+        "medseg-infnet": load_medseg_infnet,
+        "ucsd": load_ucsd,
+        "covid-ct-md": load_covid_ct_md,
+    }
+    if name == "nifti":
+        if root is None:
+            raise UnreadableInput("the nifti source needs root= (the data set folder)")
+        return load_nifti_dataset(root, **kw)
+    if name not in loaders:
+        raise UnreadableInput(f"unknown data source {name!r}; known: {', '.join([*loaders, 'nifti'])}")
+    return loaders[name](root, **kw)
