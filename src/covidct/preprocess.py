@@ -13,7 +13,8 @@ source's window, covidct makes the input (nearly) independent of it:
    per-image contrast differences between display sources;
 3. apply CLAHE (contrast-limited adaptive histogram equalisation). Histogram equalisation is
    invariant to monotone grey-level maps, so whatever window a display image was made with,
-   equalised slices agree; the clip limit keeps noise from being amplified.
+   equalised slices agree. The clip limit 7 is the one Ma et al.'s slices were made with and gave
+   the closest lung histograms between display and HU sources (docs/BENCHMARKS.md).
 
 The same function runs on training slices and on every slice of a user's HU volume. The check
 on the real series (``benchmarks/normalisation_check.py``) compares lung-tissue histograms of
@@ -36,7 +37,7 @@ WINDOWS: dict[str, tuple[float, float]] = {
 }
 
 MODEL_INPUT_WINDOW = "papers"
-CLAHE_CLIP = 2.0
+CLAHE_CLIP = 7.0  # chosen by benchmarks/normalisation_check.py (closest lung histograms across sources)
 CLAHE_TILES = 8
 PERCENTILES = (0.5, 99.5)
 
@@ -202,8 +203,11 @@ def kmeans_lung_mask(image: np.ndarray, erosion: int = 2, dilation: int = 6) -> 
     criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 1e-3)
     _, labels, centers = cv2.kmeans(data, 2, None, criteria, 3, cv2.KMEANS_PP_CENTERS)
     dark = labels.reshape(x.shape) == int(np.argmin(centers.ravel()))
-    dark = ndimage.binary_erosion(dark, iterations=erosion)
-    dark = ndimage.binary_dilation(dark, iterations=dilation)
+    # iterations=0 would mean "repeat until stable" in scipy, so skip zero explicitly
+    if erosion > 0:
+        dark = ndimage.binary_erosion(dark, iterations=erosion)
+    if dilation > 0:
+        dark = ndimage.binary_dilation(dark, iterations=dilation)
     lbl, n = ndimage.label(dark)
     if n == 0:
         return dark

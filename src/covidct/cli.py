@@ -1,0 +1,173 @@
+"""The ``covidct`` command line: a thin layer over the Python API.
+
+Every user error (a :class:`covidct.errors.CovidCTError`) becomes one line on stderr,
+``covidct: error: <message>``, and the documented exit code; no traceback reaches a user.
+Exit codes: 0 ok, 1 other covidct error, 2 unreadable input, 3 not CT, 4 inconsistent series,
+5 unsupported input, 6 no lungs found, 7 model error, 8 config error, 64 bad command-line usage,
+70 internal error (a bug: please report it, with ``COVIDCT_DEBUG=1`` for the traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+from covidct import __version__
+from covidct.errors import CovidCTError
+
+app = typer.Typer(
+    name="covidct",
+    help=(
+        "COVID-19 chest CT analysis on an ordinary CPU.\n\n"
+        "Give it a DICOM series (folder or .zip), a NIfTI volume or a slice image.\n\n"
+        "Start with:  covidct demo   (runs the analysis on a built-in synthetic chest CT)\n\n"
+        "Then:        covidct info SCAN       what covidct sees in your input\n\n"
+        "Exit codes: 0 ok, 2 unreadable input, 3 not CT, 4 inconsistent series, 5 unsupported input, "
+        "6 no lungs found, 7 model error, 8 config error, 64 usage error."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"covidct {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """COVID-19 chest CT analysis."""
+
+
+def _fmt_float(x: float) -> str:
+    return f"{x:.4g}"
+
+
+@app.command()
+def info(
+    input: Path = typer.Argument(..., help="A DICOM folder or .zip, a DICOM file, a NIfTI file, or a PNG/JPG slice."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """Show what covidct reads from INPUT: kind, modality, shape, spacing, HU range, orientation, series, warnings."""
+    import numpy as np
+
+    from covidct.io import load_ct
+
+    ct = load_ct(input)
+    arr = ct.array
+    z_order = "n/a"
+    if len(ct.slices) > 1:
+        zs = [s.z_mm for s in ct.slices]
+        z_order = "increasing (feet → head)" if all(b > a for a, b in zip(zs, zs[1:], strict=False)) else "NOT monotonic"
+    summary = {
+        "input": str(input),
+        "kind": ct.kind,
+        "modality": ct.meta.get("modality"),
+        "intensities": "HU" if ct.is_hu else "8-bit display (not HU)",
+        "shape_zyx": list(ct.shape),
+        "n_slices": ct.n_slices,
+        "spacing_mm_zyx": [round(float(s), 4) for s in ct.spacing] if ct.spacing_known else None,
+        "value_range": [float(np.min(arr)), float(np.max(arr))],
+        "orientation": "canonical: columns R→L, rows A→P, slices I→S" if ct.kind != "image" else "as given (2-D image)",
+        "slice_order": z_order,
+        "series_uid": ct.meta.get("series_uid"),
+        "patient_id": ct.meta.get("patient_id"),
+        "slice_thickness_mm": ct.meta.get("slice_thickness"),
+        "warnings": list(ct.warnings),
+    }
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None)
+    for k, v in summary.items():
+        if k == "warnings":
+            continue
+        if isinstance(v, list):
+            v = " × ".join(_fmt_float(x) for x in v) if k != "value_range" else f"{_fmt_float(v[0])} .. {_fmt_float(v[1])}"
+        table.add_row(f"[bold]{k}[/bold]", "—" if v is None else str(v))
+    console = Console()
+    console.print(table)
+    for w in ct.warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}")
+
+
+@app.command()
+def phantom(
+    output: Path = typer.Option(..., "-o", "--output", help="Folder to write the phantom into (created)."),
+    fmt: str = typer.Option("nifti", "--format", help="nifti (phantom.nii.gz + label NIfTIs) or dicom (a DICOM series folder)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (the same seed gives the same phantom)."),
+    slices: int = typer.Option(48, "--slices", help="Number of axial slices."),
+    size: int = typer.Option(192, "--size", help="In-plane size in pixels (square)."),
+    burden: float = typer.Option(0.15, "--burden", help="Fraction of lung volume with GGO/consolidation (0 = normal lungs)."),
+) -> None:
+    """Write a synthetic chest CT in HU with exact lung and lesion labels (for trying covidct and for tests)."""
+    from covidct.phantom import make_phantom, write_phantom
+
+    if fmt not in ("nifti", "dicom"):
+        raise typer.BadParameter("must be 'nifti' or 'dicom'", param_hint="--format")
+    ph = make_phantom(shape=(slices, size, size), seed=seed, lesion_burden=burden, lesions=burden > 0)
+    path = write_phantom(ph, output, fmt=fmt)
+    typer.echo(f"wrote {fmt} phantom to {path}")
+
+
+def _register_optional_commands() -> None:
+    """Commands from later modules plug in here when present."""
+    import importlib
+
+    for module in ("covidct.commands",):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        mod.register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (so tests can call ``main([...])`` in-process)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        _register_optional_commands()
+        app(args=args, prog_name="covidct", standalone_mode=False)
+        return 0
+    except CovidCTError as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        print(f"covidct: error: {msg}", file=sys.stderr)
+        return exc.exit_code
+    except typer.Exit as exc:
+        return int(exc.exit_code or 0)
+    except typer.Abort:
+        print("covidct: aborted", file=sys.stderr)
+        return 130
+    except typer.TyperException as exc:
+        print(f"covidct: error: {exc.format_message()}  (see 'covidct {' '.join(a for a in args[:1])} --help')", file=sys.stderr)
+        return 64
+    except OSError as exc:  # e.g. an output folder that cannot be written
+        print(f"covidct: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("covidct: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug, not a user error: still one line unless debugging
+        if os.environ.get("COVIDCT_DEBUG"):
+            raise
+        print(f"covidct: internal error: {exc.__class__.__name__}: {exc} (set COVIDCT_DEBUG=1 for details)", file=sys.stderr)
+        return 70
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
