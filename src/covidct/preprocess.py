@@ -205,7 +205,7 @@ def kmeans_lung_mask(image: np.ndarray, erosion: int = 2, dilation: int = 6) -> 
     dark = labels.reshape(x.shape) == int(np.argmin(centers.ravel()))
     # iterations=0 would mean "repeat until stable" in scipy, so skip zero explicitly
     if erosion > 0:
-        dark = ndimage.binary_erosion(dark, iterations=erosion)
+        dark = ndimage.binary_erosion(dark, iterations=erosion, border_value=1)
     if dilation > 0:
         dark = ndimage.binary_dilation(dark, iterations=dilation)
     lbl, n = ndimage.label(dark)
