@@ -1,0 +1,80 @@
+"""Reading CT input (DICOM folder/zip/file, NIfTI, 2-D images) and writing masks back.
+
+``load_ct`` returns a :class:`covidct.volume.CT` in covidct's canonical orientation; the
+writers put canonical arrays back on the input's grid. User errors raise ``covidct.errors``
+classes with one-line messages that name the path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from covidct.errors import UnreadableInput
+from covidct.io.dicom import load_dicom_file, load_dicom_folder, load_dicom_zip
+from covidct.io.image import IMAGE_EXTS, load_image_2d, load_image_ct, read_label_png
+from covidct.io.nifti import load_itk, load_nifti
+from covidct.io.writers import (
+    save_ct_nifti,
+    save_label_png,
+    save_mask_nifti,
+    save_overlay_png,
+    to_source_layout,
+)
+from covidct.volume import CT
+
+__all__ = [
+    "load_ct",
+    "load_image_2d",
+    "read_label_png",
+    "to_source_layout",
+    "save_mask_nifti",
+    "save_ct_nifti",
+    "save_label_png",
+    "save_overlay_png",
+]
+
+DICOM_EXTS = (".dcm", ".dicom", ".ima", "")
+ITK_EXTS = (".mha", ".mhd", ".nrrd", ".nhdr")
+
+
+def load_ct(path: str | Path) -> CT:
+    """Load a CT from a DICOM folder, .zip of one, DICOM file, NIfTI, .mha/.nrrd or 2-D image.
+
+    The result is in canonical orientation (see ``covidct.volume``); 2-D images are one-slice,
+    non-HU volumes kept exactly as displayed. Raises ``UnreadableInput``, ``NotCT``,
+    ``InconsistentSeries`` or ``UnsupportedInput`` with a one-line message.
+    """
+    p = Path(path).expanduser()
+    try:
+        if not p.exists():
+            raise UnreadableInput(f"{p}: no such file or folder")
+        if p.is_dir():
+            if not os.access(p, os.R_OK | os.X_OK):
+                raise UnreadableInput(f"{p}: permission denied")
+            return load_dicom_folder(p)
+        if not os.access(p, os.R_OK):
+            raise UnreadableInput(f"{p}: permission denied")
+        if p.stat().st_size == 0:
+            raise UnreadableInput(f"{p}: empty file (0 bytes)")
+        name = p.name.lower()
+        suffix = p.suffix.lower()
+        if name.endswith((".nii", ".nii.gz")):
+            return load_nifti(p)
+        if suffix == ".zip":
+            return load_dicom_zip(p)
+        if suffix in ITK_EXTS:
+            return load_itk(p)
+        if suffix in IMAGE_EXTS:
+            return load_image_ct(p)
+        from covidct.io.dicom import _has_preamble
+
+        if suffix in DICOM_EXTS or _has_preamble(p):
+            return load_dicom_file(p)
+        raise UnreadableInput(
+            f"{p}: unknown file type '{suffix}' (expected a DICOM folder/file, .zip, .nii/.nii.gz or an image)"
+        )
+    except PermissionError as e:
+        raise UnreadableInput(f"{p}: permission denied") from e
+    except IsADirectoryError as e:
+        raise UnreadableInput(f"{p}: unexpected folder") from e

@@ -1,0 +1,191 @@
+"""NIfTI input, plus the orientation helpers every reader shares.
+
+Reorientation uses nibabel's orientation tools: the input's voxel axes are matched to the
+nearest world axes (``io_orientation``), then permuted/flipped into covidct's canonical
+LPS axis order (x -> patient left, y -> posterior, z -> superior). The inverse permutation
+is stored on the CT (``source_axes``/``source_flips``) so masks go back to the file's layout.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+
+from covidct.errors import UnreadableInput, UnsupportedInput
+from covidct.volume import CT, SliceRef
+
+CANONICAL_AXCODES = ("L", "P", "S")
+_CANON_ORNT = axcodes2ornt(CANONICAL_AXCODES)
+# Direction cosines further than this from an axis make a volume "oblique" (warned about).
+OBLIQUE_TOL = 1e-3
+
+
+def reorient_xyz(data_xyz: np.ndarray, affine_ras: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Permute/flip a 3-D array (file axis order) into canonical LPS order.
+
+    Returns ``(canonical_xyz, canonical_affine_ras, info)`` where ``info`` holds
+    ``source_axes``, ``source_flips`` (the inverse, as documented on ``CT``), ``forward``
+    (nibabel ornt from file to canonical) and ``oblique`` (bool).
+    """
+    affine_ras = np.asarray(affine_ras, dtype=np.float64)
+    src_ornt = io_orientation(affine_ras)
+    if np.isnan(src_ornt).any():
+        # io_orientation returns NaN rows for degenerate (zero/collinear) axes.
+        raise UnsupportedInput("the volume's affine is degenerate (axes collapse); cannot orient it")
+    fwd = ornt_transform(src_ornt, _CANON_ORNT)
+    canon = apply_orientation(data_xyz, fwd)
+    canon_aff = affine_ras @ inv_ornt_aff(fwd, data_xyz.shape)
+    back = ornt_transform(_CANON_ORNT, src_ornt)
+    # apply_orientation flips input axes first, then transposes by argsort(ornt[:, 0]).
+    info = {
+        "source_axes": tuple(int(a) for a in np.argsort(back[:, 0])),
+        "source_flips": tuple(bool(f == -1) for f in back[:, 1]),
+        "forward": fwd,
+        "oblique": is_oblique(affine_ras),
+    }
+    # Not made contiguous here: callers transpose to (z, y, x) and make *that* contiguous.
+    return canon, canon_aff, info
+
+
+def is_oblique(affine: np.ndarray) -> bool:
+    """True if any voxel axis is not parallel to a world axis."""
+    rzs = np.asarray(affine)[:3, :3]
+    cos = np.abs(rzs) / np.maximum(np.linalg.norm(rzs, axis=0), 1e-12)
+    return bool(np.any((cos > OBLIQUE_TOL) & (cos < 1 - OBLIQUE_TOL)))
+
+
+def spacing_from_affine(affine_canon: np.ndarray) -> tuple[float, float, float]:
+    """(dz, dy, dx) voxel sizes of a canonical affine (column norms)."""
+    dx, dy, dz = (float(v) for v in np.linalg.norm(np.asarray(affine_canon)[:3, :3], axis=0))
+    return (dz, dy, dx)
+
+
+def looks_like_hu(arr: np.ndarray) -> bool:
+    """HU volumes contain air (about -1000) and tissue/bone (> 100); display images do not."""
+    if arr.size == 0:
+        return False
+    return bool(float(np.nanmin(arr)) < -500 and float(np.nanmax(arr)) > 100)
+
+
+def load_nifti(path: Path) -> CT:
+    """Load a .nii/.nii.gz CT into canonical orientation.
+
+    4-D volumes are refused (``UnsupportedInput``) unless the 4th dimension is 1; 2-D NIfTI
+    becomes a one-slice volume. The original header is kept (``meta["nifti_header_hex"]``)
+    so masks are written with exactly the input's shape, affine and qform/sform codes.
+    """
+    try:
+        img = nib.load(str(path))
+    except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as e:
+        raise UnreadableInput(f"{path}: not a readable NIfTI file ({_one_line(e)})") from e
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise UnreadableInput(f"{path}: not a NIfTI-1/NIfTI-2 image")
+    shape = tuple(int(s) for s in img.shape)
+    warnings: list[str] = []
+    if len(shape) > 3 and all(s == 1 for s in shape[3:]):
+        pass  # singleton time/vector dims: squeezed below, restored when writing
+    elif len(shape) > 3:
+        raise UnsupportedInput(f"{path}: 4-D NIfTI of shape {shape}; covidct needs a single 3-D CT volume")
+    if len(shape) < 2:
+        raise UnsupportedInput(f"{path}: NIfTI of shape {shape} is not an image")
+    try:
+        data = np.asarray(img.get_fdata(dtype=np.float32))
+    except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as e:
+        raise UnreadableInput(f"{path}: NIfTI pixel data unreadable (truncated?) ({_one_line(e)})") from e
+    data = data.reshape(shape[:3] if len(shape) >= 3 else (*shape, 1))
+    if not np.isfinite(data).all():
+        warnings.append("NIfTI contains NaN/Inf voxels; they were set to the volume minimum")
+        finite = data[np.isfinite(data)]
+        data = np.nan_to_num(data, nan=float(finite.min()) if finite.size else 0.0,
+                             posinf=float(finite.max()) if finite.size else 0.0,
+                             neginf=float(finite.min()) if finite.size else 0.0)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    canon_xyz, canon_aff, info = reorient_xyz(data, affine)
+    if info["oblique"]:
+        warnings.append("oblique volume: axes were matched to the nearest patient axes (affine kept exact)")
+    arr = np.ascontiguousarray(canon_xyz.transpose(2, 1, 0), dtype=np.float32)
+    is_hu = looks_like_hu(arr)
+    lo, hi = float(arr.min()), float(arr.max())
+    if not is_hu:
+        warnings.append(
+            f"intensities {lo:g}..{hi:g} do not look like Hounsfield units (display image?); treated as non-HU"
+        )
+    hdr = img.header
+    qform, qcode = img.get_qform(coded=False), int(hdr["qform_code"])
+    sform, scode = img.get_sform(coded=False), int(hdr["sform_code"])
+    meta = {
+        "modality": "CT" if is_hu else None,
+        "nifti_version": 2 if isinstance(img, nib.Nifti2Image) else 1,
+        "nifti_header_hex": hdr.binaryblock.hex(),
+        "qform": np.asarray(qform).tolist(),
+        "qform_code": qcode,
+        "sform": np.asarray(sform).tolist(),
+        "sform_code": scode,
+        "source_dtype": str(hdr.get_data_dtype()),
+        "orientation_source": "".join(nib.aff2axcodes(affine)),
+        "intensity_range": [lo, hi],
+    }
+    nz = arr.shape[0]
+    slices = [SliceRef(index=k, z_mm=float((canon_aff @ [0, 0, k, 1])[2])) for k in range(nz)]
+    return CT(
+        array=arr,
+        spacing=spacing_from_affine(canon_aff),
+        affine=canon_aff,
+        is_hu=is_hu,
+        kind="nifti",
+        path=str(path),
+        spacing_known=True,
+        slices=slices,
+        meta=meta,
+        warnings=warnings,
+        source_affine=affine,
+        source_axes=info["source_axes"],
+        source_flips=info["source_flips"],
+        source_shape=shape,
+    )
+
+
+def load_itk(path: Path) -> CT:
+    """Load .mha/.mhd/.nrrd with SimpleITK when it is installed (it is not a dependency)."""
+    try:
+        import SimpleITK as sitk  # noqa: N813
+    except ImportError as e:
+        raise UnreadableInput(
+            f"{path}: the {path.suffix} format needs SimpleITK (pip install SimpleITK), which is not installed"
+        ) from e
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        raise UnreadableInput(f"{path}: not a readable image ({_one_line(e)})") from e
+    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
+        raise UnsupportedInput(f"{path}: {img.GetDimension()}-D image with {img.GetNumberOfComponentsPerPixel()}"
+                               " component(s); covidct needs one 3-D scalar volume")
+    data_xyz = sitk.GetArrayFromImage(img).astype(np.float32).transpose(2, 1, 0)
+    # ITK geometry is LPS: world = origin + D @ (spacing * index).
+    d = np.array(img.GetDirection(), dtype=np.float64).reshape(3, 3)
+    lps = np.eye(4)
+    lps[:3, :3] = d * np.array(img.GetSpacing())[None, :]
+    lps[:3, 3] = img.GetOrigin()
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+    canon_xyz, canon_aff, info = reorient_xyz(data_xyz, affine)
+    arr = np.ascontiguousarray(canon_xyz.transpose(2, 1, 0), dtype=np.float32)
+    is_hu = looks_like_hu(arr)
+    warnings = [] if is_hu else ["intensities do not look like Hounsfield units; treated as non-HU"]
+    if info["oblique"]:
+        warnings.append("oblique volume: axes were matched to the nearest patient axes (affine kept exact)")
+    return CT(
+        array=arr, spacing=spacing_from_affine(canon_aff), affine=canon_aff, is_hu=is_hu, kind="itk",
+        path=str(path), slices=[SliceRef(k, float((canon_aff @ [0, 0, k, 1])[2])) for k in range(arr.shape[0])],
+        meta={"modality": "CT" if is_hu else None}, warnings=warnings, source_affine=affine,
+        source_axes=info["source_axes"], source_flips=info["source_flips"], source_shape=data_xyz.shape,
+    )
+
+
+def _one_line(e: BaseException) -> str:
+    s = str(e).strip().splitlines()
+    return (s[0] if s else type(e).__name__)[:200]
