@@ -339,14 +339,18 @@ def ucsd_group(file: str) -> str:
     m = _PAPER_ID.match(name)
     if m:
         return m.group(1)
-    # NonCOVID names are "N.png" or "N%k.jpg" (panels k of figure N): keep a figure's panels together.
-    return "ucsd-" + Path(file).parent.name + "-" + Path(name).stem.split("%")[0]
+    # NonCOVID names are "N.png"/"N.jpg" or "N%k.jpg" (panel k of figure N): keep a figure's panels
+    # together. "N.png" and "N%k.jpg" are not assumed related (numbered in different collections).
+    stem = Path(name).stem
+    figure = stem.split("%")[0] + "%" if "%" in stem else stem
+    return "ucsd-" + Path(file).parent.name + "-" + figure
 
 
 def load_ucsd(root: str | Path | None = None, split: str = "train") -> list[dict]:
     """UCSD-AI4H COVID-CT figures (official ``train``/``val`` lists) as grey images with class labels.
 
-    ``meta`` keeps ``mode``, ``format``, ``file_size`` and ``size`` to probe source shortcuts.
+    ``meta`` keeps ``mode``, ``format`` (the real encoding: some val ``.png`` files are JPEG),
+    ``ext``, ``file_size`` and ``size`` to probe source shortcuts.
     """
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
@@ -360,6 +364,7 @@ def load_ucsd(root: str | Path | None = None, split: str = "train") -> list[dict
                 image=_to_grey(pil), class_label=int(r["label"]),
                 case=r["file"], id=r["file"], source="ucsd", group=ucsd_group(r["file"]),
                 meta={"mode": pil.mode, "format": pil.format, "file_size": path.stat().st_size,
+                      "ext": path.suffix.lower(),
                       "size": pil.size, "split": split},
             )  # fmt: skip
         )
