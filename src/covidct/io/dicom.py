@@ -158,7 +158,7 @@ def _describe(key: tuple, items: list) -> str:
     desc = str(_f(ds, "SeriesDescription", "")).strip()
     uid = key[0] or "<no SeriesInstanceUID>"
     name = f"'{desc}' " if desc else ""
-    return f"{mod} series {name}({uid}, {len(items)} slice(s) {key[2]}x{key[3]}, {_plane_name(key)})"
+    return f"{mod} series {name}({uid}, {len(items)} slice(s) {key[3]}x{key[2]}, {_plane_name(key)})"
 
 
 def _rel(path: Path, root: Path) -> str:

@@ -44,7 +44,8 @@ def image_to_grey(im: Image.Image) -> tuple[np.ndarray, list[str]]:
     """PIL image -> (H, W) float32 grey levels 0..255 plus warnings.
 
     RGB -> luminance; alpha is composited on black; palette images via their colours;
-    16-bit/float images whose values exceed 255 are min-max stretched to 0..255.
+    16-bit images whose values exceed 255 are scaled by their bit depth (12-bit if max <= 4095,
+    else 16-bit) to 0..255; signed/float images outside 0..255 are min-max stretched.
     """
     warnings: list[str] = []
     if getattr(im, "n_frames", 1) > 1:
@@ -81,8 +82,14 @@ def image_to_grey(im: Image.Image) -> tuple[np.ndarray, list[str]]:
         grey = arr.astype(np.float32)
         if arr.dtype != np.uint8 and grey.size and (grey.max() > 255 or grey.min() < 0):
             lo, hi = float(grey.min()), float(grey.max())
-            grey = (grey - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(grey)
-            warnings.append(f"{mode} image with values {lo:g}..{hi:g} was stretched to 0..255")
+            if lo >= 0 and np.issubdtype(arr.dtype, np.integer) and hi <= 65535:
+                # Unsigned 12/16-bit data: scale by the bit depth (keeps the image's own contrast).
+                full = 4095.0 if hi <= 4095 else 65535.0
+                grey = grey * (255.0 / full)
+                warnings.append(f"{int(full).bit_length()}-bit image scaled to 0..255")
+            else:  # signed or float data: no natural range, stretch min..max
+                grey = (grey - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(grey)
+                warnings.append(f"{mode} image with values {lo:g}..{hi:g} was stretched to 0..255")
     else:
         raise UnsupportedInput(f"image array of shape {arr.shape} is not supported")
     return np.clip(grey, 0, 255).astype(np.float32), warnings
