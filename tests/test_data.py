@@ -153,6 +153,9 @@ def test_medseg_ct100_palette_indices_and_infnet_mapping(medseg_root: Path) -> N
     assert r0["meta"]["extra_region_pixels"] == 6 and r0["meta"]["infnet_outside_mask_pixels"] == 0
     assert recs[1]["meta"]["extra_region_pixels"] == 0 and recs[1]["meta"]["infnet_split"] == "test"
     assert recs[2]["lesions"] is None and recs[2]["meta"]["infnet_split"] == "none"
+    # regions of at least min_effusion_px become class 3 (pleural effusion)
+    eff = load_medseg_ct100(medseg_root / "medseg-ct100", min_effusion_px=1)[0]["lesions"]
+    np.testing.assert_array_equal(eff == 3, r0["image"] == 160)
 
 
 def test_medseg_infnet_transposed_back(medseg_root: Path) -> None:

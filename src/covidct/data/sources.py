@@ -237,7 +237,10 @@ _INFNET_DIRS = {
 }
 
 
-def load_medseg_ct100(root: str | Path | None = None, infnet_root: str | Path | None = None) -> list[dict]:
+def load_medseg_ct100(
+    root: str | Path | None = None, infnet_root: str | Path | None = None, effusion_from_extra: bool = True,
+    min_effusion_px: int = 50,
+) -> list[dict]:
     """The 100 full 512x512 MedSeg slices (JCS "COVID-19-CT100") with binary infection masks.
 
     ``lesions`` (1 GGO, 2 consolidation) come from Inf-Net's multi-class GT put back into the
@@ -245,6 +248,11 @@ def load_medseg_ct100(root: str | Path | None = None, infnet_root: str | Path | 
     sibling ``medseg-infnet/``) exists. Infection pixels of the CT100 mask that Inf-Net leaves
     unlabelled ("extra, denser regions", perhaps effusion, unconfirmed) stay 0 in ``lesions``
     and are given as ``meta["extra_region"]`` (uint8 mask) / ``meta["extra_region_pixels"]``.
+
+    With ``effusion_from_extra`` (default) those extra regions become class 3 (pleural effusion)
+    in ``lesions``: checked by eye and by position/density on all 25 slices (posterior, dependent,
+    crescent-shaped strips along the chest wall at water density; docs/BENCHMARKS.md), which is
+    what MedSeg's effusion class looks like. Isolated specks under 50 px are left unlabelled.
     """
     root = _source_root(root, "medseg-ct100")
     rows = _read_csv(root / "infnet_map.csv")
@@ -279,6 +287,8 @@ def load_medseg_ct100(root: str | Path | None = None, infnet_root: str | Path | 
                 extra = ((inf > 0) & (lesions == 0)).astype(np.uint8)
                 meta["extra_region"] = extra
                 meta["extra_region_pixels"] = int(extra.sum())
+                if effusion_from_extra and extra.sum() >= min_effusion_px:
+                    lesions[extra > 0] = 3
                 # Inf-Net labels outside the CT100 mask would mean a mapping error; keep count.
                 meta["infnet_outside_mask_pixels"] = int(((lesions > 0) & (inf == 0)).sum())
         out.append(
