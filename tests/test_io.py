@@ -270,3 +270,28 @@ def test_overlay_png(tmp_path):
     hu[0, 0] = 150
     ov2 = np.asarray(Image.open(save_overlay_png(hu, lab, tmp_path / "ov2.png", {1: (0, 255, 0)})))
     assert ov2[0, 0, 0] == 255 and ov2[0, 1, 0] == 0
+
+
+def test_compressed_transfer_syntax(tmp_path, hu):
+    import pydicom
+    from pydicom.uid import RLELossless
+
+    paths = make_series(tmp_path / "s", hu, row_dir=(-1, 0, 0), col_dir=(0, -1, 0))
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        ds.compress(RLELossless)
+        ds.save_as(p)
+    ct = load_ct(tmp_path / "s")
+    assert ct.meta["transfer_syntax"] == RLELossless
+    np.testing.assert_array_equal(ct.array, hu.transpose(2, 1, 0))
+
+
+def test_zip_holding_a_nifti(tmp_path, hu):
+    p = tmp_path / "vol.nii.gz"
+    nib.save(_nifti_in(hu, ("R", "A", "S")), p)
+    zp = tmp_path / "vol.zip"
+    with zipfile.ZipFile(zp, "w") as zf:
+        zf.write(p, "vol.nii.gz")
+    ct = load_ct(zp)
+    assert ct.kind == "nifti" and ct.path == str(zp)
+    np.testing.assert_array_equal(ct.array, hu.transpose(2, 1, 0))

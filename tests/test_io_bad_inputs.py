@@ -265,3 +265,12 @@ def test_permission_denied_path_simulated(tmp_path, monkeypatch, hu):
     monkeypatch.setattr("covidct.io.os.access", lambda *a, **k: False)
     assert "permission denied" in _raises(UnreadableInput, p)
     assert "permission denied" in _raises(UnreadableInput, tmp_path / "s")
+
+
+def test_multiframe_dicom_unsupported(tmp_path, hu):
+    p = make_series(tmp_path / "s", hu)[0]
+    ds = pydicom.dcmread(p)
+    ds.NumberOfFrames = 2
+    ds.PixelData = ds.PixelData * 2
+    ds.save_as(p)
+    assert "multi-frame" in _raises(UnsupportedInput, p)

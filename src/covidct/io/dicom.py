@@ -174,7 +174,7 @@ def _rel(path: Path, root: Path) -> str:
 def load_dicom_folder(root: Path, *, display_path: str | None = None) -> CT:
     """Load the best CT series found (recursively) under ``root``."""
     shown = display_path or str(root)
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+    files = sorted(p for p in root.rglob("*") if p.is_file())
     if not files:
         raise UnreadableInput(f"{shown}: folder is empty (no files)")
     warnings: list[str] = []
@@ -236,7 +236,7 @@ def load_dicom_file(path: Path) -> CT:
     except Exception as e:  # noqa: BLE001 - truncated/corrupt files raise many types
         raise UnreadableInput(f"{path}: not a readable DICOM file ({type(e).__name__})") from e
     if "Rows" not in ds or "Columns" not in ds:
-        raise UnreadableInput(f"{path}: DICOM file holds no image")
+        raise UnreadableInput(f"{path}: not a DICOM image file")
     if not _is_ct(ds):
         raise NotCT(f"{path}: {_f(ds, 'Modality', 'non-CT')} image: covidct analyses CT only")
     return _build_volume([path], path.parent, str(path), [], single_file=True)
@@ -256,7 +256,18 @@ def load_dicom_zip(path: Path) -> CT:
         entries = [p for p in root.iterdir() if p.name != "__MACOSX"]
         # A zip of a folder holds one top-level folder: treat that as the series folder.
         series_root = entries[0] if len(entries) == 1 and entries[0].is_dir() else root
-        ct = load_dicom_folder(series_root, display_path=str(path))
+        try:
+            ct = load_dicom_folder(series_root, display_path=str(path))
+        except UnreadableInput:
+            # A zip holding one NIfTI volume instead of a DICOM series.
+            niftis = [p for p in root.rglob("*") if p.name.lower().endswith((".nii", ".nii.gz"))]
+            if len(niftis) != 1:
+                raise
+            from covidct.io.nifti import load_nifti
+
+            ct = load_nifti(niftis[0])
+            ct.path = str(path)
+            return ct
     ct.meta["source_files"] = None  # the temp folder is gone; file names stay in ct.slices
     return ct
 
@@ -326,8 +337,11 @@ def _build_volume(paths: list[Path], root: Path, shown: str, warnings: list[str]
         except Exception as e:  # noqa: BLE001 - truncated pixel data, missing codec...
             return e
 
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as ex:
-        results = list(ex.map(_try, paths))
+    try:
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as ex:
+            results = list(ex.map(_try, paths))
+    except UnsupportedInput as e:
+        raise UnsupportedInput(f"{shown}: {e}") from e
     slices: list[tuple[Path, Dataset, np.ndarray]] = []
     for p, r in zip(paths, results, strict=True):
         if isinstance(r, BaseException):
