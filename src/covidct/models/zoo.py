@@ -1,0 +1,77 @@
+"""The models shipped inside the package (trained by ``covidct train``), each with a model card.
+
+A shipped model is ``covidct/weights/<name>.pt`` plus ``<name>.card.json``; the card's sha256 is
+checked when the model is loaded. Nothing is ever downloaded. ``--model`` options accept either a
+shipped name or a path to a checkpoint (``.pt``) or a run folder (its ``best.pt``).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from covidct.errors import ModelError
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+
+
+def shipped_models() -> dict[str, dict]:
+    """{name: card} for every model shipped in the package."""
+    out = {}
+    for card in sorted(WEIGHTS_DIR.glob("*.card.json")):
+        name = card.name[: -len(".card.json")]
+        try:
+            out[name] = json.loads(card.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ModelError(f"model card {card} is unreadable: {exc}") from exc
+    return out
+
+
+def resolve_model_path(name_or_path: str | Path) -> tuple[Path, Path | None]:
+    """(weights file, card file or None) for a shipped name, a .pt file or a run folder."""
+    p = Path(name_or_path)
+    shipped = WEIGHTS_DIR / f"{name_or_path}.pt"
+    if not p.suffix and not p.exists() and shipped.exists():
+        return shipped, WEIGHTS_DIR / f"{name_or_path}.card.json"
+    if p.is_dir():
+        for cand in ("best.pt", "model.pt", "last.pt"):
+            if (p / cand).exists():
+                return p / cand, (p / "card.json") if (p / "card.json").exists() else None
+        raise ModelError(f"no checkpoint (best.pt) in run folder {p}")
+    if p.is_file():
+        card = p.with_name(p.name[: -len(p.suffix)] + ".card.json")
+        return p, card if card.exists() else None
+    known = ", ".join(shipped_models()) or "none"
+    raise ModelError(f"unknown model {str(name_or_path)!r} (shipped models: {known}; or give a .pt file / run folder)")
+
+
+def has_model(name_or_path: str | Path) -> bool:
+    try:
+        resolve_model_path(name_or_path)
+        return True
+    except ModelError:
+        return False
+
+
+@lru_cache(maxsize=8)
+def _load_cached(weights: str, card: str | None):
+    from covidct.models.checkpoint import load_model, verify_card
+
+    if card is not None:
+        verify_card(weights, card)
+    return load_model(weights)
+
+
+def load(name_or_path: str | Path):
+    """(model in eval mode, info) for a shipped name or a checkpoint path; cached per process."""
+    weights, card = resolve_model_path(name_or_path)
+    model, info = _load_cached(str(weights), None if card is None else str(card))
+    info = dict(info)
+    info.setdefault("name", Path(weights).stem)
+    if card is not None:
+        c = json.loads(Path(card).read_text())
+        info["card"] = c
+        info["version"] = c.get("version", info.get("version"))
+        info["sha256"] = c.get("sha256")
+    return model, info

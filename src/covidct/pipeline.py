@@ -1,0 +1,663 @@
+"""``analyze``: one call from a chest CT to lung and lesion masks, severity, diagnosis and reports.
+
+Stages (each timed in the report): load → lungs → lesions → severity → diagnosis → outputs.
+
+- Lungs: the shipped ``lungs`` model on every slice that can contain lung (for HU input, slices
+  whose HU-threshold lung field is not empty, ± a margin), through covidct's one normalisation;
+  then cleaned in 3-D (components that are too small dropped, holes filled slice by slice so that
+  dense lesions at the lung border stay inside) and split into left and right, also when the two
+  lungs touch (erosion until two seeds separate, then a watershed).
+- Lesions: the shipped ``lesions`` model (GGO / consolidation / effusion) on the lung slices. For HU
+  input two physical checks follow: GGO/consolidation must lie in the (slightly dilated) lungs and
+  be denser than ``lesion_min_hu``; effusion must lie in the pleural space next to a lung, at water
+  density, and is kept out of the lung label (as in covidct's phantom and MedSeg's labels).
+- Without shipped models (a development checkout before training), both stages fall back to HU
+  rules, and the report says so in ``models`` and ``warnings``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from covidct import __version__
+from covidct.errors import NoLungsFound, UnsupportedInput
+from covidct.labels import CONSOLIDATION, DIAGNOSIS_CLASSES, EFFUSION, GGO, LEFT_LUNG, RIGHT_LUNG
+from covidct.preprocess import threshold_lung_mask
+from covidct.volume import CT
+
+REPORT_SCHEMA_VERSION = "1.0"
+
+
+@dataclass
+class Analysis:
+    """What :func:`analyze` returns: the input, its masks (on the input's canonical grid) and the report."""
+
+    ct: CT
+    lungs: np.ndarray
+    lesions: np.ndarray
+    report: dict
+    outdir: Path | None = None
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def _model_entry(info: dict | None, fallback: str) -> dict:
+    if info is None:
+        return {"name": fallback, "version": "rule", "sha256": None}
+    return {"name": str(info.get("name")), "version": str(info.get("version", "0")), "sha256": info.get("sha256")}
+
+
+class Analyzer:
+    """Holds the models (loaded once) and analyses any number of CTs: ``Analyzer()(ct)``.
+
+    ``lungs_model`` / ``lesions_model``: a shipped model name, a checkpoint path, or None for the
+    HU-rule fallback. Missing shipped models fall back with a warning.
+    """
+
+    def __init__(
+        self,
+        lungs_model: str | Path | None = "lungs",
+        lesions_model: str | Path | None = "lesions",
+        bf16: bool = True,
+        batch_size: int = 16,
+        lesion_min_hu: float = -800.0,
+        min_lesion_mm3: float = 20.0,
+    ) -> None:
+        from covidct.models import zoo
+
+        self.bf16 = bf16
+        self.batch_size = batch_size
+        self.lesion_min_hu = lesion_min_hu
+        self.min_lesion_mm3 = min_lesion_mm3
+        self.warnings: list[str] = []
+        self.lungs = self.lesions = None
+        self.lungs_info = self.lesions_info = None
+        for attr, name in (("lungs", lungs_model), ("lesions", lesions_model)):
+            if name is None:
+                continue
+            if not zoo.has_model(name) and str(name) in ("lungs", "lesions"):
+                self.warnings.append(f"shipped model '{name}' not found: using the HU-rule fallback for {attr}")
+                continue
+            model, info = zoo.load(name)
+            setattr(self, attr, model)
+            setattr(self, f"{attr}_info", info)
+
+    # --- lungs ---------------------------------------------------------------------------------
+
+    def _predict(self, model, info, slices: np.ndarray, is_hu: bool) -> np.ndarray:
+        from covidct.models.inference import predict_slices
+
+        return predict_slices(model, info, slices, is_hu, batch_size=self.batch_size, bf16=self.bf16)
+
+    def segment_lungs(self, ct: CT) -> np.ndarray:
+        """(z, y, x) uint8: 0 background, 1 left lung, 2 right lung."""
+        vol = ct.array
+        if ct.is_hu:
+            field_mask = threshold_lung_mask(vol)
+            counts = field_mask.reshape(len(vol), -1).sum(1)
+            candidates = np.flatnonzero(counts > 0.002 * vol[0].size)
+            if candidates.size == 0:
+                return np.zeros(vol.shape, np.uint8)
+            lo, hi = max(candidates.min() - 2, 0), min(candidates.max() + 2, len(vol) - 1)
+            idx = np.arange(lo, hi + 1)
+        else:
+            field_mask = None
+            idx = np.arange(len(vol))
+        mask = np.zeros(vol.shape, bool)
+        if self.lungs is not None:
+            prob = self._predict(self.lungs, self.lungs_info, vol[idx], ct.is_hu)
+            thr = (self.lungs_info.get("thresholds") or {}).get("foreground", 0.5)
+            mask[idx] = prob[:, 1] >= thr
+            if ct.is_hu:  # lungs are air-filled: nothing denser than soft tissue at the lung edge
+                mask &= vol < 200
+        else:
+            mask = field_mask if field_mask is not None else mask
+        mask = clean_lung_mask(mask, ct.spacing)
+        return split_left_right(mask, ct.spacing)
+
+    # --- lesions -------------------------------------------------------------------------------
+
+    def segment_lesions(self, ct: CT, lungs: np.ndarray) -> np.ndarray:
+        """(z, y, x) uint8: 0 none, 1 GGO, 2 consolidation, 3 pleural effusion."""
+        vol = ct.array
+        lung = lungs > 0
+        out = np.zeros(vol.shape, np.uint8)
+        zs = np.flatnonzero(lung.reshape(len(vol), -1).any(1))
+        if zs.size == 0:
+            return out
+        dz, dy, dx = ct.spacing
+        near_lung = _dilate_mm(lung, (dz, dy, dx), 3.0)
+        if self.lesions is not None:
+            prob = self._predict(self.lesions, self.lesions_info, vol[zs], ct.is_hu)
+            labels = np.argmax(prob, axis=1).astype(np.uint8)
+            if prob.shape[1] == 2:  # a binary infection model: call it all GGO/consolidation by HU
+                labels = labels.astype(np.uint8)
+            out[zs] = labels
+        elif ct.is_hu:
+            sub = vol[zs]
+            rule = np.zeros(sub.shape, np.uint8)
+            rule[(sub > -700) & (sub < -300)] = GGO
+            # dense and filled-in: vessels are thin, so an opening keeps consolidation only
+            dense = ndimage.binary_opening((sub >= -300) & (sub < 100), structure=np.ones((1, 5, 5), bool))
+            rule[dense] = CONSOLIDATION
+            out[zs] = rule
+        if self.lesions is not None and self.lesions_info and len(self.lesions_info.get("classes", [])) == 2:
+            infected = out > 0
+            out[:] = 0
+            if ct.is_hu:
+                out[infected & (vol < -300)] = GGO
+                out[infected & (vol >= -300)] = CONSOLIDATION
+            else:
+                out[infected] = GGO
+        infection = (out == GGO) | (out == CONSOLIDATION)
+        infection &= near_lung
+        if ct.is_hu:
+            infection &= vol >= self.lesion_min_hu
+        effusion = out == EFFUSION
+        if ct.is_hu:
+            pleural = _dilate_mm(lung, (dz, dy, dx), 30.0) & ~lung
+            effusion &= pleural & (vol > -50) & (vol < 80)
+        else:
+            effusion &= ~lung
+        result = np.zeros_like(out)
+        result[infection] = out[infection]
+        result[effusion] = EFFUSION
+        return _drop_small(result, ct.spacing, self.min_lesion_mm3)
+
+    # --- the whole analysis --------------------------------------------------------------------
+
+    def __call__(self, ct: CT, outdir: str | Path | None = None, *, png: bool = False, html: bool = True) -> Analysis:
+        t = {"load": float(ct.meta.get("_load_seconds", 0.0))}
+        if ct.n_slices == 1 and not ct.is_hu and ct.kind == "image":
+            mode = "slice"
+        elif ct.n_slices < 3:
+            raise UnsupportedInput(f"{ct.n_slices} slice(s) is too few for a volume analysis; give a series or a single image")
+        else:
+            mode = "volume"
+        warnings = list(ct.warnings) + list(self.warnings)
+        if mode == "volume" and not ct.is_hu:
+            warnings.append("input intensities are not HU (display-range volume): HU checks skipped, volumes less reliable")
+        t0 = time.perf_counter()
+        lungs = self.segment_lungs(ct)
+        t["lungs"] = time.perf_counter() - t0
+        if not lungs.any():
+            raise NoLungsFound(f"no lungs found in {ct.path or 'the input'}: is this a chest CT?")
+        t0 = time.perf_counter()
+        lesions = self.segment_lesions(ct, lungs)
+        # GGO/consolidation are part of the lung they lie in (the lung label includes its lesions)
+        lungs = _absorb_lesions(lungs, lesions)
+        t["lesions"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        severity = measure(ct, lungs, lesions, mode)
+        t["severity"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        diagnosis = diagnose_from_findings(severity)
+        t["diagnosis"] = time.perf_counter() - t0
+        report = build_report(ct, mode, severity, diagnosis, [
+            _model_entry(self.lungs_info, "hu-threshold-lungs"),
+            _model_entry(self.lesions_info, "hu-rule-lesions"),
+        ], t, warnings)
+        analysis = Analysis(ct=ct, lungs=lungs, lesions=lesions, report=report)
+        if outdir is not None:
+            t0 = time.perf_counter()
+            write_outputs(analysis, Path(outdir), png=png, html=html, timings=t)
+        return analysis
+
+
+# --- mask post-processing ------------------------------------------------------------------------
+
+
+def _ball(radius_vox: tuple[int, ...]) -> np.ndarray:
+    grids = np.ogrid[tuple(slice(-r, r + 1) for r in radius_vox)]
+    return sum((g / max(r, 1)) ** 2 for g, r in zip(grids, radius_vox, strict=True)) <= 1.0
+
+
+def _dilate_mm(mask: np.ndarray, spacing: tuple[float, float, float], mm: float) -> np.ndarray:
+    """Dilate by about ``mm`` millimetres (anisotropic voxels respected)."""
+    r = tuple(max(int(round(mm / s)), 0) for s in spacing)
+    if mask.shape[0] == 1:
+        r = (0, *r[1:])
+    if not any(r):
+        return mask.copy()
+    # a box of rank-1 passes is cheaper than a ball and close enough for a margin
+    out = mask
+    for axis, ri in enumerate(r):
+        if ri:
+            size = [1, 1, 1]
+            size[axis] = 2 * ri + 1
+            out = ndimage.maximum_filter(out.astype(np.uint8), size=tuple(size)).astype(bool)
+    return out
+
+
+def _drop_small(labels: np.ndarray, spacing: tuple[float, float, float], min_mm3: float) -> np.ndarray:
+    vox = float(np.prod(spacing))
+    min_vox = max(int(np.ceil(min_mm3 / vox)), 1)
+    if min_vox <= 1:
+        return labels
+    fg = labels > 0
+    lbl, n = ndimage.label(fg)
+    if n == 0:
+        return labels
+    sizes = np.bincount(lbl.ravel())
+    small = sizes < min_vox
+    small[0] = False
+    out = labels.copy()
+    out[small[lbl]] = 0
+    return out
+
+
+def clean_lung_mask(mask: np.ndarray, spacing: tuple[float, float, float], min_fraction: float = 0.05) -> np.ndarray:
+    """Keep the large 3-D components (the lungs), fill holes slice by slice (keeps dense border lesions)."""
+    if not mask.any():
+        return mask
+    lbl, n = ndimage.label(mask)
+    sizes = np.bincount(lbl.ravel())
+    sizes[0] = 0
+    keep = sizes >= max(sizes.max() * min_fraction, 1)
+    out = keep[lbl]
+    for k in np.flatnonzero(out.reshape(len(out), -1).any(1)):
+        out[k] = ndimage.binary_fill_holes(out[k])
+    return out
+
+
+def split_left_right(mask: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """Label a lung mask 1 (patient's left = larger x) / 2 (right), also when the lungs touch."""
+    out = np.zeros(mask.shape, np.uint8)
+    if not mask.any():
+        return out
+    seeds = _two_seeds(mask)
+    if seeds is None:  # one blob that erosion could not split: cut at the midline of each slice
+        xs = np.nonzero(mask)[2]
+        mid = 0.5 * (xs.min() + xs.max())
+        xx = np.arange(mask.shape[2])[None, None, :]
+        out[mask & (xx >= mid)] = LEFT_LUNG
+        out[mask & (xx < mid)] = RIGHT_LUNG
+        return out
+    from skimage.segmentation import watershed
+
+    markers = np.zeros(mask.shape, np.int32)
+    a, b = seeds
+    ax = np.nonzero(a)[2].mean()
+    bx = np.nonzero(b)[2].mean()
+    left, right = (a, b) if ax > bx else (b, a)
+    markers[left] = LEFT_LUNG
+    markers[right] = RIGHT_LUNG
+    dist = ndimage.distance_transform_edt(mask, sampling=spacing)
+    lab = watershed(-dist, markers, mask=mask)
+    return lab.astype(np.uint8)
+
+
+def _two_seeds(mask: np.ndarray, max_iter: int = 12) -> tuple[np.ndarray, np.ndarray] | None:
+    """Two big components of the mask, eroding (in-plane) until the lungs separate."""
+    structure = np.zeros((3, 3, 3), bool)
+    structure[1] = ndimage.generate_binary_structure(2, 1)
+    cur = mask
+    for _ in range(max_iter + 1):
+        lbl, n = ndimage.label(cur)
+        if n >= 2:
+            sizes = np.bincount(lbl.ravel())
+            sizes[0] = 0
+            order = np.argsort(sizes)[::-1]
+            if sizes[order[1]] >= 0.15 * sizes[order[0]]:
+                a, b = lbl == order[0], lbl == order[1]
+                ax, bx = np.nonzero(a)[2].mean(), np.nonzero(b)[2].mean()
+                spread = np.ptp(np.nonzero(mask)[2]) + 1
+                if abs(ax - bx) > 0.15 * spread:
+                    return a, b
+        cur = ndimage.binary_erosion(cur, structure=structure)
+        if not cur.any():
+            return None
+    return None
+
+
+def _absorb_lesions(lungs: np.ndarray, lesions: np.ndarray) -> np.ndarray:
+    """Add GGO/consolidation voxels outside the lung label to the nearest lung."""
+    infection = (lesions == GGO) | (lesions == CONSOLIDATION)
+    missing = infection & (lungs == 0)
+    if not missing.any() or not lungs.any():
+        return lungs
+    _, idx = ndimage.distance_transform_edt(lungs == 0, return_indices=True)
+    nearest = lungs[tuple(idx)]
+    out = lungs.copy()
+    out[missing] = nearest[missing]
+    return out
+
+
+# --- severity ----------------------------------------------------------------------------------
+
+PAN_BINS = (0.0, 5.0, 25.0, 50.0, 75.0)  # upper bounds (%) of scores 0/1..4, >75 % -> 5
+ZERO_INVOLVEMENT_PCT = 0.05  # below this a zone counts as uninvolved (noise-level false positives)
+
+
+def pan_lobe_score(percent: float) -> int:
+    """Pan et al. 0–5: none, <5 %, 5–25 %, 26–49 %, 50–75 %, >75 %."""
+    if percent < ZERO_INVOLVEMENT_PCT:
+        return 0
+    if percent < 5:
+        return 1
+    if percent <= 25:
+        return 2
+    if percent < 50:
+        return 3
+    if percent <= 75:
+        return 4
+    return 5
+
+
+def measure(ct: CT, lungs: np.ndarray, lesions: np.ndarray, mode: str = "volume") -> dict:
+    """Volumes (mL), involvement per lung and zone, and the Pan severity score (six-zone approximation)."""
+    vml = ct.voxel_volume_ml if mode == "volume" else None
+    infection = (lesions == GGO) | (lesions == CONSOLIDATION)
+    res: dict = {"mode": mode, "per_lung": {}, "zones": {}}
+    for side, lab in (("left", LEFT_LUNG), ("right", RIGHT_LUNG)):
+        lung = lungs == lab
+        n_lung = int(lung.sum())
+        counts = {
+            "ggo": int(((lesions == GGO) & lung).sum()),
+            "consolidation": int(((lesions == CONSOLIDATION) & lung).sum()),
+        }
+        # effusion belongs to the side of the nearest lung
+        res["per_lung"][side] = {"lung_vox": n_lung, **counts, "infection": counts["ggo"] + counts["consolidation"]}
+        zs = np.flatnonzero(lung.reshape(len(lung), -1).any(1))
+        for zone in ("upper", "middle", "lower"):
+            res["zones"][f"{side}_{zone}"] = None
+        if zs.size and mode == "volume":
+            # thirds of the lung's cranio-caudal extent; z increases towards the head
+            edges = np.linspace(zs.min(), zs.max() + 1, 4)
+            for zone, (a, b) in zip(("lower", "middle", "upper"), zip(edges[:-1], edges[1:], strict=True), strict=True):
+                sl = slice(int(np.floor(a)), int(np.floor(b)))
+                zl = lung[sl]
+                nz = int(zl.sum())
+                res["zones"][f"{side}_{zone}"] = 100.0 * int((infection[sl] & zl).sum()) / nz if nz else 0.0
+    eff = lesions == EFFUSION
+    if eff.any() and lungs.any():
+        _, idx = ndimage.distance_transform_edt(lungs == 0, return_indices=True, sampling=ct.spacing if mode == "volume" else None)
+        side_of = lungs[tuple(idx)]
+        res["per_lung"]["left"]["effusion"] = int((eff & (side_of == LEFT_LUNG)).sum())
+        res["per_lung"]["right"]["effusion"] = int((eff & (side_of == RIGHT_LUNG)).sum())
+    else:
+        res["per_lung"]["left"]["effusion"] = res["per_lung"]["right"]["effusion"] = 0
+
+    def pct(a: int, b: int) -> float:
+        return 100.0 * a / b if b else 0.0
+
+    pl = res["per_lung"]
+    res["involvement"] = {
+        "left": pct(pl["left"]["infection"], pl["left"]["lung_vox"]),
+        "right": pct(pl["right"]["infection"], pl["right"]["lung_vox"]),
+        "total": pct(pl["left"]["infection"] + pl["right"]["infection"], pl["left"]["lung_vox"] + pl["right"]["lung_vox"]),
+    }
+    res["voxel_ml"] = vml
+    # bilateral / peripheral / GGO-predominance features for the diagnosis
+    tot_inf = pl["left"]["infection"] + pl["right"]["infection"]
+    res["ggo_fraction"] = (pl["left"]["ggo"] + pl["right"]["ggo"]) / tot_inf if tot_inf else 0.0
+    res["bilateral"] = res["involvement"]["left"] >= 0.5 and res["involvement"]["right"] >= 0.5
+    if tot_inf and mode == "volume":
+        depth = ndimage.distance_transform_edt(lungs > 0, sampling=ct.spacing)
+        res["peripheral_fraction"] = float((depth[infection] <= 20.0).mean())
+    else:
+        res["peripheral_fraction"] = 0.0
+    if mode == "volume":
+        z = res["zones"]
+        lobes = {
+            "RUL": z["right_upper"], "RML": z["right_middle"], "RLL": z["right_lower"],
+            # the left lung has two lobes: its upper and middle thirds approximate the upper lobe
+            "LUL": None if z["left_upper"] is None else 0.5 * (z["left_upper"] + z["left_middle"]),
+            "LLL": z["left_lower"],
+        }
+        res["lobes_percent"] = lobes
+        res["lobe_scores"] = {k: pan_lobe_score(v or 0.0) for k, v in lobes.items()}
+        res["score"] = int(sum(res["lobe_scores"].values()))
+    else:
+        res["lobes_percent"] = res["lobe_scores"] = None
+        res["score"] = None
+    return res
+
+
+# --- diagnosis ---------------------------------------------------------------------------------
+
+
+def diagnose_from_findings(sev: dict) -> dict:
+    """COVID-19 / other pneumonia / normal from the lesion findings (an interpretable rule, uncalibrated).
+
+    P(abnormal) rises with total involvement (a logistic curve centred at 1 % of lung volume);
+    within abnormal, the COVID-19 share rises with the typical CT pattern of the RSNA consensus:
+    bilateral, peripheral, ground-glass-predominant opacities.
+    """
+    inv = max(float(sev["involvement"]["total"]), 1e-4)
+    p_abn = 1.0 / (1.0 + np.exp(-3.0 * (np.log10(inv) - 0.0)))
+    typical = 0.25 + 0.25 * float(sev["bilateral"]) + 0.25 * float(sev["ggo_fraction"]) + 0.2 * float(sev["peripheral_fraction"] >= 0.5)
+    typical = min(max(typical, 0.05), 0.95)
+    probs = {"covid19": p_abn * typical, "pneumonia": p_abn * (1 - typical), "normal": 1.0 - p_abn}
+    label = max(probs, key=probs.get)
+    return {
+        "label": label,
+        "probabilities": {k: round(float(probs[k]), 4) for k in DIAGNOSIS_CLASSES},
+        "method": (
+            "rule on lesion findings (uncalibrated): P(abnormal) from total involvement (logistic, 50 % at 1 %); "
+            "COVID-19 share from bilateral, GGO-predominant, peripheral pattern (RSNA typical appearance)"
+        ),
+    }
+
+
+# --- report -------------------------------------------------------------------------------------
+
+
+def _r(x: float | None, nd: int = 2) -> float | None:
+    return None if x is None else round(float(x), nd)
+
+
+def build_report(ct: CT, mode: str, sev: dict, diagnosis: dict, models: list[dict], timings: dict, warnings: list[str]) -> dict:
+    vml = sev["voxel_ml"]
+    pl = sev["per_lung"]
+
+    def ml(n: int) -> float | None:
+        return None if vml is None else round(n * vml, 2)
+
+    lesion_side = {
+        side: {
+            "ggo_ml": ml(pl[side]["ggo"]),
+            "consolidation_ml": ml(pl[side]["consolidation"]),
+            "effusion_ml": ml(pl[side]["effusion"]),
+            "total_ml": ml(pl[side]["infection"] + pl[side]["effusion"]),
+        }
+        for side in ("left", "right")
+    }
+    report = {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "covidct_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "mode": mode,
+        "input": {
+            "path": ct.path,
+            "kind": ct.kind,
+            "n_slices": ct.n_slices,
+            "shape_zyx": list(ct.shape),
+            "spacing_mm": [round(float(s), 4) for s in ct.spacing] if ct.spacing_known else None,
+            "is_hu": bool(ct.is_hu),
+            "series_uid": ct.meta.get("series_uid"),
+            "patient_id": ct.meta.get("patient_id"),
+        },
+        "diagnosis": diagnosis,
+        "lungs": {
+            "left_ml": ml(pl["left"]["lung_vox"]),
+            "right_ml": ml(pl["right"]["lung_vox"]),
+            "total_ml": ml(pl["left"]["lung_vox"] + pl["right"]["lung_vox"]),
+        },
+        "lesions": {
+            k: (None if vml is None else round(lesion_side["left"][k] + lesion_side["right"][k], 2))
+            for k in ("ggo_ml", "consolidation_ml", "effusion_ml", "total_ml")
+        }
+        | lesion_side,
+        "involvement_percent": {
+            "left": _r(sev["involvement"]["left"], 3),
+            "right": _r(sev["involvement"]["right"], 3),
+            "total": _r(sev["involvement"]["total"], 3),
+            "zones": {k: _r(v, 3) for k, v in sev["zones"].items()},
+        },
+        "severity": {
+            "score": sev["score"],
+            "max": 25,
+            "method": (
+                "Pan et al. 2020 CT severity score (5 lobes × 0–5) approximated from six zones: the right lung's "
+                "upper/middle/lower thirds stand for RUL/RML/RLL, the left lung's upper two thirds for LUL and its "
+                "lower third for LLL (no lobe segmentation yet)"
+                if mode == "volume"
+                else "not computed for a single slice (needs the whole lungs)"
+            ),
+            "lobes": sev["lobe_scores"],
+            "lobes_percent": None if sev["lobes_percent"] is None else {k: _r(v, 3) for k, v in sev["lobes_percent"].items()},
+        },
+        "pattern": {
+            "bilateral": bool(sev["bilateral"]),
+            "ggo_fraction": _r(sev["ggo_fraction"], 3),
+            "peripheral_fraction": _r(sev["peripheral_fraction"], 3),
+        },
+        "slices": [],
+        "models": models,
+        "timings_s": {k: round(float(v), 3) for k, v in timings.items()},
+        "warnings": warnings,
+        "outputs": {},
+    }
+    return report
+
+
+def slice_table(ct: CT, lungs: np.ndarray, lesions: np.ndarray) -> list[dict]:
+    """One entry per input slice (in the input's slice order), with areas in mm² (px² without spacing)."""
+    area = ct.pixel_area_mm2 if ct.spacing_known else 1.0
+    n = ct.n_slices
+    lung_px = (lungs > 0).reshape(n, -1).sum(1)
+    per = {c: (lesions == c).reshape(n, -1).sum(1) for c in (GGO, CONSOLIDATION, EFFUSION)}
+    rows = []
+    refs = ct.slices or []
+    for k in range(n):
+        ref = refs[k] if k < len(refs) else None
+        rows.append({
+            "index": k,
+            "file": ref.file if ref else None,
+            "sop_instance_uid": ref.sop_instance_uid if ref else None,
+            "z_mm": round(float(ref.z_mm), 3) if ref else float(k),
+            "lung_mm2": round(float(lung_px[k] * area), 2),
+            "lesion_mm2": round(float((per[GGO][k] + per[CONSOLIDATION][k] + per[EFFUSION][k]) * area), 2),
+            "ggo_mm2": round(float(per[GGO][k] * area), 2),
+            "consolidation_mm2": round(float(per[CONSOLIDATION][k] * area), 2),
+            "effusion_mm2": round(float(per[EFFUSION][k] * area), 2),
+        })
+    return rows
+
+
+# --- outputs ------------------------------------------------------------------------------------
+
+
+def write_outputs(analysis: Analysis, outdir: Path, *, png: bool = False, html: bool = True, timings: dict | None = None) -> dict[str, str]:
+    """Write every output into ``outdir`` atomically: built in a temp folder, then moved in."""
+    import json
+
+    from covidct.io import save_label_png, save_mask_nifti, save_overlay_png
+
+    ct, lungs, lesions, report = analysis.ct, analysis.lungs, analysis.lesions, analysis.report
+    t0 = time.perf_counter()
+    outdir = Path(outdir)
+    outdir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
+    try:
+        report["slices"] = slice_table(ct, lungs, lesions)
+        files: dict[str, str] = {}
+        if report["mode"] == "volume":
+            save_mask_nifti(lungs, ct, tmp / "lungs.nii.gz")
+            save_mask_nifti(lesions, ct, tmp / "lesions.nii.gz")
+            files |= {"lungs": "lungs.nii.gz", "lesions": "lesions.nii.gz"}
+            if ct.kind == "dicom":
+                try:
+                    from covidct.report.dicomseg import write_dicom_seg
+
+                    write_dicom_seg(ct, lungs, lesions, tmp / "segmentation.dcm")
+                    files["dicom_seg"] = "segmentation.dcm"
+                except ImportError:
+                    report["warnings"].append("DICOM SEG writer not available in this build")
+        else:
+            save_label_png(lungs[0], tmp / "lungs.png")
+            save_label_png(lesions[0], tmp / "lesions.png")
+            files |= {"lungs": "lungs.png", "lesions": "lesions.png"}
+        from covidct.labels import LESION_COLORS, LUNG_COLORS
+
+        if report["mode"] == "slice" or png:
+            pngdir = tmp if report["mode"] == "slice" else tmp / "slices"
+            pngdir.mkdir(exist_ok=True)
+            colors = {**{k + 10: v for k, v in LUNG_COLORS.items()}, **LESION_COLORS}
+            for k in range(ct.n_slices):
+                if report["mode"] == "volume" and not (lungs[k].any() or lesions[k].any()):
+                    continue
+                combined = np.where(lesions[k] > 0, lesions[k], np.where(lungs[k] > 0, lungs[k] + 10, 0)).astype(np.uint8)
+                name = "overlay.png" if report["mode"] == "slice" else f"slice_{k:04d}.png"
+                save_overlay_png(ct.array[k], combined, pngdir / name, colors=colors)
+            files["overlays"] = "overlay.png" if report["mode"] == "slice" else "slices/"
+        if html:
+            try:
+                from covidct.report.html import write_html_report
+
+                files["html"] = "report.html"
+                report["outputs"] = files
+                write_html_report(ct, lungs, lesions, report, tmp / "report.html")
+            except ImportError:
+                files.pop("html", None)
+                report["warnings"].append("HTML report writer not available in this build")
+        files["json"] = "report.json"
+        report["outputs"] = files
+        if timings is not None:
+            timings["outputs"] = time.perf_counter() - t0
+            timings["total"] = sum(v for k, v in timings.items() if k != "total")
+            report["timings_s"] = {k: round(float(v), 3) for k, v in timings.items()}
+        (tmp / "report.json").write_text(json.dumps(report, indent=2))
+        _move_into(tmp, outdir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    analysis.outdir = outdir
+    analysis.files = files
+    return files
+
+
+def _move_into(tmp: Path, outdir: Path) -> None:
+    """Publish a finished temp folder: a rename when ``outdir`` is new, else file-by-file replaces."""
+    if not outdir.exists():
+        os.replace(tmp, outdir)
+        return
+    for p in sorted(tmp.rglob("*")):
+        target = outdir / p.relative_to(tmp)
+        if p.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            os.replace(p, target)
+
+
+# --- the public verb -----------------------------------------------------------------------------
+
+_SHARED: dict[tuple, Analyzer] = {}
+
+
+def shared_analyzer(**kwargs) -> Analyzer:
+    """One :class:`Analyzer` per process and settings (models are loaded once; used by batch workers)."""
+    key = tuple(sorted((k, str(v)) for k, v in kwargs.items()))
+    if key not in _SHARED:
+        _SHARED[key] = Analyzer(**kwargs)
+    return _SHARED[key]
+
+
+def analyze(source: str | Path | CT, outdir: str | Path | None = None, *, analyzer: Analyzer | None = None, png: bool = False, html: bool = True) -> Analysis:
+    """Analyse one chest CT (path or :class:`CT`); write the outputs to ``outdir`` when given."""
+    from covidct.io import load_ct
+
+    t0 = time.perf_counter()
+    ct = source if isinstance(source, CT) else load_ct(source)
+    load_s = time.perf_counter() - t0
+    ct.meta["_load_seconds"] = load_s
+    analyzer = analyzer or shared_analyzer()
+    return analyzer(ct, outdir, png=png, html=html)
