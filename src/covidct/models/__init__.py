@@ -1,0 +1,8 @@
+"""Networks (registry), checkpoints/model cards, and the slice inference path."""
+
+from __future__ import annotations
+
+from covidct.models.checkpoint import load_model, save_checkpoint, verify_card, write_card
+from covidct.models.registry import build_model, list_models
+
+__all__ = ["build_model", "list_models", "load_model", "save_checkpoint", "write_card", "verify_card"]

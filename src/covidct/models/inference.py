@@ -1,0 +1,92 @@
+"""Slice inference: the one path from raw slices (HU or display) to class probabilities.
+
+Used by evaluation and later by ``covidct segment``/``analyze``. Each slice is normalised with the
+model's stored :class:`~covidct.preprocess.NormalisationConfig` (exactly as in training), resized to
+the model's input size, passed through the network, and its softmax probabilities are resized back to
+the slice's own size (bilinear on probabilities).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from covidct.models.checkpoint import load_model
+from covidct.preprocess import NormalisationConfig, to_model_input
+
+__all__ = ["predict_slices", "probabilities_to_labels", "load_model"]
+
+
+def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    from covidct.train.datasets import resize_image_tensor
+
+    return resize_image_tensor(x, size)
+
+
+@torch.no_grad()
+def predict_slices(
+    model: nn.Module,
+    info: dict,
+    images: np.ndarray | Sequence[np.ndarray],
+    is_hu: bool | Sequence[bool],
+    batch_size: int = 8,
+    bf16: bool = False,
+    device: str | torch.device | None = None,
+) -> np.ndarray | list[np.ndarray]:
+    """Softmax probabilities (C, H, W) float32 for each slice.
+
+    ``images`` is an array (N, H, W) -> returns (N, C, H, W), or a list of (H, W) arrays of any sizes
+    -> returns a list. ``is_hu`` is one flag for all slices or one per slice.
+    """
+    as_array = isinstance(images, np.ndarray)
+    if as_array and images.ndim == 2:
+        images = images[None]
+    imgs = list(images)
+    flags = [bool(is_hu)] * len(imgs) if isinstance(is_hu, bool | np.bool_) else [bool(f) for f in is_hu]
+    if len(flags) != len(imgs):
+        raise ValueError("predict_slices: is_hu must be one flag or one per image")
+    norm = NormalisationConfig.from_dict(info.get("normalisation"))
+    size = tuple(info.get("input_size") or (256, 256))
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out: list[np.ndarray] = []
+    for start in range(0, len(imgs), batch_size):
+        chunk = imgs[start : start + batch_size]
+        xs = [_resize(torch.from_numpy(to_model_input(np.asarray(im), f, norm))[None], size)
+              for im, f in zip(chunk, flags[start : start + batch_size], strict=True)]
+        x = torch.stack(xs).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        if isinstance(logits, list | tuple):
+            logits = logits[0]
+        prob = torch.softmax(logits.float(), dim=1)
+        for p, im in zip(prob, chunk, strict=True):
+            p = _resize_back(p, np.asarray(im).shape[-2:])
+            out.append(p.cpu().numpy().astype(np.float32))
+    if was_training:
+        model.train()
+    return np.stack(out) if as_array else out
+
+
+def _resize_back(p: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    if tuple(p.shape[-2:]) == tuple(shape):
+        return p
+    q = torch.nn.functional.interpolate(p[None], size=tuple(shape), mode="bilinear", align_corners=False)[0]
+    return q / q.sum(0, keepdim=True).clamp_min(1e-8)
+
+
+def probabilities_to_labels(prob: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """Label map(s) from probabilities (C, H, W) or (N, C, H, W).
+
+    Binary models (C == 2) use ``prob[1] >= threshold`` when a threshold is given (the one stored in
+    ``info["thresholds"]["foreground"]``); otherwise argmax over classes.
+    """
+    prob = np.asarray(prob)
+    ch = prob.ndim - 3
+    if prob.shape[ch] == 2 and threshold is not None:
+        return (np.take(prob, 1, axis=ch) >= threshold).astype(np.uint8)
+    return np.argmax(prob, axis=ch).astype(np.uint8)

@@ -1,0 +1,8 @@
+"""Training: configs, losses, datasets and the one training loop (``train(config) -> run dir``)."""
+
+from __future__ import annotations
+
+from covidct.train.config import Config, expand_grid, load_config
+from covidct.train.loop import train
+
+__all__ = ["train", "load_config", "expand_grid", "Config"]

@@ -1,0 +1,170 @@
+"""Training loop, losses and configs on tiny synthetic records (CPU, seconds)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from covidct.errors import ConfigError
+from covidct.train.config import expand_grid, load_config
+from covidct.train.losses import build_loss, median_frequency_weights
+
+
+def disk_records(n_cases: int = 6, per_case: int = 4, size: int = 64, seed: int = 0) -> list[dict]:
+    """Display-valued slices with a bright disk (the infection label) on a noisy background."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    recs = []
+    for c in range(n_cases):
+        for k in range(per_case):
+            img = rng.normal(60, 10, (size, size)).astype(np.float32)
+            lab = np.zeros((size, size), np.uint8)
+            if (c + k) % 4:  # some empty slices (negatives)
+                cy, cx, r = rng.integers(16, size - 16, 2).tolist() + [int(rng.integers(5, 12))]
+                lab = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).astype(np.uint8)
+                img[lab > 0] = rng.normal(200, 10, int(lab.sum()))
+            recs.append({"image": np.clip(img, 0, 255), "is_hu": False, "lungs": None, "infection": lab,
+                         "lesions": None, "slice_label": int(lab.any()), "class_label": None,
+                         "case": f"c{c}", "id": f"c{c}-{k}", "source": "disks", "group": f"c{c}", "meta": {}})
+    return recs
+
+
+def tiny_config(**over) -> dict:
+    cfg = {
+        "name": "tiny",
+        "task": "infection",
+        "data": {"sources": [{"name": "disks"}], "split": {"fractions": [0.5, 0.25, 0.25], "seed": 1}},
+        "model": {"name": "unet", "kwargs": {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0}},
+        "loss": {"name": "dice_ce"},
+        "optimizer": {"name": "adam", "lr": 0.01},
+        "schedule": {"name": "cosine"},
+        "train": {"epochs": 2, "batch_size": 4, "input_size": 64, "steps_per_epoch": 4, "seed": 0,
+                  "patience": 5, "save_fp16": False},
+        "augment": {"enabled": True, "noise_prob": 0.0, "smooth_prob": 0.0},
+        "normalisation": {"clahe_clip": None},
+    }
+    for k, v in over.items():
+        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
+    return cfg
+
+
+def test_median_frequency_weights_hand_set():
+    a = np.array([[0, 0, 0, 1]])  # 4 px: c0 3, c1 1
+    b = np.array([[0, 2, 2, 2]])  # 4 px: c0 1, c2 3
+    w = median_frequency_weights([a, b], 4)
+    # freq0 = 4/8, freq1 = 1/4, freq2 = 3/4, class 3 absent -> weight 0; median(0.5, .25, .75) = 0.5
+    np.testing.assert_allclose(w, [1.0, 2.0, 2 / 3, 0.0], rtol=1e-6)
+
+
+def test_median_frequency_weights_seed004_table():
+    # seed 004 table 1 (pixel count, image pixel count): reproduce with synthetic "images" of those totals
+    freq = np.array([2.4394e7 / 2.6214e7, 1.1965e6 / 2.5166e7, 5.8921e5 / 2.0447e7, 3.4265e4 / 6.5536e6])
+    expected = np.median(freq) / freq
+    assert expected[0] < 0.05 and expected[3] > 7  # the rare effusion class is weighted up
+
+
+def test_losses_build_and_run():
+    logits = torch.randn(2, 3, 16, 16, requires_grad=True)
+    y = torch.randint(0, 3, (2, 1, 16, 16))
+    for name in ("dice", "focal", "dice_ce", "dice_focal", "ce"):
+        for weights in (None, [0.2, 1.0, 3.0]):
+            loss = build_loss({"name": name, "weights": weights})(logits, y)
+            assert torch.isfinite(loss) and loss.requires_grad
+    with pytest.raises(ConfigError, match="loss.weights"):
+        build_loss({"name": "ce", "weights": "median_frequency"})
+
+
+@pytest.mark.parametrize(
+    "patch, key",
+    [
+        ({"optimizer": {"lr": "fast"}}, "optimizer.lr"),
+        ({"train": {"epochs": 0}}, "train.epochs"),
+        ({"train": {"batchsize": 4}}, "train.batchsize"),
+        ({"model": {"name": "vnet"}}, "model.name"),
+        ({"schedule": {"name": "linear"}}, "schedule.name"),
+        ({"task": "lung"}, "task"),
+        ({"data": {"split": {"fractions": [0.5, 0.5]}}}, "data.split.fractions"),
+        ({"loss": {"weights": [1.0]}}, "loss.weights"),
+        ({"train": {"bf16": "yes"}}, "train.bf16"),
+        ({"normalisation": {"window": "lung", "clahe": 1}}, "normalisation.clahe"),
+    ],
+)
+def test_config_errors_name_the_key(patch, key):
+    with pytest.raises(ConfigError) as e:
+        load_config(tiny_config(**patch))
+    msg = str(e.value)
+    assert msg.startswith(key + ":") and "\n" not in msg
+
+
+def test_config_missing_task_and_yaml(tmp_path):
+    d = tiny_config()
+    del d["task"]
+    with pytest.raises(ConfigError, match="^task: missing"):
+        load_config(d)
+    p = tmp_path / "c.yaml"
+    p.write_text("task: lungs\ndata:\n  sources:\n    - {name: ma2020}\n    - {name: phantom, n_volumes: 2}\n"
+                 "optimizer: {lr: 1e-4}\n")
+    cfg = load_config(p)
+    assert cfg.name == "c" and cfg.optimizer.lr == 1e-4 and cfg.data.sources[1].options == {"n_volumes": 2}
+
+
+def test_grid_expansion():
+    d = tiny_config(grid={"model.name": ["unet", "segnet"], "optimizer.lr": [0.01, 0.001]})
+    v = expand_grid(d)
+    assert len(v) == 4 and v[1][0] == "name-unet_lr-0.001" and v[1][1]["optimizer"]["lr"] == 0.001
+    assert all("grid" not in c for _, c in v)
+    v2 = expand_grid(tiny_config(grid=[{"model.name": "segnet", "optimizer.lr": 1e-3}, {"task": "lesions"}]))
+    assert [c["model"]["name"] for _, c in v2] == ["segnet", "unet"] and v2[1][1]["task"] == "lesions"
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    from covidct.train import train
+
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    out = train(tiny_config(), run, records=disk_records(), verbose=False)
+    return out
+
+
+def test_training_writes_run_folder_and_loss_falls(trained_run):
+    for f in ("config.resolved.yaml", "split.json", "best.pt", "last.pt", "log.csv", "metrics.json", "card.json",
+              "test/metrics.md", "test/metrics.csv", "test/heatmap.png", "test/confusion.png"):
+        assert (trained_run / f).is_file(), f
+    rows = list(csv.DictReader(open(trained_run / "log.csv")))
+    assert len(rows) == 2
+    assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
+    split = json.loads((trained_run / "split.json").read_text())
+    parts = [set(split["info"]["cases"][k]) for k in ("train", "val", "test")]
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])  # case-level
+    m = json.loads((trained_run / "metrics.json").read_text())
+    assert m["epochs_run"] == 2 and "test" in m and 0 <= m["test"]["foreground_dice"] <= 1
+    # the resolved config re-loads
+    assert load_config(trained_run / "config.resolved.yaml").model.name == "unet"
+
+
+def test_resume_continues_and_refuses_overwrite(trained_run):
+    from covidct.train import train
+
+    with pytest.raises(ConfigError, match="output.run_dir"):
+        train(tiny_config(), trained_run, records=disk_records(), verbose=False)
+    cfg = tiny_config(train={"epochs": 3})
+    train(cfg, trained_run, resume=True, records=disk_records(), verbose=False)
+    rows = list(csv.DictReader(open(trained_run / "log.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+
+
+def test_trained_checkpoint_reloads(trained_run):
+    from covidct.models import load_model, verify_card
+    from covidct.models.inference import predict_slices
+
+    verify_card(trained_run / "best.pt", trained_run / "card.json")
+    model, info = load_model(trained_run / "best.pt")
+    assert info["task"] == "infection" and info["classes"] == ["background", "infection"]
+    imgs = [r["image"] for r in disk_records(1, 2)] + [np.full((50, 70), 100, np.float32)]
+    probs = predict_slices(model, info, imgs, False, batch_size=2)
+    assert [p.shape for p in probs] == [(2, 64, 64), (2, 64, 64), (2, 50, 70)]
+    np.testing.assert_allclose(probs[2].sum(0), 1.0, atol=1e-5)
