@@ -211,13 +211,16 @@ def _dome(X: np.ndarray, Y: np.ndarray, side: int) -> np.ndarray:
 def _vessel_tree(
     rng: np.random.Generator, lung: np.ndarray, hilum_vox: np.ndarray, spacing: np.ndarray
 ) -> np.ndarray:
-    """A three-level branching vessel tree from the hilum into one lung (boolean mask)."""
+    """A three-level branching vessel tree from the hilum into one lung.
+
+    Returns the blood fraction of each voxel (0..1; below 1 for sub-voxel vessels).
+    """
     idx = np.argwhere(lung)
     if idx.shape[0] < 50:
-        return np.zeros(lung.shape, dtype=bool)
+        return np.zeros(lung.shape, dtype=np.float32)
     pts_mm = idx.astype(np.float32) * spacing
     hil = hilum_vox.astype(np.float32) * spacing
-    n_lobar, n_seg, n_term = 6, 48, 420
+    n_lobar, n_seg, n_term = 6, 60, 900
     pick = rng.choice(idx.shape[0], size=n_lobar + n_seg + n_term, replace=idx.shape[0] < 400)
     cand = pts_mm[pick]
     # Lobar branch points: pulled halfway toward the hilum (they are central).
@@ -244,27 +247,28 @@ def _vessel_tree(
     path = (1 - u) ** 2 * starts[:, None] + 2 * (1 - u) * u * ctrl[:, None] + u**2 * ends[:, None]
     rad = (r0[:, None] * (1 - u[..., 0]) + r1[:, None] * u[..., 0]).ravel()
     vox = np.rint(path.reshape(-1, 3) / spacing).astype(np.int64)
+    ds = np.repeat(length / (n - 1), n)  # path length each sample stands for (mm)
     ok = np.all((vox >= 0) & (vox < np.array(lung.shape)), axis=1)
-    vox, rad = vox[ok], rad[ok]
-    out = np.zeros(lung.shape, dtype=bool)
+    vox, rad, ds = vox[ok], rad[ok], ds[ok]
     dims = np.array(lung.shape)
-    for r in (0.9, 1.6, 2.4, 3.2, 4.2):
-        sel = rad >= r - 0.4 if r < 4.0 else rad >= 3.6
-        sel &= rad < r + 0.4 if r < 4.0 else True
+    # Vessels thinner than a voxel: deposit each sample's blood volume into its voxel
+    # (partial volume, resolution independent).
+    thin = rad < float(spacing.min())
+    flat = np.ravel_multi_index(tuple(vox[thin].T), lung.shape)
+    dep = np.bincount(flat, weights=np.pi * rad[thin] ** 2 * ds[thin], minlength=lung.size)
+    out = np.minimum(dep / float(np.prod(spacing)), 1.0).astype(np.float32).reshape(lung.shape)
+    # Thicker vessels: paint a voxelised ball around each sample by scattering its offsets.
+    for r in (1.6, 2.4, 3.2, 4.2):
+        sel = ~thin & (rad >= r - 0.4) & ((rad < r + 0.4) | (r > 4.0))
         if not sel.any():
             continue
         centres = np.unique(vox[sel], axis=0)
-        # Paint a voxelised ball around each centre by scattering its offsets.
         half = np.floor(r / spacing).astype(int)
         grid = np.stack(np.meshgrid(*[np.arange(-h, h + 1) for h in half], indexing="ij"), -1).reshape(-1, 3)
         offs = grid[(((grid * spacing) / r) ** 2).sum(1) <= 1.0]
         pts = (centres[:, None, :] + offs[None, :, :]).reshape(-1, 3)
-        pts = pts[np.all((pts >= 0) & (pts < dims), axis=1)]
-        out[tuple(pts.T)] = True
-    return out & lung
-
-
-# --------------------------------------------------------------------------- main
+        out[tuple(pts[np.all((pts >= 0) & (pts < dims), axis=1)].T)] = 1.0
+    return np.where(lung, out, 0.0).astype(np.float32)
 
 
 def make_phantom(
@@ -450,6 +454,7 @@ def make_phantom(
     # ---- lungs
     lung_lbl = np.zeros(full, dtype=np.uint8)
     vessels = np.zeros(full, dtype=bool)
+    vfrac = np.zeros(full, dtype=np.float32)
     if lungs:
         pad = 3.0  # pleura + fat between lung and mediastinal structures
         block = (hr <= 1.18 + 0.1) | aorta | g.cylinder(22.0, 44.0, 12.0 + pad, -2.0, 0.80)
@@ -462,7 +467,7 @@ def make_phantom(
             grow = 1.0 if side == LEFT_LUNG else 1.06
             tau = np.sqrt(np.clip((1.0 - T) / 0.36, 0.0, None)) * grow
             ell = ((X - sgn * 78.0) / (100.0 * tau + 1e-3)) ** 2 + ((Y - 12.0) / (112.0 * tau + 1e-3)) ** 2 <= 1.0
-            side_half = (sgn * X) > 10.0
+            side_half = (sgn * X) > 5.0
             dome_s = dome_l if side == LEFT_LUNG else dome_r
             region = cavity & side_half & ell & (T > dome_s) & (T > 0.0) & (T < 1.0) & ~block
             lung_lbl[region] = side
@@ -492,8 +497,10 @@ def make_phantom(
                 ]
             )
             side_mask = lung_lbl[bb] == side
-            vessels[bb] |= _vessel_tree(rng, side_mask, hv - lo, sp)
-        vol[vessels] = BLOOD
+            vfrac[bb] = np.maximum(vfrac[bb], _vessel_tree(rng, side_mask, hv - lo, sp))
+        vessels = vfrac >= 0.5  # voxels that read as vessel (kept out of the GGO label)
+        hit = vfrac > 0
+        vol[hit] = vol[hit] * (1.0 - vfrac[hit]) + BLOOD * vfrac[hit]
         # Airways: lumen air (wall painted first; the lumen overrides it).
         vol[airway_wall & inner_fat & ~airway] = MUSCLE
         vol[airway & inner_fat] = AIR
@@ -734,7 +741,7 @@ def _write_dicom(hu: np.ndarray, ct: CT, folder: Path, shuffle_names: bool) -> P
         ds.ReferringPhysicianName = ""
         ds.StudyDescription = "Synthetic chest CT phantom"
         ds.SeriesDescription = "Phantom axial"
-        ds.PatientName = "PHANTOM"
+        ds.PatientName = "PHANTOM^"  # family name only; a caret avoids the retired PN form
         ds.PatientID = "PHANTOM"
         ds.PatientBirthDate = ""
         ds.PatientSex = "O"
