@@ -220,8 +220,12 @@ def _vessel_tree(
         return np.zeros(lung.shape, dtype=np.float32)
     pts_mm = idx.astype(np.float32) * spacing
     hil = hilum_vox.astype(np.float32) * spacing
-    n_lobar, n_seg, n_term = 6, 60, 900
-    pick = rng.choice(idx.shape[0], size=n_lobar + n_seg + n_term, replace=idx.shape[0] < 400)
+    # Branch counts follow the lung's physical volume (an adult lung is ~1.8 L here).
+    vol_ml = idx.shape[0] * float(np.prod(spacing)) / 1000.0
+    n_term = int(np.clip(900.0 * vol_ml / 1800.0, 30, 1200))
+    n_lobar, n_seg = 6, max(8, n_term // 15)
+    total = n_lobar + n_seg + n_term
+    pick = rng.choice(idx.shape[0], size=total, replace=idx.shape[0] < total)
     cand = pts_mm[pick]
     # Lobar branch points: pulled halfway toward the hilum (they are central).
     lobar = hil + 0.5 * (cand[:n_lobar] - hil)
