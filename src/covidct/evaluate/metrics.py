@@ -70,6 +70,12 @@ def hd95(pred: np.ndarray, gt: np.ndarray, n_classes: int) -> np.ndarray:
     return out
 
 
+def _nanmean(values) -> float:
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    return float(v.mean()) if v.size else float("nan")
+
+
 def _summary(values: np.ndarray) -> dict:
     v = np.asarray(values, dtype=np.float64)
     v = v[~np.isnan(v)]
@@ -114,7 +120,7 @@ def segmentation_metrics(
         if with_hd95 and c > 0:
             per_class[name]["hd95"] = {**_summary(np.array([h[c - 1] for h in hds])), "pooled": float("nan")}
     fg = list(class_names[1:])
-    fg_mean = {m: float(np.nanmean([per_class[c][m]["mean"] for c in fg])) if fg else float("nan") for m in METRICS}
+    fg_mean = {m: _nanmean([per_class[c][m]["mean"] for c in fg]) for m in METRICS}
     per_image = []
     for i in range(len(cms)):
         row = {f"dice_{c}": float(per_img["dice"][i, k]) for k, c in enumerate(class_names)}
