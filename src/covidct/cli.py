@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         print("covidct: aborted", file=sys.stderr)
         return 130
     except typer.TyperException as exc:
-        print(f"covidct: error: {exc.format_message()}  (see 'covidct {' '.join(a for a in args[:1])} --help')", file=sys.stderr)
+        print(f"covidct: error: {exc.format_message()}  (see 'covidct --help')", file=sys.stderr)
         return 64
     except OSError as exc:  # e.g. an output folder that cannot be written
         print(f"covidct: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)

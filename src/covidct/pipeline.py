@@ -118,8 +118,12 @@ class Analyzer:
             mask[idx] = prob[:, 1] >= thr
             if ct.is_hu:  # lungs are air-filled: nothing denser than soft tissue at the lung edge
                 mask &= vol < 200
-        else:
-            mask = field_mask if field_mask is not None else mask
+        elif field_mask is not None:
+            mask = field_mask
+        else:  # display intensities and no model: the papers' k-means lung field, slice by slice
+            from covidct.preprocess import kmeans_lung_mask
+
+            mask = np.stack([kmeans_lung_mask(s, erosion=1, dilation=1) for s in vol])
         mask = clean_lung_mask(mask, ct.spacing)
         return split_left_right(mask, ct.spacing)
 

@@ -1,0 +1,153 @@
+"""The command line, called in-process: help, info, phantom, and one-line errors with exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from covidct.cli import main
+from covidct.errors import EXIT_CODES
+from covidct.phantom import make_phantom, write_phantom
+
+SMALL = dict(shape=(12, 96, 96), spacing=(6.0, 3.2, 3.2))
+
+
+@pytest.fixture(scope="module")
+def dicom_folder(tmp_path_factory) -> Path:
+    return write_phantom(make_phantom(seed=0, **SMALL), tmp_path_factory.mktemp("cli"), fmt="dicom")
+
+
+def test_help_teaches(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for word in ("demo", "info", "analyze", "phantom", "Exit codes"):
+        assert word in out
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert "covidct" in capsys.readouterr().out
+
+
+def test_info_dicom_json(dicom_folder, capsys):
+    assert main(["info", str(dicom_folder), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"] == "dicom" and info["modality"] == "CT"
+    assert info["shape_zyx"] == [12, 96, 96]
+    assert info["spacing_mm_zyx"] == [6.0, 3.2, 3.2]
+    assert info["intensities"] == "HU" and info["value_range"][0] < -900
+    assert info["slice_order"].startswith("increasing")
+
+
+def test_info_zip_same_as_folder(dicom_folder, tmp_path, capsys):
+    z = tmp_path / "series.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for f in dicom_folder.iterdir():
+            zf.write(f, f"series/{f.name}")
+    assert main(["info", str(dicom_folder), "--json"]) == 0
+    a = json.loads(capsys.readouterr().out)
+    assert main(["info", str(z), "--json"]) == 0
+    b = json.loads(capsys.readouterr().out)
+    for key in ("shape_zyx", "spacing_mm_zyx", "value_range", "series_uid"):
+        assert a[key] == b[key]
+
+
+def test_info_table_and_image(tmp_path, capsys):
+    from PIL import Image
+
+    p = tmp_path / "slice.png"
+    Image.fromarray(np.zeros((20, 30, 4), np.uint8), "RGBA").save(p)
+    assert main(["info", str(p)]) == 0
+    out = capsys.readouterr().out
+    assert "image" in out and "8-bit display" in out
+
+
+def test_phantom_command(tmp_path, capsys):
+    assert main(["phantom", "-o", str(tmp_path / "ph"), "--slices", "8", "--size", "64"]) == 0
+    img = nib.load(tmp_path / "ph" / "phantom.nii.gz")
+    assert img.shape == (64, 64, 8)
+    assert main(["phantom", "-o", str(tmp_path / "d"), "--format", "bogus"]) == 64
+
+
+def _mr_file(path: Path) -> Path:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "MR"
+    ds.SeriesInstanceUID = ds.StudyInstanceUID = generate_uid()
+    ds.Rows = ds.Columns = 8
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.ImagePositionPatient = [0, 0, 0]
+    ds.PixelSpacing = [1, 1]
+    ds.PixelData = np.zeros((8, 8), np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+BAD_INPUTS = {
+    "nonexistent": (lambda d: d / "nope.dcm", "UnreadableInput"),
+    "empty folder": (lambda d: (d / "empty").mkdir() or d / "empty", "UnreadableInput"),
+    "zero-byte file": (lambda d: (d / "zero.nii.gz").write_bytes(b"") and None or d / "zero.nii.gz", "UnreadableInput"),
+    "text renamed png": (lambda d: (d / "fake.png").write_text("hello") and None or d / "fake.png", "UnreadableInput"),
+    "MR DICOM": (lambda d: _mr_file(d / "mr.dcm"), "NotCT"),
+    "4-D NIfTI": (
+        lambda d: nib.save(nib.Nifti1Image(np.zeros((4, 4, 4, 3), np.int16), np.eye(4)), d / "t.nii.gz") or d / "t.nii.gz",
+        "UnsupportedInput",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_inputs_one_line_error(case, tmp_path, capsys):
+    make, error = BAD_INPUTS[case]
+    path = make(tmp_path)
+    code = main(["info", str(path)])
+    err = capsys.readouterr().err.strip()
+    assert code == EXIT_CODES[error] != 0
+    assert err.startswith("covidct: error:") and "\n" not in err and "Traceback" not in err
+
+
+def test_truncated_dicom_and_mixed_sizes(dicom_folder, tmp_path, capsys):
+    files = sorted(dicom_folder.iterdir())
+    trunc = tmp_path / "trunc.dcm"
+    trunc.write_bytes(files[0].read_bytes()[:400])
+    assert main(["info", str(trunc)]) == EXIT_CODES["UnreadableInput"]
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_unreadable_file(tmp_path, capsys):
+    p = tmp_path / "secret.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.int16), np.eye(4)), p)
+    os.chmod(p, 0)
+    try:
+        if os.access(p, os.R_OK):
+            pytest.skip("running as root: permissions are not enforced")
+        assert main(["info", str(p)]) == EXIT_CODES["UnreadableInput"]
+    finally:
+        os.chmod(p, 0o644)
+
+
+def test_analyze_bad_input_same_error(tmp_path, capsys):
+    code = main(["analyze", str(tmp_path / "missing"), "-o", str(tmp_path / "out")])
+    assert code == EXIT_CODES["UnreadableInput"]
+    assert not (tmp_path / "out").exists()
+    assert capsys.readouterr().err.startswith("covidct: error:")
+
+
+def test_unknown_command_is_usage_error(capsys):
+    assert main(["frobnicate"]) == 64

@@ -1,0 +1,176 @@
+"""The analyze pipeline end to end on small phantoms (shipped models when present, else the HU fallback)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from covidct.errors import NoLungsFound, UnsupportedInput
+from covidct.io import load_ct
+from covidct.phantom import make_phantom, write_phantom
+from covidct.pipeline import Analyzer, analyze, measure, pan_lobe_score, split_left_right
+
+SMALL = dict(shape=(20, 128, 128), spacing=(6.0, 2.6, 2.6))
+
+
+@pytest.fixture(scope="module")
+def analyzer() -> Analyzer:
+    return Analyzer()
+
+
+@pytest.fixture(scope="module")
+def phantom_dicom(tmp_path_factory) -> tuple[Path, object]:
+    ph = make_phantom(seed=3, lesion_burden=0.15, **SMALL)
+    folder = write_phantom(ph, tmp_path_factory.mktemp("ph"), fmt="dicom")
+    return folder, ph
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
+
+
+def test_pan_lobe_score_bins():
+    assert [pan_lobe_score(p) for p in (0, 1, 5, 20, 25, 30, 50, 60, 75, 80)] == [0, 1, 2, 2, 2, 3, 4, 4, 4, 5]
+
+
+def test_left_right_split_touching_lungs():
+    mask = np.zeros((4, 40, 60), bool)
+    mask[:, 10:30, 8:29] = True
+    mask[:, 10:30, 31:52] = True
+    mask[:, 18:22, 29:31] = True  # a bridge: the lungs touch
+    lab = split_left_right(mask, (5.0, 1.0, 1.0))
+    assert set(np.unique(lab)) == {0, 1, 2}
+    assert (lab[:, :, 40][mask[:, :, 40]] == 1).all()  # larger x = patient's left
+    assert (lab[:, :, 15][mask[:, :, 15]] == 2).all()
+
+
+def test_measure_known_volumes():
+    from covidct.volume import CT, affine_from_spacing
+
+    arr = np.zeros((6, 20, 20), np.float32)
+    ct = CT(arr, (2.0, 1.0, 1.0), affine_from_spacing((2.0, 1.0, 1.0)), True, "array")
+    lungs = np.zeros(arr.shape, np.uint8)
+    lungs[:, 2:10, 11:19] = 1
+    lungs[:, 2:10, 1:9] = 2
+    lesions = np.zeros(arr.shape, np.uint8)
+    lesions[:, 2:4, 11:19] = 1  # a quarter of the left lung
+    sev = measure(ct, lungs, lesions)
+    assert sev["involvement"]["left"] == pytest.approx(25.0)
+    assert sev["involvement"]["right"] == 0.0
+    assert sev["per_lung"]["left"]["lung_vox"] == 6 * 8 * 8
+
+
+def test_analyze_dicom_phantom_outputs(tmp_path, phantom_dicom, analyzer):
+    folder, ph = phantom_dicom
+    out = tmp_path / "out"
+    res = analyze(folder, out, analyzer=analyzer)
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["schema_version"] == "1.0" and rep["mode"] == "volume"
+    assert rep["input"]["kind"] == "dicom" and rep["input"]["n_slices"] == ph.ct.n_slices
+    assert set(rep["diagnosis"]["probabilities"]) == {"covid19", "pneumonia", "normal"}
+    assert abs(sum(rep["diagnosis"]["probabilities"].values()) - 1) < 1e-3
+    assert len(rep["slices"]) == ph.ct.n_slices
+    files = {s["file"] for s in rep["slices"]}
+    assert all(f and f.endswith(".dcm") for f in files)
+    zs = [s["z_mm"] for s in rep["slices"]]
+    assert zs == sorted(zs)
+    # masks on the input's grid, aligned with the input written as NIfTI
+    ct = load_ct(folder)
+    for name in ("lungs.nii.gz", "lesions.nii.gz"):
+        img = nib.load(out / name)
+        np.testing.assert_allclose(img.affine, ct.affine, atol=1e-4)
+        assert img.shape == ct.array.transpose(2, 1, 0).shape
+    lungs = np.asarray(nib.load(out / "lungs.nii.gz").dataobj).transpose(2, 1, 0)
+    for lab in (1, 2):
+        assert _dice(lungs == lab, ph.lungs == lab) > 0.85, lab
+    truth = ph.truth["lung_volume_ml"]
+    assert rep["lungs"]["left_ml"] == pytest.approx(truth["left"], rel=0.2)
+    assert rep["lungs"]["right_ml"] == pytest.approx(truth["right"], rel=0.2)
+    assert res.report["involvement_percent"]["total"] > 1.0
+    assert (out / "segmentation.dcm").exists()
+    assert not list(tmp_path.glob(".out.tmp-*"))  # no temp folder left behind
+
+
+def test_normal_chest_less_involved_than_diseased(analyzer):
+    normal = analyze(make_phantom(seed=5, lesions=False, effusion=False, **SMALL).ct, None, analyzer=analyzer)
+    sick = analyze(make_phantom(seed=5, lesion_burden=0.3, **SMALL).ct, None, analyzer=analyzer)
+    assert normal.report["involvement_percent"]["total"] < sick.report["involvement_percent"]["total"]
+    assert normal.report["diagnosis"]["probabilities"]["normal"] > sick.report["diagnosis"]["probabilities"]["normal"]
+
+
+def test_no_lungs_is_an_error(analyzer):
+    ph = make_phantom(seed=2, lungs=False, lesions=False, effusion=False, **SMALL)
+    with pytest.raises(NoLungsFound):
+        analyze(ph.ct, None, analyzer=analyzer)
+
+
+def test_too_few_slices_is_an_error(analyzer):
+    from covidct.volume import CT
+
+    ph = make_phantom(seed=2, **SMALL)
+    ct = CT(ph.ct.array[8:10].copy(), ph.ct.spacing, ph.ct.affine, True, "array")
+    with pytest.raises(UnsupportedInput):
+        analyze(ct, None, analyzer=analyzer)
+
+
+def test_analyze_single_image(tmp_path, analyzer):
+    from PIL import Image
+
+    from covidct.preprocess import apply_window
+
+    ph = make_phantom(seed=4, **SMALL)
+    k = int(np.argmax((ph.lungs > 0).reshape(ph.ct.n_slices, -1).sum(1)))
+    img = (apply_window(ph.ct.array[k], "lung") * 255).astype(np.uint8)[:, :100]  # non-square on purpose
+    p = tmp_path / "slice.png"
+    Image.fromarray(img).save(p)
+    out = tmp_path / "o"
+    analyze(p, out, analyzer=analyzer)
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["mode"] == "slice" and rep["severity"]["score"] is None and rep["lungs"]["left_ml"] is None
+    for name in ("lungs.png", "lesions.png", "overlay.png"):
+        assert (out / name).exists()
+    assert Image.open(out / "lesions.png").size == (100, 128)
+
+
+def test_failed_run_leaves_no_output(tmp_path, analyzer, monkeypatch):
+    import covidct.pipeline as pl
+
+    ph = make_phantom(seed=1, **SMALL)
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(pl, "slice_table", boom)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError):
+        analyze(ph.ct, out, analyzer=analyzer)
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_batch_resume_and_failure_isolation(tmp_path):
+    from covidct.cli import main
+
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    for seed in (1, 2):
+        ph = make_phantom(seed=seed, **SMALL)
+        write_phantom(ph, tmp_path / f"p{seed}", fmt="nifti")
+        (tmp_path / f"p{seed}" / "phantom.nii.gz").rename(studies / f"case{seed}.nii.gz")
+    (studies / "broken.nii.gz").write_bytes(b"not a nifti")
+    out = tmp_path / "out"
+    code = main(["analyze", str(studies), "-o", str(out), "--no-html"])
+    assert code != 0  # one study failed
+    import csv
+
+    rows = {r["study"]: r for r in csv.DictReader(open(out / "summary.csv"))}
+    assert rows["case1"]["status"] == "done" and rows["case2"]["status"] == "done"
+    assert rows["broken"]["status"] == "failed" and rows["broken"]["error"]
+    assert (out / "case1" / "lungs.nii.gz").exists()
+    (studies / "broken.nii.gz").unlink()
+    assert main(["analyze", str(studies), "-o", str(out), "--no-html"]) == 0
+    rows = {r["study"]: r for r in csv.DictReader(open(out / "summary.csv"))}
+    assert rows["case1"]["status"].startswith("skipped")
