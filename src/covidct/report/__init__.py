@@ -1,0 +1,71 @@
+"""Output writers of ``covidct analyze``: report.json schema, DICOM SEG, HTML report, PNG overlays.
+
+Heavy dependencies (highdicom, matplotlib, jsonschema) are imported only when a writer is
+called, so ``import covidct.report`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from covidct.labels import CONSOLIDATION, EFFUSION, GGO
+from covidct.report.schema import REPORT_SCHEMA, REPORT_SCHEMA_VERSION, validate_report
+from covidct.volume import CT
+
+__all__ = [
+    "REPORT_SCHEMA",
+    "REPORT_SCHEMA_VERSION",
+    "validate_report",
+    "slice_rows",
+    "write_dicom_seg",
+    "write_html_report",
+    "save_slice_overlays",
+]
+
+
+def slice_rows(ct: CT, lungs: np.ndarray, lesions: np.ndarray) -> list[dict]:
+    """The report's ``slices`` list: per canonical slice, its source and areas in mm².
+
+    ``lesion_mm2`` counts GGO + consolidation only (infection); effusion is reported apart
+    because it lies outside the aerated lung.
+    """
+    if lungs.shape != ct.shape or lesions.shape != ct.shape:
+        raise ValueError(f"mask shapes {lungs.shape}/{lesions.shape} do not match the CT {ct.shape}")
+    px = float(ct.pixel_area_mm2)
+    lung_px = (lungs > 0).sum(axis=(1, 2))
+    counts = {c: (lesions == c).sum(axis=(1, 2)) for c in (GGO, CONSOLIDATION, EFFUSION)}
+    rows = []
+    for k in range(ct.n_slices):
+        ref = ct.slices[k] if k < len(ct.slices) else None
+        z = ref.z_mm if ref is not None else float((ct.affine @ [0, 0, k, 1])[2])
+        ggo, cons, eff = (float(counts[c][k]) * px for c in (GGO, CONSOLIDATION, EFFUSION))
+        rows.append(
+            {
+                "index": k,
+                "file": ref.file if ref is not None else None,
+                "sop_instance_uid": ref.sop_instance_uid if ref is not None else None,
+                "z_mm": round(float(z), 3),
+                "lung_mm2": round(float(lung_px[k]) * px, 2),
+                "lesion_mm2": round(ggo + cons, 2),
+                "ggo_mm2": round(ggo, 2),
+                "consolidation_mm2": round(cons, 2),
+                "effusion_mm2": round(eff, 2),
+            }
+        )
+    return rows
+
+
+def __getattr__(name: str):
+    if name == "write_dicom_seg":
+        from covidct.report.dicomseg import write_dicom_seg
+
+        return write_dicom_seg
+    if name == "write_html_report":
+        from covidct.report.html import write_html_report
+
+        return write_html_report
+    if name == "save_slice_overlays":
+        from covidct.report.figures import save_slice_overlays
+
+        return save_slice_overlays
+    raise AttributeError(f"module 'covidct.report' has no attribute {name!r}")

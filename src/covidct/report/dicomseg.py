@@ -1,0 +1,213 @@
+"""DICOM Segmentation (SEG) export of the lung and lesion masks, referencing the source CT series.
+
+Coded concepts (verified; sources in the comments):
+
+* Segmented Property Category "Anatomical Structure" SCT 91723000 and
+  "Morphologically Abnormal Structure" SCT 49755003 -- pydicom ``codes.SCT`` (DICOM PS3.16
+  CID 7150 Segmentation Property Categories).
+* "Left lung" SCT 44029006, "Right lung" SCT 3341006 -- SNOMED CT body structures
+  ("Left lung structure" / "Right lung structure"; the same codes are used for lung
+  segments by public DICOM SEG/SR exporters and HL7 FHIR/CDA examples).
+* "Ground glass opacity" DCM 112120 -- pydicom ``codes.DCM.GroundGlassOpacity`` (PS3.16 CID
+  6102/6104, Fraser and Pare terms); used because no SNOMED code is listed in the standard's
+  chest finding context groups.
+* "Lung consolidation" SCT 95436008 -- SNOMED CT (OMOP concept 4318404 "Lung consolidation").
+* "Pleural effusion" SCT 60046008 -- pydicom ``codes.SCT.PleuralEffusion``.
+* Algorithm family "Artificial Intelligence" DCM 123110 -- pydicom ``codes.DCM.ArtificialIntelligence``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from covidct.labels import CONSOLIDATION, EFFUSION, GGO, LEFT_LUNG, LESION_COLORS, LUNG_COLORS, RIGHT_LUNG
+from covidct.volume import CT
+
+SERIES_NUMBER = 9001  # high, so viewers list the SEG after the scanner's own series
+SERIES_DESCRIPTION = "covidct lungs and lesions (research use only)"
+# Type 2 (required, may be empty) attributes of the Patient and General Study modules.
+_TYPE2_COPIED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+
+def _segments() -> list[tuple[str, object, object, tuple[int, int, int], str, int]]:
+    """(label, category, type, rgb, mask name, mask value) for every possible segment."""
+    from highdicom.sr import CodedConcept
+    from pydicom.sr.codedict import codes
+
+    anatomy = codes.SCT.AnatomicalStructure  # SCT 91723000
+    abnormal = codes.SCT.MorphologicallyAbnormalStructure  # SCT 49755003
+    return [
+        (
+            "Left lung",
+            anatomy,
+            CodedConcept("44029006", "SCT", "Left lung"),
+            LUNG_COLORS[LEFT_LUNG],
+            "lungs",
+            LEFT_LUNG,
+        ),
+        (
+            "Right lung",
+            anatomy,
+            CodedConcept("3341006", "SCT", "Right lung"),
+            LUNG_COLORS[RIGHT_LUNG],
+            "lungs",
+            RIGHT_LUNG,
+        ),
+        ("Ground-glass opacity", abnormal, codes.DCM.GroundGlassOpacity, LESION_COLORS[GGO], "lesions", GGO),
+        (
+            "Consolidation",
+            abnormal,
+            CodedConcept("95436008", "SCT", "Lung consolidation"),
+            LESION_COLORS[CONSOLIDATION],
+            "lesions",
+            CONSOLIDATION,
+        ),
+        (
+            "Pleural effusion",
+            abnormal,
+            codes.SCT.PleuralEffusion,
+            LESION_COLORS[EFFUSION],
+            "lesions",
+            EFFUSION,
+        ),
+    ]
+
+
+def _source_files(ct: CT) -> list[Path]:
+    """The source DICOM files in the order of ``to_source_layout``'s slice axis."""
+    files = ct.meta.get("source_files")
+    if not files:
+        rel = ct.meta.get("source_rel_files")
+        if rel and ct.path and Path(ct.path).is_dir():
+            files = [str(Path(ct.path) / r) for r in rel]
+    if not files:
+        raise ValueError(
+            f"{ct.path}: the source DICOM files are no longer available (e.g. a .zip input); "
+            "a DICOM SEG needs them: extract the series and analyse the folder"
+        )
+    paths = [Path(f) for f in files]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise ValueError(f"{ct.path}: source DICOM file {missing[0]} is missing; cannot write a DICOM SEG")
+    return paths
+
+
+def write_dicom_seg(ct: CT, lungs: np.ndarray, lesions: np.ndarray, path: str | Path) -> Path:
+    """Write a BINARY DICOM SEG of the lungs and non-empty lesion classes for a DICOM input.
+
+    Segments: left lung, right lung (always), then ground-glass opacity, consolidation and
+    pleural effusion when present. Frames reference the source CT images (one per slice), in
+    the source pixel layout, so the SEG overlays the series in any DICOM viewer. Raises
+    ValueError for a non-DICOM input or when the source files cannot be read.
+    """
+    import highdicom as hd
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    from covidct import __version__
+    from covidct.io import to_source_layout
+
+    if ct.kind != "dicom":
+        raise ValueError(f"a DICOM SEG can only be written for DICOM input (this input is {ct.kind!r})")
+    lungs = np.asarray(lungs)
+    lesions = np.asarray(lesions)
+    if lungs.shape != ct.shape or lesions.shape != ct.shape:
+        raise ValueError(f"mask shapes {lungs.shape}/{lesions.shape} do not match the CT {ct.shape}")
+    files = _source_files(ct)
+    # to_source_layout gives (column, row, slice) in the source files' order; frames are (slice, row, col).
+    src = {
+        "lungs": to_source_layout(ct, lungs).transpose(2, 1, 0),
+        "lesions": to_source_layout(ct, lesions).transpose(2, 1, 0),
+    }
+    if src["lungs"].shape[0] != len(files):
+        raise ValueError(f"{ct.path}: {len(files)} source files for {src['lungs'].shape[0]} slices")
+
+    # The SEG only needs the source headers (geometry, UIDs, patient/study); skip pixel data.
+    sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
+    for ds in sources:
+        # De-identified series often drop Type 2 patient/study attributes that highdicom copies
+        # into the SEG; DICOM allows them empty, so fill the in-memory headers with empty values.
+        for kw in _TYPE2_COPIED:
+            if kw not in ds:
+                setattr(ds, kw, "")
+    rows, cols = src["lungs"].shape[1:]
+    uids = ct.meta.get("source_sop_uids") or []
+    for i, ds in enumerate(sources):
+        if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
+            raise ValueError(f"{files[i].name}: {ds.Rows}x{ds.Columns} pixels, masks are {rows}x{cols}")
+        if uids and str(ds.SOPInstanceUID) != uids[i]:
+            raise ValueError(
+                f"{files[i].name}: SOP Instance UID differs from the loaded series (file changed?)"
+            )
+
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="covidct", family=codes.DCM.ArtificialIntelligence, version=str(__version__)
+    )
+    descriptions, planes = [], []
+    for label, category, prop_type, rgb, mask_name, value in _segments():
+        m = src[mask_name] == value
+        if mask_name == "lesions" and not m.any():
+            continue  # only lesion classes that are present; the lungs are always written
+        number = len(descriptions) + 1  # highdicom wants segment numbers 1..N without gaps
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=label,
+                segmented_property_category=category,
+                segmented_property_type=prop_type,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algorithm,
+                tracking_uid=hd.UID(),
+                tracking_id=label,
+                display_color=hd.color.CIELabColor.from_rgb(*rgb),
+            )
+        )
+        planes.append(m)
+    pixel_array = np.stack(planes, axis=-1).astype(np.uint8)  # (frames, rows, cols, segments)
+
+    with warnings.catch_warnings():
+        # Single-component patient names ("PHANTOM") are legal DICOM; highdicom only warns.
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name.*")
+        seg = hd.seg.Segmentation(
+            source_images=sources,
+            pixel_array=pixel_array,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions,
+            series_instance_uid=hd.UID(),
+            series_number=SERIES_NUMBER,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer="covidct",
+            manufacturer_model_name="covidct",
+            software_versions=str(__version__),
+            device_serial_number="0",
+            content_label="COVIDCT",
+            content_description="Lungs and COVID-19 lesions (research use only)",
+        )
+    seg.SeriesDescription = SERIES_DESCRIPTION
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        seg.save_as(tmp, enforce_file_format=True)
+        os.replace(tmp, path)  # atomic: no half-written SEG if interrupted
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
