@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -178,7 +179,12 @@ class Analyzer:
 
     # --- the whole analysis --------------------------------------------------------------------
 
-    def __call__(self, ct: CT, outdir: str | Path | None = None, *, png: bool = False, html: bool = True) -> Analysis:
+    def __call__(
+        self, ct: CT, outdir: str | Path | None = None, *, png: bool = False, html: bool = True,
+        progress: Callable[[str], None] | None = None,
+    ) -> Analysis:
+        """Analyse ``ct``; ``progress`` (optional) is called with each stage's name as it starts."""
+        stage = progress or (lambda _name: None)
         t = {"load": float(ct.meta.get("_load_seconds", 0.0))}
         if ct.n_slices == 1 and not ct.is_hu and ct.kind == "image":
             mode = "slice"
@@ -189,16 +195,19 @@ class Analyzer:
         warnings = list(ct.warnings) + list(self.warnings)
         if mode == "volume" and not ct.is_hu:
             warnings.append("input intensities are not HU (display-range volume): HU checks skipped, volumes less reliable")
+        stage("lungs")
         t0 = time.perf_counter()
         lungs = self.segment_lungs(ct)
         t["lungs"] = time.perf_counter() - t0
         if not lungs.any():
             raise NoLungsFound(f"no lungs found in {ct.path or 'the input'}: is this a chest CT?")
+        stage("lesions")
         t0 = time.perf_counter()
         lesions = self.segment_lesions(ct, lungs)
         # GGO/consolidation are part of the lung they lie in (the lung label includes its lesions)
         lungs = _absorb_lesions(lungs, lesions)
         t["lesions"] = time.perf_counter() - t0
+        stage("severity")
         t0 = time.perf_counter()
         severity = measure(ct, lungs, lesions, mode)
         t["severity"] = time.perf_counter() - t0
@@ -211,6 +220,7 @@ class Analyzer:
         ], t, warnings)
         analysis = Analysis(ct=ct, lungs=lungs, lesions=lesions, report=report)
         if outdir is not None:
+            stage("outputs")
             t0 = time.perf_counter()
             write_outputs(analysis, Path(outdir), png=png, html=html, timings=t)
         return analysis
@@ -655,13 +665,22 @@ def shared_analyzer(**kwargs) -> Analyzer:
     return _SHARED[key]
 
 
-def analyze(source: str | Path | CT, outdir: str | Path | None = None, *, analyzer: Analyzer | None = None, png: bool = False, html: bool = True) -> Analysis:
-    """Analyse one chest CT (path or :class:`CT`); write the outputs to ``outdir`` when given."""
+def analyze(
+    source: str | Path | CT, outdir: str | Path | None = None, *, analyzer: Analyzer | None = None, png: bool = False,
+    html: bool = True, progress: Callable[[str], None] | None = None,
+) -> Analysis:
+    """Analyse one chest CT (path or :class:`CT`); write the outputs to ``outdir`` when given.
+
+    ``progress`` (optional) is called with each stage's name as it starts: load, lungs, lesions,
+    severity, outputs (the web service shows them).
+    """
     from covidct.io import load_ct
 
+    if progress is not None:
+        progress("load")
     t0 = time.perf_counter()
     ct = source if isinstance(source, CT) else load_ct(source)
     load_s = time.perf_counter() - t0
     ct.meta["_load_seconds"] = load_s
     analyzer = analyzer or shared_analyzer()
-    return analyzer(ct, outdir, png=png, html=html)
+    return analyzer(ct, outdir, png=png, html=html, progress=progress)
