@@ -115,7 +115,7 @@ def test_config_missing_task_and_yaml(tmp_path):
 def test_grid_expansion():
     d = tiny_config(grid={"model.name": ["unet", "segnet"], "optimizer.lr": [0.01, 0.001]})
     v = expand_grid(d)
-    assert len(v) == 4 and v[1][0] == "name-unet_lr-0.001" and v[1][1]["optimizer"]["lr"] == 0.001
+    assert len(v) == 4 and v[1][0] == "unet_lr-0.001" and v[1][1]["optimizer"]["lr"] == 0.001
     assert all("grid" not in c for _, c in v)
     v2 = expand_grid(tiny_config(grid=[{"model.name": "segnet", "optimizer.lr": 1e-3}, {"task": "lesions"}]))
     assert [c["model"]["name"] for _, c in v2] == ["segnet", "unet"] and v2[1][1]["task"] == "lesions"

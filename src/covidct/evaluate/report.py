@@ -152,10 +152,10 @@ def save_heatmap(preds: list[np.ndarray], gts: list[np.ndarray], path: Path) -> 
         acc_gt += resize_slices((np.asarray(g) > 0).astype(np.uint8), HEATMAP_SIZE, order=0)
         acc_pr += resize_slices((np.asarray(p) > 0).astype(np.uint8), HEATMAP_SIZE, order=0)
     vmax = max(acc_gt.max(), acc_pr.max(), 1)
-    fig, axes = plt.subplots(1, 2, figsize=(8, 4.3))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.3))
     for ax, a, t in zip(axes, (acc_gt, acc_pr), ("ground truth", "prediction"), strict=True):
         im = ax.imshow(a, cmap="hot", vmin=0, vmax=vmax)
-        ax.set_title(f"{t} (sum of {len(gts)} masks)")
+        ax.set_title(f"{t}, sum of {len(gts)}", fontsize=10)
         ax.axis("off")
     fig.colorbar(im, ax=axes, shrink=0.8)
     fig.savefig(path, dpi=100)

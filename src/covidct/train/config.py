@@ -361,15 +361,15 @@ def _set_dotted(d: dict, dotted: str, value: Any) -> None:
 
 
 def _short(key: str, value: Any, index: int) -> str:
-    leaf = key.split(".")[-1]
+    """Readable variant-name part: model name, ``loss-dice``, ``lr-0.001``; other mappings are omitted."""
+    parts = key.split(".")
     if isinstance(value, dict):
-        v = value.get("name", index)
-        return f"{leaf}-{v}" if leaf != "model" else str(v)
-    if isinstance(value, float):
-        v = f"{value:g}"
-    else:
-        v = str(value)
-    return f"{leaf}-{re.sub(r'[^A-Za-z0-9.+-]', '', v)}"
+        return str(value.get("name", "")) if parts[-1] == "model" else ""
+    v = f"{value:g}" if isinstance(value, float) else str(value)
+    v = re.sub(r"[^A-Za-z0-9.+-]", "", v)
+    if parts[-1] == "name":
+        return v if len(parts) == 1 or parts[-2] == "model" else f"{parts[-2]}-{v}"
+    return f"{parts[-1]}-{v}"
 
 
 def expand_grid(raw: dict) -> list[tuple[str, dict]]:
@@ -401,8 +401,11 @@ def expand_grid(raw: dict) -> list[tuple[str, dict]]:
         d = copy.deepcopy(base)
         for k, v in combo.items():
             _set_dotted(d, k, v)
-        name = "_".join(_short(k, v, idx[k]) for k, v in combo.items())
-        out.append((name, d))
+        name = "_".join(p for p in (_short(k, v, idx[k]) for k, v in combo.items()) if p)
+        out.append((name or f"variant{len(out)}", d))
+    names = [n for n, _ in out]
+    if len(set(names)) != len(names):  # e.g. variants differing only in a mapping: number them
+        out = [(f"{i:02d}_{n}", d) for i, (n, d) in enumerate(out)]
     return out
 
 
