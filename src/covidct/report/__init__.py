@@ -26,12 +26,12 @@ __all__ = [
 def slice_rows(ct: CT, lungs: np.ndarray, lesions: np.ndarray) -> list[dict]:
     """The report's ``slices`` list: per canonical slice, its source and areas in mm².
 
-    ``lesion_mm2`` counts GGO + consolidation only (infection); effusion is reported apart
-    because it lies outside the aerated lung.
+    ``lesion_mm2`` counts all lesion labels (GGO + consolidation + effusion), like
+    ``lesions.total_ml``. Without known spacing (``ct.spacing_known`` False) areas are in pixels.
     """
     if lungs.shape != ct.shape or lesions.shape != ct.shape:
         raise ValueError(f"mask shapes {lungs.shape}/{lesions.shape} do not match the CT {ct.shape}")
-    px = float(ct.pixel_area_mm2)
+    px = float(ct.pixel_area_mm2) if ct.spacing_known else 1.0
     lung_px = (lungs > 0).sum(axis=(1, 2))
     counts = {c: (lesions == c).sum(axis=(1, 2)) for c in (GGO, CONSOLIDATION, EFFUSION)}
     rows = []
@@ -46,7 +46,7 @@ def slice_rows(ct: CT, lungs: np.ndarray, lesions: np.ndarray) -> list[dict]:
                 "sop_instance_uid": ref.sop_instance_uid if ref is not None else None,
                 "z_mm": round(float(z), 3),
                 "lung_mm2": round(float(lung_px[k]) * px, 2),
-                "lesion_mm2": round(ggo + cons, 2),
+                "lesion_mm2": round(ggo + cons + eff, 2),
                 "ggo_mm2": round(ggo, 2),
                 "consolidation_mm2": round(cons, 2),
                 "effusion_mm2": round(eff, 2),

@@ -47,6 +47,7 @@ td.num,th.num{text-align:right}
 .legend span{margin-right:16px;font-size:13px;white-space:nowrap}
 .line{display:inline-block;width:16px;height:0;border-top:3px solid;vertical-align:3px;margin-right:5px}
 .slices{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:12px;margin-top:10px}
+.slices.one{grid-template-columns:minmax(300px,600px)}
 figure{margin:0;background:#111;border-radius:8px;overflow:hidden}
 figure img{display:block;width:100%;height:auto;image-rendering:auto}
 figcaption{color:#e4e7eb;font-size:12px;padding:6px 9px;background:#1f2933}
@@ -183,7 +184,7 @@ def _involvement_section(r: dict) -> str:
     )
     zones = inv.get("zones")
     zone_html = ""
-    if zones:
+    if zones and any(v is not None for v in zones.values()):
         zone_html = "<h3>By zone (upper / middle / lower thirds of each lung)</h3>" + "".join(
             _bar(
                 escape(z.replace("_", " ").capitalize()),
@@ -260,6 +261,7 @@ def _images_section(ct: CT, lungs: np.ndarray, lesions: np.ndarray) -> str:
             f'<figure><img alt="slice {k + 1}" src="{_data_uri(png_bytes(rgb))}">'
             f"<figcaption>{escape(cap)}</figcaption></figure>"
         )
+    grid = "slices" if len(figs) > 1 else "slices one"  # a single image gets more room
     window = "lung window −1350 … 150 HU" if ct.is_hu else "image shown as supplied"
     profile = ""
     if ct.n_slices > 1:
@@ -270,7 +272,7 @@ def _images_section(ct: CT, lungs: np.ndarray, lesions: np.ndarray) -> str:
         )
     return (
         f"<section><h2>Images</h2>{profile}<h3>Representative slices ({window}; patient's right on the image "
-        f"left, front at the top)</h3>{_legend()}<div class='slices'>{''.join(figs)}</div></section>"
+        f"left, front at the top)</h3>{_legend()}<div class='{grid}'>{''.join(figs)}</div></section>"
     )
 
 

@@ -62,7 +62,7 @@ REPORT_SCHEMA: dict[str, Any] = {
         "mode": {"enum": ["volume", "slice"]},
         "input": _obj(
             {
-                "path": {"type": "string"},
+                "path": _STR_OR_NULL,
                 "kind": {"type": "string", "minLength": 1},
                 "n_slices": {"type": "integer", "minimum": 1},
                 "shape_zyx": {
