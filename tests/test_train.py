@@ -74,6 +74,10 @@ def test_losses_build_and_run():
         for weights in (None, [0.2, 1.0, 3.0]):
             loss = build_loss({"name": name, "weights": weights})(logits, y)
             assert torch.isfinite(loss) and loss.requires_grad
+    # binary focal loss must have a gradient (MONAI's background exclusion before softmax kills it)
+    lg = torch.randn(2, 2, 8, 8, requires_grad=True)
+    build_loss({"name": "focal", "include_background": False})(lg, torch.randint(0, 2, (2, 1, 8, 8))).backward()
+    assert lg.grad.abs().sum() > 0
     with pytest.raises(ConfigError, match="loss.weights"):
         build_loss({"name": "ce", "weights": "median_frequency"})
 

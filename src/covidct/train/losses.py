@@ -98,7 +98,10 @@ def build_loss(cfg, class_weights: Sequence[float] | None = None) -> nn.Module:
     if name == "dice":
         return _SegLoss(DiceLoss(include_background=incl, to_onehot_y=True, softmax=True, batch=c.batch_dice))
     if name == "focal":
-        return _SegLoss(FocalLoss(include_background=incl, to_onehot_y=True, gamma=c.gamma, weight=wt_fg,
+        # MONAI drops the background channel *before* its softmax, which for a binary model leaves a
+        # one-channel softmax (constant 1, zero gradient); the softmax focal loss therefore always
+        # keeps the background channel.
+        return _SegLoss(FocalLoss(include_background=True, to_onehot_y=True, gamma=c.gamma, weight=wt,
                                   use_softmax=True))
     if name == "dice_ce":
         return _SegLoss(DiceCELoss(include_background=incl, to_onehot_y=True, softmax=True, batch=c.batch_dice,
