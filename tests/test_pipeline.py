@@ -144,7 +144,10 @@ def test_failed_run_leaves_no_output(tmp_path, analyzer, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(pl, "slice_table", boom)
+    monkeypatch.setattr(pl, "validate_report", boom, raising=False)
+    import covidct.report as rep
+
+    monkeypatch.setattr(rep, "validate_report", boom)
     out = tmp_path / "out"
     with pytest.raises(RuntimeError):
         analyze(ph.ct, out, analyzer=analyzer)

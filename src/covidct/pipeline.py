@@ -32,10 +32,9 @@ from scipy import ndimage
 from covidct import __version__
 from covidct.errors import NoLungsFound, UnsupportedInput
 from covidct.labels import CONSOLIDATION, DIAGNOSIS_CLASSES, EFFUSION, GGO, LEFT_LUNG, RIGHT_LUNG
-from covidct.preprocess import threshold_lung_mask
+from covidct.preprocess import bounding_box, threshold_lung_mask
+from covidct.report.schema import REPORT_SCHEMA_VERSION
 from covidct.volume import CT
-
-REPORT_SCHEMA_VERSION = "1.0"
 
 
 @dataclass
@@ -197,15 +196,22 @@ class Analyzer:
             warnings.append("input intensities are not HU (display-range volume): HU checks skipped, volumes less reliable")
         stage("lungs")
         t0 = time.perf_counter()
-        lungs = self.segment_lungs(ct)
+        # work at the models' resolution (about 256² in-plane): 4x fewer voxels for a 512² series
+        work, factor = working_grid(ct)
+        lungs = self.segment_lungs(work)
         t["lungs"] = time.perf_counter() - t0
         if not lungs.any():
             raise NoLungsFound(f"no lungs found in {ct.path or 'the input'}: is this a chest CT?")
         stage("lesions")
         t0 = time.perf_counter()
-        lesions = self.segment_lesions(ct, lungs)
+        lesions = self.segment_lesions(work, lungs)
         # GGO/consolidation are part of the lung they lie in (the lung label includes its lesions)
         lungs = _absorb_lesions(lungs, lesions)
+        if factor > 1:
+            lungs, lesions = upsample_labels(lungs, ct.shape), upsample_labels(lesions, ct.shape)
+            infection = (lesions == GGO) | (lesions == CONSOLIDATION)
+            lesions[infection & (lungs == 0)] = 0  # interpolated edges must agree
+            lungs[lesions == EFFUSION] = 0
         t["lesions"] = time.perf_counter() - t0
         stage("severity")
         t0 = time.perf_counter()
@@ -224,6 +230,46 @@ class Analyzer:
             t0 = time.perf_counter()
             write_outputs(analysis, Path(outdir), png=png, html=html, timings=t)
         return analysis
+
+
+# --- working grid -------------------------------------------------------------------------------
+
+WORKING_SIZE = 256
+
+
+def working_grid(ct: CT, target: int = WORKING_SIZE) -> tuple[CT, int]:
+    """The CT block-averaged in-plane by an integer factor so that its smaller side is about ``target``."""
+    h, w = ct.shape[1:]
+    f = max(1, int(round(min(h, w) / target)))
+    if f == 1:
+        return ct, 1
+    from skimage.transform import downscale_local_mean
+
+    arr = downscale_local_mean(ct.array, (1, f, f), cval=float(np.median(ct.array[:, 0, :]))).astype(np.float32)
+    dz, dy, dx = ct.spacing
+    work = CT(array=arr, spacing=(dz, dy * f, dx * f), affine=ct.affine, is_hu=ct.is_hu, kind=ct.kind,
+              path=ct.path, spacing_known=ct.spacing_known)  # fmt: skip
+    return work, f
+
+
+def upsample_labels(labels: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Label map to a finer in-plane grid with smooth edges (bilinear per class, then argmax)."""
+    import cv2
+
+    present = [int(c) for c in np.unique(labels)]
+    out = np.zeros(shape, np.uint8)
+    if len(present) == 1:
+        out[:] = present[0]
+        return out
+    h0, w0 = labels.shape[1:]
+    # block-averaged grids may have cut a remainder: resize to the covered part, pad the rest
+    f = int(round(shape[1] / h0)) if shape[1] >= h0 else 1
+    hh, ww = min(h0 * f, shape[1]), min(w0 * f, shape[2])
+    values = np.asarray(present, np.uint8)
+    for k in np.flatnonzero((labels > 0).reshape(len(labels), -1).any(1)):
+        maps = np.stack([cv2.resize((labels[k] == c).astype(np.float32), (ww, hh), interpolation=cv2.INTER_LINEAR) for c in present])
+        out[k, :hh, :ww] = values[np.argmax(maps, axis=0)]
+    return out
 
 
 # --- mask post-processing ------------------------------------------------------------------------
@@ -270,23 +316,33 @@ def _drop_small(labels: np.ndarray, spacing: tuple[float, float, float], min_mm3
 
 def clean_lung_mask(mask: np.ndarray, spacing: tuple[float, float, float], min_fraction: float = 0.05) -> np.ndarray:
     """Keep the large 3-D components (the lungs), fill holes slice by slice (keeps dense border lesions)."""
-    if not mask.any():
+    box = bounding_box(mask, margin=1)
+    if box is None:
         return mask
-    lbl, n = ndimage.label(mask)
+    lbl, _ = ndimage.label(mask[box])
     sizes = np.bincount(lbl.ravel())
     sizes[0] = 0
     keep = sizes >= max(sizes.max() * min_fraction, 1)
-    out = keep[lbl]
-    for k in np.flatnonzero(out.reshape(len(out), -1).any(1)):
-        out[k] = ndimage.binary_fill_holes(out[k])
+    sub = keep[lbl]
+    for k in np.flatnonzero(sub.reshape(len(sub), -1).any(1)):
+        sub[k] = ndimage.binary_fill_holes(sub[k])
+    out = np.zeros_like(mask)
+    out[box] = sub
     return out
 
 
 def split_left_right(mask: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
     """Label a lung mask 1 (patient's left = larger x) / 2 (right), also when the lungs touch."""
     out = np.zeros(mask.shape, np.uint8)
-    if not mask.any():
+    box = bounding_box(mask, margin=1)
+    if box is None:
         return out
+    out[box] = _split_left_right(mask[box], spacing)
+    return out
+
+
+def _split_left_right(mask: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    out = np.zeros(mask.shape, np.uint8)
     seeds = _two_seeds(mask)
     if seeds is None:  # one blob that erosion could not split: cut at the midline of each slice
         xs = np.nonzero(mask)[2]
@@ -338,10 +394,14 @@ def _absorb_lesions(lungs: np.ndarray, lesions: np.ndarray) -> np.ndarray:
     missing = infection & (lungs == 0)
     if not missing.any() or not lungs.any():
         return lungs
-    _, idx = ndimage.distance_transform_edt(lungs == 0, return_indices=True)
-    nearest = lungs[tuple(idx)]
+    box = bounding_box((lungs > 0) | missing, margin=1)
+    sub = lungs[box]
+    _, idx = ndimage.distance_transform_edt(sub == 0, return_indices=True)
+    nearest = sub[tuple(idx)]
     out = lungs.copy()
-    out[missing] = nearest[missing]
+    region = out[box]
+    m = missing[box]
+    region[m] = nearest[m]
     return out
 
 
@@ -393,10 +453,13 @@ def measure(ct: CT, lungs: np.ndarray, lesions: np.ndarray, mode: str = "volume"
                 res["zones"][f"{side}_{zone}"] = 100.0 * int((infection[sl] & zl).sum()) / nz if nz else 0.0
     eff = lesions == EFFUSION
     if eff.any() and lungs.any():
-        _, idx = ndimage.distance_transform_edt(lungs == 0, return_indices=True, sampling=ct.spacing if mode == "volume" else None)
-        side_of = lungs[tuple(idx)]
-        res["per_lung"]["left"]["effusion"] = int((eff & (side_of == LEFT_LUNG)).sum())
-        res["per_lung"]["right"]["effusion"] = int((eff & (side_of == RIGHT_LUNG)).sum())
+        box = bounding_box((lungs > 0) | eff, margin=1)
+        sub = lungs[box]
+        _, idx = ndimage.distance_transform_edt(sub == 0, return_indices=True, sampling=ct.spacing if mode == "volume" else None)
+        side_of = sub[tuple(idx)]
+        e = eff[box]
+        res["per_lung"]["left"]["effusion"] = int((e & (side_of == LEFT_LUNG)).sum())
+        res["per_lung"]["right"]["effusion"] = int((e & (side_of == RIGHT_LUNG)).sum())
     else:
         res["per_lung"]["left"]["effusion"] = res["per_lung"]["right"]["effusion"] = 0
 
@@ -415,8 +478,9 @@ def measure(ct: CT, lungs: np.ndarray, lesions: np.ndarray, mode: str = "volume"
     res["ggo_fraction"] = (pl["left"]["ggo"] + pl["right"]["ggo"]) / tot_inf if tot_inf else 0.0
     res["bilateral"] = res["involvement"]["left"] >= 0.5 and res["involvement"]["right"] >= 0.5
     if tot_inf and mode == "volume":
-        depth = ndimage.distance_transform_edt(lungs > 0, sampling=ct.spacing)
-        res["peripheral_fraction"] = float((depth[infection] <= 20.0).mean())
+        box = bounding_box(lungs > 0, margin=1)
+        depth = ndimage.distance_transform_edt(lungs[box] > 0, sampling=ct.spacing)
+        res["peripheral_fraction"] = float((depth[infection[box]] <= 20.0).mean())
     else:
         res["peripheral_fraction"] = 0.0
     if mode == "volume":
@@ -544,30 +608,6 @@ def build_report(ct: CT, mode: str, sev: dict, diagnosis: dict, models: list[dic
     return report
 
 
-def slice_table(ct: CT, lungs: np.ndarray, lesions: np.ndarray) -> list[dict]:
-    """One entry per input slice (in the input's slice order), with areas in mm² (px² without spacing)."""
-    area = ct.pixel_area_mm2 if ct.spacing_known else 1.0
-    n = ct.n_slices
-    lung_px = (lungs > 0).reshape(n, -1).sum(1)
-    per = {c: (lesions == c).reshape(n, -1).sum(1) for c in (GGO, CONSOLIDATION, EFFUSION)}
-    rows = []
-    refs = ct.slices or []
-    for k in range(n):
-        ref = refs[k] if k < len(refs) else None
-        rows.append({
-            "index": k,
-            "file": ref.file if ref else None,
-            "sop_instance_uid": ref.sop_instance_uid if ref else None,
-            "z_mm": round(float(ref.z_mm), 3) if ref else float(k),
-            "lung_mm2": round(float(lung_px[k] * area), 2),
-            "lesion_mm2": round(float((per[GGO][k] + per[CONSOLIDATION][k] + per[EFFUSION][k]) * area), 2),
-            "ggo_mm2": round(float(per[GGO][k] * area), 2),
-            "consolidation_mm2": round(float(per[CONSOLIDATION][k] * area), 2),
-            "effusion_mm2": round(float(per[EFFUSION][k] * area), 2),
-        })
-    return rows
-
-
 # --- outputs ------------------------------------------------------------------------------------
 
 
@@ -583,53 +623,54 @@ def write_outputs(analysis: Analysis, outdir: Path, *, png: bool = False, html: 
     outdir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
     try:
-        report["slices"] = slice_table(ct, lungs, lesions)
-        files: dict[str, str] = {}
+        from covidct.report import slice_rows, validate_report
+
+        report["slices"] = slice_rows(ct, lungs, lesions)
+        files: dict[str, str | None] = {"lungs": None, "lesions": None, "dicom_seg": None, "html": None}
         if report["mode"] == "volume":
             save_mask_nifti(lungs, ct, tmp / "lungs.nii.gz")
             save_mask_nifti(lesions, ct, tmp / "lesions.nii.gz")
             files |= {"lungs": "lungs.nii.gz", "lesions": "lesions.nii.gz"}
             if ct.kind == "dicom":
-                try:
-                    from covidct.report.dicomseg import write_dicom_seg
+                from covidct.report.dicomseg import write_dicom_seg
 
+                try:
                     write_dicom_seg(ct, lungs, lesions, tmp / "segmentation.dcm")
                     files["dicom_seg"] = "segmentation.dcm"
-                except ImportError:
-                    report["warnings"].append("DICOM SEG writer not available in this build")
+                except ValueError as exc:  # e.g. a .zip input whose files are gone: the rest still useful
+                    report["warnings"].append(f"no DICOM SEG written: {str(exc).splitlines()[0]}")
         else:
             save_label_png(lungs[0], tmp / "lungs.png")
             save_label_png(lesions[0], tmp / "lesions.png")
             files |= {"lungs": "lungs.png", "lesions": "lesions.png"}
         from covidct.labels import LESION_COLORS, LUNG_COLORS
 
-        if report["mode"] == "slice" or png:
-            pngdir = tmp if report["mode"] == "slice" else tmp / "slices"
-            pngdir.mkdir(exist_ok=True)
+        if report["mode"] == "slice":
             colors = {**{k + 10: v for k, v in LUNG_COLORS.items()}, **LESION_COLORS}
-            for k in range(ct.n_slices):
-                if report["mode"] == "volume" and not (lungs[k].any() or lesions[k].any()):
-                    continue
-                combined = np.where(lesions[k] > 0, lesions[k], np.where(lungs[k] > 0, lungs[k] + 10, 0)).astype(np.uint8)
-                name = "overlay.png" if report["mode"] == "slice" else f"slice_{k:04d}.png"
-                save_overlay_png(ct.array[k], combined, pngdir / name, colors=colors)
-            files["overlays"] = "overlay.png" if report["mode"] == "slice" else "slices/"
-        if html:
-            try:
-                from covidct.report.html import write_html_report
+            combined = np.where(lesions[0] > 0, lesions[0], np.where(lungs[0] > 0, lungs[0] + 10, 0)).astype(np.uint8)
+            save_overlay_png(ct.array[0], combined, tmp / "overlay.png", colors=colors)
+            files["overlays"] = "overlay.png"
+        elif png:
+            from covidct.report.figures import save_slice_overlays
 
-                files["html"] = "report.html"
-                report["outputs"] = files
-                write_html_report(ct, lungs, lesions, report, tmp / "report.html")
-            except ImportError:
-                files.pop("html", None)
-                report["warnings"].append("HTML report writer not available in this build")
+            keep = np.flatnonzero(((lungs > 0) | (lesions > 0)).reshape(ct.n_slices, -1).any(1))
+            save_slice_overlays(ct, lungs, lesions, tmp / "slices", slices=keep)
+            files["overlays"] = "slices/"
+        if html:
+            from covidct.report.html import write_html_report
+
+            files["html"] = "report.html"
+            report["outputs"] = files
+            if timings is not None:  # the page shows the times up to the outputs stage
+                report["timings_s"] = {k: round(float(v), 3) for k, v in timings.items()}
+            write_html_report(ct, lungs, lesions, report, tmp / "report.html")
         files["json"] = "report.json"
         report["outputs"] = files
         if timings is not None:
             timings["outputs"] = time.perf_counter() - t0
             timings["total"] = sum(v for k, v in timings.items() if k != "total")
             report["timings_s"] = {k: round(float(v), 3) for k, v in timings.items()}
+        validate_report(report)
         (tmp / "report.json").write_text(json.dumps(report, indent=2))
         _move_into(tmp, outdir)
     finally:

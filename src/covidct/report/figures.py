@@ -157,12 +157,12 @@ def lesion_profile_png(ct: CT, lungs: np.ndarray, lesions: np.ndarray) -> bytes:
 
 
 def save_slice_overlays(
-    ct: CT, lungs: np.ndarray, lesions: np.ndarray, outdir: str | Path, every: int = 1
+    ct: CT, lungs: np.ndarray, lesions: np.ndarray, outdir: str | Path, every: int = 1, slices=None
 ) -> list[Path]:
     """One PNG per ``every``-th slice (``slice_0000.png``..., canonical index) with lung/lesion overlays.
 
     Images keep the volume's pixel grid (one image pixel per voxel); HU input is shown in the
-    lung window.
+    lung window. ``slices`` (indices) restricts the output to those slices.
     """
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")
@@ -171,7 +171,7 @@ def save_slice_overlays(
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for k in range(0, ct.n_slices, every):
+    for k in range(0, ct.n_slices, every) if slices is None else [int(i) for i in slices][::every]:
         rgb = overlay_rgb(ct.array[k], lungs[k], lesions[k], ct.is_hu)
         p = outdir / f"slice_{k:04d}.png"
         Image.fromarray(rgb).save(p, format="PNG")

@@ -1,0 +1,99 @@
+"""``covidct segment``: lungs / infection / lesion masks for slice images or volumes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from covidct.errors import CovidCTError
+
+TASKS = ("lungs", "infection", "lesions")
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+
+def _expand(inputs: list[Path]) -> list[Path]:
+    """Image files and folders of images expand to files; anything else (volumes, series) stays as given."""
+    out: list[Path] = []
+    for p in inputs:
+        if p.is_dir():
+            imgs = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTS)
+            out.extend(imgs if imgs else [p])
+        else:
+            out.append(p)
+    return out
+
+
+def segment_slices(images: list[np.ndarray], is_hu: bool, task: str, model_name: str, batch_size: int = 8) -> list[np.ndarray]:
+    """Label maps (each the size of its image) for 2-D slices with one model."""
+    from covidct.models import zoo
+    from covidct.models.inference import predict_slices, probabilities_to_labels
+
+    model, info = zoo.load(model_name)
+    probs = predict_slices(model, info, images, is_hu, batch_size=batch_size, bf16=True)
+    thr = (info.get("thresholds") or {}).get("foreground")
+    labels = [probabilities_to_labels(p, thr) for p in probs]
+    if task == "infection":
+        labels = [(lab > 0).astype(np.uint8) for lab in labels]
+    return labels
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def segment(
+        inputs: list[Path] = typer.Argument(..., metavar="INPUT...", help="Slice images, folders of them, or 3-D volumes / DICOM series."),
+        output: Path = typer.Option(..., "-o", "--output", help="Output folder."),
+        task: str = typer.Option("lesions", "--task", help="lungs (0/1), infection (0/1) or lesions (0 none, 1 GGO, 2 consolidation, 3 effusion)."),
+        model: str = typer.Option(None, "--model", help="Shipped model name, checkpoint (.pt) or run folder; default: the shipped model of the task."),
+        overlay: bool = typer.Option(False, "--overlay", help="Also write <stem>_overlay.png in colour."),
+        batch_size: int = typer.Option(8, "--batch-size", min=1, help="Slices per forward pass."),
+    ) -> None:
+        """Segment slices or volumes. A 2-D image gives OUTDIR/<stem>.png: one-channel 8-bit class indices with
+        the input's exact width and height. A volume gives OUTDIR/<name>_<task>.nii.gz aligned to the input
+        (lungs as 1 left / 2 right there). Unreadable inputs are reported and the rest still processed."""
+        from rich.progress import track
+
+        from covidct.io import load_ct, save_label_png, save_mask_nifti, save_overlay_png
+        from covidct.labels import LESION_COLORS, LUNG_COLORS
+
+        if task not in TASKS:
+            raise typer.BadParameter(f"must be one of {', '.join(TASKS)}", param_hint="--task")
+        model_name = model or ("lungs" if task == "lungs" else "lesions" if task == "lesions" else "infection")
+        from covidct.models import zoo
+
+        if model is None and task == "infection" and not zoo.has_model("infection"):
+            model_name = "lesions"
+        zoo.load(model_name)  # fail early, once, on a bad model
+        output.mkdir(parents=True, exist_ok=True)
+        failures: list[str] = []
+        files = _expand(inputs)
+        colors = LUNG_COLORS if task == "lungs" else LESION_COLORS
+        for path in track(files, description=f"segmenting ({task})", transient=True, disable=len(files) < 2):
+            try:
+                ct = load_ct(path)
+                if ct.kind == "image":
+                    label = segment_slices([ct.array[0]], ct.is_hu, task, model_name, batch_size)[0]
+                    save_label_png(label, output / f"{path.stem}.png")
+                    if overlay:
+                        save_overlay_png(ct.array[0], label, output / f"{path.stem}_overlay.png", colors=colors)
+                    continue
+                from covidct.pipeline import shared_analyzer
+
+                lesions_model = model_name if task != "lungs" else "lesions"
+                lungs_model = model_name if task == "lungs" else "lungs"
+                an = shared_analyzer(lungs_model=lungs_model, lesions_model=lesions_model)
+                lungs = an.segment_lungs(ct)
+                if task == "lungs":
+                    mask = lungs
+                else:
+                    mask = an.segment_lesions(ct, lungs)
+                    if task == "infection":
+                        mask = (mask > 0).astype(np.uint8)
+                save_mask_nifti(mask, ct, output / f"{ct.name}_{task}.nii.gz")
+            except CovidCTError as exc:
+                failures.append(f"{path}: {str(exc).splitlines()[0]}")
+                typer.echo(f"covidct: error: {str(exc).splitlines()[0]}", err=True)
+        typer.echo(f"{len(files) - len(failures)} of {len(files)} inputs segmented into {output}")
+        if failures:
+            raise CovidCTError(f"{len(failures)} input(s) could not be segmented")
