@@ -427,41 +427,51 @@ def pan_lobe_score(percent: float) -> int:
 
 
 def measure(ct: CT, lungs: np.ndarray, lesions: np.ndarray, mode: str = "volume") -> dict:
-    """Volumes (mL), involvement per lung and zone, and the Pan severity score (six-zone approximation)."""
-    vml = ct.voxel_volume_ml if mode == "volume" else None
-    infection = (lesions == GGO) | (lesions == CONSOLIDATION)
-    res: dict = {"mode": mode, "per_lung": {}, "zones": {}}
+    """Volumes (voxel counts), involvement per lung and zone, and the Pan score (six-zone approximation).
+
+    One pass of per-slice label-pair counts inside the masks' bounding box does all the counting.
+    """
+    res: dict = {"mode": mode, "per_lung": {}, "zones": {}, "voxel_ml": ct.voxel_volume_ml if mode == "volume" else None}
+    box = bounding_box((lungs > 0) | (lesions > 0))
+    n_pairs = 12  # code = lung label * 4 + lesion label
+    if box is None:
+        counts = np.zeros((1, n_pairs), np.int64)
+    else:
+        code = lungs[box].astype(np.uint8) * 4 + lesions[box]
+        counts = np.stack([np.bincount(c.ravel(), minlength=n_pairs) for c in code])
+    total = counts.sum(0)
     for side, lab in (("left", LEFT_LUNG), ("right", RIGHT_LUNG)):
-        lung = lungs == lab
-        n_lung = int(lung.sum())
-        counts = {
-            "ggo": int(((lesions == GGO) & lung).sum()),
-            "consolidation": int(((lesions == CONSOLIDATION) & lung).sum()),
+        lung_per_slice = counts[:, lab * 4 : lab * 4 + 4].sum(1)
+        inf_per_slice = counts[:, lab * 4 + GGO] + counts[:, lab * 4 + CONSOLIDATION]
+        res["per_lung"][side] = {
+            "lung_vox": int(lung_per_slice.sum()),
+            "ggo": int(total[lab * 4 + GGO]),
+            "consolidation": int(total[lab * 4 + CONSOLIDATION]),
+            "infection": int(inf_per_slice.sum()),
+            "effusion": 0,
         }
-        # effusion belongs to the side of the nearest lung
-        res["per_lung"][side] = {"lung_vox": n_lung, **counts, "infection": counts["ggo"] + counts["consolidation"]}
-        zs = np.flatnonzero(lung.reshape(len(lung), -1).any(1))
         for zone in ("upper", "middle", "lower"):
             res["zones"][f"{side}_{zone}"] = None
+        zs = np.flatnonzero(lung_per_slice)
         if zs.size and mode == "volume":
             # thirds of the lung's cranio-caudal extent; z increases towards the head
-            edges = np.linspace(zs.min(), zs.max() + 1, 4)
-            for zone, (a, b) in zip(("lower", "middle", "upper"), zip(edges[:-1], edges[1:], strict=True), strict=True):
-                sl = slice(int(np.floor(a)), int(np.floor(b)))
-                zl = lung[sl]
-                nz = int(zl.sum())
-                res["zones"][f"{side}_{zone}"] = 100.0 * int((infection[sl] & zl).sum()) / nz if nz else 0.0
-    eff = lesions == EFFUSION
-    if eff.any() and lungs.any():
-        box = bounding_box((lungs > 0) | eff, margin=1)
-        sub = lungs[box]
-        _, idx = ndimage.distance_transform_edt(sub == 0, return_indices=True, sampling=ct.spacing if mode == "volume" else None)
-        side_of = sub[tuple(idx)]
-        e = eff[box]
-        res["per_lung"]["left"]["effusion"] = int((e & (side_of == LEFT_LUNG)).sum())
-        res["per_lung"]["right"]["effusion"] = int((e & (side_of == RIGHT_LUNG)).sum())
-    else:
-        res["per_lung"]["left"]["effusion"] = res["per_lung"]["right"]["effusion"] = 0
+            edges = np.floor(np.linspace(zs.min(), zs.max() + 1, 4)).astype(int)
+            for zone, a, b in zip(("lower", "middle", "upper"), edges[:-1], edges[1:], strict=True):
+                nz = int(lung_per_slice[a:b].sum())
+                res["zones"][f"{side}_{zone}"] = 100.0 * int(inf_per_slice[a:b].sum()) / nz if nz else 0.0
+    eff_vox = int(total[EFFUSION :: 4].sum())
+    if eff_vox:
+        # effusion belongs to the side of the lung it lies against: split at the midline between the lungs
+        xs_left = np.nonzero(lungs[box] == LEFT_LUNG)[2]
+        xs_right = np.nonzero(lungs[box] == RIGHT_LUNG)[2]
+        ex = np.nonzero(lesions[box] == EFFUSION)[2]
+        if xs_left.size and xs_right.size:
+            mid = 0.5 * (xs_left.mean() + xs_right.mean())
+            res["per_lung"]["left"]["effusion"] = int((ex >= mid).sum())
+            res["per_lung"]["right"]["effusion"] = int((ex < mid).sum())
+        else:
+            side = "left" if xs_left.size else "right"
+            res["per_lung"][side]["effusion"] = eff_vox
 
     def pct(a: int, b: int) -> float:
         return 100.0 * a / b if b else 0.0
@@ -472,17 +482,19 @@ def measure(ct: CT, lungs: np.ndarray, lesions: np.ndarray, mode: str = "volume"
         "right": pct(pl["right"]["infection"], pl["right"]["lung_vox"]),
         "total": pct(pl["left"]["infection"] + pl["right"]["infection"], pl["left"]["lung_vox"] + pl["right"]["lung_vox"]),
     }
-    res["voxel_ml"] = vml
     # bilateral / peripheral / GGO-predominance features for the diagnosis
     tot_inf = pl["left"]["infection"] + pl["right"]["infection"]
     res["ggo_fraction"] = (pl["left"]["ggo"] + pl["right"]["ggo"]) / tot_inf if tot_inf else 0.0
     res["bilateral"] = res["involvement"]["left"] >= 0.5 and res["involvement"]["right"] >= 0.5
+    res["peripheral_fraction"] = 0.0
     if tot_inf and mode == "volume":
-        box = bounding_box(lungs > 0, margin=1)
-        depth = ndimage.distance_transform_edt(lungs[box] > 0, sampling=ct.spacing)
-        res["peripheral_fraction"] = float((depth[infection[box]] <= 20.0).mean())
-    else:
-        res["peripheral_fraction"] = 0.0
+        # distance to the lung surface on a 2x in-plane subsampled grid (a pattern feature, not a volume)
+        lb = lungs[box][:, ::2, ::2] > 0
+        ib = np.isin(lesions[box][:, ::2, ::2], (GGO, CONSOLIDATION)) & lb
+        if ib.any():
+            dz, dy, dx = ct.spacing
+            depth = ndimage.distance_transform_edt(lb, sampling=(dz, 2 * dy, 2 * dx))
+            res["peripheral_fraction"] = float((depth[ib] <= 20.0).mean())
     if mode == "volume":
         z = res["zones"]
         lobes = {
@@ -490,7 +502,7 @@ def measure(ct: CT, lungs: np.ndarray, lesions: np.ndarray, mode: str = "volume"
             # the left lung has two lobes: its upper and middle thirds approximate the upper lobe
             "LUL": None if z["left_upper"] is None else 0.5 * (z["left_upper"] + z["left_middle"]),
             "LLL": z["left_lower"],
-        }
+        }  # fmt: skip
         res["lobes_percent"] = lobes
         res["lobe_scores"] = {k: pan_lobe_score(v or 0.0) for k, v in lobes.items()}
         res["score"] = int(sum(res["lobe_scores"].values()))
