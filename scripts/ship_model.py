@@ -1,0 +1,60 @@
+"""Ship a model trained by ``covidct train`` inside the package, with its model card.
+
+    python scripts/ship_model.py RUN_DIR NAME --version 1 [--metrics extra.json] [--notes "..."]
+
+Copies RUN_DIR/best.pt to src/covidct/weights/NAME.pt and writes NAME.card.json: the run's card
+(data, split case ids, config, training time, validation/test metrics, reproduce command) with the
+name, version, sha256 of the shipped file, and any extra measured metrics (e.g. benchmark figures)
+merged under ``metrics.benchmarks``. Only weights trained by covidct's own training command belong here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "covidct" / "weights"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("name")
+    ap.add_argument("--version", required=True)
+    ap.add_argument("--metrics", type=Path, help="JSON of extra measured metrics to record in the card")
+    ap.add_argument("--notes", default=None)
+    args = ap.parse_args()
+    best, card_path = args.run_dir / "best.pt", args.run_dir / "card.json"
+    if not best.exists() or not card_path.exists():
+        print(f"error: {args.run_dir} has no best.pt/card.json (not a covidct run folder?)", file=sys.stderr)
+        return 2
+    card = json.loads(card_path.read_text())
+    WEIGHTS.mkdir(parents=True, exist_ok=True)
+    target = WEIGHTS / f"{args.name}.pt"
+    shutil.copyfile(best, target)
+    card["name"] = args.name
+    card["version"] = str(args.version)
+    card["weights"] = target.name
+    card["sha256"] = hashlib.sha256(target.read_bytes()).hexdigest()
+    card["size_bytes"] = target.stat().st_size
+    card["shipped"] = datetime.now(UTC).isoformat(timespec="seconds")
+    card["run_dir"] = str(args.run_dir)
+    if args.metrics:
+        card.setdefault("metrics", {})
+        if isinstance(card["metrics"], str):
+            card["metrics"] = {"run": card["metrics"]}
+        card["metrics"]["benchmarks"] = json.loads(args.metrics.read_text())
+    if args.notes:
+        card["notes"] = args.notes
+    (WEIGHTS / f"{args.name}.card.json").write_text(json.dumps(card, indent=1, default=str) + "\n")
+    print(f"shipped {target} ({card['size_bytes'] / 1e6:.1f} MB, sha256 {card['sha256'][:12]}…)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
