@@ -28,11 +28,17 @@ import yaml
 from covidct.errors import ConfigError
 
 TASKS = ("lungs", "infection", "lesions")
+# Image-level classification tasks (trained by covidct.train.classify through the same ``train()``).
+CLASSIFY_TASKS = ("covid-vs-noncovid", "slice-infection", "three-class")
 # Classes (names, background first) of each segmentation task; the lung model is binary (lung vs not).
 TASK_CLASSES: dict[str, list[str]] = {
     "lungs": ["background", "lung"],
     "infection": ["background", "infection"],
     "lesions": ["none", "ggo", "consolidation", "effusion"],
+    # classification: the positive class last, so binary models threshold p[1]
+    "covid-vs-noncovid": ["non_covid19", "covid19"],
+    "slice-infection": ["negative", "infection"],
+    "three-class": ["normal", "pneumonia", "covid19"],
 }
 
 
@@ -56,6 +62,7 @@ class SplitConfig:
     fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # train, val, test
     seed: int = 0
     file: str | None = None  # a split.json (case ids per part) instead of fractions
+    by_meta: str | None = None  # classification only: the part is record["meta"][by_meta] (official lists)
 
 
 @dataclass
@@ -143,6 +150,22 @@ class AugmentConfig:
 
 
 @dataclass
+class ClassifyConfig:
+    """Classification-only settings (tasks in ``CLASSIFY_TASKS``); see covidct.train.classify."""
+
+    threshold: Literal["youden", "target_precision", "fixed"] = "youden"  # chosen on the validation ROC
+    target_precision: float = 0.95  # threshold: the lowest one whose validation precision reaches this
+    fixed_threshold: float = 0.5
+    select_on: Literal["auc", "f1", "loss"] = "auc"  # best.pt / early stopping criterion on validation
+    label_smoothing: float = 0.0
+    crop_prob: float = 0.5  # random resized crop (figures are cropped arbitrarily)
+    crop_scale: list[float] = field(default_factory=lambda: [0.7, 1.0])  # area fraction kept
+    jpeg_prob: float = 0.3  # re-encode as JPEG (compression noise of paper figures)
+    jpeg_quality: list[int] = field(default_factory=lambda: [30, 95])
+    balanced_sampling: bool = False  # sample classes equally (instead of / besides loss.weights)
+
+
+@dataclass
 class OutputConfig:
     run_dir: str = "runs/{name}"
     tensorboard: bool = True
@@ -150,7 +173,7 @@ class OutputConfig:
 
 @dataclass
 class Config:
-    task: Literal["lungs", "infection", "lesions"]
+    task: Literal["lungs", "infection", "lesions", "covid-vs-noncovid", "slice-infection", "three-class"]
     name: str = "run"
     description: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
@@ -161,6 +184,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     normalisation: dict | None = None  # NormalisationConfig fields; None: the package default
+    classify: ClassifyConfig = field(default_factory=ClassifyConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     grid: dict | list | None = None
 
@@ -265,8 +289,14 @@ def _check(cfg: Config) -> None:
 
     if cfg.model.name not in TASK_KIND:
         raise ConfigError(f"model.name: unknown model {cfg.model.name!r} (known: {', '.join(list_models())})")
-    if TASK_KIND[cfg.model.name] != "segmentation":
+    if cfg.task in CLASSIFY_TASKS:
+        from covidct.train.classify import check_config
+
+        check_config(cfg)
+    elif TASK_KIND[cfg.model.name] != "segmentation":
         raise ConfigError(f"model.name: {cfg.model.name} is a classification model; task {cfg.task} needs segmentation")
+    if cfg.data.split.by_meta and cfg.task not in CLASSIFY_TASKS:
+        raise ConfigError("data.split.by_meta: only classification tasks support it (use file: or fractions:)")
     if not cfg.data.sources:
         raise ConfigError("data.sources: at least one source is required")
     fr = cfg.data.split.fractions

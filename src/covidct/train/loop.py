@@ -46,6 +46,11 @@ def train(config: str | Path | dict | Config, run_dir: str | Path | None = None,
     notebooks). ``resume=True`` continues from ``<run_dir>/last.pt``.
     """
     raw = config_to_dict(config) if isinstance(config, Config) else load_raw(config)
+    if raw.get("kind") in ("seg3d", "interactive"):  # 3-D and click-guided paths (own config sections)
+        from covidct.train import interactive, volumes
+
+        fn = volumes.train_seg3d if raw["kind"] == "seg3d" else interactive.train_interactive
+        return fn(raw, run_dir, resume, records=records, verbose=verbose)
     variants = expand_grid(raw)
     if len(variants) == 1:
         return _train_one(load_config(variants[0][1]), run_dir, resume, records, verbose)
@@ -212,6 +217,12 @@ def _set_rng_state(s: dict) -> None:
 
 def _train_one(cfg: Config, run_dir: str | Path | None, resume: bool, records: list[dict] | None,
                verbose: bool) -> Path:
+    from covidct.train.config import CLASSIFY_TASKS
+
+    if cfg.task in CLASSIFY_TASKS:  # image-level labels: own samples and metrics, same run layout
+        from covidct.train.classify import train_classifier
+
+        return train_classifier(cfg, run_dir, resume, records, verbose)
     from monai.data import DataLoader
     from monai.utils import set_determinism
     from tqdm import tqdm
