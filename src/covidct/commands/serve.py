@@ -38,8 +38,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the web page and REST API: upload a CT, follow its analysis, view and correct masks, download results.
 
-        Open http://HOST:PORT/ in a browser (add ?token=TOKEN when a token is set). The API is described
-        at /docs. Jobs live in DATA_DIR and survive a restart.
+        Open http://HOST:PORT/ in a browser (add ?token=TOKEN when a token is set). The REST API is described
+        at /openapi.json (and /docs, whose page loads its scripts from the internet).
+        Jobs live in DATA_DIR and survive a restart.
         """
         try:
             import uvicorn
