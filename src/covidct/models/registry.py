@@ -187,3 +187,29 @@ class CompactCNN(nn.Module):
 @register("compact_cnn", kind="classification")
 def _compact_cnn(in_channels: int, out_channels: int, features=(16, 32, 64, 128), dropout: float = 0.3) -> nn.Module:
     return CompactCNN(in_channels, out_channels, _tuple(features), dropout)
+
+
+# --- 3-D segmentation (seeds 000/001: MONAI 3-D U-Net; BasicUNet of MONAI's COVID-19-20 baseline) ---
+
+SPATIAL_DIMS: dict[str, int] = {}  # model name -> 3 for volumetric models (absent: 2-D)
+
+
+@register("unet3d")
+def _unet3d(in_channels: int, out_channels: int, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2),
+            num_res_units: int = 2, norm: str = "batch", dropout: float = 0.0) -> nn.Module:
+    from monai.networks.nets import UNet
+
+    return UNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels, channels=_tuple(channels),
+                strides=_tuple(strides), num_res_units=num_res_units, norm=norm, dropout=dropout)
+
+
+@register("basicunet3d")
+def _basicunet3d(in_channels: int, out_channels: int, features=(32, 32, 64, 128, 256, 32), norm: str = "instance",
+                 dropout: float = 0.1, upsample: str = "deconv") -> nn.Module:
+    from monai.networks.nets import BasicUNet
+
+    return BasicUNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels, features=_tuple(features),
+                     norm=norm, dropout=dropout, upsample=upsample)
+
+
+SPATIAL_DIMS.update({"unet3d": 3, "basicunet3d": 3})
