@@ -353,3 +353,22 @@ def test_ids_paths_and_listing(served):
     assert client.get("/static/../app.py").status_code == 404
     r = client.get("/")
     assert r.status_code == 200 and "default-src 'self'" in r.headers["content-security-policy"]
+
+
+def test_refine_without_a_click_model_says_so(served, monkeypatch):
+    from covidct.errors import ModelError
+
+    def no_model(*a, **k):
+        raise ModelError("unknown model 'refine' (shipped models: none; or give a .pt file / run folder)")
+
+    mod = types.ModuleType("covidct.interactive")
+    mod.Click, mod.refine = _Click, no_model
+    monkeypatch.setitem(sys.modules, "covidct.interactive", mod)
+    import covidct
+
+    monkeypatch.setattr(covidct, "interactive", mod, raising=False)
+    client, job, _ = served
+    before = client.get(f"/api/jobs/{job['id']}").json()["revision"]
+    r = client.post(f"/api/jobs/{job['id']}/refine", json={"slice": 8, "clicks": [{"x": 40, "y": 40, "positive": True}]})
+    assert r.status_code == 503 and "click refinement unavailable" in r.json()["detail"]
+    assert client.get(f"/api/jobs/{job['id']}").json()["revision"] == before

@@ -32,6 +32,7 @@ def register(app: typer.Typer) -> None:
         workers: int = typer.Option(1, "--workers", min=0, help="Analyses run at the same time (each holds one CT in memory)."),
         max_queue: int = typer.Option(32, "--max-queue", min=1, help="Jobs that may wait; more uploads get 503."),
         max_upload_mb: int = typer.Option(2048, "--max-upload-mb", min=1, help="Largest accepted upload (MiB)."),
+        access_log: bool = typer.Option(False, "--access-log", help="Log every HTTP request (the page polls often)."),
         allow_no_token: bool = typer.Option(
             False, "--allow-no-token", help="Allow binding to a non-loopback address without a token (not recommended)."
         ),
@@ -58,4 +59,5 @@ def register(app: typer.Typer) -> None:
         )
         shown = f"http://{'localhost' if _is_loopback(host) else host}:{port}/"
         typer.echo(f"covidct serving {Path(data_dir).resolve()} at {shown}" + (" (token required)" if token else ""))
-        uvicorn.run(application, host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
+        uvicorn.run(application, host=host, port=port, log_level="info", access_log=access_log,
+                    timeout_graceful_shutdown=10)

@@ -102,7 +102,8 @@ class RefineIn(BaseModel):
     slice: int = Field(ge=0, description="slice index (0 = the most inferior)")
     clicks: list[ClickIn] = Field(max_length=200, description="all clicks of this correction, in order")
     base_revision: int | None = Field(
-        None, description="the revision the clicks correct (default: the latest); undo = the same base, fewer clicks"
+        None, description="the revision whose mask the clicks refine (default: the latest, with the whole click history); "
+        "an undo replays the shorter history from the revision the correction started from"
     )
 
 

@@ -190,14 +190,7 @@ class JobViews:
             image = np.asarray(ct.array[k], np.float32)
             old = np.asarray(base_lesions[k])
             if clicks:
-                from covidct import interactive
-
-                mask = interactive.refine(
-                    image, (old > 0).astype(np.uint8),
-                    [interactive.Click(x=int(c["x"]), y=int(c["y"]), positive=bool(c["positive"])) for c in clicks],
-                    is_hu=ct.is_hu,
-                )
-                mask = np.asarray(mask).astype(bool)
+                mask = _run_refine(image, old, clicks, ct.is_hu)
                 if mask.shape != (h, w):
                     raise ViewerError(500, f"refinement returned a {mask.shape} mask for a {(h, w)} slice")
             else:  # no clicks left (all undone): the base revision's slice as it was
@@ -243,6 +236,27 @@ class JobViews:
             "diagnosis": report["diagnosis"],
             "lesions": report["lesions"],
         }
+
+
+def _run_refine(image: np.ndarray, old: np.ndarray, clicks: list[dict], is_hu: bool) -> np.ndarray:
+    """covidct.interactive.refine on one slice, its failures as ViewerErrors with one-line reasons."""
+    from covidct.errors import CovidCTError, ModelError
+
+    try:
+        from covidct import interactive
+    except ImportError as exc:
+        raise ViewerError(501, f"click refinement is not available in this build ({exc})") from exc
+    try:
+        mask = interactive.refine(
+            image, (old > 0).astype(np.uint8),
+            [interactive.Click(x=int(c["x"]), y=int(c["y"]), positive=bool(c["positive"])) for c in clicks],
+            is_hu=is_hu,
+        )
+    except ModelError as exc:  # e.g. no click model shipped yet: the service works, this feature does not
+        raise ViewerError(503, f"click refinement unavailable: {str(exc).splitlines()[0]}") from exc
+    except CovidCTError as exc:
+        raise ViewerError(422, str(exc).splitlines()[0]) from exc
+    return np.asarray(mask).astype(bool)
 
 
 def _summary(report: dict) -> dict:

@@ -430,17 +430,20 @@ async function addClick(x, y, positive) {
   await sendClicks();
 }
 
-async function sendClicks() {
+async function sendClicks(isUndo = false) {
+  // a click refines the latest mask with the whole click history (what covidct.interactive expects);
+  // an undo replays the shorter history from the mask the correction started from
   S.busy = true; updateEditHud(); draw();
   try {
     const out = await api("/api/jobs/" + S.job.id + "/refine", {
       method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ slice: S.clickSlice, clicks: S.clicks, base_revision: S.clickBase }),
+      body: JSON.stringify({ slice: S.clickSlice, clicks: S.clicks, base_revision: isUndo ? S.clickBase : null }),
     });
     applyRefinement(out);
   } catch (e) {
-    S.clicks.pop();
-    alert("Correction failed: " + e.message);
+    if (!isUndo) S.clicks.pop();
+    showError("edit-error", "Correction failed: " + e.message);
+    setTimeout(() => { $("edit-error").hidden = true; }, 6000);
   } finally {
     S.busy = false; updateEditHud();
     $("btn-undo").disabled = !S.clicks.length; $("btn-done").disabled = !S.clicks.length;
@@ -526,7 +529,7 @@ function toggleLayer(layer) {
 function undo() {
   if (!S.clicks.length || S.busy) return;
   S.clicks.pop();
-  sendClicks(); // the same base revision with one click fewer (none: the base as it was)
+  sendClicks(true); // the base revision with one click fewer (none: the base as it was)
 }
 
 function onKey(e) {
