@@ -92,7 +92,13 @@ class Analyzer:
 
     # --- lungs ---------------------------------------------------------------------------------
 
-    def _predict(self, model, info, slices: np.ndarray, is_hu: bool) -> np.ndarray:
+    def _predict(self, model, info, slices: np.ndarray, is_hu: bool, spacing=None, role: str = "lungs") -> np.ndarray:
+        """(N, C, H, W) probabilities of the slices; a 3-D model sees them as one volume (sliding window)."""
+        if info.get("spatial_dims") == 3:
+            from covidct.train.volumes import predict_volume, probs_for_role
+
+            prob = predict_volume(model, info, slices, spacing, is_hu=is_hu, bf16=self.bf16)
+            return probs_for_role(prob, info.get("classes", []), role)
         from covidct.models.inference import predict_slices
 
         return predict_slices(model, info, slices, is_hu, batch_size=self.batch_size, bf16=self.bf16)
@@ -113,7 +119,7 @@ class Analyzer:
             idx = np.arange(len(vol))
         mask = np.zeros(vol.shape, bool)
         if self.lungs is not None:
-            prob = self._predict(self.lungs, self.lungs_info, vol[idx], ct.is_hu)
+            prob = self._predict(self.lungs, self.lungs_info, vol[idx], ct.is_hu, ct.spacing, "lungs")
             thr = (self.lungs_info.get("thresholds") or {}).get("foreground", 0.5)
             mask[idx] = prob[:, 1] >= thr
             if ct.is_hu:  # lungs are air-filled: nothing denser than soft tissue at the lung edge
@@ -139,8 +145,12 @@ class Analyzer:
             return out
         dz, dy, dx = ct.spacing
         near_lung = _dilate_mm(lung, (dz, dy, dx), 3.0)
+        binary = False
         if self.lesions is not None:
-            prob = self._predict(self.lesions, self.lesions_info, vol[zs], ct.is_hu)
+            if self.lesions_info.get("spatial_dims") == 3:  # one contiguous block of slices for a volume model
+                zs = np.arange(zs.min(), zs.max() + 1)
+            prob = self._predict(self.lesions, self.lesions_info, vol[zs], ct.is_hu, ct.spacing, "lesions")
+            binary = prob.shape[1] == 2
             labels = np.argmax(prob, axis=1).astype(np.uint8)
             if prob.shape[1] == 2:  # a binary infection model: call it all GGO/consolidation by HU
                 labels = labels.astype(np.uint8)
@@ -153,7 +163,7 @@ class Analyzer:
             dense = ndimage.binary_opening((sub >= -300) & (sub < 100), structure=np.ones((1, 5, 5), bool))
             rule[dense] = CONSOLIDATION
             out[zs] = rule
-        if self.lesions is not None and self.lesions_info and len(self.lesions_info.get("classes", [])) == 2:
+        if binary:
             infected = out > 0
             out[:] = 0
             if ct.is_hu:

@@ -31,6 +31,10 @@ def segment_slices(images: list[np.ndarray], is_hu: bool, task: str, model_name:
     from covidct.models.inference import predict_slices, probabilities_to_labels
 
     model, info = zoo.load(model_name)
+    if info.get("spatial_dims") == 3:
+        from covidct.errors import UnsupportedInput
+
+        raise UnsupportedInput(f"model {model_name} is a 3-D model: give it a volume, not a 2-D image")
     probs = predict_slices(model, info, images, is_hu, batch_size=batch_size, bf16=True)
     thr = (info.get("thresholds") or {}).get("foreground")
     labels = [probabilities_to_labels(p, thr) for p in probs]

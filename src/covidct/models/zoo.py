@@ -69,6 +69,7 @@ def load(name_or_path: str | Path):
     model, info = _load_cached(str(weights), None if card is None else str(card))
     info = dict(info)
     info.setdefault("name", Path(weights).stem)
+    info["spatial_dims"] = int((info.get("extra") or {}).get("spatial_dims", 2))  # 3: sliding-window volume model
     if card is not None:
         c = json.loads(Path(card).read_text())
         info["card"] = c

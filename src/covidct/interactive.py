@@ -1,0 +1,208 @@
+"""Click-guided lesion refinement: ``refine(image, mask, clicks) -> mask`` (DeepGrow-like guidance maps).
+
+A click is a pixel position plus positive ("this is lesion") or negative ("this is not"). The shipped
+``refine`` model (trained by ``covidct train configs/refine.yaml``, see :mod:`covidct.train.interactive`)
+takes the slice, the current mask and the positive / negative guidance maps of *all* clicks so far and
+returns the new mask. Callers pass the latest mask and the whole click history, oldest first (the web
+viewer and ``covidct refine`` do exactly this); it also works without a mask (first click only).
+
+After the network, two rules make every click count: a positive click always ends up inside the mask
+(the region the network gives around it at a lower threshold, at least a small disc), and a negative
+click never does (the region of the mask around it, up to a local radius, is removed).
+
+The model is loaded once per process and the normalised slice is cached, so a click on a 512² slice
+costs one forward pass at the model's 256² grid (see docs/BENCHMARKS.md for the measured time).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from covidct.errors import CovidCTError, ModelError, UnsupportedInput
+
+__all__ = ["Click", "refine", "refine_volume", "parse_click"]
+
+
+@dataclass(frozen=True)
+class Click:
+    """One click: ``x`` column, ``y`` row (pixels of the input image), positive or negative; ``z`` slice
+    index for :func:`refine_volume` (ignored by :func:`refine`)."""
+
+    x: int
+    y: int
+    positive: bool
+    z: int | None = None
+
+
+def parse_click(text: str) -> Click:
+    """``"X,Y,pos"`` / ``"X,Y,neg"`` (also ``+``/``-``, ``1``/``0``) -> :class:`Click`; CovidCTError if malformed."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if len(parts) != 3:
+        raise CovidCTError(f"click {text!r}: expected X,Y,pos or X,Y,neg")
+    try:
+        x, y = int(parts[0]), int(parts[1])
+    except ValueError as e:
+        raise CovidCTError(f"click {text!r}: X and Y must be integers (pixels)") from e
+    kind = parts[2].lower()
+    if kind in ("pos", "positive", "+", "1", "p"):
+        return Click(x, y, True)
+    if kind in ("neg", "negative", "-", "0", "n"):
+        return Click(x, y, False)
+    raise CovidCTError(f"click {text!r}: the third field must be pos or neg")
+
+
+# --- model and caches -------------------------------------------------------------------------------
+
+_IMAGE_CACHE: OrderedDict[tuple, np.ndarray] = OrderedDict()
+
+
+def _load(model: str):
+    from covidct.models import zoo
+
+    net, info = zoo.load(model)
+    if info.get("task") != "refine" or (info.get("model") or {}).get("in_channels") != 4:
+        raise ModelError(f"model {model!r} is not a click-refinement model (task {info.get('task')!r})")
+    return net, info
+
+
+def _model_image(image: np.ndarray, is_hu: bool, info: dict) -> np.ndarray:
+    """The slice in model space on the model grid, cached by content (repeated clicks on one slice)."""
+    import torch
+
+    from covidct.preprocess import NormalisationConfig, to_model_input
+    from covidct.train.datasets import resize_image_tensor
+
+    size = tuple(info.get("input_size") or (256, 256))
+    key = (hashlib.blake2b(np.ascontiguousarray(image).view(np.uint8), digest_size=16).hexdigest(), image.shape,
+           bool(is_hu), size, str(info.get("path")))
+    if key in _IMAGE_CACHE:
+        _IMAGE_CACHE.move_to_end(key)
+        return _IMAGE_CACHE[key]
+    x = to_model_input(image, is_hu, NormalisationConfig.from_dict(info.get("normalisation")))
+    x = resize_image_tensor(torch.from_numpy(x)[None], size)[0].numpy()
+    _IMAGE_CACHE[key] = x
+    while len(_IMAGE_CACHE) > 8:
+        _IMAGE_CACHE.popitem(last=False)
+    return x
+
+
+# --- checks ---------------------------------------------------------------------------------------
+
+
+def _check_inputs(image: np.ndarray, mask: np.ndarray | None, clicks: Sequence[Click]) -> tuple[np.ndarray, np.ndarray | None]:
+    img = np.asarray(image)
+    if img.ndim == 3 and img.shape[0] == 1:
+        img = img[0]
+    if img.ndim != 2 or min(img.shape) < 8:
+        raise UnsupportedInput(f"refine needs one 2-D slice (H, W), got shape {img.shape}")
+    if not np.issubdtype(img.dtype, np.number) or not np.isfinite(img).all():
+        raise UnsupportedInput("refine: the image must hold finite numbers")
+    m = None
+    if mask is not None:
+        m = np.asarray(mask)
+        if m.ndim == 3 and m.shape[0] == 1:
+            m = m[0]
+        if m.shape != img.shape:
+            raise UnsupportedInput(f"refine: mask shape {m.shape} differs from image shape {img.shape}")
+        m = (m > 0).astype(np.uint8)
+    h, w = img.shape
+    for c in clicks:
+        if not isinstance(c, Click):
+            raise CovidCTError(f"refine: clicks must be Click(x, y, positive), got {c!r}")
+        if not (0 <= c.x < w and 0 <= c.y < h):
+            raise CovidCTError(f"click ({c.x}, {c.y}) lies outside the {w}x{h} image (x = column, y = row)")
+    return img.astype(np.float32, copy=False), m
+
+
+# --- the API ---------------------------------------------------------------------------------------
+
+
+def refine(image_hw: np.ndarray, mask_hw: np.ndarray | None, clicks: Sequence[Click], *, is_hu: bool,
+           model: str = "refine") -> np.ndarray:
+    """Refined lesion mask (H, W) uint8 0/1 of a slice after ``clicks`` (the whole history, oldest first).
+
+    ``image_hw`` holds HU (``is_hu=True``) or 8-bit display grey levels; ``mask_hw`` is the current mask
+    (any non-zero = lesion) or None. Without clicks the mask comes back unchanged (zeros without a mask).
+    ``model`` is a shipped name, a checkpoint or a run folder of a refinement model.
+    """
+    import torch
+
+    img, prior = _check_inputs(image_hw, mask_hw, clicks)
+    h, w = img.shape
+    if not clicks:
+        return np.zeros((h, w), np.uint8) if prior is None else prior.copy()
+    net, info = _load(model)
+    from covidct.train.interactive import model_input
+
+    size = tuple(info.get("input_size") or (256, 256))
+    x01 = _model_image(img, bool(is_hu), info)
+    if prior is None:
+        p_small = np.zeros(size, np.float32)
+    else:
+        p_small = torch.nn.functional.interpolate(torch.from_numpy(prior.astype(np.float32))[None, None], size=size,
+                                                  mode="area")[0, 0].numpy()
+    sy, sx = size[0] / h, size[1] / w
+    pos = [((c.y + 0.5) * sy - 0.5, (c.x + 0.5) * sx - 0.5) for c in clicks if c.positive]
+    neg = [((c.y + 0.5) * sy - 0.5, (c.x + 0.5) * sx - 0.5) for c in clicks if not c.positive]
+    sigma = float((info.get("extra") or {}).get("sigma", 3.0))
+    x = model_input(x01, p_small >= 0.5, pos, neg, sigma)
+    with torch.no_grad():
+        logits = net(torch.from_numpy(x)[None])
+        prob = torch.softmax(logits.float(), 1)[:, 1:2]
+        if (h, w) != size:
+            prob = torch.nn.functional.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False)
+    prob = prob[0, 0].numpy()
+    thr = float((info.get("thresholds") or {}).get("foreground", 0.5))
+    return _honour_clicks(prob, prob >= thr, clicks)
+
+
+def _honour_clicks(prob: np.ndarray, mask: np.ndarray, clicks: Sequence[Click]) -> np.ndarray:
+    """Make each click hold: positives inside the mask, negatives outside (latest click wins on a pixel)."""
+    from scipy import ndimage
+
+    h, w = mask.shape
+    r_min = max(2, int(round(min(h, w) / 128)))  # ~4 px on a 512² slice
+    r_neg = max(8, int(round(min(h, w) / 12)))  # how far a negative click clears a region around it
+    yy, xx = np.ogrid[:h, :w]
+    m = mask.copy()
+    for c in clicks:
+        disc = (yy - c.y) ** 2 + (xx - c.x) ** 2 <= r_min**2
+        if c.positive and not m[c.y, c.x]:
+            lbl, _ = ndimage.label(prob >= 0.25)
+            grown = (lbl == lbl[c.y, c.x]) if lbl[c.y, c.x] else np.zeros_like(m)
+            m |= (grown & ((yy - c.y) ** 2 + (xx - c.x) ** 2 <= r_neg**2)) | disc
+        elif not c.positive and m[c.y, c.x]:
+            lbl, _ = ndimage.label(m)
+            near = (yy - c.y) ** 2 + (xx - c.x) ** 2 <= r_neg**2
+            m &= ~((lbl == lbl[c.y, c.x]) & near)
+            m &= ~disc
+    return m.astype(np.uint8)
+
+
+def refine_volume(volume_zyx: np.ndarray, mask_zyx: np.ndarray | None, clicks: Sequence[Click], *, is_hu: bool,
+                  model: str = "refine") -> np.ndarray:
+    """Refined lesion mask (z, y, x) uint8 of a volume: each clicked slice (``Click.z``) refined with its clicks.
+
+    Same contract as :func:`refine` (whole click history, latest mask); slices without clicks keep the mask.
+    """
+    vol = np.asarray(volume_zyx)
+    if vol.ndim != 3:
+        raise UnsupportedInput(f"refine_volume needs a volume (z, y, x), got shape {vol.shape}")
+    if mask_zyx is not None and np.asarray(mask_zyx).shape != vol.shape:
+        raise UnsupportedInput(f"refine_volume: mask shape {np.asarray(mask_zyx).shape} differs from {vol.shape}")
+    out = np.zeros(vol.shape, np.uint8) if mask_zyx is None else (np.asarray(mask_zyx) > 0).astype(np.uint8)
+    by_z: dict[int, list[Click]] = {}
+    for c in clicks:
+        if not isinstance(c, Click) or c.z is None:
+            raise CovidCTError(f"refine_volume: every click needs a slice index z, got {c!r}")
+        if not 0 <= c.z < vol.shape[0]:
+            raise CovidCTError(f"click slice z={c.z} outside the volume's {vol.shape[0]} slices")
+        by_z.setdefault(int(c.z), []).append(c)
+    for z, cl in by_z.items():
+        out[z] = refine(vol[z], out[z] if mask_zyx is not None else None, cl, is_hu=is_hu, model=model)
+    return out
