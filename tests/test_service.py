@@ -131,7 +131,7 @@ def test_upload_done_and_downloads(served):
     assert {"/api/jobs", "/api/jobs/{job_id}", "/api/jobs/{job_id}/files/{name}", "/api/health"} <= set(paths)
 
 
-def test_dicom_zip_gives_dicom_seg(tmp_path, inputs):
+def test_dicom_zip_gives_dicom_seg(tmp_path, inputs, standin_refine):
     with TestClient(create_app(tmp_path, workers=1)) as client:
         r = upload(client, inputs["zip"], "scan.zip")
         assert r.status_code == 201 and r.json()["input_kind"] == "zip"
@@ -139,6 +139,16 @@ def test_dicom_zip_gives_dicom_seg(tmp_path, inputs):
         assert job["status"] == "done", job
         seg = client.get(f"/api/jobs/{job['id']}/files/segmentation.dcm")
         assert seg.status_code == 200 and seg.content[128:132] == b"DICM"
+        # a corrected revision gets its own SEG and HTML report, written on first download
+        r = client.post(f"/api/jobs/{job['id']}/refine", json={"slice": 8, "clicks": [{"x": 30, "y": 48, "positive": True}]})
+        assert r.status_code == 200 and r.json()["revision"] == 1
+        rev_dir = tmp_path / "jobs" / job["id"] / "revisions" / "001"
+        assert not (rev_dir / "segmentation.dcm").exists()
+        seg1 = client.get(f"/api/jobs/{job['id']}/files/segmentation.dcm?revision=1")
+        assert seg1.status_code == 200 and seg1.content[128:132] == b"DICM" and seg1.content != seg.content
+        html = client.get(f"/api/jobs/{job['id']}/files/report.html")
+        assert html.status_code == 200 and "<html" in html.text.lower() and (rev_dir / "report.html").is_file()
+        assert "sandbox" in html.headers["content-security-policy"]
 
 
 def test_several_dicom_files_make_one_job(tmp_path, inputs):

@@ -335,7 +335,10 @@ def create_app(
         rev = views.resolve_revision(job_id, revision)
         folder = views.revision_dir(job_id, rev)
         if rev > 0 and not (folder / name).is_file():
-            folder = views.revision_dir(job_id, 0)  # e.g. the overlay of an image: unchanged files
+            if name in ("report.html", "segmentation.dcm") and (views.revision_dir(job_id, 0) / name).is_file():
+                views.materialize(job_id, rev, name)  # written on first download (slow on a real CT)
+            else:
+                folder = views.revision_dir(job_id, 0)  # e.g. the overlay of an image: unchanged
         try:
             path = inside(store.data_dir, folder / name)
         except ValueError:

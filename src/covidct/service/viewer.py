@@ -167,6 +167,37 @@ class JobViews:
             "report": rep,
         }
 
+    def materialize(self, job_id: str, revision: int, name: str) -> Path | None:
+        """A revision's report.html or segmentation.dcm, written on first request; None if it cannot be."""
+        rev_dir = self.revision_dir(job_id, revision)
+        path = rev_dir / name
+        if path.is_file() or revision == 0 or name not in ("report.html", "segmentation.dcm"):
+            return path if path.is_file() else None
+        with self.store.lock(job_id):
+            if path.is_file():
+                return path
+            ct = self.ct(job_id)
+            lungs, lesions = (np.asarray(a) for a in self.masks(job_id, revision))
+            report = self.report(job_id, revision)
+            tmp = rev_dir / f".{uuid.uuid4().hex[:8]}.{name}"
+            try:
+                if name == "report.html":
+                    from covidct.report.html import write_html_report
+
+                    write_html_report(ct, lungs, lesions, report, tmp)
+                elif ct.kind == "dicom":  # the source DICOM files are still in the job's input folder
+                    from covidct.report.dicomseg import write_dicom_seg
+
+                    write_dicom_seg(ct, lungs, lesions, tmp)
+                else:
+                    return None
+                tmp.replace(path)
+            except (ImportError, ValueError) as exc:
+                raise ViewerError(500, f"{name} could not be written for revision {revision}: {exc}") from exc
+            finally:
+                tmp.unlink(missing_ok=True)
+        return path
+
     # --- refinement ------------------------------------------------------------------------------
 
     def refine(self, job_id: str, k: int, clicks: list[dict], base_revision: int | None) -> dict:
@@ -293,8 +324,9 @@ def _recompute_report(ct: CT, lungs: np.ndarray, lesions: np.ndarray, orig: dict
     return report
 
 
-def _write_revision_files(ct: CT, lungs: np.ndarray, lesions: np.ndarray, report: dict, out: Path) -> dict[str, str]:
-    """The revision's downloadable masks (and HTML report when the writer exists), on the input's grid."""
+def _write_revision_files(ct: CT, lungs: np.ndarray, lesions: np.ndarray, report: dict, out: Path) -> dict[str, str | None]:
+    """The revision's masks on the input's grid, now; the HTML report and DICOM SEG are made on first
+    download (:meth:`JobViews.materialize`): they take seconds on a real CT and a click must not."""
     from covidct.io import save_label_png, save_mask_nifti
 
     files: dict[str, str | None] = {"lungs": None, "lesions": None, "dicom_seg": None, "html": None}
@@ -303,27 +335,11 @@ def _write_revision_files(ct: CT, lungs: np.ndarray, lesions: np.ndarray, report
         save_mask_nifti(lesions, ct, out / "lesions.nii.gz")
         files |= {"lungs": "lungs.nii.gz", "lesions": "lesions.nii.gz"}
         if ct.kind == "dicom":
-            try:  # the source DICOM files are still in the job's input folder
-                from covidct.report.dicomseg import write_dicom_seg
-
-                write_dicom_seg(ct, lungs, lesions, out / "segmentation.dcm")
-                files["dicom_seg"] = "segmentation.dcm"
-            except (ImportError, ValueError) as exc:
-                report["warnings"].append(f"DICOM SEG not written for this revision: {exc}")
+            files["dicom_seg"] = "segmentation.dcm"
     else:
         save_label_png(lungs[0], out / "lungs.png")
         save_label_png(lesions[0], out / "lesions.png")
         files |= {"lungs": "lungs.png", "lesions": "lesions.png"}
-    try:
-        from covidct.report.html import write_html_report
-
-        files["html"] = "report.html"
-        report["outputs"] = files
-        write_html_report(ct, lungs, lesions, report, out / "report.html")
-    except ImportError:
-        files["html"] = None
-    except Exception as exc:  # the HTML is a convenience; the masks and JSON are the revision
-        files["html"] = None
-        report["warnings"].append(f"HTML report not written for this revision: {exc}")
+    files["html"] = "report.html"
     files["json"] = "report.json"
     return files
