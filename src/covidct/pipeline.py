@@ -66,6 +66,7 @@ class Analyzer:
         self,
         lungs_model: str | Path | None = "lungs",
         lesions_model: str | Path | None = "lesions",
+        infection_model: str | Path | None = "infection",
         bf16: bool = True,
         batch_size: int = 16,
         lesion_min_hu: float = -800.0,
@@ -78,13 +79,14 @@ class Analyzer:
         self.lesion_min_hu = lesion_min_hu
         self.min_lesion_mm3 = min_lesion_mm3
         self.warnings: list[str] = []
-        self.lungs = self.lesions = None
-        self.lungs_info = self.lesions_info = None
-        for attr, name in (("lungs", lungs_model), ("lesions", lesions_model)):
+        self.lungs = self.lesions = self.infection = None
+        self.lungs_info = self.lesions_info = self.infection_info = None
+        for attr, name in (("lungs", lungs_model), ("lesions", lesions_model), ("infection", infection_model)):
             if name is None:
                 continue
-            if not zoo.has_model(name) and str(name) in ("lungs", "lesions"):
-                self.warnings.append(f"shipped model '{name}' not found: using the HU-rule fallback for {attr}")
+            if not zoo.has_model(name) and str(name) in ("lungs", "lesions", "infection"):
+                if attr != "infection":  # the infection model only sharpens the lesion extent: optional
+                    self.warnings.append(f"shipped model '{name}' not found: using the HU-rule fallback for {attr}")
                 continue
             model, info = zoo.load(name)
             setattr(self, attr, model)
@@ -152,8 +154,13 @@ class Analyzer:
             prob = self._predict(self.lesions, self.lesions_info, vol[zs], ct.is_hu, ct.spacing, "lesions")
             binary = prob.shape[1] == 2
             labels = np.argmax(prob, axis=1).astype(np.uint8)
-            if prob.shape[1] == 2:  # a binary infection model: call it all GGO/consolidation by HU
-                labels = labels.astype(np.uint8)
+            if self.infection is not None and not binary and self.infection_info.get("spatial_dims") != 3:
+                # extent from the binary infection model (trained on more labelled slices), type from the
+                # lesion model: the most likely lesion class where the infection model says "infected"
+                p_inf = self._predict(self.infection, self.infection_info, vol[zs], ct.is_hu, ct.spacing, "infection")[:, 1]
+                thr = (self.infection_info.get("thresholds") or {}).get("foreground", 0.5)
+                typed = (np.argmax(prob[:, 1:], axis=1) + 1).astype(np.uint8)
+                labels = np.where(p_inf >= thr, typed, np.where(labels == EFFUSION, EFFUSION, 0)).astype(np.uint8)
             out[zs] = labels
         elif ct.is_hu:
             sub = vol[zs]
@@ -233,7 +240,7 @@ class Analyzer:
         report = build_report(ct, mode, severity, diagnosis, [
             _model_entry(self.lungs_info, "hu-threshold-lungs"),
             _model_entry(self.lesions_info, "hu-rule-lesions"),
-        ], t, warnings)
+        ] + ([_model_entry(self.infection_info, "")] if self.infection_info else []), t, warnings)
         analysis = Analysis(ct=ct, lungs=lungs, lesions=lesions, report=report)
         if outdir is not None:
             stage("outputs")
