@@ -133,3 +133,23 @@ def test_pipeline_and_segment_accept_3d_model(run3d, tmp_path):
     Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "s.png")
     rc = main(["segment", str(tmp_path / "s.png"), "-o", str(tmp_path / "seg2"), "--model", str(run3d)])
     assert rc != 0  # a 3-D model refuses a 2-D image with a one-line error
+
+
+def test_nifti_dataset_records_load_aligned(tmp_path):
+    """A COVID-19-20-style folder (<case>_ct / <case>_seg) loads as aligned HU image + binary label."""
+    from covidct.io import save_ct_nifti, save_mask_nifti
+    from covidct.phantom import make_phantom
+    from covidct.train.config import SourceConfig
+    from covidct.train.volumes import LoadVolumed, load_volume_records
+
+    ph = make_phantom((6, 40, 40), (5.0, 8.0, 8.0), seed=3, lesion_burden=0.2)
+    save_ct_nifti(ph.ct, tmp_path / "case1_ct.nii.gz")
+    save_mask_nifti((ph.lesions > 0).astype(np.uint8), ph.ct, tmp_path / "case1_seg.nii.gz")
+    recs = load_volume_records([SourceConfig(name="nifti", root=str(tmp_path))])
+    assert [r["case"] for r in recs] == ["case1"]
+    d = LoadVolumed("infection")(recs[0])
+    assert d["image"].shape == (1, *ph.ct.shape) and d["image"].min() < -500
+    np.testing.assert_array_equal(d["label"][0], (ph.lesions > 0).astype(np.uint8))
+    np.testing.assert_allclose(d["spacing"], ph.ct.spacing, rtol=1e-4)
+    with pytest.raises(ConfigError, match="root"):
+        load_volume_records([SourceConfig(name="nifti")])

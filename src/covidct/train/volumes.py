@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,6 +236,11 @@ def load_volume_records(sources: Sequence) -> list[dict]:
     return recs
 
 
+def looks_like_hu(img: np.ndarray) -> bool:
+    """HU volumes reach well below 0 (air at -1000); 8-bit display volumes do not."""
+    return float(np.min(img)) < -200.0
+
+
 def _read_nifti_zyx(path: str) -> tuple[np.ndarray, tuple[float, float, float]]:
     from covidct.io import load_nifti
 
@@ -266,6 +272,10 @@ class LoadVolumed(Transform):
     def __call__(self, rec: dict) -> dict:
         if isinstance(rec["image"], str):
             img, spacing = _read_nifti_zyx(rec["image"])
+            if not looks_like_hu(img):
+                # Ma et al.'s Radiopaedia cases are 0..255 after a [-1250, 250] HU lung window: undo that window
+                warnings.warn(f"{rec['image']}: display values, mapped from 0..255 back to -1250..250 HU", stacklevel=2)
+                img = (img.astype(np.float32) / 255.0 * 1500.0 - 1250.0).astype(np.float32)
             lab = _nifti_label(rec, self.task)
         else:
             img, spacing = np.asarray(rec["image"], np.float32), tuple(rec["spacing"])
@@ -586,6 +596,8 @@ def train_seg3d(raw: dict, run_dir: str | Path | None = None, resume: bool = Fal
         st = torch.load(last_path, map_location="cpu", weights_only=False)  # our own training state
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
+        if sched is not None and st.get("scheduler"):
+            sched.load_state_dict(st["scheduler"])
         start, best, best_epoch, bad, elapsed = st["epoch"] + 1, st["best"], st["best_epoch"], st["bad"], st["elapsed"]
         best_metrics = st.get("best_metrics", {})
     writer = None
@@ -647,7 +659,8 @@ def train_seg3d(raw: dict, run_dir: str | Path | None = None, resume: bool = Fal
                     writer.add_scalar(k, val, epoch + 1)
         say(f"[{cfg.name}] epoch {epoch + 1}/{t.epochs} loss {row['train_loss']:.4f}"
             + (f" val Dice {row['val_dice']:.4f}" if "val_dice" in row else "") + f" ({row['time_s']} s)", flush=True)
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "best": best,
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "scheduler": None if sched is None else sched.state_dict(), "epoch": epoch, "best": best,
                     "best_epoch": best_epoch, "bad": bad, "elapsed": elapsed, "best_metrics": best_metrics}, last_path)
         if t.patience is not None and bad >= t.patience:
             stopped = f"early stopping (no val Dice gain for {t.patience} validations)"
