@@ -220,3 +220,22 @@ def test_cli_json_contract_and_bad_inputs(trained, tmp_path, capsys):
     errs = [e for e in err.splitlines() if e.startswith("covidct: error:")]
     assert any("broken.png" in e for e in errs) and any("missing.png" in e for e in errs)
     assert (tmp_path / "cams" / "img16_cam.png").is_file()
+
+
+def test_erased_lesion_negatives(monkeypatch):
+    import covidct.data
+    from covidct.train.classify import class_target, erased_lesion_records
+
+    img = np.full((32, 32), 60, np.float32)
+    lungs = np.zeros((32, 32), np.uint8)
+    lungs[4:28, 4:28] = 1
+    inf = np.zeros((32, 32), np.uint8)
+    inf[12:18, 12:18] = 1
+    img[inf > 0] = 200
+    rec = {"image": img, "is_hu": False, "lungs": lungs, "infection": inf, "lesions": None, "slice_label": None,
+           "class_label": None, "case": "c", "id": "c-1", "group": "g", "source": "fake", "meta": {}}
+    monkeypatch.setattr(covidct.data, "load_source", lambda name, **kw: [rec])
+    (neg,) = erased_lesion_records("fake")
+    assert class_target(neg, "slice-infection") == 0 and class_target(rec, "slice-infection") == 1
+    assert neg["group"] == "g" and neg["id"] == "c-1-erased"
+    assert abs(float(neg["image"][12:18, 12:18].mean()) - 60) < 10  # the bright lesion is gone

@@ -72,7 +72,8 @@ def register(app: typer.Typer) -> None:
             cam.mkdir(parents=True, exist_ok=True)
 
         def fail(path: Path, exc: Exception) -> None:
-            msg = f"{path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            msg = msg if str(path) in msg else f"{path}: {msg}"  # io errors already name the path
             failures.append(msg)
             tqdm.write(f"covidct: error: {msg}", file=sys.stderr)
 

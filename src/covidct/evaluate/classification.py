@@ -121,7 +121,7 @@ def classification_metrics(y_true: Sequence[int], prob: np.ndarray, classes: Seq
             tn = float(cm.sum() - tp - fp - fn)
             p = tp / (tp + fp) if tp + fp else float("nan")
             r = tp / (tp + fn) if tp + fn else float("nan")
-            f1 = 2 * p * r / (p + r) if (p + r) > 0 else (0.0 if tp + fp and tp + fn else float("nan"))
+            f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")  # 0 if never predicted
             spec = tn / (tn + fp) if tn + fp else float("nan")
             per_class[name] = {"precision": p, "recall": r, "f1": f1, "specificity": spec,
                                "auc": roc_auc(y == c, prob[:, c]), "support": int(cm[c].sum()),

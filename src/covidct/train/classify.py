@@ -88,6 +88,47 @@ def class_target(record: dict, task: str) -> int | None:
     raise ConfigError(f"task: {task!r} is not a classification task")
 
 
+def erased_lesion_records(source: str = "ma2020", dilate: int = 3, seed: int = 0, **options) -> list[dict]:
+    """Infection-free copies of lesion slices: infection pixels (dilated) replaced by lung texture.
+
+    Real-CT negatives for ``slice-infection``: every labelled slice source here shows infection
+    (Ma et al. dropped the empty slices), so without these the only negatives are phantoms and a
+    model learns "real CT = infected". Each infected region is filled with the median and spread of
+    the slice's uninfected lung pixels (Gaussian noise, lightly smoothed). The copy keeps the
+    original's group, so an image and its copy never straddle a split.
+    """
+    from scipy import ndimage
+
+    from covidct.data import load_source
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for r in load_source(source, **options):
+        inf, lungs = r.get("infection"), r.get("lungs")
+        if inf is None or lungs is None or not np.asarray(inf).any():
+            continue
+        hole = ndimage.binary_dilation(np.asarray(inf) > 0, iterations=dilate)
+        tissue = (np.asarray(lungs) > 0) & ~hole
+        if tissue.sum() < 50:
+            continue
+        img = np.asarray(r["image"], np.float32).copy()
+        vals = img[tissue]
+        fill = ndimage.gaussian_filter(rng.normal(np.median(vals), vals.std(), img.shape), 1.0)
+        img[hole] = fill[hole]
+        out.append({**r, "image": img, "infection": np.zeros_like(inf), "lesions": None, "slice_label": 0,
+                    "id": f"{r['id']}-erased", "source": f"{r.get('source', source)}-erased"})
+    return out
+
+
+def _register_sources() -> None:
+    from covidct.train.datasets import register_source
+
+    register_source("erased-lesions", erased_lesion_records)
+
+
+_register_sources()
+
+
 def make_samples(records: list[dict], task: str) -> list[dict]:
     """Samples ``{"image", "is_hu", "target", "id", "case", "source"}`` of records labelled for ``task``."""
     from covidct.train.datasets import _group
