@@ -23,7 +23,7 @@ SMALL = {
 
 
 def test_registry_lists_all():
-    assert set(list_models()) == set(SMALL)
+    assert set(SMALL) <= set(list_models())  # 3-D and other entries may be registered too
     assert set(list_models("classification")) == {"resnet50", "compact_cnn"}
 
 
