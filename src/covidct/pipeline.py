@@ -132,6 +132,8 @@ class Analyzer:
             from covidct.preprocess import kmeans_lung_mask
 
             mask = np.stack([kmeans_lung_mask(s, erosion=1, dilation=1) for s in vol])
+        if ct.is_hu:
+            mask = remove_air_pockets(mask, vol, ct.spacing)
         mask = clean_lung_mask(mask, ct.spacing)
         return split_left_right(mask, ct.spacing)
 
@@ -329,6 +331,46 @@ def _drop_small(labels: np.ndarray, spacing: tuple[float, float, float], min_mm3
     out = labels.copy()
     out[small[lbl]] = 0
     return out
+
+
+AIR_HU = -920.0  # pure air after partial-volume averaging on the working grid
+
+
+def remove_air_pockets(mask: np.ndarray, hu: np.ndarray, spacing: tuple[float, float, float], min_mm: float = 6.0) -> np.ndarray:
+    """Drop what a lung model may mistake for lung: airways, gut gas, small airless blobs.
+
+    Lung parenchyma is about -850 HU with vessels running through it; the trachea, main bronchi and
+    gas in the stomach or bowel are homogeneous air (below about -920 HU even after block averaging). Air regions that survive an
+    in-plane opening of about ``min_mm`` are removed with a ~3 mm rim (their partial-volume walls).
+    Small in-plane pieces (< 10 cm²) that are mostly airless (under 25 % of voxels below -600 HU)
+    are soft tissue next to the lung (e.g. around the trachea) and are dropped too; large airless
+    pieces are kept, since a consolidated lobe is airless and still lung. Bullae enclosed by lung
+    come back with the hole filling of :func:`clean_lung_mask`.
+    """
+    out = mask.copy()
+    # all air of the slice: a lumen the model left out still has a wall the model may have kept
+    air = (hu < AIR_HU) & _dilate_mm(mask, spacing, 10.0)
+    if air.any():
+        r = max(1, int(round(min_mm / 2 / min(spacing[1], spacing[2]))))
+        yy, xx = np.ogrid[-r : r + 1, -r : r + 1]
+        disk = (yy**2 + xx**2 <= r * r)[None]
+        solid_air = ndimage.binary_opening(air, structure=disk)
+        if solid_air.any():
+            rim = max(1, int(round(3.0 / min(spacing[1], spacing[2]))))
+            out &= ~ndimage.binary_dilation(solid_air, structure=np.ones((1, 3, 3), bool), iterations=rim)
+    px_cm2 = spacing[1] * spacing[2] / 100.0
+    aerated = hu < -600
+    for k in np.flatnonzero(out.reshape(len(out), -1).any(1)):
+        lbl, n = ndimage.label(out[k])
+        if n == 0:
+            continue
+        idx = np.arange(1, n + 1)
+        area = ndimage.sum_labels(np.ones_like(lbl), lbl, idx) * px_cm2
+        frac = ndimage.mean(aerated[k], lbl, idx)
+        bad = idx[(area < 10.0) & (frac < 0.25)]
+        if bad.size:
+            out[k][np.isin(lbl, bad)] = False
+    return ndimage.binary_opening(out, structure=np.ones((1, 3, 3), bool))
 
 
 def clean_lung_mask(mask: np.ndarray, spacing: tuple[float, float, float], min_fraction: float = 0.05) -> np.ndarray:
