@@ -150,20 +150,28 @@ class Analyzer:
         dz, dy, dx = ct.spacing
         near_lung = _dilate_mm(lung, (dz, dy, dx), 3.0)
         binary = False
+        prob = p_inf = None
         if self.lesions is not None:
             if self.lesions_info.get("spatial_dims") == 3:  # one contiguous block of slices for a volume model
                 zs = np.arange(zs.min(), zs.max() + 1)
             prob = self._predict(self.lesions, self.lesions_info, vol[zs], ct.is_hu, ct.spacing, "lesions")
             binary = prob.shape[1] == 2
-            labels = np.argmax(prob, axis=1).astype(np.uint8)
-            if self.infection is not None and not binary and self.infection_info.get("spatial_dims") != 3:
-                # extent from the binary infection model (trained on more labelled slices), type from the
-                # lesion model: the most likely lesion class where the infection model says "infected"
-                p_inf = self._predict(self.infection, self.infection_info, vol[zs], ct.is_hu, ct.spacing, "infection")[:, 1]
-                thr = (self.infection_info.get("thresholds") or {}).get("foreground", 0.5)
+        if self.infection is not None and self.infection_info.get("spatial_dims") != 3:
+            p_inf = self._predict(self.infection, self.infection_info, vol[zs], ct.is_hu, ct.spacing, "infection")[:, 1]
+        if p_inf is not None:
+            # extent from the binary infection model (trained on the most labelled slices); type from the
+            # lesion model (its most likely lesion class) or, without one, from density below
+            thr = (self.infection_info.get("thresholds") or {}).get("foreground", 0.5)
+            infected = p_inf >= thr
+            if prob is not None and not binary:
+                labels = np.argmax(prob, axis=1).astype(np.uint8)
                 typed = (np.argmax(prob[:, 1:], axis=1) + 1).astype(np.uint8)
-                labels = np.where(p_inf >= thr, typed, np.where(labels == EFFUSION, EFFUSION, 0)).astype(np.uint8)
-            out[zs] = labels
+                out[zs] = np.where(infected, typed, np.where(labels == EFFUSION, EFFUSION, 0))
+            else:
+                out[zs] = infected.astype(np.uint8)
+                binary = True
+        elif prob is not None:
+            out[zs] = np.argmax(prob, axis=1).astype(np.uint8)
         elif ct.is_hu:
             sub = vol[zs]
             rule = np.zeros(sub.shape, np.uint8)
@@ -172,7 +180,7 @@ class Analyzer:
             dense = ndimage.binary_opening((sub >= -300) & (sub < 100), structure=np.ones((1, 5, 5), bool))
             rule[dense] = CONSOLIDATION
             out[zs] = rule
-        if binary:
+        if binary:  # infected / not only: GGO below -300 HU, consolidation above (HU input)
             infected = out > 0
             out[:] = 0
             if ct.is_hu:
