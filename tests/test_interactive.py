@@ -169,3 +169,15 @@ def test_interactive_training_runs(tmp_path):
     img, _, (ax, ay), _ = _slice(64, 64)
     out = refine(img, None, [Click(ax, ay, True)], is_hu=False, model=str(run))
     assert out.shape == img.shape and out[ay, ax] == 1
+
+
+def test_shipped_refine_model_honours_clicks():
+    from covidct.models import zoo
+
+    if not zoo.has_model("refine"):
+        pytest.skip("no shipped refine model")
+    img, truth, (ax, ay), (bx, by) = _slice(256, 256)
+    out = refine(img, None, [Click(ax, ay, True)], is_hu=False)
+    assert out.shape == img.shape and out[ay, ax] == 1
+    out = refine(img, out, [Click(ax, ay, True), Click(200, 200, False)], is_hu=False)
+    assert out[ay, ax] == 1 and out[200, 200] == 0

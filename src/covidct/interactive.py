@@ -151,11 +151,18 @@ def refine(image_hw: np.ndarray, mask_hw: np.ndarray | None, clicks: Sequence[Cl
     neg = [((c.y + 0.5) * sy - 0.5, (c.x + 0.5) * sx - 0.5) for c in clicks if not c.positive]
     sigma = float((info.get("extra") or {}).get("sigma", 3.0))
     x = model_input(x01, p_small >= 0.5, pos, neg, sigma)
-    with torch.no_grad():
-        logits = net(torch.from_numpy(x)[None])
-        prob = torch.softmax(logits.float(), 1)[:, 1:2]
-        if (h, w) != size:
-            prob = torch.nn.functional.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False)
+    # One thread: the network is small, and on a busy machine a multi-threaded forward pass waits on its
+    # own OpenMP barriers (measured 0.8 s vs 0.015 s per click on 2 loaded cores; docs/BENCHMARKS.md).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            logits = net(torch.from_numpy(x)[None])
+            prob = torch.softmax(logits.float(), 1)[:, 1:2]
+            if (h, w) != size:
+                prob = torch.nn.functional.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False)
+    finally:
+        torch.set_num_threads(threads)
     prob = prob[0, 0].numpy()
     thr = float((info.get("thresholds") or {}).get("foreground", 0.5))
     return _honour_clicks(prob, prob >= thr, clicks)

@@ -610,7 +610,7 @@ def train_seg3d(raw: dict, run_dir: str | Path | None = None, resume: bool = Fal
              "overlap": v.overlap, "blend": v.blend, "sw_batch_size": v.sw_batch_size}
     ckpt = dict(name=cfg.model["name"], kwargs=mk, in_channels=1, out_channels=n_classes, task=cfg.task,
                 classes=classes, input_size=v.patch, normalisation={}, config=raw, extra=extra)
-    stopped, epoch, it = "epochs", start - 1, iter(dl)
+    stopped, epoch, it, epochs_run = "epochs", start - 1, iter(dl), start
     for epoch in range(start, t.epochs):
         if t.max_minutes is not None and elapsed >= t.max_minutes * 60:
             stopped = "time budget"
@@ -634,7 +634,9 @@ def train_seg3d(raw: dict, run_dir: str | Path | None = None, resume: bool = Fal
             losses.append(float(loss.detach()))
         if sched is not None:
             sched.step()
-        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"]}
+        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"],
+               "val_dice": None, **{f"val_dice_{c}": None for c in classes}}  # fixed columns for log.csv
+        epochs_run = epoch + 1
         if val_samples and ((epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs):
             res = evaluate_volumes(model, val_samples, v, n_classes, t.bf16, writer, epoch + 1)
             score = float(np.nanmean(res["pooled"][1:]))
@@ -655,10 +657,10 @@ def train_seg3d(raw: dict, run_dir: str | Path | None = None, resume: bool = Fal
         log.write(row)
         if writer is not None:
             for k, val in row.items():
-                if k != "epoch":
+                if k != "epoch" and val is not None:
                     writer.add_scalar(k, val, epoch + 1)
         say(f"[{cfg.name}] epoch {epoch + 1}/{t.epochs} loss {row['train_loss']:.4f}"
-            + (f" val Dice {row['val_dice']:.4f}" if "val_dice" in row else "") + f" ({row['time_s']} s)", flush=True)
+            + (f" val Dice {row['val_dice']:.4f}" if row["val_dice"] is not None else "") + f" ({row['time_s']} s)", flush=True)
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                     "scheduler": None if sched is None else sched.state_dict(), "epoch": epoch, "best": best,
                     "best_epoch": best_epoch, "bad": bad, "elapsed": elapsed, "best_metrics": best_metrics}, last_path)
@@ -669,7 +671,7 @@ def train_seg3d(raw: dict, run_dir: str | Path | None = None, resume: bool = Fal
         writer.close()
     summary = {"name": cfg.name, "kind": "seg3d", "task": cfg.task, "model": cfg.model["name"], "classes": classes,
                "best_epoch": best_epoch + 1, "best_val_dice": best if best_epoch >= 0 else None, "val": best_metrics,
-               "epochs_run": epoch + 1, "stopped": stopped, "train_time_s": round(elapsed, 1),
+               "epochs_run": epochs_run, "stopped": stopped, "train_time_s": round(elapsed, 1),
                "n_volumes": {k: len(p) for k, p in parts.items()}}
     if t.evaluate_test and parts["test"] and best_path.is_file():
         from covidct.models.checkpoint import load_model
