@@ -33,6 +33,19 @@ class Study:
     path: Path
 
 
+def expand_image_folders(inputs: Iterable[str | Path]) -> list[Path]:
+    """Folders of slice images expand to their images (sorted); other folders (DICOM series) and files stay."""
+    out: list[Path] = []
+    for raw in inputs:
+        p = Path(raw)
+        if p.is_dir():
+            imgs = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTS)
+            out.extend(imgs if imgs else [p])
+        else:
+            out.append(p)
+    return out
+
+
 def _is_volume_file(p: Path) -> bool:
     n = p.name.lower()
     return p.is_file() and (n.endswith(VOLUME_EXTS) or p.suffix.lower() in IMAGE_EXTS)

@@ -9,22 +9,11 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from covidct.batch import expand_image_folders
 from covidct.errors import CovidCTError
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 BATCH = 16
 
-
-def _expand(inputs: list[Path]) -> list[Path]:
-    """Folders of images expand to their images; other folders (DICOM series) and files stay as given."""
-    out: list[Path] = []
-    for p in inputs:
-        if p.is_dir():
-            imgs = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTS)
-            out.extend(imgs if imgs else [p])
-        else:
-            out.append(p)
-    return out
 
 
 def _line(path: Path, res: dict, as_json: bool) -> str:
@@ -63,7 +52,7 @@ def register(app: typer.Typer) -> None:
         from covidct.io import load_ct
 
         image_model = model or DEFAULT_IMAGE_MODEL
-        files = _expand(inputs)
+        files = expand_image_folders(inputs)
         failures: list[str] = []
         pending: list[tuple[int, Path, np.ndarray, bool]] = []  # 2-D images waiting for a batch
         results: dict[int, str] = {}

@@ -7,22 +7,11 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from covidct.batch import expand_image_folders
 from covidct.errors import CovidCTError
 
 TASKS = ("lungs", "infection", "lesions")
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
-
-def _expand(inputs: list[Path]) -> list[Path]:
-    """Image files and folders of images expand to files; anything else (volumes, series) stays as given."""
-    out: list[Path] = []
-    for p in inputs:
-        if p.is_dir():
-            imgs = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTS)
-            out.extend(imgs if imgs else [p])
-        else:
-            out.append(p)
-    return out
 
 
 def segment_slices(images: list[np.ndarray], is_hu: bool, task: str, model_name: str, batch_size: int = 8) -> list[np.ndarray]:
@@ -71,7 +60,7 @@ def register(app: typer.Typer) -> None:
         zoo.load(model_name)  # fail early, once, on a bad model
         output.mkdir(parents=True, exist_ok=True)
         failures: list[str] = []
-        files = _expand(inputs)
+        files = expand_image_folders(inputs)
         colors = LUNG_COLORS if task == "lungs" else LESION_COLORS
         for path in track(files, description=f"segmenting ({task})", transient=True, disable=len(files) < 2):
             try:

@@ -249,7 +249,9 @@ class ClassifyDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         x = self.x[i].float()
         if self.augment is not None:
-            x = torch.as_tensor(self.augment(x)).float()
+            x = self.augment(x)
+            # MONAI transforms return a MetaTensor only when they fire: a batch must be plain tensors
+            x = (x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)).float()
         return x, self.y[i]
 
 
@@ -350,16 +352,19 @@ def train_classifier(cfg, run_dir: str | Path | None, resume: bool, records: lis
     from covidct.models.registry import build_model
     from covidct.preprocess import NormalisationConfig
     from covidct.train import datasets as ds
-    from covidct.train.config import config_to_dict, dump_config
-    from covidct.train.loop import _device, _Log, _optimizer, _rng_state, _scheduler, _set_rng_state
+    from covidct.train.config import config_to_dict
+    from covidct.train.loop import (
+        _device,
+        _Log,
+        _optimizer,
+        _rng_state,
+        _scheduler,
+        _set_rng_state,
+        prepare_run_dir,
+    )
 
     say = print if verbose else (lambda *a, **k: None)
-    run_dir = Path(run_dir or cfg.output.run_dir.format(name=cfg.name))
-    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
-    if not resume and (last_path.exists() or best_path.exists()):
-        raise ConfigError(f"output.run_dir: {run_dir} already holds a run (resume it or choose another folder)")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, run_dir / "config.resolved.yaml")
+    run_dir, last_path, best_path = prepare_run_dir(cfg, run_dir, resume)
     t = cfg.train
     set_determinism(seed=t.seed)
     device = _device(t.device)

@@ -215,6 +215,20 @@ def _set_rng_state(s: dict) -> None:
     random.setstate(s["random"])
 
 
+def prepare_run_dir(cfg: Config, run_dir: str | Path | None, resume: bool) -> tuple[Path, Path, Path]:
+    """Create the run folder (refusing to overwrite a run unless resuming) and write the resolved config.
+
+    Returns (run_dir, last.pt path, best.pt path). Shared by every kind of training run.
+    """
+    run_dir = Path(run_dir or cfg.output.run_dir.format(name=cfg.name))
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    if not resume and (last_path.exists() or best_path.exists()):
+        raise ConfigError(f"output.run_dir: {run_dir} already holds a run (resume it or choose another folder)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, run_dir / "config.resolved.yaml")
+    return run_dir, last_path, best_path
+
+
 def _train_one(cfg: Config, run_dir: str | Path | None, resume: bool, records: list[dict] | None,
                verbose: bool) -> Path:
     from covidct.train.config import CLASSIFY_TASKS
@@ -228,12 +242,7 @@ def _train_one(cfg: Config, run_dir: str | Path | None, resume: bool, records: l
     from tqdm import tqdm
 
     say = print if verbose else (lambda *a, **k: None)
-    run_dir = Path(run_dir or cfg.output.run_dir.format(name=cfg.name))
-    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
-    if not resume and (last_path.exists() or best_path.exists()):
-        raise ConfigError(f"output.run_dir: {run_dir} already holds a run (resume it or choose another folder)")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, run_dir / "config.resolved.yaml")
+    run_dir, last_path, best_path = prepare_run_dir(cfg, run_dir, resume)
     t = cfg.train
     set_determinism(seed=t.seed)
     device = _device(t.device)
