@@ -62,17 +62,19 @@ def _free_port() -> int:
 
 @pytest.fixture
 def server(tmp_path, monkeypatch):
-    """uvicorn in a thread on 127.0.0.1 (a free port), with the stand-in click refinement."""
+    """uvicorn in a thread on 127.0.0.1 (a free port), with the shipped click model (else a stand-in)."""
     import uvicorn
 
+    from covidct.models import zoo
     from covidct.service.app import create_app
 
-    mod = types.ModuleType("covidct.interactive")
-    mod.Click, mod.refine = _Click, _standin_refine
-    monkeypatch.setitem(sys.modules, "covidct.interactive", mod)
-    import covidct
+    if not zoo.has_model("refine"):
+        mod = types.ModuleType("covidct.interactive")
+        mod.Click, mod.refine = _Click, _standin_refine
+        monkeypatch.setitem(sys.modules, "covidct.interactive", mod)
+        import covidct
 
-    monkeypatch.setattr(covidct, "interactive", mod, raising=False)
+        monkeypatch.setattr(covidct, "interactive", mod, raising=False)
     port = _free_port()
     app = create_app(tmp_path / "data", workers=1)
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
