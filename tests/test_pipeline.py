@@ -177,3 +177,36 @@ def test_batch_resume_and_failure_isolation(tmp_path):
     assert main(["analyze", str(studies), "-o", str(out), "--no-html"]) == 0
     rows = {r["study"]: r for r in csv.DictReader(open(out / "summary.csv"))}
     assert rows["case1"]["status"].startswith("skipped")
+
+
+def _nifti_studies(tmp_path: Path, n: int) -> Path:
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    for seed in range(n):
+        ph = make_phantom(seed=seed, **SMALL)
+        write_phantom(ph, tmp_path / f"p{seed}", fmt="nifti")
+        (tmp_path / f"p{seed}" / "phantom.nii.gz").rename(studies / f"case{seed}.nii.gz")
+    return studies
+
+
+def test_batch_on_a_dask_local_cluster(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    from covidct.batch import discover_studies, run_batch
+
+    studies = _nifti_studies(tmp_path, 2)
+    # threads rather than processes keep the test fast; the code path (submit, gather, summary) is the same
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        rows = run_batch(discover_studies([studies]), tmp_path / "out", dask_address=cluster.scheduler_address, html=False)
+    assert [r["status"] for r in rows] == ["done", "done"]
+    assert (tmp_path / "out" / "case0" / "lungs.nii.gz").exists() and (tmp_path / "out" / "summary.csv").exists()
+
+
+def test_batch_in_worker_processes(tmp_path):
+    from covidct.batch import discover_studies, run_batch
+
+    studies = _nifti_studies(tmp_path, 2)
+    rows = run_batch(discover_studies([studies]), tmp_path / "out", workers=2, html=False)
+    assert {r["study"]: r["status"] for r in rows} == {"case0": "done", "case1": "done"}
+    single = json.loads((tmp_path / "out" / "case1" / "report.json").read_text())
+    again = analyze(tmp_path / "studies" / "case1.nii.gz", None)
+    assert single["involvement_percent"]["total"] == pytest.approx(again.report["involvement_percent"]["total"], abs=1e-3)
