@@ -68,7 +68,7 @@ class Analyzer:
         lesions_model: str | Path | None = "lesions",
         infection_model: str | Path | None = "infection",
         bf16: bool = True,
-        batch_size: int = 16,
+        batch_size: int = 8,
         lesion_min_hu: float = -800.0,
         min_lesion_mm3: float = 20.0,
     ) -> None:
@@ -198,6 +198,8 @@ class Analyzer:
             effusion &= pleural & (vol > -50) & (vol < 80)
         else:
             effusion &= ~lung
+        if effusion.any() and ct.n_slices > 1:
+            effusion = _plausible_effusion(effusion, lung, ct.spacing)
         result = np.zeros_like(out)
         result[infection] = out[infection]
         result[effusion] = EFFUSION
@@ -322,6 +324,26 @@ def _dilate_mm(mask: np.ndarray, spacing: tuple[float, float, float], mm: float)
             size[axis] = 2 * ri + 1
             out = ndimage.maximum_filter(out.astype(np.uint8), size=tuple(size)).astype(bool)
     return out
+
+
+def _plausible_effusion(effusion: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, float],
+                        min_ml: float = 5.0) -> np.ndarray:
+    """Keep effusion components that look like one: fluid lying against the lung surface, dependent
+    (in the posterior half of the lungs, supine patient) and at least ``min_ml`` in volume. Patches of
+    chest-wall or paraspinal muscle, which have the same density, fail one of these."""
+    lbl, n = ndimage.label(effusion)
+    if n == 0:
+        return effusion
+    shell = _dilate_mm(lung, spacing, 2.0 * max(spacing[1], spacing[2])) & ~lung
+    vox_ml = float(np.prod(spacing)) / 1000.0
+    idx = np.arange(1, n + 1)
+    size_ml = ndimage.sum_labels(effusion, lbl, idx) * vox_ml
+    touch = ndimage.sum_labels(shell, lbl, idx)
+    cy = np.asarray(ndimage.center_of_mass(effusion, lbl, idx))[:, 1] if n else np.zeros(0)
+    ys = np.nonzero(lung)[1]
+    lung_mid_y = ys.mean() if ys.size else 0.0  # rows run anterior -> posterior
+    keep = idx[(size_ml >= min_ml) & (touch > 0) & (cy >= lung_mid_y)]
+    return np.isin(lbl, keep)
 
 
 def _drop_small(labels: np.ndarray, spacing: tuple[float, float, float], min_mm3: float) -> np.ndarray:
