@@ -359,8 +359,8 @@ def train_classifier(cfg, run_dir: str | Path | None, resume: bool, records: lis
         _optimizer,
         _rng_state,
         _scheduler,
-        _set_rng_state,
         prepare_run_dir,
+        restore_training_state,
     )
 
     say = print if verbose else (lambda *a, **k: None)
@@ -399,16 +399,8 @@ def train_classifier(cfg, run_dir: str | Path | None, resume: bool, records: lis
 
     start_epoch, best, best_epoch, bad, elapsed, best_metrics = 0, -float("inf"), -1, 0, 0.0, {}
     if resume and last_path.is_file():
-        st = torch.load(last_path, map_location="cpu", weights_only=False)  # our own file: optimizer state
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        if sched is not None and st.get("scheduler"):
-            sched.load_state_dict(st["scheduler"])
-        start_epoch, best, best_epoch, bad, elapsed = (st["epoch"] + 1, st["best"], st["best_epoch"], st["bad"],
-                                                       st["elapsed"])
-        best_metrics = st.get("best_metrics", {})
-        _set_rng_state(st["rng"])
-        say(f"[{cfg.name}] resumed after epoch {st['epoch']} (best {best:.4f} at epoch {best_epoch + 1})")
+        start_epoch, best, best_epoch, bad, elapsed, best_metrics = restore_training_state(last_path, model, opt, sched)
+        say(f"[{cfg.name}] resumed after epoch {start_epoch - 1} (best {best:.4f} at epoch {best_epoch + 1})")
 
     t0 = time.time()
     train_ds = ClassifyDataset(parts["train"], norm, t.input_size, build_augment(cfg))

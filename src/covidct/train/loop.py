@@ -215,6 +215,18 @@ def _set_rng_state(s: dict) -> None:
     random.setstate(s["random"])
 
 
+def restore_training_state(last_path: Path, model, opt, sched) -> tuple[int, float, int, int, float, dict]:
+    """Load last.pt into model/optimizer/scheduler and the RNGs; returns
+    (start epoch, best score, best epoch, epochs without improvement, elapsed seconds, best metrics)."""
+    st = torch.load(last_path, map_location="cpu", weights_only=False)  # our own file: optimizer state
+    model.load_state_dict(st["model"])
+    opt.load_state_dict(st["optimizer"])
+    if sched is not None and st.get("scheduler"):
+        sched.load_state_dict(st["scheduler"])
+    _set_rng_state(st["rng"])
+    return st["epoch"] + 1, st["best"], st["best_epoch"], st["bad"], st["elapsed"], st.get("best_metrics", {})
+
+
 def prepare_run_dir(cfg: Config, run_dir: str | Path | None, resume: bool) -> tuple[Path, Path, Path]:
     """Create the run folder (refusing to overwrite a run unless resuming) and write the resolved config.
 
@@ -273,16 +285,8 @@ def _train_one(cfg: Config, run_dir: str | Path | None, resume: bool, records: l
 
     start_epoch, best, best_epoch, bad, elapsed, best_metrics = 0, -float("inf"), -1, 0, 0.0, {}
     if resume and last_path.is_file():
-        st = torch.load(last_path, map_location="cpu", weights_only=False)  # our own file: optimizer state
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        if sched is not None and st.get("scheduler"):
-            sched.load_state_dict(st["scheduler"])
-        start_epoch, best, best_epoch, bad, elapsed = (st["epoch"] + 1, st["best"], st["best_epoch"], st["bad"],
-                                                       st["elapsed"])
-        best_metrics = st.get("best_metrics", {})
-        _set_rng_state(st["rng"])
-        say(f"[{cfg.name}] resumed after epoch {st['epoch']} (best val Dice {best:.4f} at epoch {best_epoch})")
+        start_epoch, best, best_epoch, bad, elapsed, best_metrics = restore_training_state(last_path, model, opt, sched)
+        say(f"[{cfg.name}] resumed after epoch {start_epoch - 1} (best val Dice {best:.4f} at epoch {best_epoch})")
     elif resume:
         say(f"[{cfg.name}] nothing to resume in {run_dir}; starting fresh")
 
