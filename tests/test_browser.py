@@ -14,11 +14,13 @@ import sys
 import threading
 import time
 import types
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest_refine_helpers import StandinClick as _Click
+from conftest_refine_helpers import standin_refine as _standin_refine
 
 pytest.importorskip("fastapi")
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -29,29 +31,6 @@ if not CHROMIUM:
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update"]
 
-
-@dataclass
-class _Click:
-    x: int
-    y: int
-    positive: bool
-
-
-def _standin_refine(image_hw, mask_hw, clicks, *, is_hu):
-    """Stand-in for covidct.interactive.refine: a disk of radius 5 at each positive click,
-    the connected region under a negative click removed."""
-    from scipy import ndimage
-
-    m = np.zeros(image_hw.shape, bool) if mask_hw is None else np.asarray(mask_hw) > 0
-    yy, xx = np.mgrid[: m.shape[0], : m.shape[1]]
-    for c in clicks:
-        if c.positive:
-            m |= (yy - c.y) ** 2 + (xx - c.x) ** 2 <= 25
-    for c in clicks:
-        if not c.positive and m[c.y, c.x]:
-            lbl, _ = ndimage.label(m)
-            m &= lbl != lbl[c.y, c.x]
-    return m.astype(np.uint8)
 
 
 def _free_port() -> int:

@@ -9,11 +9,13 @@ import sys
 import time
 import types
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest_refine_helpers import StandinClick as _Click
+from conftest_refine_helpers import standin_refine as _standin_refine
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
@@ -45,29 +47,6 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     nib.save(nib.Nifti1Image(solid, np.diag([1.0, 1.0, 5.0, 1.0])), str(nolung))
     return {"nifti": nifti, "zip": zpath, "series": series, "nolung": nolung}
 
-
-@dataclass
-class _Click:
-    x: int
-    y: int
-    positive: bool
-
-
-def _standin_refine(image_hw, mask_hw, clicks, *, is_hu):
-    """Stand-in for covidct.interactive.refine: disks of radius 5 added at positive clicks,
-    the connected region under each negative click removed."""
-    from scipy import ndimage
-
-    m = np.zeros(image_hw.shape, bool) if mask_hw is None else np.asarray(mask_hw) > 0
-    yy, xx = np.mgrid[: m.shape[0], : m.shape[1]]
-    for c in clicks:
-        if c.positive:
-            m |= (yy - c.y) ** 2 + (xx - c.x) ** 2 <= 25
-    for c in clicks:
-        if not c.positive and m[c.y, c.x]:
-            lbl, _ = ndimage.label(m)
-            m &= lbl != lbl[c.y, c.x]
-    return m.astype(np.uint8)
 
 
 @pytest.fixture

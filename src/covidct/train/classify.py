@@ -357,10 +357,10 @@ def train_classifier(cfg, run_dir: str | Path | None, resume: bool, records: lis
         _device,
         _Log,
         _optimizer,
-        _rng_state,
         _scheduler,
         prepare_run_dir,
         restore_training_state,
+        save_training_state,
     )
 
     say = print if verbose else (lambda *a, **k: None)
@@ -484,10 +484,7 @@ def train_classifier(cfg, run_dir: str | Path | None, resume: bool, records: lis
         say(f"[{cfg.name}] epoch {epoch + 1}/{t.epochs} train_loss={train_loss:.4f} val_loss={summ['val_loss']:.4f} "
             f"val_auc={summ['val_auc']:.4f} val_f1={summ['val_f1']:.4f}{' *' if improved else ''} lr={lr:.2e} "
             f"({row['seconds']:.0f}s)", flush=True)
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict() if sched is not None else None, "epoch": epoch, "best": best,
-                    "best_epoch": best_epoch, "bad": bad, "elapsed": elapsed, "best_metrics": best_metrics,
-                    "rng": _rng_state()}, last_path)
+        save_training_state(last_path, model, opt, sched, epoch, best, best_epoch, bad, elapsed, best_metrics)
         if t.patience is not None and bad >= t.patience:
             stopped = f"early stopping (no validation {cfg.classify.select_on} gain for {t.patience} epochs)"
             break

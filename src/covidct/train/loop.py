@@ -215,6 +215,15 @@ def _set_rng_state(s: dict) -> None:
     random.setstate(s["random"])
 
 
+def save_training_state(last_path: Path, model, opt, sched, epoch: int, best: float, best_epoch: int, bad: int,
+                        elapsed: float, best_metrics: dict) -> None:
+    """Write last.pt: everything :func:`restore_training_state` needs to continue the run."""
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict() if sched is not None else None, "epoch": epoch, "best": best,
+                "best_epoch": best_epoch, "bad": bad, "elapsed": elapsed, "best_metrics": best_metrics,
+                "rng": _rng_state()}, last_path)
+
+
 def restore_training_state(last_path: Path, model, opt, sched) -> tuple[int, float, int, int, float, dict]:
     """Load last.pt into model/optimizer/scheduler and the RNGs; returns
     (start epoch, best score, best epoch, epochs without improvement, elapsed seconds, best metrics)."""
@@ -375,10 +384,7 @@ def _train_one(cfg: Config, run_dir: str | Path | None, resume: bool, records: l
             writer.flush()
         say(f"[{cfg.name}] epoch {epoch + 1}/{t.epochs} train_loss={train_loss:.4f} val_loss={val_loss:.4f} "
             f"val_dice={score:.4f}{' *' if improved else ''} lr={lr:.2e} ({row['seconds']:.0f}s)", flush=True)
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict() if sched is not None else None, "epoch": epoch, "best": best,
-                    "best_epoch": best_epoch, "bad": bad, "elapsed": elapsed, "best_metrics": best_metrics,
-                    "rng": _rng_state()}, last_path)
+        save_training_state(last_path, model, opt, sched, epoch, best, best_epoch, bad, elapsed, best_metrics)
         if t.patience is not None and bad >= t.patience:
             stopped = f"early stopping (no val Dice gain for {t.patience} epochs)"
             break
