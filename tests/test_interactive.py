@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 
 from covidct.errors import CovidCTError, ModelError, UnsupportedInput
-from covidct.interactive import Click, parse_click, refine, refine_volume
+from covidct.interactive import Click, guidance_signal, parse_click, refine, refine_volume
 from covidct.models.checkpoint import save_checkpoint
 from covidct.models.registry import register
-from covidct.train.interactive import corrupt_mask, guidance_signal, next_click
+from covidct.train.interactive import corrupt_mask, next_click
 
 
 class StubRefine(torch.nn.Module):
@@ -169,6 +169,31 @@ def test_interactive_training_runs(tmp_path):
     img, _, (ax, ay), _ = _slice(64, 64)
     out = refine(img, None, [Click(ax, ay, True)], is_hu=False, model=str(run))
     assert out.shape == img.shape and out[ay, ax] == 1
+
+    # The shipped form: a TorchScript trace beside the checkpoint, named in the card, loads without
+    # rebuilding the network and gives the same output; a tampered trace is refused.
+    import json
+
+    from covidct.models import zoo
+    from covidct.models.checkpoint import export_torchscript, sha256_file
+
+    card_path = run / "card.json"
+    card = json.loads(card_path.read_text())
+    card["sha256"] = sha256_file(run / "best.pt")
+    card["torchscript"] = export_torchscript(run / "best.pt", run / "best.ts")
+    assert card["torchscript"]["input_shape"] == [1, 4, 32, 32]
+    card_path.write_text(json.dumps(card))
+    zoo._load_cached.cache_clear()  # refine() above cached the run before it had a trace
+    scripted, info = zoo.load(str(run), scripted=True)
+    plain, _ = zoo.load(str(run))
+    assert isinstance(scripted, torch.jit.ScriptModule) and info["task"] == "refine"
+    x = torch.rand(1, 4, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), plain(x), atol=1e-5)
+    (run / "best.ts").write_bytes(b"not a trace")
+    zoo._load_cached.cache_clear()
+    with pytest.raises(ModelError, match="does not match"):
+        zoo.load(str(run), scripted=True)
 
 
 def test_shipped_refine_model_honours_clicks():

@@ -5,7 +5,6 @@ import pytest
 
 from covidct.preprocess import (
     NormalisationConfig,
-    ToModelInputd,
     apply_window,
     bounding_box,
     crop_to_lungs,
@@ -16,6 +15,7 @@ from covidct.preprocess import (
     to_model_input,
     window_range,
 )
+from covidct.train.datasets import ToModelInputd
 
 
 def _chest_slice(size: int = 96) -> np.ndarray:

@@ -58,13 +58,44 @@ def parse_click(text: str) -> Click:
 
 # --- model and caches -------------------------------------------------------------------------------
 
+# --- guidance (the encoding the refine model was trained with) -------------------------------------
+
+
+def guidance_signal(shape: tuple[int, int], pos: list[tuple[float, float]], neg: list[tuple[float, float]],
+                    sigma: float) -> np.ndarray:
+    """(2, H, W) float32 positive/negative guidance maps from (row, col) points on the model grid.
+
+    The encoding of MONAI deepgrow's ``AddGuidanceSignald`` (a one at each click, Gaussian filter, min-max
+    scaled per channel), written in closed form: ~50x faster than the convolution at 256² and equal to it
+    up to the kernel's discretisation (tests/test_interactive.py compares the two).
+    """
+    h, w = shape
+    out = np.zeros((2, h, w), np.float32)
+    rows, cols = np.arange(h, dtype=np.float32)[:, None], np.arange(w, dtype=np.float32)[None, :]
+    for ch, pts in enumerate((pos, neg)):
+        for r, c in pts:
+            r, c = min(max(int(round(r)), 0), h - 1), min(max(int(round(c)), 0), w - 1)
+            out[ch] += np.exp(-((rows - r) ** 2) / (2 * sigma**2)) * np.exp(-((cols - c) ** 2) / (2 * sigma**2))
+        lo, hi = out[ch].min(), out[ch].max()
+        if hi > lo:
+            out[ch] = (out[ch] - lo) / (hi - lo)
+    return out
+
+
+def model_input(image01: np.ndarray, prior: np.ndarray, pos: list, neg: list, sigma: float) -> np.ndarray:
+    """(4, H, W) network input from a model-space image, the current mask and clicks (row, col)."""
+    g = guidance_signal(image01.shape, pos, neg, sigma)
+    return np.concatenate([image01[None], (np.asarray(prior) > 0)[None].astype(np.float32), g]).astype(np.float32)
+
+
+
 _IMAGE_CACHE: OrderedDict[tuple, np.ndarray] = OrderedDict()
 
 
 def _load(model: str):
     from covidct.models import zoo
 
-    net, info = zoo.load(model)
+    net, info = zoo.load(model, scripted=True)  # traced network: no MONAI import on a one-shot call
     if info.get("task") != "refine" or (info.get("model") or {}).get("in_channels") != 4:
         raise ModelError(f"model {model!r} is not a click-refinement model (task {info.get('task')!r})")
     return net, info
@@ -74,8 +105,7 @@ def _model_image(image: np.ndarray, is_hu: bool, info: dict) -> np.ndarray:
     """The slice in model space on the model grid, cached by content (repeated clicks on one slice)."""
     import torch
 
-    from covidct.preprocess import NormalisationConfig, to_model_input
-    from covidct.train.datasets import resize_image_tensor
+    from covidct.preprocess import NormalisationConfig, resize_image_tensor, to_model_input
 
     size = tuple(info.get("input_size") or (256, 256))
     key = (hashlib.blake2b(np.ascontiguousarray(image).view(np.uint8), digest_size=16).hexdigest(), image.shape,
@@ -137,8 +167,6 @@ def refine(image_hw: np.ndarray, mask_hw: np.ndarray | None, clicks: Sequence[Cl
     if not clicks:
         return np.zeros((h, w), np.uint8) if prior is None else prior.copy()
     net, info = _load(model)
-    from covidct.train.interactive import model_input
-
     size = tuple(info.get("input_size") or (256, 256))
     x01 = _model_image(img, bool(is_hu), info)
     if prior is None:

@@ -23,11 +23,16 @@ Ma/MedSeg display slices and of COVID-CT-MD P001 HU slices after this mapping.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 from scipy import ndimage
+
+if TYPE_CHECKING:
+    import torch
 
 # Named HU windows (level, width).
 WINDOWS: dict[str, tuple[float, float]] = {
@@ -116,27 +121,6 @@ def to_model_input(image: np.ndarray, is_hu: bool, cfg: NormalisationConfig | No
     if arr.ndim == 2:
         return _normalise_slice(x01, cfg)
     return np.stack([_normalise_slice(s, cfg) for s in x01]).astype(np.float32)
-
-
-try:  # the MONAI dictionary twin, so training pipelines compose it with MONAI transforms
-    from monai.transforms import MapTransform
-
-    class ToModelInputd(MapTransform):
-        """Dictionary version of :func:`to_model_input`; reads ``is_hu`` from the sample."""
-
-        def __init__(self, keys=("image",), is_hu_key: str = "is_hu", cfg: NormalisationConfig | None = None):
-            super().__init__(keys)
-            self.is_hu_key = is_hu_key
-            self.cfg = cfg or NormalisationConfig()
-
-        def __call__(self, data: dict) -> dict:
-            d = dict(data)
-            for key in self.key_iterator(d):
-                d[key] = to_model_input(np.asarray(d[key]), bool(d.get(self.is_hu_key, False)), self.cfg)
-            return d
-
-except ImportError:  # pragma: no cover - MONAI is a hard dependency; keep import errors readable
-    ToModelInputd = None  # type: ignore[assignment,misc]
 
 
 # --- resampling ---------------------------------------------------------------------------
@@ -241,3 +225,29 @@ def lung_slices(mask_zyx: np.ndarray, margin: int = 0, min_pixels: int = 1) -> n
         return idx
     lo, hi = max(idx.min() - margin, 0), min(idx.max() + margin, mask_zyx.shape[0] - 1)
     return np.arange(lo, hi + 1)
+
+
+# --- tensor resizing (model grid) ------------------------------------------------------------------
+
+
+def resize_image_tensor(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Resize (C, H, W) or (B, C, H, W) float images: area when shrinking, bilinear otherwise."""
+    import torch
+
+    squeeze = x.ndim == 3
+    xb = x[None] if squeeze else x
+    h, w = xb.shape[-2:]
+    if (h, w) != tuple(size):
+        mode = "area" if h >= size[0] and w >= size[1] else "bilinear"
+        kw = {} if mode == "area" else {"align_corners": False}
+        xb = torch.nn.functional.interpolate(xb.float(), size=tuple(size), mode=mode, **kw)
+    return xb[0] if squeeze else xb
+
+
+def resize_label_tensor(y: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Nearest-neighbour resize of (C, H, W) integer label maps."""
+    import torch
+
+    if tuple(y.shape[-2:]) == tuple(size):
+        return y
+    return torch.nn.functional.interpolate(y[None].float(), size=tuple(size), mode="nearest-exact")[0].to(y.dtype)

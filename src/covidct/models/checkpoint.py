@@ -121,6 +121,24 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     return model, info
 
 
+def export_torchscript(weights: str | Path, out: str | Path) -> dict:
+    """Trace the network of checkpoint ``weights`` at its input size into ``out`` (TorchScript).
+
+    Returns the model-card entry ``{"file", "sha256", "input_shape"}``; :func:`covidct.models.zoo.load`
+    with ``scripted=True`` loads it without rebuilding the network (no MONAI import).
+    """
+    net, info = load_model(weights)
+    size = info.get("input_size")
+    if not size:
+        raise ModelError(f"{weights}: no input_size in the checkpoint; only fixed-size 2-D models can be traced")
+    shape = [1, int(info["model"]["in_channels"]), *[int(s) for s in size]]
+    out = Path(out)
+    with torch.no_grad():
+        traced = torch.jit.trace(net, torch.zeros(shape))
+    torch.jit.save(traced, str(out))
+    return {"file": out.name, "sha256": sha256_file(out), "input_shape": shape}
+
+
 # --- model cards ----------------------------------------------------------------------------------
 
 

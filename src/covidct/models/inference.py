@@ -15,15 +15,9 @@ import torch
 from torch import nn
 
 from covidct.models.checkpoint import load_model
-from covidct.preprocess import NormalisationConfig, to_model_input
+from covidct.preprocess import NormalisationConfig, resize_image_tensor, to_model_input
 
 __all__ = ["predict_slices", "probabilities_to_labels", "load_model"]
-
-
-def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    from covidct.train.datasets import resize_image_tensor
-
-    return resize_image_tensor(x, size)
 
 
 @torch.no_grad()
@@ -56,7 +50,7 @@ def predict_slices(
     out: list[np.ndarray] = []
     for start in range(0, len(imgs), batch_size):
         chunk = imgs[start : start + batch_size]
-        xs = [_resize(torch.from_numpy(to_model_input(np.asarray(im), f, norm))[None], size)
+        xs = [resize_image_tensor(torch.from_numpy(to_model_input(np.asarray(im), f, norm))[None], size)
               for im, f in zip(chunk, flags[start : start + batch_size], strict=True)]
         x = torch.stack(xs).to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):

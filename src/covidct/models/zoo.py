@@ -1,7 +1,9 @@
 """The models shipped inside the package (trained by ``covidct train``), each with a model card.
 
 A shipped model is ``covidct/weights/<name>.pt`` plus ``<name>.card.json``; the card's sha256 is
-checked when the model is loaded. Nothing is ever downloaded. ``--model`` options accept either a
+checked when the model is loaded. A model may also ship ``<name>.ts``, its network traced with TorchScript
+(``scripts/ship_model.py --torchscript``): ``load(name, scripted=True)`` uses it, which needs neither MONAI's
+import (~1-2 s of a one-shot command's start) nor rebuilding the network. Nothing is ever downloaded. ``--model`` options accept either a
 shipped name or a path to a checkpoint (``.pt``) or a run folder (its ``best.pt``).
 """
 
@@ -55,18 +57,32 @@ def has_model(name_or_path: str | Path) -> bool:
 
 
 @lru_cache(maxsize=8)
-def _load_cached(weights: str, card: str | None):
-    from covidct.models.checkpoint import load_model, verify_card
+def _load_cached(weights: str, card: str | None, scripted: bool):
+    from covidct.models.checkpoint import load_model, read_checkpoint, sha256_file, verify_card
 
     if card is not None:
         verify_card(weights, card)
+        ts = json.loads(Path(card).read_text()).get("torchscript")
+        if scripted and ts:
+            import torch
+
+            ts_path = Path(weights).with_name(ts["file"])
+            if not ts_path.is_file() or sha256_file(ts_path) != ts["sha256"]:
+                raise ModelError(f"{ts_path} is missing or does not match its model card (sha256)")
+            info = {k: v for k, v in read_checkpoint(weights).items() if k != "state_dict"}
+            info["path"] = str(weights)
+            return torch.jit.load(str(ts_path), map_location="cpu").eval(), info
     return load_model(weights)
 
 
-def load(name_or_path: str | Path):
-    """(model in eval mode, info) for a shipped name or a checkpoint path; cached per process."""
+def load(name_or_path: str | Path, *, scripted: bool = False):
+    """(model in eval mode, info) for a shipped name or a checkpoint path; cached per process.
+
+    ``scripted=True`` returns the shipped TorchScript network when the model has one (fixed input size:
+    ``info["input_size"]``), otherwise the usual ``nn.Module``.
+    """
     weights, card = resolve_model_path(name_or_path)
-    model, info = _load_cached(str(weights), None if card is None else str(card))
+    model, info = _load_cached(str(weights), None if card is None else str(card), bool(scripted))
     info = dict(info)
     info.setdefault("name", Path(weights).stem)
     info["spatial_dims"] = int((info.get("extra") or {}).get("spatial_dims", 2))  # 3: sliding-window volume model

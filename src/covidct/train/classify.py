@@ -148,8 +148,7 @@ def make_samples(records: list[dict], task: str) -> list[dict]:
 
 def model_input(image: np.ndarray, is_hu: bool, norm, size: int | Sequence[int]) -> torch.Tensor:
     """(1, H, W) float tensor in model space: :func:`covidct.preprocess.to_model_input`, then resize."""
-    from covidct.preprocess import to_model_input
-    from covidct.train.datasets import resize_image_tensor
+    from covidct.preprocess import resize_image_tensor, to_model_input
 
     size = (size, size) if isinstance(size, int) else tuple(size)
     x = torch.from_numpy(to_model_input(np.asarray(image, np.float32), is_hu, norm))[None]
@@ -163,7 +162,7 @@ class RandResizedCrop:
         self.size, self.scale, self.prob = size, tuple(scale), prob
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        from covidct.train.datasets import resize_image_tensor
+        from covidct.preprocess import resize_image_tensor
 
         h, w = x.shape[-2:]
         if np.random.rand() < self.prob:

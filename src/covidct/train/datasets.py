@@ -18,9 +18,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from monai.transforms import MapTransform
 
 from covidct.errors import ConfigError
-from covidct.preprocess import NormalisationConfig, ToModelInputd
+from covidct.preprocess import NormalisationConfig, resize_image_tensor, resize_label_tensor, to_model_input
 
 _SOURCES: dict[str, Callable[..., list[dict]]] = {}
 
@@ -194,23 +195,20 @@ def make_samples(records: list[dict], task: str) -> list[dict]:
 # --- transforms --------------------------------------------------------------------------------------------
 
 
-def resize_image_tensor(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Resize (C, H, W) or (B, C, H, W) float images: area when shrinking, bilinear otherwise."""
-    squeeze = x.ndim == 3
-    xb = x[None] if squeeze else x
-    h, w = xb.shape[-2:]
-    if (h, w) != tuple(size):
-        mode = "area" if h >= size[0] and w >= size[1] else "bilinear"
-        kw = {} if mode == "area" else {"align_corners": False}
-        xb = torch.nn.functional.interpolate(xb.float(), size=tuple(size), mode=mode, **kw)
-    return xb[0] if squeeze else xb
+class ToModelInputd(MapTransform):
+    """Dictionary version of :func:`covidct.preprocess.to_model_input` (reads ``is_hu`` from the sample), so
+    training pipelines compose the one normalisation with MONAI transforms."""
 
+    def __init__(self, keys=("image",), is_hu_key: str = "is_hu", cfg: NormalisationConfig | None = None):
+        super().__init__(keys)
+        self.is_hu_key = is_hu_key
+        self.cfg = cfg or NormalisationConfig()
 
-def resize_label_tensor(y: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Nearest-neighbour resize of (C, H, W) integer label maps."""
-    if tuple(y.shape[-2:]) == tuple(size):
-        return y
-    return torch.nn.functional.interpolate(y[None].float(), size=tuple(size), mode="nearest-exact")[0].to(y.dtype)
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = to_model_input(np.asarray(d[key]), bool(d.get(self.is_hu_key, False)), self.cfg)
+        return d
 
 
 def build_transforms(input_size: int, norm: NormalisationConfig, augment=None, with_label: bool = True):
