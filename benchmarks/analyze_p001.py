@@ -47,12 +47,12 @@ def hu_baseline(hu: np.ndarray) -> np.ndarray:
     return (filled & (hu > -700) & (hu < -300)).reshape(len(hu), -1).sum(1).astype(float)
 
 
-def p001(data: Path, png: Path | None) -> dict:
+def p001(data: Path, png: Path | None, models: dict) -> dict:
     from covidct.io import load_ct
     from covidct.pipeline import Analyzer
 
     t0 = time.perf_counter()
-    analyzer = Analyzer()
+    analyzer = Analyzer(**models)
     t_models = time.perf_counter() - t0
     folder = data / "covid-ct-md" / "P001"
     t0 = time.perf_counter()
@@ -120,11 +120,11 @@ def _montage(ct, lungs, lesions, y, score, path: Path) -> None:
     fig.savefig(path, dpi=60)
 
 
-def phantoms(n: int) -> dict:
+def phantoms(n: int, models: dict) -> dict:
     from covidct.phantom import make_phantom
     from covidct.pipeline import Analyzer
 
-    analyzer = Analyzer()
+    analyzer = Analyzer(**models)
     rows = []
     for seed in range(100, 100 + n):
         ph = make_phantom(shape=(48, 256, 256), spacing=(5.0, 1.4, 1.4), seed=seed, lesion_burden=0.05 + 0.1 * (seed % 3), margin_slices=4)
@@ -153,14 +153,17 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--png", type=Path, default=None, help="save a montage of P001 overlays here")
     ap.add_argument("--phantoms", type=int, default=0, help="also score N phantoms against their exact labels")
+    for role in ("lungs", "lesions", "infection"):
+        ap.add_argument(f"--{role}", default=role, help=f"{role} model: shipped name, checkpoint or run folder; 'none' = without")
     args = ap.parse_args()
+    models = {f"{r}_model": (None if getattr(args, r) == "none" else getattr(args, r)) for r in ("lungs", "lesions", "infection")}
     result: dict = {}
     if (args.data / "covid-ct-md" / "P001").is_dir():
-        result["p001"] = p001(args.data, args.png)
+        result["p001"] = p001(args.data, args.png, models)
     else:
         print(f"skip P001: real data not found under {args.data}")
     if args.phantoms:
-        result["phantoms"] = phantoms(args.phantoms)
+        result["phantoms"] = phantoms(args.phantoms, models)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result, indent=1))
     return 0

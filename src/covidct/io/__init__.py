@@ -11,9 +11,7 @@ import os
 from pathlib import Path
 
 from covidct.errors import UnreadableInput
-from covidct.io.dicom import load_dicom_file, load_dicom_folder, load_dicom_zip
 from covidct.io.image import IMAGE_EXTS, load_image_2d, load_image_ct, read_label_png
-from covidct.io.nifti import load_itk, load_nifti
 from covidct.io.writers import (
     save_ct_nifti,
     save_label_png,
@@ -25,6 +23,7 @@ from covidct.volume import CT
 
 __all__ = [
     "load_ct",
+    "load_nifti",
     "load_image_2d",
     "read_label_png",
     "to_source_layout",
@@ -52,6 +51,9 @@ def load_ct(path: str | Path) -> CT:
         if p.is_dir():
             if not os.access(p, os.R_OK | os.X_OK):
                 raise UnreadableInput(f"{p}: permission denied")
+            # readers import pydicom/nibabel on first use: a one-shot command on a PNG starts faster
+            from covidct.io.dicom import load_dicom_folder
+
             return load_dicom_folder(p)
         if not os.access(p, os.R_OK):
             raise UnreadableInput(f"{p}: permission denied")
@@ -60,16 +62,24 @@ def load_ct(path: str | Path) -> CT:
         name = p.name.lower()
         suffix = p.suffix.lower()
         if name.endswith((".nii", ".nii.gz")):
+            from covidct.io.nifti import load_nifti
+
             return load_nifti(p)
         if suffix == ".zip":
+            from covidct.io.dicom import load_dicom_zip
+
             return load_dicom_zip(p)
         if suffix in ITK_EXTS:
+            from covidct.io.nifti import load_itk
+
             return load_itk(p)
         if suffix in IMAGE_EXTS:
             return load_image_ct(p)
         from covidct.io.dicom import _has_preamble
 
         if suffix in DICOM_EXTS or _has_preamble(p):
+            from covidct.io.dicom import load_dicom_file
+
             return load_dicom_file(p)
         raise UnreadableInput(
             f"{p}: unknown file type '{suffix}' (expected a DICOM folder/file, .zip, .nii/.nii.gz or an image)"
@@ -78,3 +88,12 @@ def load_ct(path: str | Path) -> CT:
         raise UnreadableInput(f"{p}: permission denied") from e
     except IsADirectoryError as e:
         raise UnreadableInput(f"{p}: unexpected folder") from e
+
+
+def __getattr__(name: str):
+    # load_nifti is public but imported on first use (nibabel), like the DICOM readers (pydicom)
+    if name == "load_nifti":
+        from covidct.io.nifti import load_nifti
+
+        return load_nifti
+    raise AttributeError(f"module 'covidct.io' has no attribute {name!r}")
