@@ -89,24 +89,42 @@ class Analyzer:
                     self.warnings.append(f"shipped model '{name}' not found: using the HU-rule fallback for {attr}")
                 continue
             model, info = zoo.load(name)
+            if info.get("spatial_dims") != 3:
+                from covidct.models.inference import optimise_for_cpu
+
+                model = optimise_for_cpu(model)
             setattr(self, attr, model)
             setattr(self, f"{attr}_info", info)
 
     # --- lungs ---------------------------------------------------------------------------------
 
-    def _predict(self, model, info, slices: np.ndarray, is_hu: bool, spacing=None, role: str = "lungs") -> np.ndarray:
-        """(N, C, H, W) probabilities of the slices; a 3-D model sees them as one volume (sliding window)."""
+    def _predict(self, model, info, vol: np.ndarray, zs: np.ndarray, is_hu: bool, spacing=None, role: str = "lungs",
+                 cache: dict | None = None) -> np.ndarray:
+        """(N, C, H, W) probabilities of slices ``vol[zs]``; a 3-D model sees them as one volume (sliding window).
+
+        ``cache`` (one per CT) keeps each slice's normalised model input, so models sharing the
+        normalisation settings do not repeat it (CLAHE on every slice is a sizeable part of a pass)."""
         if info.get("spatial_dims") == 3:
             from covidct.train.volumes import predict_volume, probs_for_role
 
-            prob = predict_volume(model, info, slices, spacing, is_hu=is_hu, bf16=self.bf16)
+            prob = predict_volume(model, info, vol[zs], spacing, is_hu=is_hu, bf16=self.bf16)
             return probs_for_role(prob, info.get("classes", []), role)
-        from covidct.models.inference import predict_slices
+        import json
 
-        return predict_slices(model, info, slices, is_hu, batch_size=self.batch_size, bf16=self.bf16)
+        import torch
 
-    def segment_lungs(self, ct: CT) -> np.ndarray:
-        """(z, y, x) uint8: 0 background, 1 left lung, 2 right lung."""
+        from covidct.models.inference import predict_slices, prepare_slices
+
+        key = (json.dumps(info.get("normalisation"), sort_keys=True), tuple(info.get("input_size") or (256, 256)), is_hu)
+        rows = (cache if cache is not None else {}).setdefault(key, {})
+        missing = [int(z) for z in zs if int(z) not in rows]
+        if missing:
+            rows.update(zip(missing, prepare_slices([vol[z] for z in missing], [is_hu] * len(missing), info), strict=True))
+        prepared = torch.stack([rows[int(z)] for z in zs])
+        return predict_slices(model, info, vol[zs], is_hu, batch_size=self.batch_size, bf16=self.bf16, prepared=prepared)
+
+    def segment_lungs(self, ct: CT, cache: dict | None = None) -> np.ndarray:
+        """(z, y, x) uint8: 0 background, 1 left lung, 2 right lung. ``cache``: see :meth:`_predict`."""
         vol = ct.array
         if ct.is_hu:
             field_mask = threshold_lung_mask(vol)
@@ -121,7 +139,7 @@ class Analyzer:
             idx = np.arange(len(vol))
         mask = np.zeros(vol.shape, bool)
         if self.lungs is not None:
-            prob = self._predict(self.lungs, self.lungs_info, vol[idx], ct.is_hu, ct.spacing, "lungs")
+            prob = self._predict(self.lungs, self.lungs_info, vol, idx, ct.is_hu, ct.spacing, "lungs", cache)
             thr = (self.lungs_info.get("thresholds") or {}).get("foreground", 0.5)
             mask[idx] = prob[:, 1] >= thr
             if ct.is_hu:  # lungs are air-filled: nothing denser than soft tissue at the lung edge
@@ -139,8 +157,8 @@ class Analyzer:
 
     # --- lesions -------------------------------------------------------------------------------
 
-    def segment_lesions(self, ct: CT, lungs: np.ndarray) -> np.ndarray:
-        """(z, y, x) uint8: 0 none, 1 GGO, 2 consolidation, 3 pleural effusion."""
+    def segment_lesions(self, ct: CT, lungs: np.ndarray, cache: dict | None = None) -> np.ndarray:
+        """(z, y, x) uint8: 0 none, 1 GGO, 2 consolidation, 3 pleural effusion. ``cache``: see :meth:`_predict`."""
         vol = ct.array
         lung = lungs > 0
         out = np.zeros(vol.shape, np.uint8)
@@ -154,10 +172,11 @@ class Analyzer:
         if self.lesions is not None:
             if self.lesions_info.get("spatial_dims") == 3:  # one contiguous block of slices for a volume model
                 zs = np.arange(zs.min(), zs.max() + 1)
-            prob = self._predict(self.lesions, self.lesions_info, vol[zs], ct.is_hu, ct.spacing, "lesions")
+            prob = self._predict(self.lesions, self.lesions_info, vol, zs, ct.is_hu, ct.spacing, "lesions", cache)
             binary = prob.shape[1] == 2
         if self.infection is not None and self.infection_info.get("spatial_dims") != 3:
-            p_inf = self._predict(self.infection, self.infection_info, vol[zs], ct.is_hu, ct.spacing, "infection")[:, 1]
+            p_inf = self._predict(self.infection, self.infection_info, vol, zs, ct.is_hu, ct.spacing, "infection",
+                                  cache)[:, 1]
         if p_inf is not None:
             # extent from the binary infection model (trained on the most labelled slices); type from the
             # lesion model (its most likely lesion class) or, without one, from density below
@@ -227,13 +246,15 @@ class Analyzer:
         t0 = time.perf_counter()
         # work at the models' resolution (about 256² in-plane): 4x fewer voxels for a 512² series
         work, factor = working_grid(ct)
-        lungs = self.segment_lungs(work)
+        cache: dict = {}  # normalised slices, shared by the models
+        lungs = self.segment_lungs(work, cache)
         t["lungs"] = time.perf_counter() - t0
         if not lungs.any():
             raise NoLungsFound(f"no lungs found in {ct.path or 'the input'}: is this a chest CT?")
         stage("lesions")
         t0 = time.perf_counter()
-        lesions = self.segment_lesions(work, lungs)
+        lesions = self.segment_lesions(work, lungs, cache)
+        del cache
         # GGO/consolidation are part of the lung they lie in (the lung label includes its lesions)
         lungs = _absorb_lesions(lungs, lesions)
         if factor > 1:
@@ -724,26 +745,43 @@ def write_outputs(analysis: Analysis, outdir: Path, *, png: bool = False, html: 
     outdir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
     try:
+        from concurrent.futures import ThreadPoolExecutor
+
         from covidct.report import slice_rows, validate_report
 
-        report["slices"] = slice_rows(ct, lungs, lesions)
         files: dict[str, str | None] = {"lungs": None, "lesions": None, "dicom_seg": None, "html": None}
-        if report["mode"] == "volume":
-            save_mask_nifti(lungs, ct, tmp / "lungs.nii.gz")
-            save_mask_nifti(lesions, ct, tmp / "lesions.nii.gz")
-            files |= {"lungs": "lungs.nii.gz", "lesions": "lesions.nii.gz"}
-            if ct.kind == "dicom":
-                from covidct.report.dicomseg import write_dicom_seg
+        # The slow writers (gzip, DICOM SEG encoding, overlay rendering) spend most of their time in C code
+        # that releases the GIL, so they run side by side; each writes its own file in the temp folder.
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            images = None
+            if html and report["mode"] == "volume":
+                from covidct.report.html import images_section
 
-                try:
-                    write_dicom_seg(ct, lungs, lesions, tmp / "segmentation.dcm")
-                    files["dicom_seg"] = "segmentation.dcm"
-                except ValueError as exc:  # e.g. a .zip input whose files are gone: the rest still useful
-                    report["warnings"].append(f"no DICOM SEG written: {str(exc).splitlines()[0]}")
-        else:
-            save_label_png(lungs[0], tmp / "lungs.png")
-            save_label_png(lesions[0], tmp / "lesions.png")
-            files |= {"lungs": "lungs.png", "lesions": "lesions.png"}
+                images = pool.submit(images_section, ct, lungs, lesions)
+            if report["mode"] == "volume":
+                writes = [pool.submit(save_mask_nifti, lungs, ct, tmp / "lungs.nii.gz"),
+                          pool.submit(save_mask_nifti, lesions, ct, tmp / "lesions.nii.gz")]
+                seg = None
+                if ct.kind == "dicom":
+                    from covidct.report.dicomseg import write_dicom_seg
+
+                    seg = pool.submit(write_dicom_seg, ct, lungs, lesions, tmp / "segmentation.dcm")
+                report["slices"] = slice_rows(ct, lungs, lesions)
+                for w in writes:
+                    w.result()
+                files |= {"lungs": "lungs.nii.gz", "lesions": "lesions.nii.gz"}
+                if seg is not None:
+                    try:
+                        seg.result()
+                        files["dicom_seg"] = "segmentation.dcm"
+                    except ValueError as exc:  # e.g. a .zip input whose files are gone: the rest still useful
+                        report["warnings"].append(f"no DICOM SEG written: {str(exc).splitlines()[0]}")
+            else:
+                report["slices"] = slice_rows(ct, lungs, lesions)
+                save_label_png(lungs[0], tmp / "lungs.png")
+                save_label_png(lesions[0], tmp / "lesions.png")
+                files |= {"lungs": "lungs.png", "lesions": "lesions.png"}
+            images_html = images.result() if images is not None else None
         from covidct.labels import LESION_COLORS, LUNG_COLORS
 
         if report["mode"] == "slice":
@@ -764,7 +802,7 @@ def write_outputs(analysis: Analysis, outdir: Path, *, png: bool = False, html: 
             report["outputs"] = files
             if timings is not None:  # the page shows the times up to the outputs stage
                 report["timings_s"] = {k: round(float(v), 3) for k, v in timings.items()}
-            write_html_report(ct, lungs, lesions, report, tmp / "report.html")
+            write_html_report(ct, lungs, lesions, report, tmp / "report.html", images_html)
         files["json"] = "report.json"
         report["outputs"] = files
         if timings is not None:

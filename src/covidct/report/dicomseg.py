@@ -178,7 +178,7 @@ def write_dicom_seg(ct: CT, lungs: np.ndarray, lesions: np.ndarray, path: str | 
             )
         )
         planes.append(m)
-    pixel_array = np.stack(planes, axis=-1).astype(np.uint8)  # (frames, rows, cols, segments)
+    pixel_array = np.stack(planes, axis=-1)  # bool (frames, rows, cols, segments): no cast needed
 
     with warnings.catch_warnings():
         # Single-component patient names ("PHANTOM") are legal DICOM; highdicom only warns.

@@ -119,10 +119,8 @@ def representative_slices(lungs: np.ndarray, lesions: np.ndarray, n: int = 5) ->
 
 def lesion_profile_png(ct: CT, lungs: np.ndarray, lesions: np.ndarray) -> bytes:
     """PNG plot of lung and lesion area (cm²) per slice against the slice position (mm), head up."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # the object API, not pyplot: no global figure state, so reports can be drawn in worker threads
+    from matplotlib.figure import Figure
 
     px_cm2 = ct.pixel_area_mm2 / 100.0
     nz = ct.n_slices
@@ -133,7 +131,8 @@ def lesion_profile_png(ct: CT, lungs: np.ndarray, lesions: np.ndarray) -> bytes:
     lung = (lungs > 0).sum(axis=(1, 2)) * px_cm2
     areas = [(lesions == c).sum(axis=(1, 2)) * px_cm2 for c in (GGO, CONSOLIDATION, EFFUSION)]
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    fig = Figure(figsize=(6.4, 4.2), dpi=110)
+    ax = fig.subplots()
     ax.plot(lung, z, color="#6b7280", lw=1.2, label="lung")
     left = np.zeros(nz)
     for c, a in zip((GGO, CONSOLIDATION, EFFUSION), areas, strict=True):
@@ -152,7 +151,6 @@ def lesion_profile_png(ct: CT, lungs: np.ndarray, lesions: np.ndarray) -> bytes:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    plt.close(fig)
     return buf.getvalue()
 
 

@@ -244,7 +244,9 @@ def _legend() -> str:
     return f'<div class="legend">{"".join(items)}</div>'
 
 
-def _images_section(ct: CT, lungs: np.ndarray, lesions: np.ndarray) -> str:
+def images_section(ct: CT, lungs: np.ndarray, lesions: np.ndarray) -> str:
+    """The page's images (overlays of representative slices, lesion profile): its slowest part, which
+    :func:`covidct.pipeline.write_outputs` renders while the masks are being written."""
     px_cm2 = ct.pixel_area_mm2 / 100.0
     spacing_yx = (ct.spacing[1], ct.spacing[2])
     figs = []
@@ -312,8 +314,9 @@ def _tail_sections(r: dict) -> str:
     )
 
 
-def render_html(ct: CT, lungs: np.ndarray, lesions: np.ndarray, report: dict) -> str:
-    """The report page as one string (see ``write_html_report``)."""
+def render_html(ct: CT, lungs: np.ndarray, lesions: np.ndarray, report: dict, images_html: str | None = None) -> str:
+    """The report page as one string (see ``write_html_report``); ``images_html``: :func:`images_section`
+    when already rendered."""
     lungs = np.asarray(lungs)
     lesions = np.asarray(lesions)
     if lungs.shape != ct.shape or lesions.shape != ct.shape:
@@ -330,7 +333,7 @@ def render_html(ct: CT, lungs: np.ndarray, lesions: np.ndarray, report: dict) ->
             "</div>",
             _volumes_section(report),
             _involvement_section(report),
-            _images_section(ct, lungs, lesions),
+            images_html if images_html is not None else images_section(ct, lungs, lesions),
             _tail_sections(report),
         ]
     )
@@ -347,9 +350,10 @@ def render_html(ct: CT, lungs: np.ndarray, lesions: np.ndarray, report: dict) ->
     )
 
 
-def write_html_report(ct: CT, lungs: np.ndarray, lesions: np.ndarray, report: dict, path: str | Path) -> Path:
+def write_html_report(ct: CT, lungs: np.ndarray, lesions: np.ndarray, report: dict, path: str | Path,
+                      images_html: str | None = None) -> Path:
     """Write the self-contained report page (no network access needed to view it); atomic."""
-    text = render_html(ct, lungs, lesions, report)
+    text = render_html(ct, lungs, lesions, report, images_html)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
