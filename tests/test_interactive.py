@@ -92,6 +92,38 @@ def test_positive_click_grows_missed_lesion_and_negative_removes_false(stub_mode
     np.testing.assert_array_equal(refine(img, mask, [], is_hu=False, model=stub_model), mask)
 
 
+class ForgetfulRefine(torch.nn.Module):
+    """Ignores the current mask: foreground only at positive guidance (a network that re-segments the slice)."""
+
+    def __init__(self, in_channels: int = 4, out_channels: int = 2) -> None:
+        super().__init__()
+        self.k = torch.nn.Parameter(torch.tensor(10.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fg = self.k * ((x[:, 2:3] > 0.3).float() - 0.5)
+        return torch.cat([-fg, fg], 1)
+
+
+register("test_forgetful_refine")(lambda i, o: ForgetfulRefine(i, o))
+
+
+def test_a_click_changes_the_mask_only_near_it(tmp_path):
+    path = tmp_path / "forgetful.pt"
+    save_checkpoint(path, ForgetfulRefine(), name="test_forgetful_refine", kwargs={}, in_channels=4, out_channels=2,
+                    task="refine", classes=["background", "infection"], input_size=(64, 64),
+                    normalisation={"clahe_clip": None}, thresholds={"foreground": 0.5}, extra={"sigma": 3.0})
+    img, truth, (ax, ay), (bx, by) = _slice()
+    a_only = truth.copy()
+    a_only[70:, :] = 0  # lesion B missing from the mask
+    out = refine(img, a_only, [Click(bx, by, True)], is_hu=False, model=str(path))
+    assert out[by, bx] == 1  # the click is answered
+    # lesion A, far from the click, is kept although the network's own output dropped it
+    np.testing.assert_array_equal(out[:60], a_only[:60])
+    # no prior: the network's answer as it is
+    first = refine(img, None, [Click(bx, by, True)], is_hu=False, model=str(path))
+    assert first[by, bx] == 1 and first[ay, ax] == 0
+
+
 def test_refine_volume_and_bad_inputs(stub_model, tmp_path):
     img, truth, (ax, ay), _ = _slice()
     vol = np.stack([img, img, img])

@@ -193,7 +193,32 @@ def refine(image_hw: np.ndarray, mask_hw: np.ndarray | None, clicks: Sequence[Cl
         torch.set_num_threads(threads)
     prob = prob[0, 0].numpy()
     thr = float((info.get("thresholds") or {}).get("foreground", 0.5))
-    return _honour_clicks(prob, prob >= thr, clicks)
+    new = prob >= thr if prior is None else _local_update(prior > 0, prob >= thr, clicks)
+    return _honour_clicks(prob, new, clicks)
+
+
+def _local_update(prior: np.ndarray, new: np.ndarray, clicks: Sequence[Click]) -> np.ndarray:
+    """Accept the network's changes to ``prior`` only where they answer a click: each connected region of
+    change (added or removed pixels) is taken if it reaches within ~1/16 of the slice of a click, else
+    the prior stays. A click then never erases or adds lesions elsewhere on the slice (the network
+    re-segments the whole slice on every click)."""
+    from scipy import ndimage
+
+    h, w = prior.shape
+    changed = new != prior
+    if not changed.any():
+        return prior.copy()
+    r = max(4, int(round(min(h, w) / 16)))
+    yy, xx = np.ogrid[:h, :w]
+    near = np.zeros((h, w), bool)
+    for c in clicks:
+        near |= (yy - c.y) ** 2 + (xx - c.x) ** 2 <= r * r
+    lbl, _ = ndimage.label(changed)
+    keep = np.unique(lbl[near & changed])
+    out = prior.copy()
+    take = np.isin(lbl, keep[keep > 0])
+    out[take] = new[take]
+    return out
 
 
 def _honour_clicks(prob: np.ndarray, mask: np.ndarray, clicks: Sequence[Click]) -> np.ndarray:
