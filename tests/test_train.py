@@ -172,3 +172,20 @@ def test_trained_checkpoint_reloads(trained_run):
     probs = predict_slices(model, info, imgs, False, batch_size=2)
     assert [p.shape for p in probs] == [(2, 64, 64), (2, 64, 64), (2, 50, 70)]
     np.testing.assert_allclose(probs[2].sum(0), 1.0, atol=1e-5)
+
+
+def test_init_from_loads_weights_for_fine_tuning(tmp_path):
+    from covidct.models import build_model, save_checkpoint
+    from covidct.train.loop import init_weights
+
+    kw = {"channels": [4, 8], "strides": [2], "num_res_units": 0}
+    src = build_model("unet", 1, 2, **kw)
+    path = save_checkpoint(tmp_path / "m.pt", src, name="unet", kwargs=kw, in_channels=1, out_channels=2,
+                           task="infection", classes=["background", "infection"], input_size=(32, 32),
+                           normalisation={})
+    dst = build_model("unet", 1, 2, **kw)
+    init_weights(dst, str(path))
+    for (name, a), b in zip(src.state_dict().items(), dst.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-3), name  # checkpoints store fp16
+    with pytest.raises(ConfigError, match="does not fit"):
+        init_weights(build_model("unet", 1, 2, channels=[8, 16], strides=[2], num_res_units=0), str(path))

@@ -82,6 +82,7 @@ class DataConfig:
 class ModelConfig:
     name: str = "unet"
     kwargs: dict = field(default_factory=dict)
+    init_from: str | None = None  # fine-tune: start from this checkpoint's weights (shipped name, .pt or run folder)
 
 
 @dataclass

@@ -224,6 +224,20 @@ def save_training_state(last_path: Path, model, opt, sched, epoch: int, best: fl
                 "rng": _rng_state()}, last_path)
 
 
+def init_weights(model, source: str) -> None:
+    """Load the weights of ``source`` (shipped name, checkpoint or run folder) into ``model`` for fine-tuning;
+    ConfigError when the architectures differ."""
+    from covidct.models.checkpoint import read_checkpoint
+    from covidct.models.zoo import resolve_model_path
+
+    weights, _ = resolve_model_path(source)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in read_checkpoint(weights)["state_dict"].items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ConfigError(f"model.init_from: {source} does not fit this model: {str(e).splitlines()[0]}") from e
+
+
 def restore_training_state(last_path: Path, model, opt, sched) -> tuple[int, float, int, int, float, dict]:
     """Load last.pt into model/optimizer/scheduler and the RNGs; returns
     (start epoch, best score, best epoch, epochs without improvement, elapsed seconds, best metrics)."""
@@ -289,6 +303,9 @@ def _train_one(cfg: Config, run_dir: str | Path | None, resume: bool, records: l
         say(f"[{cfg.name}] median-frequency class weights: {np.round(weights, 4).tolist()}", flush=True)
     loss_fn = build_loss(cfg.loss, weights).to(device)
     model = build_model(cfg.model.name, 1, n_classes, **cfg.model.kwargs).to(device)
+    if cfg.model.init_from and not (resume and last_path.is_file()):
+        init_weights(model, cfg.model.init_from)
+        say(f"[{cfg.name}] weights initialised from {cfg.model.init_from}", flush=True)
     opt = _optimizer(cfg, model.parameters())
     sched = _scheduler(cfg, opt)
 
