@@ -6,7 +6,7 @@
   labelled there, so effusion predictions count against background).
 - lungs: the Ma et al. cases of the lung run's validation and test parts (by case).
 
-Usage: python benchmarks/seg_models.py [--out docs/eval] — writes one evaluate() report per row.
+Usage: python benchmarks/seg_models.py [--out docs/eval] [--models infection ...] — writes one evaluate() report per row.
 Skips (exit 0) when ../shared/data is absent.
 """
 
@@ -27,6 +27,7 @@ def _split_cases(card: dict, part: str) -> list[str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("/tmp/covidct-seg-eval"))
+    ap.add_argument("--models", nargs="*", default=None, help="only these shipped models (default: all)")
     args = ap.parse_args()
     from covidct.data import data_root, load_source
     from covidct.evaluate import evaluate
@@ -38,6 +39,8 @@ def main() -> int:
     rows = []
 
     def run(model: str, records: list[dict], task: str, what: str) -> None:
+        if args.models is not None and model not in args.models:
+            return
         if not zoo.has_model(model) or not records:
             rows.append((model, what, None))
             return
