@@ -6,7 +6,7 @@
   labelled there, so effusion predictions count against background).
 - lungs: the Ma et al. cases of the lung run's validation and test parts (by case).
 
-Usage: python benchmarks/seg_models.py [--out docs/eval] [--models infection ...] — writes one evaluate() report per row.
+Usage: python benchmarks/seg_models.py [--out docs/eval] [--models infection ...] [--transposed] — writes one evaluate() report per row.
 Skips (exit 0) when ../shared/data is absent.
 """
 
@@ -16,6 +16,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,6 +30,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("/tmp/covidct-seg-eval"))
     ap.add_argument("--models", nargs="*", default=None, help="only these shipped models (default: all)")
+    ap.add_argument("--transposed", action="store_true",
+                    help="score every slice transposed (image and labels): is the model orientation-independent?")
     args = ap.parse_args()
     from covidct.data import data_root, load_source
     from covidct.evaluate import evaluate
@@ -45,6 +49,9 @@ def main() -> int:
             rows.append((model, what, None))
             return
         weights, _ = zoo.resolve_model_path(model)
+        if args.transposed:
+            records = [{k: (np.ascontiguousarray(np.asarray(v).T) if k in ("image", "lungs", "infection", "lesions")
+                            and v is not None else v) for k, v in r.items()} for r in records]
         res = evaluate(weights, records, task, args.out / f"{model}-{task}-{what.split()[0]}")
         rows.append((model, what, res))
 
