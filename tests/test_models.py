@@ -128,3 +128,21 @@ def test_predict_slices_shapes_and_labels(tmp_path):
     assert [x.shape for x in q] == [(2, 20, 30), (2, 70, 50)]
     lab = probabilities_to_labels(p, 0.4)
     assert lab.shape == (3, 40, 48) and np.array_equal(lab, (p[:, 1] >= 0.4))
+
+
+def test_optimise_for_cpu_keeps_outputs_and_leaves_the_model_alone():
+    from covidct.models.inference import optimise_for_cpu
+
+    torch.manual_seed(0)
+    net = build_model("unet", 1, 2, channels=[4, 8, 16], strides=[2, 2], num_res_units=1, norm="batch")
+    net.train()
+    with torch.no_grad():  # non-trivial running statistics, as after training
+        for _ in range(3):
+            net(torch.randn(4, 1, 32, 32) * 2 + 1)
+    net.eval()
+    fast = optimise_for_cpu(net)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(fast(x), net(x), atol=1e-4)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())  # folded away
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # the original is untouched
