@@ -56,8 +56,6 @@ def parse_click(text: str) -> Click:
     raise CovidCTError(f"click {text!r}: the third field must be pos or neg")
 
 
-# --- model and caches -------------------------------------------------------------------------------
-
 # --- guidance (the encoding the refine model was trained with) -------------------------------------
 
 
@@ -88,6 +86,7 @@ def model_input(image01: np.ndarray, prior: np.ndarray, pos: list, neg: list, si
     return np.concatenate([image01[None], (np.asarray(prior) > 0)[None].astype(np.float32), g]).astype(np.float32)
 
 
+# --- model and caches -------------------------------------------------------------------------------
 
 _IMAGE_CACHE: OrderedDict[tuple, np.ndarray] = OrderedDict()
 
