@@ -60,7 +60,8 @@ def main() -> int:
     inter = sum(int(((p > 0) & (g > 0)).sum()) for p, g in pairs)
     pooled = 2.0 * inter / sum(int((p > 0).sum() + (g > 0).sum()) for p, g in pairs)
     cli = {"n_images": len(pairs), "dice_mean": float(per_image.mean()), "dice_std": float(per_image.std()),
-           "dice_pooled": float(pooled), "command": " ".join(["covidct"] + cmd[3:4] + ["Imgs", "-o", "OUT"] + cmd[6:]),
+           "dice_pooled": float(pooled),
+           "command": f"covidct segment Imgs -o OUT --task infection --model {args.model}",
            "wall_s_incl_start": round(wall, 2)}
     weights, _ = zoo.resolve_model_path(args.model)
     with tempfile.TemporaryDirectory() as tmp:

@@ -61,8 +61,7 @@ def _load_cached(weights: str, card: str | None, scripted: bool):
     from covidct.models.checkpoint import load_model, read_checkpoint, sha256_file, verify_card
 
     if card is not None:
-        verify_card(weights, card)
-        ts = json.loads(Path(card).read_text()).get("torchscript")
+        ts = verify_card(weights, card).get("torchscript")  # verify_card returns the card it read
         if scripted and ts:
             import torch
 
