@@ -238,3 +238,107 @@ def test_shipped_refine_model_honours_clicks():
     assert out.shape == img.shape and out[ay, ax] == 1
     out = refine(img, out, [Click(ax, ay, True), Click(200, 200, False)], is_hu=False)
     assert out[ay, ax] == 1 and out[200, 200] == 0
+
+
+# --- 3-D: same API, whole volumes --------------------------------------------------------------------
+
+
+def _volume(z: int = 16, h: int = 40, w: int = 40):
+    """HU volume with two dense spheres in lung-like air; returns (volume, true mask, centre A, centre B)."""
+    zz, yy, xx = np.mgrid[:z, :h, :w]
+    a = (zz - 6) ** 2 + (yy - 12) ** 2 + (xx - 12) ** 2 <= 4**2
+    b = (zz - 9) ** 2 + (yy - 28) ** 2 + (xx - 27) ** 2 <= 4**2
+    vol = np.full((z, h, w), -850.0, np.float32) + np.random.default_rng(0).normal(0, 20, (z, h, w)).astype(np.float32)
+    vol[a | b] = -400
+    vol[:, :, :2] = 300.0  # a rib: the loaders recognise HU by air and bone-dense tissue
+    return vol, (a | b).astype(np.uint8), (6, 12, 12), (9, 28, 27)
+
+
+@pytest.fixture(scope="module")
+def stub_model_3d(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("stub3d") / "stub3d.pt"
+    save_checkpoint(path, StubRefine(), name="test_stub_refine", kwargs={}, in_channels=4, out_channels=2,
+                    task="refine", classes=["background", "infection"], input_size=(16, 32, 32), normalisation={},
+                    thresholds={"foreground": 0.5},
+                    extra={"sigma": 2.0, "spatial_dims": 3, "hu_range": [-1000.0, 500.0]})
+    return str(path)
+
+
+def test_guidance_and_simulated_clicks_in_3d():
+    from monai.apps.deepgrow.transforms import AddGuidanceSignald
+
+    g = guidance_signal((12, 20, 20), [(3, 5, 6)], [(9, 14, 12), (8, 2, 2)], 2.0)
+    ref = AddGuidanceSignald(sigma=2, number_intensity_ch=0)(
+        {"image": np.zeros((1, 12, 20, 20), np.float32),
+         "guidance": [[[3, 5, 6], [-1, -1, -1]], [[9, 14, 12], [8, 2, 2]]]})["image"]
+    assert g.shape == (2, 12, 20, 20)
+    np.testing.assert_allclose(g, ref, atol=0.02)
+    _, truth, _, _ = _volume()
+    rng = np.random.default_rng(0)
+    pos, p = next_click(truth, np.zeros_like(truth), rng)
+    assert pos and len(p) == 3 and truth[p]
+    pred = truth.copy()
+    pred[1:5, 30:38, 2:10] = 1  # a false box larger than any miss
+    pos, p = next_click(truth, pred, rng)
+    assert not pos and pred[p] and not truth[p]
+    bad = corrupt_mask(truth, rng)
+    assert bad.shape == truth.shape and bad.dtype == np.uint8
+
+
+def test_refine_volume_with_a_3d_model(stub_model_3d):
+    vol, truth, a, b = _volume()
+    mask = truth.copy()
+    mask[b[0] - 5: b[0] + 5, b[1] - 5: b[1] + 5, b[2] - 5: b[2] + 5] = 0  # lesion B missed
+    mask[2:5, 30:35, 3:8] = 1  # a false region
+    click_b = Click(b[2], b[1], True, z=b[0])
+    out = refine_volume(vol, mask, [click_b], is_hu=True, model=stub_model_3d, spacing=(2.0, 2.0, 2.0))
+    assert out.shape == vol.shape and out.dtype == np.uint8
+    assert out[b] == 1 and out[b[0] - 1, b[1], b[2]] == 1 and out[b[0] + 1, b[1], b[2]] == 1  # grows in 3-D
+    assert out[a] == 1 and out[2:5, 30:35, 3:8].all()  # the rest is kept
+    out2 = refine_volume(vol, out, [click_b, Click(5, 32, False, z=3)], is_hu=True, model=stub_model_3d,
+                         spacing=(2.0, 2.0, 2.0))
+    assert not out2[2:5, 30:35, 3:8].any() and out2[b] == 1 and out2[a] == 1  # negative removes the false region
+    first = refine_volume(vol, None, [Click(a[2], a[1], True, z=a[0])], is_hu=True, model=stub_model_3d)
+    assert first[a] == 1 and first[b] == 0
+    with pytest.raises(UnsupportedInput, match="3-D refinement model"):
+        refine(vol[a[0]], None, [Click(3, 3, True)], is_hu=True, model=stub_model_3d)
+    with pytest.raises(UnsupportedInput, match="HU"):
+        refine_volume(vol, None, [Click(3, 3, True, z=1)], is_hu=False, model=stub_model_3d)
+    with pytest.raises(CovidCTError, match="outside"):
+        refine_volume(vol, None, [Click(300, 3, True, z=1)], is_hu=True, model=stub_model_3d)
+
+
+def test_interactive_training_3d_runs(tmp_path):
+    """The same ``kind: interactive`` config with a 3-D network trains on whole volumes; the run refines volumes
+    through refine_volume and the CLI's --slice."""
+    from covidct.cli import main
+    from covidct.io import read_label_png, save_ct_nifti
+    from covidct.train import train
+    from covidct.volume import CT, affine_from_spacing
+
+    recs = []
+    for c in range(4):
+        vol, truth, _, _ = _volume(14, 32, 32)  # padded to 16 x 32 x 32
+        shift = 2 * c - 3
+        recs.append({"image": np.roll(vol, shift, axis=2), "lesions": np.roll(truth, shift, axis=2),
+                     "lungs": None, "spacing": (2.0, 2.0, 2.0), "case": f"v{c}", "id": f"v{c}", "group": f"v{c}",
+                     "meta": {}})
+    cfg = {"kind": "interactive", "name": "tiny_refine3d",
+           "data": {"sources": [{"name": "unused"}], "split": {"fractions": [0.5, 0.5, 0.0], "seed": 0}},
+           "model": {"name": "unet3d", "kwargs": {"channels": [4, 8], "strides": [2], "num_res_units": 0,
+                                                  "norm": "instance"}},
+           "optimizer": {"name": "adam", "lr": 0.01},
+           "train": {"steps": 4, "batch_size": 2, "val_every": 2},
+           "clicks": {"sigma": 1.5, "max_rounds": 2, "val_clicks": [1, 2]},
+           "output": {"run_dir": str(tmp_path / "r3"), "tensorboard": False}}
+    run = train(cfg, records=recs, verbose=False)
+    card = __import__("json").loads((run / "card.json").read_text())
+    assert card["data"]["n_volumes"] == {"train": 2, "val": 2}
+    vol, _, a, _ = _volume(14, 32, 32)
+    out = refine_volume(vol, None, [Click(a[2], a[1], True, z=a[0])], is_hu=True, model=str(run))
+    assert out.shape == vol.shape and out[a] == 1
+    ct = CT(array=vol, spacing=(2.0, 2.0, 2.0), affine=affine_from_spacing((2.0, 2.0, 2.0)), is_hu=True, kind="array")
+    nii = save_ct_nifti(ct, tmp_path / "v.nii.gz")
+    assert main(["refine", str(nii), "--slice", "6", "--click", "12,12,pos", "--model", str(run),
+                 "-o", str(tmp_path / "o.png")]) == 0
+    assert read_label_png(tmp_path / "o.png").shape == (32, 32)

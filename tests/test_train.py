@@ -189,3 +189,19 @@ def test_init_from_loads_weights_for_fine_tuning(tmp_path):
         assert torch.allclose(a.float(), b.float(), atol=1e-3), name  # checkpoints store fp16
     with pytest.raises(ConfigError, match="does not fit"):
         init_weights(build_model("unet", 1, 2, channels=[8, 16], strides=[2], num_res_units=0), str(path))
+
+
+def test_config_overrides_from_the_command_line():
+    from covidct.errors import ConfigError
+    from covidct.train.config import apply_overrides
+
+    raw = {"name": "x", "train": {"epochs": 3}, "model": {"name": "unet"}}
+    out = apply_overrides(raw, ["train.max_minutes=8", "model.kwargs.channels=[8, 16]", "optimizer.lr=3e-4",
+                                "schedule.name=cosine"])
+    assert out["train"] == {"epochs": 3, "max_minutes": 8}
+    assert out["model"] == {"name": "unet", "kwargs": {"channels": [8, 16]}}
+    assert out["optimizer"]["lr"] == 3e-4 and out["schedule"]["name"] == "cosine"
+    assert raw["train"] == {"epochs": 3}  # the input is not changed
+    for bad in ("train.epochs", "=3", "train..epochs=2", "model.name.x=1"):
+        with pytest.raises(ConfigError):
+            apply_overrides(raw, [bad])

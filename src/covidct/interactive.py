@@ -12,6 +12,11 @@ click never does (the region of the mask around it, up to a local radius, is rem
 
 The model is loaded once per process and the normalised slice is cached, so a click on a 512² slice
 costs one forward pass at the model's 256² grid (see docs/BENCHMARKS.md for the measured time).
+
+Volumes: :func:`refine_volume` takes clicks with a slice index. With a 2-D model it refines each clicked
+slice; with a 3-D refinement model (same four channels in 3-D, clicks as 3-D Gaussians, trained by the
+same ``kind: interactive`` config with a 3-D network: ``configs/refine3d_phantom.yaml``) it refines the
+whole volume in one sliding-window pass, with the same two rules applied in 3-D.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import numpy as np
 
 from covidct.errors import CovidCTError, ModelError, UnsupportedInput
 
-__all__ = ["Click", "refine", "refine_volume", "parse_click"]
+__all__ = ["Click", "refine", "refine_volume", "parse_click", "model_spatial_dims"]
 
 
 @dataclass(frozen=True)
@@ -59,29 +64,38 @@ def parse_click(text: str) -> Click:
 # --- guidance (the encoding the refine model was trained with) -------------------------------------
 
 
-def guidance_signal(shape: tuple[int, int], pos: list[tuple[float, float]], neg: list[tuple[float, float]],
-                    sigma: float) -> np.ndarray:
-    """(2, H, W) float32 positive/negative guidance maps from (row, col) points on the model grid.
+def guidance_signal(shape: tuple[int, ...], pos: list[tuple[float, ...]], neg: list[tuple[float, ...]],
+                    sigma: float | Sequence[float]) -> np.ndarray:
+    """(2, *shape) float32 positive/negative guidance maps from points (row, col) — or (z, row, col) for a
+    volume — on the model grid; ``sigma`` in grid units, one value or one per axis.
 
     The encoding of MONAI deepgrow's ``AddGuidanceSignald`` (a one at each click, Gaussian filter, min-max
-    scaled per channel), written in closed form: ~50x faster than the convolution at 256² and equal to it
-    up to the kernel's discretisation (tests/test_interactive.py compares the two).
+    scaled per channel), written in closed form as a product of 1-D Gaussians: ~50x faster than the
+    convolution at 256² and equal to it up to the kernel's discretisation (tests/test_interactive.py
+    compares the two).
     """
-    h, w = shape
-    out = np.zeros((2, h, w), np.float32)
-    rows, cols = np.arange(h, dtype=np.float32)[:, None], np.arange(w, dtype=np.float32)[None, :]
+    nd = len(shape)
+    sig = [float(sigma)] * nd if np.isscalar(sigma) else [float(v) for v in sigma]
+    out = np.zeros((2, *shape), np.float32)
+    axes = [np.arange(n, dtype=np.float32) for n in shape]
     for ch, pts in enumerate((pos, neg)):
-        for r, c in pts:
-            r, c = min(max(int(round(r)), 0), h - 1), min(max(int(round(c)), 0), w - 1)
-            out[ch] += np.exp(-((rows - r) ** 2) / (2 * sigma**2)) * np.exp(-((cols - c) ** 2) / (2 * sigma**2))
+        for p in pts:
+            g = np.ones((1,) * nd, np.float32)
+            for a, (coord, n, sg) in enumerate(zip(p, shape, sig, strict=True)):
+                c = min(max(int(round(coord)), 0), n - 1)
+                prof = np.exp(-((axes[a] - c) ** 2) / (2 * sg**2)).reshape([-1 if i == a else 1 for i in range(nd)])
+                g = g * prof
+            out[ch] += g
         lo, hi = out[ch].min(), out[ch].max()
         if hi > lo:
             out[ch] = (out[ch] - lo) / (hi - lo)
     return out
 
 
-def model_input(image01: np.ndarray, prior: np.ndarray, pos: list, neg: list, sigma: float) -> np.ndarray:
-    """(4, H, W) network input from a model-space image, the current mask and clicks (row, col)."""
+def model_input(image01: np.ndarray, prior: np.ndarray, pos: list, neg: list,
+                sigma: float | Sequence[float]) -> np.ndarray:
+    """(4, H, W) — or (4, z, H, W) — network input from a model-space image, the current mask and clicks
+    (points in array order)."""
     g = guidance_signal(image01.shape, pos, neg, sigma)
     return np.concatenate([image01[None], (np.asarray(prior) > 0)[None].astype(np.float32), g]).astype(np.float32)
 
@@ -98,6 +112,11 @@ def _load(model: str):
     if info.get("task") != "refine" or (info.get("model") or {}).get("in_channels") != 4:
         raise ModelError(f"model {model!r} is not a click-refinement model (task {info.get('task')!r})")
     return net, info
+
+
+def model_spatial_dims(model: str) -> int:
+    """2 for a slice refinement model (the shipped ``refine``), 3 for a volume one; ModelError if not a refine model."""
+    return int(_load(model)[1].get("spatial_dims", 2))
 
 
 def _model_image(image: np.ndarray, is_hu: bool, info: dict) -> np.ndarray:
@@ -166,6 +185,9 @@ def refine(image_hw: np.ndarray, mask_hw: np.ndarray | None, clicks: Sequence[Cl
     if not clicks:
         return np.zeros((h, w), np.uint8) if prior is None else prior.copy()
     net, info = _load(model)
+    if info.get("spatial_dims") == 3:
+        raise UnsupportedInput(f"model {model!r} is a 3-D refinement model: give it a volume (refine_volume, "
+                               "or covidct refine VOLUME --slice Z)")
     size = tuple(info.get("input_size") or (256, 256))
     x01 = _model_image(img, bool(is_hu), info)
     if prior is None:
@@ -192,26 +214,46 @@ def refine(image_hw: np.ndarray, mask_hw: np.ndarray | None, clicks: Sequence[Cl
         torch.set_num_threads(threads)
     prob = prob[0, 0].numpy()
     thr = float((info.get("thresholds") or {}).get("foreground", 0.5))
-    new = prob >= thr if prior is None else _local_update(prior > 0, prob >= thr, clicks)
-    return _honour_clicks(prob, new, clicks)
+    points = [(c.y, c.x) for c in clicks]
+    r_near, r_min, r_neg = _radii((h, w), None)
+    new = prob >= thr if prior is None else _local_update(prior > 0, prob >= thr, points, r_near)
+    return _honour_clicks(prob, new, points, [c.positive for c in clicks], r_min, r_neg)
 
 
-def _local_update(prior: np.ndarray, new: np.ndarray, clicks: Sequence[Click]) -> np.ndarray:
+def _radii(shape: tuple[int, ...], spacing: Sequence[float] | None) -> tuple[tuple[float, ...], ...]:
+    """Per-axis radii (grid units) of a click's reach: (changes accepted near it, the smallest region a
+    positive click makes, how far a negative click clears). In-plane they scale with the slice (1/16,
+    1/128, 1/12 of it: ~32, 4 and 43 px on 512²); along z of a volume they cover the same millimetres."""
+    h, w = shape[-2:]
+    near, small, clear = max(4, round(min(h, w) / 16)), max(2, round(min(h, w) / 128)), max(8, round(min(h, w) / 12))
+    if len(shape) == 2:
+        return (near, near), (small, small), (clear, clear)
+    ratio = 1.0 if spacing is None else float(min(spacing[1], spacing[2])) / float(spacing[0])
+    return tuple((r * ratio, r, r) for r in (near, small, clear))
+
+
+def _ellipsoid(shape: tuple[int, ...], centre: Sequence[int], radii: Sequence[float]) -> np.ndarray:
+    """Boolean ellipsoid (disc in 2-D) of per-axis ``radii`` around ``centre``; a radius below 1 keeps that axis
+    to the centre's own index."""
+    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
+    d = sum(((g - c) / max(float(r), 0.5)) ** 2 for g, c, r in zip(grids, centre, radii, strict=True))
+    return d <= 1.0
+
+
+def _local_update(prior: np.ndarray, new: np.ndarray, points: Sequence[Sequence[int]],
+                  radii: Sequence[float]) -> np.ndarray:
     """Accept the network's changes to ``prior`` only where they answer a click: each connected region of
-    change (added or removed pixels) is taken if it reaches within ~1/16 of the slice of a click, else
-    the prior stays. A click then never erases or adds lesions elsewhere on the slice (the network
-    re-segments the whole slice on every click)."""
+    change (added or removed voxels) is taken if it reaches within ``radii`` of a click (~1/16 of the
+    slice), else the prior stays. A click then never erases or adds lesions elsewhere (the network
+    re-segments the whole slice or volume on every click)."""
     from scipy import ndimage
 
-    h, w = prior.shape
     changed = new != prior
     if not changed.any():
         return prior.copy()
-    r = max(4, int(round(min(h, w) / 16)))
-    yy, xx = np.ogrid[:h, :w]
-    near = np.zeros((h, w), bool)
-    for c in clicks:
-        near |= (yy - c.y) ** 2 + (xx - c.x) ** 2 <= r * r
+    near = np.zeros(prior.shape, bool)
+    for p in points:
+        near |= _ellipsoid(prior.shape, p, radii)
     lbl, _ = ndimage.label(changed)
     keep = np.unique(lbl[near & changed])
     out = prior.copy()
@@ -220,34 +262,35 @@ def _local_update(prior: np.ndarray, new: np.ndarray, clicks: Sequence[Click]) -
     return out
 
 
-def _honour_clicks(prob: np.ndarray, mask: np.ndarray, clicks: Sequence[Click]) -> np.ndarray:
-    """Make each click hold: positives inside the mask, negatives outside (latest click wins on a pixel)."""
+def _honour_clicks(prob: np.ndarray, mask: np.ndarray, points: Sequence[Sequence[int]], positives: Sequence[bool],
+                   r_min: Sequence[float], r_neg: Sequence[float]) -> np.ndarray:
+    """Make each click hold: positives inside the mask, negatives outside (latest click wins on a voxel)."""
     from scipy import ndimage
 
-    h, w = mask.shape
-    r_min = max(2, int(round(min(h, w) / 128)))  # ~4 px on a 512² slice
-    r_neg = max(8, int(round(min(h, w) / 12)))  # how far a negative click clears a region around it
-    yy, xx = np.ogrid[:h, :w]
-    m = mask.copy()
-    for c in clicks:
-        disc = (yy - c.y) ** 2 + (xx - c.x) ** 2 <= r_min**2
-        if c.positive and not m[c.y, c.x]:
+    m = mask.astype(bool, copy=True)
+    for p, positive in zip(points, positives, strict=True):
+        p = tuple(int(v) for v in p)
+        small = _ellipsoid(m.shape, p, r_min)
+        if positive and not m[p]:
             lbl, _ = ndimage.label(prob >= 0.25)
-            grown = (lbl == lbl[c.y, c.x]) if lbl[c.y, c.x] else np.zeros_like(m)
-            m |= (grown & ((yy - c.y) ** 2 + (xx - c.x) ** 2 <= r_neg**2)) | disc
-        elif not c.positive and m[c.y, c.x]:
+            grown = (lbl == lbl[p]) if lbl[p] else np.zeros_like(m)
+            m |= (grown & _ellipsoid(m.shape, p, r_neg)) | small
+        elif not positive and m[p]:
             lbl, _ = ndimage.label(m)
-            near = (yy - c.y) ** 2 + (xx - c.x) ** 2 <= r_neg**2
-            m &= ~((lbl == lbl[c.y, c.x]) & near)
-            m &= ~disc
+            m &= ~((lbl == lbl[p]) & _ellipsoid(m.shape, p, r_neg))
+            m &= ~small
     return m.astype(np.uint8)
 
 
 def refine_volume(volume_zyx: np.ndarray, mask_zyx: np.ndarray | None, clicks: Sequence[Click], *, is_hu: bool,
-                  model: str = "refine") -> np.ndarray:
-    """Refined lesion mask (z, y, x) uint8 of a volume: each clicked slice (``Click.z``) refined with its clicks.
+                  model: str = "refine", spacing: Sequence[float] | None = None) -> np.ndarray:
+    """Refined lesion mask (z, y, x) uint8 of a volume after ``clicks`` (each with its slice index ``Click.z``).
 
-    Same contract as :func:`refine` (whole click history, latest mask); slices without clicks keep the mask.
+    Same contract as :func:`refine` (whole click history, latest mask). With a 2-D refinement model (the
+    shipped ``refine``) each clicked slice is refined with its own clicks and the other slices keep the
+    mask; with a 3-D one (``kind: interactive`` trained with a 3-D network, e.g.
+    ``configs/refine3d_phantom.yaml``) the whole volume is refined at once, so a click also reaches the
+    neighbouring slices of the lesion. ``spacing`` (z, y, x mm) scales a click's reach along z.
     """
     vol = np.asarray(volume_zyx)
     if vol.ndim != 3:
@@ -261,7 +304,42 @@ def refine_volume(volume_zyx: np.ndarray, mask_zyx: np.ndarray | None, clicks: S
             raise CovidCTError(f"refine_volume: every click needs a slice index z, got {c!r}")
         if not 0 <= c.z < vol.shape[0]:
             raise CovidCTError(f"click slice z={c.z} outside the volume's {vol.shape[0]} slices")
+        if not (0 <= c.x < vol.shape[2] and 0 <= c.y < vol.shape[1]):
+            raise CovidCTError(f"click ({c.x}, {c.y}) lies outside the {vol.shape[2]}x{vol.shape[1]} slices")
         by_z.setdefault(int(c.z), []).append(c)
+    if not clicks:
+        return out
+    net, info = _load(model)
+    if info.get("spatial_dims") == 3:
+        return _refine_3d(vol, None if mask_zyx is None else out, clicks, bool(is_hu), net, info, spacing)
     for z, cl in by_z.items():
         out[z] = refine(vol[z], out[z] if mask_zyx is not None else None, cl, is_hu=is_hu, model=model)
     return out
+
+
+def _refine_3d(vol: np.ndarray, prior: np.ndarray | None, clicks: Sequence[Click], is_hu: bool, net, info: dict,
+               spacing: Sequence[float] | None) -> np.ndarray:
+    """One pass of a 3-D refinement network over the whole volume (sliding windows of its training size)."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    if not is_hu:
+        raise UnsupportedInput("3-D refinement models were trained on HU volumes; this input has display intensities")
+    if not np.isfinite(vol).all():
+        raise UnsupportedInput("refine_volume: the volume must hold finite numbers")
+    ex = info.get("extra") or {}
+    lo, hi = ex.get("hu_range", (-1000.0, 500.0))
+    x01 = np.clip((vol.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
+    points = [(int(c.z), c.y, c.x) for c in clicks]
+    pos = [p for p, c in zip(points, clicks, strict=True) if c.positive]
+    neg = [p for p, c in zip(points, clicks, strict=True) if not c.positive]
+    cur = np.zeros(vol.shape, np.uint8) if prior is None else prior
+    x = torch.from_numpy(model_input(x01, cur, pos, neg, ex.get("sigma", 2.0)))[None]
+    with torch.no_grad():
+        logits = sliding_window_inference(x, roi_size=tuple(int(v) for v in info.get("input_size")), sw_batch_size=2,
+                                          predictor=net, overlap=0.25, mode="gaussian")
+        prob = torch.softmax(logits.float(), 1)[0, 1].numpy()
+    thr = float((info.get("thresholds") or {}).get("foreground", 0.5))
+    r_near, r_min, r_neg = _radii(vol.shape, spacing)
+    new = prob >= thr if prior is None else _local_update(prior > 0, prob >= thr, points, r_near)
+    return _honour_clicks(prob, new, points, [c.positive for c in clicks], r_min, r_neg)

@@ -24,11 +24,12 @@ def register(app: typer.Typer) -> None:
                                   "or for a volume a NIfTI mask on the volume's grid."),
         slice_index: int = typer.Option(None, "--slice", metavar="Z", help="Slice index of a volume (canonical order, "
                                         "inferior to superior; X, Y in covidct's radiological view of that slice)."),
-        model: str = typer.Option("refine", "--model", help="Shipped model name, checkpoint (.pt) or run folder."),
+        model: str = typer.Option("refine", "--model", help="Shipped model name, checkpoint (.pt) or run folder; "
+                                  "a 3-D refinement model (configs/refine3d_phantom.yaml) refines the whole volume."),
     ) -> None:
         """Refine a lesion mask with positive/negative clicks; writes OUT as a label PNG like `covidct segment --task infection`."""
         from covidct.errors import UnsupportedInput
-        from covidct.interactive import parse_click
+        from covidct.interactive import Click, model_spatial_dims, parse_click, refine_volume
         from covidct.interactive import refine as refine_fn
         from covidct.io import load_ct, read_label_png, save_label_png, save_mask_nifti
 
@@ -55,12 +56,21 @@ def register(app: typer.Typer) -> None:
                 if prior.shape != ct.shape[1:]:
                     raise UnsupportedInput(f"--mask {mask}: size {prior.shape[1]}x{prior.shape[0]} differs from "
                                            f"the image's {ct.shape[2]}x{ct.shape[1]}")
-        out = refine_fn(ct.array[z], prior, clicks, is_hu=ct.is_hu, model=model)
-        if _is_nifti(output):
-            if not volume:
-                raise UnsupportedInput("a NIfTI output needs a volume IMAGE; use OUT.png for a slice")
+        if _is_nifti(output) and not volume:
+            raise UnsupportedInput("a NIfTI output needs a volume IMAGE; use OUT.png for a slice")
+        if volume and model_spatial_dims(model) == 3:
+            # a 3-D refinement model sees the whole volume: the clicks (on slice Z) reach neighbouring slices
+            if prior_vol is None and prior is not None:
+                prior_vol = np.zeros(ct.shape, np.uint8)
+                prior_vol[z] = prior
+            clicks_z = [Click(c.x, c.y, c.positive, z) for c in clicks]
+            full = refine_volume(ct.array, prior_vol, clicks_z, is_hu=ct.is_hu, model=model, spacing=ct.spacing)
+            out = full[z]
+        else:
+            out = refine_fn(ct.array[z], prior, clicks, is_hu=ct.is_hu, model=model)
             full = np.zeros(ct.shape, np.uint8) if prior_vol is None else prior_vol
             full[z] = out
+        if _is_nifti(output):
             save_mask_nifti(full, ct, output)
         else:
             save_label_png(out, output)

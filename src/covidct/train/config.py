@@ -379,14 +379,14 @@ def dump_config(cfg: Config, path: str | Path) -> Path:
 # --- grids --------------------------------------------------------------------------------------------
 
 
-def _set_dotted(d: dict, dotted: str, value: Any) -> None:
+def _set_dotted(d: dict, dotted: str, value: Any, where: str = "grid") -> None:
     parts = dotted.split(".")
     cur = d
     for p in parts[:-1]:
         if cur.get(p) is None:
             cur[p] = {}
         if not isinstance(cur[p], dict):
-            raise ConfigError(f"grid.{dotted}: {p} is not a mapping")
+            raise ConfigError(f"{where}.{dotted}: {p} is not a mapping")
         cur = cur[p]
     cur[parts[-1]] = copy.deepcopy(value)
 
@@ -455,3 +455,25 @@ def load_raw(source: str | Path | dict) -> dict:
         raise ConfigError(f"config: {path} must hold a mapping")
     raw.setdefault("name", path.stem)
     return raw
+
+
+def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
+    """``raw`` with ``KEY=VALUE`` overrides applied (dotted keys, YAML values: ``train.max_minutes=8``,
+    ``model.kwargs.channels=[8,16,32]``). Grid variants are expanded afterwards, so a grid key wins over an
+    override of the same key. ConfigError on a malformed override; the schema check comes later as usual."""
+    out = copy.deepcopy(raw)
+    for text in overrides or []:
+        key, sep, value = str(text).partition("=")
+        if not sep or not key.strip() or any(not p for p in key.strip().split(".")):
+            raise ConfigError(f"--set {text!r}: expected KEY=VALUE with a dotted KEY, e.g. train.max_minutes=8")
+        try:
+            val = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {text!r}: the value is not valid YAML") from e
+        if isinstance(val, str):  # YAML 1.1 reads 3e-4 as text; a number is meant
+            try:
+                val = float(val)
+            except ValueError:
+                pass
+        _set_dotted(out, key.strip(), val, where="--set")
+    return out

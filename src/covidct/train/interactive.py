@@ -71,14 +71,16 @@ class InteractiveConfig:
     clicks: ClickConfig = field(default_factory=ClickConfig)
     augment: dict = field(default_factory=lambda: {"flip_prob": 0.5})
     normalisation: dict | None = None
+    volume: dict = field(default_factory=lambda: {"hu_range": [-1000.0, 500.0]})  # 3-D: HU clip -> [0, 1]
     output: dict = field(default_factory=lambda: {"run_dir": "runs/{name}", "tensorboard": True})
 
 
 # --- guidance -----------------------------------------------------------------------------------
 
 
-def next_click(label: np.ndarray, pred: np.ndarray, rng: np.random.Generator) -> tuple[bool, tuple[int, int]] | None:
-    """(positive?, (row, col)) of a simulated click on the larger error region, or None when no error.
+def next_click(label: np.ndarray, pred: np.ndarray, rng: np.random.Generator) -> tuple[bool, tuple[int, ...]] | None:
+    """(positive?, (row, col)) — (z, row, col) for a volume — of a simulated click on the larger error region,
+    or None when no error.
 
     MONAI deepgrow's ``FindDiscrepancyRegionsd`` gives the missed / false regions; ``AddRandomGuidanced``
     draws a point with probability rising with its distance to the region border (a user clicks inside).
@@ -89,19 +91,25 @@ def next_click(label: np.ndarray, pred: np.ndarray, rng: np.random.Generator) ->
     arg = AddRandomGuidanced()
     arg.set_random_state(int(rng.integers(2**31)))
     pos, neg = arg.add_guidance(disc, True)
+    nd = np.asarray(label).ndim
     if pos is not None:
-        return True, (int(pos[-2]), int(pos[-1]))
+        return True, tuple(int(v) for v in pos[-nd:])
     if neg is not None:
-        return False, (int(neg[-2]), int(neg[-1]))
+        return False, tuple(int(v) for v in neg[-nd:])
     return None
 
 
 def corrupt_mask(label: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A plausible automatic result: the label grown or shrunk, a piece missed, a false blob added."""
+    """A plausible automatic result: the label grown or shrunk, a piece missed, a false blob added.
+
+    Works on a slice (H, W) or a volume (z, H, W); in a volume the boxes and blobs keep the in-plane sizes
+    of a slice and scale along z with the number of slices.
+    """
     from scipy import ndimage
 
     m = np.asarray(label) > 0
-    h, w = m.shape
+    h, w = m.shape[-2:]
+    zscale = [m.shape[0] / h] if m.ndim == 3 else []
     k = int(rng.integers(0, 4))
     if k and rng.random() < 0.5:
         m = ndimage.binary_dilation(m, iterations=k)
@@ -112,14 +120,16 @@ def corrupt_mask(label: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         drop = rng.choice(np.arange(1, n + 1), size=max(1, int(rng.integers(1, n + 1)) // 2), replace=False)
         m &= ~np.isin(lbl, drop)
     if rng.random() < 0.5:  # miss a part of one
-        cy, cx = rng.integers(0, h), rng.integers(0, w)
+        centre = [int(rng.integers(0, s)) for s in m.shape]
         r = int(rng.integers(h // 16, h // 5))
-        m[max(cy - r, 0): cy + r, max(cx - r, 0): cx + r] = False
+        radii = [max(1, round(r * z)) for z in zscale] + [r, r]
+        m[tuple(slice(max(c - q, 0), c + q) for c, q in zip(centre, radii, strict=True))] = False
     for _ in range(int(rng.integers(0, 3))):  # false blobs
-        cy, cx = rng.integers(h // 8, 7 * h // 8), rng.integers(w // 8, 7 * w // 8)
-        ry, rx = rng.integers(h // 40 + 1, h // 10 + 2, 2)
-        yy, xx = np.ogrid[:h, :w]
-        m |= ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+        centre = [int(rng.integers(s // 8, 7 * s // 8)) for s in m.shape]
+        ryx = rng.integers(h // 40 + 1, h // 10 + 2, 2)
+        radii = [max(1.0, float(ryx[0]) * z) for z in zscale] + [float(r) for r in ryx]
+        grids = np.ogrid[tuple(slice(0, s) for s in m.shape)]
+        m |= sum(((g - c) / r) ** 2 for g, c, r in zip(grids, centre, radii, strict=True)) <= 1
     return m.astype(np.uint8)
 
 
@@ -143,6 +153,33 @@ def prepare_slices(records: list[dict], size: int, norm) -> tuple[np.ndarray, np
     if not imgs:
         raise ConfigError("data: no slices with an infection label in the configured sources")
     return np.stack(imgs).astype(np.float32), np.stack(labs).astype(np.uint8), ids
+
+
+def prepare_volumes(records: list[dict], hu_range: list[float]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(N, z, y, x) volumes scaled to [0, 1] from ``hu_range`` (as 3-D segmentation training does), their
+    (N, z, y, x) infection labels and ids. The volumes are used whole, so they must share one shape; each
+    axis is padded to a multiple of 8."""
+    from covidct.train.volumes import task_label3d
+
+    lo, hi = (float(v) for v in hu_range)
+    imgs, labs, ids = [], [], []
+    for r in records:
+        if r.get("lesions") is None:
+            continue
+        img = np.asarray(r["image"], np.float32)
+        imgs.append(np.clip((img - lo) / (hi - lo), 0.0, 1.0))
+        labs.append(task_label3d(None, r["lesions"], "infection"))
+        ids.append(r["id"])
+    if not imgs:
+        raise ConfigError("data: no volumes with a lesion label in the configured sources")
+    if len({i.shape for i in imgs}) > 1:
+        raise ConfigError(f"data: 3-D interactive training uses whole volumes of one shape, got "
+                          f"{sorted({i.shape for i in imgs})} (resample them to one grid first)")
+    # pad the far end of each axis to a multiple of 8 (the U-Net's three halvings) with air and no lesion
+    pad = [(0, -n % 8) for n in imgs[0].shape]
+    imgs = [np.pad(i, pad) for i in imgs]
+    labs = [np.pad(lab, pad) for lab in labs]
+    return np.stack(imgs), np.stack(labs).astype(np.uint8), ids
 
 
 # --- simulation ---------------------------------------------------------------------------------
@@ -212,7 +249,7 @@ def train_interactive(raw: dict, run_dir: str | Path | None = None, resume: bool
     from monai.utils import set_determinism
 
     from covidct.models.checkpoint import save_checkpoint, write_card
-    from covidct.models.registry import TASK_KIND, build_model
+    from covidct.models.registry import SPATIAL_DIMS, TASK_KIND, build_model
     from covidct.preprocess import NormalisationConfig
     from covidct.train import datasets as ds
     from covidct.train.config import DataConfig, LossConfig, OptimizerConfig, ScheduleConfig, _build
@@ -225,11 +262,12 @@ def train_interactive(raw: dict, run_dir: str | Path | None = None, resume: bool
     ocfg = _build(OptimizerConfig, cfg.optimizer, "optimizer")
     _build(ScheduleConfig, cfg.schedule, "schedule")
     if TASK_KIND.get(cfg.model.get("name")) != "segmentation":
-        raise ConfigError(f"model.name: {cfg.model.get('name')!r} is not a 2-D segmentation model")
+        raise ConfigError(f"model.name: {cfg.model.get('name')!r} is not a segmentation model")
+    dims = SPATIAL_DIMS.get(cfg.model["name"], 2)  # 3: whole volumes, clicks with a slice index
     if not data.sources:
         raise ConfigError("data.sources: at least one source is required")
     t, cc = cfg.train, cfg.clicks
-    if t.input_size % 16 or t.input_size < 32:
+    if dims == 2 and (t.input_size % 16 or t.input_size < 32):
         raise ConfigError(f"train.input_size: must be a multiple of 16 (>= 32), got {t.input_size}")
     say = print if verbose else (lambda *a, **k: None)
     run_dir = Path(run_dir or cfg.output.get("run_dir", "runs/{name}").format(name=cfg.name))
@@ -244,20 +282,31 @@ def train_interactive(raw: dict, run_dir: str | Path | None = None, resume: bool
     norm = NormalisationConfig.from_dict(cfg.normalisation)
 
     if records is None:
-        records = ds.load_records(data.sources)
+        if dims == 3:
+            from covidct.train.volumes import load_volume_records
+
+            records = load_volume_records(data.sources)
+        else:
+            records = ds.load_records(data.sources)
     split = ds.split_records(records, data.split.fractions, data.split.seed)
     ds.check_split(records, split)
     by_id = {r["id"]: r for r in records}
     (run_dir / "split.json").write_text(json.dumps({"splits": split, "seed": data.split.seed}, indent=1) + "\n")
-    tr_img, tr_lab, _ = prepare_slices([by_id[i] for i in split["train"]], t.input_size, norm)
+    hu_range = [float(v) for v in cfg.volume.get("hu_range", [-1000.0, 500.0])]
+
+    def prepare(recs: list[dict]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        return prepare_volumes(recs, hu_range) if dims == 3 else prepare_slices(recs, t.input_size, norm)
+
+    tr_img, tr_lab, _ = prepare([by_id[i] for i in split["train"]])
     val_recs = [by_id[i] for i in split["val"]]
     va_img = va_lab = None
     if val_recs:
-        va_img, va_lab, _ = prepare_slices(val_recs, t.input_size, norm)
+        va_img, va_lab, _ = prepare(val_recs)
         if t.val_slices:
             keep = np.random.default_rng(0).permutation(len(va_img))[: t.val_slices]
             va_img, va_lab = va_img[keep], va_lab[keep]
-    say(f"[{cfg.name}] interactive: train {len(tr_img)} slices, val {0 if va_img is None else len(va_img)}; "
+    unit = "volumes" if dims == 3 else "slices"
+    say(f"[{cfg.name}] interactive: train {len(tr_img)} {unit}, val {0 if va_img is None else len(va_img)}; "
         f"device={device}", flush=True)
 
     mk = dict(cfg.model.get("kwargs") or {})
@@ -274,8 +323,12 @@ def train_interactive(raw: dict, run_dir: str | Path | None = None, resume: bool
         writer = SummaryWriter(str(run_dir / "tb"))
     extra = {"interactive": True, "in_channels_meaning": ["image", "mask", "positive", "negative"],
              "sigma": cc.sigma}
+    size = (t.input_size, t.input_size)
+    if dims == 3:  # the network sees whole training volumes; inference slides windows of that size
+        extra.update({"spatial_dims": 3, "hu_range": hu_range})
+        size = tuple(int(n) for n in tr_img.shape[1:])
     ckpt = dict(name=cfg.model["name"], kwargs=mk, in_channels=IN_CHANNELS, out_channels=2, task="refine",
-                classes=CLASSES, input_size=(t.input_size, t.input_size), normalisation=norm.as_dict(),
+                classes=CLASSES, input_size=size, normalisation=norm.as_dict(),
                 thresholds={"foreground": t.threshold}, config=raw, extra=extra)
     flip = float(cfg.augment.get("flip_prob", 0.5))
     best, best_step, best_metrics, log, t_start, stopped = -1.0, 0, {}, [], time.time(), "steps"
@@ -285,8 +338,10 @@ def train_interactive(raw: dict, run_dir: str | Path | None = None, resume: bool
         imgs, labs = tr_img[idx].copy(), tr_lab[idx].copy()
         for i in range(len(idx)):  # flips (infection labels carry no left/right meaning)
             if rng.random() < flip:
-                imgs[i], labs[i] = imgs[i][:, ::-1], labs[i][:, ::-1]
+                imgs[i], labs[i] = imgs[i][..., ::-1], labs[i][..., ::-1]
             if rng.random() < flip:
+                imgs[i], labs[i] = imgs[i][..., ::-1, :], labs[i][..., ::-1, :]
+            if dims == 3 and rng.random() < flip:
                 imgs[i], labs[i] = imgs[i][::-1], labs[i][::-1]
         x = simulate_batch(model, np.ascontiguousarray(imgs), np.ascontiguousarray(labs), cc, rng, device)
         model.train()
@@ -328,11 +383,11 @@ def train_interactive(raw: dict, run_dir: str | Path | None = None, resume: bool
     elapsed = round(time.time() - t_start, 1)
     summary = {"name": cfg.name, "kind": "interactive", "best_step": best_step, "val": best_metrics,
                "steps_run": step, "stopped": stopped, "train_time_s": elapsed,
-               "n_slices": {"train": len(tr_img), "val": 0 if va_img is None else len(va_img)}}
+               f"n_{unit}": {"train": len(tr_img), "val": 0 if va_img is None else len(va_img)}}
     (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
     if best_path.is_file():
         write_card(run_dir / "card.json", best_path, name=cfg.name, version="0", task="refine", classes=CLASSES,
-                   data={"sources": raw.get("data", {}).get("sources"), "n_slices": summary["n_slices"]},
+                   data={"sources": raw.get("data", {}).get("sources"), f"n_{unit}": summary[f"n_{unit}"]},
                    split={k: sorted({ds._group(by_id[i]) for i in v}) for k, v in split.items()}, config=raw,
                    training_time_s=elapsed, metrics={"val": best_metrics},
                    command=f"covidct train {run_dir / 'config.resolved.yaml'}")

@@ -33,19 +33,29 @@ from covidct.models.checkpoint import save_checkpoint, write_card
 from covidct.models.registry import build_model
 from covidct.preprocess import NormalisationConfig
 from covidct.train import datasets as ds
-from covidct.train.config import Config, config_to_dict, dump_config, expand_grid, load_config, load_raw
+from covidct.train.config import (
+    Config,
+    apply_overrides,
+    config_to_dict,
+    dump_config,
+    expand_grid,
+    load_config,
+    load_raw,
+)
 from covidct.train.losses import apply_loss, build_loss, median_frequency_weights
 
 
 def train(config: str | Path | dict | Config, run_dir: str | Path | None = None, resume: bool = False, *,
-          records: list[dict] | None = None, verbose: bool = True) -> Path:
+          records: list[dict] | None = None, verbose: bool = True, overrides: list[str] | None = None) -> Path:
     """Train from a YAML path, dict or :class:`Config`; returns the run directory.
 
     A config with a ``grid:`` runs every variant into ``<run_dir>/<variant>/`` and returns
     ``<run_dir>`` (with ``grid_summary.csv``). ``records`` replaces the configured sources (tests,
-    notebooks). ``resume=True`` continues from ``<run_dir>/last.pt``.
+    notebooks). ``resume=True`` continues from ``<run_dir>/last.pt``. ``overrides``: ``KEY=VALUE`` strings
+    (:func:`covidct.train.config.apply_overrides`), e.g. a shortened CPU schedule of a paper's experiment.
     """
     raw = config_to_dict(config) if isinstance(config, Config) else load_raw(config)
+    raw = apply_overrides(raw, overrides)
     if raw.get("kind") in ("seg3d", "interactive"):  # 3-D and click-guided paths (own config sections)
         from covidct.train import interactive, volumes
 

@@ -583,6 +583,11 @@ def train_seg3d(raw: dict, run_dir: str | Path | None = None, resume: bool = Fal
 
     mk = dict(cfg.model.get("kwargs") or {})
     model = build_model(cfg.model["name"], 1, n_classes, **mk).to(device)
+    if cfg.model.get("init_from") and not (resume and last_path.is_file()):
+        from covidct.train.loop import init_weights
+
+        init_weights(model, str(cfg.model["init_from"]))  # fine-tuning: same architecture, new schedule
+        say(f"[{cfg.name}] weights initialised from {cfg.model['init_from']}", flush=True)
     loss_fn = build_loss(sh["loss"]).to(device)
 
     class _C:  # the 2-D helpers read cfg.optimizer / cfg.schedule / cfg.train.epochs
