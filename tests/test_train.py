@@ -205,3 +205,16 @@ def test_config_overrides_from_the_command_line():
     for bad in ("train.epochs", "=3", "train..epochs=2", "model.name.x=1"):
         with pytest.raises(ConfigError):
             apply_overrides(raw, [bad])
+
+
+def test_grid_variant_filter_and_overrides(tmp_path):
+    from covidct.errors import ConfigError
+    from covidct.train import train
+
+    cfg = tiny_config(grid={"optimizer.lr": [0.01, 0.001]}, train={"epochs": 1, "steps_per_epoch": 2})
+    parent = train(cfg, tmp_path / "g", records=disk_records(), verbose=False, variants=["*0.001"],
+                   overrides=["train.batch_size=2"])
+    assert sorted(p.name for p in parent.iterdir() if p.is_dir()) == ["lr-0.001"]
+    assert "batch_size: 2" in (parent / "lr-0.001" / "config.resolved.yaml").read_text()
+    with pytest.raises(ConfigError, match="no grid variant matches.*lr-0.01"):
+        train(cfg, tmp_path / "h", records=disk_records(), verbose=False, variants=["segnet*"])

@@ -64,17 +64,20 @@ def register(app: typer.Typer) -> None:
                                             help="Override a config value (dotted key, YAML value), repeatable: "
                                             "--set train.max_minutes=8 --set optimizer.lr=3e-4. Recorded in "
                                             "the run's config.resolved.yaml."),
+        variant: list[str] = typer.Option(None, "--variant", metavar="PATTERN",
+                                          help="Run only the grid variants whose name matches this glob "
+                                          "(repeatable), e.g. --variant '*seed-0'."),
     ) -> None:
         """Train a model from a config: writes config.resolved.yaml, split.json, best.pt, log.csv, TensorBoard
         logs, metrics.json and a model card into the run folder. A config with a grid: runs every variant.
 
         Example, a paper's grid on a shortened CPU schedule:
-        covidct train configs/seed004_binary.yaml --set train.max_minutes=6 --run-dir runs/seed004_short"""
+        covidct train configs/seed004_binary.yaml --set train.max_minutes=3 --variant '*seed-0'"""
         from covidct.train import train as run_training
 
         if not config.is_file():
             raise ConfigError(f"{config}: no such config file")
-        out = run_training(config, run_dir, resume=resume, overrides=overrides)
+        out = run_training(config, run_dir, resume=resume, overrides=overrides, variants=variant)
         typer.echo(f"run folder: {out}")
 
     @app.command()

@@ -46,13 +46,15 @@ from covidct.train.losses import apply_loss, build_loss, median_frequency_weight
 
 
 def train(config: str | Path | dict | Config, run_dir: str | Path | None = None, resume: bool = False, *,
-          records: list[dict] | None = None, verbose: bool = True, overrides: list[str] | None = None) -> Path:
+          records: list[dict] | None = None, verbose: bool = True, overrides: list[str] | None = None,
+          variants: list[str] | None = None) -> Path:
     """Train from a YAML path, dict or :class:`Config`; returns the run directory.
 
     A config with a ``grid:`` runs every variant into ``<run_dir>/<variant>/`` and returns
     ``<run_dir>`` (with ``grid_summary.csv``). ``records`` replaces the configured sources (tests,
     notebooks). ``resume=True`` continues from ``<run_dir>/last.pt``. ``overrides``: ``KEY=VALUE`` strings
     (:func:`covidct.train.config.apply_overrides`), e.g. a shortened CPU schedule of a paper's experiment.
+    ``variants``: glob patterns; only grid variants whose name matches one of them run (e.g. ``*seed-0``).
     """
     raw = config_to_dict(config) if isinstance(config, Config) else load_raw(config)
     raw = apply_overrides(raw, overrides)
@@ -61,13 +63,23 @@ def train(config: str | Path | dict | Config, run_dir: str | Path | None = None,
 
         fn = volumes.train_seg3d if raw["kind"] == "seg3d" else interactive.train_interactive
         return fn(raw, run_dir, resume, records=records, verbose=verbose)
-    variants = expand_grid(raw)
-    if len(variants) == 1:
-        return _train_one(load_config(variants[0][1]), run_dir, resume, records, verbose)
-    base = load_config(variants[0][1])  # validates the shared part once, names the parent dir
+    expanded = expand_grid(raw)
+    if variants:
+        from fnmatch import fnmatch
+
+        if not raw.get("grid"):
+            raise ConfigError("--variant: this config has no grid")
+        chosen = [(n, d) for n, d in expanded if any(fnmatch(n, p) for p in variants)]
+        if not chosen:
+            raise ConfigError(f"--variant {' '.join(variants)}: no grid variant matches; variants: "
+                              + ", ".join(n for n, _ in expanded))
+        expanded = chosen
+    if len(expanded) == 1 and not variants:
+        return _train_one(load_config(expanded[0][1]), run_dir, resume, records, verbose)
+    base = load_config(expanded[0][1])  # validates the shared part once, names the parent dir
     parent = Path(run_dir or base.output.run_dir.format(name=base.name))
     rows = []
-    for vname, d in variants:
+    for vname, d in expanded:
         d["name"] = f"{raw.get('name', 'run')}_{vname}"
         cfg = load_config(d)
         if verbose:
