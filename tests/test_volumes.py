@@ -14,6 +14,7 @@ from covidct.train.volumes import (
     predict_volume,
     probs_for_role,
     resampled_shape,
+    sliding_window_probs,
     task_label3d,
 )
 
@@ -66,6 +67,18 @@ class _Stub(torch.nn.Module):
         return torch.cat([-self.k * (x - 0.5), self.k * (x - 0.5)], 1)
 
 
+class _Shifted(torch.nn.Module):
+    """Foreground logit rising along x: not mirror-symmetric."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.k = torch.nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ramp = torch.linspace(-3, 3, x.shape[-1]).expand_as(x) * self.k
+        return torch.cat([-ramp, ramp], 1)
+
+
 def test_sliding_window_shape_and_geometry():
     vol = np.full((13, 50, 46), -1000.0, np.float32)
     vol[4:9, 10:20, 30:40] = 400.0  # a bright box, off centre
@@ -80,6 +93,11 @@ def test_sliding_window_shape_and_geometry():
     outside = fg.sum() - fg[4:9, 10:20, 30:40].sum()
     assert inside > 0.8 and outside < 0.2 * 5 * 10 * 10
     assert resampled_shape((13, 50, 46), (2.0, 1.0, 1.0), (4.0, 2.0, 2.0)) == (6, 25, 23)
+    # test-time mirroring: a voxel-wise model gives the same answer flipped and unflipped
+    mirrored = predict_volume(_Stub(), info, vol, (2.0, 1.0, 1.0), mirror_axes=[0, 1])
+    np.testing.assert_allclose(mirrored, prob, atol=1e-5)
+    asym = np.asarray(sliding_window_probs(_Shifted(), torch.zeros(1, 1, 8, 16, 16), (8, 16, 16), mirror_axes=[2]))
+    assert np.allclose(asym[0, 1, 0, 0], 0.5)  # mean of the model and its mirror image: left and right cancel
     with pytest.raises(UnsupportedInput):
         predict_volume(_Stub(), info, vol[0], (2.0, 1.0, 1.0))
     with pytest.raises(UnsupportedInput):
@@ -108,6 +126,8 @@ def test_labels_and_roles():
     ({"augment": {"flip_axes": [2]}}, "augment.flip_axes"),
     ({"train": {"epochs": 0}}, "train.epochs"),
     ({"volume": {"cachee": 1}}, "volume.cachee"),
+    ({"volume": {"mirror_axes": [2]}}, "volume.mirror_axes"),
+    ({"volume": {"mirror_axes": [0, 0]}}, "volume.mirror_axes"),
 ])
 def test_config_errors(tmp_path, over, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

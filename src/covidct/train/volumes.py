@@ -65,6 +65,10 @@ class VolumeConfig:
     sw_batch_size: int = 4
     overlap: float = 0.25
     blend: Literal["gaussian", "constant"] = "gaussian"
+    # Test-time mirroring (nnU-Net's): average the probabilities over flips of these axes, every combination
+    # (2^n passes). Used by validation, test and product inference. Never the x axis (2) for tasks whose
+    # labels are left/right.
+    mirror_axes: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -164,6 +168,10 @@ def load_seg3d_config(raw: dict) -> tuple[Seg3DConfig, object]:
         raise ConfigError(f"volume.num_samples: must be >= 1 and divide train.batch_size ({t.batch_size})")
     if cfg.task == "lungs_infection" and 2 in cfg.augment.flip_axes:
         raise ConfigError("augment.flip_axes: x flips swap the left/right lung labels of task lungs_infection")
+    if any(a not in (0, 1, 2) for a in v.mirror_axes) or len(set(v.mirror_axes)) != len(v.mirror_axes):
+        raise ConfigError(f"volume.mirror_axes: distinct axes among 0 (z), 1 (y), 2 (x), got {v.mirror_axes}")
+    if cfg.task == "lungs_infection" and 2 in v.mirror_axes:
+        raise ConfigError("volume.mirror_axes: x flips swap the left/right lung labels of task lungs_infection")
     return cfg, shared
 
 
@@ -398,13 +406,29 @@ def volume_settings(info: dict) -> dict:
         raise UnsupportedInput(f"model {info.get('name', '?')} is not a 3-D model")
     return {"spacing": ex.get("spacing"), "hu_range": ex.get("hu_range", [-1000.0, 500.0]),
             "patch": ex.get("patch", info.get("input_size")), "overlap": float(ex.get("overlap", 0.25)),
-            "blend": ex.get("blend", "gaussian"), "sw_batch_size": int(ex.get("sw_batch_size", 4))}
+            "blend": ex.get("blend", "gaussian"), "sw_batch_size": int(ex.get("sw_batch_size", 4)),
+            "mirror_axes": [int(a) for a in ex.get("mirror_axes") or []]}
 
 
 @torch.no_grad()
 def sliding_window_probs(model: torch.nn.Module, x: torch.Tensor, patch: Sequence[int], *, overlap: float = 0.25,
-                         blend: str = "gaussian", sw_batch_size: int = 4, bf16: bool = False) -> torch.Tensor:
-    """Softmax probabilities (B, C, z, y, x) of a preprocessed (B, 1, z, y, x) volume, Gaussian-blended windows."""
+                         blend: str = "gaussian", sw_batch_size: int = 4, bf16: bool = False,
+                         mirror_axes: Sequence[int] = ()) -> torch.Tensor:
+    """Softmax probabilities (B, C, z, y, x) of a preprocessed (B, 1, z, y, x) volume, Gaussian-blended windows;
+    with ``mirror_axes`` (volume axes 0 z, 1 y, 2 x) the mean over every combination of those flips."""
+    import itertools
+
+    if mirror_axes:
+        dims = [int(a) + 2 for a in mirror_axes]
+        flips = [list(c) for r in range(len(dims) + 1) for c in itertools.combinations(dims, r)]
+        total = None
+        for f in flips:
+            xi = torch.flip(x, f) if f else x
+            p = sliding_window_probs(model, xi, patch, overlap=overlap, blend=blend, sw_batch_size=sw_batch_size,
+                                     bf16=bf16)
+            p = torch.flip(p, f) if f else p
+            total = p if total is None else total + p
+        return total / len(flips)
     from monai.inferers import sliding_window_inference
 
     dev = next(model.parameters()).device
@@ -422,11 +446,12 @@ def sliding_window_probs(model: torch.nn.Module, x: torch.Tensor, patch: Sequenc
 
 @torch.no_grad()
 def predict_volume(model: torch.nn.Module, info: dict, volume_zyx: np.ndarray, spacing: Sequence[float], *,
-                   is_hu: bool = True, bf16: bool = False) -> np.ndarray:
+                   is_hu: bool = True, bf16: bool = False, mirror_axes: Sequence[int] | None = None) -> np.ndarray:
     """Class probabilities (C, z, y, x) float32 on the input's own grid for a HU volume.
 
     The volume is resampled to the model's spacing, clipped/scaled as in training, run through
     sliding-window inference, and the probabilities are resampled back (trilinear) to the input grid.
+    ``mirror_axes``: test-time mirroring (None: the model's own setting, ``volume.mirror_axes`` of its config).
     """
     import torch.nn.functional as F
 
@@ -442,7 +467,8 @@ def predict_volume(model: torch.nn.Module, info: dict, volume_zyx: np.ndarray, s
     if tuple(size) != vol.shape:
         x = F.interpolate(x, size=size, mode="trilinear", align_corners=False)
     prob = sliding_window_probs(model, x, s["patch"], overlap=s["overlap"], blend=s["blend"],
-                                sw_batch_size=s["sw_batch_size"], bf16=bf16)
+                                sw_batch_size=s["sw_batch_size"], bf16=bf16,
+                                mirror_axes=s["mirror_axes"] if mirror_axes is None else mirror_axes)
     if tuple(prob.shape[2:]) != vol.shape:
         prob = F.interpolate(prob, size=vol.shape, mode="trilinear", align_corners=False)
         prob = prob / prob.sum(1, keepdim=True).clamp_min(1e-8)
@@ -501,7 +527,7 @@ def evaluate_volumes(model, samples: list[dict], vcfg: VolumeConfig, n_classes: 
         x = torch.as_tensor(np.asarray(s["image"]))[None].float()
         gt = torch.as_tensor(np.asarray(s["label"]))[0].long()
         prob = sliding_window_probs(model, x, vcfg.patch, overlap=vcfg.overlap, blend=vcfg.blend,
-                                    sw_batch_size=vcfg.sw_batch_size, bf16=bf16)
+                                    sw_batch_size=vcfg.sw_batch_size, bf16=bf16, mirror_axes=vcfg.mirror_axes)
         pred = prob.argmax(1)[0].cpu()
         per_vol.append(_dice_per_class(pred, gt, n_classes))
         for c in range(n_classes):
@@ -612,7 +638,7 @@ def train_seg3d(raw: dict, run_dir: str | Path | None = None, resume: bool = Fal
         writer = SummaryWriter(str(run_dir / "tb"))
     log = _Log(run_dir / "log.csv", append=resume and start > 0)
     extra = {"spatial_dims": 3, "spacing": v.spacing, "hu_range": v.hu_range, "patch": v.patch,
-             "overlap": v.overlap, "blend": v.blend, "sw_batch_size": v.sw_batch_size}
+             "overlap": v.overlap, "blend": v.blend, "sw_batch_size": v.sw_batch_size, "mirror_axes": v.mirror_axes}
     ckpt = dict(name=cfg.model["name"], kwargs=mk, in_channels=1, out_channels=n_classes, task=cfg.task,
                 classes=classes, input_size=v.patch, normalisation={}, config=raw, extra=extra)
     stopped, epoch, it, epochs_run = "epochs", start - 1, iter(dl), start

@@ -1,0 +1,73 @@
+"""A Markdown table of a grid run (the seed papers' experiment tables): one row per variant.
+
+Reads ``<parent>/<variant>/metrics.json`` as written by ``covidct train CONFIG`` for a config with a grid
+(test figures are on the run's own held-out test cases; the variant to report is chosen on validation):
+training time, epochs, best validation Dice, test global accuracy (mean ± std over test images, seed 004's
+tables 3-4) and test Dice per class (mean ± std over images). Marks the best variant of each model on
+validation Dice.
+
+    python benchmarks/grid_table.py runs/seed004_binary [runs/seed004_multiclass ...]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def rows(parent: Path) -> list[dict]:
+    out = []
+    for m in sorted(parent.glob("*/metrics.json")):
+        d = json.loads(m.read_text())
+        test = d.get("test") or {}
+        out.append({"variant": m.parent.name, "model": d.get("model"), "epochs": d.get("epochs_run"),
+                    "best_epoch": d.get("best_epoch"), "minutes": (d.get("train_time_s") or 0) / 60,
+                    "val": d.get("best_val_dice"), "acc": test.get("global_accuracy") or {},
+                    "dice": test.get("dice_per_class") or {}, "n_test": test.get("n_images"),
+                    "stopped": d.get("stopped")})
+    return out
+
+
+def fmt(ms: dict | None) -> str:
+    if not ms or ms.get("mean") is None:
+        return "–"
+    return f"{ms['mean']:.3f} ± {ms.get('std', 0.0):.3f}"
+
+
+def table(parent: Path) -> str:
+    rs = rows(parent)
+    if not rs:
+        return f"{parent}: no finished variants (no */metrics.json)\n"
+    classes = [c for c in rs[0]["dice"] if c not in ("background", "none")]
+    best = {}
+    for r in rs:
+        if r["val"] is not None and (r["model"] not in best or r["val"] > best[r["model"]]["val"]):
+            best[r["model"]] = r
+    lines = [f"`{parent}` ({rs[0]['n_test']} test images)\n",
+             "| variant | epochs (best) | min | val Dice | test global accuracy | "
+             + " | ".join(f"test Dice {c}" for c in classes) + " |",
+             "|---|---|---|---|---|" + "---|" * len(classes)]
+    for r in rs:
+        mark = "**" if best.get(r["model"]) is r else ""
+        lines.append(f"| {mark}{r['variant']}{mark} | {r['epochs']} ({r['best_epoch']}) | {r['minutes']:.1f} | "
+                     f"{r['val'] if r['val'] is None else format(r['val'], '.3f')} | {fmt(r['acc'])} | "
+                     + " | ".join(fmt(r["dice"].get(c)) for c in classes) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0 if argv else 64
+    for a in argv:
+        p = Path(a)
+        if not p.is_dir():
+            print(f"grid_table: {p}: not a folder; skipping")
+            continue
+        print(table(p))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
