@@ -6,8 +6,11 @@ volumes are unseen by both. Each click is simulated as in training (MONAI deepgr
 larger of the missed / false 3-D regions of the current mask) and goes through the public
 ``covidct.interactive.refine_volume`` with the whole click history, as a user's viewer would send it.
 
-Starting masks: ``empty`` (no mask) and ``auto`` (the segmentation run's infection class). Prints a Markdown
-table and the seconds per click; exits 0 with a message when the run folders are absent (runs/ is local).
+Starting masks: ``empty`` (no mask), ``auto`` (the segmentation run's infection class, plain sliding window)
+and ``gross errors`` (the true mask corrupted as in training, :func:`covidct.train.interactive.corrupt_mask`:
+whole lesions missed, a box cut out, false blobs, the rim grown or shrunk — what a weak automatic result
+looks like). Prints a Markdown table and the seconds per click; exits 0 with a message when the run folders
+are absent (runs/ is local).
 
     python benchmarks/refine3d_phantom.py [--refine runs/refine3d_phantom] [--seg runs/unet3d_phantom_wide_ft]
 """
@@ -45,7 +48,7 @@ def main() -> int:
     from covidct.interactive import Click, refine_volume
     from covidct.models.checkpoint import load_model
     from covidct.train.config import DataConfig, _build
-    from covidct.train.interactive import next_click
+    from covidct.train.interactive import corrupt_mask, next_click
     from covidct.train.volumes import load_volume_records, predict_volume
 
     seg, seg_info = load_model(Path(a.seg) / "best.pt")
@@ -60,14 +63,16 @@ def main() -> int:
     recs = [r for r in load_volume_records(data.sources) if r["id"] in test_ids]
     classes = list(seg_info["classes"])
     rng = np.random.default_rng(0)
-    scores: dict[str, dict[int, list[float]]] = {"empty": {k: [] for k in CLICKS}, "auto": {k: [] for k in CLICKS}}
+    starts_named = ("empty", "auto", "gross errors")
+    scores: dict[str, dict[int, list[float]]] = {s: {k: [] for k in CLICKS} for s in starts_named}
     times: list[float] = []
     for r in recs:
         vol, lab = np.asarray(r["image"], np.float32), (np.asarray(r["lesions"]) > 0).astype(np.uint8)
         with torch.no_grad():
             prob = predict_volume(seg, seg_info, vol, r["spacing"])
         auto = (prob.argmax(0) == classes.index("infection")).astype(np.uint8)
-        for start_name, start in (("empty", None), ("auto", auto)):
+        gross = corrupt_mask(lab, np.random.default_rng(len(times)))
+        for start_name, start in zip(starts_named, (None, auto, gross), strict=True):
             cur = np.zeros_like(lab) if start is None else start.copy()
             clicks: list[Click] = []
             scores[start_name][0].append(dice(cur, lab))
@@ -82,8 +87,8 @@ def main() -> int:
                     times.append(time.perf_counter() - t0)
                 if k in scores[start_name]:
                     scores[start_name][k].append(dice(cur, lab))
-        print(f"{r['id']}: auto {scores['auto'][0][-1]:.3f} -> 5 clicks {scores['auto'][5][-1]:.3f}, "
-              f"10 clicks {scores['auto'][10][-1]:.3f}", flush=True)
+        print(f"{r['id']}: " + "; ".join(f"{s} {scores[s][0][-1]:.3f} -> 5 clicks {scores[s][5][-1]:.3f}, "
+                                           f"10 clicks {scores[s][10][-1]:.3f}" for s in starts_named), flush=True)
     t = np.asarray(times)
     res = {"refine": a.refine, "seg": a.seg, "test_volumes": test_ids, "shape": list(recs[0]["image"].shape),
            "clicks": list(CLICKS),
