@@ -218,3 +218,25 @@ def test_grid_variant_filter_and_overrides(tmp_path):
     assert "batch_size: 2" in (parent / "lr-0.001" / "config.resolved.yaml").read_text()
     with pytest.raises(ConfigError, match="no grid variant matches.*lr-0.01"):
         train(cfg, tmp_path / "h", records=disk_records(), verbose=False, variants=["segnet*"])
+
+
+def test_every_shipped_config_validates():
+    """The experiment configs in configs/ (and every grid variant) pass the schema check."""
+    from pathlib import Path
+
+    from covidct.train.config import _build, load_raw
+    from covidct.train.interactive import InteractiveConfig
+    from covidct.train.volumes import load_seg3d_config
+
+    files = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert len(files) >= 15
+    for f in files:
+        raw = load_raw(f)
+        kind = raw.get("kind")
+        if kind == "seg3d":
+            load_seg3d_config(raw)
+        elif kind == "interactive":
+            _build(InteractiveConfig, raw, "")
+        else:
+            for _, variant in expand_grid(raw):
+                load_config(variant)
