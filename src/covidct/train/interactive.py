@@ -15,6 +15,11 @@ false regions), then for a random number of rounds the network's own prediction 
 mask and the next click goes on its remaining error. The loss is Dice + CE against the full label.
 
 Config: ``kind: interactive`` (see ``configs/refine.yaml``); run with :func:`covidct.train.train`.
+
+In 3-D (``model.name: unet3d``, 3-D sources such as ``phantom``; ``configs/refine3d_phantom.yaml``) the same
+loop trains on whole volumes: HU clipped to ``volume.hu_range`` and scaled to [0, 1], clicks are 3-D points
+on the 3-D error regions, and the checkpoint says ``spatial_dims: 3`` so that
+:func:`covidct.interactive.refine_volume` runs it over the whole volume.
 """
 
 from __future__ import annotations
