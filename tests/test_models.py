@@ -54,6 +54,24 @@ def test_classification_models():
         assert build_model("resnet50", 1, 3).eval()(torch.randn(1, 1, 64, 64)).shape == (1, 3)
 
 
+def test_compact_cnn_max_pool_sees_a_small_spot():
+    """With global max pooling the score of a slice is its strongest local response: a bright spot away from the
+    borders moves the logits, and by the same amount wherever it lies."""
+    torch.manual_seed(0)
+    m = build_model("compact_cnn", 1, 2, features=(4, 8), pool="max", convs=2, dropout=0.0).eval()
+    assert sum(isinstance(x, torch.nn.Conv2d) for x in m.features) == 4
+    blank = torch.zeros(1, 1, 64, 64)
+    a, b = blank.clone(), blank.clone()
+    a[..., 20:24, 20:24] = 5.0
+    b[..., 40:44, 36:40] = 5.0
+    with torch.no_grad():
+        base, la, lb = m(blank), m(a), m(b)
+    assert not torch.allclose(la, base)
+    assert torch.allclose(la, lb, atol=1e-5)  # translation-invariant detector
+    with pytest.raises(ValueError, match="pool"):
+        build_model("compact_cnn", 1, 2, pool="median")
+
+
 def test_bad_model_name_or_kwarg():
     with pytest.raises(ConfigError, match="model.name"):
         build_model("vnet", 1, 2)

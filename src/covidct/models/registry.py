@@ -165,28 +165,38 @@ def _resnet50(in_channels: int, out_channels: int, conv1_t_stride: int = 2, conv
 
 
 class CompactCNN(nn.Module):
-    """Small slice classifier (seed 002 style): conv-BN-ReLU-maxpool stages, global pooling, linear."""
+    """Small slice classifier (seed 002 style): conv-BN-ReLU-maxpool stages, global pooling, linear.
+
+    ``pool``: ``avg`` (global average) or ``max`` (global max). Max pooling makes the network a detector
+    whose slice score is its strongest local response, so a small lesion in one corner of a slice is not
+    averaged away by the healthy rest (multiple-instance reasoning: a slice is positive if any part is).
+    ``convs``: convolutions per stage (1 keeps the original, shipped layout).
+    """
 
     def __init__(self, in_channels: int = 1, out_channels: int = 2, features=(16, 32, 64, 128),
-                 dropout: float = 0.3) -> None:
+                 dropout: float = 0.3, pool: str = "avg", convs: int = 1) -> None:
         super().__init__()
+        if pool not in ("avg", "max"):
+            raise ValueError(f"pool must be 'avg' or 'max', got {pool!r}")
         layers: list[nn.Module] = []
         cin = in_channels
         for f in features:
-            layers += [nn.Conv2d(cin, f, 3, padding=1, bias=False), nn.BatchNorm2d(f), nn.ReLU(inplace=True),
-                       nn.MaxPool2d(2)]
-            cin = f
+            for _ in range(max(1, int(convs))):
+                layers += [nn.Conv2d(cin, f, 3, padding=1, bias=False), nn.BatchNorm2d(f), nn.ReLU(inplace=True)]
+                cin = f
+            layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
-                                  nn.Linear(cin, out_channels))
+        glob = nn.AdaptiveAvgPool2d(1) if pool == "avg" else nn.AdaptiveMaxPool2d(1)
+        self.head = nn.Sequential(glob, nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin, out_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
 
 @register("compact_cnn", kind="classification")
-def _compact_cnn(in_channels: int, out_channels: int, features=(16, 32, 64, 128), dropout: float = 0.3) -> nn.Module:
-    return CompactCNN(in_channels, out_channels, _tuple(features), dropout)
+def _compact_cnn(in_channels: int, out_channels: int, features=(16, 32, 64, 128), dropout: float = 0.3,
+                 pool: str = "avg", convs: int = 1) -> nn.Module:
+    return CompactCNN(in_channels, out_channels, _tuple(features), dropout, pool, convs)
 
 
 # --- 3-D segmentation (seeds 000/001: MONAI 3-D U-Net; BasicUNet of MONAI's COVID-19-20 baseline) ---
