@@ -183,14 +183,14 @@ class Analyzer:
             thr = (self.infection_info.get("thresholds") or {}).get("foreground", 0.5)
             infected = p_inf >= thr
             if prob is not None and not binary:
-                labels = np.argmax(prob, axis=1).astype(np.uint8)
-                typed = (np.argmax(prob[:, 1:], axis=1) + 1).astype(np.uint8)
+                labels = _first_argmax([prob[:, c] for c in range(prob.shape[1])])
+                typed = _first_argmax([prob[:, c] for c in range(1, prob.shape[1])]) + np.uint8(1)
                 out[zs] = np.where(infected, typed, np.where(labels == EFFUSION, EFFUSION, 0))
             else:
                 out[zs] = infected.astype(np.uint8)
                 binary = True
         elif prob is not None:
-            out[zs] = np.argmax(prob, axis=1).astype(np.uint8)
+            out[zs] = _first_argmax([prob[:, c] for c in range(prob.shape[1])])
         elif ct.is_hu:
             sub = vol[zs]
             rule = np.zeros(sub.shape, np.uint8)
@@ -317,9 +317,21 @@ def upsample_labels(labels: np.ndarray, shape: tuple[int, int, int]) -> np.ndarr
     hh, ww = min(h0 * f, shape[1]), min(w0 * f, shape[2])
     values = np.asarray(present, np.uint8)
     for k in np.flatnonzero((labels > 0).reshape(len(labels), -1).any(1)):
-        maps = np.stack([cv2.resize((labels[k] == c).astype(np.float32), (ww, hh), interpolation=cv2.INTER_LINEAR) for c in present])
-        out[k, :hh, :ww] = values[np.argmax(maps, axis=0)]
+        maps = [cv2.resize((labels[k] == c).astype(np.float32), (ww, hh), interpolation=cv2.INTER_LINEAR) for c in present]
+        out[k, :hh, :ww] = values[_first_argmax(maps)]
     return out
+
+
+def _first_argmax(arrays: list[np.ndarray]) -> np.ndarray:
+    """uint8 index of the largest of equally shaped arrays, the first one on ties: ``np.argmax`` of their
+    stack along a new axis 0, without the stack and several times faster than numpy's strided reduction."""
+    best = np.array(arrays[0], copy=True)
+    idx = np.zeros(best.shape, np.uint8)
+    for i, a in enumerate(arrays[1:], start=1):
+        better = a > best  # strictly greater: an earlier index keeps a tie, as in np.argmax
+        idx[better] = i
+        np.maximum(best, a, out=best)
+    return idx
 
 
 # --- mask post-processing ------------------------------------------------------------------------
@@ -337,13 +349,22 @@ def _dilate_mm(mask: np.ndarray, spacing: tuple[float, float, float], mm: float)
         r = (0, *r[1:])
     if not any(r):
         return mask.copy()
+    # Only the mask's bounding box grown by r can change, so filter just that block (the lungs fill a
+    # fraction of the volume). Exact: the block's edges are either the volume's own edges or at least r
+    # voxels of background away from the mask, where the filter's reflected border sees background too.
+    box = bounding_box(mask)
+    if box is None:
+        return np.zeros(mask.shape, bool)
+    box = tuple(slice(max(b.start - ri, 0), min(b.stop + ri, n)) for b, ri, n in zip(box, r, mask.shape, strict=True))
     # a box of rank-1 passes is cheaper than a ball and close enough for a margin
-    out = mask
+    block = mask[box].astype(np.uint8)
     for axis, ri in enumerate(r):
         if ri:
             size = [1, 1, 1]
             size[axis] = 2 * ri + 1
-            out = ndimage.maximum_filter(out.astype(np.uint8), size=tuple(size)).astype(bool)
+            block = ndimage.maximum_filter(block, size=tuple(size))
+    out = np.zeros(mask.shape, bool)
+    out[box] = block
     return out
 
 

@@ -201,12 +201,17 @@ def kmeans_lung_mask(image: np.ndarray, erosion: int = 2, dilation: int = 6) -> 
 
 def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
     """Slices of the bounding box of a boolean mask, grown by ``margin`` voxels, or None if empty."""
-    idx = np.argwhere(mask)
-    if idx.size == 0:
+    mask = np.asarray(mask)
+    # per-axis projections: no coordinate list (np.argwhere of a lung mask is millions of rows)
+    flat = mask.reshape(len(mask), -1).any(1)
+    if not flat.any():
         return None
-    lo = np.maximum(idx.min(0) - margin, 0)
-    hi = np.minimum(idx.max(0) + margin + 1, mask.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    box = []
+    for axis, n in enumerate(mask.shape):
+        other = tuple(i for i in range(mask.ndim) if i != axis)
+        nz = np.flatnonzero(flat if axis == 0 else mask.any(axis=other))
+        box.append(slice(int(max(nz[0] - margin, 0)), int(min(nz[-1] + margin + 1, n))))
+    return tuple(box)
 
 
 def crop_to_lungs(image: np.ndarray, mask: np.ndarray, margin: int = 8) -> tuple[np.ndarray, tuple[slice, ...]]:
