@@ -4,7 +4,8 @@ Reads ``<parent>/<variant>/metrics.json`` as written by ``covidct train CONFIG``
 (test figures are on the run's own held-out test cases; the variant to report is chosen on validation):
 training time, epochs, best validation Dice, test global accuracy (mean ± std over test images, seed 004's
 tables 3-4) and test Dice per class (mean ± std over images). Marks the best variant of each model on
-validation Dice.
+validation Dice, and gives that variant's per-class sensitivity, specificity, Dice, G-mean and F2 on the test
+images (seed 004's tables 5-6).
 
     python benchmarks/grid_table.py runs/seed004_binary [runs/seed004_multiclass ...]
 """
@@ -53,7 +54,27 @@ def table(parent: Path) -> str:
         lines.append(f"| {mark}{r['variant']}{mark} | {r['epochs']} ({r['best_epoch']}) | {r['minutes']:.1f} | "
                      f"{r['val'] if r['val'] is None else format(r['val'], '.3f')} | {fmt(r['acc'])} | "
                      + " | ".join(fmt(r["dice"].get(c)) for c in classes) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + class_table(parent, best)
+
+
+CLASS_METRICS = ("sensitivity", "specificity", "dice", "gmean", "f2")
+
+
+def class_table(parent: Path, best: dict[str, dict]) -> str:
+    """Seed 004's tables 5-6: the validation-chosen variant of each model, per class, on its test images."""
+    lines = ["", f"Class level, the variant of each model chosen on validation (`{parent.name}`, test images, mean ± std):\n",
+             "| model | variant | class | " + " | ".join(CLASS_METRICS) + " |",
+             "|---|---|---|" + "---|" * len(CLASS_METRICS)]
+    for model, r in sorted(best.items()):
+        m = parent / r["variant"] / "test" / "metrics.json"
+        if not m.is_file():
+            continue
+        per_class = json.loads(m.read_text())["per_class"]
+        for c, vals in per_class.items():
+            if c in ("background", "none"):
+                continue
+            lines.append(f"| {model} | {r['variant']} | {c} | " + " | ".join(fmt(vals.get(k)) for k in CLASS_METRICS) + " |")
+    return "\n".join(lines) + "\n" if len(lines) > 4 else ""
 
 
 def main(argv: list[str]) -> int:
