@@ -107,6 +107,12 @@ def _source_files(ct: CT) -> list[Path]:
     return paths
 
 
+def _nibble(labels: np.ndarray) -> np.ndarray:
+    """uint8 copy of a label map with values 0..15 kept and any other value (no segment's) set to 0."""
+    small = labels.astype(np.uint8)
+    return np.where((small == labels) & (small < 16), small, np.uint8(0))
+
+
 def write_dicom_seg(ct: CT, lungs: np.ndarray, lesions: np.ndarray, path: str | Path) -> Path:
     """Write a BINARY DICOM SEG of the lungs and non-empty lesion classes for a DICOM input.
 
@@ -129,13 +135,14 @@ def write_dicom_seg(ct: CT, lungs: np.ndarray, lesions: np.ndarray, path: str | 
     if lungs.shape != ct.shape or lesions.shape != ct.shape:
         raise ValueError(f"mask shapes {lungs.shape}/{lesions.shape} do not match the CT {ct.shape}")
     files = _source_files(ct)
+    # One uint8 code per voxel, lung * 16 + lesion (values that are no segment's map to no segment), so
+    # that the (frames, rows, cols, segments) stack below is one table lookup instead of a comparison and
+    # a strided copy per segment.
+    code = _nibble(lungs) * np.uint8(16) + _nibble(lesions)
     # to_source_layout gives (column, row, slice) in the source files' order; frames are (slice, row, col).
-    src = {
-        "lungs": to_source_layout(ct, lungs).transpose(2, 1, 0),
-        "lesions": to_source_layout(ct, lesions).transpose(2, 1, 0),
-    }
-    if src["lungs"].shape[0] != len(files):
-        raise ValueError(f"{ct.path}: {len(files)} source files for {src['lungs'].shape[0]} slices")
+    frames = to_source_layout(ct, code).transpose(2, 1, 0)
+    if frames.shape[0] != len(files):
+        raise ValueError(f"{ct.path}: {len(files)} source files for {frames.shape[0]} slices")
 
     # The SEG only needs the source headers (geometry, UIDs, patient/study); skip pixel data.
     sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
@@ -145,7 +152,7 @@ def write_dicom_seg(ct: CT, lungs: np.ndarray, lesions: np.ndarray, path: str | 
         for kw in _TYPE2_COPIED:
             if kw not in ds:
                 setattr(ds, kw, "")
-    rows, cols = src["lungs"].shape[1:]
+    rows, cols = frames.shape[1:]
     uids = ct.meta.get("source_sop_uids") or []
     for i, ds in enumerate(sources):
         if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
@@ -158,10 +165,12 @@ def write_dicom_seg(ct: CT, lungs: np.ndarray, lesions: np.ndarray, path: str | 
     algorithm = hd.AlgorithmIdentificationSequence(
         name="covidct", family=codes.DCM.ArtificialIntelligence, version=str(__version__)
     )
-    descriptions, planes = [], []
+    present = np.bincount(code.ravel(), minlength=256) > 0
+    part = dict(zip(("lungs", "lesions"), np.divmod(np.arange(256), 16), strict=True))  # each code's two labels
+    descriptions, columns = [], []
     for label, category, prop_type, rgb, mask_name, value in _segments():
-        m = src[mask_name] == value
-        if mask_name == "lesions" and not m.any():
+        column = part[mask_name] == value  # the codes in this segment
+        if mask_name == "lesions" and not (present & column).any():
             continue  # only lesion classes that are present; the lungs are always written
         number = len(descriptions) + 1  # highdicom wants segment numbers 1..N without gaps
         descriptions.append(
@@ -177,8 +186,9 @@ def write_dicom_seg(ct: CT, lungs: np.ndarray, lesions: np.ndarray, path: str | 
                 display_color=hd.color.CIELabColor.from_rgb(*rgb),
             )
         )
-        planes.append(m)
-    pixel_array = np.stack(planes, axis=-1)  # bool (frames, rows, cols, segments): no cast needed
+        columns.append(column)
+    # bool (frames, rows, cols, segments): no cast needed
+    pixel_array = np.stack(columns, axis=-1)[np.ascontiguousarray(frames)]
 
     with warnings.catch_warnings():
         # Single-component patient names ("PHANTOM") are legal DICOM; highdicom only warns.
