@@ -32,7 +32,7 @@ from scipy import ndimage
 from covidct import __version__
 from covidct.errors import NoLungsFound, UnsupportedInput
 from covidct.labels import CONSOLIDATION, DIAGNOSIS_CLASSES, EFFUSION, GGO, LEFT_LUNG, RIGHT_LUNG
-from covidct.preprocess import bounding_box, threshold_lung_mask
+from covidct.preprocess import IN_PLANE, bounding_box, fill_holes_in_plane, threshold_lung_mask
 from covidct.report.schema import REPORT_SCHEMA_VERSION
 from covidct.volume import CT
 
@@ -342,11 +342,15 @@ def _ball(radius_vox: tuple[int, ...]) -> np.ndarray:
     return sum((g / max(r, 1)) ** 2 for g, r in zip(grids, radius_vox, strict=True)) <= 1.0
 
 
+def _radius_vox(shape: tuple[int, ...], spacing: tuple[float, float, float], mm: float) -> tuple[int, int, int]:
+    """``mm`` in whole voxels along each axis (none across the slices of a single slice)."""
+    r = tuple(max(int(round(mm / s)), 0) for s in spacing)
+    return (0, *r[1:]) if shape[0] == 1 else r
+
+
 def _dilate_mm(mask: np.ndarray, spacing: tuple[float, float, float], mm: float) -> np.ndarray:
     """Dilate by about ``mm`` millimetres (anisotropic voxels respected)."""
-    r = tuple(max(int(round(mm / s)), 0) for s in spacing)
-    if mask.shape[0] == 1:
-        r = (0, *r[1:])
+    r = _radius_vox(mask.shape, spacing, mm)
     if not any(r):
         return mask.copy()
     # Only the mask's bounding box grown by r can change, so filter just that block (the lungs fill a
@@ -378,14 +382,19 @@ def _plausible_effusion(effusion: np.ndarray, lung: np.ndarray, spacing: tuple[f
         return effusion
     shell = _dilate_mm(lung, spacing, 2.0 * max(spacing[1], spacing[2])) & ~lung
     vox_ml = float(np.prod(spacing)) / 1000.0
-    idx = np.arange(1, n + 1)
-    size_ml = ndimage.sum_labels(effusion, lbl, idx) * vox_ml
-    touch = ndimage.sum_labels(shell, lbl, idx)
-    cy = np.asarray(ndimage.center_of_mass(effusion, lbl, idx))[:, 1] if n else np.zeros(0)
-    ys = np.nonzero(lung)[1]
-    lung_mid_y = ys.mean() if ys.size else 0.0  # rows run anterior -> posterior
-    keep = idx[(size_ml >= min_ml) & (touch > 0) & (cy >= lung_mid_y)]
-    return np.isin(lbl, keep)
+    # Per-component sums over the effusion voxels only, added in raster order as ndimage.sum_labels and
+    # center_of_mass add them (so the same floats), without their passes over the whole volume.
+    where = np.nonzero(lbl)
+    comp = lbl[where]
+    count = np.bincount(comp, minlength=n + 1)[1:]
+    size_ml = count * vox_ml
+    touch = np.bincount(comp, weights=shell[where], minlength=n + 1)[1:]
+    cy = np.bincount(comp, weights=where[1].astype(float), minlength=n + 1)[1:] / count
+    rows = lung.sum(axis=(0, 2))  # lung voxels per row; rows run anterior -> posterior
+    lung_mid_y = (rows * np.arange(len(rows))).sum() / rows.sum() if rows.any() else 0.0
+    keep = np.zeros(n + 1, bool)
+    keep[1:] = (size_ml >= min_ml) & (touch > 0) & (cy >= lung_mid_y)
+    return keep[lbl]
 
 
 def _drop_small(labels: np.ndarray, spacing: tuple[float, float, float], min_mm3: float) -> np.ndarray:
@@ -419,29 +428,38 @@ def remove_air_pockets(mask: np.ndarray, hu: np.ndarray, spacing: tuple[float, f
     pieces are kept, since a consolidated lobe is airless and still lung. Bullae enclosed by lung
     come back with the hole filling of :func:`clean_lung_mask`.
     """
+    r = max(1, int(round(min_mm / 2 / min(spacing[1], spacing[2]))))
+    rim = max(1, int(round(3.0 / min(spacing[1], spacing[2]))))
+    # Everything below stays within the mask's bounding box grown by the 10 mm of the air search plus the
+    # in-plane reach of the opening and the rim: work on that block (exact, as in _dilate_mm).
+    box = bounding_box(mask)
+    if box is None:
+        return np.zeros(mask.shape, bool)
+    grow = np.add(_radius_vox(mask.shape, spacing, 10.0), (0, max(r, rim, 1), max(r, rim, 1)))
+    box = tuple(slice(max(b.start - g, 0), min(b.stop + g, n)) for b, g, n in zip(box, grow, mask.shape, strict=True))
+    result = np.zeros(mask.shape, bool)
+    result[box] = _remove_air_pockets(mask[box], hu[box], spacing, r, rim)
+    return result
+
+
+def _remove_air_pockets(mask: np.ndarray, hu: np.ndarray, spacing: tuple[float, float, float], r: int, rim: int) -> np.ndarray:
     out = mask.copy()
     # all air of the slice: a lumen the model left out still has a wall the model may have kept
     air = (hu < AIR_HU) & _dilate_mm(mask, spacing, 10.0)
     if air.any():
-        r = max(1, int(round(min_mm / 2 / min(spacing[1], spacing[2]))))
         yy, xx = np.ogrid[-r : r + 1, -r : r + 1]
         disk = (yy**2 + xx**2 <= r * r)[None]
         solid_air = ndimage.binary_opening(air, structure=disk)
         if solid_air.any():
-            rim = max(1, int(round(3.0 / min(spacing[1], spacing[2]))))
             out &= ~ndimage.binary_dilation(solid_air, structure=np.ones((1, 3, 3), bool), iterations=rim)
     px_cm2 = spacing[1] * spacing[2] / 100.0
-    aerated = hu < -600
-    for k in np.flatnonzero(out.reshape(len(out), -1).any(1)):
-        lbl, n = ndimage.label(out[k])
-        if n == 0:
-            continue
-        idx = np.arange(1, n + 1)
-        area = ndimage.sum_labels(np.ones_like(lbl), lbl, idx) * px_cm2
-        frac = ndimage.mean(aerated[k], lbl, idx)
-        bad = idx[(area < 10.0) & (frac < 0.25)]
-        if bad.size:
-            out[k][np.isin(lbl, bad)] = False
+    lbl, n = ndimage.label(out, structure=IN_PLANE)  # each slice's pieces, numbered across the volume
+    if n:
+        count = np.bincount(lbl.ravel())
+        frac = np.bincount(lbl.ravel(), weights=(hu < -600).ravel()) / np.maximum(count, 1)
+        bad = (count * px_cm2 < 10.0) & (frac < 0.25)
+        bad[0] = False
+        out[bad[lbl]] = False
     return ndimage.binary_opening(out, structure=np.ones((1, 3, 3), bool))
 
 
@@ -454,9 +472,7 @@ def clean_lung_mask(mask: np.ndarray, spacing: tuple[float, float, float], min_f
     sizes = np.bincount(lbl.ravel())
     sizes[0] = 0
     keep = sizes >= max(sizes.max() * min_fraction, 1)
-    sub = keep[lbl]
-    for k in np.flatnonzero(sub.reshape(len(sub), -1).any(1)):
-        sub[k] = ndimage.binary_fill_holes(sub[k])
+    sub = fill_holes_in_plane(keep[lbl])
     out = np.zeros_like(mask)
     out[box] = sub
     return out
@@ -593,15 +609,16 @@ def measure(ct: CT, lungs: np.ndarray, lesions: np.ndarray, mode: str = "volume"
     eff_vox = int(total[EFFUSION :: 4].sum())
     if eff_vox:
         # effusion belongs to the side of the lung it lies against: split at the midline between the lungs
-        xs_left = np.nonzero(lungs[box] == LEFT_LUNG)[2]
-        xs_right = np.nonzero(lungs[box] == RIGHT_LUNG)[2]
-        ex = np.nonzero(lesions[box] == EFFUSION)[2]
-        if xs_left.size and xs_right.size:
-            mid = 0.5 * (xs_left.mean() + xs_right.mean())
-            res["per_lung"]["left"]["effusion"] = int((ex >= mid).sum())
-            res["per_lung"]["right"]["effusion"] = int((ex < mid).sum())
+        # voxels per column (x) instead of coordinate lists; integer sums, so the same means
+        xs = np.arange(box[2].stop - box[2].start)
+        n_left, n_right, n_eff = ((m[box] == lab).sum(axis=(0, 1)) for m, lab in
+                                  ((lungs, LEFT_LUNG), (lungs, RIGHT_LUNG), (lesions, EFFUSION)))
+        if n_left.any() and n_right.any():
+            mid = 0.5 * ((n_left * xs).sum() / n_left.sum() + (n_right * xs).sum() / n_right.sum())
+            res["per_lung"]["left"]["effusion"] = int(n_eff[xs >= mid].sum())
+            res["per_lung"]["right"]["effusion"] = int(n_eff[xs < mid].sum())
         else:
-            side = "left" if xs_left.size else "right"
+            side = "left" if n_left.any() else "right"
             res["per_lung"][side]["effusion"] = eff_vox
 
     def pct(a: int, b: int) -> float:
