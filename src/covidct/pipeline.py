@@ -896,9 +896,11 @@ def analyze(
 
     if progress is not None:
         progress("load")
-    t0 = time.perf_counter()
-    ct = source if isinstance(source, CT) else load_ct(source)
-    load_s = time.perf_counter() - t0
-    ct.meta["_load_seconds"] = load_s
+    if isinstance(source, CT):  # loaded by the caller, who may have timed it (meta["_load_seconds"])
+        ct = source
+    else:
+        t0 = time.perf_counter()
+        ct = load_ct(source)
+        ct.meta["_load_seconds"] = time.perf_counter() - t0
     analyzer = analyzer or shared_analyzer()
     return analyzer(ct, outdir, png=png, html=html, progress=progress)
