@@ -1,0 +1,65 @@
+"""The fast paths of analyze's post-processing give exactly what the straightforward code gave."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from covidct.pipeline import _dilate_mm, _first_argmax, working_grid
+from covidct.preprocess import bounding_box, fill_holes_in_plane, inner_components
+from covidct.volume import CT
+
+
+def test_working_grid_matches_skimage_block_mean():
+    from skimage.transform import downscale_local_mean
+
+    rng = np.random.default_rng(0)
+    arr = (rng.standard_normal((3, 64, 96)) * 500).astype(np.float32)  # non-integer: the order of sums shows
+    ct = CT(array=arr, spacing=(2.0, 0.7, 0.7), affine=np.eye(4), is_hu=True, kind="nifti")
+    work, f = working_grid(ct, target=32)
+    assert f == 2 and work.array.dtype == np.float32 and work.spacing == (2.0, 1.4, 1.4)
+    np.testing.assert_array_equal(work.array, downscale_local_mean(arr, (1, 2, 2)).astype(np.float32))
+
+
+def test_first_argmax_is_numpy_argmax():
+    rng = np.random.default_rng(1)
+    stack = rng.integers(0, 3, size=(4, 5, 30, 30)).astype(np.float32)  # many ties
+    np.testing.assert_array_equal(_first_argmax(list(stack)), np.argmax(stack, axis=0))
+
+
+def _dilate_full(mask, spacing, mm):
+    r = tuple(max(int(round(mm / s)), 0) for s in spacing)
+    out = mask
+    for axis, ri in enumerate(r):
+        if ri:
+            size = [1, 1, 1]
+            size[axis] = 2 * ri + 1
+            out = ndimage.maximum_filter(out.astype(np.uint8), size=tuple(size)).astype(bool)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_dilation_on_the_bounding_box_is_exact(seed):
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((12, 40, 40), bool)
+    mask[tuple(rng.integers(0, s, 6) for s in mask.shape)] = True  # some near the edges
+    spacing = (2.0, 0.8, 1.3)
+    np.testing.assert_array_equal(_dilate_mm(mask, spacing, 5.0), _dilate_full(mask, spacing, 5.0))
+
+
+def test_bounding_box_and_in_plane_components():
+    rng = np.random.default_rng(2)
+    mask = rng.random((4, 20, 25)) < 0.4
+    idx = np.argwhere(mask)
+    lo, hi = np.maximum(idx.min(0) - 2, 0), np.minimum(idx.max(0) + 3, mask.shape)
+    assert bounding_box(mask, margin=2) == tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    assert bounding_box(np.zeros((2, 3, 3), bool)) is None
+    filled = np.stack([ndimage.binary_fill_holes(s) for s in mask])
+    np.testing.assert_array_equal(fill_holes_in_plane(mask), filled)
+    inner = np.zeros_like(mask)
+    for k, s in enumerate(mask):
+        lbl, _ = ndimage.label(s)
+        border = np.unique(np.concatenate([lbl[0], lbl[-1], lbl[:, 0], lbl[:, -1]]))
+        inner[k] = ~np.isin(lbl, border) & (lbl > 0)
+    np.testing.assert_array_equal(inner_components(mask), inner)
