@@ -239,3 +239,30 @@ def test_erased_lesion_negatives(monkeypatch):
     assert class_target(neg, "slice-infection") == 0 and class_target(rec, "slice-infection") == 1
     assert neg["group"] == "g" and neg["id"] == "c-1-erased"
     assert abs(float(neg["image"][12:18, 12:18].mean()) - 60) < 10  # the bright lesion is gone
+
+
+def test_volume_default_is_the_analysis_diagnosis(tmp_path, capsys):
+    """Without a slice-infection or three-class model, `classify VOLUME` gives analyze's diagnosis."""
+    from covidct.classify import classify_volume
+    from covidct.cli import main
+    from covidct.models import zoo
+    from covidct.phantom import make_phantom, write_phantom
+    from covidct.pipeline import shared_analyzer
+
+    if zoo.has_model("slice-infection") or zoo.has_model("three-class"):
+        pytest.skip("a patient-level classifier is shipped: the default uses it")
+    ph = make_phantom(seed=4, lesion_burden=0.2, shape=(20, 128, 128), spacing=(6.0, 2.6, 2.6))
+    res = classify_volume(ph.ct)
+    expected = shared_analyzer()(ph.ct).report["diagnosis"]
+    assert res["label"] == expected["label"] and res["probabilities"] == expected["probabilities"]
+    assert res["model"].endswith("(findings rule)") and res["threshold"] is None
+    lesion_area = (ph.lesions > 0).reshape(len(ph.lesions), -1).sum(1)
+    assert all(lesion_area[k] > 0 for k in res["slices"])  # slices shown are lesion slices
+    path = write_phantom(ph, tmp_path, fmt="nifti")
+    code = main(["classify", str(path), "--json", "--cam", str(tmp_path / "cams")])
+    out, err = capsys.readouterr()
+    assert code == 0
+    line = json.loads(out.strip().splitlines()[-1])
+    assert set(line) == {"input", "label", "probabilities", "threshold", "model"}
+    assert set(line["probabilities"]) == {"covid19", "pneumonia", "normal"} and line["label"] in line["probabilities"]
+    assert "no Grad-CAM for the findings-rule diagnosis" in err

@@ -155,7 +155,10 @@ def classify_volume(ct: CT, lungs: np.ndarray | None = None, model: str | Path |
     their probabilities are aggregated by :func:`aggregate_slices`.
 
     With ``model`` (a classifier of any task) its classes are returned. Without it, a shipped
-    ``three-class`` model is used when present; otherwise two binary models are combined:
+    ``three-class`` model is used when present; when neither it nor ``infection_model`` is available
+    (no ``slice-infection`` model is shipped today: see docs/BENCHMARKS.md), the diagnosis is the one
+    ``covidct analyze`` reports, from its lung and lesion findings (:func:`diagnosis_from_analysis`);
+    otherwise two binary models are combined:
     ``p_abnormal`` = aggregated ``slice-infection`` probability, ``p_covid`` = mean ``covid-vs-noncovid``
     probability over the same top-k slices, and ``covid19 = p_abnormal x p_covid``, ``pneumonia =
     p_abnormal x (1 - p_covid)``, ``normal = 1 - p_abnormal``; the label is ``normal`` below the
@@ -179,6 +182,8 @@ def classify_volume(ct: CT, lungs: np.ndarray | None = None, model: str | Path |
                f"max({MIN_TOP_K}, {TOP_FRACTION} x lung slices)", "n_lung_slices": int(idx.size)}
     if model is None and zoo.has_model("three-class"):
         model = "three-class"
+    if model is None and not zoo.has_model(infection_model) and str(infection_model) == "slice-infection":
+        return diagnosis_from_analysis(ct)
     if model is not None:
         net, info = load_classifier(model)
         prob = predict_proba(net, info, slices, ct.is_hu, batch_size)
@@ -199,6 +204,22 @@ def classify_volume(ct: CT, lungs: np.ndarray | None = None, model: str | Path |
             "model": f"{info_i['label']}+{info_c['label']}", "slices": [int(idx[t]) for t in top],
             "aggregation": {**agg_doc, "p_abnormal": p_abn, "p_covid_given_abnormal": float(p_cov),
                             "covid_threshold": t_cov}}
+
+
+def diagnosis_from_analysis(ct: CT, top_k: int = MIN_TOP_K) -> dict:
+    """The patient-level result of covidct's analysis (lungs, lesions, the findings rule of
+    :func:`covidct.pipeline.diagnose_from_findings`) in :func:`classify_volume`'s form. ``slices``: the
+    ``top_k`` slices with the largest lesion area (where Grad-CAM overlays are drawn)."""
+    from covidct.pipeline import shared_analyzer
+
+    analysis = shared_analyzer()(ct)
+    report, diag = analysis.report, analysis.report["diagnosis"]
+    area = (analysis.lesions > 0).reshape(len(analysis.lesions), -1).sum(1)
+    top = np.argsort(-area, kind="mergesort")[: max(1, top_k)]
+    return {"label": diag["label"], "probabilities": dict(diag["probabilities"]), "threshold": None,
+            "model": "+".join(f"{m['name']}@{m['version']}" for m in report["models"]) + " (findings rule)",
+            "slices": sorted(int(i) for i in top if area[i] > 0) or [int(np.argmax(area))],
+            "aggregation": {"method": diag["method"], "involvement_percent": report["involvement_percent"]["total"]}}
 
 
 # --- Grad-CAM -------------------------------------------------------------------------------------------

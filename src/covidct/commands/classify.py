@@ -107,7 +107,11 @@ def register(app: typer.Typer) -> None:
                 flush()
                 res = classify_volume(ct, model=model)
                 results[i] = _line(path, res, as_json)
-                if cam is not None and res.get("slices"):
+                if cam is not None and res["model"].endswith("(findings rule)"):
+                    # no network's decision to explain: the lesion masks drove it, and analyze draws them
+                    tqdm.write(f"covidct: note: {path}: no Grad-CAM for the findings-rule diagnosis; "
+                               "`covidct analyze` writes the lesion overlays", file=sys.stderr)
+                elif cam is not None and res.get("slices"):
                     k = res["slices"][len(res["slices"]) // 2]
                     cam_model = model or ("three-class" if "three-class" in res["model"] else DEFAULT_IMAGE_MODEL)
                     cam_for(path, ct.array[k], bool(ct.is_hu), cam_model, f"{ct.name}_z{k:03d}")
