@@ -85,7 +85,8 @@ def overlay_rgb(
 
 def png_bytes(rgb: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG", compress_level=6)  # optimize=True is 10x slower
+    # level 3: on P001's overlays 2.5x faster than 6 and even a little smaller; optimize=True is 10x slower
+    Image.fromarray(rgb).save(buf, format="PNG", compress_level=3)
     return buf.getvalue()
 
 
