@@ -63,3 +63,26 @@ def test_bounding_box_and_in_plane_components():
         border = np.unique(np.concatenate([lbl[0], lbl[-1], lbl[:, 0], lbl[:, -1]]))
         inner[k] = ~np.isin(lbl, border) & (lbl > 0)
     np.testing.assert_array_equal(inner_components(mask), inner)
+
+
+def _upsample_whole_slices(labels, shape):
+    import cv2
+
+    present = [int(c) for c in np.unique(labels)]
+    out = np.zeros(shape, np.uint8)
+    for k in np.flatnonzero((labels > 0).reshape(len(labels), -1).any(1)):
+        maps = np.stack([cv2.resize((labels[k] == c).astype(np.float32), shape[:0:-1], interpolation=cv2.INTER_LINEAR)
+                         for c in present])
+        out[k] = np.asarray(present, np.uint8)[np.argmax(maps, axis=0)]
+    return out
+
+
+def test_upsample_labels_on_labelled_boxes_is_exact():
+    from covidct.pipeline import upsample_labels
+
+    rng = np.random.default_rng(3)
+    labels = np.zeros((3, 30, 34), np.uint8)
+    labels[0, 2:12, 0:9] = 1
+    labels[0, 8:20, 6:30] = 2
+    labels[1][rng.random((30, 34)) < 0.1] = 3  # scattered, up to the edges
+    np.testing.assert_array_equal(upsample_labels(labels, (3, 60, 68)), _upsample_whole_slices(labels, (3, 60, 68)))
