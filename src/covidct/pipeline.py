@@ -556,12 +556,11 @@ def _absorb_lesions(lungs: np.ndarray, lesions: np.ndarray) -> np.ndarray:
         return lungs
     box = bounding_box((lungs > 0) | missing, margin=1)
     sub = lungs[box]
-    _, idx = ndimage.distance_transform_edt(sub == 0, return_indices=True)
-    nearest = sub[tuple(idx)]
-    out = lungs.copy()
-    region = out[box]
+    # the feature transform alone (no distances), and the nearest lung label looked up only where needed
+    idx = ndimage.distance_transform_edt(sub == 0, return_distances=False, return_indices=True)
     m = missing[box]
-    region[m] = nearest[m]
+    out = lungs.copy()
+    out[box][m] = sub[tuple(i[m] for i in idx)]
     return out
 
 
