@@ -108,7 +108,9 @@ def _source_files(ct: CT) -> list[Path]:
 
 
 def _nibble(labels: np.ndarray) -> np.ndarray:
-    """uint8 copy of a label map with values 0..15 kept and any other value (no segment's) set to 0."""
+    """uint8 label map with values 0..15 kept and any other value (no segment's) set to 0 (may be ``labels``)."""
+    if labels.dtype == np.uint8 and (labels.size == 0 or labels.max() < 16):  # covidct's own masks: as they are
+        return labels
     small = labels.astype(np.uint8)
     return np.where((small == labels) & (small < 16), small, np.uint8(0))
 
