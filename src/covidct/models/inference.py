@@ -82,6 +82,7 @@ def predict_slices(
     was_training = model.training
     model.eval()
     out: list[np.ndarray] = []
+    stacked: np.ndarray | None = None  # the (N, C, H, W) result when no slice needs resizing back
     for start in range(0, len(imgs), batch_size):
         chunk = imgs[start : start + batch_size]
         x = (prepared[start : start + batch_size] if prepared is not None
@@ -92,11 +93,18 @@ def predict_slices(
         if isinstance(logits, list | tuple):
             logits = logits[0]
         prob = torch.softmax(logits.float(), dim=1)
+        if as_array and tuple(prob.shape[-2:]) == tuple(images.shape[-2:]):  # copy the batch straight in
+            if stacked is None:
+                stacked = np.empty((len(imgs), *prob.shape[1:]), np.float32)
+            stacked[start : start + len(chunk)] = prob.cpu().numpy()
+            continue
         for p, im in zip(prob, chunk, strict=True):
             p = _resize_back(p, np.asarray(im).shape[-2:])
             out.append(p.cpu().numpy().astype(np.float32))
     if was_training:
         model.train()
+    if stacked is not None:
+        return stacked
     return np.stack(out) if as_array else out
 
 
