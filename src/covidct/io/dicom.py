@@ -224,7 +224,7 @@ def load_dicom_folder(root: Path, *, display_path: str | None = None) -> CT:
         rest = "; ".join(_describe(k, it) for k, it in ranked[1:6])
         more = f" and {len(ranked) - 6} more" if len(ranked) > 6 else ""
         warnings.append(f"folder holds {len(ranked)} series; picked {_describe(key, items)}; also found: {rest}{more}")
-    return _build_volume([p for p, _ in items], root, shown, warnings, single_file=False)
+    return _build_volume([p for p, _ in items], root, shown, warnings, single_file=False, headers=dict(items))
 
 
 def load_dicom_file(path: Path) -> CT:
@@ -348,7 +348,9 @@ def _decode(path: Path) -> tuple[Dataset, np.ndarray]:
     return ds, hu
 
 
-def _build_volume(paths: list[Path], root: Path, shown: str, warnings: list[str], *, single_file: bool) -> CT:
+def _build_volume(paths: list[Path], root: Path, shown: str, warnings: list[str], *, single_file: bool,
+                  headers: dict[Path, Dataset] | None = None) -> CT:
+    """``headers``: the files' headers as read without pixel data, kept for writers (DICOM SEG)."""
     # Decoding is mostly C (pylibjpeg/numpy) work that releases the GIL; two threads help on P001.
     def _try(p: Path):
         try:
@@ -504,6 +506,8 @@ def _build_volume(paths: list[Path], root: Path, shown: str, warnings: list[str]
         "source_files": [str(p) for p, _, _ in slices],
         "source_rel_files": [_rel(p, root) for p, _, _ in slices],
     }
+    if headers is not None:  # in source_files order; private ("_"): not part of the CT's description
+        meta["_source_headers"] = [headers[p] for p, _, _ in slices]
     return CT(
         array=arr,
         spacing=spacing_from_affine(canon_aff),

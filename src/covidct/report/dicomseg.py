@@ -146,11 +146,15 @@ def write_dicom_seg(ct: CT, lungs: np.ndarray, lesions: np.ndarray, path: str | 
     if frames.shape[0] != len(files):
         raise ValueError(f"{ct.path}: {len(files)} source files for {frames.shape[0]} slices")
 
-    # The SEG only needs the source headers (geometry, UIDs, patient/study); skip pixel data.
-    sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
+    # The SEG only needs the source headers (geometry, UIDs, patient/study): the loader's (read without
+    # pixel data, as here) when it kept them, else read again without pixel data.
+    sources = ct.meta.get("_source_headers")
+    if not sources or len(sources) != len(files):
+        sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
     for ds in sources:
         # De-identified series often drop Type 2 patient/study attributes that highdicom copies
-        # into the SEG; DICOM allows them empty, so fill the in-memory headers with empty values.
+        # into the SEG; DICOM allows them empty, so fill the in-memory headers with empty values
+        # (idempotent, so the loader's kept headers may be filled too).
         for kw in _TYPE2_COPIED:
             if kw not in ds:
                 setattr(ds, kw, "")
