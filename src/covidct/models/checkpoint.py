@@ -109,13 +109,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
 
     ckpt = read_checkpoint(path)
     m = ckpt["model"]
-    model = None
-    if m["name"] == "unet":  # MONAI's UNet without importing MONAI (about 1 s of a command's start)
-        from covidct.models.unet import torch_unet
-
-        model = torch_unet(m["in_channels"], m["out_channels"], **m["kwargs"])
-    if model is None:
-        model = build_model(m["name"], m["in_channels"], m["out_channels"], **m["kwargs"])
+    model = build_model(m["name"], m["in_channels"], m["out_channels"], **m["kwargs"])
     sd = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
     try:
         model.load_state_dict(sd)
