@@ -3,7 +3,7 @@
 Reads ``<parent>/<variant>/metrics.json`` as written by ``covidct train CONFIG`` for a config with a grid
 (test figures are on the run's own held-out test cases; the variant to report is chosen on validation):
 training time, epochs, best validation Dice, test global accuracy (mean ± std over test images, seed 004's
-tables 3-4) and test Dice per class (mean ± std over images). Marks the best variant of each model on
+tables 3-4) and test Dice per class (mean ± std over images). Marks the best variant of each model (and task) on
 validation Dice, and gives that variant's per-class sensitivity, specificity, Dice, G-mean and F2 on the test
 images (seed 004's tables 5-6).
 
@@ -22,7 +22,7 @@ def rows(parent: Path) -> list[dict]:
     for m in sorted(parent.glob("*/metrics.json")):
         d = json.loads(m.read_text())
         test = d.get("test") or {}
-        out.append({"variant": m.parent.name, "model": d.get("model"), "epochs": d.get("epochs_run"),
+        out.append({"variant": m.parent.name, "model": d.get("model"), "task": d.get("task"), "epochs": d.get("epochs_run"),
                     "best_epoch": d.get("best_epoch"), "minutes": (d.get("train_time_s") or 0) / 60,
                     "val": d.get("best_val_dice"), "acc": test.get("global_accuracy") or {},
                     "dice": test.get("dice_per_class") or {}, "n_test": test.get("n_images"),
@@ -43,14 +43,15 @@ def table(parent: Path) -> str:
     classes = [c for c in rs[0]["dice"] if c not in ("background", "none")]
     best = {}
     for r in rs:
-        if r["val"] is not None and (r["model"] not in best or r["val"] > best[r["model"]]["val"]):
-            best[r["model"]] = r
+        key = (r["model"], r["task"])  # a grid may vary the task too (seed 002: lungs and infection)
+        if r["val"] is not None and (key not in best or r["val"] > best[key]["val"]):
+            best[key] = r
     lines = [f"`{parent}` ({rs[0]['n_test']} test images)\n",
              "| variant | epochs (best) | min | val Dice | test global accuracy | "
              + " | ".join(f"test Dice {c}" for c in classes) + " |",
              "|---|---|---|---|---|" + "---|" * len(classes)]
     for r in rs:
-        mark = "**" if best.get(r["model"]) is r else ""
+        mark = "**" if best.get((r["model"], r["task"])) is r else ""
         lines.append(f"| {mark}{r['variant']}{mark} | {r['epochs']} ({r['best_epoch']}) | {r['minutes']:.1f} | "
                      f"{r['val'] if r['val'] is None else format(r['val'], '.3f')} | {fmt(r['acc'])} | "
                      + " | ".join(fmt(r["dice"].get(c)) for c in classes) + " |")
@@ -60,12 +61,12 @@ def table(parent: Path) -> str:
 CLASS_METRICS = ("sensitivity", "specificity", "dice", "gmean", "f2")
 
 
-def class_table(parent: Path, best: dict[str, dict]) -> str:
+def class_table(parent: Path, best: dict[tuple, dict]) -> str:
     """Seed 004's tables 5-6: the validation-chosen variant of each model, per class, on its test images."""
     lines = ["", f"Class level, the variant of each model chosen on validation (`{parent.name}`, test images, mean ± std):\n",
              "| model | variant | class | " + " | ".join(CLASS_METRICS) + " |",
              "|---|---|---|" + "---|" * len(CLASS_METRICS)]
-    for model, r in sorted(best.items()):
+    for (model, _task), r in sorted(best.items(), key=lambda kv: tuple(map(str, kv[0]))):
         m = parent / r["variant"] / "test" / "metrics.json"
         if not m.is_file():
             continue
