@@ -274,3 +274,17 @@ def test_multiframe_dicom_unsupported(tmp_path, hu):
     ds.PixelData = ds.PixelData * 2
     ds.save_as(p)
     assert "multi-frame" in _raises(UnsupportedInput, p)
+
+
+def test_label_mask_given_as_the_ct_is_refused(tmp_path):
+    """lungs.nii.gz instead of the scan: a few integer values, refused in one line (exit code of NotCT)."""
+    mask = np.zeros((40, 36, 12), np.uint8)
+    mask[5:18, 8:30, 2:10], mask[22:35, 8:30, 2:10] = 2, 1
+    path = tmp_path / "lungs.nii.gz"
+    nib.save(nib.Nifti1Image(mask, np.diag([0.8, 0.8, 2.5, 1.0])), path)
+    with pytest.raises(NotCT, match=r"3 distinct values \(0, 1, 2\): a label mask"):
+        load_ct(path)
+    # a display-range (non-HU) volume with real grey levels is still accepted
+    grey = np.random.default_rng(0).integers(0, 256, (40, 36, 12)).astype(np.uint8)
+    nib.save(nib.Nifti1Image(grey, np.diag([0.8, 0.8, 2.5, 1.0])), tmp_path / "display.nii.gz")
+    assert not load_ct(tmp_path / "display.nii.gz").is_hu

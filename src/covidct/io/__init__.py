@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from covidct.errors import UnreadableInput
+import numpy as np
+
+from covidct.errors import NotCT, UnreadableInput
 from covidct.io.image import IMAGE_EXTS, load_image_2d, load_image_ct, read_label_png
 from covidct.io.writers import (
     save_ct_nifti,
@@ -64,7 +66,7 @@ def load_ct(path: str | Path) -> CT:
         if name.endswith((".nii", ".nii.gz")):
             from covidct.io.nifti import load_nifti
 
-            return load_nifti(p)
+            return refuse_label_map(load_nifti(p))
         if suffix == ".zip":
             from covidct.io.dicom import load_dicom_zip
 
@@ -72,7 +74,7 @@ def load_ct(path: str | Path) -> CT:
         if suffix in ITK_EXTS:
             from covidct.io.nifti import load_itk
 
-            return load_itk(p)
+            return refuse_label_map(load_itk(p))
         if suffix in IMAGE_EXTS:
             return load_image_ct(p)
         from covidct.io.dicom import _has_preamble
@@ -88,6 +90,22 @@ def load_ct(path: str | Path) -> CT:
         raise UnreadableInput(f"{p}: permission denied") from e
     except IsADirectoryError as e:
         raise UnreadableInput(f"{p}: unexpected folder") from e
+
+
+MAX_LABEL_VALUES = 16  # a CT (HU or display) has hundreds of grey levels; a segmentation a handful
+
+
+def refuse_label_map(ct: CT) -> CT:
+    """Refuse a non-HU volume with only a few integer values: a label mask given where a CT is expected,
+    e.g. ``lungs.nii.gz`` instead of the scan (analysing it would "find" lungs in it). A constant volume is
+    left to the analysis, which reports that it finds no lungs."""
+    if ct.is_hu or ct.n_slices < 2:
+        return ct
+    values = np.unique(ct.array[:: max(1, ct.n_slices // 16), ::4, ::4])  # a sample is enough to tell
+    if 2 <= values.size <= MAX_LABEL_VALUES and np.array_equal(values, np.rint(values)):
+        shown = ", ".join(f"{v:g}" for v in values[:8]) + (", ..." if values.size > 8 else "")
+        raise NotCT(f"{ct.path}: only {values.size} distinct values ({shown}): a label mask, not a CT image")
+    return ct
 
 
 def __getattr__(name: str):
