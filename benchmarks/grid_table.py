@@ -16,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 
 def rows(parent: Path) -> list[dict]:
     out = []
@@ -55,7 +57,32 @@ def table(parent: Path) -> str:
         lines.append(f"| {mark}{r['variant']}{mark} | {r['epochs']} ({r['best_epoch']}) | {r['minutes']:.1f} | "
                      f"{r['val'] if r['val'] is None else format(r['val'], '.3f')} | {fmt(r['acc'])} | "
                      + " | ".join(fmt(r["dice"].get(c)) for c in classes) + " |")
-    return "\n".join(lines) + "\n" + class_table(parent, best)
+    return "\n".join(lines) + "\n" + repeats_table(rs, classes) + class_table(parent, best)
+
+
+def repeats_table(rs: list[dict], classes: list[str]) -> str:
+    """Variants that differ only in their ``_seed-N`` suffix are repeats of one setting (seed 004 trains each
+    setting three times): the mean ± std over the repeats of their test means."""
+    groups: dict[str, list[dict]] = {}
+    for r in rs:
+        base, sep, seed = r["variant"].rpartition("_seed-")
+        if sep and seed.isdigit():
+            groups.setdefault(base, []).append(r)
+    groups = {k: v for k, v in groups.items() if len(v) > 1}
+    if not groups:
+        return ""
+
+    def ms(vals: list) -> str:
+        v = np.array([x for x in vals if x is not None], float)
+        return "–" if v.size == 0 else f"{v.mean():.3f} ± {v.std():.3f}"
+
+    lines = ["", "Repeats of one setting (mean ± std over the runs of each run's test mean):\n",
+             "| setting | runs | val Dice | test global accuracy | " + " | ".join(f"test Dice {c}" for c in classes) + " |",
+             "|---|---|---|---|" + "---|" * len(classes)]
+    for base, g in groups.items():
+        lines.append(f"| {base} | {len(g)} | {ms([r['val'] for r in g])} | {ms([r['acc'].get('mean') for r in g])} | "
+                     + " | ".join(ms([(r["dice"].get(c) or {}).get("mean") for r in g]) for c in classes) + " |")
+    return "\n".join(lines) + "\n"
 
 
 CLASS_METRICS = ("sensitivity", "specificity", "dice", "gmean", "f2")
