@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -361,6 +361,11 @@ def _radius_vox(shape: tuple[int, ...], spacing: tuple[float, float, float], mm:
     return (0, *r[1:]) if shape[0] == 1 else r
 
 
+def _grow_box(box: tuple[slice, ...], grow: Sequence[int], shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """``box`` grown by ``grow[axis]`` voxels on each side, clipped to ``shape``."""
+    return tuple(slice(max(b.start - g, 0), min(b.stop + g, n)) for b, g, n in zip(box, grow, shape, strict=True))
+
+
 def _dilate_mm(mask: np.ndarray, spacing: tuple[float, float, float], mm: float) -> np.ndarray:
     """Dilate by about ``mm`` millimetres (anisotropic voxels respected)."""
     r = _radius_vox(mask.shape, spacing, mm)
@@ -372,7 +377,7 @@ def _dilate_mm(mask: np.ndarray, spacing: tuple[float, float, float], mm: float)
     box = bounding_box(mask)
     if box is None:
         return np.zeros(mask.shape, bool)
-    box = tuple(slice(max(b.start - ri, 0), min(b.stop + ri, n)) for b, ri, n in zip(box, r, mask.shape, strict=True))
+    box = _grow_box(box, r, mask.shape)
     # a box of rank-1 passes is cheaper than a ball and close enough for a margin
     block = mask[box].astype(np.uint8)
     for axis, ri in enumerate(r):
@@ -449,7 +454,7 @@ def remove_air_pockets(mask: np.ndarray, hu: np.ndarray, spacing: tuple[float, f
     if box is None:
         return np.zeros(mask.shape, bool)
     grow = np.add(_radius_vox(mask.shape, spacing, 10.0), (0, max(r, rim, 1), max(r, rim, 1)))
-    box = tuple(slice(max(b.start - g, 0), min(b.stop + g, n)) for b, g, n in zip(box, grow, mask.shape, strict=True))
+    box = _grow_box(box, grow, mask.shape)
     result = np.zeros(mask.shape, bool)
     result[box] = _remove_air_pockets(mask[box], hu[box], spacing, r, rim)
     return result
@@ -527,8 +532,7 @@ def _split_left_right(mask: np.ndarray, spacing: tuple[float, float, float]) -> 
 
 def _two_seeds(mask: np.ndarray, max_iter: int = 12) -> tuple[np.ndarray, np.ndarray] | None:
     """Two big components of the mask, eroding (in-plane) until the lungs separate."""
-    structure = np.zeros((3, 3, 3), bool)
-    structure[1] = ndimage.generate_binary_structure(2, 1)
+    structure = IN_PLANE  # erode within each slice only
     cur = mask
     for _ in range(max_iter + 1):
         lbl, n = ndimage.label(cur)
