@@ -240,3 +240,34 @@ def test_every_shipped_config_validates():
         else:
             for _, variant in expand_grid(raw):
                 load_config(variant)
+
+
+def test_split_by_explicit_cases():
+    from covidct.train.datasets import split_by_cases
+
+    recs = disk_records(n_cases=3, per_case=2)
+    sp = split_by_cases(recs, {"train": ["c0", "c1"], "val": ["c2"], "test": []})
+    assert sp == {"train": ["c0-0", "c0-1", "c1-0", "c1-1"], "val": ["c2-0", "c2-1"], "test": []}
+    with pytest.raises(ConfigError, match="^data.split.cases: case 'c2'"):  # an unlisted case is not dropped silently
+        split_by_cases(recs, {"train": ["c0", "c1"], "val": [], "test": []})
+    with pytest.raises(ConfigError, match="in both train and val"):
+        split_by_cases(recs, {"train": ["c0", "c1", "c2"], "val": ["c2"], "test": []})
+    with pytest.raises(ConfigError, match="^data.split.cases: unknown part 'holdout'"):
+        load_config(tiny_config(data={"split": {"cases": {"holdout": ["c0"]}}}))
+
+
+def test_grid_and_set_index_lists_and_sources_repeat():
+    from covidct.train.config import apply_overrides
+    from covidct.train.datasets import load_records, register_source
+
+    raw = tiny_config(data={"sources": [{"name": "disks"}, {"name": "disks", "repeat": 3, "n_cases": 1}]})
+    v = expand_grid({**raw, "grid": {"data.sources.1.n_cases": [1, 2]}})
+    assert [n for n, _ in v] == ["n_cases-1", "n_cases-2"] and v[1][1]["data"]["sources"][1]["n_cases"] == 2
+    with pytest.raises(ConfigError, match="not an index"):
+        expand_grid({**raw, "grid": {"data.sources.5.n_cases": [1]}})
+    assert apply_overrides(raw, ["data.sources.0.limit=2"])["data"]["sources"][0]["limit"] == 2
+    register_source("disks1", lambda **kw: disk_records(n_cases=1, per_case=2))
+    cfg = load_config(tiny_config(data={"sources": [{"name": "disks1", "repeat": 3}]}))
+    recs = load_records(cfg.data.sources)
+    assert [r["id"] for r in recs] == ["c0-0", "c0-0#1", "c0-0#2", "c0-1", "c0-1#1", "c0-1#2"]
+    assert {r["case"] for r in recs} == {"c0"}  # copies stay in their case (split-safe)

@@ -54,6 +54,7 @@ class SourceConfig:
     root: str | None = None
     exclude_meta: dict = field(default_factory=dict)  # drop records whose meta[k] == v (or in v if a list)
     limit: int | None = None  # keep at most this many records (first ones; for smoke runs)
+    repeat: int = 1  # oversample: each record this many times (same case, so splits are unaffected)
     options: dict = field(default_factory=dict)
 
 
@@ -61,7 +62,10 @@ class SourceConfig:
 class SplitConfig:
     fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # train, val, test
     seed: int = 0
-    file: str | None = None  # a split.json (case ids per part) instead of fractions
+    file: str | None = None  # a split.json (record ids per part) instead of fractions
+    # explicit case (group) ids per part, e.g. a fine-tune that must keep its parent model's split;
+    # every record's case must be listed (no silent drops)
+    cases: dict[str, list[str]] | None = None
     by_meta: str | None = None  # classification only: the part is record["meta"][by_meta] (official lists)
 
 
@@ -301,7 +305,14 @@ def _check(cfg: Config) -> None:
     if not cfg.data.sources:
         raise ConfigError("data.sources: at least one source is required")
     fr = cfg.data.split.fractions
-    if cfg.data.split.file is None and (len(fr) != 3 or any(f < 0 for f in fr) or abs(sum(fr) - 1) > 1e-6):
+    cases = cfg.data.split.cases
+    if cases is not None:
+        bad = sorted(set(cases) - {"train", "val", "test"})
+        if bad:
+            raise ConfigError(f"data.split.cases: unknown part {bad[0]!r} (parts: train, val, test)")
+        if cfg.data.split.file:
+            raise ConfigError("data.split: give cases: or file:, not both")
+    if cfg.data.split.file is None and cases is None and (len(fr) != 3 or any(f < 0 for f in fr) or abs(sum(fr) - 1) > 1e-6):
         raise ConfigError(f"data.split.fractions: need three non-negative numbers summing to 1, got {fr}")
     nf = cfg.data.negatives.fraction
     if nf is not None and not 0 <= nf < 1:
@@ -380,15 +391,25 @@ def dump_config(cfg: Config, path: str | Path) -> Path:
 
 
 def _set_dotted(d: dict, dotted: str, value: Any, where: str = "grid") -> None:
+    """Set ``d[a][b]... = value`` for ``a.b...``; a numeric part indexes a list (``data.sources.3.fold``)."""
     parts = dotted.split(".")
-    cur = d
-    for p in parts[:-1]:
-        if cur.get(p) is None:
-            cur[p] = {}
-        if not isinstance(cur[p], dict):
-            raise ConfigError(f"{where}.{dotted}: {p} is not a mapping")
-        cur = cur[p]
-    cur[parts[-1]] = copy.deepcopy(value)
+    cur: Any = d
+    for i, p in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(cur, list):
+            if not p.isdigit() or int(p) >= len(cur):
+                raise ConfigError(f"{where}.{dotted}: {p} is not an index of a {len(cur)}-item list")
+            key: Any = int(p)
+        elif isinstance(cur, dict):
+            key = p
+            if not last and cur.get(p) is None:
+                cur[p] = {}
+        else:
+            raise ConfigError(f"{where}.{dotted}: {parts[i - 1]} is not a mapping")
+        if last:
+            cur[key] = copy.deepcopy(value)
+        else:
+            cur = cur[key]
 
 
 def _short(key: str, value: Any, index: int) -> str:

@@ -112,6 +112,10 @@ def load_records(sources: Sequence) -> list[dict]:
             recs = [r for r in recs if (r.get("meta") or {}).get(k) not in vals]
         if s.limit is not None:
             recs = recs[: s.limit]
+        if s.repeat < 1:
+            raise ConfigError(f"{key}.repeat: must be >= 1, got {s.repeat}")
+        if s.repeat > 1:  # copies share the record's case; ids get a suffix so they stay unique
+            recs = [r if k == 0 else {**r, "id": f"{r['id']}#{k}"} for r in recs for k in range(s.repeat)]
         records.extend(recs)
     ids = [r["id"] for r in records]
     if len(set(ids)) != len(ids):
@@ -146,6 +150,22 @@ def split_records(records: list[dict], fractions: Sequence[float], seed: int) ->
     for g in names:
         need = {k: targets[k] - len(out[k]) for k in parts}
         out[max(need, key=need.get)].extend(groups[g])
+    return out
+
+
+def split_by_cases(records: list[dict], cases: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Record ids per part from explicit case lists (``data.split.cases``); an unlisted case is an error."""
+    part_of: dict[str, str] = {}
+    for part, names in cases.items():
+        for name in names:
+            if part_of.setdefault(str(name), part) != part:
+                raise ConfigError(f"data.split.cases: case {name!r} is in both {part_of[str(name)]} and {part}")
+    out: dict[str, list[str]] = {k: [] for k in ("train", "val", "test")}
+    for r in records:
+        g = _group(r)
+        if g not in part_of:
+            raise ConfigError(f"data.split.cases: case {g!r} (record {r['id']}) is in no part")
+        out[part_of[g]].append(r["id"])
     return out
 
 

@@ -144,6 +144,8 @@ def _make_split(cfg: Config, records: list[dict], run_dir: Path, resume: bool) -
         if not Path(cfg.data.split.file).is_file():
             raise ConfigError(f"data.split.file: not found: {cfg.data.split.file}")
         split = _read_split(Path(cfg.data.split.file))
+    elif cfg.data.split.cases is not None:
+        split = ds.split_by_cases(records, cfg.data.split.cases)
     else:
         split = ds.split_records(records, cfg.data.split.fractions, cfg.data.split.seed)
     ds.check_split(records, split)
