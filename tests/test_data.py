@@ -264,6 +264,19 @@ def test_covid_ct_md_dicom(ctmd_root: Path) -> None:
     assert list(labels) == [0, 1, 0]
 
 
+def test_covid_ct_md_negatives_and_folds(ctmd_root: Path) -> None:
+    # positions 0, 1, 2 with labels 0, 1, 0; blocks of 2 slices: folds 0, 0, 1
+    neg = load_covid_ct_md(ctmd_root, "P001", negatives_only=True)
+    assert [r["meta"]["position"] for r in neg] == [0, 2]  # the positive slice has no pixel labels: dropped
+    assert all(r["infection"].shape == r["image"].shape and not r["infection"].any() for r in neg)
+    assert [r["meta"]["block_fold"] for r in load_covid_ct_md(ctmd_root, "P001", block=2)] == [0, 0, 1]
+    assert [r["meta"]["position"] for r in load_covid_ct_md(ctmd_root, "P001", fold=0, block=2)] == [0, 1]
+    assert [r["meta"]["position"] for r in load_covid_ct_md(ctmd_root, "P001", fold=1, block=2, negatives_only=True)] == [2]
+    # gap: slices at a block edge (next to the other fold) are left out
+    assert load_covid_ct_md(ctmd_root, "P001", fold=0, block=2, gap=1) == []
+    assert [r["meta"]["position"] for r in load_covid_ct_md(ctmd_root, "P001", fold=0, block=3, gap=1)] == [1]
+
+
 def test_covid_ct_md_label_mismatch(ctmd_root: Path) -> None:
     p = ctmd_root / "labels_slice.csv"
     p.write_text(p.read_text().replace(",-2.0,", ",-3.0,"))

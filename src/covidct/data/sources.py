@@ -435,13 +435,24 @@ def _slice_location(ds: Any) -> float:
 _LOBES = ("LLL", "LUL", "RLL", "RML", "RUL")
 
 
-def load_covid_ct_md(root: str | Path | None = None, subject: str = "P001") -> list[dict]:
+def load_covid_ct_md(root: str | Path | None = None, subject: str = "P001", negatives_only: bool = False,
+                     fold: int | None = None, block: int = 8, gap: int = 0) -> list[dict]:
     """Each slice of a COVID-CT-MD subject's DICOM series (HU) with its slice and lobe labels.
 
     Labels from ``labels_slice.csv`` are matched by DICOM file name and checked against
     SliceLocation. Records come sorted by SliceLocation descending (the label order of the
-    source, top of the chest first); ``meta["slice_location"]`` gives the position.
+    source, top of the chest first); ``meta["slice_location"]`` gives the position and
+    ``meta["block_fold"]`` = (position // ``block``) % 2 the slice's half of an interleaved
+    two-fold split (blocks of ``block`` slices, so each half has apex, mid-chest and base).
+
+    ``fold``: keep only the slices of that half, less ``gap`` slices at each block edge (so that no kept
+    slice is a near copy of a slice of the other half, 2 mm away). ``negatives_only``: keep only the slices the
+    radiologists marked infection-free, each with an empty ``infection`` mask — real HU
+    negatives (vessels, hila, lung bases) for the segmentation models; positive slices have no
+    pixel labels and are dropped.
     """
+    if fold not in (None, 0, 1):
+        raise ValueError(f"fold must be 0, 1 or None, got {fold!r}")
     root = _source_root(root, "covid-ct-md")
     folder = root / subject
     if not folder.is_dir():
@@ -472,6 +483,7 @@ def load_covid_ct_md(root: str | Path | None = None, subject: str = "P001") -> l
             "slice_thickness": float(getattr(ds, "SliceThickness", 0) or 0),
             "diagnosis": diagnosis, **info,
         }  # fmt: skip
+        meta["block_fold"] = (pos // block) % 2
         slice_label = None
         if lab is not None:
             if abs(float(lab["slice_location"]) - loc) > 0.05:
@@ -484,9 +496,14 @@ def load_covid_ct_md(root: str | Path | None = None, subject: str = "P001") -> l
             meta["label_slice_position"] = int(lab["slice_position"])
         elif labels:
             raise InconsistentSeries(f"{path.name} has no row in {lab_csv}")
+        if fold is not None and (meta["block_fold"] != fold or not gap <= pos % block < block - gap):
+            continue
+        if negatives_only and slice_label != 0:
+            continue
         out.append(
             _record(
                 image=img, is_hu=True, slice_label=slice_label,
+                infection=np.zeros(img.shape, np.uint8) if negatives_only else None,
                 case=subject, id=f"{subject}/{path.name}", source="covid-ct-md", group=subject, meta=meta,
             )  # fmt: skip
         )
