@@ -6,9 +6,10 @@ P001 (148 slices, 512², 2 mm, COVID-19) has radiologists' slice-level infection
   specificity at covidct's operating point (any lesion in the slice), beside the HU baseline
   (voxels between −700 and −300 HU inside the HU-threshold lung mask, per slice);
 - lung volumes, diagnosis, per-stage times and peak RSS (whole process);
-- phantoms (exact labels): Dice of lungs (left/right) and each lesion class, involvement error.
+- phantoms (exact labels): Dice of lungs (left/right) and each lesion class, involvement error;
+- lesion-free phantoms: false involvement and diagnosis (normal lungs must not be called COVID-19).
 
-Usage: python benchmarks/analyze_p001.py [--data DIR] [--png out.png] [--phantoms N]
+Usage: python benchmarks/analyze_p001.py [--data DIR] [--png out.png] [--phantoms N] [--normal-phantoms N]
 Skips (exit 0) when the data folder is absent (the phantom part still runs with --phantoms).
 """
 
@@ -148,11 +149,35 @@ def phantoms(n: int, models: dict) -> dict:
     return {"n": n, "per_phantom": rows, "mean": {k: float(np.nanmean([r[k] for r in rows])) for k in keys}}
 
 
+def normal_phantoms(n: int, models: dict) -> dict:
+    """Lesion-free phantoms (true involvement 0 %): false involvement and the diagnosis they get.
+
+    Seeds 200.. on the analyze benchmark's grid (56 × 256 × 256), plus the unit tests' coarse
+    lesion-free phantom (20 × 128 × 128 at 6 × 2.6 × 2.6 mm, seed 5). No model trains on these seeds."""
+    from covidct.phantom import make_phantom
+    from covidct.pipeline import Analyzer
+
+    analyzer = Analyzer(**models)
+    cases = [(f"seed {s}, 56x256x256", dict(seed=s, shape=(56, 256, 256))) for s in range(200, 200 + n)]
+    cases.append(("seed 5, 20x128x128 at 6x2.6x2.6 mm", dict(seed=5, shape=(20, 128, 128), spacing=(6.0, 2.6, 2.6))))
+    rows = []
+    for name, kw in cases:
+        ph = make_phantom(lesions=False, effusion=False, **kw)
+        rep = analyzer(ph.ct, None, html=False).report
+        rows.append({"phantom": name, "involvement_percent": rep["involvement_percent"]["total"],
+                     "ggo_ml": rep["lesions"]["ggo_ml"], "consolidation_ml": rep["lesions"]["consolidation_ml"],
+                     "severity": rep["severity"]["score"], "diagnosis": rep["diagnosis"]["label"],
+                     "probabilities": rep["diagnosis"]["probabilities"]})
+    return {"n": len(rows), "per_phantom": rows}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--png", type=Path, default=None, help="save a montage of P001 overlays here")
     ap.add_argument("--phantoms", type=int, default=0, help="also score N phantoms against their exact labels")
+    ap.add_argument("--normal-phantoms", type=int, default=0,
+                    help="also analyse N lesion-free phantoms (+ the tests' coarse one): false involvement, diagnosis")
     for role in ("lungs", "lesions", "infection"):
         ap.add_argument(f"--{role}", default=role, help=f"{role} model: shipped name, checkpoint or run folder; 'none' = without")
     args = ap.parse_args()
@@ -164,6 +189,8 @@ def main() -> int:
         print(f"skip P001: real data not found under {args.data}")
     if args.phantoms:
         result["phantoms"] = phantoms(args.phantoms, models)
+    if args.normal_phantoms:
+        result["normal_phantoms"] = normal_phantoms(args.normal_phantoms, models)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result, indent=1))
     return 0
