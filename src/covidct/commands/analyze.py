@@ -41,6 +41,8 @@ def _load_timed(path: Path):
     t0 = time.perf_counter()
     ct = load_ct(path)
     ct.meta["_load_seconds"] = time.perf_counter() - t0
+    if ct.kind == "dicom":  # the DICOM SEG writer's library, imported while the models are still loading
+        import highdicom  # noqa: F401
     return ct
 
 
