@@ -210,3 +210,11 @@ def test_batch_in_worker_processes(tmp_path):
     single = json.loads((tmp_path / "out" / "case1" / "report.json").read_text())
     again = analyze(tmp_path / "studies" / "case1.nii.gz", None)
     assert single["involvement_percent"]["total"] == pytest.approx(again.report["involvement_percent"]["total"], abs=1e-3)
+
+
+def test_low_involvement_warning():
+    from covidct.pipeline import FALSE_INVOLVEMENT_PCT, low_involvement_warnings
+
+    (w,) = low_involvement_warnings({"involvement": {"total": 1.2}})
+    assert "1.2 %" in w and "false positives" in w
+    assert low_involvement_warnings({"involvement": {"total": FALSE_INVOLVEMENT_PCT}}) == []

@@ -270,6 +270,8 @@ class Analyzer:
         t0 = time.perf_counter()
         diagnosis = diagnose_from_findings(severity)
         t["diagnosis"] = time.perf_counter() - t0
+        if mode == "volume" and self.infection is not None:
+            warnings.extend(low_involvement_warnings(severity))
         report = build_report(ct, mode, severity, diagnosis, [
             _model_entry(self.lungs_info, "hu-threshold-lungs"),
             _model_entry(self.lesions_info, "hu-rule-lesions"),
@@ -677,6 +679,23 @@ def measure(ct: CT, lungs: np.ndarray, lesions: np.ndarray, mode: str = "volume"
 
 
 # --- diagnosis ---------------------------------------------------------------------------------
+
+
+# The highest false involvement the shipped models gave on the benchmark's lesion-free phantoms (3.71 %,
+# docs/BENCHMARKS.md), rounded up: below it, findings cannot be told from the models' false positives.
+FALSE_INVOLVEMENT_PCT = 4.0
+
+
+def low_involvement_warnings(sev: dict) -> list[str]:
+    """A warning when the total involvement is within the models' measured false-positive level."""
+    total = float(sev["involvement"]["total"])
+    if total >= FALSE_INVOLVEMENT_PCT:
+        return []
+    return [
+        f"total involvement {total:.1f} % is below {FALSE_INVOLVEMENT_PCT:g} %, the level the lesion models mark in "
+        "lesion-free phantoms (vessels, lung bases): at this level the lesion figures, severity score and "
+        "diagnosis cannot be told from false positives"
+    ]
 
 
 def diagnose_from_findings(sev: dict) -> dict:
