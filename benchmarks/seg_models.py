@@ -6,7 +6,9 @@
   labelled there, so effusion predictions count against background).
 - lungs: the Ma et al. cases of the lung run's validation and test parts (by case).
 
-Usage: python benchmarks/seg_models.py [--out docs/eval] [--models infection ...] [--transposed] — writes one evaluate() report per row.
+Usage: python benchmarks/seg_models.py [--out docs/eval] [--models infection ...] [--transposed]
+[--candidate lungs=runs/RUN] — writes one evaluate() report per row. ``--candidate`` scores a run folder in
+place of the shipped model of that name (same rows, its own card's split), to choose before shipping.
 Skips (exit 0) when ../shared/data is absent.
 """
 
@@ -32,7 +34,10 @@ def main() -> int:
     ap.add_argument("--models", nargs="*", default=None, help="only these shipped models (default: all)")
     ap.add_argument("--transposed", action="store_true",
                     help="score every slice transposed (image and labels): is the model orientation-independent?")
+    ap.add_argument("--candidate", action="append", default=[], metavar="NAME=RUN",
+                    help="score this run folder or checkpoint in place of the shipped model NAME")
     args = ap.parse_args()
+    candidates = dict(c.split("=", 1) for c in args.candidate)
     from covidct.data import data_root, load_source
     from covidct.evaluate import evaluate
     from covidct.models import zoo
@@ -45,15 +50,16 @@ def main() -> int:
     def run(model: str, records: list[dict], task: str, what: str) -> None:
         if args.models is not None and model not in args.models:
             return
-        if not zoo.has_model(model) or not records:
+        source = candidates.get(model, model)
+        if not zoo.has_model(source) or not records:
             rows.append((model, what, None))
             return
-        weights, _ = zoo.resolve_model_path(model)
+        weights, _ = zoo.resolve_model_path(source)
         if args.transposed:
             records = [{k: (np.ascontiguousarray(np.asarray(v).T) if k in ("image", "lungs", "infection", "lesions")
                             and v is not None else v) for k, v in r.items()} for r in records]
         res = evaluate(weights, records, task, args.out / f"{model}-{task}-{what.split()[0]}")
-        rows.append((model, what, res))
+        rows.append((f"{model} ({source})" if source != model else model, what, res))
 
     infnet = load_source("medseg-infnet", split="test")
     infnet_mc = load_source("medseg-infnet", split="test", multiclass=True)
@@ -62,8 +68,8 @@ def main() -> int:
     run("lesions", infnet_mc, "lesions", "Inf-Net test multi-class (48)")
     run("lesions", infnet, "infection", "Inf-Net test (48) as infection")
     for name, task in (("lungs", "lungs"), ("infection", "infection")):
-        if zoo.has_model(name):
-            card = zoo.load(name)[1].get("card", {})
+        if zoo.has_model(candidates.get(name, name)):
+            card = zoo.load(candidates.get(name, name))[1].get("card", {})
             for part in ("val", "test"):
                 cases = set(_split_cases(card, part))
                 recs = [r for r in ma if r["group"] in cases or f"ma-{r['case']}" in cases]
