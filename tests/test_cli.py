@@ -151,3 +151,16 @@ def test_analyze_bad_input_same_error(tmp_path, capsys):
 
 def test_unknown_command_is_usage_error(capsys):
     assert main(["frobnicate"]) == 64
+
+
+def test_console_entry_point_exit_code_and_flushed_output(tmp_path):
+    """``python -m covidct`` goes through ``run()`` (main, then a fast exit): output flushed, code kept."""
+    import subprocess
+    import sys
+
+    ok = subprocess.run([sys.executable, "-m", "covidct", "--help"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "analyze" in ok.stdout and "Exit codes" in ok.stdout  # all of it, flushed
+    bad = subprocess.run([sys.executable, "-m", "covidct", "analyze", str(tmp_path / "missing"), "-o", str(tmp_path / "o")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == EXIT_CODES["UnreadableInput"]
+    assert bad.stderr.strip().splitlines()[-1].startswith("covidct: error:") and not (tmp_path / "o").exists()

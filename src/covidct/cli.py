@@ -169,5 +169,23 @@ def main(argv: list[str] | None = None) -> int:
         return 70
 
 
+def run() -> None:
+    """Console entry point: :func:`main`, then exit without the interpreter's teardown.
+
+    By the time ``main`` returns every output has been written, closed and renamed into place;
+    tearing down torch, MONAI and a few GB of arrays would add 1–1.5 s to every command (measured on
+    ``covidct analyze`` of a 148-slice series: 12.6 s wall with it, 11.2 s without)."""
+    import logging
+
+    code = main()
+    try:
+        logging.shutdown()  # the web service's log handlers
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):  # a closed pipe: nothing more can be said
+        code = code or 1
+    os._exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()
