@@ -218,3 +218,16 @@ def test_low_involvement_warning():
     (w,) = low_involvement_warnings({"involvement": {"total": 1.2}})
     assert "1.2 %" in w and "false positives" in w
     assert low_involvement_warnings({"involvement": {"total": FALSE_INVOLVEMENT_PCT}}) == []
+
+
+def test_diagnosis_rule_centred_at_the_false_positive_level():
+    from covidct.pipeline import FALSE_INVOLVEMENT_PCT, diagnose_from_findings
+
+    def dx(total):
+        sev = {"involvement": {"total": total}, "bilateral": True, "ggo_fraction": 0.8, "peripheral_fraction": 0.7}
+        return diagnose_from_findings(sev)
+
+    at = dx(FALSE_INVOLVEMENT_PCT)["probabilities"]
+    assert abs(at["normal"] - 0.5) < 1e-3  # the models' false-positive level alone is a coin toss, not disease
+    assert dx(2.0)["label"] == "normal" and dx(15.0)["label"] == "covid19"
+    assert str(FALSE_INVOLVEMENT_PCT) in dx(1.0)["method"] or f"{FALSE_INVOLVEMENT_PCT:g}" in dx(1.0)["method"]
