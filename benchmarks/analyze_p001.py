@@ -74,6 +74,12 @@ def p001(data: Path, png: Path | None, models: dict) -> dict:
     score = np.array([r["lesion_mm2"] for r in rows])
     base = hu_baseline(ct.array)
     pred = score > 0
+    # lesion area as a share of the lung area on the radiologists' infection-free vs infected slices: the first
+    # is the models' false involvement on real lung (vessels, bases)
+    lung_area = np.array([r["lung_mm2"] for r in rows])
+    inf_area = np.array([r["ggo_mm2"] + r["consolidation_mm2"] for r in rows])
+    share = {f"{name}_slices": round(100 * float(inf_area[y == k].sum() / max(lung_area[y == k].sum(), 1e-9)), 2)
+             for name, k in (("infection_free", 0), ("infected", 1))}
     out = {
         "slices": len(rows),
         "positive_slices": int(y.sum()),
@@ -81,6 +87,7 @@ def p001(data: Path, png: Path | None, models: dict) -> dict:
         "auc_hu_baseline": roc_auc(base, y),
         "sensitivity": float((pred & (y == 1)).sum() / (y == 1).sum()),
         "specificity": float((~pred & (y == 0)).sum() / (y == 0).sum()),
+        "ggo_consolidation_percent_of_lung_area": share,
         "lungs_ml": res.report["lungs"],
         "lesions_ml": {k: res.report["lesions"][k] for k in ("ggo_ml", "consolidation_ml", "effusion_ml", "total_ml")},
         "involvement_percent": res.report["involvement_percent"]["total"],
