@@ -46,9 +46,13 @@ def main() -> int:
     if not folder.is_dir():
         print(f"skip: {folder} not found")
         return 0
+    import yaml
+
     from covidct.io import load_ct
 
-    block = 8  # as in configs/infection_p001_negatives.yaml
+    # the fold layout the models were trained with (their covid-ct-md source's options)
+    cfg = yaml.safe_load((args.run_dir / "fold-0" / "config.resolved.yaml").read_text())
+    block = next(int(src.get("block", 8)) for src in cfg["data"]["sources"] if src["name"] == "covid-ct-md")
     ct = load_ct(folder)
     rows_csv = {Path(r["dicom_file"]).name: r for r in csv.DictReader(open(args.data / "covid-ct-md" / "labels_slice.csv"))}
     base = hu_baseline(ct.array)
@@ -57,15 +61,13 @@ def main() -> int:
     scores: dict[str, np.ndarray] = {}
     out: dict = {"folds": {}, "models": {}}
     for name, m in {**models, **refs}.items():
-        res, rows = slice_scores(ct, m)
-        if "y" not in out:
-            out["y"] = [int(rows_csv[r["file"]]["label"]) for r in rows]
-            out["pos"] = [int(rows_csv[r["file"]]["slice_position"]) for r in rows]
+        res, rows = slice_scores(ct, m)  # the same slices in the same order for every model
         scores[name] = np.array([r["lesion_mm2"] for r in rows])
         # whole-series figures (for the fold models they include the slices they learned from)
         out["models"][name] = {"model": m, "involvement_percent": res.report["involvement_percent"]["total"],
                                "diagnosis": res.report["diagnosis"]["label"]}
-    y, pos = np.array(out.pop("y")), np.array(out.pop("pos"))
+    y = np.array([int(rows_csv[r["file"]]["label"]) for r in rows])
+    pos = np.array([int(rows_csv[r["file"]]["slice_position"]) for r in rows])
     fold = (pos // block) % 2
     oof = np.zeros(len(y))
     for k in (0, 1):

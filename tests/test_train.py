@@ -271,3 +271,20 @@ def test_grid_and_set_index_lists_and_sources_repeat():
     recs = load_records(cfg.data.sources)
     assert [r["id"] for r in recs] == ["c0-0", "c0-0#1", "c0-0#2", "c0-1", "c0-1#1", "c0-1#2"]
     assert {r["case"] for r in recs} == {"c0"}  # copies stay in their case (split-safe)
+
+
+def test_configured_split_file_cases_fractions(tmp_path):
+    # one place decides the split for 2-D, 3-D and refinement training
+    from covidct.train.config import SplitConfig
+    from covidct.train.datasets import configured_split
+
+    recs = disk_records(n_cases=4, per_case=1)
+    by_cases = configured_split(recs, SplitConfig(cases={"train": ["c0", "c1"], "val": ["c2"], "test": ["c3"]}))
+    assert by_cases == {"train": ["c0-0", "c1-0"], "val": ["c2-0"], "test": ["c3-0"]}
+    f = tmp_path / "split.json"
+    f.write_text(json.dumps({"splits": by_cases}))
+    assert configured_split(recs, SplitConfig(file=str(f))) == by_cases
+    with pytest.raises(ConfigError, match="^data.split.file: not found"):
+        configured_split(recs, SplitConfig(file=str(tmp_path / "missing.json")))
+    by_fractions = configured_split(recs, SplitConfig(fractions=[0.5, 0.25, 0.25], seed=0))
+    assert sorted(sum(by_fractions.values(), [])) == sorted(r["id"] for r in recs)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from covidct.errors import InconsistentSeries, UnreadableInput
+from covidct.errors import ConfigError, InconsistentSeries, UnreadableInput
 
 # Folder names of the sources inside the data root.
 SOURCE_FOLDERS: dict[str, str] = {
@@ -452,7 +452,7 @@ def load_covid_ct_md(root: str | Path | None = None, subject: str = "P001", nega
     pixel labels and are dropped.
     """
     if fold not in (None, 0, 1):
-        raise ValueError(f"fold must be 0, 1 or None, got {fold!r}")
+        raise ConfigError(f"covid-ct-md: fold must be 0, 1 or null, got {fold!r}")
     root = _source_root(root, "covid-ct-md")
     folder = root / subject
     if not folder.is_dir():

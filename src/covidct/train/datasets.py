@@ -14,7 +14,9 @@ on the image) -> tensors.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -157,6 +159,8 @@ def split_by_cases(records: list[dict], cases: dict[str, list[str]]) -> dict[str
     """Record ids per part from explicit case lists (``data.split.cases``); an unlisted case is an error."""
     part_of: dict[str, str] = {}
     for part, names in cases.items():
+        if part not in ("train", "val", "test"):
+            raise ConfigError(f"data.split.cases: unknown part {part!r} (parts: train, val, test)")
         for name in names:
             if part_of.setdefault(str(name), part) != part:
                 raise ConfigError(f"data.split.cases: case {name!r} is in both {part_of[str(name)]} and {part}")
@@ -167,6 +171,30 @@ def split_by_cases(records: list[dict], cases: dict[str, list[str]]) -> dict[str
             raise ConfigError(f"data.split.cases: case {g!r} (record {r['id']}) is in no part")
         out[part_of[g]].append(r["id"])
     return out
+
+
+def read_split(path: Path) -> dict[str, list[str]]:
+    """A split file in the ``covidct.data.splits.save_split`` format (``{"splits": {...}, ...}``)."""
+    try:
+        doc = json.loads(Path(path).read_text())
+        sp = doc.get("splits", doc)
+    except (OSError, ValueError, AttributeError) as e:
+        raise ConfigError(f"data.split.file: cannot read {path}: {e}") from e
+    missing = [k for k in ("train", "val", "test") if k not in sp]
+    if missing:
+        raise ConfigError(f"data.split.file: {path} lacks the {missing[0]!r} part")
+    return {k: [str(i) for i in sp[k]] for k in ("train", "val", "test")}
+
+
+def configured_split(records: list[dict], sp) -> dict[str, list[str]]:
+    """Record ids per part as a config's ``data.split`` says: ``file``, ``cases`` or ``fractions`` + ``seed``."""
+    if sp.file:
+        if not Path(sp.file).is_file():
+            raise ConfigError(f"data.split.file: not found: {sp.file}")
+        return read_split(Path(sp.file))
+    if sp.cases is not None:
+        return split_by_cases(records, sp.cases)
+    return split_records(records, sp.fractions, sp.seed)
 
 
 def check_split(records: list[dict], split: dict[str, list[str]]) -> None:

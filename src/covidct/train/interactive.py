@@ -293,7 +293,7 @@ def train_interactive(raw: dict, run_dir: str | Path | None = None, resume: bool
             records = load_volume_records(data.sources)
         else:
             records = ds.load_records(data.sources)
-    split = ds.split_records(records, data.split.fractions, data.split.seed)
+    split = ds.configured_split(records, data.split)
     ds.check_split(records, split)
     by_id = {r["id"]: r for r in records}
     (run_dir / "split.json").write_text(json.dumps({"splits": split, "seed": data.split.seed}, indent=1) + "\n")

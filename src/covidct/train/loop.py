@@ -122,32 +122,10 @@ def _scheduler(cfg: Config, opt: torch.optim.Optimizer):
     return None
 
 
-def _read_split(path: Path) -> dict[str, list[str]]:
-    """A split file in the ``covidct.data.splits.save_split`` format (``{"splits": {...}, ...}``)."""
-    try:
-        doc = json.loads(Path(path).read_text())
-        sp = doc.get("splits", doc)
-    except (OSError, ValueError, AttributeError) as e:
-        raise ConfigError(f"data.split.file: cannot read {path}: {e}") from e
-    missing = [k for k in ("train", "val", "test") if k not in sp]
-    if missing:
-        raise ConfigError(f"data.split.file: {path} lacks the {missing[0]!r} part")
-    return {k: [str(i) for i in sp[k]] for k in ("train", "val", "test")}
-
-
 def _make_split(cfg: Config, records: list[dict], run_dir: Path, resume: bool) -> dict[str, list[str]]:
     """Case-level split, written to ``run_dir/split.json`` (save_split format, case ids in ``info``)."""
     split_path = run_dir / "split.json"
-    if resume and split_path.is_file():
-        split = _read_split(split_path)
-    elif cfg.data.split.file:
-        if not Path(cfg.data.split.file).is_file():
-            raise ConfigError(f"data.split.file: not found: {cfg.data.split.file}")
-        split = _read_split(Path(cfg.data.split.file))
-    elif cfg.data.split.cases is not None:
-        split = ds.split_by_cases(records, cfg.data.split.cases)
-    else:
-        split = ds.split_records(records, cfg.data.split.fractions, cfg.data.split.seed)
+    split = ds.read_split(split_path) if resume and split_path.is_file() else ds.configured_split(records, cfg.data.split)
     ds.check_split(records, split)
     by_id = {r["id"]: r for r in records}
     cases = {k: sorted({ds._group(by_id[i]) for i in v if i in by_id}) for k, v in split.items()}

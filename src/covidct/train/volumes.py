@@ -582,12 +582,7 @@ def train_seg3d(raw: dict, run_dir: str | Path | None = None, resume: bool = Fal
     if records is None:
         records = load_volume_records(sh["data"].sources)
     sp = sh["data"].split
-    if sp.file:
-        from covidct.train.loop import _read_split
-
-        split = _read_split(Path(sp.file))
-    else:
-        split = ds.split_records(records, sp.fractions, sp.seed)
+    split = ds.configured_split(records, sp)
     by_id = {r["id"]: r for r in records}
     parts = {k: [by_id[i] for i in ids if i in by_id] for k, ids in split.items()}
     if not parts["train"]:
