@@ -288,3 +288,16 @@ def test_configured_split_file_cases_fractions(tmp_path):
         configured_split(recs, SplitConfig(file=str(tmp_path / "missing.json")))
     by_fractions = configured_split(recs, SplitConfig(fractions=[0.5, 0.25, 0.25], seed=0))
     assert sorted(sum(by_fractions.values(), [])) == sorted(r["id"] for r in recs)
+
+
+def test_failed_run_leaves_no_run_folder(tmp_path):
+    from covidct.train import train
+
+    bad = tiny_config(data={"split": {"cases": {"train": ["c0"], "val": [], "test": []}}})
+    with pytest.raises(ConfigError, match="is in no part"):
+        train(bad, tmp_path / "new", records=disk_records(), verbose=False)
+    assert not (tmp_path / "new").exists()  # not a folder holding only config.resolved.yaml
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(ConfigError):
+        train(bad, tmp_path / "mine", records=disk_records(), verbose=False)
+    assert (tmp_path / "mine").is_dir()  # a folder that was already there is the user's: kept

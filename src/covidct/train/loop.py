@@ -21,8 +21,10 @@ from __future__ import annotations
 import csv
 import json
 import random
+import shutil
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +60,27 @@ def train(config: str | Path | dict | Config, run_dir: str | Path | None = None,
     """
     raw = config_to_dict(config) if isinstance(config, Config) else load_raw(config)
     raw = apply_overrides(raw, overrides)
+    output = raw.get("output") if isinstance(raw.get("output"), dict) else {}
+    target = Path(run_dir or str(output.get("run_dir", "runs/{name}")).format(name=raw.get("name", "run")))
+    with _removed_if_failed_early(target):
+        return _train(raw, run_dir, resume, records, verbose, variants)
+
+
+@contextmanager
+def _removed_if_failed_early(run_dir: Path):
+    """A run folder this call creates is removed again when the run fails before its first checkpoint (a
+    config or data error, an interrupt in the first epoch): no folder left holding only a config."""
+    existed = run_dir.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and run_dir.is_dir() and not any(run_dir.rglob("*.pt")):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _train(raw: dict, run_dir: str | Path | None, resume: bool, records: list[dict] | None, verbose: bool,
+           variants: list[str] | None) -> Path:
     if raw.get("kind") in ("seg3d", "interactive"):  # 3-D and click-guided paths (own config sections)
         from covidct.train import interactive, volumes
 
