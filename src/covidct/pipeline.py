@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
+import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -228,9 +229,15 @@ class Analyzer:
 
     def __call__(
         self, ct: CT, outdir: str | Path | None = None, *, png: bool = False, html: bool = True,
-        progress: Callable[[str], None] | None = None,
+        progress: Callable[[str], None] | None = None, seg_writer: SegWriter | None = None,
     ) -> Analysis:
-        """Analyse ``ct``; ``progress`` (optional) is called with each stage's name as it starts."""
+        """Analyse ``ct``; ``progress`` (optional) is called with each stage's name as it starts.
+
+        ``seg_writer`` (optional) starts writing the DICOM SEG: called with (lungs, lesions, path)
+        it returns a future; the default writes it in a thread from this ``ct``. Either way it starts
+        as soon as the masks are final, so the SEG (the slowest output) overlaps the severity, the
+        report and the other outputs.
+        """
         stage = progress or (lambda _name: None)
         t = {"load": float(ct.meta.get("_load_seconds", 0.0))}
         if ct.n_slices == 1 and not ct.is_hu and ct.kind == "image":
@@ -263,6 +270,20 @@ class Analyzer:
             lesions[infection & (lungs == 0)] = 0  # interpolated edges must agree
             lungs[lesions == EFFUSION] = 0
         t["lesions"] = time.perf_counter() - t0
+        if outdir is None:
+            return self._finish(ct, mode, lungs, lesions, t, warnings, stage)
+        early = _EarlyOutputs.start(Path(outdir), ct, lungs, lesions, mode, seg_writer)
+        try:
+            analysis = self._finish(ct, mode, lungs, lesions, t, warnings, stage)
+            stage("outputs")
+            write_outputs(analysis, Path(outdir), png=png, html=html, timings=t, early=early)
+        finally:
+            early.discard()
+        return analysis
+
+    def _finish(self, ct: CT, mode: str, lungs: np.ndarray, lesions: np.ndarray, t: dict, warnings: list[str],
+                stage: Callable[[str], None]) -> Analysis:
+        """Severity, diagnosis and the report of the final masks."""
         stage("severity")
         t0 = time.perf_counter()
         severity = measure(ct, lungs, lesions, mode)
@@ -276,12 +297,7 @@ class Analyzer:
             _model_entry(self.lungs_info, "hu-threshold-lungs"),
             _model_entry(self.lesions_info, "hu-rule-lesions"),
         ] + ([_model_entry(self.infection_info, "")] if self.infection_info else []), t, warnings)
-        analysis = Analysis(ct=ct, lungs=lungs, lesions=lesions, report=report)
-        if outdir is not None:
-            stage("outputs")
-            t0 = time.perf_counter()
-            write_outputs(analysis, Path(outdir), png=png, html=html, timings=t)
-        return analysis
+        return Analysis(ct=ct, lungs=lungs, lesions=lesions, report=report)
 
 
 # --- working grid -------------------------------------------------------------------------------
@@ -811,8 +827,50 @@ def build_report(ct: CT, mode: str, sev: dict, diagnosis: dict, models: list[dic
 # --- outputs ------------------------------------------------------------------------------------
 
 
-def write_outputs(analysis: Analysis, outdir: Path, *, png: bool = False, html: bool = True, timings: dict | None = None) -> dict[str, str]:
-    """Write every output into ``outdir`` atomically: built in a temp folder, then moved in."""
+SegWriter = Callable[[np.ndarray, np.ndarray, Path], "Future[Path]"]
+
+
+@dataclass
+class _EarlyOutputs:
+    """The temp output folder and the DICOM SEG, started before the severity and report are computed."""
+
+    tmp: Path
+    seg: Future | None = None
+    owner: ThreadPoolExecutor | None = None
+
+    @classmethod
+    def start(cls, outdir: Path, ct: CT, lungs: np.ndarray, lesions: np.ndarray, mode: str,
+              seg_writer: SegWriter | None = None) -> _EarlyOutputs:
+        outdir.parent.mkdir(parents=True, exist_ok=True)
+        # mkdir, not mkdtemp: the folder is renamed into OUTDIR, so it gets the user's usual permissions (umask)
+        tmp = outdir.parent / f".{outdir.name}.tmp-{uuid.uuid4().hex[:12]}"
+        tmp.mkdir()
+        early = cls(tmp)
+        if mode == "volume" and ct.kind == "dicom":
+            path = early.tmp / "segmentation.dcm"
+            if seg_writer is None:
+                from covidct.report.dicomseg import write_dicom_seg
+
+                early.owner = ThreadPoolExecutor(max_workers=1)
+                early.seg = early.owner.submit(write_dicom_seg, ct, lungs, lesions, path)
+            else:
+                early.seg = seg_writer(lungs, lesions, path)
+        return early
+
+    def discard(self) -> None:
+        """Remove the temp folder (after the SEG writer is done with it; its errors are reported elsewhere)."""
+        if self.seg is not None:
+            wait([self.seg])
+        if self.owner is not None:
+            self.owner.shutdown()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def write_outputs(analysis: Analysis, outdir: Path, *, png: bool = False, html: bool = True, timings: dict | None = None,
+                  early: _EarlyOutputs | None = None) -> dict[str, str]:
+    """Write every output into ``outdir`` atomically: built in a temp folder, then moved in.
+
+    ``early``: the temp folder and DICOM SEG :meth:`Analyzer.__call__` started (else both start here)."""
     import json
 
     from covidct.io import save_label_png, save_mask_nifti, save_overlay_png
@@ -820,11 +878,11 @@ def write_outputs(analysis: Analysis, outdir: Path, *, png: bool = False, html: 
     ct, lungs, lesions, report = analysis.ct, analysis.lungs, analysis.lesions, analysis.report
     t0 = time.perf_counter()
     outdir = Path(outdir)
-    outdir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
+    own = early is None
+    if early is None:
+        early = _EarlyOutputs.start(outdir, ct, lungs, lesions, report["mode"])
+    tmp = early.tmp
     try:
-        from concurrent.futures import ThreadPoolExecutor
-
         from covidct.report import slice_rows, validate_report
 
         files: dict[str, str | None] = {"lungs": None, "lesions": None, "dicom_seg": None, "html": None}
@@ -839,11 +897,7 @@ def write_outputs(analysis: Analysis, outdir: Path, *, png: bool = False, html: 
             if report["mode"] == "volume":
                 writes = [pool.submit(save_mask_nifti, lungs, ct, tmp / "lungs.nii.gz"),
                           pool.submit(save_mask_nifti, lesions, ct, tmp / "lesions.nii.gz")]
-                seg = None
-                if ct.kind == "dicom":
-                    from covidct.report.dicomseg import write_dicom_seg
-
-                    seg = pool.submit(write_dicom_seg, ct, lungs, lesions, tmp / "segmentation.dcm")
+                seg = early.seg
                 report["slices"] = slice_rows(ct, lungs, lesions)
                 for w in writes:
                     w.result()
@@ -891,7 +945,8 @@ def write_outputs(analysis: Analysis, outdir: Path, *, png: bool = False, html: 
         (tmp / "report.json").write_text(json.dumps(report, indent=2))
         _move_into(tmp, outdir)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if own:
+            early.discard()
     analysis.outdir = outdir
     analysis.files = files
     return files

@@ -115,87 +115,30 @@ def _nibble(labels: np.ndarray) -> np.ndarray:
     return np.where((small == labels) & (small < 16), small, np.uint8(0))
 
 
-def write_dicom_seg(ct: CT, lungs: np.ndarray, lesions: np.ndarray, path: str | Path) -> Path:
-    """Write a BINARY DICOM SEG of the lungs and non-empty lesion classes for a DICOM input.
-
-    Segments: left lung, right lung (always), then ground-glass opacity, consolidation and
-    pleural effusion when present. Frames reference the source CT images (one per slice), in
-    the source pixel layout, so the SEG overlays the series in any DICOM viewer. Raises
-    ValueError for a non-DICOM input or when the source files cannot be read.
-    """
+def _segmentation(sources: list, pixel_array: np.ndarray, segments: list) -> object:
+    """The highdicom Segmentation of ``pixel_array`` (frames, rows, cols, segments) over ``sources``."""
     import highdicom as hd
-    import pydicom
     from pydicom.sr.codedict import codes
 
     from covidct import __version__
-    from covidct.io import to_source_layout
-
-    if ct.kind != "dicom":
-        raise ValueError(f"a DICOM SEG can only be written for DICOM input (this input is {ct.kind!r})")
-    lungs = np.asarray(lungs)
-    lesions = np.asarray(lesions)
-    if lungs.shape != ct.shape or lesions.shape != ct.shape:
-        raise ValueError(f"mask shapes {lungs.shape}/{lesions.shape} do not match the CT {ct.shape}")
-    files = _source_files(ct)
-    # One uint8 code per voxel, lung * 16 + lesion (values that are no segment's map to no segment), so
-    # that the (frames, rows, cols, segments) stack below is one table lookup instead of a comparison and
-    # a strided copy per segment.
-    code = _nibble(lungs) * np.uint8(16) + _nibble(lesions)
-    # to_source_layout gives (column, row, slice) in the source files' order; frames are (slice, row, col).
-    frames = to_source_layout(ct, code).transpose(2, 1, 0)
-    if frames.shape[0] != len(files):
-        raise ValueError(f"{ct.path}: {len(files)} source files for {frames.shape[0]} slices")
-
-    # The SEG only needs the source headers (geometry, UIDs, patient/study): the loader's (read without
-    # pixel data, as here) when it kept them, else read again without pixel data.
-    sources = ct.meta.get("_source_headers")
-    if not sources or len(sources) != len(files):
-        sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
-    for ds in sources:
-        # De-identified series often drop Type 2 patient/study attributes that highdicom copies
-        # into the SEG; DICOM allows them empty, so fill the in-memory headers with empty values
-        # (idempotent, so the loader's kept headers may be filled too).
-        for kw in _TYPE2_COPIED:
-            if kw not in ds:
-                setattr(ds, kw, "")
-    rows, cols = frames.shape[1:]
-    uids = ct.meta.get("source_sop_uids") or []
-    for i, ds in enumerate(sources):
-        if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
-            raise ValueError(f"{files[i].name}: {ds.Rows}x{ds.Columns} pixels, masks are {rows}x{cols}")
-        if uids and str(ds.SOPInstanceUID) != uids[i]:
-            raise ValueError(
-                f"{files[i].name}: SOP Instance UID differs from the loaded series (file changed?)"
-            )
 
     algorithm = hd.AlgorithmIdentificationSequence(
         name="covidct", family=codes.DCM.ArtificialIntelligence, version=str(__version__)
     )
-    present = np.bincount(code.ravel(), minlength=256) > 0
-    part = dict(zip(("lungs", "lesions"), np.divmod(np.arange(256), 16), strict=True))  # each code's two labels
-    descriptions, columns = [], []
-    for label, category, prop_type, rgb, mask_name, value in _segments():
-        column = part[mask_name] == value  # the codes in this segment
-        if mask_name == "lesions" and not (present & column).any():
-            continue  # only lesion classes that are present; the lungs are always written
-        number = len(descriptions) + 1  # highdicom wants segment numbers 1..N without gaps
-        descriptions.append(
-            hd.seg.SegmentDescription(
-                segment_number=number,
-                segment_label=label,
-                segmented_property_category=category,
-                segmented_property_type=prop_type,
-                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-                algorithm_identification=algorithm,
-                tracking_uid=hd.UID(),
-                tracking_id=label,
-                display_color=hd.color.CIELabColor.from_rgb(*rgb),
-            )
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=number,  # highdicom wants segment numbers 1..N without gaps
+            segment_label=label,
+            segmented_property_category=category,
+            segmented_property_type=prop_type,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            tracking_uid=hd.UID(),
+            tracking_id=label,
+            display_color=hd.color.CIELabColor.from_rgb(*rgb),
         )
-        columns.append(column)
-    # bool (frames, rows, cols, segments): no cast needed
-    pixel_array = np.stack(columns, axis=-1)[np.ascontiguousarray(frames)]
-
+        for number, (label, category, prop_type, rgb, _, _) in enumerate(segments, start=1)
+    ]
     with warnings.catch_warnings():
         # Single-component patient names ("PHANTOM") are legal DICOM; highdicom only warns.
         warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name.*")
@@ -216,6 +159,90 @@ def write_dicom_seg(ct: CT, lungs: np.ndarray, lesions: np.ndarray, path: str | 
             content_description="Lungs and COVID-19 lesions (research use only)",
         )
     seg.SeriesDescription = SERIES_DESCRIPTION
+    return seg
+
+
+def _source_headers(ct: CT, files: list[Path]) -> list:
+    """The source headers (geometry, UIDs, patient/study) with empty Type 2 attributes filled in."""
+    import pydicom
+
+    # The loader's (read without pixel data, as here) when it kept them, else read again.
+    sources = ct.meta.get("_source_headers")
+    if not sources or len(sources) != len(files):
+        sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
+    for ds in sources:
+        # De-identified series often drop Type 2 patient/study attributes that highdicom copies
+        # into the SEG; DICOM allows them empty, so fill the in-memory headers with empty values
+        # (idempotent, so the loader's kept headers may be filled too).
+        for kw in _TYPE2_COPIED:
+            if kw not in ds:
+                setattr(ds, kw, "")
+    return sources
+
+
+def prepare_dicom_seg(ct: CT) -> None:
+    """Build and encode, in memory, a one-frame SEG of ``ct``'s first slice, and discard it.
+
+    A process's first SEG pays about a second of one-off costs (highdicom reads its tables of the
+    standard, pydicom sets up its encoders); a helper process that will write the SEG pays them while
+    the models run. Raises ValueError where :func:`write_dicom_seg` would.
+    """
+    import io
+
+    files = _source_files(ct)
+    sources = _source_headers(ct, files)[:1]
+    rows, cols = int(sources[0].Rows), int(sources[0].Columns)
+    pixel_array = np.zeros((1, rows, cols, 1), dtype=bool)
+    pixel_array[0, rows // 2, cols // 2, 0] = True
+    _segmentation(sources, pixel_array, _segments()[:1]).save_as(io.BytesIO(), enforce_file_format=True)
+
+
+def write_dicom_seg(ct: CT, lungs: np.ndarray, lesions: np.ndarray, path: str | Path) -> Path:
+    """Write a BINARY DICOM SEG of the lungs and non-empty lesion classes for a DICOM input.
+
+    Segments: left lung, right lung (always), then ground-glass opacity, consolidation and
+    pleural effusion when present. Frames reference the source CT images (one per slice), in
+    the source pixel layout, so the SEG overlays the series in any DICOM viewer. Raises
+    ValueError for a non-DICOM input or when the source files cannot be read.
+    """
+    from covidct.io import to_source_layout
+
+    if ct.kind != "dicom":
+        raise ValueError(f"a DICOM SEG can only be written for DICOM input (this input is {ct.kind!r})")
+    lungs = np.asarray(lungs)
+    lesions = np.asarray(lesions)
+    if lungs.shape != ct.shape or lesions.shape != ct.shape:
+        raise ValueError(f"mask shapes {lungs.shape}/{lesions.shape} do not match the CT {ct.shape}")
+    files = _source_files(ct)
+    # to_source_layout gives (column, row, slice) in the source files' order; frames are (slice, row, col).
+    masks = {name: np.ascontiguousarray(to_source_layout(ct, m).transpose(2, 1, 0))
+             for name, m in (("lungs", lungs), ("lesions", lesions))}
+    n_frames, rows, cols = masks["lungs"].shape
+    if n_frames != len(files):
+        raise ValueError(f"{ct.path}: {len(files)} source files for {n_frames} slices")
+
+    sources = _source_headers(ct, files)
+    uids = ct.meta.get("source_sop_uids") or []
+    for i, ds in enumerate(sources):
+        if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
+            raise ValueError(f"{files[i].name}: {ds.Rows}x{ds.Columns} pixels, masks are {rows}x{cols}")
+        if uids and str(ds.SOPInstanceUID) != uids[i]:
+            raise ValueError(
+                f"{files[i].name}: SOP Instance UID differs from the loaded series (file changed?)"
+            )
+
+    present = np.zeros(256, dtype=bool)
+    present[_nibble(lesions).ravel()] = True  # the lesion classes in use (no int64 copy, unlike bincount)
+    # only lesion classes that are present; the lungs are always written
+    segments = [s for s in _segments() if s[4] == "lungs" or present[s[5]]]
+    # bool (frames, rows, cols, segments), filled segment by segment and laid out so in memory: highdicom's
+    # overlap test sums over the segment axis and its encoder takes one segment's frames at a time, both
+    # several times faster on this layout than on a C-contiguous stack (P001: 0.78 s -> ~0.1 s for the sum).
+    stack = np.empty((len(segments), n_frames, rows, cols), dtype=bool)
+    for plane, (*_, mask_name, value) in zip(stack, segments, strict=True):
+        np.equal(masks[mask_name], value, out=plane)
+    pixel_array = stack.transpose(1, 2, 3, 0)
+    seg = _segmentation(sources, pixel_array, segments)
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

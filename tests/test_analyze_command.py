@@ -1,0 +1,161 @@
+"""`covidct analyze` on one DICOM study: the forked scan process that reads the series while the models
+load and writes the DICOM SEG while the report is made, and the pipeline's early-started SEG."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import Future
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+
+from covidct.commands.analyze import _ScanProcess
+from covidct.io import load_ct
+from covidct.phantom import make_phantom, write_phantom
+from covidct.pipeline import Analyzer, analyze
+from covidct.report.dicomseg import prepare_dicom_seg, write_dicom_seg
+
+SMALL = dict(shape=(16, 128, 128), spacing=(6.0, 2.6, 2.6))
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    ph = make_phantom(seed=6, lesion_burden=0.15, **SMALL)
+    return write_phantom(ph, tmp_path_factory.mktemp("study"), fmt="dicom"), ph
+
+
+@pytest.fixture(scope="module")
+def analyzer() -> Analyzer:
+    return Analyzer()
+
+
+def _frames(path: Path) -> tuple[list[str], list[tuple[str, int]], np.ndarray]:
+    """Segment labels, (referenced source instance, segment number) per frame, and the frames, in a fixed order."""
+    ds = pydicom.dcmread(path)
+    keys = [
+        (f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID,
+         int(f.SegmentIdentificationSequence[0].ReferencedSegmentNumber))
+        for f in ds.PerFrameFunctionalGroupsSequence
+    ]
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    pixels = ds.pixel_array.reshape(len(keys), ds.Rows, ds.Columns)
+    return [s.SegmentLabel for s in ds.SegmentSequence], [keys[i] for i in order], pixels[order]
+
+
+def _same_seg(a: Path, b: Path) -> None:
+    la, ka, pa = _frames(a)
+    lb, kb, pb = _frames(b)
+    assert la == lb and ka == kb
+    np.testing.assert_array_equal(pa, pb)
+
+
+def test_scan_process_reads_the_series_and_writes_the_same_seg(study, tmp_path):
+    folder, ph = study
+    with _ScanProcess(fork=True) as helper:
+        assert helper.pool is not None
+        ct, result = helper.load_beside(folder, lambda: "models loaded")
+        assert result == "models loaded"
+        np.testing.assert_array_equal(ct.array, load_ct(folder).array)
+        assert ct.meta["_load_seconds"] > 0
+        out = helper.seg_writer(ct)(ph.lungs, ph.lesions, tmp_path / "child.dcm").result()
+    assert out == tmp_path / "child.dcm"
+    write_dicom_seg(ct, ph.lungs, ph.lesions, tmp_path / "here.dcm")
+    _same_seg(tmp_path / "child.dcm", tmp_path / "here.dcm")
+
+
+def test_scan_process_errors_come_back_as_they_are(study, tmp_path):
+    from covidct.errors import UnreadableInput
+
+    folder, ph = study
+    with _ScanProcess(fork=True) as helper:
+        with pytest.raises(UnreadableInput):
+            helper.load_beside(tmp_path / "missing", lambda: None)
+    with _ScanProcess(fork=True) as helper:
+        ct, _ = helper.load_beside(folder, lambda: None)
+        with pytest.raises(ValueError, match="do not match"):
+            helper.seg_writer(ct)(ph.lungs[:3], ph.lesions[:3], tmp_path / "x.dcm").result()
+
+
+def test_scan_process_falls_back_when_the_child_dies(study, tmp_path):
+    folder, ph = study
+    with _ScanProcess(fork=True) as helper:
+        ct, _ = helper.load_beside(folder, lambda: None)
+        write = helper.seg_writer(ct)
+        helper.pool.submit(os._exit, 1).exception()  # the child is gone: the pool is broken
+        out = write(ph.lungs, ph.lesions, tmp_path / "seg.dcm").result()  # written here instead
+    _same_seg(out, write_dicom_seg(ct, ph.lungs, ph.lesions, tmp_path / "here.dcm"))
+
+
+def test_without_fork_everything_stays_in_this_process(study):
+    folder, _ = study
+    with _ScanProcess(fork=False) as helper:
+        ct, _ = helper.load_beside(folder, lambda: None)
+        assert helper.pool is None and helper.seg_writer(ct) is None
+    np.testing.assert_array_equal(ct.array, load_ct(folder).array)
+
+
+def test_prepare_dicom_seg_writes_nothing(study, tmp_path, monkeypatch):
+    folder, _ = study
+    monkeypatch.chdir(tmp_path)
+    prepare_dicom_seg(load_ct(folder))
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="DICOM"):
+        prepare_dicom_seg(make_phantom(seed=1, **SMALL).ct)  # an in-memory volume has no source files
+
+
+def test_analyze_command_in_a_fresh_process(study, tmp_path):
+    """The console command as users run it (torch not yet imported, so the scan process forks)."""
+    folder, _ = study
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-m", "covidct", "analyze", str(folder), "-o", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "report:" in res.stdout and not res.stderr.strip()
+    report = json.loads((out / "report.json").read_text())
+    assert report["outputs"]["dicom_seg"] == "segmentation.dcm" and not report["warnings"]
+    assert {"load", "lungs", "lesions", "severity", "outputs"} <= set(report["timings_s"])
+    # the SEG the scan process wrote holds exactly the masks of the NIfTIs
+    ct = load_ct(folder)
+    lungs, lesions = (np.asarray(nib.load(out / f).dataobj).transpose(2, 1, 0) for f in ("lungs.nii.gz", "lesions.nii.gz"))
+    _same_seg(out / "segmentation.dcm", write_dicom_seg(ct, lungs, lesions, tmp_path / "here.dcm"))
+    # the output folder gets the usual permissions, not a temp folder's 0700
+    (tmp_path / "plain").mkdir()
+    assert out.stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_seg_writer_failure_becomes_a_warning(study, tmp_path, analyzer):
+    folder, _ = study
+    calls = []
+
+    def failing(lungs, lesions, path):
+        calls.append(path)
+        fut: Future = Future()
+        fut.set_exception(ValueError("source file gone"))
+        return fut
+
+    res = analyzer(load_ct(folder), tmp_path / "out", html=False, seg_writer=failing)
+    assert len(calls) == 1 and calls[0].name == "segmentation.dcm"
+    assert res.files["dicom_seg"] is None and (tmp_path / "out" / "lungs.nii.gz").is_file()
+    assert not (tmp_path / "out" / "segmentation.dcm").exists()
+    assert any("no DICOM SEG written: source file gone" in w for w in res.report["warnings"])
+
+
+def test_failure_after_the_seg_started_leaves_nothing(study, tmp_path, analyzer, monkeypatch):
+    import covidct.pipeline as pl
+
+    folder, _ = study
+
+    def boom(*a, **k):
+        raise RuntimeError("severity failed")
+
+    monkeypatch.setattr(pl, "measure", boom)
+    with pytest.raises(RuntimeError, match="severity failed"):
+        analyze(folder, tmp_path / "out", analyzer=analyzer)  # the SEG was already being written
+    assert list(tmp_path.iterdir()) == []
