@@ -159,3 +159,21 @@ def test_failure_after_the_seg_started_leaves_nothing(study, tmp_path, analyzer,
     with pytest.raises(RuntimeError, match="severity failed"):
         analyze(folder, tmp_path / "out", analyzer=analyzer)  # the SEG was already being written
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_stops_cleanly(study, tmp_path):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it): exit 130, one line, nothing left behind."""
+    import signal
+    import time
+
+    folder, _ = study
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "covidct", "analyze", str(folder), "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(1.0)  # still importing torch: the scan process has started
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip() == "covidct: interrupted" and not stdout
+    assert list(tmp_path.iterdir()) == []

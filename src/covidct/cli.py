@@ -142,8 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         _register_optional_commands()
-        app(args=args, prog_name="covidct", standalone_mode=False)
-        return 0
+        # Outside standalone mode typer returns the code of a typer.Exit, and turns Ctrl-C into Exit(130).
+        code = app(args=args, prog_name="covidct", standalone_mode=False)
+        if code == 130:
+            print("covidct: interrupted", file=sys.stderr)
+        return code if isinstance(code, int) else 0
     except CovidCTError as exc:
         msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
         print(f"covidct: error: {msg}", file=sys.stderr)

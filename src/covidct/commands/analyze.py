@@ -73,6 +73,13 @@ def _keep_freed_memory() -> None:
         pass
 
 
+def _ignore_ctrl_c() -> None:
+    """In the scan process: Ctrl-C is the parent's to handle (it stops the pool), not a second traceback here."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _scan_process_load(path: Path) -> CT:
     global _SCAN
     import dataclasses
@@ -124,7 +131,8 @@ class _ScanProcess:
         if fork is None:
             fork = "fork" in multiprocessing.get_all_start_methods() and sys.platform != "darwin" and "torch" not in sys.modules
         if fork:
-            self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
+            self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"),
+                                            initializer=_ignore_ctrl_c)
 
     def __enter__(self) -> _ScanProcess:
         return self
