@@ -155,6 +155,29 @@ def test_training_path_learns_and_stores_threshold(trained):
     assert json.loads((run / "split.json").read_text())["info"]["by_meta"] == "split"
 
 
+def test_init_from_starts_classification_from_given_weights(trained, tmp_path):
+    """``model.init_from`` (transfer from another classifier): the first epoch starts from those weights."""
+    from covidct.errors import ConfigError
+    from covidct.train import train
+
+    run, recs = trained
+    cfg = tiny_config(train={"epochs": 1}, optimizer={"lr": 1e-9})  # so small a step that the weights stay put
+    cfg["model"] = {**cfg["model"], "init_from": str(run)}
+    tuned = train(cfg, tmp_path / "tuned", records=recs, verbose=False)
+    fresh = train(tiny_config(train={"epochs": 1}, optimizer={"lr": 1e-9}), tmp_path / "fresh", records=recs,
+                  verbose=False)
+    src = torch.load(run / "best.pt", weights_only=True)["state_dict"]
+    got = torch.load(tuned / "best.pt", weights_only=True)["state_dict"]
+    new = torch.load(fresh / "best.pt", weights_only=True)["state_dict"]
+    key = next(k for k, v in src.items() if v.is_floating_point() and v.ndim == 4)  # the first convolution
+    assert torch.allclose(got[key].float(), src[key].float(), atol=1e-4)
+    assert not torch.allclose(new[key].float(), src[key].float(), atol=1e-4)
+    bad = tiny_config(train={"epochs": 1})
+    bad["model"] = {"name": "compact_cnn", "kwargs": {"features": [4, 8]}, "init_from": str(run)}
+    with pytest.raises(ConfigError, match="does not fit"):
+        train(bad, tmp_path / "bad", records=recs, verbose=False)
+
+
 def test_three_class_config_trains(tmp_path):
     from covidct.train import train
 

@@ -357,6 +357,7 @@ def train_classifier(cfg, run_dir: str | Path | None, resume: bool, records: lis
         _Log,
         _optimizer,
         _scheduler,
+        init_weights,
         prepare_run_dir,
         restore_training_state,
         save_training_state,
@@ -393,6 +394,9 @@ def train_classifier(cfg, run_dir: str | Path | None, resume: bool, records: lis
         weights = np.asarray(cfg.loss.weights, np.float32)
     loss_fn = build_classification_loss(cfg, weights).to(device)
     model = build_model(cfg.model.name, 1, n_classes, **cfg.model.kwargs).to(device)
+    if cfg.model.init_from and not (resume and last_path.is_file()):
+        init_weights(model, cfg.model.init_from)  # fine-tuning / transfer: same architecture, new schedule
+        say(f"[{cfg.name}] weights initialised from {cfg.model.init_from}", flush=True)
     opt = _optimizer(cfg, model.parameters())
     sched = _scheduler(cfg, opt)
 
