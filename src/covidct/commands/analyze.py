@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -73,11 +74,25 @@ def _keep_freed_memory() -> None:
         pass
 
 
-def _ignore_ctrl_c() -> None:
-    """In the scan process: Ctrl-C is the parent's to handle (it stops the pool), not a second traceback here."""
-    import signal
+@contextmanager
+def _ctrl_c_held():
+    """Ctrl-C ignored for the moment the scan process is forked (main thread only; elsewhere a no-op).
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    The child inherits the ignored SIGINT, so Ctrl-C stays the parent's to handle (it stops the pool)
+    instead of killing the child mid-start; and the parent is never interrupted inside the executor's
+    start-up while it holds the executor's lock, which left ``shutdown`` waiting forever.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _scan_process_load(path: Path) -> CT:
@@ -128,20 +143,27 @@ class _ScanProcess:
         from concurrent.futures import ProcessPoolExecutor
 
         self.pool = self.waiter = None
+        self.children: list = []  # the forked process, to stop it after an error or Ctrl-C
         if fork is None:
             fork = "fork" in multiprocessing.get_all_start_methods() and sys.platform != "darwin" and "torch" not in sys.modules
         if fork:
-            self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"),
-                                            initializer=_ignore_ctrl_c)
+            self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
 
     def __enter__(self) -> _ScanProcess:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
+        # After an error or Ctrl-C, do not wait: a KeyboardInterrupt inside an import can leave a module lock
+        # held that the executor's result thread then waits on forever (seen once in 24 timed Ctrl-C runs).
+        # The child ignores Ctrl-C, finishes its task and exits when it finds the parent's pipes closed.
+        wait = exc_type is None
+        if not wait:
+            for child in self.children:  # it would otherwise keep the terminal's pipes open
+                child.terminate()
         if self.waiter is not None:
-            self.waiter.shutdown()
+            self.waiter.shutdown(wait=wait, cancel_futures=True)
         if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
+            self.pool.shutdown(wait=wait, cancel_futures=True)
 
     def load_beside(self, path: Path, work: Callable[[], T]) -> tuple[CT, T]:
         """The scan at ``path``, read while ``work()`` runs here, and ``work()``'s result."""
@@ -153,7 +175,12 @@ class _ScanProcess:
                 loading = threads.submit(_load_timed, path)
                 result = work()
                 return loading.result(), result
-        loading = self.pool.submit(_scan_process_load, path)
+        import multiprocessing
+
+        before = set(multiprocessing.active_children())
+        with _ctrl_c_held():  # the first submit forks the process
+            loading = self.pool.submit(_scan_process_load, path)
+        self.children = [c for c in multiprocessing.active_children() if c not in before]
         self.pool.submit(_scan_process_prepare)  # the SEG writer's imports, while the lungs are segmented
         result = work()
         try:
