@@ -78,9 +78,9 @@ def _keep_freed_memory() -> None:
 def _ctrl_c_held():
     """Ctrl-C ignored for the moment the scan process is forked (main thread only; elsewhere a no-op).
 
-    The child inherits the ignored SIGINT, so Ctrl-C stays the parent's to handle (it stops the pool)
-    instead of killing the child mid-start; and the parent is never interrupted inside the executor's
-    start-up while it holds the executor's lock, which left ``shutdown`` waiting forever.
+    The child inherits the ignored SIGINT, so Ctrl-C stays the parent's to handle (it stops the child)
+    instead of killing the child mid-start, and the parent is not interrupted inside the executor's
+    start-up (a Ctrl-C at that moment left the run hanging).
     """
     import signal
     import threading
@@ -92,7 +92,7 @@ def _ctrl_c_held():
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
 
 
 def _scan_process_load(path: Path) -> CT:
