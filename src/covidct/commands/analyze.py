@@ -186,6 +186,7 @@ class _ScanProcess:
         try:
             return loading.result(), result
         except BrokenProcessPool:  # the child was killed (e.g. out of memory): read it here instead
+            self.pool.shutdown(wait=False)
             self.pool = None
             return _load_timed(path), result
 
