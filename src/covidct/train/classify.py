@@ -395,8 +395,10 @@ def train_classifier(cfg, run_dir: str | Path | None, resume: bool, records: lis
     loss_fn = build_classification_loss(cfg, weights).to(device)
     model = build_model(cfg.model.name, 1, n_classes, **cfg.model.kwargs).to(device)
     if cfg.model.init_from and not (resume and last_path.is_file()):
-        init_weights(model, cfg.model.init_from)  # fine-tuning / transfer: same architecture, new schedule
-        say(f"[{cfg.name}] weights initialised from {cfg.model.init_from}", flush=True)
+        # fine-tuning / transfer: same architecture, new schedule (from a contrastive run: all but its projection)
+        fresh = init_weights(model, cfg.model.init_from)
+        say(f"[{cfg.name}] weights initialised from {cfg.model.init_from}"
+            f"{f' (freshly initialised: {fresh})' if fresh else ''}", flush=True)
     opt = _optimizer(cfg, model.parameters())
     sched = _scheduler(cfg, opt)
 

@@ -30,6 +30,8 @@ from covidct.errors import ConfigError
 TASKS = ("lungs", "infection", "lesions")
 # Image-level classification tasks (trained by covidct.train.classify through the same ``train()``).
 CLASSIFY_TASKS = ("covid-vs-noncovid", "slice-infection", "three-class")
+# Self-supervised pre-training of a classification network (covidct.train.pretrain); no labels, no classes.
+PRETRAIN_TASKS = ("contrastive",)
 # Classes (names, background first) of each segmentation task; the lung model is binary (lung vs not).
 TASK_CLASSES: dict[str, list[str]] = {
     "lungs": ["background", "lung"],
@@ -39,6 +41,7 @@ TASK_CLASSES: dict[str, list[str]] = {
     "covid-vs-noncovid": ["non_covid19", "covid19"],
     "slice-infection": ["negative", "infection"],
     "three-class": ["normal", "pneumonia", "covid19"],
+    "contrastive": [],
 }
 
 
@@ -171,6 +174,14 @@ class ClassifyConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """Contrastive pre-training settings (task ``contrastive``); see covidct.train.pretrain."""
+
+    dim: int = 128  # outputs of the network's last layer: the projection that NT-Xent compares
+    temperature: float = 0.2  # NT-Xent temperature
+
+
+@dataclass
 class OutputConfig:
     run_dir: str = "runs/{name}"
     tensorboard: bool = True
@@ -178,7 +189,8 @@ class OutputConfig:
 
 @dataclass
 class Config:
-    task: Literal["lungs", "infection", "lesions", "covid-vs-noncovid", "slice-infection", "three-class"]
+    task: Literal["lungs", "infection", "lesions", "covid-vs-noncovid", "slice-infection", "three-class",
+                  "contrastive"]
     name: str = "run"
     description: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
@@ -190,6 +202,7 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     normalisation: dict | None = None  # NormalisationConfig fields; None: the package default
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     grid: dict | list | None = None
 
@@ -298,6 +311,16 @@ def _check(cfg: Config) -> None:
         from covidct.train.classify import check_config
 
         check_config(cfg)
+    elif cfg.task in PRETRAIN_TASKS:
+        if TASK_KIND[cfg.model.name] != "classification":
+            raise ConfigError(f"model.name: task {cfg.task} pre-trains a classification model (resnet50, "
+                              f"compact_cnn), not {cfg.model.name}")
+        if cfg.pretrain.dim < 2:
+            raise ConfigError(f"pretrain.dim: must be >= 2, got {cfg.pretrain.dim}")
+        if cfg.pretrain.temperature <= 0:
+            raise ConfigError(f"pretrain.temperature: must be > 0, got {cfg.pretrain.temperature}")
+        if cfg.train.batch_size < 2:
+            raise ConfigError("train.batch_size: contrastive pre-training needs batches of at least 2 images")
     elif TASK_KIND[cfg.model.name] != "segmentation":
         raise ConfigError(f"model.name: {cfg.model.name} is a classification model; task {cfg.task} needs segmentation")
     if cfg.data.split.by_meta and cfg.task not in CLASSIFY_TASKS:

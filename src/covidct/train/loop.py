@@ -249,18 +249,35 @@ def save_training_state(last_path: Path, model, opt, sched, epoch: int, best: fl
                 "rng": _rng_state()}, last_path)
 
 
-def init_weights(model, source: str) -> None:
+def init_weights(model, source: str) -> list[str]:
     """Load the weights of ``source`` (shipped name, checkpoint or run folder) into ``model`` for fine-tuning;
-    ConfigError when the architectures differ."""
+    ConfigError when the architectures differ.
+
+    A ``contrastive`` pre-training checkpoint ends in a projection of its own width: every weight but
+    the tensors whose shape differs (that last layer) is loaded, the rest keep their fresh initialisation.
+    Returns the names left out (empty for a full load).
+    """
     from covidct.models.checkpoint import read_checkpoint
     from covidct.models.zoo import resolve_model_path
 
     weights, _ = resolve_model_path(source)
-    state = {k: v.float() if v.is_floating_point() else v for k, v in read_checkpoint(weights)["state_dict"].items()}
+    ckpt = read_checkpoint(weights)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    if ckpt.get("task") == "contrastive":
+        own = model.state_dict()
+        skipped = sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)
+        # only the projection (one weight and its bias) may differ; anything more is another network
+        if len(skipped) > 2 or set(own) != set(state):
+            raise ConfigError(f"model.init_from: {source} (contrastive pre-training of "
+                              f"{ckpt['model']['name']}) does not fit this model")
+        own.update({k: v for k, v in state.items() if k not in skipped})
+        model.load_state_dict(own)
+        return skipped
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
         raise ConfigError(f"model.init_from: {source} does not fit this model: {str(e).splitlines()[0]}") from e
+    return []
 
 
 def restore_training_state(last_path: Path, model, opt, sched) -> tuple[int, float, int, int, float, dict]:
@@ -291,12 +308,16 @@ def prepare_run_dir(cfg: Config, run_dir: str | Path | None, resume: bool) -> tu
 
 def _train_one(cfg: Config, run_dir: str | Path | None, resume: bool, records: list[dict] | None,
                verbose: bool) -> Path:
-    from covidct.train.config import CLASSIFY_TASKS
+    from covidct.train.config import CLASSIFY_TASKS, PRETRAIN_TASKS
 
     if cfg.task in CLASSIFY_TASKS:  # image-level labels: own samples and metrics, same run layout
         from covidct.train.classify import train_classifier
 
         return train_classifier(cfg, run_dir, resume, records, verbose)
+    if cfg.task in PRETRAIN_TASKS:
+        from covidct.train.pretrain import train_contrastive
+
+        return train_contrastive(cfg, run_dir, resume, records, verbose)
     from monai.data import DataLoader
     from monai.utils import set_determinism
     from tqdm import tqdm
