@@ -85,9 +85,12 @@ def test_contrastive_config_checks():
         load_config(contrastive_config(train={"batch_size": 1}))
 
 
-def test_a_contrastive_checkpoint_is_not_a_classifier(pretrained):
+def test_a_contrastive_checkpoint_is_neither_a_classifier_nor_a_segmenter(pretrained, tmp_path):
     from covidct.classify import classify_image
     from covidct.errors import ModelError
+    from covidct.evaluate import evaluate
 
     with pytest.raises(ModelError, match="not a classifier"):
         classify_image(shape_records(1)[0]["image"], False, model=pretrained)
+    with pytest.raises(ModelError, match="'contrastive' model; evaluate scores segmentation"):
+        evaluate(pretrained, shape_records(2), None, tmp_path / "ev")

@@ -45,15 +45,18 @@ def evaluate(
     to evaluate an already loaded model.
     """
     from covidct.models.inference import load_model, predict_slices, probabilities_to_labels
-    from covidct.train.config import TASK_CLASSES
+    from covidct.train.config import TASK_CLASSES, TASKS
     from covidct.train.datasets import task_label
 
     if model is None or info is None:
         model, info = load_model(_model_path(model_path_or_run_dir))
     model_task = info.get("task")
+    if model_task not in TASKS:
+        raise ModelError(f"evaluate: {model_path_or_run_dir} is a {model_task!r} model; evaluate scores segmentation "
+                         f"models ({', '.join(TASKS)})")
     task = task or model_task
-    if task not in TASK_CLASSES:
-        raise ModelError(f"evaluate: unknown task {task!r}")
+    if task not in TASKS:
+        raise ModelError(f"evaluate: unknown task {task!r} (segmentation tasks: {', '.join(TASKS)})")
     collapse = model_task == "lesions" and task == "infection"
     if model_task != task and not collapse:
         raise ModelError(f"evaluate: model was trained for {model_task!r}, cannot score it on {task!r}")
