@@ -301,3 +301,32 @@ def test_failed_run_leaves_no_run_folder(tmp_path):
     with pytest.raises(ConfigError):
         train(bad, tmp_path / "mine", records=disk_records(), verbose=False)
     assert (tmp_path / "mine").is_dir()  # a folder that was already there is the user's: kept
+
+
+def test_epoch_bookkeeping_shared_by_the_trainers(tmp_path):
+    """log_epoch writes the CSV row and the TensorBoard scalars; stop_reason: patience first, then the budget."""
+    from covidct.train.config import TrainConfig
+    from covidct.train.loop import log_epoch, open_run_logs, stop_reason
+
+    class Writer:
+        def __init__(self):
+            self.calls, self.flushed = [], 0
+
+        def add_scalar(self, tag, value, step):
+            self.calls.append((tag, value, step))
+
+        def flush(self):
+            self.flushed += 1
+
+    writer, log = open_run_logs(tmp_path, tensorboard=False, append=False)
+    assert writer is None
+    fake = Writer()
+    log_epoch(log, fake, {"epoch": 3, "train_loss": 0.5}, {"loss/train": 0.5, "lr": 1e-3})
+    log_epoch(log, None, {"epoch": 4, "train_loss": 0.4}, {"loss/train": 0.4})
+    assert (tmp_path / "log.csv").read_text().splitlines() == ["epoch,train_loss", "3,0.5", "4,0.4"]
+    assert fake.calls == [("loss/train", 0.5, 3), ("lr", 1e-3, 3)] and fake.flushed == 1
+    t = TrainConfig(patience=2, max_minutes=1.0)
+    assert stop_reason(t, 1, 30.0, "val Dice") is None
+    assert stop_reason(t, 2, 90.0, "val Dice") == "early stopping (no val Dice gain for 2 epochs)"
+    assert stop_reason(t, 0, 60.0, "val Dice") == "time budget"
+    assert stop_reason(TrainConfig(patience=None, max_minutes=None), 99, 1e9, "x") is None

@@ -354,13 +354,15 @@ def train_classifier(cfg, run_dir: str | Path | None, resume: bool, records: lis
     from covidct.train.config import config_to_dict
     from covidct.train.loop import (
         _device,
-        _Log,
         _optimizer,
         _scheduler,
         init_weights,
+        log_epoch,
+        open_run_logs,
         prepare_run_dir,
         restore_training_state,
         save_training_state,
+        stop_reason,
     )
 
     say = print if verbose else (lambda *a, **k: None)
@@ -426,12 +428,7 @@ def train_classifier(cfg, run_dir: str | Path | None, resume: bool, records: lis
                                            num_workers=t.num_workers, drop_last=len(train_ds) > t.batch_size)
     val_dl = torch.utils.data.DataLoader(val_ds, batch_size=t.batch_size * 2) if val_ds else None
 
-    writer = None
-    if cfg.output.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(run_dir / "tb"))
-    log = _Log(run_dir / "log.csv", append=resume and start_epoch > 0)
+    writer, log = open_run_logs(run_dir, cfg.output.tensorboard, append=resume and start_epoch > 0)
     cfg_dict = config_to_dict(cfg)
     ckpt_common = dict(name=cfg.model.name, kwargs=cfg.model.kwargs, in_channels=1, out_channels=n_classes,
                        task=cfg.task, classes=classes, input_size=(t.input_size, t.input_size),
@@ -479,22 +476,14 @@ def train_classifier(cfg, run_dir: str | Path | None, resume: bool, records: lis
         else:
             bad += 1
         row = {"epoch": epoch + 1, "train_loss": train_loss, **summ, "lr": lr, "seconds": round(time.time() - t0, 2)}
-        log.write(row)
-        if writer is not None:
-            writer.add_scalar("loss/train", train_loss, epoch + 1)
-            for k, v in summ.items():
-                writer.add_scalar(k.replace("val_", "val/"), v, epoch + 1)
-            writer.add_scalar("lr", lr, epoch + 1)
-            writer.flush()
+        log_epoch(log, writer, row, {"loss/train": train_loss,
+                                     **{k.replace("val_", "val/"): v for k, v in summ.items()}, "lr": lr})
         say(f"[{cfg.name}] epoch {epoch + 1}/{t.epochs} train_loss={train_loss:.4f} val_loss={summ['val_loss']:.4f} "
             f"val_auc={summ['val_auc']:.4f} val_f1={summ['val_f1']:.4f}{' *' if improved else ''} lr={lr:.2e} "
             f"({row['seconds']:.0f}s)", flush=True)
         save_training_state(last_path, model, opt, sched, epoch, best, best_epoch, bad, elapsed, best_metrics)
-        if t.patience is not None and bad >= t.patience:
-            stopped = f"early stopping (no validation {cfg.classify.select_on} gain for {t.patience} epochs)"
-            break
-        if t.max_minutes is not None and elapsed >= t.max_minutes * 60:
-            stopped = "time budget"
+        if reason := stop_reason(t, bad, elapsed, f"validation {cfg.classify.select_on}"):
+            stopped = reason
             break
     if writer is not None:
         writer.close()

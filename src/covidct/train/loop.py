@@ -37,6 +37,7 @@ from covidct.preprocess import NormalisationConfig
 from covidct.train import datasets as ds
 from covidct.train.config import (
     Config,
+    TrainConfig,
     apply_overrides,
     config_to_dict,
     dump_config,
@@ -177,6 +178,34 @@ class _Log:
             if new:
                 w.writeheader()
             w.writerow(row)
+
+
+def open_run_logs(run_dir: Path, tensorboard: bool, append: bool) -> tuple:
+    """The run's TensorBoard writer (None when off) and its CSV log (``append`` when resuming)."""
+    writer = None
+    if tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tb"))
+    return writer, _Log(run_dir / "log.csv", append=append)
+
+
+def log_epoch(log: _Log, writer, row: dict, scalars: dict[str, float]) -> None:
+    """One epoch's CSV row, and its scalars (tag -> value) in TensorBoard at step ``row["epoch"]``."""
+    log.write(row)
+    if writer is not None:
+        for tag, value in scalars.items():
+            writer.add_scalar(tag, value, row["epoch"])
+        writer.flush()
+
+
+def stop_reason(t: TrainConfig, bad: int, elapsed: float, gain: str) -> str | None:
+    """Why training stops after this epoch (early stopping on ``gain``, then the time budget), or None."""
+    if t.patience is not None and bad >= t.patience:
+        return f"early stopping (no {gain} gain for {t.patience} epochs)"
+    if t.max_minutes is not None and elapsed >= t.max_minutes * 60:
+        return "time budget"
+    return None
 
 
 def _overlay(img: torch.Tensor, gt: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
@@ -376,12 +405,7 @@ def _train_one(cfg: Config, run_dir: str | Path | None, resume: bool, records: l
                               num_workers=t.num_workers, drop_last=len(train_ds) > t.batch_size)
     val_dl = DataLoader(val_ds, batch_size=t.batch_size, num_workers=t.num_workers) if val_ds else None
 
-    writer = None
-    if cfg.output.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(run_dir / "tb"))
-    log = _Log(run_dir / "log.csv", append=resume and start_epoch > 0)
+    writer, log = open_run_logs(run_dir, cfg.output.tensorboard, append=resume and start_epoch > 0)
     cfg_dict = config_to_dict(cfg)
     ckpt_common = dict(name=cfg.model.name, kwargs=cfg.model.kwargs, in_channels=1, out_channels=n_classes,
                        task=cfg.task, classes=classes, input_size=(t.input_size, t.input_size),
@@ -434,25 +458,15 @@ def _train_one(cfg: Config, run_dir: str | Path | None, resume: bool, records: l
         row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_dice": score, "lr": lr,
                "seconds": round(time.time() - t0, 2), **{f"val_dice_{c}": float(pooled[i]) for i, c in enumerate(classes)},
                **{f"val_img_dice_{c}": float(per_img[i]) for i, c in enumerate(classes)}}
-        log.write(row)
-        if writer is not None:
-            writer.add_scalar("loss/train", train_loss, epoch + 1)
-            writer.add_scalar("loss/val", val_loss, epoch + 1)
-            writer.add_scalar("dice/val", score, epoch + 1)
-            writer.add_scalar("lr", lr, epoch + 1)
-            for i, c in enumerate(classes[1:], 1):
-                writer.add_scalar(f"dice_val/{c}", float(pooled[i]), epoch + 1)
-            if overlay is not None:
-                writer.add_image("val/overlay (red=GT, green=pred)", overlay, epoch + 1)
-            writer.flush()
+        if writer is not None and overlay is not None:
+            writer.add_image("val/overlay (red=GT, green=pred)", overlay, epoch + 1)
+        log_epoch(log, writer, row, {"loss/train": train_loss, "loss/val": val_loss, "dice/val": score, "lr": lr,
+                                     **{f"dice_val/{c}": float(pooled[i]) for i, c in enumerate(classes[1:], 1)}})
         say(f"[{cfg.name}] epoch {epoch + 1}/{t.epochs} train_loss={train_loss:.4f} val_loss={val_loss:.4f} "
             f"val_dice={score:.4f}{' *' if improved else ''} lr={lr:.2e} ({row['seconds']:.0f}s)", flush=True)
         save_training_state(last_path, model, opt, sched, epoch, best, best_epoch, bad, elapsed, best_metrics)
-        if t.patience is not None and bad >= t.patience:
-            stopped = f"early stopping (no val Dice gain for {t.patience} epochs)"
-            break
-        if t.max_minutes is not None and elapsed >= t.max_minutes * 60:
-            stopped = "time budget"
+        if reason := stop_reason(t, bad, elapsed, "val Dice"):
+            stopped = reason
             break
     if writer is not None:
         writer.close()

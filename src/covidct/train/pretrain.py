@@ -82,13 +82,15 @@ def train_contrastive(cfg, run_dir: str | Path | None, resume: bool, records: li
     from covidct.train.config import config_to_dict
     from covidct.train.loop import (
         _device,
-        _Log,
         _make_split,
         _optimizer,
         _scheduler,
+        log_epoch,
+        open_run_logs,
         prepare_run_dir,
         restore_training_state,
         save_training_state,
+        stop_reason,
     )
 
     say = print if verbose else (lambda *a, **k: None)
@@ -136,12 +138,7 @@ def train_contrastive(cfg, run_dir: str | Path | None, resume: bool, records: li
                                            num_workers=t.num_workers, drop_last=True)
     val_dl = torch.utils.data.DataLoader(val_ds, batch_size=t.batch_size) if val_ds else None
 
-    writer = None
-    if cfg.output.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(run_dir / "tb"))
-    log = _Log(run_dir / "log.csv", append=resume and start_epoch > 0)
+    writer, log = open_run_logs(run_dir, cfg.output.tensorboard, append=resume and start_epoch > 0)
     cfg_dict = config_to_dict(cfg)
     ckpt_common = dict(name=cfg.model.name, kwargs=cfg.model.kwargs, in_channels=1, out_channels=p.dim,
                        task=cfg.task, classes=[], input_size=(t.input_size, t.input_size),
@@ -184,20 +181,12 @@ def train_contrastive(cfg, run_dir: str | Path | None, resume: bool, records: li
             bad += 1
         row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
                "seconds": round(time.time() - t0, 2)}
-        log.write(row)
-        if writer is not None:
-            writer.add_scalar("loss/train", train_loss, epoch + 1)
-            writer.add_scalar("loss/val", val_loss, epoch + 1)
-            writer.add_scalar("lr", lr, epoch + 1)
-            writer.flush()
+        log_epoch(log, writer, row, {"loss/train": train_loss, "loss/val": val_loss, "lr": lr})
         say(f"[{cfg.name}] epoch {epoch + 1}/{t.epochs} train_loss={train_loss:.4f} val_loss={val_loss:.4f}"
             f"{' *' if improved else ''} lr={lr:.2e} ({row['seconds']:.0f}s)", flush=True)
         save_training_state(last_path, model, opt, sched, epoch, best, best_epoch, bad, elapsed, best_metrics)
-        if t.patience is not None and bad >= t.patience:
-            stopped = f"early stopping (no validation loss gain for {t.patience} epochs)"
-            break
-        if t.max_minutes is not None and elapsed >= t.max_minutes * 60:
-            stopped = "time budget"
+        if reason := stop_reason(t, bad, elapsed, "validation loss"):
+            stopped = reason
             break
     if writer is not None:
         writer.close()

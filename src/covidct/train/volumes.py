@@ -560,7 +560,7 @@ def train_seg3d(raw: dict, run_dir: str | Path | None = None, resume: bool = Fal
     from covidct.models.checkpoint import save_checkpoint, write_card
     from covidct.models.registry import build_model
     from covidct.train import datasets as ds
-    from covidct.train.loop import _device, _Log, _optimizer, _scheduler
+    from covidct.train.loop import _device, _optimizer, _scheduler, open_run_logs
     from covidct.train.losses import apply_loss, build_loss
 
     cfg, sh = load_seg3d_config(raw)
@@ -626,12 +626,7 @@ def train_seg3d(raw: dict, run_dir: str | Path | None = None, resume: bool = Fal
             sched.load_state_dict(st["scheduler"])
         start, best, best_epoch, bad, elapsed = st["epoch"] + 1, st["best"], st["best_epoch"], st["bad"], st["elapsed"]
         best_metrics = st.get("best_metrics", {})
-    writer = None
-    if sh["output"].tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(run_dir / "tb"))
-    log = _Log(run_dir / "log.csv", append=resume and start > 0)
+    writer, log = open_run_logs(run_dir, sh["output"].tensorboard, append=resume and start > 0)
     extra = {"spatial_dims": 3, "spacing": v.spacing, "hu_range": v.hu_range, "patch": v.patch,
              "overlap": v.overlap, "blend": v.blend, "sw_batch_size": v.sw_batch_size, "mirror_axes": v.mirror_axes}
     ckpt = dict(name=cfg.model["name"], kwargs=mk, in_channels=1, out_channels=n_classes, task=cfg.task,
