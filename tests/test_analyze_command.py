@@ -182,3 +182,35 @@ def test_ctrl_c_stops_cleanly(study, tmp_path, delay):
     assert proc.returncode == 130, stderr
     assert stderr.strip() == "covidct: interrupted" and not stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_scan_process_dies_with_the_command(study, tmp_path):
+    """Killed outright (no cleanup runs), the command's scan process goes too: its pipes close at once."""
+    import signal
+    import time
+
+    folder, _ = study
+    proc = subprocess.Popen([sys.executable, "-m", "covidct", "analyze", str(folder), "-o", str(tmp_path / "out")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    time.sleep(1.5)  # the scan process is forked in the first second
+    os.kill(proc.pid, signal.SIGKILL)
+    try:
+        proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("the scan process outlived the command, holding its pipes open")
+
+
+
+def test_ctrl_c_is_held_while_the_models_load_then_raised():
+    import signal
+
+    from covidct.commands.analyze import _ctrl_c_deferred
+
+    reached_the_end = False
+    with pytest.raises(KeyboardInterrupt):
+        with _ctrl_c_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            reached_the_end = True
+    assert reached_the_end
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -75,12 +76,14 @@ def _keep_freed_memory() -> None:
 
 
 @contextmanager
-def _ctrl_c_held():
-    """Ctrl-C ignored for the moment the scan process is forked (main thread only; elsewhere a no-op).
+def _ctrl_c_deferred():
+    """Ctrl-C held back while the models load, then raised as KeyboardInterrupt once they have
+    (main thread only; elsewhere a no-op).
 
-    The child inherits the ignored SIGINT, so Ctrl-C stays the parent's to handle (it stops the child)
-    instead of killing the child mid-start, and the parent is not interrupted inside the executor's
-    start-up (a Ctrl-C at that moment left the run hanging).
+    A KeyboardInterrupt raised inside an import or a torch/pybind11 call can leave a module lock held
+    (the next import then waits forever) or abort the process from C++ ("terminate called ...
+    pybind11::error_already_set"): 5 of 60 Ctrl-Cs timed 0.8-1.3 s into a run did one or the other.
+    Holding it costs at most the model loading (about a second) before the run stops.
     """
     import signal
     import threading
@@ -88,11 +91,30 @@ def _ctrl_c_held():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    pressed = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+    if pressed:
+        raise KeyboardInterrupt
+
+
+def _scan_process_start(parent: int) -> None:
+    """In the scan process, first: Ctrl-C is the parent's to handle (it stops this process), and this
+    process dies with the parent, whatever kills it; otherwise an aborted parent left it holding the
+    terminal's pipes open forever."""
+    import ctypes
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
 
 
 def _scan_process_load(path: Path) -> CT:
@@ -147,15 +169,15 @@ class _ScanProcess:
         if fork is None:
             fork = "fork" in multiprocessing.get_all_start_methods() and sys.platform != "darwin" and "torch" not in sys.modules
         if fork:
-            self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
+            self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"),
+                                            initializer=_scan_process_start, initargs=(os.getpid(),))
 
     def __enter__(self) -> _ScanProcess:
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
-        # After an error or Ctrl-C, do not wait: a KeyboardInterrupt inside an import can leave a module lock
-        # held that the executor's result thread then waits on forever (seen once in 24 timed Ctrl-C runs).
-        # The child ignores Ctrl-C, finishes its task and exits when it finds the parent's pipes closed.
+        # After an error or Ctrl-C, do not wait for the child's task: stop the child (it ignores Ctrl-C, and
+        # dies with this process in any case, see _scan_process_start).
         wait = exc_type is None
         if not wait:
             for child in self.children:  # it would otherwise keep the terminal's pipes open
@@ -173,16 +195,17 @@ class _ScanProcess:
         if self.pool is None:
             with ThreadPoolExecutor(max_workers=1) as threads:
                 loading = threads.submit(_load_timed, path)
-                result = work()
+                with _ctrl_c_deferred():
+                    result = work()
                 return loading.result(), result
         import multiprocessing
 
         before = set(multiprocessing.active_children())
-        with _ctrl_c_held():  # the first submit forks the process
-            loading = self.pool.submit(_scan_process_load, path)
-        self.children = [c for c in multiprocessing.active_children() if c not in before]
-        self.pool.submit(_scan_process_prepare)  # the SEG writer's imports, while the lungs are segmented
-        result = work()
+        with _ctrl_c_deferred():
+            loading = self.pool.submit(_scan_process_load, path)  # the first submit forks the process
+            self.children = [c for c in multiprocessing.active_children() if c not in before]
+            self.pool.submit(_scan_process_prepare)  # the SEG writer's imports, while the lungs are segmented
+            result = work()
         try:
             return loading.result(), result
         except BrokenProcessPool:  # the child was killed (e.g. out of memory): read it here instead
