@@ -8,8 +8,10 @@ Models are loaded once per worker process (the pipeline keeps one :class:`Analyz
 from __future__ import annotations
 
 import csv
+import gc
 import os
 import re
+import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -149,6 +151,12 @@ def run_study(study: Study, outdir: Path, png: bool = False, html: bool = True, 
         return _summary_row(study, outdir, "failed", error=f"internal error: {type(exc).__name__}: {exc}", seconds=time.perf_counter() - t0)
 
 
+def _ignore_ctrl_c() -> None:
+    """In a batch worker: Ctrl-C is the parent's to handle (it stops the workers), so a worker does not print
+    its own traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _run_star(args: tuple) -> dict:
     return run_study(*args)
 
@@ -193,9 +201,20 @@ def run_batch(
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")  # clean workers: torch and fork do not mix well
-        with ctx.Pool(processes=workers) as pool:
-            for row in pool.imap_unordered(_run_star, jobs):
-                collect(row)
+        interrupted = False
+        with ctx.Pool(processes=workers, initializer=_ignore_ctrl_c) as pool:
+            try:
+                for row in pool.imap_unordered(_run_star, jobs):
+                    collect(row)
+            except KeyboardInterrupt:  # the pool's exit stops the workers
+                interrupted = True
+        if interrupted:
+            # Raised afresh, the pool freed first: the traceback through the pool's frames (and its reference
+            # cycles) kept its semaphores alive past the CLI's fast exit, and the resource tracker then printed
+            # a "leaked semaphore objects" warning after "covidct: interrupted".
+            del pool
+            gc.collect()
+            raise KeyboardInterrupt
     else:
         for j in jobs:
             collect(_run_star(j))
