@@ -164,3 +164,32 @@ def test_console_entry_point_exit_code_and_flushed_output(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == EXIT_CODES["UnreadableInput"]
     assert bad.stderr.strip().splitlines()[-1].startswith("covidct: error:") and not (tmp_path / "o").exists()
+
+
+def test_interrupted_training_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    """Ctrl-C after a checkpoint: one line with the exact command that continues the run (overrides kept);
+    before any checkpoint: just "interrupted"."""
+    import covidct.errors
+    import covidct.train
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "unet3d_phantom.yaml"
+    monkeypatch.setattr(covidct.errors, "_interrupt_hint", [])
+
+    def interrupted_after_a_checkpoint(config, run_dir, **kw):
+        Path(run_dir).mkdir(parents=True)
+        (Path(run_dir) / "last.pt").write_bytes(b"")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(covidct.train, "train", interrupted_after_a_checkpoint)
+    run = tmp_path / "run"
+    assert main(["train", str(config), "--run-dir", str(run), "--set", "train.epochs=3"]) == 130
+    assert capsys.readouterr().err.strip() == (f"covidct: interrupted; continue the run with: covidct train {config} "
+                                               f"--run-dir {run} --set train.epochs=3 --resume")
+
+    def interrupted_at_once(config, run_dir, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(covidct.errors, "_interrupt_hint", [])
+    monkeypatch.setattr(covidct.train, "train", interrupted_at_once)
+    assert main(["train", str(config), "--run-dir", str(tmp_path / "other")]) == 130
+    assert capsys.readouterr().err.strip() == "covidct: interrupted"

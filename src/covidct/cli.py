@@ -18,7 +18,7 @@ from pathlib import Path
 import typer
 
 from covidct import __version__
-from covidct.errors import CovidCTError
+from covidct.errors import CovidCTError, interrupt_hint
 
 app = typer.Typer(
     name="covidct",
@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         # Outside standalone mode typer returns the code of a typer.Exit, and turns Ctrl-C into Exit(130).
         code = app(args=args, prog_name="covidct", standalone_mode=False)
         if code == 130:
-            print("covidct: interrupted", file=sys.stderr)
+            hint = interrupt_hint()
+            print("covidct: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return code if isinstance(code, int) else 0
     except CovidCTError as exc:
         msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__

@@ -54,6 +54,28 @@ def _records_of_run_split(run_dir: Path, part: str) -> list[dict]:
     return [r for r in records if r["id"] in ids]
 
 
+def _hint_how_to_resume(config: Path, run_dir: Path | None, overrides: list[str] | None, variants: list[str] | None) -> None:
+    """After Ctrl-C, where a checkpoint was kept: the command that continues the run."""
+    import shlex
+
+    from covidct.errors import set_interrupt_hint
+    from covidct.train.config import apply_overrides, load_raw
+    from covidct.train.loop import run_folder
+
+    try:
+        target = run_folder(apply_overrides(load_raw(config), overrides), run_dir)
+    except Exception:  # noqa: BLE001 - only a hint; the interrupt is what matters
+        return
+    if not any(target.rglob("last.pt")):
+        return
+    words = ["covidct", "train", str(config), "--run-dir", str(target)]
+    for item in overrides or []:
+        words += ["--set", item]
+    for pattern in variants or []:
+        words += ["--variant", pattern]
+    set_interrupt_hint("continue the run with: " + shlex.join(words + ["--resume"]))
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def train(
@@ -77,7 +99,11 @@ def register(app: typer.Typer) -> None:
 
         if not config.is_file():
             raise ConfigError(f"{config}: no such config file")
-        out = run_training(config, run_dir, resume=resume, overrides=overrides, variants=variant)
+        try:
+            out = run_training(config, run_dir, resume=resume, overrides=overrides, variants=variant)
+        except KeyboardInterrupt:
+            _hint_how_to_resume(config, run_dir, overrides, variant)
+            raise
         typer.echo(f"run folder: {out}")
 
     @app.command()

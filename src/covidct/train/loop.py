@@ -61,10 +61,14 @@ def train(config: str | Path | dict | Config, run_dir: str | Path | None = None,
     """
     raw = config_to_dict(config) if isinstance(config, Config) else load_raw(config)
     raw = apply_overrides(raw, overrides)
-    output = raw.get("output") if isinstance(raw.get("output"), dict) else {}
-    target = Path(run_dir or str(output.get("run_dir", "runs/{name}")).format(name=raw.get("name", "run")))
-    with _removed_if_failed_early(target):
+    with _removed_if_failed_early(run_folder(raw, run_dir)):
         return _train(raw, run_dir, resume, records, verbose, variants)
+
+
+def run_folder(raw: dict, run_dir: str | Path | None = None) -> Path:
+    """The folder a run of the config ``raw`` (a dict, overrides applied) writes to."""
+    output = raw.get("output") if isinstance(raw.get("output"), dict) else {}
+    return Path(run_dir or str(output.get("run_dir", "runs/{name}")).format(name=raw.get("name", "run")))
 
 
 @contextmanager
