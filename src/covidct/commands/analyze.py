@@ -82,8 +82,8 @@ def _ctrl_c_deferred():
 
     A KeyboardInterrupt raised inside an import or a torch/pybind11 call can leave a module lock held
     (the next import then waits forever) or abort the process from C++ ("terminate called ...
-    pybind11::error_already_set"): 5 of 60 Ctrl-Cs timed 0.8-1.3 s into a run did one or the other.
-    Holding it costs at most the model loading (about a second) before the run stops.
+    pybind11::error_already_set"): 4 of 85 Ctrl-Cs timed 0.5-2 s into a run hung that way, none of
+    155 (0.3-9 s) once held. Holding it costs at most the model loading (about a second).
     """
     import signal
     import threading
