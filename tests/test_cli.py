@@ -169,11 +169,11 @@ def test_console_entry_point_exit_code_and_flushed_output(tmp_path):
 def test_interrupted_training_says_how_to_resume(tmp_path, monkeypatch, capsys):
     """Ctrl-C after a checkpoint: one line with the exact command that continues the run (overrides kept);
     before any checkpoint: just "interrupted"."""
-    import covidct.errors
+    import covidct.interrupts
     import covidct.train
 
     config = Path(__file__).resolve().parents[1] / "configs" / "unet3d_phantom.yaml"
-    monkeypatch.setattr(covidct.errors, "_interrupt_hint", [])
+    monkeypatch.setattr(covidct.interrupts, "_interrupt_hint", [])
 
     def interrupted_after_a_checkpoint(config, run_dir, **kw):
         Path(run_dir).mkdir(parents=True)
@@ -189,7 +189,7 @@ def test_interrupted_training_says_how_to_resume(tmp_path, monkeypatch, capsys):
     def interrupted_at_once(config, run_dir, **kw):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(covidct.errors, "_interrupt_hint", [])
+    monkeypatch.setattr(covidct.interrupts, "_interrupt_hint", [])
     monkeypatch.setattr(covidct.train, "train", interrupted_at_once)
     assert main(["train", str(config), "--run-dir", str(tmp_path / "other")]) == 130
     assert capsys.readouterr().err.strip() == "covidct: interrupted"

@@ -18,7 +18,8 @@ from pathlib import Path
 import typer
 
 from covidct import __version__
-from covidct.errors import CovidCTError, interrupt_hint
+from covidct.errors import CovidCTError
+from covidct.interrupts import interrupt_hint
 
 app = typer.Typer(
     name="covidct",

@@ -69,16 +69,3 @@ EXIT_CODES: dict[str, int] = {
     )
 }
 
-
-# What a command can tell the user after Ctrl-C (e.g. how to resume); the CLI prints it on the
-# "covidct: interrupted" line. Typer turns the KeyboardInterrupt into exit code 130, so it cannot carry it.
-_interrupt_hint: list[str] = []
-
-
-def set_interrupt_hint(text: str) -> None:
-    """Say ``text`` after "covidct: interrupted" if this command is interrupted from now on."""
-    _interrupt_hint[:] = [text]
-
-
-def interrupt_hint() -> str:
-    return _interrupt_hint[0] if _interrupt_hint else ""

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import typer
 
 from covidct.errors import CovidCTError, UnreadableInput
+from covidct.interrupts import ctrl_c_deferred
 
 if TYPE_CHECKING:
     from covidct import pipeline
@@ -73,32 +73,6 @@ def _keep_freed_memory() -> None:
         libc.mallopt(-1, 1 << 31)  # M_TRIM_THRESHOLD: do not give the heap's top back
     except (OSError, AttributeError):
         pass
-
-
-@contextmanager
-def _ctrl_c_deferred():
-    """Ctrl-C held back while the models load, then raised as KeyboardInterrupt once they have
-    (main thread only; elsewhere a no-op).
-
-    A KeyboardInterrupt raised inside an import or a torch/pybind11 call can leave a module lock held
-    (the next import then waits forever) or abort the process from C++ ("terminate called ...
-    pybind11::error_already_set"): 4 of 85 Ctrl-Cs timed 0.5-2 s into a run hung that way, none of
-    155 (0.3-9 s) once held. Holding it costs at most the model loading (about a second).
-    """
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pressed = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
-    if pressed:
-        raise KeyboardInterrupt
 
 
 def _scan_process_start(parent: int) -> None:
@@ -195,13 +169,13 @@ class _ScanProcess:
         if self.pool is None:
             with ThreadPoolExecutor(max_workers=1) as threads:
                 loading = threads.submit(_load_timed, path)
-                with _ctrl_c_deferred():
+                with ctrl_c_deferred():
                     result = work()
                 return loading.result(), result
         import multiprocessing
 
         before = set(multiprocessing.active_children())
-        with _ctrl_c_deferred():
+        with ctrl_c_deferred():
             loading = self.pool.submit(_scan_process_load, path)  # the first submit forks the process
             self.children = [c for c in multiprocessing.active_children() if c not in before]
             self.pool.submit(_scan_process_prepare)  # the SEG writer's imports, while the lungs are segmented

@@ -58,7 +58,7 @@ def _hint_how_to_resume(config: Path, run_dir: Path | None, overrides: list[str]
     """After Ctrl-C, where a checkpoint was kept: the command that continues the run."""
     import shlex
 
-    from covidct.errors import set_interrupt_hint
+    from covidct.interrupts import set_interrupt_hint
     from covidct.train.config import apply_overrides, load_raw
     from covidct.train.loop import run_folder
 
