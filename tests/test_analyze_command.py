@@ -217,6 +217,17 @@ def test_ctrl_c_is_held_while_the_models_load_then_raised():
     assert steps == ["inner block ran on", "outer block ran on"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
+    def servers_own_handler(signum, frame):  # e.g. uvicorn's graceful shutdown
+        steps.append("handled by the server")
+
+    signal.signal(signal.SIGINT, servers_own_handler)
+    try:
+        with ctrl_c_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+        assert steps[-1] == "handled by the server"
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 def test_ctrl_c_stops_a_batch_cleanly(study, tmp_path):
     """Ctrl-C to a batch in worker processes: exit 130 and one line (no worker tracebacks, no resource-tracker

@@ -39,7 +39,8 @@ class _Held:
 
 @contextmanager
 def ctrl_c_deferred() -> Iterator[None]:
-    """Ctrl-C held back inside the block, then raised as KeyboardInterrupt at its end if it was pressed.
+    """Ctrl-C held back inside the block, then delivered at its end if it was pressed (as KeyboardInterrupt,
+    unless another handler was installed).
 
     For short unsafe stretches (imports, model loading): it delays stopping by at most the block's
     duration. Main thread only (signal handlers live there); elsewhere, or nested, a no-op.
@@ -53,5 +54,5 @@ def ctrl_c_deferred() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
-    if held.pressed:
-        raise KeyboardInterrupt
+    if held.pressed:  # delivered again, to whatever handled it before (Python's KeyboardInterrupt, a server's own)
+        signal.raise_signal(signal.SIGINT)
