@@ -58,7 +58,7 @@ def main() -> int:
         if args.transposed:
             records = [{k: (np.ascontiguousarray(np.asarray(v).T) if k in ("image", "lungs", "infection", "lesions")
                             and v is not None else v) for k, v in r.items()} for r in records]
-        res = evaluate(weights, records, task, args.out / f"{model}-{task}-{what.split()[0]}")
+        res = evaluate(weights, records, task, args.out / f"{model}-{task}-{'-'.join(what.split()[:2])}")  # e.g. Ma-val, Ma-test
         rows.append((f"{model} ({source})" if source != model else model, what, res))
 
     infnet = load_source("medseg-infnet", split="test")

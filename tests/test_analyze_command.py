@@ -248,5 +248,5 @@ def test_ctrl_c_stops_a_batch_cleanly(study, tmp_path):
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert stderr.strip() == "covidct: interrupted"
-    for study_out in out.iterdir() if out.exists() else []:
+    for study_out in out.iterdir() if out.exists() else []:  # no hidden temp folder either
         assert (study_out / "report.json").is_file(), sorted(p.name for p in study_out.iterdir())

@@ -212,6 +212,35 @@ def test_batch_in_worker_processes(tmp_path):
     assert single["involvement_percent"]["total"] == pytest.approx(again.report["involvement_percent"]["total"], abs=1e-3)
 
 
+def test_interrupted_batch_removes_the_stopped_workers_temp_folders(tmp_path):
+    """Ctrl-C in a worker-process batch: the workers are stopped mid-study, so the parent removes their
+    hidden temp folders (a stand-in one here); other folders are kept."""
+    from covidct.batch import discover_studies, run_batch
+
+    studies = _nifti_studies(tmp_path, 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".case1.tmp-0123456789ab").mkdir()  # as a worker killed while writing case1 leaves it
+    (out / ".case10.tmp-0123456789ab").mkdir()  # another study's
+    (out / "case1-notes").mkdir()
+
+    def ctrl_c(row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(discover_studies([studies]), out, workers=2, html=False, progress=ctrl_c)
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".") or "-" in p.name) == [".case10.tmp-0123456789ab", "case1-notes"]
+
+
+def test_remove_staging_folders_only_touches_that_study(tmp_path):
+    from covidct.pipeline import remove_staging_folders
+
+    for name in (".p[1].tmp-aa", ".p[1].tmp-bb", ".p1.tmp-cc", "p[1]"):
+        (tmp_path / name).mkdir()
+    remove_staging_folders(tmp_path / "p[1]")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".p1.tmp-cc", "p[1]"]
+
+
 def test_low_involvement_warning():
     from covidct.pipeline import FALSE_INVOLVEMENT_PCT, low_involvement_warnings
 

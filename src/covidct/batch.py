@@ -209,6 +209,10 @@ def run_batch(
             except KeyboardInterrupt:  # the pool's exit stops the workers
                 interrupted = True
         if interrupted:
+            from covidct.pipeline import remove_staging_folders
+
+            for job in jobs:  # the stopped workers' half-written studies
+                remove_staging_folders(job[1])
             # Raised afresh, the pool freed first: the traceback through the pool's frames (and its reference
             # cycles) kept its semaphores alive past the CLI's fast exit, and the resource tracker then printed
             # a "leaked semaphore objects" warning after "covidct: interrupted".

@@ -843,7 +843,7 @@ class _EarlyOutputs:
               seg_writer: SegWriter | None = None) -> _EarlyOutputs:
         outdir.parent.mkdir(parents=True, exist_ok=True)
         # mkdir, not mkdtemp: the folder is renamed into OUTDIR, so it gets the user's usual permissions (umask)
-        tmp = outdir.parent / f".{outdir.name}.tmp-{uuid.uuid4().hex[:12]}"
+        tmp = outdir.parent / f".{outdir.name}.tmp-{uuid.uuid4().hex[:12]}"  # see remove_staging_folders
         tmp.mkdir()
         early = cls(tmp)
         if mode == "volume" and ct.kind == "dicom":
@@ -864,6 +864,15 @@ class _EarlyOutputs:
         if self.owner is not None:
             self.owner.shutdown()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def remove_staging_folders(outdir: Path) -> None:
+    """Remove the temp folders of ``outdir`` that killed runs left beside it (call only when nothing is
+    writing ``outdir``: e.g. after the batch's workers were stopped mid-study)."""
+    import glob
+
+    for tmp in outdir.parent.glob(f".{glob.escape(outdir.name)}.tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_outputs(analysis: Analysis, outdir: Path, *, png: bool = False, html: bool = True, timings: dict | None = None,
