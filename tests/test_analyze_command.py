@@ -92,6 +92,30 @@ def test_scan_process_falls_back_when_the_child_dies(study, tmp_path):
     _same_seg(out, write_dicom_seg(ct, ph.lungs, ph.lesions, tmp_path / "here.dcm"))
 
 
+@pytest.mark.parametrize("fork", [True, False])
+def test_scan_process_reads_the_chosen_series(study, tmp_path, fork):
+    import shutil
+
+    folder, _ = study
+    other = write_phantom(make_phantom(seed=7, shape=(12, 96, 96), spacing=(6.0, 3.2, 3.2)), tmp_path / "other", fmt="dicom")
+    both = tmp_path / "both"
+    shutil.copytree(folder, both / "first")
+    shutil.copytree(other, both / "second")
+    uid = load_ct(other).meta["series_uid"]
+    with _ScanProcess(fork=fork) as helper:
+        ct, _ = helper.load_beside(both, lambda: None, series=uid)
+    assert ct.meta["series_uid"] == uid and ct.shape == (12, 96, 96)
+
+
+def test_series_needs_a_single_input(study, tmp_path, capsys):
+    from covidct.cli import main
+
+    folder, _ = study
+    assert main(["analyze", str(folder), str(folder), "-o", str(tmp_path / "out"), "--series", "1.2.3"]) == 64
+    assert "--series picks the series of one DICOM input" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_without_fork_everything_stays_in_this_process(study):
     folder, _ = study
     with _ScanProcess(fork=False) as helper:

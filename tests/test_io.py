@@ -11,6 +11,7 @@ from nibabel.orientations import axcodes2ornt, ornt_transform
 from PIL import Image
 
 from conftest_io_helpers import ORIGIN, SPACING_XYZ, make_series, phantom_hu
+from covidct.errors import UnreadableInput, UnsupportedInput
 from covidct.io import (
     load_ct,
     load_image_2d,
@@ -106,6 +107,26 @@ def test_two_series_picks_larger_and_warns(tmp_path, hu):
     assert ct.n_slices == 6 and ct.meta["series_uid"] == "1.2.3.4"
     w = " ".join(ct.warnings)
     assert "picked" in w and "1.2.3.4" in w and "1.2.3.5" in w and "'small'" in w
+
+
+def test_series_uid_picks_another_series(tmp_path, hu):
+    make_series(tmp_path / "d" / "a", hu, series_uid="1.2.3.4", description="big")
+    make_series(tmp_path / "d" / "b", hu[:, :, :4], series_uid="1.2.3.5", description="small")
+    assert "--series" in " ".join(load_ct(tmp_path / "d").warnings)  # the warning says how to choose
+    ct = load_ct(tmp_path / "d", series="1.2.3.5")
+    assert ct.n_slices == 4 and ct.meta["series_uid"] == "1.2.3.5" and ct.warnings == []
+    zp = tmp_path / "d.zip"
+    with zipfile.ZipFile(zp, "w") as zf:
+        for p in sorted((tmp_path / "d").rglob("*.dcm")):
+            zf.write(p, p.relative_to(tmp_path / "d").as_posix())
+    assert load_ct(zp, series="1.2.3.5").n_slices == 4
+    with pytest.raises(UnreadableInput, match=r"no series 9\.9 here; found 2: 1\.2\.3\.4, 1\.2\.3\.5"):
+        load_ct(tmp_path / "d", series="9.9")
+    with pytest.raises(UnreadableInput, match="no series 9.9"):
+        load_ct(zp, series="9.9")
+    one_file = next((tmp_path / "d" / "a").glob("*.dcm"))
+    with pytest.raises(UnsupportedInput, match="single file"):
+        load_ct(one_file, series="1.2.3.4")
 
 
 def test_same_uid_different_geometry_is_two_series(tmp_path, hu):

@@ -59,13 +59,14 @@ def _fmt_float(x: float) -> str:
 def info(
     input: Path = typer.Argument(..., help="A DICOM folder or .zip, a DICOM file, a NIfTI file, or a PNG/JPG slice."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    series: str = typer.Option(None, "--series", metavar="UID", help="For a DICOM folder/.zip with several series: the SeriesInstanceUID to show."),
 ) -> None:
     """Show what covidct reads from INPUT: kind, modality, shape, spacing, HU range, orientation, series, warnings."""
     import numpy as np
 
     from covidct.io import load_ct
 
-    ct = load_ct(input)
+    ct = load_ct(input, series=series)
     arr = ct.array
     z_order = "n/a"
     if len(ct.slices) > 1:

@@ -42,14 +42,14 @@ def _print_summary(report: dict, outdir: Path) -> None:
     typer.echo("\n".join(lines))
 
 
-def _load_timed(path: Path):
+def _load_timed(path: Path, series: str | None = None):
     """``load_ct`` with its duration in ``meta["_load_seconds"]`` (the report's load time)."""
     import time
 
     from covidct.io import load_ct
 
     t0 = time.perf_counter()
-    ct = load_ct(path)
+    ct = load_ct(path, series=series)
     ct.meta["_load_seconds"] = time.perf_counter() - t0
     return ct
 
@@ -91,14 +91,14 @@ def _scan_process_start(parent: int) -> None:
         os._exit(1)
 
 
-def _scan_process_load(path: Path) -> CT:
+def _scan_process_load(path: Path, series: str | None = None) -> CT:
     global _SCAN
     import dataclasses
 
     import numpy as np
 
     _keep_freed_memory()
-    ct = _load_timed(path)
+    ct = _load_timed(path, series)
     # The SEG needs the headers and geometry, not the HU values: a zero-stride stand-in of the same shape.
     _SCAN = dataclasses.replace(ct, array=np.broadcast_to(np.float32(0), ct.shape))
     return ct
@@ -161,14 +161,15 @@ class _ScanProcess:
         if self.pool is not None:
             self.pool.shutdown(wait=wait, cancel_futures=True)
 
-    def load_beside(self, path: Path, work: Callable[[], T]) -> tuple[CT, T]:
-        """The scan at ``path``, read while ``work()`` runs here, and ``work()``'s result."""
+    def load_beside(self, path: Path, work: Callable[[], T], series: str | None = None) -> tuple[CT, T]:
+        """The scan at ``path`` (``series``: its series UID), read while ``work()`` runs here, and ``work()``'s
+        result."""
         from concurrent.futures import ThreadPoolExecutor
         from concurrent.futures.process import BrokenProcessPool
 
         if self.pool is None:
             with ThreadPoolExecutor(max_workers=1) as threads:
-                loading = threads.submit(_load_timed, path)
+                loading = threads.submit(_load_timed, path, series)
                 with ctrl_c_deferred():
                     result = work()
                 return loading.result(), result
@@ -176,7 +177,7 @@ class _ScanProcess:
 
         before = set(multiprocessing.active_children())
         with ctrl_c_deferred():
-            loading = self.pool.submit(_scan_process_load, path)  # the first submit forks the process
+            loading = self.pool.submit(_scan_process_load, path, series)  # the first submit forks the process
             self.children = [c for c in multiprocessing.active_children() if c not in before]
             self.pool.submit(_scan_process_prepare)  # the SEG writer's imports, while the lungs are segmented
             result = work()
@@ -185,7 +186,7 @@ class _ScanProcess:
         except BrokenProcessPool:  # the child was killed (e.g. out of memory): read it here instead
             self.pool.shutdown(wait=False)
             self.pool = None
-            return _load_timed(path), result
+            return _load_timed(path, series), result
 
     def seg_writer(self, ct: CT) -> pipeline.SegWriter | None:
         """Writes ``ct``'s SEG in the scan process (None: let the pipeline write it here)."""
@@ -218,6 +219,7 @@ def register(app: typer.Typer) -> None:
         dask: str = typer.Option(None, "--dask", metavar="ADDRESS", help="Run studies on an existing Dask cluster (scheduler address)."),
         lungs_model: str = typer.Option("lungs", "--lungs-model", help="Shipped model name, checkpoint (.pt) or run folder for the lungs."),
         lesions_model: str = typer.Option("lesions", "--lesions-model", "--model", help="Shipped model name, checkpoint or run folder for the lesions."),
+        series: str = typer.Option(None, "--series", metavar="UID", help="For one DICOM folder/.zip holding several series: the SeriesInstanceUID to analyse (default: the best CT series; `covidct info` lists them)."),
     ) -> None:
         """Analyse chest CTs: diagnosis, lung and lesion masks, severity, JSON/HTML/NIfTI/DICOM SEG outputs.
 
@@ -231,13 +233,15 @@ def register(app: typer.Typer) -> None:
         model_args = {"lungs_model": lungs_model, "lesions_model": lesions_model}
         single = len(inputs) == 1
         studies = discover_studies(inputs)
+        if series is not None and not (single and len(studies) == 1 and not dask):
+            raise typer.BadParameter("--series picks the series of one DICOM input; give a single folder or .zip")
         if single and len(studies) == 1 and not dask:
             from covidct import pipeline
 
             if not inputs[0].exists():
                 raise UnreadableInput(f"{inputs[0]}: no such file or folder")
             with _ScanProcess() as helper:
-                ct, analyzer = helper.load_beside(inputs[0], lambda: pipeline.shared_analyzer(**model_args))
+                ct, analyzer = helper.load_beside(inputs[0], lambda: pipeline.shared_analyzer(**model_args), series)
                 res = analyzer(ct, output, png=png, html=html, seg_writer=helper.seg_writer(ct))
             _print_summary(res.report, output)
             return

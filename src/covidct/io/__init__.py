@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from covidct.errors import NotCT, UnreadableInput
+from covidct.errors import NotCT, UnreadableInput, UnsupportedInput
 from covidct.io.image import IMAGE_EXTS, load_image_2d, load_image_ct, read_label_png
 from covidct.io.writers import (
     save_ct_nifti,
@@ -39,8 +39,11 @@ DICOM_EXTS = (".dcm", ".dicom", ".ima", "")
 ITK_EXTS = (".mha", ".mhd", ".nrrd", ".nhdr")
 
 
-def load_ct(path: str | Path) -> CT:
+def load_ct(path: str | Path, *, series: str | None = None) -> CT:
     """Load a CT from a DICOM folder, .zip of one, DICOM file, NIfTI, .mha/.nrrd or 2-D image.
+
+    ``series``: the SeriesInstanceUID to load from a DICOM folder or .zip holding several series
+    (default: the best CT series, with a warning naming the others).
 
     The result is in canonical orientation (see ``covidct.volume``); 2-D images are one-slice,
     non-HU volumes kept exactly as displayed. Raises ``UnreadableInput``, ``NotCT``,
@@ -56,13 +59,15 @@ def load_ct(path: str | Path) -> CT:
             # readers import pydicom/nibabel on first use: a one-shot command on a PNG starts faster
             from covidct.io.dicom import load_dicom_folder
 
-            return load_dicom_folder(p)
+            return load_dicom_folder(p, series=series)
         if not os.access(p, os.R_OK):
             raise UnreadableInput(f"{p}: permission denied")
         if p.stat().st_size == 0:
             raise UnreadableInput(f"{p}: empty file (0 bytes)")
         name = p.name.lower()
         suffix = p.suffix.lower()
+        if series is not None and suffix != ".zip":
+            raise UnsupportedInput(f"{p}: a series UID picks a series from a DICOM folder or .zip; this is a single file")
         if name.endswith((".nii", ".nii.gz")):
             from covidct.io.nifti import load_nifti
 
@@ -70,7 +75,7 @@ def load_ct(path: str | Path) -> CT:
         if suffix == ".zip":
             from covidct.io.dicom import load_dicom_zip
 
-            return load_dicom_zip(p)
+            return load_dicom_zip(p, series=series)
         if suffix in ITK_EXTS:
             from covidct.io.nifti import load_itk
 

@@ -171,8 +171,9 @@ def _rel(path: Path, root: Path) -> str:
 # ----------------------------------------------------------------------------- entry points
 
 
-def load_dicom_folder(root: Path, *, display_path: str | None = None) -> CT:
-    """Load the best CT series found (recursively) under ``root``."""
+def load_dicom_folder(root: Path, *, display_path: str | None = None, series: str | None = None) -> CT:
+    """Load the best CT series found (recursively) under ``root``, or the series whose SeriesInstanceUID is
+    ``series``."""
     shown = display_path or str(root)
     files = sorted(p for p in root.rglob("*") if p.is_file())
     if not files:
@@ -196,6 +197,12 @@ def load_dicom_folder(root: Path, *, display_path: str | None = None) -> CT:
     groups: dict[tuple, list[tuple[Path, Dataset]]] = defaultdict(list)
     for p, ds in headers:
         groups[_series_key(ds)].append((p, ds))
+    if series is not None:
+        chosen = {k: it for k, it in groups.items() if k[0] == series.strip()}
+        if not chosen:
+            found = ", ".join(sorted({k[0] or "<no SeriesInstanceUID>" for k in groups})[:6])
+            raise UnreadableInput(f"{shown}: no series {series} here; found {len(groups)}: {found}")
+        groups = defaultdict(list, chosen)
     ranked = sorted(
         groups.items(),
         key=lambda kv: (
@@ -223,7 +230,8 @@ def load_dicom_folder(root: Path, *, display_path: str | None = None) -> CT:
     if len(ranked) > 1:
         rest = "; ".join(_describe(k, it) for k, it in ranked[1:6])
         more = f" and {len(ranked) - 6} more" if len(ranked) > 6 else ""
-        warnings.append(f"folder holds {len(ranked)} series; picked {_describe(key, items)}; also found: {rest}{more}")
+        warnings.append(f"folder holds {len(ranked)} series; picked {_describe(key, items)}; also found: {rest}{more}"
+                        " (choose one with --series UID)")
     return _build_volume([p for p, _ in items], root, shown, warnings, single_file=False, headers=dict(items))
 
 
@@ -242,8 +250,8 @@ def load_dicom_file(path: Path) -> CT:
     return _build_volume([path], path.parent, str(path), [], single_file=True)
 
 
-def load_dicom_zip(path: Path) -> CT:
-    """Extract a .zip safely into a temp folder and load the series inside."""
+def load_dicom_zip(path: Path, *, series: str | None = None) -> CT:
+    """Extract a .zip safely into a temp folder and load the series inside (``series``: by its UID)."""
     try:
         zf = zipfile.ZipFile(path)
     except PermissionError as e:
@@ -257,8 +265,10 @@ def load_dicom_zip(path: Path) -> CT:
         # A zip of a folder holds one top-level folder: treat that as the series folder.
         series_root = entries[0] if len(entries) == 1 and entries[0].is_dir() else root
         try:
-            ct = load_dicom_folder(series_root, display_path=str(path))
+            ct = load_dicom_folder(series_root, display_path=str(path), series=series)
         except UnreadableInput:
+            if series is not None:
+                raise
             # A zip holding one NIfTI volume instead of a DICOM series.
             niftis = [p for p in root.rglob("*") if p.name.lower().endswith((".nii", ".nii.gz"))]
             if len(niftis) != 1:
