@@ -255,3 +255,28 @@ def test_dciodvfy_accepts_series(dicom_dir):
         res = subprocess.run(["dciodvfy", str(f)], capture_output=True, text=True, timeout=60)
         out = res.stdout + res.stderr
         assert "Error" not in out and "Warning" not in out, out
+
+
+def test_write_is_all_or_nothing(tmp_path, monkeypatch):
+    """Interrupted mid-series, nothing is left (no partial series, no masks, no temp folder); a re-write
+    with fewer slices leaves no stale slices."""
+    import covidct.phantom as phantom_module
+
+    out = tmp_path / "out"
+    big = make_phantom(seed=1, shape=(10, 64, 64), spacing=(6.0, 4.0, 4.0))
+    small = make_phantom(seed=1, shape=(6, 64, 64), spacing=(6.0, 4.0, 4.0))
+    real = phantom_module._write_dicom
+
+    def interrupted(hu, ct, folder, shuffle):
+        real(hu[:3], ct, folder, shuffle)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(phantom_module, "_write_dicom", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_phantom(big, out, fmt="dicom")
+    assert list(out.iterdir()) == []
+    monkeypatch.setattr(phantom_module, "_write_dicom", real)
+    write_phantom(big, out, fmt="dicom")
+    folder = write_phantom(small, out, fmt="dicom")
+    assert len(list(folder.glob("*.dcm"))) == 6
+    assert sorted(p.name for p in out.iterdir()) == ["dicom", "phantom_lesions.nii.gz", "phantom_lungs.nii.gz"]
