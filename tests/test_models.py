@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,3 +165,21 @@ def test_optimise_for_cpu_keeps_outputs_and_leaves_the_model_alone():
         assert torch.allclose(fast(x), net(x), atol=1e-4)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())  # folded away
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # the original is untouched
+
+
+def test_save_atomic_keeps_the_previous_file_when_interrupted(tmp_path, monkeypatch):
+    from covidct.models.checkpoint import save_atomic
+
+    path = tmp_path / "last.pt"
+    save_atomic({"epoch": 1}, path)
+    real_save = torch.save
+
+    def interrupted(obj, f):
+        Path(f).write_bytes(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_atomic({"epoch": 2}, path)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert torch.load(path)["epoch"] == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]

@@ -83,9 +83,18 @@ def save_checkpoint(
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    return save_atomic(ckpt, path)
+
+
+def save_atomic(obj, path: str | Path) -> Path:
+    """``torch.save`` to a temp file beside ``path``, then rename: an interrupt never leaves a truncated file."""
+    path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(path)
+    try:
+        torch.save(obj, tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -275,8 +275,11 @@ def _set_rng_state(s: dict) -> None:
 
 def save_training_state(last_path: Path, model, opt, sched, epoch: int, best: float, best_epoch: int, bad: int,
                         elapsed: float, best_metrics: dict) -> None:
-    """Write last.pt: everything :func:`restore_training_state` needs to continue the run."""
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+    """Write last.pt (atomically: Ctrl-C mid-write keeps the previous one): everything
+    :func:`restore_training_state` needs to continue the run."""
+    from covidct.models.checkpoint import save_atomic
+
+    save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict() if sched is not None else None, "epoch": epoch, "best": best,
                 "best_epoch": best_epoch, "bad": bad, "elapsed": elapsed, "best_metrics": best_metrics,
                 "rng": _rng_state()}, last_path)

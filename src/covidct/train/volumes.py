@@ -33,6 +33,7 @@ import torch
 from monai.transforms import Transform
 
 from covidct.errors import ConfigError, UnsupportedInput
+from covidct.models.checkpoint import save_atomic
 
 TASKS3D: dict[str, list[str]] = {
     "lungs": ["background", "lung"],
@@ -682,9 +683,9 @@ def train_seg3d(raw: dict, run_dir: str | Path | None = None, resume: bool = Fal
                     writer.add_scalar(k, val, epoch + 1)
         say(f"[{cfg.name}] epoch {epoch + 1}/{t.epochs} loss {row['train_loss']:.4f}"
             + (f" val Dice {row['val_dice']:.4f}" if row["val_dice"] is not None else "") + f" ({row['time_s']} s)", flush=True)
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": None if sched is None else sched.state_dict(), "epoch": epoch, "best": best,
-                    "best_epoch": best_epoch, "bad": bad, "elapsed": elapsed, "best_metrics": best_metrics}, last_path)
+        save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                     "scheduler": None if sched is None else sched.state_dict(), "epoch": epoch, "best": best,
+                     "best_epoch": best_epoch, "bad": bad, "elapsed": elapsed, "best_metrics": best_metrics}, last_path)
         if t.patience is not None and bad >= t.patience:
             stopped = f"early stopping (no val Dice gain for {t.patience} validations)"
             break
