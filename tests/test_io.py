@@ -316,3 +316,22 @@ def test_zip_holding_a_nifti(tmp_path, hu):
     ct = load_ct(zp)
     assert ct.kind == "nifti" and ct.path == str(zp)
     np.testing.assert_array_equal(ct.array, hu.transpose(2, 1, 0))
+
+
+def test_staged_outputs_all_or_nothing(tmp_path):
+    from covidct.io.writers import staged_outputs
+
+    out = tmp_path / "out"
+    with staged_outputs(out) as staging:
+        (staging / "a.txt").write_text("1")
+        (staging / "sub").mkdir()
+        (staging / "sub" / "old.txt").write_text("stale")
+    with pytest.raises(KeyboardInterrupt):
+        with staged_outputs(out) as staging:
+            (staging / "a.txt").write_text("half")
+            raise KeyboardInterrupt
+    assert (out / "a.txt").read_text() == "1" and sorted(p.name for p in out.iterdir()) == ["a.txt", "sub"]
+    with staged_outputs(out) as staging:
+        (staging / "sub").mkdir()
+        (staging / "sub" / "new.txt").write_text("fresh")
+    assert sorted(p.name for p in (out / "sub").iterdir()) == ["new.txt"] and (out / "a.txt").exists()

@@ -23,7 +23,6 @@ Vessels crossing a GGO patch keep their blood density and are left out of the GG
 
 from __future__ import annotations
 
-import os
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -670,44 +669,32 @@ def write_phantom(phantom: Phantom, outdir: str | Path, fmt: str = "nifti", shuf
     """Write the phantom as NIfTI (``phantom.nii.gz``) or a CT DICOM series (``dicom/``).
 
     Both formats also get ``phantom_lungs.nii.gz`` and ``phantom_lesions.nii.gz`` (uint8,
-    same geometry) in ``outdir``. Returns the NIfTI file or the DICOM folder. Everything is written
-    to a hidden temp folder in ``outdir`` first and moved into place once complete, so an error or
-    Ctrl-C never leaves a partial series behind.
+    same geometry) in ``outdir``. Returns the NIfTI file or the DICOM folder. Written through
+    :func:`covidct.io.writers.staged_outputs`: an error or Ctrl-C never leaves a partial series behind.
     """
-    import shutil
-    import tempfile
-
     import nibabel as nib
+
+    from covidct.io.writers import staged_outputs
 
     if fmt not in ("nifti", "dicom"):
         raise ValueError(f"unknown phantom format {fmt!r} (use 'nifti' or 'dicom')")
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
     ct = phantom.ct
     hu = np.clip(np.rint(ct.array), -1024, 3071).astype(np.int16)
-    staging = Path(tempfile.mkdtemp(prefix=".phantom.tmp-", dir=outdir))
+    with staged_outputs(outdir) as staging:
 
-    def save(arr: np.ndarray, name: str) -> Path:
-        img = nib.Nifti1Image(np.ascontiguousarray(arr.transpose(2, 1, 0)), ct.affine)
-        img.header.set_xyzt_units("mm")
-        img.set_qform(ct.affine, code=1)
-        img.set_sform(ct.affine, code=1)
-        path = staging / name
-        nib.save(img, str(path))
-        return path
+        def save(arr: np.ndarray, name: str) -> Path:
+            img = nib.Nifti1Image(np.ascontiguousarray(arr.transpose(2, 1, 0)), ct.affine)
+            img.header.set_xyzt_units("mm")
+            img.set_qform(ct.affine, code=1)
+            img.set_sform(ct.affine, code=1)
+            path = staging / name
+            nib.save(img, str(path))
+            return path
 
-    try:
-        written = [save(phantom.lungs.astype(np.uint8), "phantom_lungs.nii.gz"),
-                   save(phantom.lesions.astype(np.uint8), "phantom_lesions.nii.gz")]
-        written.append(save(hu, "phantom.nii.gz") if fmt == "nifti" else _write_dicom(hu, ct, staging / "dicom", shuffle_names))
-        for item in written:
-            target = outdir / item.name
-            if item.is_dir() and target.is_dir():
-                shutil.rmtree(target)  # a re-write must not leave stale slices behind
-            os.replace(item, target)
-        return outdir / written[-1].name
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        save(phantom.lungs.astype(np.uint8), "phantom_lungs.nii.gz")
+        save(phantom.lesions.astype(np.uint8), "phantom_lesions.nii.gz")
+        main = save(hu, "phantom.nii.gz") if fmt == "nifti" else _write_dicom(hu, ct, staging / "dicom", shuffle_names)
+    return Path(outdir) / main.name
 
 
 def _write_dicom(hu: np.ndarray, ct: CT, folder: Path, shuffle_names: bool) -> Path:

@@ -233,18 +233,20 @@ def evaluate_classifier(model_path_or_run_dir: str | Path | None, records: list[
     res = classification_metrics(y, prob.reshape(len(kept), len(classes)), classes, threshold)
     res["task"], res["model"] = task, str(info.get("path", model_path_or_run_dir))
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.md").write_text(metrics_markdown(res, title or f"{task}: {out_dir.name}"))
-    (out_dir / "metrics.json").write_text(json.dumps(res, indent=1, default=float))
     pred = predict_labels(prob, threshold) if len(kept) else np.zeros(0, int)
-    with open(out_dir / "predictions.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "truth", "prediction", *[f"p_{c}" for c in classes]])
-        for (r, t), pr, pp in zip(kept, pred, prob, strict=True):
-            w.writerow([r["id"], classes[t], classes[pr], *[f"{v:.5f}" for v in pp]])
-    if kept:
-        save_roc_figure(y, prob, classes, out_dir / "roc.png", threshold, title=f"{task} ({out_dir.name})")
-        save_confusion(np.asarray(res["confusion"]), classes, out_dir / "confusion.png")
+    from covidct.io.writers import staged_outputs
+
+    with staged_outputs(out_dir) as staging:  # no half-written report after Ctrl-C
+        (staging / "metrics.md").write_text(metrics_markdown(res, title or f"{task}: {out_dir.name}"))
+        (staging / "metrics.json").write_text(json.dumps(res, indent=1, default=float))
+        with open(staging / "predictions.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "truth", "prediction", *[f"p_{c}" for c in classes]])
+            for (r, t), pr, pp in zip(kept, pred, prob, strict=True):
+                w.writerow([r["id"], classes[t], classes[pr], *[f"{v:.5f}" for v in pp]])
+        if kept:
+            save_roc_figure(y, prob, classes, staging / "roc.png", threshold, title=f"{task} ({out_dir.name})")
+            save_confusion(np.asarray(res["confusion"]), classes, staging / "confusion.png")
     res["probabilities"] = prob
     res["labels"] = y
     res["ids"] = [r["id"] for r, _ in kept]

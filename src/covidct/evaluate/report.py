@@ -65,8 +65,7 @@ def evaluate(
         threshold = (info.get("thresholds") or {}).get("foreground")
     kept = [(r, task_label(r, task)) for r in records]
     kept = [(r, lab) for r, lab in kept if lab is not None]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)  # an unwritable OUTDIR fails before the long part
     probs = predict_slices(model, info, [np.asarray(r["image"], np.float32) for r, _ in kept],
                            [bool(r.get("is_hu", False)) for r, _ in kept], batch_size=batch_size, bf16=bf16)
     gts = [lab for _, lab in kept]
@@ -85,10 +84,13 @@ def evaluate(
         thr = dice_over_thresholds(fg, [g > 0 for g in gts])
         res["dice_256_thresholds"] = {"mean_dice": thr["mean_dice"], "max_dice": thr["max_dice"],
                                       "curve": thr["curve"]}
-    _write_tables(res, out_dir)
-    if kept:
-        save_heatmap(preds, gts, out_dir / "heatmap.png")
-        save_confusion(np.asarray(res["confusion"]), classes, out_dir / "confusion.png")
+    from covidct.io.writers import staged_outputs
+
+    with staged_outputs(out_dir) as staging:  # no half-written report after Ctrl-C
+        _write_tables(res, staging)
+        if kept:
+            save_heatmap(preds, gts, staging / "heatmap.png")
+            save_confusion(np.asarray(res["confusion"]), classes, staging / "confusion.png")
     return res
 
 

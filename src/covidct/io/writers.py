@@ -12,8 +12,11 @@ Geometry convention (shared by ``save_mask_nifti`` and ``save_ct_nifti``):
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
@@ -60,6 +63,25 @@ def _atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+@contextmanager
+def staged_outputs(out_dir: str | Path) -> Iterator[Path]:
+    """A hidden temp folder inside ``out_dir`` to write a set of outputs into. When the block ends its
+    entries are moved into ``out_dir`` (replacing same-named ones); after an error or Ctrl-C it is removed.
+    Either way no half-written set of outputs is left."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".covidct-staging-", dir=out_dir))
+    try:
+        yield staging
+        for item in sorted(staging.iterdir()):
+            target = out_dir / item.name
+            if item.is_dir() and target.is_dir():
+                shutil.rmtree(target)  # a re-write must not keep stale files (e.g. slices of an older series)
+            os.replace(item, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _check_nifti_path(path: str | Path) -> None:
