@@ -282,7 +282,6 @@ def save_cam_overlay(image: np.ndarray, cam: np.ndarray, path: str | Path, is_hu
     out = Image.fromarray(np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8), "RGB")
     if title:
         ImageDraw.Draw(out).text((4, 4), title, fill=(255, 255, 0))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    out.save(path)
-    return path
+    from covidct.io.writers import atomic_write
+
+    return atomic_write(path, lambda p: out.save(p, format="PNG"))  # no half-written PNG after Ctrl-C

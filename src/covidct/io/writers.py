@@ -49,7 +49,7 @@ def to_source_layout(ct: CT, array_zyx: np.ndarray) -> np.ndarray:
     return out
 
 
-def _atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Write via a temp file in the destination folder, then os.replace (no half-written outputs)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +128,7 @@ def save_mask_nifti(mask_zyx: np.ndarray, ct: CT, path: str | Path) -> Path:
     if m.shape != ct.shape:
         raise ValueError(f"mask shape {m.shape} does not match the CT's canonical shape {ct.shape}")
     img = _nifti_for(ct, _as_uint8_labels(m, "mask"), np.uint8)
-    return _atomic_write(path, lambda p: nib.save(img, str(p)))
+    return atomic_write(path, lambda p: nib.save(img, str(p)))
 
 
 def save_ct_nifti(ct: CT, path: str | Path) -> Path:
@@ -142,7 +142,7 @@ def save_ct_nifti(ct: CT, path: str | Path) -> Path:
     else:
         data, dtype = a, np.float32
     img = _nifti_for(ct, data, dtype)
-    return _atomic_write(path, lambda p: nib.save(img, str(p)))
+    return atomic_write(path, lambda p: nib.save(img, str(p)))
 
 
 def _squeeze2d(a: np.ndarray, what: str) -> np.ndarray:
@@ -158,7 +158,7 @@ def save_label_png(label_hw: np.ndarray, path: str | Path) -> Path:
     """One-channel 8-bit PNG holding class indices (0, 1, 2...), same size as the input."""
     lab = _as_uint8_labels(_squeeze2d(label_hw, "label"), "label")
     im = Image.fromarray(np.ascontiguousarray(lab))
-    return _atomic_write(path, lambda p: im.save(p, format="PNG"))
+    return atomic_write(path, lambda p: im.save(p, format="PNG"))
 
 
 def save_overlay_png(
@@ -196,4 +196,4 @@ def save_overlay_png(
         c = np.asarray(col[:3], dtype=np.float32)
         rgb[m] = (1.0 - alpha) * rgb[m] + alpha * c
     im = Image.fromarray(np.rint(rgb).astype(np.uint8))
-    return _atomic_write(path, lambda p: im.save(p, format="PNG"))
+    return atomic_write(path, lambda p: im.save(p, format="PNG"))
