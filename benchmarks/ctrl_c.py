@@ -3,11 +3,11 @@
 Writes a small synthetic DICOM study (the test suite's 16-slice phantom), then runs ``covidct analyze``
 on it N times, sending SIGINT to the whole process group (as a terminal's Ctrl-C does) after a random
 delay in [LO, HI] seconds. A run is clean when it exits 130 with the single line
-"covidct: interrupted" and leaves no output, or finished first (exit 0, complete output). A run that
+"covidct: interrupted" (SIGTERM: exit 143, "covidct: terminated") and leaves no output, or finished first (exit 0, complete output). A run that
 has not ended 40 s after the signal counts as a hang (its processes are killed). ``--batch`` runs three
 copies of the study with ``--workers 2`` instead.
 
-Usage: python benchmarks/ctrl_c.py [--runs 40] [--lo 0.5] [--hi 2.0] [--batch] [--seed 0]
+Usage: python benchmarks/ctrl_c.py [--runs 40] [--lo 0.5] [--hi 2.0] [--batch] [--seed 0] [--signal INT|TERM]
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ def make_study(root: Path, batch: bool) -> Path:
     return root / "studies"
 
 
-def one_run(study: Path, out: Path, delay: float, batch: bool) -> str:
+def one_run(study: Path, out: Path, delay: float, batch: bool, sig: signal.Signals = signal.SIGINT) -> str:
     cmd = [sys.executable, "-m", "covidct", "analyze", str(study), "-o", str(out)] + (["--workers", "2"] if batch else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     time.sleep(delay)
-    os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, sig)
     try:
         _, err = proc.communicate(timeout=40)
     except subprocess.TimeoutExpired:
@@ -50,7 +50,8 @@ def one_run(study: Path, out: Path, delay: float, batch: bool) -> str:
         return "hang"
     if proc.returncode == 0:
         return "finished first"
-    if proc.returncode == 130 and err.strip() == "covidct: interrupted":
+    expected = (130, "covidct: interrupted") if sig == signal.SIGINT else (143, "covidct: terminated")
+    if (proc.returncode, err.strip()) == expected:
         leftovers = [p for p in out.rglob("*") if p.is_file() and p.name != "report.json"] if out.exists() else []
         done = {p.parent for p in out.rglob("report.json")} if out.exists() else set()
         partial = [p for p in leftovers if p.parent not in done]
@@ -65,6 +66,7 @@ def main() -> None:
     ap.add_argument("--hi", type=float, default=2.0)
     ap.add_argument("--batch", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--signal", choices=["INT", "TERM"], default="INT", help="INT (Ctrl-C) or TERM (kill, timeout)")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     outcomes: Counter = Counter()
@@ -74,10 +76,10 @@ def main() -> None:
             delay = rng.uniform(args.lo, args.hi)
             out = Path(tmp) / "out"
             shutil.rmtree(out, ignore_errors=True)
-            outcome = one_run(study, out, delay, args.batch)
+            outcome = one_run(study, out, delay, args.batch, getattr(signal, f"SIG{args.signal}"))
             outcomes[outcome] += 1
-            print(f"{i + 1:3d}  Ctrl-C at {delay:5.2f} s: {outcome}", flush=True)
-    print(f"{'batch' if args.batch else 'single study'}, {args.runs} runs, delay {args.lo}-{args.hi} s: "
+            print(f"{i + 1:3d}  SIG{args.signal} at {delay:5.2f} s: {outcome}", flush=True)
+    print(f"{'batch' if args.batch else 'single study'}, SIG{args.signal}, {args.runs} runs, delay {args.lo}-{args.hi} s: "
           + ", ".join(f"{n} {k}" for k, n in outcomes.most_common()))
 
 

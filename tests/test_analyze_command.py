@@ -208,6 +208,29 @@ def test_ctrl_c_stops_cleanly(study, tmp_path, delay):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("delay", [1.0, 2.5])
+def test_sigterm_stops_cleanly_too(study, tmp_path, delay):
+    """SIGTERM (kill, timeout, a job scheduler) to the command alone: the same clean stop as Ctrl-C, exit 143."""
+    import signal
+    import time
+
+    folder, _ = study
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "covidct", "analyze", str(folder), "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    if proc.returncode == 0:  # finished before the signal
+        assert (out / "report.json").is_file()
+        return
+    assert proc.returncode == 143, stderr
+    assert stderr.strip() == "covidct: terminated"
+    if out.exists():  # only when the signal came after the outputs were in place
+        assert (out / "report.json").is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.name != "out"] == []
+
+
 def test_scan_process_dies_with_the_command(study, tmp_path):
     """Killed outright (no cleanup runs), the command's scan process goes too: its pipes close at once."""
     import signal
@@ -251,6 +274,15 @@ def test_ctrl_c_is_held_while_the_models_load_then_raised():
         assert steps[-1] == "handled by the server"
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous_term = signal.signal(signal.SIGTERM, lambda signum, frame: steps.append("SIGTERM handled"))
+    try:  # SIGTERM is held the same way
+        with ctrl_c_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            steps.append("block ran on")
+        assert steps[-2:] == ["block ran on", "SIGTERM handled"]
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
 
 
 def test_ctrl_c_stops_a_batch_cleanly(study, tmp_path):

@@ -5,7 +5,7 @@ Every user error (a :class:`covidct.errors.CovidCTError`) becomes one line on st
 Exit codes: 0 ok, 1 other covidct error, 2 unreadable input, 3 not CT, 4 inconsistent series,
 5 unsupported input, 6 no lungs found, 7 model error, 8 config error, 64 bad command-line usage,
 70 internal error (a bug: please report it, with ``COVIDCT_DEBUG=1`` for the traceback), 130 interrupted
-(Ctrl-C).
+(Ctrl-C), 143 terminated (SIGTERM, e.g. from ``timeout`` or a job scheduler; cleaned up like Ctrl-C).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import typer
 
 from covidct import __version__
 from covidct.errors import CovidCTError
-from covidct.interrupts import interrupt_hint
+from covidct.interrupts import interrupt_hint, stop_cleanly_on_sigterm, was_terminated
 
 app = typer.Typer(
     name="covidct",
@@ -29,7 +29,7 @@ app = typer.Typer(
         "Start with:  covidct demo   (runs the analysis on a built-in synthetic chest CT)\n\n"
         "Then:        covidct info SCAN       what covidct sees in your input\n\n"
         "Exit codes: 0 ok, 2 unreadable input, 3 not CT, 4 inconsistent series, 5 unsupported input, "
-        "6 no lungs found, 7 model error, 8 config error, 64 usage error, 130 interrupted."
+        "6 no lungs found, 7 model error, 8 config error, 64 usage error, 130 interrupted, 143 terminated."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -140,6 +140,14 @@ def _register_optional_commands() -> None:
         mod.register(app)
 
 
+def _stopped() -> int:
+    """The one line and exit code after Ctrl-C (130) or SIGTERM (143)."""
+    hint = interrupt_hint()
+    what, code = ("terminated", 143) if was_terminated() else ("interrupted", 130)
+    print(f"covidct: {what}" + (f"; {hint}" if hint else ""), file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (so tests can call ``main([...])`` in-process)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -148,8 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         # Outside standalone mode typer returns the code of a typer.Exit, and turns Ctrl-C into Exit(130).
         code = app(args=args, prog_name="covidct", standalone_mode=False)
         if code == 130:
-            hint = interrupt_hint()
-            print("covidct: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
+            return _stopped()
         return code if isinstance(code, int) else 0
     except CovidCTError as exc:
         msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
@@ -167,8 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"covidct: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("covidct: interrupted", file=sys.stderr)
-        return 130
+        return _stopped()
     except Exception as exc:  # a bug, not a user error: still one line unless debugging
         if os.environ.get("COVIDCT_DEBUG"):
             raise
@@ -184,6 +190,7 @@ def run() -> None:
     ``covidct analyze`` of a 148-slice series: 12.6 s wall with it, 11.2 s without)."""
     import logging
 
+    stop_cleanly_on_sigterm()
     code = main()
     try:
         logging.shutdown()  # the web service's log handlers

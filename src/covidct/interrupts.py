@@ -27,8 +27,29 @@ def interrupt_hint() -> str:
     return _interrupt_hint[0] if _interrupt_hint else ""
 
 
+# The stop signals: Ctrl-C, and SIGTERM (what `kill`, `timeout` and job schedulers send).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_terminated: list[bool] = []
+
+
+def _on_sigterm(signum, frame) -> None:
+    _terminated[:] = [True]
+    raise KeyboardInterrupt  # the same clean stop as Ctrl-C: outputs staged, helpers stopped
+
+
+def stop_cleanly_on_sigterm() -> None:
+    """SIGTERM stops the command like Ctrl-C, so it cleans up (for the console entry point only)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def was_terminated() -> bool:
+    """Whether the stop came from SIGTERM rather than Ctrl-C."""
+    return bool(_terminated)
+
+
 class _Held:
-    """The SIGINT handler while Ctrl-C is held: it only remembers the press."""
+    """A stop signal's handler while it is held: it only remembers the signal."""
 
     def __init__(self) -> None:
         self.pressed = False
@@ -39,8 +60,8 @@ class _Held:
 
 @contextmanager
 def ctrl_c_deferred() -> Iterator[None]:
-    """Ctrl-C held back inside the block, then delivered at its end if it was pressed (as KeyboardInterrupt,
-    unless another handler was installed).
+    """Ctrl-C (and SIGTERM) held back inside the block, then delivered at its end if it came (as
+    KeyboardInterrupt, unless another handler was installed).
 
     For short unsafe stretches (imports, model loading): it delays stopping by at most the block's
     duration. Main thread only (signal handlers live there); elsewhere, or nested, a no-op.
@@ -48,11 +69,14 @@ def ctrl_c_deferred() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread() or isinstance(signal.getsignal(signal.SIGINT), _Held):
         yield
         return
-    held = _Held()
-    previous = signal.signal(signal.SIGINT, held)
+    held = {sig: _Held() for sig in STOP_SIGNALS}
+    previous = {sig: signal.signal(sig, h) for sig, h in held.items()}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
-    if held.pressed:  # delivered again, to whatever handled it before (Python's KeyboardInterrupt, a server's own)
-        signal.raise_signal(signal.SIGINT)
+        for sig, handler in previous.items():
+            signal.signal(sig, (signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+                          if handler is None else handler)
+    for sig, h in held.items():
+        if h.pressed:  # delivered again, to whatever handled it before (Python's KeyboardInterrupt, a server's own)
+            signal.raise_signal(sig)
