@@ -1,4 +1,5 @@
-"""Ctrl-C: held back where raising it is unsafe, and what the CLI says after it.
+"""Ctrl-C and SIGTERM: held back where raising them is unsafe, SIGTERM made a clean stop like Ctrl-C,
+and what the CLI says after either.
 
 A KeyboardInterrupt raised while torch and MONAI are imported or a model is built can leave a module
 lock held (the next import then waits forever) or abort the process from C++ ("terminate called ...
