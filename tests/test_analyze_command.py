@@ -252,12 +252,12 @@ def test_scan_process_dies_with_the_command(study, tmp_path):
 def test_ctrl_c_is_held_while_the_models_load_then_raised():
     import signal
 
-    from covidct.interrupts import ctrl_c_deferred
+    from covidct.interrupts import stop_signals_held
 
     steps = []
     with pytest.raises(KeyboardInterrupt):
-        with ctrl_c_deferred():
-            with ctrl_c_deferred():  # nested (a model loaded inside the analyzer's set-up): the outer one raises
+        with stop_signals_held():
+            with stop_signals_held():  # nested (a model loaded inside the analyzer's set-up): the outer one raises
                 os.kill(os.getpid(), signal.SIGINT)
                 steps.append("inner block ran on")
             steps.append("outer block ran on")
@@ -269,7 +269,7 @@ def test_ctrl_c_is_held_while_the_models_load_then_raised():
 
     signal.signal(signal.SIGINT, servers_own_handler)
     try:
-        with ctrl_c_deferred():
+        with stop_signals_held():
             os.kill(os.getpid(), signal.SIGINT)
         assert steps[-1] == "handled by the server"
     finally:
@@ -277,7 +277,7 @@ def test_ctrl_c_is_held_while_the_models_load_then_raised():
 
     previous_term = signal.signal(signal.SIGTERM, lambda signum, frame: steps.append("SIGTERM handled"))
     try:  # SIGTERM is held the same way
-        with ctrl_c_deferred():
+        with stop_signals_held():
             os.kill(os.getpid(), signal.SIGTERM)
             steps.append("block ran on")
         assert steps[-2:] == ["block ran on", "SIGTERM handled"]

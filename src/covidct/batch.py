@@ -11,7 +11,6 @@ import csv
 import gc
 import os
 import re
-import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -151,12 +150,6 @@ def run_study(study: Study, outdir: Path, png: bool = False, html: bool = True, 
         return _summary_row(study, outdir, "failed", error=f"internal error: {type(exc).__name__}: {exc}", seconds=time.perf_counter() - t0)
 
 
-def _ignore_ctrl_c() -> None:
-    """In a batch worker: Ctrl-C is the parent's to handle (it stops the workers), so a worker does not print
-    its own traceback."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def _run_star(args: tuple) -> dict:
     return run_study(*args)
 
@@ -202,7 +195,9 @@ def run_batch(
 
         ctx = mp.get_context("spawn")  # clean workers: torch and fork do not mix well
         interrupted = False
-        with ctx.Pool(processes=workers, initializer=_ignore_ctrl_c) as pool:
+        from covidct.interrupts import leave_stops_to_the_parent
+
+        with ctx.Pool(processes=workers, initializer=leave_stops_to_the_parent) as pool:
             try:
                 for row in pool.imap_unordered(_run_star, jobs):
                     collect(row)

@@ -68,4 +68,3 @@ EXIT_CODES: dict[str, int] = {
         ConfigError,
     )
 }
-

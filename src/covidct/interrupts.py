@@ -49,6 +49,14 @@ def was_terminated() -> bool:
     return bool(_terminated)
 
 
+def leave_stops_to_the_parent() -> None:
+    """In a helper process: Ctrl-C, which a terminal sends to the whole process group, is the parent's to
+    handle (it stops its helpers, so they print nothing of their own), and SIGTERM keeps its default so
+    the parent can stop them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 class _Held:
     """A stop signal's handler while it is held: it only remembers the signal."""
 
@@ -60,7 +68,7 @@ class _Held:
 
 
 @contextmanager
-def ctrl_c_deferred() -> Iterator[None]:
+def stop_signals_held() -> Iterator[None]:
     """Ctrl-C (and SIGTERM) held back inside the block, then delivered at its end if it came (as
     KeyboardInterrupt, unless another handler was installed).
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, TypeVar
 import typer
 
 from covidct.errors import CovidCTError, UnreadableInput
-from covidct.interrupts import ctrl_c_deferred
+from covidct.interrupts import leave_stops_to_the_parent, stop_signals_held
 
 if TYPE_CHECKING:
     from covidct import pipeline
@@ -82,8 +82,7 @@ def _scan_process_start(parent: int) -> None:
     import ctypes
     import signal
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's clean-stop handler is not for this process
+    leave_stops_to_the_parent()
     try:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
     except (OSError, AttributeError):
@@ -171,13 +170,13 @@ class _ScanProcess:
         if self.pool is None:
             with ThreadPoolExecutor(max_workers=1) as threads:
                 loading = threads.submit(_load_timed, path, series)
-                with ctrl_c_deferred():
+                with stop_signals_held():
                     result = work()
                 return loading.result(), result
         import multiprocessing
 
         before = set(multiprocessing.active_children())
-        with ctrl_c_deferred():
+        with stop_signals_held():
             loading = self.pool.submit(_scan_process_load, path, series)  # the first submit forks the process
             self.children = [c for c in multiprocessing.active_children() if c not in before]
             self.pool.submit(_scan_process_prepare)  # the SEG writer's imports, while the lungs are segmented
@@ -234,9 +233,10 @@ def register(app: typer.Typer) -> None:
         model_args = {"lungs_model": lungs_model, "lesions_model": lesions_model}
         single = len(inputs) == 1
         studies = discover_studies(inputs)
-        if series is not None and not (single and len(studies) == 1 and not dask):
+        one_study = single and len(studies) == 1 and not dask
+        if series is not None and not one_study:
             raise typer.BadParameter("--series picks the series of one DICOM input; give a single folder or .zip")
-        if single and len(studies) == 1 and not dask:
+        if one_study:
             from covidct import pipeline
 
             if not inputs[0].exists():

@@ -202,7 +202,7 @@ def load_dicom_folder(root: Path, *, display_path: str | None = None, series: st
         if not chosen:
             found = ", ".join(sorted({k[0] or "<no SeriesInstanceUID>" for k in groups})[:6])
             raise UnreadableInput(f"{shown}: no series {series} here; found {len(groups)}: {found}")
-        groups = defaultdict(list, chosen)
+        groups = chosen
     ranked = sorted(
         groups.items(),
         key=lambda kv: (

@@ -88,14 +88,9 @@ def save_checkpoint(
 
 def save_atomic(obj, path: str | Path) -> Path:
     """``torch.save`` to a temp file beside ``path``, then rename: an interrupt never leaves a truncated file."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    try:
-        torch.save(obj, tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    from covidct.io.writers import atomic_write
+
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def read_checkpoint(path: str | Path) -> dict:

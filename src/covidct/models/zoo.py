@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from covidct.errors import ModelError
-from covidct.interrupts import ctrl_c_deferred
+from covidct.interrupts import stop_signals_held
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 
@@ -82,7 +82,7 @@ def load(name_or_path: str | Path, *, scripted: bool = False):
     ``info["input_size"]``), otherwise the usual ``nn.Module``.
     """
     weights, card = resolve_model_path(name_or_path)
-    with ctrl_c_deferred():  # torch/MONAI imports and model building: unsafe to interrupt (see covidct.interrupts)
+    with stop_signals_held():  # torch/MONAI imports and model building: unsafe to interrupt (see covidct.interrupts)
         model, info = _load_cached(str(weights), None if card is None else str(card), bool(scripted))
     info = dict(info)
     info.setdefault("name", Path(weights).stem)
