@@ -106,7 +106,7 @@ class Analyzer:
         ``cache`` (one per CT) keeps each slice's normalised model input, so models sharing the
         normalisation settings do not repeat it (CLAHE on every slice is a sizeable part of a pass)."""
         if info.get("spatial_dims") == 3:
-            from covidct.train.volumes import predict_volume, probs_for_role
+            from covidct.models.volume_inference import predict_volume, probs_for_role
 
             prob = predict_volume(model, info, vol[zs], spacing, is_hu=is_hu, bf16=self.bf16)
             return probs_for_role(prob, info.get("classes", []), role)
