@@ -51,7 +51,7 @@ def auto_masks(name: str, images: list[np.ndarray]) -> list[np.ndarray]:
 
 def curve(images, labels, starts, model: str, seed: int = 0) -> tuple[dict[int, float], list[float]]:
     from covidct.interactive import Click, refine
-    from covidct.train.interactive import next_click
+    from covidct.train.clicks import next_click
 
     rng = np.random.default_rng(seed)
     scores: dict[int, list[float]] = {k: [] for k in CLICKS}

@@ -176,7 +176,7 @@ def test_trained_checkpoint_reloads(trained_run):
 
 def test_init_from_loads_weights_for_fine_tuning(tmp_path):
     from covidct.models import build_model, save_checkpoint
-    from covidct.train.loop import init_weights
+    from covidct.train.runs import init_weights
 
     kw = {"channels": [4, 8], "strides": [2], "num_res_units": 0}
     src = build_model("unet", 1, 2, **kw)
@@ -306,7 +306,7 @@ def test_failed_run_leaves_no_run_folder(tmp_path):
 def test_epoch_bookkeeping_shared_by_the_trainers(tmp_path):
     """log_epoch writes the CSV row and the TensorBoard scalars; stop_reason: patience first, then the budget."""
     from covidct.train.config import TrainConfig
-    from covidct.train.loop import log_epoch, open_run_logs, stop_reason
+    from covidct.train.runs import log_epoch, open_run_logs, stop_reason
 
     class Writer:
         def __init__(self):
