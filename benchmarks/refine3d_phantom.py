@@ -49,13 +49,14 @@ def main() -> int:
     from covidct.models.checkpoint import load_model
     from covidct.models.volume_inference import predict_volume
     from covidct.train.clicks import corrupt_mask, next_click
-    from covidct.train.config import DataConfig, _build
+    from covidct.train.config import DataConfig
+    from covidct.train.schema import build
     from covidct.train.volumes import load_volume_records
 
     seg, seg_info = load_model(Path(a.seg) / "best.pt")
     seg.eval()
     _, ref_info = load_model(Path(a.refine) / "best.pt")
-    data = _build(DataConfig, (ref_info.get("config") or {}).get("data", {}), "data")
+    data = build(DataConfig, (ref_info.get("config") or {}).get("data", {}), "data")
     test_ids = json.loads((Path(a.refine) / "split.json").read_text())["splits"]["test"]
     seg_test = json.loads((Path(a.seg) / "split.json").read_text())["splits"]["test"]
     if sorted(test_ids) != sorted(seg_test):

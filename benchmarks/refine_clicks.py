@@ -93,12 +93,13 @@ def main() -> int:
     from covidct.data import load_source
     from covidct.models import zoo
     from covidct.train import datasets as ds
-    from covidct.train.config import DataConfig, _build
+    from covidct.train.config import DataConfig
+    from covidct.train.schema import build
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     _, info = zoo.load(a.model)
     cfg = info.get("config") or {}
-    data = _build(DataConfig, cfg.get("data", {}), "data")
+    data = build(DataConfig, cfg.get("data", {}), "data")
     recs = ds.load_records(data.sources)
     split = ds.split_records(recs, data.split.fractions, data.split.seed)
     by_id = {r["id"]: r for r in recs}

@@ -34,6 +34,7 @@ import torch
 
 from covidct.errors import ConfigError
 from covidct.train.clicks import click_dice_curve, simulate_batch
+from covidct.train.config import SectionedConfig
 from covidct.train.loop import Epoch, LoopSettings, Task, Validation, fit
 from covidct.train.runs import Progress, finish_run, make_optimizer, open_run, open_run_logs, write_split
 
@@ -64,22 +65,17 @@ class InteractiveTrainConfig:
     save_fp16: bool = False
 
 
-@dataclass
-class InteractiveConfig:
+@dataclass(kw_only=True)
+class InteractiveConfig(SectionedConfig):
     kind: str
     name: str = "refine"
-    description: str | None = None
-    data: dict = field(default_factory=dict)
     model: dict = field(default_factory=lambda: {"name": "unet", "kwargs": {}})
-    loss: dict = field(default_factory=lambda: {"name": "dice_ce", "include_background": False})
     optimizer: dict = field(default_factory=lambda: {"name": "adam", "lr": 1e-3})
-    schedule: dict = field(default_factory=lambda: {"name": "none"})
     train: InteractiveTrainConfig = field(default_factory=InteractiveTrainConfig)
     clicks: ClickConfig = field(default_factory=ClickConfig)
     augment: dict = field(default_factory=lambda: {"flip_prob": 0.5})
     normalisation: dict | None = None
     volume: dict = field(default_factory=lambda: {"hu_range": [-1000.0, 500.0]})  # 3-D: HU clip -> [0, 1]
-    output: dict = field(default_factory=lambda: {"run_dir": "runs/{name}", "tensorboard": True})
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -240,14 +236,15 @@ def train_interactive(raw: dict, run_dir: str | Path | None = None, resume: bool
     from covidct.models.registry import SPATIAL_DIMS, TASK_KIND, build_model
     from covidct.preprocess import NormalisationConfig
     from covidct.train import datasets as ds
-    from covidct.train.config import DataConfig, LossConfig, OptimizerConfig, ScheduleConfig, _build
+    from covidct.train.config import DataConfig, LossConfig, OptimizerConfig, ScheduleConfig
     from covidct.train.losses import build_loss
+    from covidct.train.schema import build
 
-    cfg = _build(InteractiveConfig, raw, "")
-    data = _build(DataConfig, cfg.data, "data")
-    loss_cfg = _build(LossConfig, cfg.loss, "loss")
-    ocfg = _build(OptimizerConfig, cfg.optimizer, "optimizer")
-    _build(ScheduleConfig, cfg.schedule, "schedule")
+    cfg = build(InteractiveConfig, raw, "")
+    data = build(DataConfig, cfg.data, "data")
+    loss_cfg = build(LossConfig, cfg.loss, "loss")
+    ocfg = build(OptimizerConfig, cfg.optimizer, "optimizer")
+    build(ScheduleConfig, cfg.schedule, "schedule")
     if TASK_KIND.get(cfg.model.get("name")) != "segmentation":
         raise ConfigError(f"model.name: {cfg.model.get('name')!r} is not a segmentation model")
     dims = SPATIAL_DIMS.get(cfg.model["name"], 2)  # 3: whole volumes, clicks with a slice index

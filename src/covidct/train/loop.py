@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from covidct.errors import ConfigError
-from covidct.train.config import Config, apply_overrides, config_to_dict, expand_grid, load_config, load_raw
+from covidct.train.config import Config, config_to_dict, load_config
 from covidct.train.runs import Progress, save_training_state, stop_reason
+from covidct.train.schema import apply_overrides, expand_grid, load_raw
 
 
 @dataclass
@@ -135,7 +136,7 @@ def fit(model, opt, sched, task: Task, s: LoopSettings, progress: Progress, last
             opt.zero_grad(set_to_none=True)
             loss = task.loss(model, batch)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {float(loss)} at epoch {epoch + 1} (lower optimizer.lr?)")
+                raise FloatingPointError(f"loss became {float(loss.detach())} at epoch {epoch + 1} (lower optimizer.lr?)")
             loss.backward()
             opt.step()
             if s.step_schedule and sched is not None:

@@ -32,6 +32,7 @@ from monai.transforms import Transform
 
 from covidct.errors import ConfigError
 from covidct.models.volume_inference import resampled_shape
+from covidct.train.config import AugmentBase, LoopConfig, SectionedConfig
 
 TASKS3D: dict[str, list[str]] = {
     "lungs": ["background", "lung"],
@@ -70,53 +71,34 @@ class VolumeConfig:
     mirror_axes: list[int] = field(default_factory=list)
 
 
-@dataclass
-class Augment3DConfig:
-    enabled: bool = True
+@dataclass(kw_only=True)
+class Augment3DConfig(AugmentBase):
     flip_axes: list[int] = field(default_factory=lambda: [0, 1])  # (z, y, x) axes; never 2 for left/right labels
-    flip_prob: float = 0.5
     affine_prob: float = 0.3
-    rotate_deg: float = 10.0  # in-plane
-    scale: float = 0.1
     intensity_shift: float = 0.1
-    intensity_scale: float = 0.1
     intensity_prob: float = 0.5
     noise_prob: float = 0.15
-    noise_std: float = 0.02
 
 
-@dataclass
-class Train3DConfig:
+@dataclass(kw_only=True)
+class Train3DConfig(LoopConfig):
     epochs: int = 100
-    max_minutes: float | None = None
     batch_size: int = 4  # patches per optimiser step (the seed papers' 4)
-    steps_per_epoch: int | None = None  # None: one pass over the training volumes
+    patience: int | None = 20  # validations (every val_every epochs) without a gain
     val_every: int = 1
     val_volumes: int | None = None  # validate on at most this many volumes (None: all)
-    patience: int | None = 20
-    seed: int = 0
-    bf16: bool = False
-    num_workers: int = 0
-    device: str = "auto"
-    evaluate_test: bool = True
-    save_fp16: bool = True
 
 
-@dataclass
-class Seg3DConfig:
+@dataclass(kw_only=True)
+class Seg3DConfig(SectionedConfig):
     kind: Literal["seg3d"]
     task: Literal["lungs", "infection", "lungs_infection", "lesions"]
     name: str = "run3d"
-    description: str | None = None
-    data: dict = field(default_factory=dict)  # {sources: [...], split: {...}} as in 2-D configs
     model: dict = field(default_factory=lambda: {"name": "unet3d", "kwargs": {}})
-    loss: dict = field(default_factory=lambda: {"name": "dice_ce", "include_background": False})
     optimizer: dict = field(default_factory=lambda: {"name": "adam", "lr": 5e-4})
-    schedule: dict = field(default_factory=lambda: {"name": "none"})
     train: Train3DConfig = field(default_factory=Train3DConfig)
     volume: VolumeConfig = field(default_factory=VolumeConfig)
     augment: Augment3DConfig = field(default_factory=Augment3DConfig)
-    output: dict = field(default_factory=lambda: {"run_dir": "runs/{name}", "tensorboard": True})
     grid: dict | list | None = None
 
     @property
@@ -133,16 +115,16 @@ def load_seg3d_config(raw: dict) -> tuple[Seg3DConfig, object]:
         OptimizerConfig,
         OutputConfig,
         ScheduleConfig,
-        _build,
     )
+    from covidct.train.schema import build
 
-    cfg = _build(Seg3DConfig, raw, "")
+    cfg = build(Seg3DConfig, raw, "")
     shared = {
-        "data": _build(DataConfig, cfg.data, "data"),
-        "loss": _build(LossConfig, cfg.loss, "loss"),
-        "optimizer": _build(OptimizerConfig, cfg.optimizer, "optimizer"),
-        "schedule": _build(ScheduleConfig, cfg.schedule, "schedule"),
-        "output": _build(OutputConfig, cfg.output, "output"),
+        "data": build(DataConfig, cfg.data, "data"),
+        "loss": build(LossConfig, cfg.loss, "loss"),
+        "optimizer": build(OptimizerConfig, cfg.optimizer, "optimizer"),
+        "schedule": build(ScheduleConfig, cfg.schedule, "schedule"),
+        "output": build(OutputConfig, cfg.output, "output"),
     }
     name = cfg.model.get("name")
     if SPATIAL_DIMS.get(name) != 3:
