@@ -161,7 +161,9 @@ def abnormal_logit(f: dict) -> float:
     """Log-odds of an abnormal (pneumonia) CT: opacity amount plus the non-COVID pneumonia findings."""
     y = _findings(f)
     amount = math.log2(max(f["opacity_percent"], 1e-3) / OPACITY_PERCENT) * math.log(9.0)
-    return amount + 2.0 * y["segmental"] + 2.0 * y["nodular"] + 1.0 * y["effusion"]
+    # each non-COVID finding alone makes the CT abnormal (P 0.88); they add up with the opacity amount
+    findings = 2.0 * (y["segmental"] + y["nodular"] + y["effusion"])
+    return max(amount, findings) if findings else amount
 
 
 # (feature evidence in [-1, 1], weight in log-odds): the RSNA typical pattern pushes towards COVID-19
@@ -179,7 +181,8 @@ def covid_logit(f: dict) -> float:
         (1.0, -_clip((f["perihilar_fraction"] - 0.2) / 0.2)),
     ]
     logit = sum(w * e for w, e in terms)
-    return logit - 1.5 * y["segmental"] * (not y["ggo"]) - 1.5 * y["nodular"] - 1.0 * y["effusion"]
+    # discrete nodules are the opacities themselves: their (peripheral) position says nothing for COVID-19
+    return logit - 1.5 * y["segmental"] * (not y["ggo"]) - 3.0 * y["nodular"] - 1.0 * y["effusion"]
 
 
 def classify_pattern(features: dict) -> PatternResult:

@@ -33,7 +33,8 @@ FEATURE_DOCS: dict[str, tuple[str, str, str]] = {
     # name: (unit, definition, literature / threshold)
     "opacity_ml": ("mL", "parenchymal opacity volume (GGO + consolidation, >= 6 mm thick, dependent density excluded)",
                    "RSNA negative: no opacity"),
-    "opacity_percent": ("%", "opacity_ml / lung volume", "Pan et al. 2020: < 5 % of a lobe scores 1"),
+    "opacity_percent": ("%", "opacity_ml / lung volume",
+                        "abnormal when >= 1 % (the highest false opacity on lesion-free phantoms, 0.82 %, rounded up)"),
     "left_percent": ("%", "opacity in the left lung / left lung volume", ""),
     "right_percent": ("%", "opacity in the right lung / right lung volume", ""),
     "minor_side_share": ("0-1", "share of the opacity volume in the less involved lung",
@@ -233,7 +234,8 @@ def _septal_line_fraction(hu: np.ndarray, aerated: np.ndarray, geo, spacing: tup
     r = [max(1, int(round(2.0 / s))) for s in spacing[1:]]
     disk = np.zeros((1, 2 * r[0] + 1, 2 * r[1] + 1), bool)
     yy, xx = np.ogrid[-r[0] : r[0] + 1, -r[1] : r[1] + 1]
-    disk[0] = (yy * spacing[1]) ** 2 + (xx * spacing[2]) ** 2 <= 4.0 + 1e-6
+    # at least the 3x3 cross: a 2 mm disk on a coarser grid would be a single voxel (an opening that keeps all)
+    disk[0] = (yy * spacing[1]) ** 2 + (xx * spacing[2]) ** 2 <= max(4.0, max(spacing[1:]) ** 2) + 1e-6
     thin = dense & ~ndimage.binary_opening(dense, disk)
     return float(np.count_nonzero(thin) / np.count_nonzero(outer))
 
