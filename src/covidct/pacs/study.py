@@ -10,6 +10,7 @@ version or model makes a new result, as it should.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def finish_results(outdir: Path, pulled: Path) -> tuple[pydicom.Dataset, pydicom
 
 
 def process_study(settings: PacsSettings, study: str, outdir: Path, *, push_results: bool = True,
-                  model_args: dict | None = None, html: bool = True) -> dict:
+                  model_args: dict | None = None, html: bool = True, pull_parent: Path | None = None) -> dict:
     """Pull ``study``, analyse it into ``outdir``, write the SR and push SEG + SR (in whatever process runs
     this; models are loaded once per process). Returns a row: study, status (done / skipped (results in
     PACS) / failed), error, seconds, pushed (the SOP Instance UIDs stored)."""
@@ -65,14 +66,16 @@ def process_study(settings: PacsSettings, study: str, outdir: Path, *, push_resu
         if push_results and covidct_results(client, settings, study):
             row["status"] = "skipped (results in PACS)"
         else:
-            with pulled_study(settings, study, client=client) as folder:
+            with pulled_study(settings, study, client=client, parent=pull_parent) as folder:
                 analyzer = pipeline.shared_analyzer(**(model_args or {}))
                 pipeline.analyze(folder, outdir, analyzer=analyzer, html=html)
                 seg, sr = finish_results(Path(outdir), folder)
             if push_results:
                 row["pushed"] = push(client, settings, study, [seg, sr])
     except CovidCTError as exc:
-        row.update(status="failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        # the loader names the temporary folder the study was pulled into; the study's UID says more
+        row.update(status="failed", error=re.sub(r"\S*covidct_pacs_[^:\s]*", f"study {study}", message))
     except Exception as exc:  # one study's bug must not stop a watcher
         row.update(status="failed", error=f"internal error: {type(exc).__name__}: {exc}")
     row["seconds"] = round(time.perf_counter() - t0, 2)

@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 from covidct.errors import NotCT, PacsError
 from covidct.pacs.client import PacsSettings, connect, pacs_errors
 
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _MODALITY, _SERIES_UID, _DESCRIPTION, _COUNT = "00080060", "0020000E", "0008103E", "00201209"
 SR_DESCRIPTION_PREFIX = "covidct measurement report"
 
@@ -30,7 +30,7 @@ SR_DESCRIPTION_PREFIX = "covidct measurement report"
 def check_uid(uid: str, what: str) -> str:
     """``uid`` stripped, or a one-line error when it is not a DICOM UID (a typo, a path, an accession no.)."""
     uid = (uid or "").strip()
-    if not _UID.match(uid) or len(uid) > 64:
+    if not UID_PATTERN.match(uid) or len(uid) > 64:
         raise PacsError(f"{what} {uid!r} is not a DICOM UID (digits and dots, at most 64 characters)")
     return uid
 
@@ -67,11 +67,15 @@ def ct_series(series: list[dict], study: str, chosen: str | None = None) -> list
 
 
 @contextmanager
-def pulled_study(settings: PacsSettings, study: str, series: str | None = None, client=None) -> Iterator[Path]:
-    """The study's CT series (or ``series`` alone) downloaded into a temporary folder, removed afterwards."""
+def pulled_study(settings: PacsSettings, study: str, series: str | None = None, client=None,
+                 parent: Path | None = None) -> Iterator[Path]:
+    """The study's CT series (or ``series`` alone) downloaded into a temporary folder (under ``parent`` if
+    given), removed afterwards."""
     client = client or connect(settings)
     wanted = ct_series(list_series(client, settings, study), study, series)
-    root = Path(tempfile.mkdtemp(prefix="covidct_pacs_"))
+    if parent is not None:
+        Path(parent).mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="covidct_pacs_", dir=parent))
     try:
         for s in wanted:
             folder = root / s["uid"]
