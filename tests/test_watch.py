@@ -23,19 +23,23 @@ from covidct.pacs.watch import WatchState
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
-def _claim_all(root: str, studies: list[str], queue) -> None:
+def _claim_all(root: str, studies: list[str], queue, go, finish) -> None:
     state = WatchState(Path(root))
+    go.wait(60)
     queue.put([s for s in studies if state.claim(s)])
+    finish.wait(60)  # a watcher holds its claims while it lives (a dead one's may be taken over)
 
 
 def test_claims_are_exclusive_across_processes(tmp_path):
     studies = [f"1.2.3.{i}" for i in range(40)]
     ctx = mp.get_context("fork")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_claim_all, args=(str(tmp_path), studies, queue)) for _ in range(4)]
+    queue, go, finish = ctx.Queue(), ctx.Event(), ctx.Event()
+    procs = [ctx.Process(target=_claim_all, args=(str(tmp_path), studies, queue, go, finish)) for _ in range(4)]
     for p in procs:
         p.start()
+    go.set()  # all at once
     won = [queue.get(timeout=60) for _ in procs]
+    finish.set()
     for p in procs:
         p.join(timeout=60)
     claimed = [s for w in won for s in w]
