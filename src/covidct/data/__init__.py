@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
+from covidct.data.covid_ct_md import load_covid_ct_md, load_covid_ct_md_volume
+from covidct.data.files import SOURCE_FOLDERS, data_root, read_binary, read_grey, read_indices
 from covidct.data.nifti import detect_nifti_layout, load_nifti_dataset
 from covidct.data.sources import (
     MA_FLIPPED_CASES,
     MEDSEG_SAME_PATIENT_PAIRS,
-    SOURCE_FOLDERS,
-    data_root,
-    load_covid_ct_md,
-    load_covid_ct_md_volume,
     load_ma2020,
     load_medseg_ct100,
     load_medseg_infnet,
     load_source,
     load_ucsd,
     medseg_groups,
-    read_binary,
-    read_grey,
-    read_indices,
     ucsd_group,
 )
 from covidct.data.splits import (

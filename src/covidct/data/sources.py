@@ -18,26 +18,26 @@ patient at the top, patient's right on the image's left; see covidct.volume).
 
 from __future__ import annotations
 
-import csv
-import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from covidct.errors import ConfigError, InconsistentSeries, UnreadableInput
-
-# Folder names of the sources inside the data root.
-SOURCE_FOLDERS: dict[str, str] = {
-    "ma2020": "ma2020-slices",
-    "medseg-ct100": "medseg-ct100",
-    "medseg-infnet": "medseg-infnet",
-    "ucsd": "ucsd-covidct",
-    "covid-ct-md": "covid-ct-md",
-}
+from covidct.data.covid_ct_md import load_covid_ct_md
+from covidct.data.files import (
+    SOURCE_FOLDERS,
+    new_record,
+    open_image,
+    read_binary,
+    read_csv,
+    read_grey,
+    read_indices,
+    source_root,
+    to_grey,
+)
+from covidct.errors import UnreadableInput
 
 # Same-patient MedSeg slice pairs identified by eye (data README, medseg-infnet section).
 MEDSEG_SAME_PATIENT_PAIRS: tuple[tuple[int, int], ...] = (
@@ -53,98 +53,6 @@ MEDSEG_NEIGHBOUR_SCORE = 0.75
 # aorta on the image's right, as in cases 0-9 (see benchmarks/check_data.py).
 MA_FLIPPED_CASES: frozenset[int] = frozenset(range(10, 20))
 MA_SAME_PATIENT: dict[int, str] = {10: "ma-10-11", 11: "ma-10-11"}
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def data_root() -> Path | None:
-    """The shared data folder: env ``COVIDCT_DATA``, else ``<repo>/../shared/data``, else None."""
-    env = os.environ.get("COVIDCT_DATA")
-    if env:
-        return Path(env)
-    guess = Path(__file__).resolve().parents[3].parent / "shared" / "data"
-    return guess if guess.is_dir() else None
-
-
-def _source_root(root: str | Path | None, name: str) -> Path:
-    """Resolve a loader's ``root`` (the source's own folder), defaulting to the data root."""
-    if root is None:
-        base = data_root()
-        if base is None:
-            raise UnreadableInput(
-                f"no data folder for {name!r}: pass root= or set COVIDCT_DATA to the data folder"
-            )
-        root = base / SOURCE_FOLDERS[name]
-    root = Path(root)
-    if not root.is_dir():
-        raise UnreadableInput(f"{name} data folder not found: {root}")
-    return root
-
-
-def _need(path: Path) -> Path:
-    if not path.exists():
-        raise UnreadableInput(f"missing file: {path}")
-    return path
-
-
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    with open(_need(path), newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
-def _open(path: Path) -> Image.Image:
-    try:
-        img = Image.open(_need(path))
-        img.load()
-    except UnreadableInput:
-        raise
-    except Exception as e:  # PIL raises several types for corrupt files
-        raise UnreadableInput(f"cannot read image {path}: {e}") from e
-    return img
-
-
-def read_grey(path: Path) -> np.ndarray:
-    """An image file as (H, W) float32 grey levels 0..255 (alpha composited on black)."""
-    return _to_grey(_open(path))
-
-
-def _to_grey(img: Image.Image) -> np.ndarray:
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        # 16-bit/float greyscale: rescale to 0..255 rather than clipping.
-        a = np.asarray(img, dtype=np.float32)
-        lo, hi = float(a.min()), float(a.max())
-        return ((a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)).astype(np.float32)
-    if img.mode == "L":
-        return np.asarray(img, dtype=np.float32)
-    if "A" in img.mode or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        img = Image.alpha_composite(black, rgba)
-    return np.asarray(img.convert("L"), dtype=np.float32)
-
-
-def read_indices(path: Path) -> np.ndarray:
-    """A label PNG as raw (H, W) uint8 values: palette INDICES for mode "P", grey otherwise."""
-    img = _open(path)
-    if img.mode not in ("P", "L", "1"):
-        raise UnreadableInput(f"label image {path} has mode {img.mode}, expected P, L or 1")
-    return np.asarray(img).astype(np.uint8)
-
-
-def read_binary(path: Path) -> np.ndarray:
-    """A 0/255 (or 0/1 palette) mask as uint8 0/1."""
-    return (read_indices(path) > 0).astype(np.uint8)
-
-
-def _record(**kw: Any) -> dict:
-    rec = {
-        "image": None, "is_hu": False, "lungs": None, "infection": None, "lesions": None,
-        "slice_label": None, "class_label": None, "case": "", "id": "", "source": "", "group": "",
-        "meta": {},
-    }  # fmt: skip
-    rec.update(kw)
-    return rec
 
 
 class _UnionFind:
@@ -200,9 +108,9 @@ def load_ma2020(root: str | Path | None = None) -> list[dict]:
 
     Cases 10-19 are flipped vertically into the radiological view; ``meta["flipped"]`` says so.
     """
-    root = _source_root(root, "ma2020")
+    root = source_root(root, "ma2020")
     out = []
-    for row in _read_csv(root / "cases.csv"):
+    for row in read_csv(root / "cases.csv"):
         fname, case = row["file"], int(row["case"])
         img = read_grey(root / "ct" / fname)
         lungs = read_binary(root / "lungs" / fname)
@@ -211,7 +119,7 @@ def load_ma2020(root: str | Path | None = None) -> list[dict]:
         if flip:
             img, lungs, inf = (np.ascontiguousarray(a[::-1]) for a in (img, lungs, inf))
         out.append(
-            _record(
+            new_record(
                 image=img, lungs=lungs, infection=inf,
                 case=f"ma-{case}", id=Path(fname).stem, source="ma2020",
                 group=MA_SAME_PATIENT.get(case, f"ma-{case}"),
@@ -254,8 +162,8 @@ def load_medseg_ct100(
     crescent-shaped strips along the chest wall at water density; docs/BENCHMARKS.md), which is
     what MedSeg's effusion class looks like. Isolated specks under 50 px are left unlabelled.
     """
-    root = _source_root(root, "medseg-ct100")
-    rows = _read_csv(root / "infnet_map.csv")
+    root = source_root(root, "medseg-ct100")
+    rows = read_csv(root / "infnet_map.csv")
     groups = medseg_groups([int(r["ct100_index"]) for r in rows], _neighbour_pairs(rows))
     iroot = Path(infnet_root) if infnet_root is not None else root.parent / SOURCE_FOLDERS["medseg-infnet"]
     have_infnet = iroot.is_dir()
@@ -292,7 +200,7 @@ def load_medseg_ct100(
                 # Inf-Net labels outside the CT100 mask would mean a mapping error; keep count.
                 meta["infnet_outside_mask_pixels"] = int(((lesions > 0) & (inf == 0)).sum())
         out.append(
-            _record(
+            new_record(
                 image=img, infection=inf, lesions=lesions,
                 case=str(idx), id=str(idx), source="medseg-ct100", group=groups[idx], meta=meta,
             )  # fmt: skip
@@ -311,7 +219,7 @@ def load_medseg_infnet(
     """
     if split not in _INFNET_DIRS:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    root = _source_root(root, "medseg-infnet")
+    root = source_root(root, "medseg-infnet")
     img_dir, gt_dir, mc_dir = (root / d for d in _INFNET_DIRS[split])
     if not img_dir.is_dir():
         raise UnreadableInput(f"Inf-Net image folder not found: {img_dir}")
@@ -319,7 +227,7 @@ def load_medseg_infnet(
     extra: list[tuple[int, int]] = []
     map_csv = root.parent / SOURCE_FOLDERS["medseg-ct100"] / "infnet_map.csv"
     if map_csv.exists():
-        extra = _neighbour_pairs(_read_csv(map_csv))
+        extra = _neighbour_pairs(read_csv(map_csv))
     groups = medseg_groups([int(s) for s in stems if s.isdigit()], extra)
     out = []
     for s in stems:
@@ -327,7 +235,7 @@ def load_medseg_infnet(
         inf = read_binary(gt_dir / f"{s}.png").T
         lesions = read_indices(mc_dir / f"{s}.png").T if multiclass else None
         out.append(
-            _record(
+            new_record(
                 image=np.ascontiguousarray(img), infection=np.ascontiguousarray(inf),
                 lesions=None if lesions is None else np.ascontiguousarray(lesions),
                 case=s, id=s, source="medseg-infnet",
@@ -364,14 +272,14 @@ def load_ucsd(root: str | Path | None = None, split: str = "train") -> list[dict
     """
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    root = _source_root(root, "ucsd")
+    root = source_root(root, "ucsd")
     out = []
-    for r in _read_csv(root / f"{split}.csv"):
+    for r in read_csv(root / f"{split}.csv"):
         path = root / r["file"]
-        pil = _open(path)
+        pil = open_image(path)
         out.append(
-            _record(
-                image=_to_grey(pil), class_label=int(r["label"]),
+            new_record(
+                image=to_grey(pil), class_label=int(r["label"]),
                 case=r["file"], id=r["file"], source="ucsd", group=ucsd_group(r["file"]),
                 meta={"mode": pil.mode, "format": pil.format, "file_size": path.stat().st_size,
                       "ext": path.suffix.lower(),
@@ -379,151 +287,6 @@ def load_ucsd(root: str | Path | None = None, split: str = "train") -> list[dict
             )  # fmt: skip
         )
     return out
-
-
-# --------------------------------------------------------------------------- COVID-CT-MD (DICOM)
-
-
-def _read_series(folder: Path) -> list[tuple[Path, Any]]:
-    import pydicom
-
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    out = []
-    for p in files:
-        try:
-            ds = pydicom.dcmread(p)
-        except Exception as e:
-            raise UnreadableInput(f"cannot read DICOM file {p}: {e}") from e
-        if "PixelData" not in ds:
-            continue
-        out.append((p, ds))
-    if not out:
-        raise UnreadableInput(f"no DICOM images in {folder}")
-    return out
-
-
-def _hu_canonical(ds: Any, path: Path) -> tuple[np.ndarray, dict]:
-    """Pixel data in HU, flipped if needed so rows run anterior->posterior, cols right->left."""
-    try:
-        arr = ds.pixel_array.astype(np.float32)
-    except Exception as e:  # missing JPEG decoder, corrupt data...
-        raise UnreadableInput(f"cannot decode pixels of {path}: {e}") from e
-    arr = arr * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
-    info: dict[str, Any] = {"flipped_rows": False, "flipped_cols": False}
-    iop = getattr(ds, "ImageOrientationPatient", None)
-    if iop is not None:
-        row_dir, col_dir = np.asarray(iop[:3], float), np.asarray(iop[3:], float)
-        # Axis-aligned axial only: LPS +x along columns, +y along rows is the canonical view.
-        if abs(row_dir[0]) > 0.9 and abs(col_dir[1]) > 0.9:
-            if row_dir[0] < 0:
-                arr, info["flipped_cols"] = arr[:, ::-1], True
-            if col_dir[1] < 0:
-                arr, info["flipped_rows"] = arr[::-1], True
-        else:
-            info["non_axial_orientation"] = [float(v) for v in iop]
-    return np.ascontiguousarray(arr, dtype=np.float32), info
-
-
-def _slice_location(ds: Any) -> float:
-    if "SliceLocation" in ds:
-        return float(ds.SliceLocation)
-    if "ImagePositionPatient" in ds:
-        return float(ds.ImagePositionPatient[2])
-    raise InconsistentSeries("DICOM slice has neither SliceLocation nor ImagePositionPatient")
-
-
-_LOBES = ("LLL", "LUL", "RLL", "RML", "RUL")
-
-
-def load_covid_ct_md(root: str | Path | None = None, subject: str = "P001", negatives_only: bool = False,
-                     fold: int | None = None, block: int = 8, gap: int = 0) -> list[dict]:
-    """Each slice of a COVID-CT-MD subject's DICOM series (HU) with its slice and lobe labels.
-
-    Labels from ``labels_slice.csv`` are matched by DICOM file name and checked against
-    SliceLocation. Records come sorted by SliceLocation descending (the label order of the
-    source, top of the chest first); ``meta["slice_location"]`` gives the position and
-    ``meta["block_fold"]`` = (position // ``block``) % 2 the slice's half of an interleaved
-    two-fold split (blocks of ``block`` slices, so each half has apex, mid-chest and base).
-
-    ``fold``: keep only the slices of that half, less ``gap`` slices at each block edge (so that no kept
-    slice is a near copy of a slice of the other half, 2 mm away). ``negatives_only``: keep only the slices the
-    radiologists marked infection-free, each with an empty ``infection`` mask — real HU
-    negatives (vessels, hila, lung bases) for the segmentation models; positive slices have no
-    pixel labels and are dropped.
-    """
-    if fold not in (None, 0, 1):
-        raise ConfigError(f"covid-ct-md: fold must be 0, 1 or null, got {fold!r}")
-    root = _source_root(root, "covid-ct-md")
-    folder = root / subject
-    if not folder.is_dir():
-        raise UnreadableInput(f"COVID-CT-MD subject folder not found: {folder}")
-    labels: dict[str, dict[str, str]] = {}
-    lab_csv = root / "labels_slice.csv"
-    diagnosis = None
-    if lab_csv.exists():
-        for r in _read_csv(lab_csv):
-            if r["subject"] == subject:
-                labels[Path(r["dicom_file"]).name] = r
-                diagnosis = r["diagnosis"]
-    if diagnosis is None and (root / "subjects.csv").exists():
-        for r in _read_csv(root / "subjects.csv"):
-            if r["subject"] == subject:
-                diagnosis = r["diagnosis"]
-    series = _read_series(folder)
-    series.sort(key=lambda t: -_slice_location(t[1]))
-    out = []
-    for pos, (path, ds) in enumerate(series):
-        img, info = _hu_canonical(ds, path)
-        loc = _slice_location(ds)
-        lab = labels.get(path.name)
-        meta: dict[str, Any] = {
-            "file": f"{subject}/{path.name}", "slice_location": loc, "position": pos,
-            "instance_number": int(getattr(ds, "InstanceNumber", -1) or -1),
-            "pixel_spacing": tuple(float(v) for v in getattr(ds, "PixelSpacing", (1.0, 1.0))),
-            "slice_thickness": float(getattr(ds, "SliceThickness", 0) or 0),
-            "diagnosis": diagnosis, **info,
-        }  # fmt: skip
-        meta["block_fold"] = (pos // block) % 2
-        slice_label = None
-        if lab is not None:
-            if abs(float(lab["slice_location"]) - loc) > 0.05:
-                raise InconsistentSeries(
-                    f"{path.name}: labels_slice.csv slice_location {lab['slice_location']} != SliceLocation {loc}"
-                )
-            slice_label = int(lab["label"])
-            meta["lobes"] = {k: int(lab[k]) for k in _LOBES}
-            meta["label_before_update1"] = int(lab["label_before_update1"])
-            meta["label_slice_position"] = int(lab["slice_position"])
-        elif labels:
-            raise InconsistentSeries(f"{path.name} has no row in {lab_csv}")
-        if fold is not None and (meta["block_fold"] != fold or not gap <= pos % block < block - gap):
-            continue
-        if negatives_only and slice_label != 0:
-            continue
-        out.append(
-            _record(
-                image=img, is_hu=True, slice_label=slice_label,
-                infection=np.zeros(img.shape, np.uint8) if negatives_only else None,
-                case=subject, id=f"{subject}/{path.name}", source="covid-ct-md", group=subject, meta=meta,
-            )  # fmt: skip
-        )
-    return out
-
-
-def load_covid_ct_md_volume(
-    root: str | Path | None = None, subject: str = "P001"
-) -> tuple[np.ndarray, np.ndarray]:
-    """(HU volume float32 (z, y, x) sorted by SliceLocation ascending, per-slice labels int8).
-
-    Labels are in the same z order; -1 where a slice has no label (unlabelled subject).
-    """
-    recs = load_covid_ct_md(root, subject)[::-1]  # records are descending: reverse to ascending
-    shapes = {r["image"].shape for r in recs}
-    if len(shapes) != 1:
-        raise InconsistentSeries(f"{subject}: slices of different sizes {sorted(shapes)}")
-    vol = np.stack([r["image"] for r in recs]).astype(np.float32)
-    labels = np.array([-1 if r["slice_label"] is None else r["slice_label"] for r in recs], dtype=np.int8)
-    return vol, labels
 
 
 # --------------------------------------------------------------------------- dispatch
