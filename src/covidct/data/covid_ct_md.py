@@ -1,4 +1,9 @@
-"""COVID-CT-MD (DICOM series with slice- and lobe-level labels): its slices as records, and a subject as a volume."""
+"""COVID-CT-MD (DICOM series with per-slice and per-lobe labels) as covidct records.
+
+Owns reading a subject's series (:func:`load_covid_ct_md`, slices as HU records in covidct's canonical
+view) and the whole series as one volume (:func:`load_covid_ct_md_volume`). The record contract is
+:mod:`covidct.data.sources`' (see its docstring), whose helpers this module uses.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from covidct.data.files import new_record, read_csv, source_root
+from covidct.data.sources import _read_csv, _record, _source_root
 from covidct.errors import ConfigError, InconsistentSeries, UnreadableInput
 
 
@@ -80,7 +85,7 @@ def load_covid_ct_md(root: str | Path | None = None, subject: str = "P001", nega
     """
     if fold not in (None, 0, 1):
         raise ConfigError(f"covid-ct-md: fold must be 0, 1 or null, got {fold!r}")
-    root = source_root(root, "covid-ct-md")
+    root = _source_root(root, "covid-ct-md")
     folder = root / subject
     if not folder.is_dir():
         raise UnreadableInput(f"COVID-CT-MD subject folder not found: {folder}")
@@ -88,12 +93,12 @@ def load_covid_ct_md(root: str | Path | None = None, subject: str = "P001", nega
     lab_csv = root / "labels_slice.csv"
     diagnosis = None
     if lab_csv.exists():
-        for r in read_csv(lab_csv):
+        for r in _read_csv(lab_csv):
             if r["subject"] == subject:
                 labels[Path(r["dicom_file"]).name] = r
                 diagnosis = r["diagnosis"]
     if diagnosis is None and (root / "subjects.csv").exists():
-        for r in read_csv(root / "subjects.csv"):
+        for r in _read_csv(root / "subjects.csv"):
             if r["subject"] == subject:
                 diagnosis = r["diagnosis"]
     series = _read_series(folder)
@@ -128,7 +133,7 @@ def load_covid_ct_md(root: str | Path | None = None, subject: str = "P001", nega
         if negatives_only and slice_label != 0:
             continue
         out.append(
-            new_record(
+            _record(
                 image=img, is_hu=True, slice_label=slice_label,
                 infection=np.zeros(img.shape, np.uint8) if negatives_only else None,
                 case=subject, id=f"{subject}/{path.name}", source="covid-ct-md", group=subject, meta=meta,

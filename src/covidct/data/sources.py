@@ -12,32 +12,34 @@ Every loader returns a list of plain dict records (MONAI style, so
      "case": str, "id": str, "source": str, "group": str, "meta": dict}
 
 ``group`` is the unit that must stay on one side of a split (a patient where known).
+This module owns the record contract, the file readers every adapter shares, Ma et al. and MedSeg,
+and :func:`load_source` (by name); UCSD and COVID-CT-MD have their own modules (``ucsd``,
+``covid_ct_md``).
 All images are put in covidct's canonical 2-D view (radiological display: front of the
 patient at the top, patient's right on the image's left; see covidct.volume).
 """
 
 from __future__ import annotations
 
-import re
+import csv
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from covidct.data.covid_ct_md import load_covid_ct_md
-from covidct.data.files import (
-    SOURCE_FOLDERS,
-    new_record,
-    open_image,
-    read_binary,
-    read_csv,
-    read_grey,
-    read_indices,
-    source_root,
-    to_grey,
-)
 from covidct.errors import UnreadableInput
+
+# Folder names of the sources inside the data root.
+SOURCE_FOLDERS: dict[str, str] = {
+    "ma2020": "ma2020-slices",
+    "medseg-ct100": "medseg-ct100",
+    "medseg-infnet": "medseg-infnet",
+    "ucsd": "ucsd-covidct",
+    "covid-ct-md": "covid-ct-md",
+}
 
 # Same-patient MedSeg slice pairs identified by eye (data README, medseg-infnet section).
 MEDSEG_SAME_PATIENT_PAIRS: tuple[tuple[int, int], ...] = (
@@ -53,6 +55,98 @@ MEDSEG_NEIGHBOUR_SCORE = 0.75
 # aorta on the image's right, as in cases 0-9 (see benchmarks/check_data.py).
 MA_FLIPPED_CASES: frozenset[int] = frozenset(range(10, 20))
 MA_SAME_PATIENT: dict[int, str] = {10: "ma-10-11", 11: "ma-10-11"}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def data_root() -> Path | None:
+    """The shared data folder: env ``COVIDCT_DATA``, else ``<repo>/../shared/data``, else None."""
+    env = os.environ.get("COVIDCT_DATA")
+    if env:
+        return Path(env)
+    guess = Path(__file__).resolve().parents[3].parent / "shared" / "data"
+    return guess if guess.is_dir() else None
+
+
+def _source_root(root: str | Path | None, name: str) -> Path:
+    """Resolve a loader's ``root`` (the source's own folder), defaulting to the data root."""
+    if root is None:
+        base = data_root()
+        if base is None:
+            raise UnreadableInput(
+                f"no data folder for {name!r}: pass root= or set COVIDCT_DATA to the data folder"
+            )
+        root = base / SOURCE_FOLDERS[name]
+    root = Path(root)
+    if not root.is_dir():
+        raise UnreadableInput(f"{name} data folder not found: {root}")
+    return root
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        raise UnreadableInput(f"missing file: {path}")
+    return path
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(_need(path), newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        img = Image.open(_need(path))
+        img.load()
+    except UnreadableInput:
+        raise
+    except Exception as e:  # PIL raises several types for corrupt files
+        raise UnreadableInput(f"cannot read image {path}: {e}") from e
+    return img
+
+
+def read_grey(path: Path) -> np.ndarray:
+    """An image file as (H, W) float32 grey levels 0..255 (alpha composited on black)."""
+    return _to_grey(_open(path))
+
+
+def _to_grey(img: Image.Image) -> np.ndarray:
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        # 16-bit/float greyscale: rescale to 0..255 rather than clipping.
+        a = np.asarray(img, dtype=np.float32)
+        lo, hi = float(a.min()), float(a.max())
+        return ((a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)).astype(np.float32)
+    if img.mode == "L":
+        return np.asarray(img, dtype=np.float32)
+    if "A" in img.mode or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(black, rgba)
+    return np.asarray(img.convert("L"), dtype=np.float32)
+
+
+def read_indices(path: Path) -> np.ndarray:
+    """A label PNG as raw (H, W) uint8 values: palette INDICES for mode "P", grey otherwise."""
+    img = _open(path)
+    if img.mode not in ("P", "L", "1"):
+        raise UnreadableInput(f"label image {path} has mode {img.mode}, expected P, L or 1")
+    return np.asarray(img).astype(np.uint8)
+
+
+def read_binary(path: Path) -> np.ndarray:
+    """A 0/255 (or 0/1 palette) mask as uint8 0/1."""
+    return (read_indices(path) > 0).astype(np.uint8)
+
+
+def _record(**kw: Any) -> dict:
+    rec = {
+        "image": None, "is_hu": False, "lungs": None, "infection": None, "lesions": None,
+        "slice_label": None, "class_label": None, "case": "", "id": "", "source": "", "group": "",
+        "meta": {},
+    }  # fmt: skip
+    rec.update(kw)
+    return rec
 
 
 class _UnionFind:
@@ -108,9 +202,9 @@ def load_ma2020(root: str | Path | None = None) -> list[dict]:
 
     Cases 10-19 are flipped vertically into the radiological view; ``meta["flipped"]`` says so.
     """
-    root = source_root(root, "ma2020")
+    root = _source_root(root, "ma2020")
     out = []
-    for row in read_csv(root / "cases.csv"):
+    for row in _read_csv(root / "cases.csv"):
         fname, case = row["file"], int(row["case"])
         img = read_grey(root / "ct" / fname)
         lungs = read_binary(root / "lungs" / fname)
@@ -119,7 +213,7 @@ def load_ma2020(root: str | Path | None = None) -> list[dict]:
         if flip:
             img, lungs, inf = (np.ascontiguousarray(a[::-1]) for a in (img, lungs, inf))
         out.append(
-            new_record(
+            _record(
                 image=img, lungs=lungs, infection=inf,
                 case=f"ma-{case}", id=Path(fname).stem, source="ma2020",
                 group=MA_SAME_PATIENT.get(case, f"ma-{case}"),
@@ -162,8 +256,8 @@ def load_medseg_ct100(
     crescent-shaped strips along the chest wall at water density; docs/BENCHMARKS.md), which is
     what MedSeg's effusion class looks like. Isolated specks under 50 px are left unlabelled.
     """
-    root = source_root(root, "medseg-ct100")
-    rows = read_csv(root / "infnet_map.csv")
+    root = _source_root(root, "medseg-ct100")
+    rows = _read_csv(root / "infnet_map.csv")
     groups = medseg_groups([int(r["ct100_index"]) for r in rows], _neighbour_pairs(rows))
     iroot = Path(infnet_root) if infnet_root is not None else root.parent / SOURCE_FOLDERS["medseg-infnet"]
     have_infnet = iroot.is_dir()
@@ -200,7 +294,7 @@ def load_medseg_ct100(
                 # Inf-Net labels outside the CT100 mask would mean a mapping error; keep count.
                 meta["infnet_outside_mask_pixels"] = int(((lesions > 0) & (inf == 0)).sum())
         out.append(
-            new_record(
+            _record(
                 image=img, infection=inf, lesions=lesions,
                 case=str(idx), id=str(idx), source="medseg-ct100", group=groups[idx], meta=meta,
             )  # fmt: skip
@@ -219,7 +313,7 @@ def load_medseg_infnet(
     """
     if split not in _INFNET_DIRS:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    root = source_root(root, "medseg-infnet")
+    root = _source_root(root, "medseg-infnet")
     img_dir, gt_dir, mc_dir = (root / d for d in _INFNET_DIRS[split])
     if not img_dir.is_dir():
         raise UnreadableInput(f"Inf-Net image folder not found: {img_dir}")
@@ -227,7 +321,7 @@ def load_medseg_infnet(
     extra: list[tuple[int, int]] = []
     map_csv = root.parent / SOURCE_FOLDERS["medseg-ct100"] / "infnet_map.csv"
     if map_csv.exists():
-        extra = _neighbour_pairs(read_csv(map_csv))
+        extra = _neighbour_pairs(_read_csv(map_csv))
     groups = medseg_groups([int(s) for s in stems if s.isdigit()], extra)
     out = []
     for s in stems:
@@ -235,7 +329,7 @@ def load_medseg_infnet(
         inf = read_binary(gt_dir / f"{s}.png").T
         lesions = read_indices(mc_dir / f"{s}.png").T if multiclass else None
         out.append(
-            new_record(
+            _record(
                 image=np.ascontiguousarray(img), infection=np.ascontiguousarray(inf),
                 lesions=None if lesions is None else np.ascontiguousarray(lesions),
                 case=s, id=s, source="medseg-infnet",
@@ -246,55 +340,14 @@ def load_medseg_infnet(
     return out
 
 
-# --------------------------------------------------------------------------- UCSD COVID-CT
-
-_PAPER_ID = re.compile(r"^(\d{4}\.\d{2}\.\d{2}\.\d+)")
-
-
-def ucsd_group(file: str) -> str:
-    """The split unit of a UCSD image: its paper id (COVID) or figure number (NonCOVID ``N%k``)."""
-    name = Path(file).name
-    m = _PAPER_ID.match(name)
-    if m:
-        return m.group(1)
-    # NonCOVID names are "N.png"/"N.jpg" or "N%k.jpg" (panel k of figure N): keep a figure's panels
-    # together. "N.png" and "N%k.jpg" are not assumed related (numbered in different collections).
-    stem = Path(name).stem
-    figure = stem.split("%")[0] + "%" if "%" in stem else stem
-    return "ucsd-" + Path(file).parent.name + "-" + figure
-
-
-def load_ucsd(root: str | Path | None = None, split: str = "train") -> list[dict]:
-    """UCSD-AI4H COVID-CT figures (official ``train``/``val`` lists) as grey images with class labels.
-
-    ``meta`` keeps ``mode``, ``format`` (the real encoding: some val ``.png`` files are JPEG),
-    ``ext``, ``file_size`` and ``size`` to probe source shortcuts.
-    """
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    root = source_root(root, "ucsd")
-    out = []
-    for r in read_csv(root / f"{split}.csv"):
-        path = root / r["file"]
-        pil = open_image(path)
-        out.append(
-            new_record(
-                image=to_grey(pil), class_label=int(r["label"]),
-                case=r["file"], id=r["file"], source="ucsd", group=ucsd_group(r["file"]),
-                meta={"mode": pil.mode, "format": pil.format, "file_size": path.stat().st_size,
-                      "ext": path.suffix.lower(),
-                      "size": pil.size, "split": split},
-            )  # fmt: skip
-        )
-    return out
-
-
 # --------------------------------------------------------------------------- dispatch
 
 
 def load_source(name: str, root: str | Path | None = None, **kw: Any) -> list[dict]:
     """Load a source by name: ma2020, medseg-ct100, medseg-infnet, ucsd, covid-ct-md, nifti."""
+    from covidct.data.covid_ct_md import load_covid_ct_md
     from covidct.data.nifti import load_nifti_dataset
+    from covidct.data.ucsd import load_ucsd
 
     loaders = {
         "ma2020": load_ma2020,
