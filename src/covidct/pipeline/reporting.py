@@ -22,7 +22,8 @@ def _r(x: float | None, nd: int = 2) -> float | None:
 
 def build_report(ct: CT, mode: str, sev: dict, diagnosis: dict, models: list[dict], timings: dict, warnings: list[str],
                  pattern: dict | None = None) -> dict:
-    """The report of one analysis; ``pattern``: the RSNA/CO-RADS pattern of the diagnosis stage (None for a slice)."""
+    """The report of one analysis (``slices`` and ``outputs`` are filled in by the outputs stage); ``pattern``:
+    the RSNA/CO-RADS pattern of the diagnosis stage (None for a slice)."""
     vml = sev["voxel_ml"]
     pl = sev["per_lung"]
 
