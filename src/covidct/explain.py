@@ -261,13 +261,16 @@ def panel_png(results: list[DreamResult], path: Path, title: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 3.6), squeeze=False)
+    import textwrap
+
+    title = textwrap.fill(title, width=int(22 * len(results) + 10))
+    fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 3.5 + 0.2 * title.count("\n")),
+                             squeeze=False, layout="constrained")
     for ax, r in zip(axes[0], results, strict=True):
         ax.imshow(r.image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
         ax.set_title(f"{r.class_name}\nmean p {r.initial_probability:.2f} → {r.final_probability:.2f}", fontsize=9)
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
