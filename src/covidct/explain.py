@@ -259,9 +259,9 @@ def panel_png(results: list[DreamResult], path: Path, title: str) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     import textwrap
+
+    import matplotlib.pyplot as plt
 
     title = textwrap.fill(title, width=int(22 * len(results) + 10))
     fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 3.5 + 0.2 * title.count("\n")),

@@ -215,6 +215,9 @@ def register(app: typer.Typer) -> None:
         output: Path = typer.Option(..., "-o", "--output", help="Output folder (one input: files go directly here; several: one sub-folder per study)."),
         png: bool = typer.Option(False, "--png", help="Also write an overlay PNG for every slice with lung or lesion."),
         html: bool = typer.Option(True, "--html/--no-html", help="Write report.html."),
+        heatmap: bool = typer.Option(False, "--heatmap", help="Also write the lesion probability: "
+                                     "lesion_probability.nii.gz on the input's grid and heatmap/heatmap_NNNN.png "
+                                     "overlays at each slice's size (a 2-D image: lesion_probability.png, heatmap.png)."),
         workers: int = typer.Option(1, "--workers", min=1, help="Parallel worker processes for several studies."),
         dask: str = typer.Option(None, "--dask", metavar="ADDRESS", help="Run studies on an existing Dask cluster (scheduler address)."),
         lungs_model: str = typer.Option("lungs", "--lungs-model", help="Shipped model name, checkpoint (.pt) or run folder for the lungs."),
@@ -243,7 +246,7 @@ def register(app: typer.Typer) -> None:
                 raise UnreadableInput(f"{inputs[0]}: no such file or folder")
             with _ScanProcess() as helper:
                 ct, analyzer = helper.load_beside(inputs[0], lambda: pipeline.shared_analyzer(**model_args), series)
-                res = analyzer(ct, output, png=png, html=html, seg_writer=helper.seg_writer(ct))
+                res = analyzer(ct, output, png=png, html=html, seg_writer=helper.seg_writer(ct), heatmap=heatmap)
             _print_summary(res.report, output)
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -259,7 +262,8 @@ def register(app: typer.Typer) -> None:
                     failed += 1
                     bar.console.print(f"[red]failed[/red] {row['study']}: {row['error']}")
 
-            rows = run_batch(studies, output, workers=workers, dask_address=dask, png=png, html=html, model_args=model_args, progress=progress)
+            rows = run_batch(studies, output, workers=workers, dask_address=dask, png=png, html=html, model_args=model_args,
+                             progress=progress, heatmap=heatmap)
         done = sum(r["status"] == "done" for r in rows)
         skipped = sum(r["status"].startswith("skipped") for r in rows)
         typer.echo(f"{done} analysed, {skipped} already done, {failed} failed; summary: {output / 'summary.csv'}")

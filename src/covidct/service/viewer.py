@@ -330,7 +330,10 @@ def _recompute_report(ct: CT, lungs: np.ndarray, lesions: np.ndarray, orig: dict
     warnings = list(orig.get("warnings", []))
     # timings stay those of the original analysis (the schema wants them); the revision's own are in "revision"
     report = build_report(ct, mode, sev, diag, models, dict(orig.get("timings_s", {})), warnings)
-    report["slices"] = slice_rows(ct, lungs, lesions)
+    # the models' probabilities, and so their uncertainty, are the original analysis's: clicks do not change them
+    report["uncertainty"] = orig.get("uncertainty")
+    kept = [{key: row.get(key) for key in ("uncertain_mm2", "lesion_entropy_bits")} for row in orig.get("slices", [])]
+    report["slices"] = slice_rows(ct, lungs, lesions, kept if len(kept) == ct.n_slices else None)
     report["revision"] = {"number": n, "refined_slice": k, "clicks": n_clicks, "original_kept": "result/"}
     return report
 
