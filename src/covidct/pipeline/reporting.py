@@ -21,6 +21,7 @@ def _r(x: float | None, nd: int = 2) -> float | None:
 
 
 def build_report(ct: CT, mode: str, sev: dict, diagnosis: dict, models: list[dict], timings: dict, warnings: list[str]) -> dict:
+    """The report of one analysis (``slices`` and ``outputs`` are filled in by the outputs stage)."""
     vml = sev["voxel_ml"]
     pl = sev["per_lung"]
 
