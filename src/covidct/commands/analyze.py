@@ -94,9 +94,11 @@ def _scan_process_start(parent: int) -> None:
         os._exit(1)
 
 
-def _scan_process_load(path: Path, series: str | None = None) -> CT:
+def _scan_process_load(path: Path, series: str | None = None) -> bytes:
+    """The scan, pickled here: the parent unpickles it in its main thread (see ``load_beside``)."""
     global _SCAN
     import dataclasses
+    import pickle
 
     import numpy as np
 
@@ -104,7 +106,7 @@ def _scan_process_load(path: Path, series: str | None = None) -> CT:
     ct = _load_timed(path, series)
     # The SEG needs the headers and geometry, not the HU values: a zero-stride stand-in of the same shape.
     _SCAN = dataclasses.replace(ct, array=np.broadcast_to(np.float32(0), ct.shape))
-    return ct
+    return pickle.dumps(ct, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _scan_process_prepare() -> None:
@@ -167,6 +169,7 @@ class _ScanProcess:
     def load_beside(self, path: Path, work: Callable[[], T], series: str | None = None) -> tuple[CT, T]:
         """The scan at ``path`` (``series``: its series UID), read while ``work()`` runs here, and ``work()``'s
         result."""
+        import pickle
         from concurrent.futures import ThreadPoolExecutor
         from concurrent.futures.process import BrokenProcessPool
 
@@ -185,7 +188,10 @@ class _ScanProcess:
             self.pool.submit(_scan_process_prepare)  # the SEG writer's imports, while the lungs are segmented
             result = work()
         try:
-            return loading.result(), result
+            # Unpickled here, after ``work()``: the pool's own thread would unpickle the pydicom values while
+            # this thread imports MONAI (which imports pydicom), and two threads importing pydicom at once
+            # failed 1 run in ~5 with "partially initialized module 'pydicom' has no attribute 'valuerep'".
+            return pickle.loads(loading.result()), result
         except BrokenProcessPool:  # the child was killed (e.g. out of memory): read it here instead
             self.pool.shutdown(wait=False)
             self.pool = None
