@@ -65,8 +65,8 @@ def _variants(fp32: Path, tmp: Path, calib: np.ndarray) -> dict[str, Path]:
 
 def trial(name: str, calib_n: int, repeats: int) -> dict:
     from covidct.models import onnx_runtime as ox
-    from covidct.models.onnx_check import SEG_TASKS, _labels, _segmentation_summary, validation_records
     from covidct.models.zoo import WEIGHTS_DIR
+    from covidct.train.onnx_equivalence import SEG_TASKS, _labels, _segmentation_summary, validation_records
 
     card = json.loads((WEIGHTS_DIR / f"{name}.card.json").read_text())
     fp32 = WEIGHTS_DIR / card["onnx"]["file"]

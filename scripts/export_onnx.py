@@ -4,8 +4,8 @@
 
 For each NAME (default: every model in src/covidct/weights) writes NAME.onnx from NAME.pt and sets the
 card's ``onnx`` entry: file, sha256, size, opset, exporter and, unless ``--no-check`` or the training data
-is absent, ``equivalence`` (covidct.models.onnx_check: ONNX Runtime vs torch on the validation split).
-``scripts/ship_model.py`` does the same (covidct.models.onnx_export.ship_onnx) for every model it ships.
+is absent, ``equivalence`` (covidct.train.onnx_equivalence: ONNX Runtime vs torch on the validation split).
+``scripts/ship_model.py`` does the same (covidct.train.onnx_equivalence.ship_onnx) for every model it ships.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def main() -> int:
     ap.add_argument("names", nargs="*")
     ap.add_argument("--no-check", action="store_true", help="skip the equivalence check on validation data")
     args = ap.parse_args()
-    from covidct.models.onnx_export import ship_onnx
+    from covidct.train.onnx_equivalence import ship_onnx
 
     names = args.names or sorted(p.name[: -len(".card.json")] for p in WEIGHTS.glob("*.card.json"))
     for name in names:

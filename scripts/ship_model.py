@@ -9,7 +9,7 @@ name, version, sha256 of the shipped file, and any extra measured metrics (e.g. 
 merged under ``metrics.benchmarks``. ``--torchscript`` also writes NAME.ts, the network traced at its input
 size, which loads without MONAI. Every shipped 2-D model is also exported to NAME.onnx (what the inference
 commands run, with ONNX Runtime), its sha256/opset and an equivalence check against the torch model on the
-validation split recorded in the card (``onnx``; covidct.models.onnx_export.ship_onnx). Only weights trained
+validation split recorded in the card (``onnx``; covidct.train.onnx_equivalence.ship_onnx). Only weights trained
 by covidct's own training command belong here.
 """
 
@@ -69,7 +69,7 @@ def main() -> int:
     (WEIGHTS / f"{args.name}.card.json").write_text(json.dumps(card, indent=1, default=str) + "\n")
     (WEIGHTS / f"{args.name}.onnx").unlink(missing_ok=True)  # never leave an ONNX file of older weights
     if not args.no_onnx:
-        from covidct.models.onnx_export import ship_onnx
+        from covidct.train.onnx_equivalence import ship_onnx
 
         entry = ship_onnx(args.name, WEIGHTS, check=not args.no_onnx_check)
         print(f"exported {entry['file']} (opset {entry['opset']}, sha256 {entry['sha256'][:12]}…)")

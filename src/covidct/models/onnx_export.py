@@ -9,7 +9,6 @@ metadata under ``covidct_info``, so :mod:`covidct.models.onnx_runtime` needs nei
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -55,29 +54,3 @@ def export_onnx(weights: str | Path, out: str | Path, opset: int = OPSET) -> dic
             "input_shape": ["batch", *shape[1:]], "exporter": f"torch.onnx dynamo (torch {torch.__version__})",
             "batch_norm_folded": True}
 
-
-def ship_onnx(name: str, weights_dir: str | Path, check: bool = True) -> dict:
-    """Export shipped model ``name`` (``weights_dir/name.pt``) to ``name.onnx`` and record it in its card.
-
-    The card's ``onnx`` entry gets file, sha256, size, opset and, with ``check`` and the training data present,
-    ``equivalence`` (:func:`covidct.models.onnx_check.equivalence`); without the data it says ``None``.
-    """
-    from covidct.data.sources import data_root
-
-    weights_dir = Path(weights_dir)
-    card_path = weights_dir / f"{name}.card.json"
-    card = json.loads(card_path.read_text())
-    weights = weights_dir / card.get("weights", f"{name}.pt")
-    entry = export_onnx(weights, weights_dir / f"{name}.onnx")
-    if check and data_root() is not None:
-        from covidct.models.onnx_check import equivalence
-
-        t0 = time.perf_counter()
-        entry["equivalence"] = equivalence(weights, weights_dir / entry["file"], card)
-        entry["equivalence"]["seconds"] = round(time.perf_counter() - t0, 1)
-    elif check:
-        entry["equivalence"] = None  # no training data here: not checked (said rather than left out)
-    entry["exported"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    card["onnx"] = entry
-    card_path.write_text(json.dumps(card, indent=1, default=str) + "\n")
-    return entry
