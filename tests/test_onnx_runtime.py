@@ -77,3 +77,12 @@ def test_every_shipped_model_has_a_matching_onnx_file(card_path):
     assert info["task"] == card["task"] and info["classes"] == card["classes"]
     x = np.zeros((2, int(info["model"]["in_channels"]), *info["input_size"]), np.float32)
     assert net(x).shape[:2] == (2, len(card["classes"]))
+
+
+def test_area_resize_matches_torch_both_ways():
+    torch = pytest.importorskip("torch")
+
+    x = (np.random.default_rng(3).random((300, 120)) > 0.5).astype(np.float32)
+    for size in ((160, 160), (256, 100)):
+        ref = torch.nn.functional.interpolate(torch.from_numpy(x)[None, None], size=size, mode="area")[0, 0].numpy()
+        np.testing.assert_allclose(ox.area_resize(x, size), ref, atol=2e-6)

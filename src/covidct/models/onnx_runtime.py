@@ -64,6 +64,9 @@ class OnnxNet:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # no busy-waiting between ops: on a shared or loaded machine spinning threads steal the CPU the other
+        # thread needs (measured: 32 slices 2.3-3.7 s without vs 3.7-4.9 s with, 2 loaded cores; BENCHMARKS.md)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3  # warnings about unused initialisers etc. are not the user's business
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=["CPUExecutionProvider"])
@@ -114,7 +117,7 @@ def _adaptive_mean(x: np.ndarray, out: int, axis: int) -> np.ndarray:
     return (sums / (ends - starts).reshape(shape)).astype(np.float32)
 
 
-def _bilinear(x: np.ndarray, size: Sequence[int]) -> np.ndarray:
+def bilinear(x: np.ndarray, size: Sequence[int]) -> np.ndarray:
     """Bilinear resize of (..., H, W) float32 with half-pixel centres (torch ``align_corners=False``)."""
     import cv2
 
@@ -128,6 +131,12 @@ def _bilinear(x: np.ndarray, size: Sequence[int]) -> np.ndarray:
     return out.transpose(2, 0, 1).reshape(*lead, h, w)
 
 
+def area_resize(x: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """(..., H, W) to ``size`` by adaptive averaging in both directions (torch's ``mode="area"``)."""
+    x = np.asarray(x, dtype=np.float32)
+    return _adaptive_mean(_adaptive_mean(x, int(size[0]), x.ndim - 2), int(size[1]), x.ndim - 1)
+
+
 def resize_image(x: np.ndarray, size: Sequence[int]) -> np.ndarray:
     """(..., H, W) float images to ``size``: area when shrinking, bilinear otherwise (as the training path)."""
     x = np.asarray(x, dtype=np.float32)
@@ -135,8 +144,8 @@ def resize_image(x: np.ndarray, size: Sequence[int]) -> np.ndarray:
     if (h, w) == tuple(size):
         return x
     if h >= size[0] and w >= size[1]:
-        return _adaptive_mean(_adaptive_mean(x, int(size[0]), x.ndim - 2), int(size[1]), x.ndim - 1)
-    return _bilinear(x, size)
+        return area_resize(x, size)
+    return bilinear(x, size)
 
 
 def prepare_slices(images: Sequence[np.ndarray], is_hu: Sequence[bool], info: dict) -> np.ndarray:
@@ -161,7 +170,7 @@ def resize_probabilities(p: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """(C, h, w) probabilities to (C, H, W), bilinear, renormalised to sum to one."""
     if tuple(p.shape[-2:]) == tuple(shape):
         return p
-    q = _bilinear(p, shape)
+    q = bilinear(p, shape)
     return q / np.maximum(q.sum(0, keepdims=True), 1e-8)
 
 
