@@ -82,3 +82,17 @@ def test_torch_runtime_fallback_gives_the_same_masks(phantom_dicom, tmp_path):
         b = np.asarray(nib.load(tmp_path / "torch" / f"{name}.nii.gz").dataobj)
         for c in classes:
             assert _dice(a == c, b == c) >= 0.995, (name, c, _dice(a == c, b == c))
+
+
+def test_missing_train_extra_is_one_clear_line(monkeypatch, capsys):
+    """In a base install (no torch) a training-only command says which extra to install, exit 8."""
+    import covidct.cli as cli
+
+    def needs_torch(**_kw):
+        raise ModuleNotFoundError("No module named 'torch'", name="torch")
+
+    monkeypatch.setattr(cli, "_register_optional_commands", lambda: None)
+    monkeypatch.setattr(cli, "app", needs_torch)
+    assert cli.main(["train", "x.yaml"]) == 8
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'covidct[train]'" in err[0]
