@@ -47,9 +47,10 @@ def main() -> int:
 
     from covidct.interactive import Click, refine_volume
     from covidct.models.checkpoint import load_model
+    from covidct.models.volume_inference import predict_volume
     from covidct.train.config import DataConfig, _build
     from covidct.train.interactive import corrupt_mask, next_click
-    from covidct.train.volumes import load_volume_records, predict_volume
+    from covidct.train.volumes import load_volume_records
 
     seg, seg_info = load_model(Path(a.seg) / "best.pt")
     seg.eval()

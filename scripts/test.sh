@@ -11,4 +11,6 @@ if ! command -v dciodvfy >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&
   fi
 fi
 .venv/bin/ruff check src tests benchmarks
+# the architecture contracts ([tool.importlinter] in pyproject.toml; docs/architecture.md)
+PYTHONPATH=src .venv/bin/lint-imports --no-cache
 .venv/bin/python -m pytest -q "$@"

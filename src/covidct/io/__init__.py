@@ -76,6 +76,10 @@ def load_ct(path: str | Path, *, series: str | None = None) -> CT:
             from covidct.io.dicom import load_dicom_zip
 
             return load_dicom_zip(p, series=series)
+        if suffix in (".nrrd", ".nhdr"):
+            from covidct.io.nrrd import load_nrrd
+
+            return refuse_label_map(load_nrrd(p))
         if suffix in ITK_EXTS:
             from covidct.io.nifti import load_itk
 

@@ -1,4 +1,6 @@
-"""Networks (registry), checkpoints/model cards, and the slice inference path (torch, or ONNX Runtime).
+"""Everything needed to run a shipped model: networks (registry), checkpoints and model cards, the shipped
+models (zoo), the runtime that runs them (ONNX Runtime, or torch as the fallback), slice and volume inference,
+and the task tables shared with training and evaluation.
 
 The names below are imported lazily: ``covidct.models.zoo``, ``runtime`` and ``onnx_runtime`` must not pull
 in torch (the inference commands run without it).

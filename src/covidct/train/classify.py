@@ -25,67 +25,8 @@ import numpy as np
 import torch
 
 from covidct.errors import ConfigError
-
-# Names under which a record's diagnosis may be given (record["diagnosis"] or meta["diagnosis"]).
-DIAGNOSIS_ALIASES: dict[str, str] = {
-    "covid19": "covid19", "covid-19": "covid19", "covid": "covid19", "ncp": "covid19",
-    "pneumonia": "pneumonia", "cap": "pneumonia", "cp": "pneumonia", "other pneumonia": "pneumonia",
-    "normal": "normal", "healthy": "normal",
-}  # fmt: skip
-
-
-def check_config(cfg) -> None:
-    """Classification-specific checks (called by ``covidct.train.config`` for classification tasks)."""
-    from covidct.models.registry import TASK_KIND
-
-    if cfg.model.name not in TASK_KIND:
-        return  # the generic check names the unknown model
-    if TASK_KIND[cfg.model.name] != "classification":
-        raise ConfigError(f"model.name: {cfg.model.name} is a segmentation model; task {cfg.task} needs a "
-                          "classification model (resnet50, compact_cnn)")
-    if cfg.loss.name not in ("ce", "focal"):
-        raise ConfigError(f"loss.name: classification tasks use ce or focal, got {cfg.loss.name!r}")
-    c = cfg.classify
-    if not 0 < c.target_precision <= 1:
-        raise ConfigError(f"classify.target_precision: must be in (0, 1], got {c.target_precision}")
-    if not 0 <= c.fixed_threshold <= 1:
-        raise ConfigError(f"classify.fixed_threshold: must be in [0, 1], got {c.fixed_threshold}")
-    if len(c.crop_scale) != 2 or not 0 < c.crop_scale[0] <= c.crop_scale[1] <= 1:
-        raise ConfigError(f"classify.crop_scale: expected [low, high] within (0, 1], got {c.crop_scale}")
-    if len(c.jpeg_quality) != 2 or not 1 <= c.jpeg_quality[0] <= c.jpeg_quality[1] <= 100:
-        raise ConfigError(f"classify.jpeg_quality: expected [low, high] within 1..100, got {c.jpeg_quality}")
-    if not 0 <= c.label_smoothing < 1:
-        raise ConfigError(f"classify.label_smoothing: must be in [0, 1), got {c.label_smoothing}")
-
-
-# --- targets -------------------------------------------------------------------------------------------
-
-
-def class_target(record: dict, task: str) -> int | None:
-    """Class index of ``record`` for a classification task (classes as in ``TASK_CLASSES``), or None.
-
-    covid-vs-noncovid: ``class_label`` (1 COVID-19, 0 not); slice-infection: ``slice_label``, else
-    whether the infection/lesion mask is non-empty; three-class: ``diagnosis`` (record or meta; see
-    :data:`DIAGNOSIS_ALIASES`), else ``class_label`` read as an index into normal/pneumonia/covid19.
-    """
-    if task == "covid-vs-noncovid":
-        v = record.get("class_label")
-        return None if v is None else int(int(v) > 0)
-    if task == "slice-infection":
-        if record.get("slice_label") is not None:
-            return int(int(record["slice_label"]) > 0)
-        for k in ("infection", "lesions"):
-            if record.get(k) is not None:
-                return int(bool(np.asarray(record[k]).any()))
-        return None
-    if task == "three-class":
-        d = record.get("diagnosis") or (record.get("meta") or {}).get("diagnosis")
-        if d is not None:
-            name = DIAGNOSIS_ALIASES.get(str(d).strip().lower())
-            return None if name is None else ("normal", "pneumonia", "covid19").index(name)
-        v = record.get("class_label")
-        return None if v is None or not 0 <= int(v) <= 2 else int(v)
-    raise ConfigError(f"task: {task!r} is not a classification task")
+from covidct.models.inference import model_input
+from covidct.models.tasks import class_target
 
 
 def erased_lesion_records(source: str = "ma2020", dilate: int = 3, seed: int = 0, **options) -> list[dict]:
@@ -144,15 +85,6 @@ def make_samples(records: list[dict], task: str) -> list[dict]:
 
 
 # --- sample pipeline -------------------------------------------------------------------------------------
-
-
-def model_input(image: np.ndarray, is_hu: bool, norm, size: int | Sequence[int]) -> torch.Tensor:
-    """(1, H, W) float tensor in model space: :func:`covidct.preprocess.to_model_input`, then resize."""
-    from covidct.preprocess import resize_image_tensor, to_model_input
-
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    x = torch.from_numpy(to_model_input(np.asarray(image, np.float32), is_hu, norm))[None]
-    return resize_image_tensor(x, size)
 
 
 class RandResizedCrop:

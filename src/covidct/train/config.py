@@ -26,23 +26,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 
 from covidct.errors import ConfigError
-
-TASKS = ("lungs", "infection", "lesions")
-# Image-level classification tasks (trained by covidct.train.classify through the same ``train()``).
-CLASSIFY_TASKS = ("covid-vs-noncovid", "slice-infection", "three-class")
-# Self-supervised pre-training of a classification network (covidct.train.pretrain); no labels, no classes.
-PRETRAIN_TASKS = ("contrastive",)
-# Classes (names, background first) of each segmentation task; the lung model is binary (lung vs not).
-TASK_CLASSES: dict[str, list[str]] = {
-    "lungs": ["background", "lung"],
-    "infection": ["background", "infection"],
-    "lesions": ["none", "ggo", "consolidation", "effusion"],
-    # classification: the positive class last, so binary models threshold p[1]
-    "covid-vs-noncovid": ["non_covid19", "covid19"],
-    "slice-infection": ["negative", "infection"],
-    "three-class": ["normal", "pneumonia", "covid19"],
-    "contrastive": [],
-}
+from covidct.models.tasks import CLASSIFY_TASKS, PRETRAIN_TASKS, TASK_CLASSES
 
 
 @dataclass
@@ -301,6 +285,30 @@ def _build(cls: type, d: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def _check_classify(cfg) -> None:
+    """Classification-specific checks (the tasks in ``CLASSIFY_TASKS``)."""
+    from covidct.models.registry import TASK_KIND
+
+    if cfg.model.name not in TASK_KIND:
+        return  # the generic check names the unknown model
+    if TASK_KIND[cfg.model.name] != "classification":
+        raise ConfigError(f"model.name: {cfg.model.name} is a segmentation model; task {cfg.task} needs a "
+                          "classification model (resnet50, compact_cnn)")
+    if cfg.loss.name not in ("ce", "focal"):
+        raise ConfigError(f"loss.name: classification tasks use ce or focal, got {cfg.loss.name!r}")
+    c = cfg.classify
+    if not 0 < c.target_precision <= 1:
+        raise ConfigError(f"classify.target_precision: must be in (0, 1], got {c.target_precision}")
+    if not 0 <= c.fixed_threshold <= 1:
+        raise ConfigError(f"classify.fixed_threshold: must be in [0, 1], got {c.fixed_threshold}")
+    if len(c.crop_scale) != 2 or not 0 < c.crop_scale[0] <= c.crop_scale[1] <= 1:
+        raise ConfigError(f"classify.crop_scale: expected [low, high] within (0, 1], got {c.crop_scale}")
+    if len(c.jpeg_quality) != 2 or not 1 <= c.jpeg_quality[0] <= c.jpeg_quality[1] <= 100:
+        raise ConfigError(f"classify.jpeg_quality: expected [low, high] within 1..100, got {c.jpeg_quality}")
+    if not 0 <= c.label_smoothing < 1:
+        raise ConfigError(f"classify.label_smoothing: must be in [0, 1), got {c.label_smoothing}")
+
+
 def _check(cfg: Config) -> None:
     """Cross-field checks (ranges, names)."""
     from covidct.models.registry import TASK_KIND, list_models
@@ -308,9 +316,7 @@ def _check(cfg: Config) -> None:
     if cfg.model.name not in TASK_KIND:
         raise ConfigError(f"model.name: unknown model {cfg.model.name!r} (known: {', '.join(list_models())})")
     if cfg.task in CLASSIFY_TASKS:
-        from covidct.train.classify import check_config
-
-        check_config(cfg)
+        _check_classify(cfg)
     elif cfg.task in PRETRAIN_TASKS:
         if TASK_KIND[cfg.model.name] != "classification":
             raise ConfigError(f"model.name: task {cfg.task} pre-trains a classification model (resnet50, "
