@@ -71,7 +71,8 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.mark.slow
 def test_torch_runtime_fallback_gives_the_same_masks(phantom_dicom, tmp_path):
-    """COVIDCT_RUNTIME=torch runs the checkpoints (bf16 autocast, as analyze did before ONNX): same masks."""
+    """COVIDCT_RUNTIME=torch runs the checkpoints (bf16 autocast, as analyze did before ONNX): nearly the same
+    masks (bf16 rounding flips a few lesion-edge voxels; on this small phantom ~0.8 % of GGO)."""
     pytest.importorskip("torch")
     onnx = _probe([["analyze", str(phantom_dicom), "-o", str(tmp_path / "onnx")]])
     ref = _probe([["analyze", str(phantom_dicom), "-o", str(tmp_path / "torch")]], runtime="torch")
@@ -81,7 +82,26 @@ def test_torch_runtime_fallback_gives_the_same_masks(phantom_dicom, tmp_path):
         a = np.asarray(nib.load(tmp_path / "onnx" / f"{name}.nii.gz").dataobj)
         b = np.asarray(nib.load(tmp_path / "torch" / f"{name}.nii.gz").dataobj)
         for c in classes:
-            assert _dice(a == c, b == c) >= 0.995, (name, c, _dice(a == c, b == c))
+            assert _dice(a == c, b == c) >= (0.995 if name == "lungs" else 0.98), (name, c, _dice(a == c, b == c))
+
+
+@pytest.mark.slow
+def test_onnx_masks_equal_the_float32_torch_masks(phantom_dicom, monkeypatch):
+    """The ONNX networks are the float32 checkpoints: analyze's masks match the torch float32 path's."""
+    pytest.importorskip("torch")
+    from covidct.io import load_ct
+    from covidct.pipeline import Analyzer
+
+    ct = load_ct(phantom_dicom)
+    onnx = Analyzer()(ct)
+    assert all(m.info["runtime"] == "onnxruntime" for m in Analyzer().models.values() if m is not None)
+    monkeypatch.setenv("COVIDCT_RUNTIME", "torch")
+    torch_an = Analyzer(bf16=False)
+    assert all(m.info["runtime"] == "torch" for m in torch_an.models.values() if m is not None)
+    ref = torch_an(ct)
+    for a, b, classes in ((onnx.lungs, ref.lungs, (1, 2)), (onnx.lesions, ref.lesions, (1, 2, 3))):
+        for c in classes:
+            assert _dice(a == c, b == c) >= 0.999, (c, _dice(a == c, b == c))
 
 
 def test_missing_train_extra_is_one_clear_line(monkeypatch, capsys):
