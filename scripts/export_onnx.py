@@ -1,6 +1,7 @@
 """Export shipped models to ONNX next to their weights and record file, opset and equivalence in the card.
 
     python scripts/export_onnx.py [NAME ...] [--no-check]
+    python scripts/export_onnx.py --int8 NAME ...     (static int8 trial; adopted only if it keeps Dice and is faster)
 
 For each NAME (default: every model in src/covidct/weights) writes NAME.onnx from NAME.pt and sets the
 card's ``onnx`` entry: file, sha256, size, opset, exporter and, unless ``--no-check`` or the training data
@@ -21,7 +22,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("names", nargs="*")
     ap.add_argument("--no-check", action="store_true", help="skip the equivalence check on validation data")
+    ap.add_argument("--int8", action="store_true", help="quantise the already exported NAME.onnx (covidct.train.onnx_quantise)")
     args = ap.parse_args()
+    if args.int8:
+        from covidct.train.onnx_quantise import ship_int8
+
+        for name in args.names:
+            e = ship_int8(name, WEIGHTS)
+            print(f"{name}: int8 adopted={e['adopted']} Dice change {e['validation']['dice_change_vs_fp32']} "
+                  f"s/batch {e['seconds_per_batch_of_8']['median']}")
+        return 0
     from covidct.train.onnx_equivalence import ship_onnx
 
     names = args.names or sorted(p.name[: -len(".card.json")] for p in WEIGHTS.glob("*.card.json"))

@@ -33,7 +33,8 @@ def _onnx_cached(path: str, sha256: str, threads: int):
 
 
 def onnx_entry(name_or_path: str | Path) -> tuple[Path, dict, dict] | None:
-    """(ONNX file, its card entry, the card) when the model ships an ONNX file; None otherwise."""
+    """(ONNX file, its card entry, the card) when the model ships an ONNX file; None otherwise. A statically
+    quantised int8 file is used where the card says it was adopted (``onnx.int8``, covidct.train.onnx_quantise)."""
     from covidct.models.zoo import resolve_model_path
 
     weights, card_path = resolve_model_path(name_or_path)
@@ -43,6 +44,9 @@ def onnx_entry(name_or_path: str | Path) -> tuple[Path, dict, dict] | None:
     entry = card.get("onnx")
     if not entry or not (Path(weights).parent / entry["file"]).is_file():
         return None
+    int8 = entry.get("int8") or {}
+    if int8.get("adopted") and int8.get("file") and (Path(weights).parent / int8["file"]).is_file():
+        entry = dict(entry, file=int8["file"], sha256=int8["sha256"], quantised="int8 static")
     return Path(weights).parent / entry["file"], entry, card
 
 

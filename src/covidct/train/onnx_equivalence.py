@@ -194,6 +194,7 @@ def ship_onnx(name: str, weights_dir: str | Path, check: bool = True) -> dict:
     card = json.loads(card_path.read_text())
     weights = weights_dir / card.get("weights", f"{name}.pt")
     entry = export_onnx(weights, weights_dir / f"{name}.onnx")
+    (weights_dir / f"{name}.int8.onnx").unlink(missing_ok=True)  # quantised from older weights: stale
     if check and data_root() is not None:
         t0 = time.perf_counter()
         entry["equivalence"] = equivalence(weights, weights_dir / entry["file"], card)
