@@ -86,8 +86,9 @@ def test_torch_runtime_fallback_gives_the_same_masks(phantom_dicom, tmp_path):
 
 
 @pytest.mark.slow
-def test_onnx_masks_equal_the_float32_torch_masks(phantom_dicom, monkeypatch):
-    """The ONNX networks are the float32 checkpoints: analyze's masks match the torch float32 path's."""
+def test_onnx_masks_match_the_float32_torch_masks(phantom_dicom, monkeypatch):
+    """The ONNX networks are the float32 checkpoints (lungs: its adopted int8 quantisation, see the card):
+    analyze's masks match the torch float32 path's (on P001: identical in float32, Dice >= 0.996 with int8 lungs)."""
     pytest.importorskip("torch")
     from covidct.io import load_ct
     from covidct.pipeline import Analyzer
@@ -101,7 +102,7 @@ def test_onnx_masks_equal_the_float32_torch_masks(phantom_dicom, monkeypatch):
     ref = torch_an(ct)
     for a, b, classes in ((onnx.lungs, ref.lungs, (1, 2)), (onnx.lesions, ref.lesions, (1, 2, 3))):
         for c in classes:
-            assert _dice(a == c, b == c) >= 0.999, (c, _dice(a == c, b == c))
+            assert _dice(a == c, b == c) >= 0.995, (c, _dice(a == c, b == c))
 
 
 def test_missing_train_extra_is_one_clear_line(monkeypatch, capsys):

@@ -28,6 +28,10 @@ from covidct.errors import ModelError
 INFO_KEY = "covidct_info"  # ONNX metadata_props key holding the checkpoint's info (JSON)
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
+# ONNX Runtime's CPU memory arena off: it keeps the largest activations of a batch for the life of the process
+# (P001 in one process: peak RSS 1377 MB with, 1137 MB without; 40 slices' time unchanged within the noise of a
+# loaded machine, 1.5-2.3 s vs 2.0-2.7 s; docs/BENCHMARKS.md)
+MEMORY_ARENA = False
 
 
 def sha256_file(path: str | Path) -> str:
@@ -67,6 +71,7 @@ class OnnxNet:
         # no busy-waiting between ops: on a shared or loaded machine spinning threads steal the CPU the other
         # thread needs (measured: 32 slices 2.3-3.7 s without vs 3.7-4.9 s with, 2 loaded cores; BENCHMARKS.md)
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.enable_cpu_mem_arena = MEMORY_ARENA
         opts.log_severity_level = 3  # warnings about unused initialisers etc. are not the user's business
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=["CPUExecutionProvider"])
