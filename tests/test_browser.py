@@ -141,6 +141,7 @@ def test_page_upload_view_correct(server, phantom_nifti, tmp_path):
             page.wait_for_selector("#viewer[data-show-lesions=true][data-state=ready]")
             # the heatmap toggle (button and key H) draws the lesion probability over the slice, and removes it
             assert page.locator("#tog-heat").is_enabled() and page.locator("#heat-legend").is_hidden()
+            assert page.locator("#inv-unsure").inner_text().startswith("Model uncertainty: ")
             page.click("#tog-heat")
             page.wait_for_selector("#viewer[data-show-heatmap=true][data-state=ready]")
             assert page.evaluate(canvas_sum) != with_lesions and page.locator("#heat-legend").is_visible()

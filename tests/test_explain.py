@@ -125,3 +125,13 @@ def test_cli_bad_inputs_fail_in_one_line(segnet_checkpoint, tmp_path, capsys, ar
 def test_cli_unknown_model(tmp_path, capsys):
     assert main(["explain", "no-such-model", "--dream", "-o", str(tmp_path / "o")]) == 7
     assert "unknown model" in capsys.readouterr().err
+
+
+def test_cli_grid_run_folder_names_its_variants(segnet_checkpoint, tmp_path, capsys):
+    import shutil
+
+    grid = tmp_path / "grid"
+    (grid / "segnet_lr-0.001").mkdir(parents=True)
+    shutil.copy(segnet_checkpoint, grid / "segnet_lr-0.001" / "best.pt")
+    assert main(["explain", str(grid), "--dream", "-o", str(tmp_path / "o")]) == 7
+    assert "grid variants: segnet_lr-0.001" in capsys.readouterr().err

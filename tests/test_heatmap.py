@@ -111,7 +111,7 @@ def analysed(tmp_path_factory):
     grey = np.clip((ph.ct.array[k] + 1350.0) * 255.0 / 1500.0, 0, 255).astype(np.uint8)
     img = root / "slice.png"
     Image.fromarray(grey).save(img)
-    assert main(["analyze", str(vol), "-o", str(root / "vol"), "--heatmap", "--no-html"]) == 0
+    assert main(["analyze", str(vol), "-o", str(root / "vol"), "--heatmap"]) == 0
     assert main(["analyze", str(img), "-o", str(root / "img"), "--heatmap", "--no-html"]) == 0
     return root, vol, img
 
@@ -142,6 +142,7 @@ def test_analyze_heatmap_outputs_lie_on_the_input_grid(analysed):
     dz = rep["input"]["spacing_mm"][0]
     assert sum(s["uncertain_mm2"] for s in rep["slices"]) * dz == pytest.approx(u["uncertain_ml"] * 1000, rel=0.01)
     assert any(w.startswith("uncertain lesion boundaries") for w in rep["warnings"]) == u["high"]
+    assert "Model uncertainty: " in (out / "report.html").read_text()
 
 
 def test_analyze_heatmap_of_a_slice_image_has_its_exact_size(analysed):

@@ -369,6 +369,12 @@ function renderReport(r) {
     row.children[2].textContent = v.toFixed(1) + " %";
     row.dataset.key = k;
   }
+  const u = r.uncertainty || {};
+  if (u.uncertain_percent_of_lungs !== null && u.uncertain_percent_of_lungs !== undefined) {
+    box.insertAdjacentHTML("beforeend", '<p class="small muted" id="inv-unsure"></p>');
+    box.lastElementChild.textContent = "Model uncertainty: " + u.uncertain_percent_of_lungs.toFixed(1)
+      + " % of the lungs has a lesion probability between 0.3 and 0.7 (Heatmap shows where).";
+  }
   const vols = $("vols"); vols.innerHTML = "";
   const ml = (x) => (x === null || x === undefined ? "—" : x.toFixed(x < 10 ? 1 : 0) + " mL");
   const L = r.lungs || {}, E = r.lesions || {};
