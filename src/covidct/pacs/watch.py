@@ -24,6 +24,9 @@ What guarantees what:
 * **No duplicates in the PACS**, even across watchers that share nothing: before analysing, a watcher asks the
   study for a covidct SR and settles it as done if one is there; and results carry stable UIDs, so a study
   pushed twice (a race, or a kill between push and the done record) is stored once.
+* **Where double work remains possible**: a watcher killed while a ``--dask`` cluster runs one of its studies
+  (the cluster finishes it; the restarted watcher, seeing the claim's process gone, starts it again). Pool
+  workers die with their watcher. Either way the PACS still gets one copy (stable UIDs).
 * **Failures are isolated**: a study that fails is recorded in ``failed/`` with its one-line error and not
   retried (``--retry-failed`` retries them); the others go on.
 """
@@ -184,6 +187,23 @@ class _Inline:
         pass
 
 
+def _worker_start(parent: int) -> None:
+    """In a pool worker: stop signals are the watcher's to handle, and the worker dies with the watcher
+    (SIGKILL included), so no orphan finishes a study that the restarted watcher takes over again."""
+    import ctypes
+    import signal
+
+    from covidct.interrupts import leave_stops_to_the_parent
+
+    leave_stops_to_the_parent()
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 class _Pool:
     """``--workers N``: spawned processes, models loaded once per process."""
 
@@ -191,10 +211,8 @@ class _Pool:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
-        from covidct.interrupts import leave_stops_to_the_parent
-
         self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                        initializer=leave_stops_to_the_parent)
+                                        initializer=_worker_start, initargs=(os.getpid(),))
 
     def submit(self, fn: Callable, *args, **kwargs):
         return self.pool.submit(fn, *args, **kwargs)
