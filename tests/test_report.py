@@ -84,6 +84,14 @@ def _report(ct, lungs, lesions, mode: str = "volume") -> dict:
             "probabilities": {"covid19": 0.71, "pneumonia": 0.2, "normal": 0.09},
             "method": "test fixture",
         },
+        "pattern": {
+            "rsna_category": "typical",
+            "co_rads": 5,
+            "features": {"opacity_percent": 2.6, "peripheral_fraction": 0.71, "n_foci": 10, "septal_line_fraction": None},
+            "reasons": ["bilateral, 71 % peripheral, multifocal round GGO → typical <b>"],
+        }
+        if vol
+        else None,
         "lungs": {"left_ml": ml(lungs == 1), "right_ml": ml(lungs == 2), "total_ml": ml(lungs > 0)},
         "lesions": {
             "ggo_ml": ml(lesions == 1),
@@ -169,6 +177,10 @@ def test_valid_reports_pass(dicom_ct, phantom):
         (lambda r: r.__setitem__("created", "yesterday"), "$.created"),
         (lambda r: r.__setitem__("schema_version", "0.9"), "$.schema_version"),
         (lambda r: r.pop("timings_s"), "$"),
+        (lambda r: r["pattern"].__setitem__("rsna_category", "probable"), "$.pattern.rsna_category"),
+        (lambda r: r["pattern"].__setitem__("co_rads", 6), "$.pattern.co_rads"),
+        (lambda r: r["pattern"].__setitem__("reasons", []), "$.pattern.reasons"),
+        (lambda r: r["pattern"]["features"].__setitem__("n_foci", "many"), "$.pattern.features.n_foci"),
     ],
 )
 def test_broken_report_names_the_path(dicom_ct, phantom, mutate, path):
@@ -320,6 +332,9 @@ def test_html_report_is_self_contained(dicom_ct, phantom, tmp_path):
     assert len(imgs) >= 5  # the axial profile + at least 4 slices
     assert "example &lt;warning&gt; &amp; escaping" in text
     assert "71.0 %" in text and "9 <span" in text
+    # the pattern: category, CO-RADS, escaped reasons, features with their definitions
+    assert "Typical appearance · CO-RADS 5" in text and "→ typical &lt;b&gt;" in text
+    assert "<code>peripheral_fraction</code>" in text and "outer third" in text
 
 
 def test_html_report_single_image(tmp_path):
@@ -345,6 +360,7 @@ def test_html_report_single_image(tmp_path):
     validate_report(rep)
     text = write_html_report(ct, lungs, lesions, rep, tmp_path / "r.html").read_text(encoding="utf-8")
     assert "not scored" in text and "single 2-D image" in text
+    assert rep["pattern"] is None and "CO-RADS" not in text
     assert len(re.findall(r"data:image/png;base64", text)) == 1
 
 

@@ -24,7 +24,8 @@ VOLUME_EXTS = (".nii.gz", ".nii", ".zip", ".mha", ".nrrd", ".dcm")
 
 SUMMARY_FIELDS = [
     "study", "input", "status", "error", "diagnosis", "p_covid19", "p_pneumonia", "p_normal",
-    "left_lung_ml", "right_lung_ml", "lesion_ml", "involvement_total_pct", "severity_score", "seconds", "outdir",
+    "left_lung_ml", "right_lung_ml", "lesion_ml", "involvement_total_pct", "severity_score", "rsna_category",
+    "co_rads", "seconds", "outdir",
 ]  # fmt: skip
 
 
@@ -121,6 +122,8 @@ def _summary_row(study: Study, outdir: Path, status: str, error: str = "", repor
             lesion_ml=report["lesions"].get("total_ml", ""),
             involvement_total_pct=report["involvement_percent"].get("total", ""),
             severity_score=report["severity"].get("score", ""),
+            rsna_category=(report.get("pattern") or {}).get("rsna_category", ""),
+            co_rads=(report.get("pattern") or {}).get("co_rads", ""),
         )  # fmt: skip
     return row
 

@@ -24,6 +24,9 @@ def _print_summary(report: dict, outdir: Path) -> None:
     d = report["diagnosis"]
     probs = ", ".join(f"{k} {v:.2f}" for k, v in d["probabilities"].items())
     lines = [f"diagnosis: {d['label']} ({probs})"]
+    pat = report.get("pattern")
+    if pat:
+        lines.append(f"pattern: RSNA {pat['rsna_category']}, CO-RADS {pat['co_rads']}: {pat['reasons'][0]}")
     if report["mode"] == "volume":
         lu, le, inv = report["lungs"], report["lesions"], report["involvement_percent"]
         lines += [

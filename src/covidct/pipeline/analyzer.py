@@ -126,7 +126,7 @@ class Analyzer:
         severity = measures.measure(ct, masks.lungs, masks.lesions, mode)
         t["severity"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        finding = diagnosis.diagnose_from_findings(severity)
+        finding, pattern = diagnosis.diagnose(ct, masks.lungs, masks.lesions, severity, mode)
         t["diagnosis"] = time.perf_counter() - t0
         if mode == "volume" and self.models["infection"] is not None:
             warnings.extend(diagnosis.low_involvement_warnings(severity))
@@ -135,7 +135,7 @@ class Analyzer:
                   reporting.model_entry(info["lesions"], "hu-rule-lesions")]
         if info["infection"]:
             models.append(reporting.model_entry(info["infection"], ""))
-        report = reporting.build_report(ct, mode, severity, finding, models, t, warnings)
+        report = reporting.build_report(ct, mode, severity, finding, models, t, warnings, pattern=pattern)
         return Analysis(ct=ct, lungs=masks.lungs, lesions=masks.lesions, report=report)
 
 

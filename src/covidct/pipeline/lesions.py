@@ -14,8 +14,8 @@ import numpy as np
 from scipy import ndimage
 
 from covidct.labels import CONSOLIDATION, EFFUSION, GGO
-from covidct.pipeline.grid import _first_argmax, upsample_labels
-from covidct.pipeline.morphology import _dilate_mm
+from covidct.pipeline.grid import first_argmax, upsample_labels
+from covidct.pipeline.morphology import dilate_mm
 from covidct.pipeline.predict import ModelRunner
 from covidct.pipeline.types import LoadedModel, Masks
 from covidct.preprocess import bounding_box
@@ -33,7 +33,7 @@ def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_mode
     if zs.size == 0:
         return out
     dz, dy, dx = ct.spacing
-    near_lung = _dilate_mm(lung, (dz, dy, dx), 3.0)
+    near_lung = dilate_mm(lung, (dz, dy, dx), 3.0)
     binary = False
     prob = p_inf = None
     if lesions_model is not None:
@@ -49,14 +49,14 @@ def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_mode
         thr = (infection_model.info.get("thresholds") or {}).get("foreground", 0.5)
         infected = p_inf >= thr
         if prob is not None and not binary:
-            labels = _first_argmax([prob[:, c] for c in range(prob.shape[1])])
-            typed = _first_argmax([prob[:, c] for c in range(1, prob.shape[1])]) + np.uint8(1)
+            labels = first_argmax([prob[:, c] for c in range(prob.shape[1])])
+            typed = first_argmax([prob[:, c] for c in range(1, prob.shape[1])]) + np.uint8(1)
             out[zs] = np.where(infected, typed, np.where(labels == EFFUSION, EFFUSION, 0))
         else:
             out[zs] = infected.astype(np.uint8)
             binary = True
     elif prob is not None:
-        out[zs] = _first_argmax([prob[:, c] for c in range(prob.shape[1])])
+        out[zs] = first_argmax([prob[:, c] for c in range(prob.shape[1])])
     elif ct.is_hu:
         sub = vol[zs]
         rule = np.zeros(sub.shape, np.uint8)
@@ -79,7 +79,7 @@ def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_mode
         infection &= vol >= lesion_min_hu
     effusion = out == EFFUSION
     if ct.is_hu:
-        pleural = _dilate_mm(lung, (dz, dy, dx), 30.0) & ~lung
+        pleural = dilate_mm(lung, (dz, dy, dx), 30.0) & ~lung
         effusion &= pleural & (vol > -50) & (vol < 80)
     else:
         effusion &= ~lung
@@ -129,7 +129,7 @@ def _plausible_effusion(effusion: np.ndarray, lung: np.ndarray, spacing: tuple[f
     lbl, n = ndimage.label(effusion)
     if n == 0:
         return effusion
-    shell = _dilate_mm(lung, spacing, 2.0 * max(spacing[1], spacing[2])) & ~lung
+    shell = dilate_mm(lung, spacing, 2.0 * max(spacing[1], spacing[2])) & ~lung
     vox_ml = float(np.prod(spacing)) / 1000.0
     # Per-component sums over the effusion voxels only, added in raster order as ndimage.sum_labels and
     # center_of_mass add them (so the same floats), without their passes over the whole volume.

@@ -12,6 +12,7 @@ import numpy as np
 
 from covidct.labels import CONSOLIDATION, EFFUSION, GGO, LEFT_LUNG, LESION_COLORS, LUNG_COLORS, RIGHT_LUNG
 from covidct.report.figures import lesion_profile_png, overlay_rgb, png_bytes, representative_slices
+from covidct.report.html_pattern import pattern_section
 from covidct.volume import CT
 
 RESEARCH_NOTICE = "Research use only — not for diagnosis."
@@ -331,6 +332,7 @@ def render_html(ct: CT, lungs: np.ndarray, lesions: np.ndarray, report: dict, im
             _diagnosis_section(report),
             _severity_section(report),
             "</div>",
+            pattern_section(report),
             _volumes_section(report),
             _involvement_section(report),
             images_html if images_html is not None else images_section(ct, lungs, lesions),

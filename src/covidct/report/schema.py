@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-REPORT_SCHEMA_VERSION = "1.0"
+REPORT_SCHEMA_VERSION = "1.1"
 
 _NUM = {"type": "number"}
 _NUM_OR_NULL = {"type": ["number", "null"]}
@@ -89,6 +89,21 @@ REPORT_SCHEMA: dict[str, Any] = {
                 "method": {"type": "string", "minLength": 1},
             }
         ),
+        "pattern": {
+            "type": ["object", "null"],
+            "description": "RSNA category, CO-RADS score, the pattern features and the reasons (null for a 2-D image)",
+            "properties": {
+                "rsna_category": {"enum": ["typical", "indeterminate", "atypical", "negative"]},
+                "co_rads": {"type": "integer", "minimum": 1, "maximum": 5},
+                "features": {
+                    "type": "object",
+                    "minProperties": 1,
+                    "additionalProperties": {"type": ["number", "null"]},
+                },
+                "reasons": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
+            },
+            "required": ["rsna_category", "co_rads", "features", "reasons"],
+        },
         "lungs": _obj({"left_ml": _ML, "right_ml": _ML, "total_ml": _ML}),
         "lesions": _obj({**{k: _ML for k in _LESION_KEYS}, "left": _LESION_SIDE, "right": _LESION_SIDE}),
         "involvement_percent": _obj(
@@ -162,6 +177,7 @@ REPORT_SCHEMA: dict[str, Any] = {
         "mode",
         "input",
         "diagnosis",
+        "pattern",
         "lungs",
         "lesions",
         "involvement_percent",
@@ -180,6 +196,7 @@ REPORT_SCHEMA: dict[str, Any] = {
             "lungs": {"properties": {k: {"type": "null"} for k in ("left_ml", "right_ml", "total_ml")}},
             "lesions": {"properties": {k: {"type": "null"} for k in _LESION_KEYS}},
             "severity": {"properties": {"score": {"type": "null"}}},
+            "pattern": {"type": "null"},
         }
     },
 }

@@ -265,6 +265,7 @@ class JobViews:
             "involvement_percent": report["involvement_percent"],
             "severity": report["severity"],
             "diagnosis": report["diagnosis"],
+            "pattern": report["pattern"],
             "lesions": report["lesions"],
         }
 
@@ -309,16 +310,16 @@ def _absorb_slice(lungs_k: np.ndarray, lesions_k: np.ndarray) -> np.ndarray:
 
 
 def _recompute_report(ct: CT, lungs: np.ndarray, lesions: np.ndarray, orig: dict, n: int, k: int, n_clicks: int) -> dict:
-    from covidct.pipeline import build_report, diagnose_from_findings, measure
+    from covidct.pipeline import build_report, diagnose, measure
     from covidct.report import slice_rows
 
     mode = orig.get("mode", "volume")
     sev = measure(ct, lungs, lesions, mode)
-    diag = diagnose_from_findings(sev)
+    diag, pattern = diagnose(ct, lungs, lesions, sev, mode)
     models = list(orig.get("models", [])) + [{"name": "click-refinement", "version": "1", "sha256": None}]
     warnings = list(orig.get("warnings", []))
     # timings stay those of the original analysis (the schema wants them); the revision's own are in "revision"
-    report = build_report(ct, mode, sev, diag, models, dict(orig.get("timings_s", {})), warnings)
+    report = build_report(ct, mode, sev, diag, models, dict(orig.get("timings_s", {})), warnings, pattern=pattern)
     report["slices"] = slice_rows(ct, lungs, lesions)
     report["revision"] = {"number": n, "refined_slice": k, "clicks": n_clicks, "original_kept": "result/"}
     return report

@@ -342,6 +342,7 @@ function renderReport(r) {
     row.children[1].firstElementChild.style.width = (100 * v).toFixed(1) + "%";
     row.children[2].textContent = (100 * v).toFixed(0) + " %";
   }
+  renderPattern(r.pattern);
   const sev = r.severity || {};
   $("sev-score").textContent = sev.score === null || sev.score === undefined ? "—" : String(sev.score);
   const lobes = $("sev-lobes"); lobes.innerHTML = "";
@@ -376,6 +377,17 @@ function renderReport(r) {
   $("warn-card").hidden = !warns.length;
   const ul = $("warnings"); ul.innerHTML = "";
   for (const w of warns) { const li = document.createElement("li"); li.textContent = w; ul.append(li); }
+}
+
+const RSNA_NAMES = { typical: "Typical", indeterminate: "Indeterminate", atypical: "Atypical", negative: "Negative for pneumonia" };
+function renderPattern(p) {
+  $("pattern-card").hidden = !p;
+  if (!p) return;
+  const cat = $("pattern-rsna");
+  cat.textContent = RSNA_NAMES[p.rsna_category] || p.rsna_category; cat.className = "rsna " + p.rsna_category;
+  $("pattern-corads").textContent = "CO-RADS " + p.co_rads;
+  const ul = $("pattern-reasons"); ul.innerHTML = "";
+  for (const t of p.reasons || []) { const li = document.createElement("li"); li.textContent = t; ul.append(li); }
 }
 
 function renderDownloads() {
@@ -455,7 +467,7 @@ function applyRefinement(out) {
   S.job.revision = out.revision;
   Object.assign(S.report, {
     slices: out.slices, involvement_percent: out.involvement_percent, severity: out.severity,
-    diagnosis: out.diagnosis, lesions: out.lesions,
+    diagnosis: out.diagnosis, lesions: out.lesions, pattern: out.pattern,
   });
   for (const key of Array.from(S.images.keys())) if (key.includes("/lesions.png") || key.includes("/lungs.png")) S.images.delete(key);
   renderReport(S.report);
