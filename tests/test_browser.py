@@ -139,6 +139,17 @@ def test_page_upload_view_correct(server, phantom_nifti, tmp_path):
             assert page.evaluate(canvas_sum) != with_lesions
             page.click("#tog-lesions")
             page.wait_for_selector("#viewer[data-show-lesions=true][data-state=ready]")
+            # the heatmap toggle (button and key H) draws the lesion probability over the slice, and removes it
+            assert page.locator("#tog-heat").is_enabled() and page.locator("#heat-legend").is_hidden()
+            assert page.locator("#inv-unsure").inner_text().startswith("Model uncertainty: ")
+            page.click("#tog-heat")
+            page.wait_for_selector("#viewer[data-show-heatmap=true][data-state=ready]")
+            assert page.evaluate(canvas_sum) != with_lesions and page.locator("#heat-legend").is_visible()
+            assert page.locator("#tog-heat").get_attribute("aria-pressed") == "true"
+            page.screenshot(path=str(shots / "2b-heatmap.png"))
+            page.keyboard.press("h")
+            page.wait_for_selector("#viewer[data-show-heatmap=false][data-state=ready]")
+            assert page.evaluate(canvas_sum) == with_lesions
             page.click("#btn-medi")
             page.wait_for_selector("#viewer[data-window=mediastinum][data-state=ready]")
             page.screenshot(path=str(shots / "3-mediastinum.png"))

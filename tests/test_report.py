@@ -40,6 +40,10 @@ def dicom_ct(phantom, tmp_path_factory):
 
 def _report(ct, lungs, lesions, mode: str = "volume") -> dict:
     """A complete, plausible report for these masks (what the pipeline produces)."""
+    from covidct.report.heatmap import uncertainty as uncertainty_of
+
+    prob = (lesions > 0).astype(np.float32) * 0.9  # a stand-in lesion probability
+    uncertainty, per_slice = uncertainty_of(prob, lungs, 2.0 if mode == "volume" else None, 1.0)
     vml = ct.voxel_volume_ml
     vol = mode == "volume"
 
@@ -114,7 +118,8 @@ def _report(ct, lungs, lesions, mode: str = "volume") -> dict:
             else "not available for a single 2-D image",
             "lobes": {"RUL": 2, "RML": 1, "RLL": 3, "LUL": 1, "LLL": 2} if vol else None,
         },
-        "slices": slice_rows(ct, lungs, lesions),
+        "slices": slice_rows(ct, lungs, lesions, per_slice),
+        "uncertainty": uncertainty,
         "models": [{"name": "lesions-unet", "version": "1.0", "sha256": "ab" * 32}],
         "timings_s": {
             "load": 0.1,
@@ -172,6 +177,8 @@ def test_valid_reports_pass(dicom_ct, phantom):
         (lambda r: r["diagnosis"]["probabilities"].__setitem__("normal", 0.5), "$.diagnosis.probabilities"),
         (lambda r: r["lesions"]["left"].pop("ggo_ml"), "$.lesions.left"),
         (lambda r: r["slices"][3].__setitem__("lung_mm2", -1.0), "$.slices[3].lung_mm2"),
+        (lambda r: r["slices"][3].__setitem__("lesion_entropy_bits", 1.5), "$.slices[3].lesion_entropy_bits"),
+        (lambda r: r["uncertainty"].pop("high"), "$.uncertainty"),
         (lambda r: r["severity"].__setitem__("score", 30), "$.severity.score"),
         (lambda r: r["lungs"].__setitem__("left_ml", float("nan")), "$.lungs.left_ml"),
         (lambda r: r.__setitem__("created", "yesterday"), "$.created"),

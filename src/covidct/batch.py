@@ -128,7 +128,8 @@ def _summary_row(study: Study, outdir: Path, status: str, error: str = "", repor
     return row
 
 
-def run_study(study: Study, outdir: Path, png: bool = False, html: bool = True, model_args: dict | None = None) -> dict:
+def run_study(study: Study, outdir: Path, png: bool = False, html: bool = True, model_args: dict | None = None,
+              heatmap: bool = False) -> dict:
     """Analyse one study into ``outdir`` (in whatever process runs this); returns its summary row."""
     import json
 
@@ -145,7 +146,7 @@ def run_study(study: Study, outdir: Path, png: bool = False, html: bool = True, 
         if not study.path.exists():
             raise UnreadableInput(f"{study.path}: no such file or folder")
         analyzer = pipeline.shared_analyzer(**(model_args or {}))
-        res = pipeline.analyze(study.path, outdir, analyzer=analyzer, png=png, html=html)
+        res = pipeline.analyze(study.path, outdir, analyzer=analyzer, png=png, html=html, heatmap=heatmap)
         return _summary_row(study, outdir, "done", report=res.report, seconds=time.perf_counter() - t0)
     except CovidCTError as exc:
         return _summary_row(study, outdir, "failed", error=str(exc).splitlines()[0], seconds=time.perf_counter() - t0)
@@ -167,10 +168,11 @@ def run_batch(
     html: bool = True,
     model_args: dict | None = None,
     progress: Callable[[dict], None] | None = None,
+    heatmap: bool = False,
 ) -> list[dict]:
     """Analyse every study into ``outdir/<study>/``, write ``outdir/summary.csv``; returns the rows."""
     outdir.mkdir(parents=True, exist_ok=True)
-    jobs = [(s, outdir / s.name, png, html, model_args) for s in studies]
+    jobs = [(s, outdir / s.name, png, html, model_args, heatmap) for s in studies]
     rows: list[dict] = []
 
     def collect(row: dict) -> None:

@@ -19,13 +19,22 @@ from covidct.pipeline.morphology import dilate_mm
 from covidct.pipeline.predict import ModelRunner
 from covidct.pipeline.types import LoadedModel, Masks
 from covidct.preprocess import bounding_box
+from covidct.report.heatmap import (
+    infection_probability,
+    probability_volume,
+    uncertainty,
+    upsample_probability,
+)
 from covidct.volume import CT
 
 
 def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_model: LoadedModel | None = None,
                     infection_model: LoadedModel | None = None, lesion_min_hu: float = -800.0,
-                    min_lesion_mm3: float = 20.0) -> np.ndarray:
-    """(z, y, x) uint8: 0 none, 1 GGO, 2 consolidation, 3 pleural effusion."""
+                    min_lesion_mm3: float = 20.0, probability: dict | None = None) -> np.ndarray:
+    """(z, y, x) uint8: 0 none, 1 GGO, 2 consolidation, 3 pleural effusion.
+
+    ``probability`` (optional): receives ``"lesion"``, the models' infection probability on ``ct``'s grid
+    (uint8 p x 255, see covidct.report.heatmap), or None when the HU rule decided."""
     vol = ct.array
     lung = lungs > 0
     out = np.zeros(vol.shape, np.uint8)
@@ -43,6 +52,8 @@ def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_mode
         binary = prob.shape[1] == 2
     if infection_model is not None and not infection_model.is_3d:
         p_inf = runner.probabilities(infection_model, vol, zs, ct.is_hu, ct.spacing, "infection")[:, 1]
+    if probability is not None:
+        probability["lesion"] = probability_volume(vol.shape, zs, infection_probability(prob, p_inf))
     if p_inf is not None:
         # extent from the binary infection model (trained on the most labelled slices); type from the
         # lesion model (its most likely lesion class) or, without one, from density below
@@ -93,16 +104,25 @@ def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_mode
 # --- the whole analysis --------------------------------------------------------------------
 
 
-def final_masks(ct: CT, lungs: np.ndarray, lesions: np.ndarray, factor: int) -> Masks:
-    """The working grid's masks (``factor``: its in-plane block size) as the final masks on ``ct``'s grid."""
+def final_masks(ct: CT, lungs: np.ndarray, lesions: np.ndarray, factor: int,
+                probability: np.ndarray | None = None, work_spacing: tuple[float, float, float] | None = None) -> Masks:
+    """The working grid's masks (``factor``: its in-plane block size) as the final masks on ``ct``'s grid.
+
+    ``probability``: the lesion probability on the working grid (spacing ``work_spacing``); its uncertainty
+    figures are measured there, inside the lungs, and it is brought to ``ct``'s grid too."""
     # GGO/consolidation are part of the lung they lie in (the lung label includes its lesions)
     lungs = _absorb_lesions(lungs, lesions)
+    dz, dy, dx = work_spacing or ct.spacing
+    summary, per_slice = uncertainty(probability, lungs, dz * dy * dx if ct.spacing_known else None, dy * dx)
+    if probability is not None and factor > 1:
+        probability = upsample_probability(probability, ct.shape)
     if factor > 1:
         lungs, lesions = upsample_labels(lungs, ct.shape), upsample_labels(lesions, ct.shape)
         infection = (lesions == GGO) | (lesions == CONSOLIDATION)
         lesions[infection & (lungs == 0)] = 0  # interpolated edges must agree
         lungs[lesions == EFFUSION] = 0
-    return Masks(lungs=lungs, lesions=lesions)
+    return Masks(lungs=lungs, lesions=lesions, lesion_probability=probability, uncertainty=summary,
+                 slice_uncertainty=per_slice)
 
 
 def _absorb_lesions(lungs: np.ndarray, lesions: np.ndarray) -> np.ndarray:

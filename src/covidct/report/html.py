@@ -196,10 +196,14 @@ def _involvement_section(r: dict) -> str:
             )
             for z in _ZONE_ORDER
         )
+    u = r.get("uncertainty") or {}
+    unsure = "" if u.get("uncertain_percent_of_lungs") is None else (
+        f"<p class='sub'>Model uncertainty: {_fmt(u['uncertain_percent_of_lungs'], 1, ' %')} {what} has a lesion "
+        f"probability between 0.3 and 0.7 (mean entropy {_fmt(u.get('mean_entropy_bits'), 3, ' bit')}).</p>")
     return (
         "<section><h2>Involvement</h2><p class='sub'>Ground-glass opacity + consolidation, "
         f"in percent {what} "
-        f"(pleural effusion excluded).</p>{lungs}{zone_html}</section>"
+        f"(pleural effusion excluded).</p>{lungs}{zone_html}{unsure}</section>"
     )
 
 
