@@ -130,13 +130,18 @@ def test_watch_restart_after_sigkill_no_loss_no_duplicates(tmp_path):
             assert (out / study / "report.sr.dcm").is_file()
         assert sorted(s["modality"] for s in list_series(client, settings, bad)) == ["CT"]
 
-        # an idle watcher stops cleanly on SIGTERM: exit 143, one line, its state kept
+        # an idle watcher rides out a PACS outage and stops cleanly on SIGTERM: exit 143, one line, state kept
         started = datetime.now(UTC).isoformat()
         idle = _watch(orthanc, out, "--interval", "0.5")
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and json.loads((state / "watch.json").read_text()).get("last_poll", "") < started:
             time.sleep(0.2)  # until it has polled once
+        # the PACS goes away: the watcher logs the failed polls and keeps going
+        orthanc.stop(remove=False)
+        time.sleep(3)
+        assert idle.poll() is None
         idle.send_signal(signal.SIGTERM)
-        _, err = idle.communicate(timeout=60)
+        out_text, err = idle.communicate(timeout=60)
         assert idle.returncode == 143 and "covidct: terminated" in err and "Traceback" not in err, err
+        assert "poll failed, trying again" in out_text and "cannot reach" in out_text
         assert (state / "watch.json").is_file()
