@@ -145,3 +145,27 @@ def test_watch_restart_after_sigkill_no_loss_no_duplicates(tmp_path):
         assert idle.returncode == 143 and "covidct: terminated" in err and "Traceback" not in err, err
         assert "poll failed, trying again" in out_text and "cannot reach" in out_text
         assert (state / "watch.json").is_file()
+
+
+def test_pool_and_dask_executors_run_and_wait():
+    """The ``--workers`` and ``--dask`` adapters the watcher hands studies to (a trivial task here)."""
+    from covidct.pacs.watch import _Dask, _Pool
+
+    pool = _Pool(2)
+    try:
+        futures = [pool.submit(pow, 2, k) for k in range(4)]
+        done: list = []
+        while len(done) < 4:
+            done += [f for f in pool.wait([f for f in futures if f not in done], timeout=30) if f not in done]
+        assert sorted(f.result() for f in futures) == [1, 2, 4, 8]
+    finally:
+        pool.shutdown()
+    distributed = pytest.importorskip("dask.distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        dask = _Dask(cluster.scheduler_address)
+        try:
+            fut = dask.submit(pow, 3, 2)
+            assert dask.wait([fut], timeout=30) == [fut] and fut.result() == 9
+            assert dask.wait([], timeout=0.1) == []
+        finally:
+            dask.shutdown()
