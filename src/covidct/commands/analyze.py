@@ -37,6 +37,8 @@ def _print_summary(report: dict, outdir: Path) -> None:
         lines.append(f"lesion area: {inv['total']:.1f} % of the lung area in this slice")
     for w in report["warnings"]:
         lines.append(f"warning: {w}")
+        if w.startswith("no DICOM SEG written"):  # an output the user asked for is missing: say so on stderr too
+            typer.echo(f"covidct: warning: {w}", err=True)
     t = report["timings_s"].get("total")
     lines.append(f"report: {outdir / 'report.html'}" + (f"  ({t:.1f} s)" if t else ""))
     typer.echo("\n".join(lines))
