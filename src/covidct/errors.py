@@ -55,6 +55,21 @@ class ConfigError(CovidCTError):
     exit_code = 8
 
 
+class UnsafeArchive(CovidCTError):
+    """An archive refused before extraction: too many members, too many bytes, a compression ratio only a
+    zip bomb has, a nested archive, or a member that would escape the extraction folder (limits:
+    ``covidct.io.archive.ZipLimits``)."""
+
+    exit_code = 9
+
+
+class ImplausibleImage(CovidCTError):
+    """Readable data no CT can be: mostly NaN/Inf voxels, one constant value, or intensities far outside any
+    CT scale (``covidct.io.sanity``)."""
+
+    exit_code = 10
+
+
 EXIT_CODES: dict[str, int] = {
     cls.__name__: cls.exit_code
     for cls in (
@@ -66,5 +81,7 @@ EXIT_CODES: dict[str, int] = {
         NoLungsFound,
         ModelError,
         ConfigError,
+        UnsafeArchive,
+        ImplausibleImage,
     )
 }

@@ -1,7 +1,9 @@
 """Reading CT input (DICOM folder/zip/file, NIfTI, 2-D images) and writing masks back.
 
 ``load_ct`` returns a :class:`covidct.volume.CT` in covidct's canonical orientation; the
-writers put canonical arrays back on the input's grid. User errors raise ``covidct.errors``
+writers put canonical arrays back on the input's grid. Every entry point (CLI, this API, the web
+service) goes through the same safety layer: ``archive`` (zip limits, checked before extracting) and
+``sanity`` (NaN/Inf, constant, impossible intensities). User errors raise ``covidct.errors``
 classes with one-line messages that name the path.
 """
 
@@ -13,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from covidct.errors import NotCT, UnreadableInput, UnsupportedInput
+from covidct.io.archive import ZipLimits
 from covidct.io.image import IMAGE_EXTS, load_image_2d, load_image_ct, read_label_png
 from covidct.io.writers import (
     save_ct_nifti,
@@ -25,6 +28,7 @@ from covidct.volume import CT
 
 __all__ = [
     "load_ct",
+    "ZipLimits",
     "load_nifti",
     "load_image_2d",
     "read_label_png",
@@ -39,17 +43,25 @@ DICOM_EXTS = (".dcm", ".dicom", ".ima", "")
 ITK_EXTS = (".mha", ".mhd", ".nrrd", ".nhdr")
 
 
-def load_ct(path: str | Path, *, series: str | None = None) -> CT:
+def load_ct(path: str | Path, *, series: str | None = None, zip_limits: ZipLimits | None = None) -> CT:
     """Load a CT from a DICOM folder, .zip of one, DICOM file, NIfTI, .mha/.nrrd or 2-D image.
 
     ``series``: the SeriesInstanceUID to load from a DICOM folder or .zip holding several series
-    (default: the best CT series, with a warning naming the others).
+    (default: the best CT series, with a warning naming the others). ``zip_limits``: the archive
+    limits for a .zip (default: ``ZipLimits.from_env()``, see ``covidct.io.archive``).
 
     The result is in canonical orientation (see ``covidct.volume``); 2-D images are one-slice,
-    non-HU volumes kept exactly as displayed. Raises ``UnreadableInput``, ``NotCT``,
-    ``InconsistentSeries`` or ``UnsupportedInput`` with a one-line message.
+    non-HU volumes kept exactly as displayed. Every input passes the same safety checks (archive
+    limits before extraction, ``covidct.io.sanity`` after reading). Raises ``UnreadableInput``,
+    ``NotCT``, ``InconsistentSeries``, ``UnsupportedInput``, ``UnsafeArchive`` or ``ImplausibleImage``
+    with a one-line message.
     """
-    p = Path(path).expanduser()
+    from covidct.io.sanity import check_plausible
+
+    return check_plausible(_read_ct(Path(path).expanduser(), series, zip_limits))
+
+
+def _read_ct(p: Path, series: str | None, zip_limits: ZipLimits | None) -> CT:
     try:
         if not p.exists():
             raise UnreadableInput(f"{p}: no such file or folder")
@@ -75,7 +87,7 @@ def load_ct(path: str | Path, *, series: str | None = None) -> CT:
         if suffix == ".zip":
             from covidct.io.dicom import load_dicom_zip
 
-            return load_dicom_zip(p, series=series)
+            return load_dicom_zip(p, series=series, limits=zip_limits)
         if suffix in ITK_EXTS:
             from covidct.io.nifti import load_itk
 

@@ -98,12 +98,9 @@ def load_nifti(path: Path) -> CT:
     except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as e:
         raise UnreadableInput(f"{path}: NIfTI pixel data unreadable (truncated?) ({_one_line(e)})") from e
     data = data.reshape(shape[:3] if len(shape) >= 3 else (*shape, 1))
-    if not np.isfinite(data).all():
-        warnings.append("NIfTI contains NaN/Inf voxels; they were set to the volume minimum")
-        finite = data[np.isfinite(data)]
-        data = np.nan_to_num(data, nan=float(finite.min()) if finite.size else 0.0,
-                             posinf=float(finite.max()) if finite.size else 0.0,
-                             neginf=float(finite.min()) if finite.size else 0.0)
+    from covidct.io.sanity import finite_or_refuse
+
+    data = finite_or_refuse(data, str(path), warnings)  # all/most NaN: refused; a few: set to the minimum
     affine = np.asarray(img.affine, dtype=np.float64)
     canon_xyz, canon_aff, info = reorient_xyz(data, affine)
     if info["oblique"]:
