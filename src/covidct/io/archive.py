@@ -9,8 +9,8 @@ can lie):
 * compression ratio: no member over 1 MiB expanding more than ``max_ratio`` times, and the whole archive
   (when it expands to more than 64 MiB) no more than ``max_ratio`` times its compressed size, which
   catches "many small members" bombs;
-* no nested archive (a member named or starting like a zip/gzip/tar/7z/rar/bz2/xz; a gzipped NIfTI,
-  ``.nii.gz``, is a volume, not an archive);
+* no nested archive (a member named or starting like a zip/gzip/7z/rar/bz2/xz/zstd archive -- its first
+  8 bytes are read, last, once the size rules passed; a gzipped NIfTI, ``.nii.gz``, is a volume);
 * no member that would escape the extraction folder (absolute path, ``..``, drive letter), no symlink,
   no encrypted member.
 
@@ -111,7 +111,20 @@ def check_zip(zf: zipfile.ZipFile, shown: str | Path, limits: ZipLimits | None =
     if total > RATIO_MIN_TOTAL_BYTES and total > limits.max_ratio * max(packed, 1):
         raise UnsafeArchive(f"{shown}: zip expands {total / max(packed, 1):.0f}x overall (limit "
                             f"{limits.max_ratio:g}x): refused as a zip bomb")
+    for i in files:  # last, once the sizes passed: a nested archive under another name, by its first bytes
+        if not i.filename.lower().endswith(VOLUME_SUFFIXES) and _head(zf, i, shown).startswith(NESTED_MAGIC):
+            raise UnsafeArchive(f"{shown}: zip member {i.filename!r} is itself an archive; nested archives are "
+                                "refused (extract it first)")
     return files
+
+
+def _head(zf: zipfile.ZipFile, info: zipfile.ZipInfo, shown: str | Path) -> bytes:
+    """A member's first bytes (decompresses one small block at most)."""
+    try:
+        with zf.open(info) as f:
+            return f.read(8)
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, ValueError, NotImplementedError) as e:
+        raise UnreadableInput(f"{shown}: zip member {info.filename!r} is corrupt or encrypted") from e
 
 
 def open_zip(path: Path, shown: str | Path | None = None) -> zipfile.ZipFile:

@@ -66,12 +66,23 @@ CT_SOP_CLASSES = {
 # ----------------------------------------------------------------------------- reading
 
 
+def _starts_like_dicom(path: Path) -> bool:
+    """A file without the preamble starts with a group 0002 or 0008 tag (either byte order); anything else
+    is not parsed: forcing pydicom through e.g. 256 MiB of zeros took minutes."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        return False
+    return head in (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
+
+
 def _read_header(path: Path) -> Dataset | None:
     """Header of a DICOM image file, or None if it is not one (raises nothing)."""
     try:
         if _has_preamble(path):
             ds = pydicom.dcmread(path, stop_before_pixels=True)
-        elif path.suffix.lower() in (".dcm", ".dicom", ".ima", "") and path.stat().st_size > 256:
+        elif path.suffix.lower() in (".dcm", ".dicom", ".ima", "") and path.stat().st_size > 256 and _starts_like_dicom(path):
             # Old files without the 128-byte preamble: accept only if it parses into an image header.
             ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
         else:
@@ -220,8 +231,11 @@ def _refuse_mixed_orientations(shown: str, key: tuple, items: list, groups: dict
 
 def load_dicom_file(path: Path) -> CT:
     """A single DICOM file as a one-slice volume (multi-frame files are not supported)."""
+    preamble = _has_preamble(path)
+    if not preamble and not _starts_like_dicom(path):
+        raise UnreadableInput(f"{path}: not a DICOM file (no DICOM preamble or header)")
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=not _has_preamble(path))
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=not preamble)
     except PermissionError as e:
         raise UnreadableInput(f"{path}: permission denied") from e
     except Exception as e:  # noqa: BLE001 - truncated/corrupt files raise many types
