@@ -88,6 +88,10 @@ def _read_ct(p: Path, series: str | None, zip_limits: ZipLimits | None) -> CT:
             from covidct.io.dicom import load_dicom_zip
 
             return load_dicom_zip(p, series=series, limits=zip_limits)
+        if suffix in (".nrrd", ".nhdr"):
+            from covidct.io.nrrd import load_nrrd
+
+            return refuse_label_map(load_nrrd(p))
         if suffix in ITK_EXTS:
             from covidct.io.nifti import load_itk
 
