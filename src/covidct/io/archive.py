@@ -127,9 +127,37 @@ def _head(zf: zipfile.ZipFile, info: zipfile.ZipInfo, shown: str | Path) -> byte
         raise UnreadableInput(f"{shown}: zip member {info.filename!r} is corrupt or encrypted") from e
 
 
-def open_zip(path: Path, shown: str | Path | None = None) -> zipfile.ZipFile:
-    """``zipfile.ZipFile(path)`` with covidct's errors for an unreadable or corrupt archive."""
+def declared_member_count(path: Path) -> int | None:
+    """The member count the zip's end-of-central-directory record declares (read from the file's last 64 KiB,
+    before ``zipfile`` parses a directory that may hold millions of entries); None when not found."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 65536 - 22))
+            tail = f.read()
+    except OSError:
+        return None
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or at + 22 > len(tail):
+        return None
+    count = struct.unpack_from("<H", tail, at + 10)[0]
+    if count == 0xFFFF:  # zip64: the real count is in the zip64 end record
+        loc = tail.rfind(b"PK\x06\x06", 0, at)
+        return struct.unpack_from("<Q", tail, loc + 32)[0] if loc >= 0 and loc + 40 <= len(tail) else None
+    return count
+
+
+def open_zip(path: Path, shown: str | Path | None = None, limits: ZipLimits | None = None) -> zipfile.ZipFile:
+    """``zipfile.ZipFile(path)`` with covidct's errors for an unreadable or corrupt archive; refuses at once
+    a zip that declares more than ``limits.max_members`` members (default from the environment)."""
     shown = shown or path
+    limits = limits or ZipLimits.from_env()
+    declared = declared_member_count(path)
+    if declared is not None and declared > limits.max_members:
+        raise UnsafeArchive(f"{shown}: zip has {declared} members (limit {limits.max_members})")
     try:
         return zipfile.ZipFile(path)
     except PermissionError as e:

@@ -49,7 +49,7 @@ from pydicom.dataset import Dataset
 
 from covidct.errors import InconsistentSeries, NotCT, UnreadableInput
 from covidct.io.archive import ZipLimits, open_zip, safe_extract
-from covidct.io.dicom_volume import _f, _floats, _has_preamble, _rel, build_volume
+from covidct.io.dicom_volume import _f, _floats, _has_preamble, _int, _rel, _usable_orientation, build_volume
 from covidct.volume import CT
 
 __all__ = ["load_dicom_folder", "load_dicom_file", "load_dicom_zip", "_has_preamble"]
@@ -91,17 +91,20 @@ def _read_header(path: Path) -> Dataset | None:
         return None
     if "Rows" not in ds or "Columns" not in ds:
         return None  # DICOMDIR, SR, presentation states...
+    if _int(ds, "Rows", 0) <= 0 or _int(ds, "Columns", 0) <= 0:
+        return None  # an image header without a usable size
     return ds
 
 
 def _series_key(ds: Dataset) -> tuple:
     iop = _floats(_f(ds, "ImageOrientationPatient"))
+    iop = iop if _usable_orientation(iop) else None
     ps = _floats(_f(ds, "PixelSpacing"))
     return (
         str(_f(ds, "SeriesInstanceUID", "")),
         None if iop is None else tuple(round(x, 3) + 0.0 for x in iop),
-        int(ds.Rows),
-        int(ds.Columns),
+        _int(ds, "Rows", 0),
+        _int(ds, "Columns", 0),
         None if ps is None else tuple(round(x, 4) for x in ps),
     )
 
@@ -188,7 +191,7 @@ def load_dicom_folder(root: Path, *, display_path: str | None = None, series: st
         key=lambda kv: (
             _is_ct(kv[1][0][1]),
             not _is_localizer(kv[1][0][1]),
-            int(_f(kv[1][0][1], "NumberOfFrames", 1) or 1) == 1,
+            _int(kv[1][0][1], "NumberOfFrames", 1) == 1,
             _is_axial(kv[0]),
             len(kv[1]),
         ),
@@ -242,6 +245,8 @@ def load_dicom_file(path: Path) -> CT:
         raise UnreadableInput(f"{path}: not a readable DICOM file ({type(e).__name__})") from e
     if "Rows" not in ds or "Columns" not in ds:
         raise UnreadableInput(f"{path}: not a DICOM image file")
+    if _int(ds, "Rows", 0) <= 0 or _int(ds, "Columns", 0) <= 0:
+        raise UnreadableInput(f"{path}: DICOM image without a usable Rows/Columns size")
     if not _is_ct(ds):
         raise NotCT(f"{path}: {_f(ds, 'Modality', 'non-CT')} image: covidct analyses CT only")
     return build_volume([path], path.parent, str(path), [], single_file=True)
@@ -250,7 +255,7 @@ def load_dicom_file(path: Path) -> CT:
 def load_dicom_zip(path: Path, *, series: str | None = None, limits: ZipLimits | None = None) -> CT:
     """Check a .zip against the archive limits (``covidct.io.archive``), extract it into a temp folder and
     load the series inside (``series``: by its UID)."""
-    zf = open_zip(path)
+    zf = open_zip(path, limits=limits)
     with zf, tempfile.TemporaryDirectory(prefix="covidct_zip_") as tmp:
         root = Path(tmp).resolve()
         safe_extract(zf, root, path, limits)

@@ -7,6 +7,7 @@ DICOM SEG writer needs (see ``covidct.io.dicom`` for the rules).
 
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,7 +17,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from covidct.errors import InconsistentSeries, UnreadableInput, UnsupportedInput
-from covidct.io.nifti import reorient_xyz, spacing_from_affine
+from covidct.io.nifti import check_affine, reorient_xyz, spacing_from_affine
 from covidct.volume import CT, SliceRef
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -35,17 +36,53 @@ def _has_preamble(path: Path) -> bool:
 
 
 def _f(ds: Dataset, kw: str, default=None):
-    v = ds.get(kw, None)
+    """``ds``'s value for ``kw``; ``default`` when absent, empty, or not convertible to its VR (e.g. DS 'abc')."""
+    try:
+        v = ds.get(kw, None)
+    except Exception:  # noqa: BLE001 - pydicom converts values lazily and raises many types on damaged ones
+        return default
     if v is None or v == "":
         return default
     return v
 
 
 def _floats(v) -> tuple[float, ...] | None:
+    """A tuple of finite floats, or None (missing, not numbers, NaN/Inf)."""
     try:
-        return tuple(float(x) for x in v)
-    except (TypeError, ValueError):
+        out = tuple(float(x) for x in v)
+    except (TypeError, ValueError, OverflowError):
         return None
+    return out if all(math.isfinite(x) for x in out) else None
+
+
+def _num(ds: Dataset, kw: str, default: float | None = None) -> float | None:
+    """A finite number from ``ds[kw]`` (first value of a multi-value), or ``default``."""
+    v = _f(ds, kw)
+    if v is not None and not isinstance(v, str | bytes) and hasattr(v, "__len__"):
+        v = v[0] if len(v) else None
+    try:
+        x = float(v)
+    except (TypeError, ValueError, OverflowError):
+        return default
+    return x if math.isfinite(x) else default
+
+
+def _int(ds: Dataset, kw: str, default: int) -> int:
+    x = _num(ds, kw)
+    return default if x is None or abs(x) > 2**31 else int(x)
+
+
+def _rescale(ds: Dataset, kw: str, default: float, name: str) -> float:
+    """RescaleSlope/Intercept: the default when absent; a present value that is not a finite number is refused
+    (guessing it would give wrong HU everywhere)."""
+    if _f(ds, kw) is None and kw not in ds:
+        return default
+    x = _num(ds, kw)
+    if x is None:
+        if _f(ds, kw) is None:
+            return default  # present but empty
+        raise UnsupportedInput(f"{name}: {kw} {str(ds.get(kw, ''))[:30]!r} is not a number")
+    return x
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -78,21 +115,34 @@ def _pixels(ds: Dataset) -> np.ndarray:
 
 def _decode(path: Path) -> tuple[Dataset, np.ndarray]:
     ds = pydicom.dcmread(path, force=not _has_preamble(path))
-    if int(_f(ds, "SamplesPerPixel", 1)) != 1:
-        raise UnsupportedInput(f"{path.name}: colour DICOM image (SamplesPerPixel {ds.SamplesPerPixel})")
-    if int(_f(ds, "NumberOfFrames", 1) or 1) > 1:
+    if _int(ds, "SamplesPerPixel", 1) != 1:
+        raise UnsupportedInput(f"{path.name}: colour DICOM image (SamplesPerPixel {_f(ds, 'SamplesPerPixel')})")
+    if _int(ds, "NumberOfFrames", 1) > 1:
         raise UnsupportedInput(f"{path.name}: multi-frame DICOM (enhanced CT) is not supported")
     px = _pixels(ds)
     if px.ndim != 2:
         raise UnsupportedInput(f"{path.name}: pixel data of shape {px.shape} is not one 2-D slice")
-    slope = float(_f(ds, "RescaleSlope", 1.0))
-    inter = float(_f(ds, "RescaleIntercept", 0.0))
+    slope = _rescale(ds, "RescaleSlope", 1.0, path.name)
+    inter = _rescale(ds, "RescaleIntercept", 0.0, path.name)
     hu = px.astype(np.float32)
     if slope != 1.0:
         hu *= np.float32(slope)
     if inter != 0.0:
         hu += np.float32(inter)
     return ds, hu
+
+
+def _positive(x: float | None) -> float | None:
+    return x if x is not None and x > 0 else None
+
+
+def _usable_orientation(iop: tuple[float, ...] | None) -> bool:
+    """Six finite cosines whose row and column directions have length and are not parallel."""
+    if iop is None or len(iop) != 6:
+        return False
+    r, c = np.array(iop[:3]), np.array(iop[3:6])
+    nr, nc = np.linalg.norm(r), np.linalg.norm(c)
+    return bool(nr > 1e-3 and nc > 1e-3 and np.linalg.norm(np.cross(r / nr, c / nc)) > 0.5)
 
 
 def build_volume(paths: list[Path], root: Path, shown: str, warnings: list[str], *, single_file: bool,
@@ -123,7 +173,7 @@ def build_volume(paths: list[Path], root: Path, shown: str, warnings: list[str],
     if not slices:
         raise UnreadableInput(f"{shown}: no DICOM slice could be decoded")
     ds0 = slices[0][1]
-    rows, cols = int(ds0.Rows), int(ds0.Columns)
+    rows, cols = slices[0][2].shape
     sizes = sorted({s[2].shape for s in slices})
     if len(sizes) > 1:
         raise InconsistentSeries(f"{shown}: slices of different sizes in one series: {sizes}")
@@ -131,18 +181,19 @@ def build_volume(paths: list[Path], root: Path, shown: str, warnings: list[str],
     iop = _floats(_f(ds0, "ImageOrientationPatient"))
     ipps = [_floats(_f(ds, "ImagePositionPatient")) for _, ds, _ in slices]
     ps = _floats(_f(ds0, "PixelSpacing")) or _floats(_f(ds0, "ImagerPixelSpacing"))
-    thick = _f(ds0, "SliceThickness")
+    thick = _num(ds0, "SliceThickness")
+    thick = thick if thick is not None and thick > 0 else None
     spacing_known = True
     if ps is None or len(ps) != 2 or min(ps) <= 0:
         warnings.append("no PixelSpacing: assuming 1 mm pixels")
         ps, spacing_known = (1.0, 1.0), False
     dr, dc = ps  # row spacing (between rows), column spacing (between columns)
-    if iop is None or len(iop) != 6 or any(p is None or len(p) != 3 for p in ipps):
+    if not _usable_orientation(iop) or any(p is None or len(p) != 3 for p in ipps):
         if len(slices) > 1:
             warnings.append("no ImagePositionPatient/Orientation: slices ordered by InstanceNumber, axial assumed")
-        slices.sort(key=lambda s: (int(_f(s[1], "InstanceNumber", 0)), s[0].name))
+        slices.sort(key=lambda s: (_int(s[1], "InstanceNumber", 0), s[0].name))
         iop = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
-        dz0 = float(_f(ds0, "SpacingBetweenSlices", thick or 1.0))
+        dz0 = _positive(_num(ds0, "SpacingBetweenSlices")) or thick or 1.0
         ipps = [(0.0, 0.0, k * dz0) for k in range(len(slices))]
         geometry_known = False
     else:
@@ -197,7 +248,7 @@ def build_volume(paths: list[Path], root: Path, shown: str, warnings: list[str],
             warnings.append(f"uneven slice spacing {regular.min():.3f}..{regular.max():.3f} mm; "
                             f"using the median {dz:.3f} mm")
     else:
-        dz = float(_f(ds0, "SpacingBetweenSlices", 0) or thick or 0)
+        dz = _positive(_num(ds0, "SpacingBetweenSlices")) or thick or 0.0
         if dz <= 0:
             dz = 1.0
             warnings.append("single slice without SliceThickness: assuming 1 mm")
@@ -210,6 +261,10 @@ def build_volume(paths: list[Path], root: Path, shown: str, warnings: list[str],
     lps[:3, 2] = n_dir * dz
     lps[:3, 3] = ipps[0]
     src_affine = LPS_TO_RAS @ lps
+    try:
+        check_affine(src_affine, shown)  # e.g. positions of 1e308 mm overflow
+    except UnsupportedInput as e:
+        raise InconsistentSeries(str(e)) from e
     canon_xyz, canon_aff, info = reorient_xyz(stack.transpose(2, 1, 0), src_affine)
     arr = np.ascontiguousarray(canon_xyz.transpose(2, 1, 0), dtype=np.float32)
     if info["oblique"]:
@@ -236,10 +291,10 @@ def build_volume(paths: list[Path], root: Path, shown: str, warnings: list[str],
         "series_uid": str(_f(ds0, "SeriesInstanceUID", "")) or None,
         "study_uid": str(_f(ds0, "StudyInstanceUID", "")) or None,
         "patient_id": str(_f(ds0, "PatientID", "")) or None,
-        "slice_thickness": None if thick is None else float(thick),
+        "slice_thickness": thick,
         "series_description": str(_f(ds0, "SeriesDescription", "")) or None,
         "manufacturer": str(_f(ds0, "Manufacturer", "")) or None,
-        "kvp": None if _f(ds0, "KVP") is None else float(ds0.KVP),
+        "kvp": _num(ds0, "KVP"),
         "convolution_kernel": None if kernel is None else str(kernel),
         "rows": rows,
         "columns": cols,

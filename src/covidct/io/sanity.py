@@ -5,6 +5,8 @@ Rules (each refusal is :class:`covidct.errors.ImplausibleImage`, exit code 10, o
 * non-finite voxels (NaN/Inf): more than ``MAX_NONFINITE_FRACTION`` of the volume -> refused; fewer (e.g. a
   converter's NaN padding outside the scan circle) -> set to the lowest finite value, with a warning;
 * a constant volume (every voxel one value): nothing to analyse;
+* a header declaring more than ``MAX_VOXELS`` voxels (or none) is refused before reading
+  (:func:`check_size`, ``UnsupportedInput``, exit 5);
 * intensities no CT scale has: when more than ``MAX_OUTLIER_FRACTION`` of the voxels lie outside
   ``PLAUSIBLE_RANGE`` (HU scales span about -1024..3071, extended scales about -10000..30000; 8/16-bit
   display images 0..65535), the data are not a CT image (wrong rescale, raw floats, corrupt header).
@@ -12,14 +14,32 @@ Rules (each refusal is :class:`covidct.errors.ImplausibleImage`, exit code 10, o
 
 from __future__ import annotations
 
+import math
+import os
+
 import numpy as np
 
-from covidct.errors import ImplausibleImage
+from covidct.errors import ImplausibleImage, UnsupportedInput
 from covidct.volume import CT
 
 MAX_NONFINITE_FRACTION = 0.5
 PLAUSIBLE_RANGE = (-1.0e4, 1.0e5)
 MAX_OUTLIER_FRACTION = 0.01
+# Largest volume read (voxels; 4 bytes each in memory): 1024^3 ~ 4 GiB; a chest CT is ~0.1-0.3 G voxels.
+MAX_VOXELS_ENV = "COVIDCT_MAX_VOXELS"
+MAX_VOXELS = 1024**3
+
+
+def check_size(shape: tuple[int, ...], shown: str) -> None:
+    """Refuse, before reading, a volume whose header declares a non-positive size or more than
+    ``MAX_VOXELS`` voxels (``COVIDCT_MAX_VOXELS`` overrides): ``UnsupportedInput``."""
+    if any(int(s) <= 0 for s in shape):
+        raise UnsupportedInput(f"{shown}: the header declares an empty volume of shape {tuple(shape)}")
+    limit = int(float(os.environ.get(MAX_VOXELS_ENV) or MAX_VOXELS))
+    n = math.prod(int(s) for s in shape)
+    if n > limit:
+        raise UnsupportedInput(f"{shown}: the header declares {n:,} voxels {tuple(shape)}, more than the limit "
+                               f"{limit:,} ({MAX_VOXELS_ENV})")
 
 
 def finite_or_refuse(data: np.ndarray, shown: str, warnings: list[str]) -> np.ndarray:

@@ -145,7 +145,7 @@ def unpack_zip(zip_path: Path, dest: Path, shown: str, limits: ZipLimits | None 
     from covidct.io.archive import open_zip, safe_extract
 
     dest.mkdir(parents=True, exist_ok=True)
-    with open_zip(zip_path, shown) as zf:
+    with open_zip(zip_path, shown, limits) as zf:
         safe_extract(zf, dest.resolve(), shown, limits)
     entries = [p for p in dest.iterdir() if p.name != "__MACOSX"]
     niftis = [p for p in dest.rglob("*") if p.name.lower().endswith((".nii", ".nii.gz"))]

@@ -114,7 +114,7 @@ def check_zip(path: Path, limits: ZipLimits | None = None) -> int:
     returns the member count. 413 for a zip the limits refuse (too many members or bytes, a zip bomb's
     ratio, a nested archive, an escaping member); 422 for a corrupt, empty or encrypted archive."""
     try:
-        with open_zip(path, "the uploaded zip") as zf:
+        with open_zip(path, "the uploaded zip", limits) as zf:
             files = check_zip_directory(zf, "the uploaded zip", limits)
             n = len(zf.infolist())
     except UnsafeArchive as e:
