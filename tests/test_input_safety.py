@@ -88,7 +88,7 @@ def test_zip_bombs_refused_quickly_by_load_ct_and_cli(bombs, shape, tmp_path, ca
             load_ct(bombs[shape])
         api_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        assert main(["info", str(bombs[shape])]) == EXIT_CODES["UnsafeArchive"] == 9
+        assert main(["info", str(bombs[shape])]) == EXIT_CODES["UnsafeArchive"] == 10
         cli_s = time.perf_counter() - t0
         err = capsys.readouterr().err.strip()
         assert err.startswith("covidct: error:") and "\n" not in err and REFUSED_BY[shape] in err

@@ -55,19 +55,25 @@ class ConfigError(CovidCTError):
     exit_code = 8
 
 
+class PacsError(CovidCTError):
+    """The PACS cannot be reached, refuses the request, or does not hold what was asked for."""
+
+    exit_code = 9
+
+
 class UnsafeArchive(CovidCTError):
     """An archive refused before extraction: too many members, too many bytes, a compression ratio only a
     zip bomb has, a nested archive, or a member that would escape the extraction folder (limits:
     ``covidct.io.archive.ZipLimits``)."""
 
-    exit_code = 9
+    exit_code = 10
 
 
 class ImplausibleImage(CovidCTError):
     """Readable data no CT can be: mostly NaN/Inf voxels, one constant value, or intensities far outside any
     CT scale (``covidct.io.sanity``)."""
 
-    exit_code = 10
+    exit_code = 11
 
 
 EXIT_CODES: dict[str, int] = {
@@ -81,6 +87,7 @@ EXIT_CODES: dict[str, int] = {
         NoLungsFound,
         ModelError,
         ConfigError,
+        PacsError,
         UnsafeArchive,
         ImplausibleImage,
     )

@@ -16,7 +16,7 @@ can lie):
 
 Defaults (:class:`ZipLimits`) are overridden by arguments or the environment variables
 ``COVIDCT_ZIP_MAX_MEMBERS``, ``COVIDCT_ZIP_MAX_BYTES`` and ``COVIDCT_ZIP_MAX_RATIO``. A refusal raises
-:class:`covidct.errors.UnsafeArchive` (exit code 9); a corrupt or encrypted archive ``UnreadableInput`` (2).
+:class:`covidct.errors.UnsafeArchive` (exit code 10); a corrupt or encrypted archive ``UnreadableInput`` (2).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Refusing data no CT can be, for every reader (``load_ct`` runs :func:`check_plausible` last).
 
-Rules (each refusal is :class:`covidct.errors.ImplausibleImage`, exit code 10, one line naming the problem):
+Rules (each refusal is :class:`covidct.errors.ImplausibleImage`, exit code 11, one line naming the problem):
 
 * non-finite voxels (NaN/Inf): more than ``MAX_NONFINITE_FRACTION`` of the volume -> refused; fewer (e.g. a
   converter's NaN padding outside the scan circle) -> set to the lowest finite value, with a warning;

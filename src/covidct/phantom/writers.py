@@ -52,6 +52,46 @@ def write_phantom(phantom: Phantom, outdir: str | Path, fmt: str = "nifti", shuf
     return Path(outdir) / main.name
 
 
+# Tags every phantom slice carries unchanged.
+_FIXED_TAGS: dict[str, object] = {
+    "SpecificCharacterSet": "ISO_IR 100",
+    "ImageType": ["ORIGINAL", "PRIMARY", "AXIAL"],
+    "AccessionNumber": "",
+    "Modality": "CT",
+    "Manufacturer": "covidct",
+    "ManufacturerModelName": "synthetic chest phantom",
+    "InstitutionName": "covidct",
+    "ReferringPhysicianName": "",
+    "StudyDescription": "Synthetic chest CT phantom",
+    "SeriesDescription": "Phantom axial",
+    "PatientName": "PHANTOM^",  # family name only; a caret avoids the retired PN form
+    "PatientID": "PHANTOM",
+    "PatientBirthDate": "",
+    "PatientSex": "O",
+    "BodyPartExamined": "CHEST",
+    "KVP": "120",
+    "ConvolutionKernel": "STANDARD",
+    "PatientPosition": "HFS",
+    "StudyID": "1",
+    "SeriesNumber": 1,
+    "AcquisitionNumber": 1,
+    "ImageOrientationPatient": [1, 0, 0, 0, 1, 0],
+    "PositionReferenceIndicator": "",
+    "SamplesPerPixel": 1,
+    "PhotometricInterpretation": "MONOCHROME2",
+    "BitsAllocated": 16,
+    "BitsStored": 12,
+    "HighBit": 11,
+    "PixelRepresentation": 0,
+    "WindowCenter": ["-600", "40"],
+    "WindowWidth": ["1500", "400"],
+    "WindowCenterWidthExplanation": ["LUNG", "MEDIASTINUM"],
+    "RescaleIntercept": "-1024",
+    "RescaleSlope": "1",
+    "RescaleType": "HU",
+}
+
+
 def _write_dicom(hu: np.ndarray, ct: CT, folder: Path, shuffle_names: bool) -> Path:
     """One uncompressed CT Image Storage file per slice (explicit VR little endian)."""
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -74,6 +114,19 @@ def _write_dicom(hu: np.ndarray, ct: CT, folder: Path, shuffle_names: bool) -> P
         s = f"{v:.6g}"
         return s if len(s) <= 16 else f"{v:.10g}"[:16]
 
+    # Tags of the whole series; each slice adds its own UID, number, position and pixels.
+    series_tags = {
+        **_FIXED_TAGS,
+        "SOPClassUID": CTImageStorage,
+        "StudyDate": date, "SeriesDate": date, "AcquisitionDate": date, "ContentDate": date,
+        "StudyTime": time, "SeriesTime": time, "AcquisitionTime": time, "ContentTime": time,
+        "SoftwareVersions": str(version),
+        "SliceThickness": ds_num(dz),
+        "DataCollectionDiameter": ds_num(max(nx * dx, ny * dy)),
+        "ReconstructionDiameter": ds_num(max(nx * dx, ny * dy)),
+        "StudyInstanceUID": study, "SeriesInstanceUID": series, "FrameOfReferenceUID": frame,
+        "Rows": ny, "Columns": nx, "PixelSpacing": [ds_num(dy), ds_num(dx)],
+    }  # fmt: skip
     for k in range(nz):
         sop = generate_uid()
         meta = FileMetaDataset()
@@ -84,60 +137,13 @@ def _write_dicom(hu: np.ndarray, ct: CT, folder: Path, shuffle_names: bool) -> P
         meta.ImplementationVersionName = "COVIDCT_PHANTOM"
         ds = Dataset()
         ds.file_meta = meta
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.SOPClassUID = CTImageStorage
+        for keyword, value in series_tags.items():
+            setattr(ds, keyword, list(value) if isinstance(value, list) else value)
         ds.SOPInstanceUID = sop
-        ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = date
-        ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = time
-        ds.AccessionNumber = ""
-        ds.Modality = "CT"
-        ds.Manufacturer = "covidct"
-        ds.ManufacturerModelName = "synthetic chest phantom"
-        ds.SoftwareVersions = str(version)
-        ds.InstitutionName = "covidct"
-        ds.ReferringPhysicianName = ""
-        ds.StudyDescription = "Synthetic chest CT phantom"
-        ds.SeriesDescription = "Phantom axial"
-        ds.PatientName = "PHANTOM^"  # family name only; a caret avoids the retired PN form
-        ds.PatientID = "PHANTOM"
-        ds.PatientBirthDate = ""
-        ds.PatientSex = "O"
-        ds.BodyPartExamined = "CHEST"
-        ds.SliceThickness = ds_num(dz)
-        ds.KVP = "120"
-        ds.DataCollectionDiameter = ds_num(max(nx * dx, ny * dy))
-        ds.ReconstructionDiameter = ds_num(max(nx * dx, ny * dy))
-        ds.ConvolutionKernel = "STANDARD"
-        ds.PatientPosition = "HFS"
-        ds.StudyInstanceUID = study
-        ds.SeriesInstanceUID = series
-        ds.StudyID = "1"
-        ds.SeriesNumber = 1
-        ds.AcquisitionNumber = 1
-        # Numbered from the top of the chest down, as scanners usually do.
-        ds.InstanceNumber = nz - k
+        ds.InstanceNumber = nz - k  # numbered from the top of the chest down, as scanners usually do
         z = oz + k * dz
         ds.ImagePositionPatient = [ds_num(ox), ds_num(oy), ds_num(z)]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.FrameOfReferenceUID = frame
-        ds.PositionReferenceIndicator = ""
         ds.SliceLocation = ds_num(z)
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows = ny
-        ds.Columns = nx
-        ds.PixelSpacing = [ds_num(dy), ds_num(dx)]
-        ds.BitsAllocated = 16
-        ds.BitsStored = 12
-        ds.HighBit = 11
-        ds.PixelRepresentation = 0
-        ds.WindowCenter = ["-600", "40"]
-        ds.WindowWidth = ["1500", "400"]
-        ds.WindowCenterWidthExplanation = ["LUNG", "MEDIASTINUM"]
-        ds.RescaleIntercept = "-1024"
-        ds.RescaleSlope = "1"
-        ds.RescaleType = "HU"
         ds.PixelData = np.ascontiguousarray(stored[k]).tobytes()
         name = f"IMG_{secrets.token_hex(8)}.dcm" if shuffle_names else f"IMG_{nz - k:04d}.dcm"
         ds.save_as(folder / name, enforce_file_format=True)
