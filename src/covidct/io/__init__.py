@@ -17,13 +17,6 @@ import numpy as np
 from covidct.errors import NotCT, UnreadableInput, UnsupportedInput
 from covidct.io.archive import ZipLimits
 from covidct.io.image import IMAGE_EXTS, load_image_2d, load_image_ct, read_label_png
-from covidct.io.writers import (
-    save_ct_nifti,
-    save_label_png,
-    save_mask_nifti,
-    save_overlay_png,
-    to_source_layout,
-)
 from covidct.volume import CT
 
 __all__ = [
@@ -85,6 +78,10 @@ def _read_ct(p: Path, series: str | None, zip_limits: ZipLimits | None) -> CT:
 
             return refuse_label_map(load_nifti(p))
         if suffix == ".zip":
+            from covidct.io.archive import check_zip, open_zip
+
+            with open_zip(p, limits=zip_limits) as zf:  # the archive rules first, before the readers' imports
+                check_zip(zf, p, zip_limits)
             from covidct.io.dicom import load_dicom_zip
 
             return load_dicom_zip(p, series=series, limits=zip_limits)
@@ -129,10 +126,18 @@ def refuse_label_map(ct: CT) -> CT:
     return ct
 
 
+_WRITERS = ("save_ct_nifti", "save_label_png", "save_mask_nifti", "save_overlay_png", "to_source_layout")
+
+
 def __getattr__(name: str):
-    # load_nifti is public but imported on first use (nibabel), like the DICOM readers (pydicom)
+    # load_nifti and the writers are public but imported on first use (nibabel), like the DICOM readers
+    # (pydicom): `covidct info BOMB.zip` refuses the zip before any of them is imported
     if name == "load_nifti":
         from covidct.io.nifti import load_nifti
 
         return load_nifti
+    if name in _WRITERS:
+        from covidct.io import writers
+
+        return getattr(writers, name)
     raise AttributeError(f"module 'covidct.io' has no attribute {name!r}")
