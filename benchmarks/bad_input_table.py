@@ -21,7 +21,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest_io_helpers import make_series, phantom_hu  # noqa: E402
-
 from covidct.cli import main  # noqa: E402
 
 MiB = 1024**2
