@@ -8,6 +8,7 @@ Run: ``PYTHONPATH=src .venv/bin/python benchmarks/bad_input_table.py``
 from __future__ import annotations
 
 import contextlib
+import gzip
 import io
 import struct
 import sys
@@ -30,7 +31,7 @@ def nifti(p: Path, data: np.ndarray, poke: dict | None = None) -> Path:
     raw = bytearray(nib.Nifti1Image(data.astype(np.float32), np.diag([0.8, 0.8, 2.5, 1])).to_bytes())
     for offset, (fmt, value) in (poke or {}).items():
         struct.pack_into(fmt, raw, offset, *value)
-    p.write_bytes(bytes(raw))
+    p.write_bytes(gzip.compress(bytes(raw)) if p.name.endswith(".gz") else bytes(raw))
     return p
 
 

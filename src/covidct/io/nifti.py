@@ -8,6 +8,8 @@ is stored on the CT (``source_axes``/``source_flips``) so masks go back to the f
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
@@ -83,6 +85,19 @@ def looks_like_hu(arr: np.ndarray) -> bool:
     return bool(float(np.nanmin(arr)) < -500 and float(np.nanmax(arr)) > 100)
 
 
+@contextmanager
+def _quiet_nibabel():
+    """nibabel logs its header fix-ups to stderr; covidct's one-line error (or the CT's warnings) says what
+    matters, so nothing else reaches the user's terminal."""
+    log = logging.getLogger("nibabel.global")
+    old = log.level
+    log.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        log.setLevel(old)
+
+
 def load_nifti(path: Path) -> CT:
     """Load a .nii/.nii.gz CT into canonical orientation.
 
@@ -91,7 +106,8 @@ def load_nifti(path: Path) -> CT:
     so masks are written with exactly the input's shape, affine and qform/sform codes.
     """
     try:
-        img = nib.load(str(path))
+        with _quiet_nibabel():
+            img = nib.load(str(path))
         shape = tuple(int(s) for s in img.shape)
     except MemoryError:
         raise
@@ -117,7 +133,7 @@ def load_nifti(path: Path) -> CT:
         raise UnsupportedInput(f"{path}: the NIfTI's orientation (qform/sform) is unusable ({_one_line(e)})") from e
     check_affine(affine, str(path))
     try:
-        with np.errstate(all="ignore"):  # overflow to Inf is handled (refused or filled) below
+        with np.errstate(all="ignore"), _quiet_nibabel():  # overflow to Inf is handled (refused or filled) below
             data = np.asarray(img.get_fdata(dtype=np.float32))
     except MemoryError:
         raise
