@@ -143,3 +143,36 @@ def test_the_checker_sees_the_reported_bug(phantom, tmp_path, monkeypatch):
         out = write_dicom_seg(ct, phantom.lungs, phantom.lesions, tmp_path / "bad.seg")
     errors = dciodvfy_errors(out)
     assert any("ReferencedSOPInstanceUID" in e for e in errors) and any("FrameOfReferenceUID" in e for e in errors)
+
+
+def test_opt_in_copy_with_new_uids_gives_a_valid_seg(phantom, tmp_path):
+    """Opt-in: the blanked series is written again with fresh UIDs and the SEG references that copy."""
+    from covidct.report.dicom_copy import NEW_UIDS_DIR
+
+    src = _series(phantom, tmp_path, _blank_everything)
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    out = write_dicom_seg(load_ct(src), phantom.lungs, phantom.lesions, tmp_path / "out" / "seg.dcm", new_uids=True)
+    copies = sorted((tmp_path / "out" / NEW_UIDS_DIR).glob("*.dcm"))
+    assert len(copies) == len(before) and before == {p.name: p.read_bytes() for p in src.iterdir()}  # source untouched
+    copy_sops = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in copies}
+    seg = pydicom.dcmread(out)
+    referenced = {item.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence for item in s.ReferencedInstanceSequence}
+    assert referenced and referenced <= copy_sops and len(copy_sops) == len(copies)
+    first = pydicom.dcmread(copies[0], stop_before_pixels=True)
+    assert seg.FrameOfReferenceUID == first.FrameOfReferenceUID != ""
+    assert load_ct(tmp_path / "out" / NEW_UIDS_DIR).shape == load_ct(src).shape
+    if DCIODVFY is not None:
+        assert dciodvfy_errors(out) == [] and dciodvfy_errors(copies[0]) == []
+
+
+def test_analyze_seg_new_uids_flag(phantom, tmp_path, monkeypatch):
+    from covidct.cli import main
+    from covidct.report.dicom_copy import NEW_UIDS_DIR, NEW_UIDS_ENV
+
+    monkeypatch.setenv(NEW_UIDS_ENV, "0")  # restored after the test: the flag sets it for the process
+    src = _series(phantom, tmp_path, _blank_everything)
+    out = tmp_path / "out"
+    assert main(["analyze", str(src), "-o", str(out), "--no-html", "--seg-new-uids"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["outputs"]["dicom_seg"] == "segmentation.dcm" and (out / NEW_UIDS_DIR).is_dir()
+    assert any(NEW_UIDS_DIR in w for w in report["warnings"])

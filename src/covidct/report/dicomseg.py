@@ -19,7 +19,8 @@ Valid or not written: a SEG locates its frames by the SOP Instance UIDs and the 
 the source images. De-identification tools often blank or drop those; a SEG built on them would reference
 nothing (or the wrong images, when a PACS matches the empty UID), so :func:`check_source_references` refuses
 such a source with :class:`SegNotWritten` (one line naming the problem) and no SEG is written; the NIfTI
-masks and reports are unaffected (the pipeline records the reason in report.json's warnings). Copied
+masks and reports are unaffected (the pipeline records the reason in report.json's warnings). Opt-in
+alternative: a copy of the series with fresh UIDs, referenced by the SEG (``covidct.report.dicom_copy``). Copied
 Type 2 patient/study attributes whose values break their VR (e.g. a date "2020-03-05") are emptied.
 Every SEG the test suite writes is checked with ``dciodvfy`` (tests/conftest.py).
 """
@@ -266,14 +267,17 @@ def prepare_dicom_seg(ct: CT) -> None:
     _segmentation(sources, pixel_array, _segments()[:1]).save_as(io.BytesIO(), enforce_file_format=True)
 
 
-def write_dicom_seg(ct: CT, lungs: np.ndarray, lesions: np.ndarray, path: str | Path) -> Path:
+def write_dicom_seg(ct: CT, lungs: np.ndarray, lesions: np.ndarray, path: str | Path, *,
+                    new_uids: bool | None = None) -> Path:
     """Write a BINARY DICOM SEG of the lungs and non-empty lesion classes for a DICOM input.
 
     Segments: left lung, right lung (always), then ground-glass opacity, consolidation and
     pleural effusion when present. Frames reference the source CT images (one per slice), in
     the source pixel layout, so the SEG overlays the series in any DICOM viewer. Raises
     ValueError for a non-DICOM input or when the source files cannot be read, and its subclass
-    :class:`SegNotWritten` when the source's UIDs cannot be referenced (blank, invalid, duplicated).
+    :class:`SegNotWritten` when the source's UIDs cannot be referenced (blank, invalid, duplicated) --
+    unless ``new_uids`` (default: ``COVIDCT_SEG_NEW_UIDS=1``), which writes a copy of the series with fresh
+    UIDs into ``ct_new_uids/`` beside ``path`` and references that (``covidct.report.dicom_copy``).
     """
     from covidct.io import to_source_layout
 
@@ -292,7 +296,18 @@ def write_dicom_seg(ct: CT, lungs: np.ndarray, lesions: np.ndarray, path: str | 
         raise ValueError(f"{ct.path}: {len(files)} source files for {n_frames} slices")
 
     sources = _source_headers(ct, files)
-    check_source_references(sources, ct.path)
+    try:
+        check_source_references(sources, ct.path)
+    except SegNotWritten:
+        from covidct.report.dicom_copy import NEW_UIDS_DIR, NEW_UIDS_ENV, write_series_copy
+
+        if not (new_uids if new_uids is not None else os.environ.get(NEW_UIDS_ENV) == "1"):
+            raise
+        # opt-in: reference a copy of the series with fresh UIDs, written beside the SEG
+        ct = write_series_copy(ct, files, Path(path).parent / NEW_UIDS_DIR)
+        files = _source_files(ct)
+        sources = _source_headers(ct, files)
+        check_source_references(sources, ct.path)
     uids = ct.meta.get("source_sop_uids") or []
     for i, ds in enumerate(sources):
         if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
