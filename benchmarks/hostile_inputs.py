@@ -9,7 +9,9 @@
    from starting ``covidct info BOMB.zip`` (a whole fresh process) to its exit, and its exit code.
 
 Data root: env ``COVIDCT_DATA``, else ``<repo>/../shared/data``; part 1 skips when absent.
-Run: ``PYTHONPATH=src .venv/bin/python benchmarks/hostile_inputs.py [--skip-seg] [--skip-bombs]``
+3. ``--new-uids``: only the opt-in copy with fresh UIDs (``--seg-new-uids``) on the blanked real series.
+
+Run: ``PYTHONPATH=src .venv/bin/python benchmarks/hostile_inputs.py [--skip-seg] [--skip-bombs] [--new-uids]``
 """
 
 from __future__ import annotations
@@ -89,6 +91,32 @@ def seg_validity() -> None:
                 shutil.rmtree(out, ignore_errors=True)
 
 
+def new_uids_copies() -> None:
+    """The opt-in (``--seg-new-uids``) on the blanked real series: the SEG (lungs from a simple threshold,
+    no models needed) and the first image of the copy checked with dciodvfy."""
+    import numpy as np
+
+    from covidct.io import load_ct
+    from covidct.report.dicom_copy import NEW_UIDS_DIR
+    from covidct.report.dicomseg import write_dicom_seg
+
+    print("| blanked series, --seg-new-uids | SEG dciodvfy errors | copy image dciodvfy errors | copy files |")
+    print("|---|---|---|---|")
+    with tempfile.TemporaryDirectory(prefix="covidct_newuids_") as tmp:
+        for name in SERIES:
+            if not (DATA / name).is_dir():
+                continue
+            src = Path(tmp) / f"blank_{Path(name).name}"
+            blank_uids(DATA / name, src)
+            ct = load_ct(src)
+            lungs = np.where(ct.array < -400, 1, 0).astype(np.uint8)
+            lungs[:, :, ct.shape[2] // 2:] *= 2
+            out = write_dicom_seg(ct, lungs, np.zeros_like(lungs), Path(tmp) / f"out_{src.name}" / "seg.dcm",
+                                  new_uids=True)
+            copies = sorted((out.parent / NEW_UIDS_DIR).glob("*.dcm"))
+            print(f"| {name} | {dciodvfy_counts(out)[0]} | {dciodvfy_counts(copies[0])[0]} | {len(copies)} |")
+
+
 def _zeros_member(zf: zipfile.ZipFile, name: str, size: int) -> None:
     info = zipfile.ZipInfo(name)
     info.compress_type = zipfile.ZIP_DEFLATED
@@ -166,6 +194,9 @@ def bomb_times() -> None:
 
 
 if __name__ == "__main__":
+    if "--new-uids" in sys.argv:
+        new_uids_copies()
+        sys.exit(0)
     if "--skip-seg" not in sys.argv:
         seg_validity()
     if "--skip-bombs" not in sys.argv:

@@ -4,7 +4,7 @@ When a de-identified series cannot be referenced (blank or duplicated SOP Instan
 Reference), ``analyze --seg-new-uids`` (or ``COVIDCT_SEG_NEW_UIDS=1``) writes the series again beside the
 outputs, in ``ct_new_uids/``: same pixels and attributes, but a new Series Instance UID, a new SOP Instance
 UID per image, and a new Frame of Reference (and Study) UID where the source's is missing, invalid or
-inconsistent; missing Series/Instance numbers are filled in. The SEG then references that copy, which a
+inconsistent; missing Series/Instance numbers and Type 2 attributes (present, empty) are filled in. The SEG then references that copy, which a
 PACS can import together with it. The source files are never changed.
 """
 
@@ -13,12 +13,18 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from covidct.report.dicomseg import _valid_value
 from covidct.volume import CT
 
 NEW_UIDS_DIR = "ct_new_uids"
 NEW_UIDS_ENV = "COVIDCT_SEG_NEW_UIDS"
 COPY_SERIES_NUMBER = 9002
 COPY_NOTE = "covidct copy, new UIDs"
+# Type 2 attributes of the CT Image IOD's modules (Patient, General Study, General Series, Frame of Reference,
+# General Equipment, CT Image) that de-identified sources often lack.
+TYPE2_FILLED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                "ReferringPhysicianName", "StudyID", "AccessionNumber", "PositionReferenceIndicator", "Manufacturer",
+                "AcquisitionNumber", "KVP", "SliceThickness")
 
 
 def _one_valid(sources: list, kw: str) -> str | None:
@@ -53,6 +59,9 @@ def write_series_copy(ct: CT, files: list[Path], folder: Path) -> CT:
         ds.SeriesNumber = COPY_SERIES_NUMBER
         if not str(ds.get("InstanceNumber", "") or "").strip():
             ds.InstanceNumber = k + 1
+        for kw in TYPE2_FILLED:  # a written image must be valid: Type 2 attributes present (empty allowed)
+            if kw not in ds or not _valid_value(ds, kw):
+                setattr(ds, kw, "" if kw != "AcquisitionNumber" else None)
         desc = str(ds.get("SeriesDescription", "") or "").strip()
         ds.SeriesDescription = (f"{desc} ({COPY_NOTE})" if desc else COPY_NOTE)[-64:]
         path = folder / f"CT{k + 1:04d}.dcm"

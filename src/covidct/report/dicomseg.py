@@ -242,7 +242,8 @@ def _valid_value(ds, kw: str) -> bool:
     values = elem.value if elem.VM > 1 else [elem.value]
     try:
         for v in values:
-            validate_value(elem.VR, v, config.RAISE)
+            if v is not None:  # the validators check text: DS/IS numbers and person names as written
+                validate_value(elem.VR, v if isinstance(v, str | bytes) else str(v), config.RAISE)
     except (ValueError, TypeError):
         return False
     return True
