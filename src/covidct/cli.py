@@ -129,10 +129,18 @@ def phantom(
     typer.echo(f"wrote {fmt} phantom to {path}")
 
 
+_registered = False
+
+
 def _register_optional_commands() -> None:
-    """Commands from later modules plug in here when present."""
+    """Commands from later modules plug in here when present (once: each main() call used to add them again,
+    so a process calling main() 100 times built ~900 commands per call, ~1 s)."""
     import importlib
 
+    global _registered
+    if _registered:
+        return
+    _registered = True
     for module in ("covidct.commands",):
         try:
             mod = importlib.import_module(module)
