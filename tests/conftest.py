@@ -72,3 +72,10 @@ def dicom_validator(request, tmp_path_factory):
         if errors:
             failures.append(f"{path}: {len(errors)} dciodvfy error(s), first: {errors[0]}")
     assert not failures, "invalid DICOM written:\n" + "\n".join(failures)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if DCIODVFY is None:
+        terminalreporter.write_line("dciodvfy not installed: DICOM objects written by the tests were not validated")
+    else:
+        terminalreporter.write_line(f"dciodvfy: {len(validated)} DICOM SEG/SR object(s) written by the tests validated")
