@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from covidct.report.dicomseg import _valid_value
+from covidct.report.dicomseg import value_obeys_vr
 from covidct.volume import CT
 
 NEW_UIDS_DIR = "ct_new_uids"
@@ -60,7 +60,7 @@ def write_series_copy(ct: CT, files: list[Path], folder: Path) -> CT:
         if not str(ds.get("InstanceNumber", "") or "").strip():
             ds.InstanceNumber = k + 1
         for kw in TYPE2_FILLED:  # a written image must be valid: Type 2 attributes present (empty allowed)
-            if kw not in ds or not _valid_value(ds, kw):
+            if kw not in ds or not value_obeys_vr(ds, kw):
                 setattr(ds, kw, "" if kw != "AcquisitionNumber" else None)
         desc = str(ds.get("SeriesDescription", "") or "").strip()
         ds.SeriesDescription = (f"{desc} ({COPY_NOTE})" if desc else COPY_NOTE)[-64:]

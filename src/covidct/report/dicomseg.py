@@ -228,12 +228,12 @@ def _source_headers(ct: CT, files: list[Path]) -> list:
         # into the SEG; DICOM allows them empty, so fill the in-memory headers with empty values
         # (idempotent, so the loader's kept headers may be filled too).
         for kw in _TYPE2_COPIED:
-            if kw not in ds or not _valid_value(ds, kw):
+            if kw not in ds or not value_obeys_vr(ds, kw):
                 setattr(ds, kw, "")  # a value its VR forbids would make the SEG invalid; Type 2 may be empty
     return sources
 
 
-def _valid_value(ds, kw: str) -> bool:
+def value_obeys_vr(ds, kw: str) -> bool:
     """Whether ``ds``'s value for ``kw`` obeys its VR (length, characters, date format)."""
     from pydicom import config
     from pydicom.valuerep import validate_value
