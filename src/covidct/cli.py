@@ -27,7 +27,8 @@ app = typer.Typer(
     name="covidct",
     help=(
         "COVID-19 chest CT analysis on an ordinary CPU.\n\n"
-        "Give it a DICOM series (folder or .zip), a NIfTI volume or a slice image.\n\n"
+        "Give it a DICOM series (folder or .zip), a NIfTI volume or a slice image, or a study in a PACS "
+        "(analyze --pacs URL --study UID; watch --pacs URL).\n\n"
         "Start with:  covidct demo   (runs the analysis on a built-in synthetic chest CT)\n\n"
         "Then:        covidct info SCAN       what covidct sees in your input\n\n"
         "Exit codes: 0 ok, 2 unreadable input, 3 not CT, 4 inconsistent series, 5 unsupported input, "
@@ -159,6 +160,10 @@ def _stopped() -> int:
     return code
 
 
+# Installed by ``pip install 'covidct[train]'`` only (training, checkpoints, Grad-CAM, ONNX export).
+TRAIN_EXTRA_MODULES = frozenset({"torch", "monai", "tensorboard", "onnx", "onnxscript"})
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (so tests can call ``main([...])`` in-process)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -187,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _stopped()
     except Exception as exc:  # a bug, not a user error: still one line unless debugging
+        if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in TRAIN_EXTRA_MODULES:
+            print(f"covidct: error: this needs {exc.name.split('.')[0]}, which comes with the train extra: "
+                  "pip install 'covidct[train]'", file=sys.stderr)
+            return 8
         if os.environ.get("COVIDCT_DEBUG"):
             raise
         print(f"covidct: internal error: {exc.__class__.__name__}: {exc} (set COVIDCT_DEBUG=1 for details)", file=sys.stderr)

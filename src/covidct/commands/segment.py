@@ -16,17 +16,16 @@ TASKS = ("lungs", "infection", "lesions")
 
 def segment_slices(images: list[np.ndarray], is_hu: bool, task: str, model_name: str, batch_size: int = 8) -> list[np.ndarray]:
     """Label maps (each the size of its image) for 2-D slices with one model."""
-    from covidct.models import zoo
-    from covidct.models.inference import predict_slices, probabilities_to_labels
+    from covidct.models import runtime
 
-    model, info = zoo.load(model_name)
+    model, info = runtime.load(model_name)
     if info.get("spatial_dims") == 3:
         from covidct.errors import UnsupportedInput
 
         raise UnsupportedInput(f"model {model_name} is a 3-D model: give it a volume, not a 2-D image")
-    probs = predict_slices(model, info, images, is_hu, batch_size=batch_size, bf16=True)
+    probs = runtime.predict_slices(model, info, images, is_hu, batch_size=batch_size, bf16=True)
     thr = (info.get("thresholds") or {}).get("foreground")
-    labels = [probabilities_to_labels(p, thr) for p in probs]
+    labels = [runtime.probabilities_to_labels(p, thr) for p in probs]
     if task == "infection":
         labels = [(lab > 0).astype(np.uint8) for lab in labels]
     return labels
@@ -53,11 +52,11 @@ def register(app: typer.Typer) -> None:
         if task not in TASKS:
             raise typer.BadParameter(f"must be one of {', '.join(TASKS)}", param_hint="--task")
         model_name = model or ("lungs" if task == "lungs" else "lesions" if task == "lesions" else "infection")
-        from covidct.models import zoo
+        from covidct.models import runtime, zoo
 
         if model is None and task == "infection" and not zoo.has_model("infection"):
             model_name = "lesions"
-        zoo.load(model_name)  # fail early, once, on a bad model
+        runtime.load(model_name)  # fail early, once, on a bad model
         failures: list[str] = []
         last_error: CovidCTError | None = None
         files = expand_image_folders(inputs)
