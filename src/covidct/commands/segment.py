@@ -15,20 +15,17 @@ TASKS = ("lungs", "infection", "lesions")
 
 
 def segment_slices(images: list[np.ndarray], is_hu: bool, task: str, model_name: str, batch_size: int = 8) -> list[np.ndarray]:
-    """Label maps (each the size of its image) for 2-D slices with one model."""
+    """Label maps (each the size of its image) for 2-D slices with one model: the label rule and precision
+    of ``covidct evaluate`` (full float32), so a model's evaluated Dice is what ``segment`` gives."""
     from covidct.models import zoo
-    from covidct.models.inference import predict_slices, probabilities_to_labels
+    from covidct.models.inference import slice_labels_for_task
 
     model, info = zoo.load(model_name)
     if info.get("spatial_dims") == 3:
         from covidct.errors import UnsupportedInput
 
         raise UnsupportedInput(f"model {model_name} is a 3-D model: give it a volume, not a 2-D image")
-    probs = predict_slices(model, info, images, is_hu, batch_size=batch_size, bf16=True)
-    thr = (info.get("thresholds") or {}).get("foreground")
-    labels = [probabilities_to_labels(p, thr) for p in probs]
-    if task == "infection":
-        labels = [(lab > 0).astype(np.uint8) for lab in labels]
+    labels, _ = slice_labels_for_task(model, info, images, is_hu, task, batch_size=batch_size, bf16=False)
     return labels
 
 

@@ -44,7 +44,7 @@ def evaluate(
     collapsed to lesion > 0). Records without a label for the task are skipped. Pass ``model``/``info``
     to evaluate an already loaded model.
     """
-    from covidct.models.inference import load_model, predict_slices, probabilities_to_labels
+    from covidct.models.inference import load_model, slice_labels_for_task
     from covidct.train.config import TASK_CLASSES, TASKS
     from covidct.train.datasets import task_label
 
@@ -66,14 +66,14 @@ def evaluate(
     kept = [(r, task_label(r, task)) for r in records]
     kept = [(r, lab) for r, lab in kept if lab is not None]
     Path(out_dir).mkdir(parents=True, exist_ok=True)  # an unwritable OUTDIR fails before the long part
-    probs = predict_slices(model, info, [np.asarray(r["image"], np.float32) for r, _ in kept],
-                           [bool(r.get("is_hu", False)) for r, _ in kept], batch_size=batch_size, bf16=bf16)
+    # the same label rule as ``covidct segment`` (slice_labels_for_task), so both give the same Dice
+    preds, probs = slice_labels_for_task(model, info, [np.asarray(r["image"], np.float32) for r, _ in kept],
+                                         [bool(r.get("is_hu", False)) for r, _ in kept], task, threshold=threshold,
+                                         batch_size=batch_size, bf16=bf16)
     gts = [lab for _, lab in kept]
     if collapse:
         fg = [1.0 - p[0] for p in probs]
-        preds = [(f >= (threshold or 0.5)).astype(np.uint8) for f in fg]
     else:
-        preds = [probabilities_to_labels(p, threshold if len(classes) == 2 else None) for p in probs]
         fg = [p[1] for p in probs] if len(classes) == 2 else None
     res = segmentation_metrics(preds, gts, classes, with_hd95=with_hd95)
     res["task"] = task
