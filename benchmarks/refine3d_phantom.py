@@ -7,7 +7,7 @@ larger of the missed / false 3-D regions of the current mask) and goes through t
 ``covidct.interactive.refine_volume`` with the whole click history, as a user's viewer would send it.
 
 Starting masks: ``empty`` (no mask), ``auto`` (the segmentation run's infection class, plain sliding window)
-and ``gross errors`` (the true mask corrupted as in training, :func:`covidct.train.interactive.corrupt_mask`:
+and ``gross errors`` (the true mask corrupted as in training, :func:`covidct.train.clicks.corrupt_mask`:
 whole lesions missed, a box cut out, false blobs, the rim grown or shrunk — what a weak automatic result
 looks like). Prints a Markdown table and the seconds per click; exits 0 with a message when the run folders
 are absent (runs/ is local).
@@ -47,14 +47,16 @@ def main() -> int:
 
     from covidct.interactive import Click, refine_volume
     from covidct.models.checkpoint import load_model
-    from covidct.train.config import DataConfig, _build
-    from covidct.train.interactive import corrupt_mask, next_click
-    from covidct.train.volumes import load_volume_records, predict_volume
+    from covidct.models.volume_inference import predict_volume
+    from covidct.train.clicks import corrupt_mask, next_click
+    from covidct.train.config import DataConfig
+    from covidct.train.schema import build
+    from covidct.train.volumes import load_volume_records
 
     seg, seg_info = load_model(Path(a.seg) / "best.pt")
     seg.eval()
     _, ref_info = load_model(Path(a.refine) / "best.pt")
-    data = _build(DataConfig, (ref_info.get("config") or {}).get("data", {}), "data")
+    data = build(DataConfig, (ref_info.get("config") or {}).get("data", {}), "data")
     test_ids = json.loads((Path(a.refine) / "split.json").read_text())["splits"]["test"]
     seg_test = json.loads((Path(a.seg) / "split.json").read_text())["splits"]["test"]
     if sorted(test_ids) != sorted(seg_test):

@@ -51,7 +51,7 @@ def auto_masks(name: str, images: list[np.ndarray]) -> list[np.ndarray]:
 
 def curve(images, labels, starts, model: str, seed: int = 0) -> tuple[dict[int, float], list[float]]:
     from covidct.interactive import Click, refine
-    from covidct.train.interactive import next_click
+    from covidct.train.clicks import next_click
 
     rng = np.random.default_rng(seed)
     scores: dict[int, list[float]] = {k: [] for k in CLICKS}
@@ -93,12 +93,13 @@ def main() -> int:
     from covidct.data import load_source
     from covidct.models import zoo
     from covidct.train import datasets as ds
-    from covidct.train.config import DataConfig, _build
+    from covidct.train.config import DataConfig
+    from covidct.train.schema import build
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     _, info = zoo.load(a.model)
     cfg = info.get("config") or {}
-    data = _build(DataConfig, cfg.get("data", {}), "data")
+    data = build(DataConfig, cfg.get("data", {}), "data")
     recs = ds.load_records(data.sources)
     split = ds.split_records(recs, data.split.fractions, data.split.seed)
     by_id = {r["id"]: r for r in recs}

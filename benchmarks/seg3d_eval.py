@@ -30,7 +30,8 @@ def main() -> int:
     import dataclasses
 
     from covidct.models.checkpoint import load_model
-    from covidct.train.volumes import _preprocessed, evaluate_volumes, load_seg3d_config, load_volume_records
+    from covidct.train.seg3d import evaluate_volumes, preprocessed_volumes
+    from covidct.train.volumes import load_seg3d_config, load_volume_records
 
     model, info = load_model(run / "best.pt")
     cfg, shared = load_seg3d_config(info["config"])
@@ -45,7 +46,7 @@ def main() -> int:
         recs = [records[i] for i in split.get(part, []) if i in records]
         if not recs:
             continue
-        samples = _preprocessed(recs, cfg.task, cfg.volume)
+        samples = preprocessed_volumes(recs, cfg.task, cfg.volume)
         for axes in ([], mirror) if mirror else ([],):
             vcfg = dataclasses.replace(cfg.volume, mirror_axes=list(axes))
             res = evaluate_volumes(model, samples, vcfg, len(classes))

@@ -172,7 +172,7 @@ def test_seg_writer_failure_becomes_a_warning(study, tmp_path, analyzer):
 
 
 def test_failure_after_the_seg_started_leaves_nothing(study, tmp_path, analyzer, monkeypatch):
-    import covidct.pipeline as pl
+    import covidct.pipeline.measures as pl
 
     folder, _ = study
 

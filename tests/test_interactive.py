@@ -11,7 +11,7 @@ from covidct.errors import CovidCTError, ModelError, UnsupportedInput
 from covidct.interactive import Click, guidance_signal, parse_click, refine, refine_volume
 from covidct.models.checkpoint import save_checkpoint
 from covidct.models.registry import register
-from covidct.train.interactive import corrupt_mask, next_click
+from covidct.train.clicks import corrupt_mask, next_click
 
 
 class StubRefine(torch.nn.Module):

@@ -260,7 +260,7 @@ def test_dciodvfy_accepts_series(dicom_dir):
 def test_write_is_all_or_nothing(tmp_path, monkeypatch):
     """Interrupted mid-series, nothing is left (no partial series, no masks, no temp folder); a re-write
     with fewer slices leaves no stale slices."""
-    import covidct.phantom as phantom_module
+    import covidct.phantom.writers as phantom_module
 
     out = tmp_path / "out"
     big = make_phantom(seed=1, shape=(10, 64, 64), spacing=(6.0, 4.0, 4.0))
@@ -280,3 +280,40 @@ def test_write_is_all_or_nothing(tmp_path, monkeypatch):
     folder = write_phantom(small, out, fmt="dicom")
     assert len(list(folder.glob("*.dcm"))) == 6
     assert sorted(p.name for p in out.iterdir()) == ["dicom", "phantom_lesions.nii.gz", "phantom_lungs.nii.gz"]
+
+
+def test_lesion_spec_default_is_make_phantoms_own_pattern():
+    from covidct.phantom import LesionSpec
+
+    a = make_phantom(**SMALL, seed=3, lesion_burden=0.2)
+    b = make_phantom(**SMALL, seed=3, lesion_spec=LesionSpec(burden=0.2))
+    np.testing.assert_array_equal(a.ct.array, b.ct.array)
+    np.testing.assert_array_equal(a.lesions, b.lesions)
+    assert a.truth == b.truth
+
+
+def test_lesion_spec_places_the_pattern_asked_for():
+    from covidct.phantom import LesionSpec
+
+    spec = LesionSpec(burden=0.2, sides=("right",), consolidation_fraction=0.0, effusion_side="left")
+    p = make_phantom(**SMALL, seed=3, lesion_spec=spec)
+    infection = np.isin(p.lesions, (GGO, CONSOLIDATION))
+    assert not (infection & (p.lungs == LEFT_LUNG)).any()  # unilateral: right lung only
+    right = p.lungs == RIGHT_LUNG
+    assert (infection & right).sum() / right.sum() == pytest.approx(0.2, abs=0.03)  # GGO under vessels left out
+    assert not (p.lesions == CONSOLIDATION).any()  # pure GGO
+    assert p.truth["effusion_side"] == "left" and (p.lesions == EFFUSION).any()
+    # A band of heights: the upper half of the lungs only, no effusion.
+    upper = make_phantom(**SMALL, seed=3, lesion_spec=LesionSpec(burden=0.1, z_range=(0.5, 1.0), effusion=False))
+    z = np.nonzero(np.isin(upper.lesions, (GGO, CONSOLIDATION)).any(axis=(1, 2)))[0]
+    assert z.size and z.min() >= SMALL["shape"][0] // 2 - 1
+    assert not (upper.lesions == EFFUSION).any() and upper.truth["effusion_side"] is None
+
+
+@pytest.mark.parametrize("bad", [dict(burden=0.95), dict(sides=("middle",)), dict(effusion_side="up"),
+                                 dict(consolidation_fraction=1.5), dict(z_range=(0.8, 0.2))])
+def test_lesion_spec_rejects_bad_values(bad):
+    from covidct.phantom import LesionSpec
+
+    with pytest.raises(ValueError):
+        LesionSpec(**bad)

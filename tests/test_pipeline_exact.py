@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from covidct.pipeline import _dilate_mm, _first_argmax, working_grid
+from covidct.pipeline import working_grid
+from covidct.pipeline.grid import _first_argmax
+from covidct.pipeline.morphology import _dilate_mm
 from covidct.preprocess import bounding_box, fill_holes_in_plane, inner_components
 from covidct.volume import CT
 

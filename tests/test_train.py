@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from covidct.errors import ConfigError
-from covidct.train.config import expand_grid, load_config
+from covidct.train.config import load_config
 from covidct.train.losses import build_loss, median_frequency_weights
+from covidct.train.schema import expand_grid
 
 
 def disk_records(n_cases: int = 6, per_case: int = 4, size: int = 64, seed: int = 0) -> list[dict]:
@@ -176,7 +177,7 @@ def test_trained_checkpoint_reloads(trained_run):
 
 def test_init_from_loads_weights_for_fine_tuning(tmp_path):
     from covidct.models import build_model, save_checkpoint
-    from covidct.train.loop import init_weights
+    from covidct.train.runs import init_weights
 
     kw = {"channels": [4, 8], "strides": [2], "num_res_units": 0}
     src = build_model("unet", 1, 2, **kw)
@@ -193,7 +194,7 @@ def test_init_from_loads_weights_for_fine_tuning(tmp_path):
 
 def test_config_overrides_from_the_command_line():
     from covidct.errors import ConfigError
-    from covidct.train.config import apply_overrides
+    from covidct.train.schema import apply_overrides
 
     raw = {"name": "x", "train": {"epochs": 3}, "model": {"name": "unet"}}
     out = apply_overrides(raw, ["train.max_minutes=8", "model.kwargs.channels=[8, 16]", "optimizer.lr=3e-4",
@@ -224,8 +225,8 @@ def test_every_shipped_config_validates():
     """The experiment configs in configs/ (and every grid variant) pass the schema check."""
     from pathlib import Path
 
-    from covidct.train.config import _build, load_raw
     from covidct.train.interactive import InteractiveConfig
+    from covidct.train.schema import build, load_raw
     from covidct.train.volumes import load_seg3d_config
 
     files = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -236,7 +237,7 @@ def test_every_shipped_config_validates():
         if kind == "seg3d":
             load_seg3d_config(raw)
         elif kind == "interactive":
-            _build(InteractiveConfig, raw, "")
+            build(InteractiveConfig, raw, "")
         else:
             for _, variant in expand_grid(raw):
                 load_config(variant)
@@ -257,8 +258,8 @@ def test_split_by_explicit_cases():
 
 
 def test_grid_and_set_index_lists_and_sources_repeat():
-    from covidct.train.config import apply_overrides
     from covidct.train.datasets import load_records, register_source
+    from covidct.train.schema import apply_overrides
 
     raw = tiny_config(data={"sources": [{"name": "disks"}, {"name": "disks", "repeat": 3, "n_cases": 1}]})
     v = expand_grid({**raw, "grid": {"data.sources.1.n_cases": [1, 2]}})
@@ -306,7 +307,7 @@ def test_failed_run_leaves_no_run_folder(tmp_path):
 def test_epoch_bookkeeping_shared_by_the_trainers(tmp_path):
     """log_epoch writes the CSV row and the TensorBoard scalars; stop_reason: patience first, then the budget."""
     from covidct.train.config import TrainConfig
-    from covidct.train.loop import log_epoch, open_run_logs, stop_reason
+    from covidct.train.runs import log_epoch, open_run_logs, stop_reason
 
     class Writer:
         def __init__(self):
@@ -330,3 +331,57 @@ def test_epoch_bookkeeping_shared_by_the_trainers(tmp_path):
     assert stop_reason(t, 2, 90.0, "val Dice") == "early stopping (no val Dice gain for 2 epochs)"
     assert stop_reason(t, 0, 60.0, "val Dice") == "time budget"
     assert stop_reason(TrainConfig(patience=None, max_minutes=None), 99, 1e9, "x") is None
+
+
+def test_fit_is_one_loop_for_every_task(tmp_path):
+    """The shared loop: best model on a gain, patience counted over validated epochs only (an epoch whose
+    score is None is not judged), the early stop, last.pt to resume from, a non-finite loss refused."""
+    import torch
+
+    from covidct.train.loop import LoopSettings, Task, Validation, fit
+    from covidct.train.runs import Progress, restore_training_state
+
+    torch.manual_seed(0)
+    x = torch.randn(16, 2)
+    y = x @ torch.tensor([[1.0], [-2.0]])
+
+    class Toy(Task):
+        def __init__(self, scores):
+            self.scores, self.saved, self.reports, self.steps = scores, [], [], 0
+
+        def batches(self, epoch):
+            return [(x[:8], y[:8]), (x[8:], y[8:])]
+
+        def loss(self, model, batch):
+            return ((model(batch[0]) - batch[1]) ** 2).mean()
+
+        def after_step(self, loss):
+            self.steps += 1
+
+        def validate(self, model, epoch, train_loss):
+            return Validation(self.scores[epoch], {"epoch": epoch})
+
+        def save_best(self, model, metrics):
+            self.saved.append(metrics["epoch"])
+
+        def report(self, e):
+            self.reports.append((e.epoch, e.improved, e.train_loss))
+
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    task = Toy([0.1, None, 0.3, 0.2, None, 0.25, 0.9])
+    p = fit(model, opt, None, task, LoopSettings(epochs=7, patience=2), Progress(), tmp_path / "last.pt", verbose=False)
+    assert task.saved == [0, 2] and (p.best, p.best_epoch, p.best_metrics) == (0.3, 2, {"epoch": 2})
+    assert p.stopped == "early stopping (no val Dice gain for 2 epochs)" and p.epochs_run == 6
+    assert task.steps == 12 and [r[1] for r in task.reports] == [True, False, True, False, False, False]
+    assert task.reports[-1][2] < task.reports[0][2]  # it trained
+    back = restore_training_state(tmp_path / "last.pt", torch.nn.Linear(2, 1),
+                                  torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.05), None)
+    assert (back.start_epoch, back.best, back.best_epoch, back.bad) == (6, 0.3, 2, 2)
+
+    class Diverging(Toy):
+        def loss(self, model, batch):
+            return model(batch[0]).sum() * float("nan")
+
+    with pytest.raises(FloatingPointError, match="epoch 1"):
+        fit(model, opt, None, Diverging([0.0]), LoopSettings(epochs=1), Progress(), None, verbose=False)

@@ -9,14 +9,13 @@ import pytest
 import torch
 
 from covidct.errors import ConfigError, UnsupportedInput
-from covidct.train.volumes import (
-    load_seg3d_config,
+from covidct.models.volume_inference import (
     predict_volume,
     probs_for_role,
     resampled_shape,
     sliding_window_probs,
-    task_label3d,
 )
+from covidct.train.volumes import load_seg3d_config, task_label3d
 
 
 def tiny3d(tmp_path, **over) -> dict:

@@ -33,7 +33,7 @@ MIN_LUNG_FRACTION = 0.2  # a slice counts as a lung slice when its lung area >= 
 def load_classifier(model: str | Path) -> tuple[torch.nn.Module, dict]:
     """(model, info) of a classification checkpoint; ``info["label"]`` is ``name@version``."""
     from covidct.models import zoo
-    from covidct.train.config import CLASSIFY_TASKS
+    from covidct.models.tasks import CLASSIFY_TASKS
 
     net, info = zoo.load(model)
     if info.get("task") not in CLASSIFY_TASKS:
@@ -51,8 +51,8 @@ def load_classifier(model: str | Path) -> tuple[torch.nn.Module, dict]:
 def predict_proba(model: torch.nn.Module, info: dict, images: Sequence[np.ndarray], is_hu: bool | Sequence[bool],
                   batch_size: int = 16) -> np.ndarray:
     """Class probabilities (N, C) for 2-D images of any sizes (normalised and resized as in training)."""
+    from covidct.models.inference import model_input
     from covidct.preprocess import NormalisationConfig
-    from covidct.train.classify import model_input
 
     imgs = list(images)
     flags = [bool(is_hu)] * len(imgs) if isinstance(is_hu, bool | np.bool_) else [bool(f) for f in is_hu]
@@ -76,7 +76,7 @@ def _threshold(info: dict) -> float | None:
 
 
 def _result(prob: np.ndarray, info: dict) -> dict:
-    from covidct.evaluate.classification import predict_labels
+    from covidct.models.tasks import predict_labels
 
     classes = list(info["classes"])
     t = _threshold(info)
@@ -245,8 +245,8 @@ def grad_cam(image: np.ndarray, is_hu: bool, model: str | Path = DEFAULT_IMAGE_M
     """
     from monai.visualize import GradCAM
 
+    from covidct.models.inference import model_input
     from covidct.preprocess import NormalisationConfig
-    from covidct.train.classify import model_input
 
     net, info = load_classifier(model)
     img = np.asarray(image, np.float32)

@@ -3,7 +3,7 @@
 Every user error (a :class:`covidct.errors.CovidCTError`) becomes one line on stderr,
 ``covidct: error: <message>``, and the documented exit code; no traceback reaches a user.
 Exit codes: 0 ok, 1 other covidct error, 2 unreadable input, 3 not CT, 4 inconsistent series,
-5 unsupported input, 6 no lungs found, 7 model error, 8 config error, 64 bad command-line usage,
+5 unsupported input, 6 no lungs found, 7 model error, 8 config error, 9 PACS error, 64 bad command-line usage,
 70 internal error (a bug: please report it, with ``COVIDCT_DEBUG=1`` for the traceback), 130 interrupted
 (Ctrl-C), 143 terminated (SIGTERM, e.g. from ``timeout`` or a job scheduler; cleaned up like Ctrl-C).
 """
@@ -29,7 +29,7 @@ app = typer.Typer(
         "Start with:  covidct demo   (runs the analysis on a built-in synthetic chest CT)\n\n"
         "Then:        covidct info SCAN       what covidct sees in your input\n\n"
         "Exit codes: 0 ok, 2 unreadable input, 3 not CT, 4 inconsistent series, 5 unsupported input, "
-        "6 no lungs found, 7 model error, 8 config error, 64 usage error, 130 interrupted, 143 terminated."
+        "6 no lungs found, 7 model error, 8 config error, 9 PACS error, 64 usage error, 130 interrupted, 143 terminated."
     ),
     no_args_is_help=True,
     add_completion=False,

@@ -55,6 +55,12 @@ class ConfigError(CovidCTError):
     exit_code = 8
 
 
+class PacsError(CovidCTError):
+    """The PACS cannot be reached, refuses the request, or does not hold what was asked for."""
+
+    exit_code = 9
+
+
 EXIT_CODES: dict[str, int] = {
     cls.__name__: cls.exit_code
     for cls in (
@@ -66,5 +72,6 @@ EXIT_CODES: dict[str, int] = {
         NoLungsFound,
         ModelError,
         ConfigError,
+        PacsError,
     )
 }

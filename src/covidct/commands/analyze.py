@@ -208,10 +208,49 @@ class _ScanProcess:
             return write_dicom_seg(ct, lungs, lesions, path)
 
 
+def _analyze_one(path: Path, output: Path, series: str | None, png: bool, html: bool, model_args: dict) -> dict:
+    """One study: the scan read in a helper process while the models load; returns the report."""
+    from covidct import pipeline
+
+    with _ScanProcess() as helper:
+        ct, analyzer = helper.load_beside(path, lambda: pipeline.shared_analyzer(**model_args), series)
+        res = analyzer(ct, output, png=png, html=html, seg_writer=helper.seg_writer(ct))
+    return res.report
+
+
+def _analyze_from_pacs(inputs, url, study, series, push, output: Path, pacs_args: dict, *, png: bool, html: bool,
+                       model_args: dict) -> None:
+    """``analyze --pacs URL --study UID [--series UID] [--push]``."""
+    from covidct.pacs.client import settings_from
+    from covidct.pacs.study import SR_FILE, push_finished
+    from covidct.pacs.transfer import check_uid, pulled_study
+
+    if inputs:
+        raise typer.BadParameter("give either INPUT... or --pacs with --study, not both", param_hint="INPUT...")
+    if url is None:
+        raise typer.BadParameter("--study and --push need --pacs URL", param_hint="--pacs")
+    if study is None:
+        raise typer.BadParameter("--pacs needs --study UID (the StudyInstanceUID to analyse)", param_hint="--study")
+    settings = settings_from(url, **pacs_args)
+    study = check_uid(study, "--study")
+    series = check_uid(series, "--series") if series is not None else None
+    with pulled_study(settings, study, series) as folder:
+        report = _analyze_one(folder, output, series, png, html, model_args)
+        if push:
+            pushed = push_finished(settings, study, output, folder)
+        else:
+            from covidct.pacs.study import finish_results
+
+            finish_results(output, folder)
+    _print_summary(report, output)
+    typer.echo(f"DICOM SR: {output / SR_FILE}" + (f"; stored SEG + SR ({len(pushed)} instances) in study {study}"
+                                                   if push else ""))
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def analyze(
-        inputs: list[Path] = typer.Argument(..., metavar="INPUT...", help="DICOM folder/.zip, NIfTI, slice image, or a folder of studies."),
+        inputs: list[Path] = typer.Argument(None, metavar="INPUT...", help="DICOM folder/.zip, NIfTI, slice image, or a folder of studies (or --pacs)."),
         output: Path = typer.Option(..., "-o", "--output", help="Output folder (one input: files go directly here; several: one sub-folder per study)."),
         png: bool = typer.Option(False, "--png", help="Also write an overlay PNG for every slice with lung or lesion."),
         html: bool = typer.Option(True, "--html/--no-html", help="Write report.html."),
@@ -220,6 +259,13 @@ def register(app: typer.Typer) -> None:
         lungs_model: str = typer.Option("lungs", "--lungs-model", help="Shipped model name, checkpoint (.pt) or run folder for the lungs."),
         lesions_model: str = typer.Option("lesions", "--lesions-model", "--model", help="Shipped model name, checkpoint or run folder for the lesions."),
         series: str = typer.Option(None, "--series", metavar="UID", help="For one DICOM folder/.zip holding several series: the SeriesInstanceUID to analyse (default: the best CT series; `covidct info` lists them)."),
+        pacs: str = typer.Option(None, "--pacs", metavar="URL", help="Take the study from this PACS's DICOMweb root (e.g. http://127.0.0.1:8042/dicom-web) instead of INPUT; needs --study. Credentials: see 'covidct watch --help'."),
+        study: str = typer.Option(None, "--study", metavar="UID", help="With --pacs: the StudyInstanceUID to analyse."),
+        push: bool = typer.Option(False, "--push", help="With --pacs: store the DICOM SEG and the DICOM SR (report.sr.dcm) back into the same study."),
+        auth_file: Path = typer.Option(None, "--auth-file", help="With --pacs: JSON file with {\"token\": ...} or {\"username\": ..., \"password\": ...}."),
+        insecure: bool = typer.Option(False, "--insecure", help="With --pacs: do not verify the PACS's TLS certificate."),
+        ca_bundle: Path = typer.Option(None, "--ca-bundle", help="With --pacs: CA certificate file to verify the PACS's TLS certificate with."),
+        timeout: float = typer.Option(30.0, "--timeout", min=1, help="With --pacs: seconds to wait for each PACS answer."),
     ) -> None:
         """Analyse chest CTs: diagnosis, lung and lesion masks, severity, JSON/HTML/NIfTI/DICOM SEG outputs.
 
@@ -230,6 +276,13 @@ def register(app: typer.Typer) -> None:
         """
         from covidct.batch import discover_studies, run_batch
 
+        if pacs is not None or study is not None or push:
+            pacs_args = {"auth_file": auth_file, "insecure": insecure, "ca_bundle": ca_bundle, "timeout": timeout}
+            _analyze_from_pacs(inputs, pacs, study, series, push, output, pacs_args, png=png, html=html,
+                               model_args={"lungs_model": lungs_model, "lesions_model": lesions_model})
+            return
+        if not inputs:
+            raise typer.BadParameter("give at least one INPUT (or --pacs URL --study UID)", param_hint="INPUT...")
         model_args = {"lungs_model": lungs_model, "lesions_model": lesions_model}
         single = len(inputs) == 1
         studies = discover_studies(inputs)
@@ -237,14 +290,9 @@ def register(app: typer.Typer) -> None:
         if series is not None and not one_study:
             raise typer.BadParameter("--series picks the series of one DICOM input; give a single folder or .zip")
         if one_study:
-            from covidct import pipeline
-
             if not inputs[0].exists():
                 raise UnreadableInput(f"{inputs[0]}: no such file or folder")
-            with _ScanProcess() as helper:
-                ct, analyzer = helper.load_beside(inputs[0], lambda: pipeline.shared_analyzer(**model_args), series)
-                res = analyzer(ct, output, png=png, html=html, seg_writer=helper.seg_writer(ct))
-            _print_summary(res.report, output)
+            _print_summary(_analyze_one(inputs[0], output, series, png, html, model_args), output)
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -59,8 +59,8 @@ def _hint_how_to_resume(config: Path, run_dir: Path | None, overrides: list[str]
     import shlex
 
     from covidct.interrupts import set_interrupt_hint
-    from covidct.train.config import apply_overrides, load_raw
     from covidct.train.loop import run_folder
+    from covidct.train.schema import apply_overrides, load_raw
 
     try:
         target = run_folder(apply_overrides(load_raw(config), overrides), run_dir)

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
+from covidct.data.covid_ct_md import load_covid_ct_md, load_covid_ct_md_volume
 from covidct.data.nifti import detect_nifti_layout, load_nifti_dataset
 from covidct.data.sources import (
     MA_FLIPPED_CASES,
     MEDSEG_SAME_PATIENT_PAIRS,
     SOURCE_FOLDERS,
     data_root,
-    load_covid_ct_md,
-    load_covid_ct_md_volume,
     load_ma2020,
     load_medseg_ct100,
     load_medseg_infnet,
     load_source,
-    load_ucsd,
     medseg_groups,
     read_binary,
     read_grey,
     read_indices,
-    ucsd_group,
 )
 from covidct.data.splits import (
     Split,
@@ -31,6 +28,7 @@ from covidct.data.splits import (
     save_split,
     split_by_group,
 )
+from covidct.data.ucsd import load_ucsd, ucsd_group
 
 __all__ = [
     "MA_FLIPPED_CASES",

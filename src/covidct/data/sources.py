@@ -12,6 +12,9 @@ Every loader returns a list of plain dict records (MONAI style, so
      "case": str, "id": str, "source": str, "group": str, "meta": dict}
 
 ``group`` is the unit that must stay on one side of a split (a patient where known).
+This module owns the record contract, the file readers every adapter shares, Ma et al. and MedSeg,
+and :func:`load_source` (by name); UCSD and COVID-CT-MD have their own modules (``ucsd``,
+``covid_ct_md``).
 All images are put in covidct's canonical 2-D view (radiological display: front of the
 patient at the top, patient's right on the image's left; see covidct.volume).
 """
@@ -20,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import os
-import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from covidct.errors import ConfigError, InconsistentSeries, UnreadableInput
+from covidct.errors import UnreadableInput
 
 # Folder names of the sources inside the data root.
 SOURCE_FOLDERS: dict[str, str] = {
@@ -338,200 +340,14 @@ def load_medseg_infnet(
     return out
 
 
-# --------------------------------------------------------------------------- UCSD COVID-CT
-
-_PAPER_ID = re.compile(r"^(\d{4}\.\d{2}\.\d{2}\.\d+)")
-
-
-def ucsd_group(file: str) -> str:
-    """The split unit of a UCSD image: its paper id (COVID) or figure number (NonCOVID ``N%k``)."""
-    name = Path(file).name
-    m = _PAPER_ID.match(name)
-    if m:
-        return m.group(1)
-    # NonCOVID names are "N.png"/"N.jpg" or "N%k.jpg" (panel k of figure N): keep a figure's panels
-    # together. "N.png" and "N%k.jpg" are not assumed related (numbered in different collections).
-    stem = Path(name).stem
-    figure = stem.split("%")[0] + "%" if "%" in stem else stem
-    return "ucsd-" + Path(file).parent.name + "-" + figure
-
-
-def load_ucsd(root: str | Path | None = None, split: str = "train") -> list[dict]:
-    """UCSD-AI4H COVID-CT figures (official ``train``/``val`` lists) as grey images with class labels.
-
-    ``meta`` keeps ``mode``, ``format`` (the real encoding: some val ``.png`` files are JPEG),
-    ``ext``, ``file_size`` and ``size`` to probe source shortcuts.
-    """
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    root = _source_root(root, "ucsd")
-    out = []
-    for r in _read_csv(root / f"{split}.csv"):
-        path = root / r["file"]
-        pil = _open(path)
-        out.append(
-            _record(
-                image=_to_grey(pil), class_label=int(r["label"]),
-                case=r["file"], id=r["file"], source="ucsd", group=ucsd_group(r["file"]),
-                meta={"mode": pil.mode, "format": pil.format, "file_size": path.stat().st_size,
-                      "ext": path.suffix.lower(),
-                      "size": pil.size, "split": split},
-            )  # fmt: skip
-        )
-    return out
-
-
-# --------------------------------------------------------------------------- COVID-CT-MD (DICOM)
-
-
-def _read_series(folder: Path) -> list[tuple[Path, Any]]:
-    import pydicom
-
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    out = []
-    for p in files:
-        try:
-            ds = pydicom.dcmread(p)
-        except Exception as e:
-            raise UnreadableInput(f"cannot read DICOM file {p}: {e}") from e
-        if "PixelData" not in ds:
-            continue
-        out.append((p, ds))
-    if not out:
-        raise UnreadableInput(f"no DICOM images in {folder}")
-    return out
-
-
-def _hu_canonical(ds: Any, path: Path) -> tuple[np.ndarray, dict]:
-    """Pixel data in HU, flipped if needed so rows run anterior->posterior, cols right->left."""
-    try:
-        arr = ds.pixel_array.astype(np.float32)
-    except Exception as e:  # missing JPEG decoder, corrupt data...
-        raise UnreadableInput(f"cannot decode pixels of {path}: {e}") from e
-    arr = arr * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
-    info: dict[str, Any] = {"flipped_rows": False, "flipped_cols": False}
-    iop = getattr(ds, "ImageOrientationPatient", None)
-    if iop is not None:
-        row_dir, col_dir = np.asarray(iop[:3], float), np.asarray(iop[3:], float)
-        # Axis-aligned axial only: LPS +x along columns, +y along rows is the canonical view.
-        if abs(row_dir[0]) > 0.9 and abs(col_dir[1]) > 0.9:
-            if row_dir[0] < 0:
-                arr, info["flipped_cols"] = arr[:, ::-1], True
-            if col_dir[1] < 0:
-                arr, info["flipped_rows"] = arr[::-1], True
-        else:
-            info["non_axial_orientation"] = [float(v) for v in iop]
-    return np.ascontiguousarray(arr, dtype=np.float32), info
-
-
-def _slice_location(ds: Any) -> float:
-    if "SliceLocation" in ds:
-        return float(ds.SliceLocation)
-    if "ImagePositionPatient" in ds:
-        return float(ds.ImagePositionPatient[2])
-    raise InconsistentSeries("DICOM slice has neither SliceLocation nor ImagePositionPatient")
-
-
-_LOBES = ("LLL", "LUL", "RLL", "RML", "RUL")
-
-
-def load_covid_ct_md(root: str | Path | None = None, subject: str = "P001", negatives_only: bool = False,
-                     fold: int | None = None, block: int = 8, gap: int = 0) -> list[dict]:
-    """Each slice of a COVID-CT-MD subject's DICOM series (HU) with its slice and lobe labels.
-
-    Labels from ``labels_slice.csv`` are matched by DICOM file name and checked against
-    SliceLocation. Records come sorted by SliceLocation descending (the label order of the
-    source, top of the chest first); ``meta["slice_location"]`` gives the position and
-    ``meta["block_fold"]`` = (position // ``block``) % 2 the slice's half of an interleaved
-    two-fold split (blocks of ``block`` slices, so each half has apex, mid-chest and base).
-
-    ``fold``: keep only the slices of that half, less ``gap`` slices at each block edge (so that no kept
-    slice is a near copy of a slice of the other half, 2 mm away). ``negatives_only``: keep only the slices the
-    radiologists marked infection-free, each with an empty ``infection`` mask — real HU
-    negatives (vessels, hila, lung bases) for the segmentation models; positive slices have no
-    pixel labels and are dropped.
-    """
-    if fold not in (None, 0, 1):
-        raise ConfigError(f"covid-ct-md: fold must be 0, 1 or null, got {fold!r}")
-    root = _source_root(root, "covid-ct-md")
-    folder = root / subject
-    if not folder.is_dir():
-        raise UnreadableInput(f"COVID-CT-MD subject folder not found: {folder}")
-    labels: dict[str, dict[str, str]] = {}
-    lab_csv = root / "labels_slice.csv"
-    diagnosis = None
-    if lab_csv.exists():
-        for r in _read_csv(lab_csv):
-            if r["subject"] == subject:
-                labels[Path(r["dicom_file"]).name] = r
-                diagnosis = r["diagnosis"]
-    if diagnosis is None and (root / "subjects.csv").exists():
-        for r in _read_csv(root / "subjects.csv"):
-            if r["subject"] == subject:
-                diagnosis = r["diagnosis"]
-    series = _read_series(folder)
-    series.sort(key=lambda t: -_slice_location(t[1]))
-    out = []
-    for pos, (path, ds) in enumerate(series):
-        img, info = _hu_canonical(ds, path)
-        loc = _slice_location(ds)
-        lab = labels.get(path.name)
-        meta: dict[str, Any] = {
-            "file": f"{subject}/{path.name}", "slice_location": loc, "position": pos,
-            "instance_number": int(getattr(ds, "InstanceNumber", -1) or -1),
-            "pixel_spacing": tuple(float(v) for v in getattr(ds, "PixelSpacing", (1.0, 1.0))),
-            "slice_thickness": float(getattr(ds, "SliceThickness", 0) or 0),
-            "diagnosis": diagnosis, **info,
-        }  # fmt: skip
-        meta["block_fold"] = (pos // block) % 2
-        slice_label = None
-        if lab is not None:
-            if abs(float(lab["slice_location"]) - loc) > 0.05:
-                raise InconsistentSeries(
-                    f"{path.name}: labels_slice.csv slice_location {lab['slice_location']} != SliceLocation {loc}"
-                )
-            slice_label = int(lab["label"])
-            meta["lobes"] = {k: int(lab[k]) for k in _LOBES}
-            meta["label_before_update1"] = int(lab["label_before_update1"])
-            meta["label_slice_position"] = int(lab["slice_position"])
-        elif labels:
-            raise InconsistentSeries(f"{path.name} has no row in {lab_csv}")
-        if fold is not None and (meta["block_fold"] != fold or not gap <= pos % block < block - gap):
-            continue
-        if negatives_only and slice_label != 0:
-            continue
-        out.append(
-            _record(
-                image=img, is_hu=True, slice_label=slice_label,
-                infection=np.zeros(img.shape, np.uint8) if negatives_only else None,
-                case=subject, id=f"{subject}/{path.name}", source="covid-ct-md", group=subject, meta=meta,
-            )  # fmt: skip
-        )
-    return out
-
-
-def load_covid_ct_md_volume(
-    root: str | Path | None = None, subject: str = "P001"
-) -> tuple[np.ndarray, np.ndarray]:
-    """(HU volume float32 (z, y, x) sorted by SliceLocation ascending, per-slice labels int8).
-
-    Labels are in the same z order; -1 where a slice has no label (unlabelled subject).
-    """
-    recs = load_covid_ct_md(root, subject)[::-1]  # records are descending: reverse to ascending
-    shapes = {r["image"].shape for r in recs}
-    if len(shapes) != 1:
-        raise InconsistentSeries(f"{subject}: slices of different sizes {sorted(shapes)}")
-    vol = np.stack([r["image"] for r in recs]).astype(np.float32)
-    labels = np.array([-1 if r["slice_label"] is None else r["slice_label"] for r in recs], dtype=np.int8)
-    return vol, labels
-
-
 # --------------------------------------------------------------------------- dispatch
 
 
 def load_source(name: str, root: str | Path | None = None, **kw: Any) -> list[dict]:
     """Load a source by name: ma2020, medseg-ct100, medseg-infnet, ucsd, covid-ct-md, nifti."""
+    from covidct.data.covid_ct_md import load_covid_ct_md
     from covidct.data.nifti import load_nifti_dataset
+    from covidct.data.ucsd import load_ucsd
 
     loaders = {
         "ma2020": load_ma2020,

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from covidct.errors import ConfigError, ModelError
+from covidct.models.tasks import predict_labels
 
 
 def roc_points(y_true: Sequence[int], score: Sequence[float]) -> dict[str, np.ndarray]:
@@ -88,14 +89,6 @@ def select_threshold(y_true: Sequence[int], score: Sequence[float], method: str 
     return {"threshold": _between(th, i), "method": method, "tpr": float(tpr[i]), "fpr": float(fpr[i]),
             "precision": float(prec[i]), "j": float(tpr[i] - fpr[i]), "reached": reached,
             **({"target_precision": float(target_precision)} if method == "target_precision" else {})}
-
-
-def predict_labels(prob: np.ndarray, threshold: float | None = None) -> np.ndarray:
-    """Class indices from probabilities (N, C): ``p[:, 1] >= threshold`` for binary models, else argmax."""
-    prob = np.asarray(prob)
-    if prob.shape[1] == 2 and threshold is not None:
-        return (prob[:, 1] >= threshold).astype(int)
-    return prob.argmax(1).astype(int)
 
 
 def classification_metrics(y_true: Sequence[int], prob: np.ndarray, classes: Sequence[str],
@@ -211,8 +204,7 @@ def evaluate_classifier(model_path_or_run_dir: str | Path | None, records: list[
     """
     from covidct.classify import predict_proba
     from covidct.evaluate.report import save_confusion
-    from covidct.train.classify import class_target
-    from covidct.train.config import CLASSIFY_TASKS, TASK_CLASSES
+    from covidct.models.tasks import CLASSIFY_TASKS, TASK_CLASSES, class_target
 
     if model is None or info is None:
         from covidct.models.checkpoint import load_model

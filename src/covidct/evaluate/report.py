@@ -45,8 +45,7 @@ def evaluate(
     to evaluate an already loaded model.
     """
     from covidct.models.inference import load_model, slice_labels_for_task
-    from covidct.train.config import TASK_CLASSES, TASKS
-    from covidct.train.datasets import task_label
+    from covidct.models.tasks import TASK_CLASSES, TASKS, task_label
 
     if model is None or info is None:
         model, info = load_model(_model_path(model_path_or_run_dir))

@@ -1,4 +1,5 @@
-"""Networks (registry), checkpoints/model cards, and the slice inference path."""
+"""Everything needed to run a shipped model: networks (registry), checkpoints and model cards, the shipped
+models (zoo), slice and volume inference, and the task tables shared with training and evaluation."""
 
 from __future__ import annotations
 

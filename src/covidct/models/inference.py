@@ -17,7 +17,7 @@ from torch import nn
 from covidct.models.checkpoint import load_model
 from covidct.preprocess import NormalisationConfig, resize_image_tensor, to_model_input
 
-__all__ = ["predict_slices", "prepare_slices", "probabilities_to_labels", "load_model", "optimise_for_cpu"]
+__all__ = ["predict_slices", "prepare_slices", "probabilities_to_labels", "load_model", "optimise_for_cpu", "model_input"]
 
 
 def optimise_for_cpu(model: nn.Module) -> nn.Module:
@@ -43,6 +43,13 @@ def _norm_first(adn: nn.Module) -> bool:
     """True when the ADN block applies its norm first (MONAI's default order "NDA"), so folding is exact."""
     names = list(dict(adn.named_children()))
     return bool(names) and names[0] == "N"
+
+
+def model_input(image: np.ndarray, is_hu: bool, norm, size: int | Sequence[int]) -> torch.Tensor:
+    """(1, H, W) float tensor in model space: :func:`covidct.preprocess.to_model_input`, then resize."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    x = torch.from_numpy(to_model_input(np.asarray(image, np.float32), is_hu, norm))[None]
+    return resize_image_tensor(x, size)
 
 
 def prepare_slices(images: Sequence[np.ndarray], is_hu: Sequence[bool], info: dict) -> torch.Tensor:

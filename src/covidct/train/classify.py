@@ -1,9 +1,10 @@
 """Classification training (tasks ``covid-vs-noncovid``, ``slice-infection``, ``three-class``).
 
-Reached through the one entry point :func:`covidct.train.train` (``_train_one`` dispatches on the task),
-so configs, splits, optimisers, schedules, logs, checkpoints and cards are those of segmentation; what
-differs is here: image-level targets (:func:`class_target`), the sample pipeline (normalise once, then
-crop / flip / affine / contrast / noise / JPEG augmentation), cross-entropy with class weights, the
+Reached through the one entry point :func:`covidct.train.train` (``_train_one`` dispatches on the task)
+and trained by the one loop (:func:`covidct.train.loop.fit`), so configs, splits, optimisers, schedules,
+logs, checkpoints and cards are those of segmentation; what differs is here: image-level targets
+(:func:`class_target`), the samples (cached and augmented by :mod:`covidct.train.augment`), cross-entropy with
+class weights, the
 validation score (ROC AUC, F1 or loss) and, at the end, the decision threshold chosen on the
 validation ROC (``classify.threshold``: Youden's J or a target precision), stored in ``best.pt`` as
 ``thresholds = {"positive": t, "method": ...}``.
@@ -16,76 +17,18 @@ Run folder: as segmentation (``config.resolved.yaml``, ``split.json``, ``log.csv
 from __future__ import annotations
 
 import json
-import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from covidct.errors import ConfigError
-
-# Names under which a record's diagnosis may be given (record["diagnosis"] or meta["diagnosis"]).
-DIAGNOSIS_ALIASES: dict[str, str] = {
-    "covid19": "covid19", "covid-19": "covid19", "covid": "covid19", "ncp": "covid19",
-    "pneumonia": "pneumonia", "cap": "pneumonia", "cp": "pneumonia", "other pneumonia": "pneumonia",
-    "normal": "normal", "healthy": "normal",
-}  # fmt: skip
-
-
-def check_config(cfg) -> None:
-    """Classification-specific checks (called by ``covidct.train.config`` for classification tasks)."""
-    from covidct.models.registry import TASK_KIND
-
-    if cfg.model.name not in TASK_KIND:
-        return  # the generic check names the unknown model
-    if TASK_KIND[cfg.model.name] != "classification":
-        raise ConfigError(f"model.name: {cfg.model.name} is a segmentation model; task {cfg.task} needs a "
-                          "classification model (resnet50, compact_cnn)")
-    if cfg.loss.name not in ("ce", "focal"):
-        raise ConfigError(f"loss.name: classification tasks use ce or focal, got {cfg.loss.name!r}")
-    c = cfg.classify
-    if not 0 < c.target_precision <= 1:
-        raise ConfigError(f"classify.target_precision: must be in (0, 1], got {c.target_precision}")
-    if not 0 <= c.fixed_threshold <= 1:
-        raise ConfigError(f"classify.fixed_threshold: must be in [0, 1], got {c.fixed_threshold}")
-    if len(c.crop_scale) != 2 or not 0 < c.crop_scale[0] <= c.crop_scale[1] <= 1:
-        raise ConfigError(f"classify.crop_scale: expected [low, high] within (0, 1], got {c.crop_scale}")
-    if len(c.jpeg_quality) != 2 or not 1 <= c.jpeg_quality[0] <= c.jpeg_quality[1] <= 100:
-        raise ConfigError(f"classify.jpeg_quality: expected [low, high] within 1..100, got {c.jpeg_quality}")
-    if not 0 <= c.label_smoothing < 1:
-        raise ConfigError(f"classify.label_smoothing: must be in [0, 1), got {c.label_smoothing}")
-
-
-# --- targets -------------------------------------------------------------------------------------------
-
-
-def class_target(record: dict, task: str) -> int | None:
-    """Class index of ``record`` for a classification task (classes as in ``TASK_CLASSES``), or None.
-
-    covid-vs-noncovid: ``class_label`` (1 COVID-19, 0 not); slice-infection: ``slice_label``, else
-    whether the infection/lesion mask is non-empty; three-class: ``diagnosis`` (record or meta; see
-    :data:`DIAGNOSIS_ALIASES`), else ``class_label`` read as an index into normal/pneumonia/covid19.
-    """
-    if task == "covid-vs-noncovid":
-        v = record.get("class_label")
-        return None if v is None else int(int(v) > 0)
-    if task == "slice-infection":
-        if record.get("slice_label") is not None:
-            return int(int(record["slice_label"]) > 0)
-        for k in ("infection", "lesions"):
-            if record.get(k) is not None:
-                return int(bool(np.asarray(record[k]).any()))
-        return None
-    if task == "three-class":
-        d = record.get("diagnosis") or (record.get("meta") or {}).get("diagnosis")
-        if d is not None:
-            name = DIAGNOSIS_ALIASES.get(str(d).strip().lower())
-            return None if name is None else ("normal", "pneumonia", "covid19").index(name)
-        v = record.get("class_label")
-        return None if v is None or not 0 <= int(v) <= 2 else int(v)
-    raise ConfigError(f"task: {task!r} is not a classification task")
+from covidct.models.tasks import class_target
+from covidct.train.augment import ClassifyDataset, build_augment
+from covidct.train.loop import Epoch, LoaderTask, LoopSettings, Validation, fit
+from covidct.train.runs import finish_run, log_epoch
 
 
 def erased_lesion_records(source: str = "ma2020", dilate: int = 3, seed: int = 0, **options) -> list[dict]:
@@ -131,127 +74,20 @@ _register_sources()
 
 def make_samples(records: list[dict], task: str) -> list[dict]:
     """Samples ``{"image", "is_hu", "target", "id", "case", "source"}`` of records labelled for ``task``."""
+    return image_samples(records, lambda r: class_target(r, task))
+
+
+def image_samples(records: list[dict], target: Callable[[dict], int | None]) -> list[dict]:
+    """Samples of the records with an image whose ``target(record)`` is not None."""
     from covidct.train.datasets import _group
 
     out = []
     for r in records:
-        t = class_target(r, task)
-        if t is None:
-            continue
-        out.append({"image": np.asarray(r["image"], np.float32), "is_hu": bool(r.get("is_hu", False)),
-                    "target": t, "id": r["id"], "case": _group(r), "source": r.get("source", "")})
+        t = target(r) if r.get("image") is not None else None
+        if t is not None:
+            out.append({"image": np.asarray(r["image"], np.float32), "is_hu": bool(r.get("is_hu", False)),
+                        "target": t, "id": r["id"], "case": _group(r), "source": r.get("source", "")})
     return out
-
-
-# --- sample pipeline -------------------------------------------------------------------------------------
-
-
-def model_input(image: np.ndarray, is_hu: bool, norm, size: int | Sequence[int]) -> torch.Tensor:
-    """(1, H, W) float tensor in model space: :func:`covidct.preprocess.to_model_input`, then resize."""
-    from covidct.preprocess import resize_image_tensor, to_model_input
-
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    x = torch.from_numpy(to_model_input(np.asarray(image, np.float32), is_hu, norm))[None]
-    return resize_image_tensor(x, size)
-
-
-class RandResizedCrop:
-    """Crop a random box (area fraction in ``scale``, aspect 3/4..4/3) and resize it to ``size``."""
-
-    def __init__(self, size: int, scale: Sequence[float], prob: float) -> None:
-        self.size, self.scale, self.prob = size, tuple(scale), prob
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        from covidct.preprocess import resize_image_tensor
-
-        h, w = x.shape[-2:]
-        if np.random.rand() < self.prob:
-            area = np.random.uniform(*self.scale) * h * w
-            ar = np.exp(np.random.uniform(np.log(3 / 4), np.log(4 / 3)))
-            ch = int(round(min(h, np.sqrt(area / ar))))
-            cw = int(round(min(w, np.sqrt(area * ar))))
-            y0, x0 = np.random.randint(0, h - ch + 1), np.random.randint(0, w - cw + 1)
-            x = x[..., y0 : y0 + ch, x0 : x0 + cw]
-        return resize_image_tensor(x, (self.size, self.size))
-
-
-class RandJpeg:
-    """Re-encode the [0, 1] image as 8-bit JPEG at a random quality (compression noise of paper figures)."""
-
-    def __init__(self, quality: Sequence[int], prob: float) -> None:
-        self.quality, self.prob = tuple(quality), prob
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        import cv2
-
-        if np.random.rand() >= self.prob:
-            return x
-        u8 = np.clip(np.rint(x[0].numpy() * 255), 0, 255).astype(np.uint8)
-        q = int(np.random.randint(self.quality[0], self.quality[1] + 1))
-        ok, buf = cv2.imencode(".jpg", u8, [cv2.IMWRITE_JPEG_QUALITY, q])
-        if not ok:  # pragma: no cover - OpenCV always encodes 8-bit grey
-            return x
-        return torch.from_numpy(cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0)[None]
-
-
-def build_augment(cfg):
-    """Training augmentation on a cached (1, S, S) model-space image (S = 1.25 x input size)."""
-    from monai.transforms import (
-        Compose,
-        RandAdjustContrast,
-        RandAffine,
-        RandFlip,
-        RandGaussianNoise,
-        RandGaussianSmooth,
-        RandRotate90,
-        RandScaleIntensity,
-    )
-
-    n = cfg.train.input_size
-    a, c = cfg.augment, cfg.classify
-    ts: list = [RandResizedCrop(n, c.crop_scale, c.crop_prob if a.enabled else 0.0)]
-    if a.enabled:
-        if a.flip_prob > 0:
-            ts += [RandFlip(prob=a.flip_prob, spatial_axis=1), RandFlip(prob=a.flip_prob, spatial_axis=0)]
-        if a.rot90_prob > 0:
-            ts.append(RandRotate90(prob=a.rot90_prob, max_k=3))
-        if a.affine_prob > 0:
-            ts.append(RandAffine(prob=a.affine_prob, rotate_range=np.deg2rad(a.rotate_deg),
-                                 translate_range=(a.shift * n, a.shift * n), scale_range=(a.scale, a.scale),
-                                 padding_mode="zeros"))
-        if a.contrast_prob > 0:
-            ts.append(RandAdjustContrast(prob=a.contrast_prob, gamma=tuple(a.gamma)))
-        if a.intensity_scale_prob > 0:
-            ts.append(RandScaleIntensity(factors=a.intensity_scale, prob=a.intensity_scale_prob))
-        if a.noise_prob > 0:
-            ts.append(RandGaussianNoise(prob=a.noise_prob, std=a.noise_std))
-        if a.smooth_prob > 0:
-            ts.append(RandGaussianSmooth(prob=a.smooth_prob, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0)))
-    ts.append(lambda t: torch.as_tensor(t, dtype=torch.float32).clamp(0, 1))
-    if a.enabled and c.jpeg_prob > 0:
-        ts.append(RandJpeg(c.jpeg_quality, c.jpeg_prob))
-    return Compose(ts)
-
-
-class ClassifyDataset(torch.utils.data.Dataset):
-    """Samples normalised and resized once (cached), augmented on every access."""
-
-    def __init__(self, samples: list[dict], norm, size: int, augment=None) -> None:
-        self.size = int(round(size * 1.25)) if augment is not None else size  # room for crops
-        self.x = [model_input(s["image"], s["is_hu"], norm, self.size).half() for s in samples]
-        self.y = [int(s["target"]) for s in samples]
-        self.augment = augment
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        x = self.x[i].float()
-        if self.augment is not None:
-            x = self.augment(x)
-            # MONAI transforms return a MetaTensor only when they fire: a batch must be plain tensors
-            x = (x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)).float()
-        return x, self.y[i]
 
 
 def class_weights(targets: Sequence[int], n_classes: int) -> np.ndarray:
@@ -292,11 +128,12 @@ def make_split(cfg, records: list[dict], run_dir: Path, resume: bool) -> dict[st
     (case-level fractions or a split file).
     """
     from covidct.train.datasets import _group
-    from covidct.train.loop import _make_split
+    from covidct.train.runs import make_split as case_split
+    from covidct.train.runs import write_split
 
     key = cfg.data.split.by_meta
     if not key:
-        return _make_split(cfg, records, run_dir, resume)
+        return case_split(cfg, records, run_dir, resume)
     split: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     for r in records:
         part = (r.get("meta") or {}).get(key)
@@ -307,9 +144,8 @@ def make_split(cfg, records: list[dict], run_dir: Path, resume: bool) -> dict[st
     by_id = {r["id"]: r for r in records}
     cases = {k: sorted({_group(by_id[i]) for i in v}) for k, v in split.items()}
     straddle = sorted(set(cases["train"]) & (set(cases["val"]) | set(cases["test"])))
-    doc = {"splits": split, "seed": cfg.data.split.seed, "source": ",".join(s.name for s in cfg.data.sources),
-           "info": {"by_meta": key, "cases": cases, "straddling_groups": straddle}}
-    (run_dir / "split.json").write_text(json.dumps(doc, indent=1) + "\n")
+    write_split(run_dir, split, cfg.data.split.seed, source=",".join(s.name for s in cfg.data.sources),
+                info={"by_meta": key, "cases": cases, "straddling_groups": straddle})
     return split
 
 
@@ -340,53 +176,85 @@ def _score(cfg, y: np.ndarray, prob: np.ndarray, loss: float) -> tuple[float, di
     return (float(s) if np.isfinite(s) else -float("inf")), summary
 
 
-def train_classifier(cfg, run_dir: str | Path | None, resume: bool, records: list[dict] | None,
-                     verbose: bool) -> Path:
-    """Train one classification config (see the module docstring); returns the run directory."""
-    from monai.utils import set_determinism
-    from tqdm import tqdm
+class ClassificationTask(LoaderTask):
+    """Images and class targets; validation by ROC AUC, F1 or loss (``classify.select_on``)."""
 
-    from covidct.evaluate.classification import evaluate_classifier, select_threshold
-    from covidct.models.checkpoint import load_model, save_checkpoint, write_card
-    from covidct.models.registry import build_model
-    from covidct.preprocess import NormalisationConfig
-    from covidct.train import datasets as ds
-    from covidct.train.config import config_to_dict
-    from covidct.train.loop import (
-        _device,
-        _optimizer,
-        _scheduler,
-        init_weights,
-        log_epoch,
-        open_run_logs,
-        prepare_run_dir,
-        restore_training_state,
-        save_training_state,
-        stop_reason,
-    )
+    def loss(self, model, batch) -> torch.Tensor:
+        dev = self.run.device
+        x, y = batch[0].to(dev), torch.as_tensor(batch[1]).long().to(dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.cfg.train.bf16):
+            out = model(x)
+        return self.loss_fn(out.float(), y)
 
-    say = print if verbose else (lambda *a, **k: None)
-    run_dir, last_path, best_path = prepare_run_dir(cfg, run_dir, resume)
+    def validate(self, model, epoch: int, train_loss: float) -> Validation:
+        if self.val_dl is None:  # no validation images: select on the training loss
+            nan = float("nan")
+            return Validation(-train_loss, {"epoch": epoch + 1, "val_loss": nan, "val_auc": nan, "val_f1": nan,
+                                            "val_accuracy": nan})
+        dev = self.run.device
+        prob, yv, logits = _predict(model, self.val_dl, dev, self.cfg.train.bf16)
+        val_loss = float(self.loss_fn(torch.cat(logits).to(dev), torch.as_tensor(yv).long().to(dev)))
+        score, summ = _score(self.cfg, yv, prob, val_loss)
+        return Validation(score, {"epoch": epoch + 1, **summ})
+
+    def save_best(self, model, metrics: dict) -> None:
+        from covidct.models.checkpoint import save_checkpoint
+
+        save_checkpoint(self.run.best_path, model, **self.ckpt, thresholds={"positive": 0.5, "method": "default"},
+                        metrics={"val": metrics}, fp16=self.cfg.train.save_fp16)
+
+    def report(self, e: Epoch) -> None:
+        summ = {k: v for k, v in e.val.metrics.items() if k != "epoch"}
+        row = {"epoch": e.epoch + 1, "train_loss": e.train_loss, **summ, "lr": e.lr, "seconds": e.seconds}
+        log_epoch(self.log, self.writer, row, {"loss/train": e.train_loss,
+                                               **{k.replace("val_", "val/"): v for k, v in summ.items()}, "lr": e.lr})
+        self.run.say(f"[{self.cfg.name}] epoch {e.epoch + 1}/{self.cfg.train.epochs} train_loss={e.train_loss:.4f} "
+                     f"val_loss={summ['val_loss']:.4f} val_auc={summ['val_auc']:.4f} val_f1={summ['val_f1']:.4f}"
+                     f"{' *' if e.improved else ''} lr={e.lr:.2e} ({e.seconds:.0f}s)", flush=True)
+
+
+def make_loaders(cfg, train_ds, val_ds, start_epoch: int, n_classes: int, *, balanced: bool = False,
+                 full_batches: bool = False, val_batch: int | None = None):
+    """Training loader (``steps_per_epoch`` batches drawn with replacement, or one pass; class-balanced when
+    asked; ``full_batches`` drops a short last batch) and validation loader (None without validation data)."""
     t = cfg.train
-    set_determinism(seed=t.seed)
-    device = _device(t.device)
-    classes = cfg.classes
-    n_classes = len(classes)
-    norm = NormalisationConfig.from_dict(cfg.normalisation)
+    gen = torch.Generator().manual_seed(t.seed + start_epoch)
+    n_draw = (t.steps_per_epoch * t.batch_size) if t.steps_per_epoch else len(train_ds)
+    if balanced:
+        tg = np.asarray(train_ds.y)
+        w = 1.0 / np.bincount(tg, minlength=n_classes)[tg]
+        sampler = torch.utils.data.WeightedRandomSampler(w.tolist(), n_draw, replacement=True, generator=gen)
+    elif t.steps_per_epoch or full_batches:
+        sampler = torch.utils.data.RandomSampler(train_ds, replacement=bool(t.steps_per_epoch), num_samples=n_draw,
+                                                 generator=gen)
+    else:
+        sampler = torch.utils.data.RandomSampler(train_ds, generator=gen)
+    drop_last = True if full_batches else len(train_ds) > t.batch_size
+    train_dl = torch.utils.data.DataLoader(train_ds, batch_size=t.batch_size, sampler=sampler,
+                                           num_workers=t.num_workers, drop_last=drop_last)
+    val_dl = torch.utils.data.DataLoader(val_ds, batch_size=val_batch or t.batch_size) if val_ds else None
+    return train_dl, val_dl
 
-    if records is None:
-        records = ds.load_records(cfg.data.sources)
+
+def train_classifier(cfg, run_dir: Path, resume: bool, records: list[dict] | None, verbose: bool) -> Path:
+    """Train one classification config (see the module docstring); returns the run directory."""
+    from covidct.models.registry import build_model
+    from covidct.train.runs import open_run_logs, open_slice_run, start_training
+
+    t = cfg.train
+    run, norm, records = open_slice_run(cfg, run_dir, resume, verbose, records)
+    say, classes, n_classes, cfg_dict = run.say, cfg.classes, len(cfg.classes), run.config
     records = [r for r in records if class_target(r, cfg.task) is not None]
     if not records:
         raise ConfigError(f"data: no records with a {cfg.task} label in the configured sources")
-    split = make_split(cfg, records, run_dir, resume)
+    split = make_split(cfg, records, run.dir, resume)
     by_id = {r["id"]: r for r in records}
     parts = {k: make_samples([by_id[i] for i in v if i in by_id], cfg.task) for k, v in split.items()}
     if not parts["train"]:
         raise ConfigError(f"data: no training images with a {cfg.task} label")
     counts = {k: np.bincount([s["target"] for s in v], minlength=n_classes).tolist() for k, v in parts.items()}
     say(f"[{cfg.name}] task={cfg.task} model={cfg.model.name} images per class {classes}: {counts}; "
-        f"device={device}", flush=True)
+        f"device={run.device}", flush=True)
 
     weights = None
     if cfg.loss.weights == "median_frequency":
@@ -394,140 +262,70 @@ def train_classifier(cfg, run_dir: str | Path | None, resume: bool, records: lis
         say(f"[{cfg.name}] class weights: {np.round(weights, 4).tolist()}", flush=True)
     elif isinstance(cfg.loss.weights, list):
         weights = np.asarray(cfg.loss.weights, np.float32)
-    loss_fn = build_classification_loss(cfg, weights).to(device)
-    model = build_model(cfg.model.name, 1, n_classes, **cfg.model.kwargs).to(device)
-    if cfg.model.init_from and not (resume and last_path.is_file()):
-        # fine-tuning / transfer: same architecture, new schedule (from a contrastive run: all but its projection)
-        fresh = init_weights(model, cfg.model.init_from)
-        say(f"[{cfg.name}] weights initialised from {cfg.model.init_from}"
-            f"{f' (freshly initialised: {fresh})' if fresh else ''}", flush=True)
-    opt = _optimizer(cfg, model.parameters())
-    sched = _scheduler(cfg, opt)
-
-    start_epoch, best, best_epoch, bad, elapsed, best_metrics = 0, -float("inf"), -1, 0, 0.0, {}
-    if resume and last_path.is_file():
-        start_epoch, best, best_epoch, bad, elapsed, best_metrics = restore_training_state(last_path, model, opt, sched)
-        say(f"[{cfg.name}] resumed after epoch {start_epoch - 1} (best {best:.4f} at epoch {best_epoch + 1})")
-
+    loss_fn = build_classification_loss(cfg, weights).to(run.device)
+    model = build_model(cfg.model.name, 1, n_classes, **cfg.model.kwargs).to(run.device)
+    opt, sched, progress = start_training(model, cfg.optimizer, cfg.schedule, t.epochs, init_from=cfg.model.init_from,
+                                          last_path=run.last_path, resume=resume, say=say, name=cfg.name)
     t0 = time.time()
     train_ds = ClassifyDataset(parts["train"], norm, t.input_size, build_augment(cfg))
     val_ds = ClassifyDataset(parts["val"], norm, t.input_size) if parts["val"] else None
     say(f"[{cfg.name}] cached {len(train_ds)} + {len(val_ds) if val_ds else 0} images in {time.time() - t0:.0f}s",
         flush=True)
-    gen = torch.Generator().manual_seed(t.seed + start_epoch)
-    n_draw = (t.steps_per_epoch * t.batch_size) if t.steps_per_epoch else len(train_ds)
-    if cfg.classify.balanced_sampling:
-        tg = np.asarray(train_ds.y)
-        w = 1.0 / np.bincount(tg, minlength=n_classes)[tg]
-        sampler = torch.utils.data.WeightedRandomSampler(w.tolist(), n_draw, replacement=True, generator=gen)
-    elif t.steps_per_epoch:
-        sampler = torch.utils.data.RandomSampler(train_ds, replacement=True, num_samples=n_draw, generator=gen)
-    else:
-        sampler = torch.utils.data.RandomSampler(train_ds, generator=gen)
-    train_dl = torch.utils.data.DataLoader(train_ds, batch_size=t.batch_size, sampler=sampler,
-                                           num_workers=t.num_workers, drop_last=len(train_ds) > t.batch_size)
-    val_dl = torch.utils.data.DataLoader(val_ds, batch_size=t.batch_size * 2) if val_ds else None
-
-    writer, log = open_run_logs(run_dir, cfg.output.tensorboard, append=resume and start_epoch > 0)
-    cfg_dict = config_to_dict(cfg)
-    ckpt_common = dict(name=cfg.model.name, kwargs=cfg.model.kwargs, in_channels=1, out_channels=n_classes,
-                       task=cfg.task, classes=classes, input_size=(t.input_size, t.input_size),
-                       normalisation=norm.as_dict(), config=cfg_dict)
-    stopped, epoch = "epochs", start_epoch - 1
-    for epoch in range(start_epoch, t.epochs):
-        if t.max_minutes is not None and elapsed >= t.max_minutes * 60:
-            stopped = "time budget"
-            break
-        t0 = time.time()
-        model.train()
-        losses = []
-        bar = tqdm(train_dl, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, disable=not verbose,
-                   file=sys.stderr, dynamic_ncols=True)
-        for x, y in bar:
-            x, y = x.to(device), torch.as_tensor(y).long().to(device)
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.bf16):
-                out = model(x)
-            loss = loss_fn(out.float(), y)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {float(loss)} at epoch {epoch + 1} (lower optimizer.lr?)")
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{np.mean(losses):.4f}")
-        lr = opt.param_groups[0]["lr"]
-        if sched is not None:
-            sched.step()
-        train_loss = float(np.mean(losses)) if losses else float("nan")
-        if val_dl is not None:
-            prob, yv, logits = _predict(model, val_dl, device, t.bf16)
-            val_loss = float(loss_fn(torch.cat(logits).to(device), torch.as_tensor(yv).long().to(device)))
-            score, summ = _score(cfg, yv, prob, val_loss)
-        else:  # no validation images: select on the training loss
-            score, summ = -train_loss, {"val_loss": float("nan"), "val_auc": float("nan"), "val_f1": float("nan"),
-                                        "val_accuracy": float("nan")}
-        elapsed += time.time() - t0
-        improved = score > best
-        if improved:
-            best, best_epoch, bad = score, epoch, 0
-            best_metrics = {"epoch": epoch + 1, **summ}
-            save_checkpoint(best_path, model, **ckpt_common, thresholds={"positive": 0.5, "method": "default"},
-                            metrics={"val": best_metrics}, fp16=t.save_fp16)
-        else:
-            bad += 1
-        row = {"epoch": epoch + 1, "train_loss": train_loss, **summ, "lr": lr, "seconds": round(time.time() - t0, 2)}
-        log_epoch(log, writer, row, {"loss/train": train_loss,
-                                     **{k.replace("val_", "val/"): v for k, v in summ.items()}, "lr": lr})
-        say(f"[{cfg.name}] epoch {epoch + 1}/{t.epochs} train_loss={train_loss:.4f} val_loss={summ['val_loss']:.4f} "
-            f"val_auc={summ['val_auc']:.4f} val_f1={summ['val_f1']:.4f}{' *' if improved else ''} lr={lr:.2e} "
-            f"({row['seconds']:.0f}s)", flush=True)
-        save_training_state(last_path, model, opt, sched, epoch, best, best_epoch, bad, elapsed, best_metrics)
-        if reason := stop_reason(t, bad, elapsed, f"validation {cfg.classify.select_on}"):
-            stopped = reason
-            break
+    train_dl, val_dl = make_loaders(cfg, train_ds, val_ds, progress.start_epoch, n_classes,
+                                    balanced=cfg.classify.balanced_sampling, val_batch=t.batch_size * 2)
+    writer, log = open_run_logs(run.dir, cfg.output.tensorboard, append=resume and progress.start_epoch > 0)
+    ckpt = dict(name=cfg.model.name, kwargs=cfg.model.kwargs, in_channels=1, out_channels=n_classes, task=cfg.task,
+                classes=classes, input_size=(t.input_size, t.input_size), normalisation=norm.as_dict(), config=cfg_dict)
+    task = ClassificationTask(cfg, run, loss_fn, train_dl, val_dl, writer, log, ckpt)
+    settings = LoopSettings(t.epochs, t.max_minutes, t.patience, f"validation {cfg.classify.select_on}")
+    p = fit(model, opt, sched, task, settings, progress, run.last_path, verbose)
     if writer is not None:
         writer.close()
 
     summary = {"name": cfg.name, "task": cfg.task, "model": cfg.model.name, "classes": classes,
-               "best_epoch": best_epoch + 1, "best_val_score": best if best_epoch >= 0 else None,
-               "select_on": cfg.classify.select_on, "val": best_metrics, "epochs_run": epoch + 1,
-               "stopped": stopped, "train_time_s": round(elapsed, 1),
+               "best_epoch": p.best_epoch + 1, "best_val_score": p.best if p.best_epoch >= 0 else None,
+               "select_on": cfg.classify.select_on, "val": p.best_metrics, "epochs_run": p.epochs_run,
+               "stopped": p.stopped, "train_time_s": round(p.elapsed, 1),
                "n_images": {k: len(v) for k, v in parts.items()}, "n_per_class": counts,
                "n_cases": {k: len({s["case"] for s in v}) for k, v in parts.items()}}
-    if best_path.is_file():
-        # The decision threshold: chosen once on the validation ROC of best.pt, then stored with it.
-        model, info = load_model(best_path, device)
-        thr: dict = {"positive": 0.5, "method": "argmax"}
-        if n_classes == 2 and val_dl is not None:
-            prob, yv, _ = _predict(model, val_dl, device, t.bf16)
-            c = cfg.classify
-            sel = select_threshold(yv, prob[:, 1], c.threshold, c.target_precision, c.fixed_threshold)
-            thr = {"positive": sel["threshold"], "method": sel["method"],
-                   **{k: sel[k] for k in ("tpr", "fpr", "precision", "reached", "target_precision") if k in sel}}
-        elif n_classes == 2:
-            thr = {"positive": cfg.classify.fixed_threshold, "method": "fixed (no validation images)"}
-        save_checkpoint(best_path, model, **ckpt_common, thresholds=thr, metrics={"val": best_metrics},
-                        fp16=t.save_fp16)
-        model, info = load_model(best_path, device)
-        summary["thresholds"] = thr
-        for part in ("val", "test"):
-            if parts[part] and (part == "val" or t.evaluate_test):
-                res = evaluate_classifier(None, [by_id[s["id"]] for s in parts[part]], run_dir / part, cfg.task,
-                                          model=model, info=info, batch_size=t.batch_size)
-                summary[part if part == "test" else "val_at_threshold"] = {
-                    k: res[k] for k in ("n", "threshold", "accuracy", "macro", "per_class", "confusion")}
-                say(f"[{cfg.name}] {part}: accuracy {res['accuracy']:.3f}, macro F1 {res['macro']['f1']:.3f}, "
+    if run.best_path.is_file():
+        _choose_threshold(cfg, run, val_dl, ckpt, p.best_metrics, summary, parts, by_id)
+    finish_run(run.dir, summary, run.best_path, name=cfg.name, task=cfg.task, classes=classes,
+               data={"sources": cfg_dict["data"]["sources"], "n_images": summary["n_images"], "n_per_class": counts},
+               split=json.loads((run.dir / "split.json").read_text())["info"]["cases"], config=cfg_dict,
+               metrics={"val": p.best_metrics, "val_at_threshold": summary.get("val_at_threshold"),
+                        "test": summary.get("test"), "thresholds": summary.get("thresholds")})
+    say(f"[{cfg.name}] done: {p.stopped}; best validation {cfg.classify.select_on} "
+        f"{summary['best_val_score']} at epoch {p.best_epoch + 1}; run dir {run.dir}", flush=True)
+    return run.dir
+
+
+def _choose_threshold(cfg, run, val_dl, ckpt: dict, best_metrics: dict, summary: dict, parts: dict,
+                      by_id: dict) -> None:
+    """The decision threshold: chosen once on the validation ROC of best.pt, then stored with it; then
+    best.pt evaluated at that threshold on the validation (and test) images, into ``summary``."""
+    from covidct.evaluate.classification import evaluate_classifier, select_threshold
+    from covidct.models.checkpoint import load_model, save_checkpoint
+
+    t, n_classes = cfg.train, len(cfg.classes)
+    model, info = load_model(run.best_path, run.device)
+    thr: dict = {"positive": 0.5, "method": "argmax"}
+    if n_classes == 2 and val_dl is not None:
+        prob, yv, _ = _predict(model, val_dl, run.device, t.bf16)
+        c = cfg.classify
+        sel = select_threshold(yv, prob[:, 1], c.threshold, c.target_precision, c.fixed_threshold)
+        thr = {"positive": sel["threshold"], "method": sel["method"],
+               **{k: sel[k] for k in ("tpr", "fpr", "precision", "reached", "target_precision") if k in sel}}
+    elif n_classes == 2:
+        thr = {"positive": cfg.classify.fixed_threshold, "method": "fixed (no validation images)"}
+    save_checkpoint(run.best_path, model, **ckpt, thresholds=thr, metrics={"val": best_metrics}, fp16=t.save_fp16)
+    model, info = load_model(run.best_path, run.device)
+    summary["thresholds"] = thr
+    for part in ("val", "test"):
+        if parts[part] and (part == "val" or t.evaluate_test):
+            res = evaluate_classifier(None, [by_id[s["id"]] for s in parts[part]], run.dir / part, cfg.task,
+                                      model=model, info=info, batch_size=t.batch_size)
+            summary[part if part == "test" else "val_at_threshold"] = {
+                k: res[k] for k in ("n", "threshold", "accuracy", "macro", "per_class", "confusion")}
+            run.say(f"[{cfg.name}] {part}: accuracy {res['accuracy']:.3f}, macro F1 {res['macro']['f1']:.3f}, "
                     f"macro AUC {res['macro']['auc']:.3f} over {res['n']} images (threshold {res['threshold']})")
-    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1, default=float))
-    if best_path.is_file():
-        split_cases = json.loads((run_dir / "split.json").read_text())["info"]["cases"]
-        write_card(run_dir / "card.json", best_path, name=cfg.name, version="0", task=cfg.task, classes=classes,
-                   data={"sources": cfg_dict["data"]["sources"], "n_images": summary["n_images"],
-                         "n_per_class": counts},
-                   split=split_cases, config=cfg_dict, training_time_s=summary["train_time_s"],
-                   metrics={"val": best_metrics, "val_at_threshold": summary.get("val_at_threshold"),
-                            "test": summary.get("test"), "thresholds": summary.get("thresholds")},
-                   command=f"covidct train {run_dir / 'config.resolved.yaml'}")
-    say(f"[{cfg.name}] done: {stopped}; best validation {cfg.classify.select_on} "
-        f"{summary['best_val_score']} at epoch {best_epoch + 1}; run dir {run_dir}", flush=True)
-    return run_dir

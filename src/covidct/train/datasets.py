@@ -23,6 +23,7 @@ import torch
 from monai.transforms import MapTransform
 
 from covidct.errors import ConfigError
+from covidct.models.tasks import task_label
 from covidct.preprocess import NormalisationConfig, resize_image_tensor, resize_label_tensor, to_model_input
 
 _SOURCES: dict[str, Callable[..., list[dict]]] = {}
@@ -34,26 +35,6 @@ def register_source(name: str, fn: Callable[..., list[dict]]) -> None:
 
 
 # --- labels per task --------------------------------------------------------------------------------
-
-
-def task_label(record: dict, task: str) -> np.ndarray | None:
-    """The integer label map of ``record`` for ``task`` (uint8), or None if the record has none.
-
-    lungs: ``lungs > 0`` (binary; left/right are split later by position); infection: ``infection``
-    or else ``lesions > 0``; lesions: ``lesions`` (0..3).
-    """
-    if task == "lungs":
-        m = record.get("lungs")
-        return None if m is None else (np.asarray(m) > 0).astype(np.uint8)
-    if task == "infection":
-        m = record.get("infection")
-        if m is None and record.get("lesions") is not None:
-            m = np.asarray(record["lesions"]) > 0
-        return None if m is None else (np.asarray(m) > 0).astype(np.uint8)
-    if task == "lesions":
-        m = record.get("lesions")
-        return None if m is None else np.asarray(m).astype(np.uint8)
-    raise ConfigError(f"task: unknown task {task!r}")
 
 
 # --- sources -------------------------------------------------------------------------------------------

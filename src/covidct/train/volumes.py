@@ -1,11 +1,12 @@
-"""3-D segmentation (seeds 000/001): volume data, MONAI transforms, the training path and sliding-window inference.
+"""3-D segmentation data (seeds 000/001): the ``kind: seg3d`` config, volume records and MONAI transforms.
 
-A config with ``kind: seg3d`` goes through :func:`covidct.train.train` to :func:`train_seg3d`. The set-up
+A config with ``kind: seg3d`` goes through :func:`covidct.train.train` to
+:func:`covidct.train.seg3d.train_seg3d` (the training task); this module is its data side. The set-up
 follows MONAI's COVID-19-20 baseline and the seed papers: resampling to a target spacing, HU clipping to
 [0, 1], positive/negative-balanced patch sampling (``RandCropByPosNegLabeld``), batch size 4, Adam at
 5e-4 / 1e-4, spatial + intensity augmentation, ``CacheDataset`` / ``PersistentDataset`` with a bounded
-cache, validation by sliding-window inference with Gaussian blending, TensorBoard with the 3-D volume
-playback of MONAI's ``plot_2d_or_3d_image``.
+cache, validation by sliding-window inference with Gaussian blending (:mod:`covidct.models.volume_inference`,
+what ``analyze`` runs too), TensorBoard with the 3-D volume playback of MONAI's ``plot_2d_or_3d_image``.
 
 Tasks (``task``) and their classes, background first:
 
@@ -19,9 +20,6 @@ Arrays are kept in covidct's (z, y, x) order throughout, with a channel axis in 
 
 from __future__ import annotations
 
-import json
-import math
-import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,8 +30,9 @@ import numpy as np
 import torch
 from monai.transforms import Transform
 
-from covidct.errors import ConfigError, UnsupportedInput
-from covidct.models.checkpoint import save_atomic
+from covidct.errors import ConfigError
+from covidct.models.volume_inference import resampled_shape
+from covidct.train.config import AugmentBase, LoopConfig, SectionedConfig
 
 TASKS3D: dict[str, list[str]] = {
     "lungs": ["background", "lung"],
@@ -72,53 +71,34 @@ class VolumeConfig:
     mirror_axes: list[int] = field(default_factory=list)
 
 
-@dataclass
-class Augment3DConfig:
-    enabled: bool = True
+@dataclass(kw_only=True)
+class Augment3DConfig(AugmentBase):
     flip_axes: list[int] = field(default_factory=lambda: [0, 1])  # (z, y, x) axes; never 2 for left/right labels
-    flip_prob: float = 0.5
     affine_prob: float = 0.3
-    rotate_deg: float = 10.0  # in-plane
-    scale: float = 0.1
     intensity_shift: float = 0.1
-    intensity_scale: float = 0.1
     intensity_prob: float = 0.5
     noise_prob: float = 0.15
-    noise_std: float = 0.02
 
 
-@dataclass
-class Train3DConfig:
+@dataclass(kw_only=True)
+class Train3DConfig(LoopConfig):
     epochs: int = 100
-    max_minutes: float | None = None
     batch_size: int = 4  # patches per optimiser step (the seed papers' 4)
-    steps_per_epoch: int | None = None  # None: one pass over the training volumes
+    patience: int | None = 20  # validations (every val_every epochs) without a gain
     val_every: int = 1
     val_volumes: int | None = None  # validate on at most this many volumes (None: all)
-    patience: int | None = 20
-    seed: int = 0
-    bf16: bool = False
-    num_workers: int = 0
-    device: str = "auto"
-    evaluate_test: bool = True
-    save_fp16: bool = True
 
 
-@dataclass
-class Seg3DConfig:
+@dataclass(kw_only=True)
+class Seg3DConfig(SectionedConfig):
     kind: Literal["seg3d"]
     task: Literal["lungs", "infection", "lungs_infection", "lesions"]
     name: str = "run3d"
-    description: str | None = None
-    data: dict = field(default_factory=dict)  # {sources: [...], split: {...}} as in 2-D configs
     model: dict = field(default_factory=lambda: {"name": "unet3d", "kwargs": {}})
-    loss: dict = field(default_factory=lambda: {"name": "dice_ce", "include_background": False})
     optimizer: dict = field(default_factory=lambda: {"name": "adam", "lr": 5e-4})
-    schedule: dict = field(default_factory=lambda: {"name": "none"})
     train: Train3DConfig = field(default_factory=Train3DConfig)
     volume: VolumeConfig = field(default_factory=VolumeConfig)
     augment: Augment3DConfig = field(default_factory=Augment3DConfig)
-    output: dict = field(default_factory=lambda: {"run_dir": "runs/{name}", "tensorboard": True})
     grid: dict | list | None = None
 
     @property
@@ -135,16 +115,16 @@ def load_seg3d_config(raw: dict) -> tuple[Seg3DConfig, object]:
         OptimizerConfig,
         OutputConfig,
         ScheduleConfig,
-        _build,
     )
+    from covidct.train.schema import build
 
-    cfg = _build(Seg3DConfig, raw, "")
+    cfg = build(Seg3DConfig, raw, "")
     shared = {
-        "data": _build(DataConfig, cfg.data, "data"),
-        "loss": _build(LossConfig, cfg.loss, "loss"),
-        "optimizer": _build(OptimizerConfig, cfg.optimizer, "optimizer"),
-        "schedule": _build(ScheduleConfig, cfg.schedule, "schedule"),
-        "output": _build(OutputConfig, cfg.output, "output"),
+        "data": build(DataConfig, cfg.data, "data"),
+        "loss": build(LossConfig, cfg.loss, "loss"),
+        "optimizer": build(OptimizerConfig, cfg.optimizer, "optimizer"),
+        "schedule": build(ScheduleConfig, cfg.schedule, "schedule"),
+        "output": build(OutputConfig, cfg.output, "output"),
     }
     name = cfg.model.get("name")
     if SPATIAL_DIMS.get(name) != 3:
@@ -298,13 +278,6 @@ class LoadVolumed(Transform):
 # --- transforms -----------------------------------------------------------------------------------------
 
 
-def resampled_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float] | None) -> tuple[int, ...]:
-    """Grid size after resampling ``shape`` at ``spacing`` to the ``target`` spacing (None: unchanged)."""
-    if target is None:
-        return tuple(int(s) for s in shape)
-    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target, strict=True))
-
-
 class ResampleToSpacingd(Transform):
     """Resample image (trilinear) and label (nearest) to the target spacing, using the sample's ``spacing``."""
 
@@ -395,324 +368,3 @@ def make_volume_dataset(records: list[dict], task: str, vcfg: VolumeConfig, aug:
 
         return PersistentDataset(records, full, cache_dir=cache_dir, hash_func=pickle_hashing)
     return Dataset(records, full)
-
-
-# --- inference --------------------------------------------------------------------------------------------
-
-
-def volume_settings(info: dict) -> dict:
-    """The 3-D settings stored with a checkpoint (``extra``): spacing, hu_range, patch, overlap, blend."""
-    ex = info.get("extra") or {}
-    if int(ex.get("spatial_dims", info.get("spatial_dims", 2))) != 3:
-        raise UnsupportedInput(f"model {info.get('name', '?')} is not a 3-D model")
-    return {"spacing": ex.get("spacing"), "hu_range": ex.get("hu_range", [-1000.0, 500.0]),
-            "patch": ex.get("patch", info.get("input_size")), "overlap": float(ex.get("overlap", 0.25)),
-            "blend": ex.get("blend", "gaussian"), "sw_batch_size": int(ex.get("sw_batch_size", 4)),
-            "mirror_axes": [int(a) for a in ex.get("mirror_axes") or []]}
-
-
-@torch.no_grad()
-def sliding_window_probs(model: torch.nn.Module, x: torch.Tensor, patch: Sequence[int], *, overlap: float = 0.25,
-                         blend: str = "gaussian", sw_batch_size: int = 4, bf16: bool = False,
-                         mirror_axes: Sequence[int] = ()) -> torch.Tensor:
-    """Softmax probabilities (B, C, z, y, x) of a preprocessed (B, 1, z, y, x) volume, Gaussian-blended windows;
-    with ``mirror_axes`` (volume axes 0 z, 1 y, 2 x) the mean over every combination of those flips."""
-    import itertools
-
-    if mirror_axes:
-        dims = [int(a) + 2 for a in mirror_axes]
-        flips = [list(c) for r in range(len(dims) + 1) for c in itertools.combinations(dims, r)]
-        total = None
-        for f in flips:
-            xi = torch.flip(x, f) if f else x
-            p = sliding_window_probs(model, xi, patch, overlap=overlap, blend=blend, sw_batch_size=sw_batch_size,
-                                     bf16=bf16)
-            p = torch.flip(p, f) if f else p
-            total = p if total is None else total + p
-        return total / len(flips)
-    from monai.inferers import sliding_window_inference
-
-    dev = next(model.parameters()).device
-
-    def predictor(t: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-            out = model(t.to(dev))
-        return (out[0] if isinstance(out, list | tuple) else out).float()
-
-    logits = sliding_window_inference(x, roi_size=tuple(int(p) for p in patch), sw_batch_size=sw_batch_size,
-                                      predictor=predictor, overlap=overlap, mode=blend, padding_mode="constant",
-                                      cval=0.0)
-    return torch.softmax(logits.float(), dim=1)
-
-
-@torch.no_grad()
-def predict_volume(model: torch.nn.Module, info: dict, volume_zyx: np.ndarray, spacing: Sequence[float], *,
-                   is_hu: bool = True, bf16: bool = False, mirror_axes: Sequence[int] | None = None) -> np.ndarray:
-    """Class probabilities (C, z, y, x) float32 on the input's own grid for a HU volume.
-
-    The volume is resampled to the model's spacing, clipped/scaled as in training, run through
-    sliding-window inference, and the probabilities are resampled back (trilinear) to the input grid.
-    ``mirror_axes``: test-time mirroring (None: the model's own setting, ``volume.mirror_axes`` of its config).
-    """
-    import torch.nn.functional as F
-
-    s = volume_settings(info)
-    vol = np.asarray(volume_zyx, np.float32)
-    if vol.ndim != 3:
-        raise UnsupportedInput(f"a 3-D model needs a volume (z, y, x), got shape {vol.shape}")
-    if not is_hu:
-        raise UnsupportedInput("3-D models were trained on HU volumes; this input has display intensities")
-    lo, hi = s["hu_range"]
-    x = torch.from_numpy(np.clip((vol - lo) / (hi - lo), 0.0, 1.0))[None, None]
-    size = resampled_shape(vol.shape, spacing, s["spacing"])
-    if tuple(size) != vol.shape:
-        x = F.interpolate(x, size=size, mode="trilinear", align_corners=False)
-    prob = sliding_window_probs(model, x, s["patch"], overlap=s["overlap"], blend=s["blend"],
-                                sw_batch_size=s["sw_batch_size"], bf16=bf16,
-                                mirror_axes=s["mirror_axes"] if mirror_axes is None else mirror_axes)
-    if tuple(prob.shape[2:]) != vol.shape:
-        prob = F.interpolate(prob, size=vol.shape, mode="trilinear", align_corners=False)
-        prob = prob / prob.sum(1, keepdim=True).clamp_min(1e-8)
-    return prob[0].cpu().numpy().astype(np.float32)
-
-
-def probs_for_role(prob_czyx: np.ndarray, classes: Sequence[str], role: str) -> np.ndarray:
-    """Per-slice probabilities (z, C', y, x) of a 3-D model in the layout the analyze pipeline expects.
-
-    ``role="lungs"``: [background, lung] with lung = every lung class (infection inside the lung counts as
-    lung, as in covidct's lung label). ``role="lesions"``: the model's lesion classes when it has them
-    (none/GGO/consolidation/effusion), else [none, infection].
-    """
-    p = np.asarray(prob_czyx)
-    cl = list(classes)
-    if role == "lungs":
-        idx = [i for i, c in enumerate(cl) if c in ("lung", "left_lung", "right_lung", "infection")]
-        if not any(c in ("lung", "left_lung", "right_lung") for c in cl):
-            raise UnsupportedInput(f"model classes {cl} have no lung class: it cannot segment lungs")
-        fg = p[idx].sum(0)
-        out = np.stack([1.0 - fg, fg])
-    elif role == "lesions":
-        if "ggo" in cl:
-            out = p
-        elif "infection" in cl:
-            fg = p[cl.index("infection")]
-            out = np.stack([1.0 - fg, fg])
-        else:
-            raise UnsupportedInput(f"model classes {cl} have no lesion class: it cannot segment lesions")
-    else:
-        raise ValueError(f"role must be lungs or lesions, got {role!r}")
-    return np.ascontiguousarray(out.transpose(1, 0, 2, 3)).astype(np.float32)
-
-
-# --- training ------------------------------------------------------------------------------------------
-
-
-def _dice_per_class(pred: torch.Tensor, gt: torch.Tensor, n_classes: int) -> np.ndarray:
-    """Dice per class of two label volumes (NaN where a class is absent from both)."""
-    out = np.full(n_classes, np.nan)
-    for c in range(n_classes):
-        p, g = pred == c, gt == c
-        den = int(p.sum() + g.sum())
-        if den:
-            out[c] = 2.0 * int((p & g).sum()) / den
-    return out
-
-
-@torch.no_grad()
-def evaluate_volumes(model, samples: list[dict], vcfg: VolumeConfig, n_classes: int, bf16: bool = False,
-                     writer=None, step: int = 0) -> dict:
-    """Sliding-window Dice per class over preprocessed volumes (pooled over volumes and mean per volume)."""
-    model.eval()
-    per_vol, tp, den = [], np.zeros(n_classes), np.zeros(n_classes)
-    for k, s in enumerate(samples):
-        x = torch.as_tensor(np.asarray(s["image"]))[None].float()
-        gt = torch.as_tensor(np.asarray(s["label"]))[0].long()
-        prob = sliding_window_probs(model, x, vcfg.patch, overlap=vcfg.overlap, blend=vcfg.blend,
-                                    sw_batch_size=vcfg.sw_batch_size, bf16=bf16, mirror_axes=vcfg.mirror_axes)
-        pred = prob.argmax(1)[0].cpu()
-        per_vol.append(_dice_per_class(pred, gt, n_classes))
-        for c in range(n_classes):
-            tp[c] += int(((pred == c) & (gt == c)).sum())
-            den[c] += int((pred == c).sum() + (gt == c).sum())
-        if writer is not None and k == 0:
-            from monai.visualize import plot_2d_or_3d_image
-
-            # the 3-D volume playback (animated GIF along z) of image, label and prediction
-            vol = lambda t: t[None, None].float().permute(0, 1, 3, 4, 2) / max(n_classes - 1, 1)  # noqa: E731
-            plot_2d_or_3d_image(x.permute(0, 1, 3, 4, 2), step, writer, frame_dim=-1, tag="val/image")
-            plot_2d_or_3d_image(vol(gt), step, writer, frame_dim=-1, tag="val/label")
-            plot_2d_or_3d_image(vol(pred), step, writer, frame_dim=-1, tag="val/prediction")
-    pooled = np.where(den > 0, 2 * tp / np.maximum(den, 1), np.nan)
-    mean_vol = np.nanmean(np.stack(per_vol), 0) if per_vol else np.full(n_classes, np.nan)
-    return {"pooled": pooled, "per_volume_mean": mean_vol, "per_volume": per_vol}
-
-
-def _preprocessed(records: list[dict], task: str, vcfg: VolumeConfig) -> list[dict]:
-    det = deterministic_transforms(task, vcfg)
-    return [det(r) for r in records]
-
-
-def train_seg3d(raw: dict, run_dir: str | Path | None = None, resume: bool = False, *,
-                records: list[dict] | None = None, verbose: bool = True) -> Path:
-    """Train a 3-D segmentation model from a ``kind: seg3d`` config dict; returns the run directory."""
-    from monai.data import DataLoader
-    from monai.utils import set_determinism
-
-    from covidct.models.checkpoint import save_checkpoint, write_card
-    from covidct.models.registry import build_model
-    from covidct.train import datasets as ds
-    from covidct.train.loop import _device, _optimizer, _scheduler, open_run_logs
-    from covidct.train.losses import apply_loss, build_loss
-
-    cfg, sh = load_seg3d_config(raw)
-    say = print if verbose else (lambda *a, **k: None)
-    run_dir = Path(run_dir or sh["output"].run_dir.format(name=cfg.name))
-    best_path, last_path = run_dir / "best.pt", run_dir / "last.pt"
-    if not resume and (best_path.exists() or last_path.exists()):
-        raise ConfigError(f"output.run_dir: {run_dir} already holds a run (resume it or choose another folder)")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    import yaml
-
-    (run_dir / "config.resolved.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    t, v = cfg.train, cfg.volume
-    set_determinism(seed=t.seed)
-    device = _device(t.device)
-    classes = cfg.classes
-    n_classes = len(classes)
-
-    if records is None:
-        records = load_volume_records(sh["data"].sources)
-    sp = sh["data"].split
-    split = ds.configured_split(records, sp)
-    by_id = {r["id"]: r for r in records}
-    parts = {k: [by_id[i] for i in ids if i in by_id] for k, ids in split.items()}
-    if not parts["train"]:
-        raise ConfigError("data: no training volumes")
-    (run_dir / "split.json").write_text(json.dumps({"splits": split, "seed": sp.seed}, indent=1) + "\n")
-    say(f"[{cfg.name}] seg3d task={cfg.task} model={cfg.model['name']} volumes train={len(parts['train'])} "
-        f"val={len(parts['val'])} test={len(parts['test'])}; device={device}", flush=True)
-
-    aug = cfg.augment
-    train_ds = make_volume_dataset(parts["train"], cfg.task, v, aug, Path(v.cache_dir) if v.cache_dir
-                                   else run_dir / "cache")
-    val_samples = _preprocessed(parts["val"][: t.val_volumes] if t.val_volumes else parts["val"], cfg.task, v)
-    vols_per_batch = max(1, t.batch_size // v.num_samples)
-    from monai.data import list_data_collate
-
-    dl = DataLoader(train_ds, batch_size=vols_per_batch, shuffle=True, num_workers=t.num_workers,
-                    collate_fn=list_data_collate)
-    steps = t.steps_per_epoch or max(1, math.ceil(len(train_ds) / vols_per_batch))
-
-    mk = dict(cfg.model.get("kwargs") or {})
-    model = build_model(cfg.model["name"], 1, n_classes, **mk).to(device)
-    if cfg.model.get("init_from") and not (resume and last_path.is_file()):
-        from covidct.train.loop import init_weights
-
-        init_weights(model, str(cfg.model["init_from"]))  # fine-tuning: same architecture, new schedule
-        say(f"[{cfg.name}] weights initialised from {cfg.model['init_from']}", flush=True)
-    loss_fn = build_loss(sh["loss"]).to(device)
-
-    class _C:  # the 2-D helpers read cfg.optimizer / cfg.schedule / cfg.train.epochs
-        optimizer, schedule = sh["optimizer"], sh["schedule"]
-        train = t
-
-    opt = _optimizer(_C, model.parameters())
-    sched = _scheduler(_C, opt)
-    start, best, best_epoch, bad, elapsed, best_metrics = 0, -float("inf"), -1, 0, 0.0, {}
-    if resume and last_path.is_file():
-        st = torch.load(last_path, map_location="cpu", weights_only=False)  # our own training state
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        if sched is not None and st.get("scheduler"):
-            sched.load_state_dict(st["scheduler"])
-        start, best, best_epoch, bad, elapsed = st["epoch"] + 1, st["best"], st["best_epoch"], st["bad"], st["elapsed"]
-        best_metrics = st.get("best_metrics", {})
-    writer, log = open_run_logs(run_dir, sh["output"].tensorboard, append=resume and start > 0)
-    extra = {"spatial_dims": 3, "spacing": v.spacing, "hu_range": v.hu_range, "patch": v.patch,
-             "overlap": v.overlap, "blend": v.blend, "sw_batch_size": v.sw_batch_size, "mirror_axes": v.mirror_axes}
-    ckpt = dict(name=cfg.model["name"], kwargs=mk, in_channels=1, out_channels=n_classes, task=cfg.task,
-                classes=classes, input_size=v.patch, normalisation={}, config=raw, extra=extra)
-    stopped, epoch, it, epochs_run = "epochs", start - 1, iter(dl), start
-    for epoch in range(start, t.epochs):
-        if t.max_minutes is not None and elapsed >= t.max_minutes * 60:
-            stopped = "time budget"
-            break
-        t0 = time.time()
-        model.train()
-        losses = []
-        for _ in range(steps):
-            try:
-                batch = next(it)
-            except StopIteration:
-                it = iter(dl)
-                batch = next(it)
-            x, y = batch["image"].to(device), batch["label"].to(device)
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.bf16):
-                out = model(x)
-            loss = apply_loss(loss_fn, out if not t.bf16 else out.float(), y)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-        if sched is not None:
-            sched.step()
-        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"],
-               "val_dice": None, **{f"val_dice_{c}": None for c in classes}}  # fixed columns for log.csv
-        epochs_run = epoch + 1
-        if val_samples and ((epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs):
-            res = evaluate_volumes(model, val_samples, v, n_classes, t.bf16, writer, epoch + 1)
-            score = float(np.nanmean(res["pooled"][1:]))
-            row.update({"val_dice": score, **{f"val_dice_{c}": float(d) for c, d in zip(classes, res["pooled"],
-                                                                                          strict=True)}})
-            if score > best:
-                best, best_epoch, bad = score, epoch, 0
-                best_metrics = {"foreground_dice": score,
-                                "dice_per_class": dict(zip(classes, map(float, res["pooled"]), strict=True))}
-                save_checkpoint(best_path, model, **ckpt, metrics=best_metrics, fp16=t.save_fp16)
-            else:
-                bad += 1
-        elif not val_samples:  # no validation volumes: keep the latest
-            save_checkpoint(best_path, model, **ckpt, metrics={}, fp16=t.save_fp16)
-            best_epoch = epoch
-        elapsed += time.time() - t0
-        row["time_s"] = round(time.time() - t0, 2)
-        log.write(row)
-        if writer is not None:
-            for k, val in row.items():
-                if k != "epoch" and val is not None:
-                    writer.add_scalar(k, val, epoch + 1)
-        say(f"[{cfg.name}] epoch {epoch + 1}/{t.epochs} loss {row['train_loss']:.4f}"
-            + (f" val Dice {row['val_dice']:.4f}" if row["val_dice"] is not None else "") + f" ({row['time_s']} s)", flush=True)
-        save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                     "scheduler": None if sched is None else sched.state_dict(), "epoch": epoch, "best": best,
-                     "best_epoch": best_epoch, "bad": bad, "elapsed": elapsed, "best_metrics": best_metrics}, last_path)
-        if t.patience is not None and bad >= t.patience:
-            stopped = f"early stopping (no val Dice gain for {t.patience} validations)"
-            break
-    if writer is not None:
-        writer.close()
-    summary = {"name": cfg.name, "kind": "seg3d", "task": cfg.task, "model": cfg.model["name"], "classes": classes,
-               "best_epoch": best_epoch + 1, "best_val_dice": best if best_epoch >= 0 else None, "val": best_metrics,
-               "epochs_run": epochs_run, "stopped": stopped, "train_time_s": round(elapsed, 1),
-               "n_volumes": {k: len(p) for k, p in parts.items()}}
-    if t.evaluate_test and parts["test"] and best_path.is_file():
-        from covidct.models.checkpoint import load_model
-
-        m, _ = load_model(best_path)
-        res = evaluate_volumes(m, _preprocessed(parts["test"], cfg.task, v), v, n_classes, t.bf16)
-        summary["test"] = {"n_volumes": len(parts["test"]),
-                           "foreground_dice": float(np.nanmean(res["pooled"][1:])),
-                           "dice_per_class": dict(zip(classes, map(float, res["pooled"]), strict=True)),
-                           "dice_per_class_mean_per_volume": dict(zip(classes, map(float, res["per_volume_mean"]),
-                                                                      strict=True))}
-        say(f"[{cfg.name}] test Dice per class: {summary['test']['dice_per_class']}", flush=True)
-    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1, default=float))
-    if best_path.is_file():
-        write_card(run_dir / "card.json", best_path, name=cfg.name, version="0", task=cfg.task, classes=classes,
-                   data={"sources": raw.get("data", {}).get("sources"), "n_volumes": summary["n_volumes"]},
-                   split=split, config=raw, training_time_s=summary["train_time_s"],
-                   metrics={"val": best_metrics, "test": summary.get("test")},
-                   command=f"covidct train {run_dir / 'config.resolved.yaml'}")
-    say(f"[{cfg.name}] done: {stopped}; best val Dice {summary['best_val_dice']} at epoch {best_epoch + 1}; "
-        f"run dir {run_dir}", flush=True)
-    return run_dir

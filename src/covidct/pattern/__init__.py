@@ -1,0 +1,23 @@
+"""RSNA / CO-RADS pattern of the lung lesions and the diagnosis read from it.
+
+``measure_pattern`` (features.py) measures where and what the lesions are; ``classify_pattern``
+(category.py) gives the RSNA category, the CO-RADS score, the reasons and the three-class
+probabilities; ``analyse_pattern`` does both. Depends only on numpy/scipy and covidct.labels
+(no models, no training code).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from covidct.pattern.category import RSNA_CATEGORIES, PatternResult, classify_pattern
+from covidct.pattern.features import FEATURE_DOCS, measure_pattern
+
+__all__ = ["FEATURE_DOCS", "RSNA_CATEGORIES", "PatternResult", "analyse_pattern", "classify_pattern",
+           "measure_pattern"]
+
+
+def analyse_pattern(lungs: np.ndarray, lesions: np.ndarray, spacing: tuple[float, float, float],
+                    hu: np.ndarray | None = None) -> PatternResult:
+    """Features, RSNA category, CO-RADS and diagnosis of one volume (canonical orientation, HU or None)."""
+    return classify_pattern(measure_pattern(lungs, lesions, spacing, hu))

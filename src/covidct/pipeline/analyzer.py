@@ -1,0 +1,166 @@
+"""The orchestration of the stages: :class:`Analyzer` (models loaded once) and :func:`analyze`.
+
+load → lungs → lesions → measures → diagnosis → outputs, each timed in the report; the models run on
+the working grid (:mod:`covidct.pipeline.grid`) and the masks come back to the input's grid before
+they are measured. Without shipped models (a development checkout before training), the lung and
+lesion stages fall back to HU rules, and the report says so in ``models`` and ``warnings``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from covidct.errors import NoLungsFound
+from covidct.pipeline import diagnosis, lesions, load, lungs, measures, outputs, reporting
+from covidct.pipeline.grid import working_grid
+from covidct.pipeline.predict import ModelRunner
+from covidct.pipeline.types import Analysis, LoadedModel, Masks, Study
+from covidct.volume import CT
+
+
+class Analyzer:
+    """Holds the models (loaded once) and analyses any number of CTs: ``Analyzer()(ct)``.
+
+    ``lungs_model`` / ``lesions_model``: a shipped model name, a checkpoint path, or None for the
+    HU-rule fallback. Missing shipped models fall back with a warning.
+    """
+
+    def __init__(
+        self,
+        lungs_model: str | Path | None = "lungs",
+        lesions_model: str | Path | None = "lesions",
+        infection_model: str | Path | None = "infection",
+        bf16: bool = True,
+        batch_size: int = 8,
+        lesion_min_hu: float = -800.0,
+        min_lesion_mm3: float = 20.0,
+    ) -> None:
+        from covidct.models import zoo
+
+        self.bf16 = bf16
+        self.batch_size = batch_size
+        self.lesion_min_hu = lesion_min_hu
+        self.min_lesion_mm3 = min_lesion_mm3
+        self.warnings: list[str] = []
+        self.models: dict[str, LoadedModel | None] = {"lungs": None, "lesions": None, "infection": None}
+        for role, name in (("lungs", lungs_model), ("lesions", lesions_model), ("infection", infection_model)):
+            if name is None:
+                continue
+            if not zoo.has_model(name) and str(name) in ("lungs", "lesions", "infection"):
+                if role != "infection":  # the infection model only sharpens the lesion extent: optional
+                    self.warnings.append(f"shipped model '{name}' not found: using the HU-rule fallback for {role}")
+                continue
+            net, info = zoo.load(name)
+            if info.get("spatial_dims") != 3:
+                from covidct.models.inference import optimise_for_cpu
+
+                net = optimise_for_cpu(net)
+            self.models[role] = LoadedModel(net, info)
+
+    def _runner(self) -> ModelRunner:
+        return ModelRunner(bf16=self.bf16, batch_size=self.batch_size)
+
+    def segment_lungs(self, ct: CT, runner: ModelRunner | None = None) -> np.ndarray:
+        """The lungs stage on ``ct``: (z, y, x) uint8, 0 background, 1 left lung, 2 right lung."""
+        return lungs.segment_lungs(ct, self.models["lungs"], runner or self._runner())
+
+    def segment_lesions(self, ct: CT, lung_labels: np.ndarray, runner: ModelRunner | None = None) -> np.ndarray:
+        """The lesions stage on ``ct``: (z, y, x) uint8, 0 none, 1 GGO, 2 consolidation, 3 pleural effusion."""
+        return lesions.segment_lesions(ct, lung_labels, runner or self._runner(), self.models["lesions"],
+                                       self.models["infection"], self.lesion_min_hu, self.min_lesion_mm3)
+
+    def __call__(
+        self, ct: CT, outdir: str | Path | None = None, *, png: bool = False, html: bool = True,
+        progress: Callable[[str], None] | None = None, seg_writer: outputs.SegWriter | None = None,
+    ) -> Analysis:
+        """Analyse ``ct``; ``progress`` (optional) is called with each stage's name as it starts.
+
+        ``seg_writer`` (optional) starts writing the DICOM SEG: called with (lungs, lesions, path)
+        it returns a future; the default writes it in a thread from this ``ct``. Either way it starts
+        as soon as the masks are final, so the SEG (the slowest output) overlaps the severity, the
+        report and the other outputs.
+        """
+        stage = progress or (lambda _name: None)
+        t = {"load": float(ct.meta.get("_load_seconds", 0.0))}
+        study = load.study_of(ct, self.warnings)
+        masks = self._masks(ct, t, stage)
+        if outdir is None:
+            return self._finish(study, masks, t, stage)
+        early = outputs.EarlyOutputs.start(Path(outdir), ct, masks.lungs, masks.lesions, study.mode, seg_writer)
+        try:
+            analysis = self._finish(study, masks, t, stage)
+            stage("outputs")
+            outputs.write_outputs(analysis, Path(outdir), png=png, html=html, timings=t, early=early)
+        finally:
+            early.discard()
+        return analysis
+
+    def _masks(self, ct: CT, t: dict, stage: Callable[[str], None]) -> Masks:
+        """The lungs and lesions stages on the working grid, their masks brought back to ``ct``'s grid."""
+        stage("lungs")
+        t0 = time.perf_counter()
+        # work at the models' resolution (about 256² in-plane): 4x fewer voxels for a 512² series
+        work, factor = working_grid(ct)
+        runner = self._runner()  # its cache of normalised slices is shared by the models
+        lung_labels = self.segment_lungs(work, runner)
+        t["lungs"] = time.perf_counter() - t0
+        if not lung_labels.any():
+            raise NoLungsFound(f"no lungs found in {ct.path or 'the input'}: is this a chest CT?")
+        stage("lesions")
+        t0 = time.perf_counter()
+        lesion_labels = self.segment_lesions(work, lung_labels, runner)
+        del runner
+        masks = lesions.final_masks(ct, lung_labels, lesion_labels, factor)
+        t["lesions"] = time.perf_counter() - t0
+        return masks
+
+    def _finish(self, study: Study, masks: Masks, t: dict, stage: Callable[[str], None]) -> Analysis:
+        """The measures and diagnosis stages, and the report of the final masks."""
+        ct, mode, warnings = study.ct, study.mode, study.warnings
+        stage("severity")
+        t0 = time.perf_counter()
+        severity = measures.measure(ct, masks.lungs, masks.lesions, mode)
+        t["severity"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        finding = diagnosis.diagnose_from_findings(severity)
+        t["diagnosis"] = time.perf_counter() - t0
+        if mode == "volume" and self.models["infection"] is not None:
+            warnings.extend(diagnosis.low_involvement_warnings(severity))
+        info = {role: m.info if m is not None else None for role, m in self.models.items()}
+        models = [reporting.model_entry(info["lungs"], "hu-threshold-lungs"),
+                  reporting.model_entry(info["lesions"], "hu-rule-lesions")]
+        if info["infection"]:
+            models.append(reporting.model_entry(info["infection"], ""))
+        report = reporting.build_report(ct, mode, severity, finding, models, t, warnings)
+        return Analysis(ct=ct, lungs=masks.lungs, lesions=masks.lesions, report=report)
+
+
+_SHARED: dict[tuple, Analyzer] = {}
+
+
+def shared_analyzer(**kwargs) -> Analyzer:
+    """One :class:`Analyzer` per process and settings (models are loaded once; used by batch workers)."""
+    key = tuple(sorted((k, str(v)) for k, v in kwargs.items()))
+    if key not in _SHARED:
+        _SHARED[key] = Analyzer(**kwargs)
+    return _SHARED[key]
+
+
+def analyze(
+    source: str | Path | CT, outdir: str | Path | None = None, *, analyzer: Analyzer | None = None, png: bool = False,
+    html: bool = True, progress: Callable[[str], None] | None = None,
+) -> Analysis:
+    """Analyse one chest CT (path or :class:`CT`); write the outputs to ``outdir`` when given.
+
+    ``progress`` (optional) is called with each stage's name as it starts: load, lungs, lesions,
+    severity, outputs (the web service shows them).
+    """
+    if progress is not None:
+        progress("load")
+    ct = load.load_input(source)
+    analyzer = analyzer or shared_analyzer()
+    return analyzer(ct, outdir, png=png, html=html, progress=progress)

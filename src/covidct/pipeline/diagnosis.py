@@ -1,0 +1,51 @@
+"""Diagnosis stage: COVID-19 / other pneumonia / normal from the measured findings (an interpretable rule)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from covidct.labels import DIAGNOSIS_CLASSES
+
+# The highest false involvement the shipped models gave on the benchmark's lesion-free phantoms (3.71 %,
+# docs/BENCHMARKS.md; P001's infection-free slices: 3.41 %), rounded up: below it, findings cannot be told
+# from the models' false positives.
+FALSE_INVOLVEMENT_PCT = 4.0
+
+
+def low_involvement_warnings(sev: dict) -> list[str]:
+    """A warning when the total involvement is within the models' measured false-positive level."""
+    total = float(sev["involvement"]["total"])
+    if total >= FALSE_INVOLVEMENT_PCT:
+        return []
+    return [
+        f"total involvement {total:.1f} % is below {FALSE_INVOLVEMENT_PCT:g} %, about what the lesion models mark in "
+        "lesion-free lungs (vessels, lung bases; measured on phantoms and on a real series' infection-free slices): "
+        "at this level the lesion figures, severity score and diagnosis cannot be told from false positives"
+    ]
+
+
+def diagnose_from_findings(sev: dict) -> dict:
+    """COVID-19 / other pneumonia / normal from the lesion findings (an interpretable rule, not fitted to data).
+
+    P(abnormal) rises with total involvement: a logistic curve in log10(involvement) centred at
+    ``FALSE_INVOLVEMENT_PCT``, the involvement the models mark in lesion-free lungs (measured on
+    phantoms, and matched by a real series' infection-free slices), so that their false positives
+    alone are not taken as disease (a centre at 1 % called every normal phantom COVID-19);
+    within abnormal, the COVID-19 share rises with the typical CT pattern of the RSNA consensus:
+    bilateral, peripheral, ground-glass-predominant opacities.
+    """
+    inv = max(float(sev["involvement"]["total"]), 1e-4)
+    p_abn = 1.0 / (1.0 + np.exp(-3.0 * (np.log10(inv) - np.log10(FALSE_INVOLVEMENT_PCT))))
+    typical = 0.25 + 0.25 * float(sev["bilateral"]) + 0.25 * float(sev["ggo_fraction"]) + 0.2 * float(sev["peripheral_fraction"] >= 0.5)
+    typical = min(max(typical, 0.05), 0.95)
+    probs = {"covid19": p_abn * typical, "pneumonia": p_abn * (1 - typical), "normal": 1.0 - p_abn}
+    label = max(probs, key=probs.get)
+    return {
+        "label": label,
+        "probabilities": {k: round(float(probs[k]), 4) for k in DIAGNOSIS_CLASSES},
+        "method": (
+            f"rule on lesion findings (not fitted to data): P(abnormal) from total involvement (logistic, 50 % at "
+            f"{FALSE_INVOLVEMENT_PCT:g} %, the models' false-positive level in lesion-free lungs); "
+            "COVID-19 share from bilateral, GGO-predominant, peripheral pattern (RSNA typical appearance)"
+        ),
+    }

@@ -1,0 +1,163 @@
+"""Lesions stage: the lesion and infection models (or the HU rule), typing, HU checks and effusion.
+
+The shipped ``lesions`` model (GGO / consolidation / effusion) runs on the lung slices; the binary
+``infection`` model, when shipped, gives the extent and the lesion model the type. For HU input two
+physical checks follow: GGO/consolidation must lie in the (slightly dilated) lungs and be denser than
+``lesion_min_hu``; effusion must lie in the pleural space next to a lung, at water density, and is kept
+out of the lung label (as in covidct's phantom and MedSeg's labels). :func:`final_masks` then brings both
+label maps back to the input's grid.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from covidct.labels import CONSOLIDATION, EFFUSION, GGO
+from covidct.pipeline.grid import _first_argmax, upsample_labels
+from covidct.pipeline.morphology import _dilate_mm
+from covidct.pipeline.predict import ModelRunner
+from covidct.pipeline.types import LoadedModel, Masks
+from covidct.preprocess import bounding_box
+from covidct.volume import CT
+
+
+def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_model: LoadedModel | None = None,
+                    infection_model: LoadedModel | None = None, lesion_min_hu: float = -800.0,
+                    min_lesion_mm3: float = 20.0) -> np.ndarray:
+    """(z, y, x) uint8: 0 none, 1 GGO, 2 consolidation, 3 pleural effusion."""
+    vol = ct.array
+    lung = lungs > 0
+    out = np.zeros(vol.shape, np.uint8)
+    zs = np.flatnonzero(lung.reshape(len(vol), -1).any(1))
+    if zs.size == 0:
+        return out
+    dz, dy, dx = ct.spacing
+    near_lung = _dilate_mm(lung, (dz, dy, dx), 3.0)
+    binary = False
+    prob = p_inf = None
+    if lesions_model is not None:
+        if lesions_model.is_3d:  # one contiguous block of slices for a volume model
+            zs = np.arange(zs.min(), zs.max() + 1)
+        prob = runner.probabilities(lesions_model, vol, zs, ct.is_hu, ct.spacing, "lesions")
+        binary = prob.shape[1] == 2
+    if infection_model is not None and not infection_model.is_3d:
+        p_inf = runner.probabilities(infection_model, vol, zs, ct.is_hu, ct.spacing, "infection")[:, 1]
+    if p_inf is not None:
+        # extent from the binary infection model (trained on the most labelled slices); type from the
+        # lesion model (its most likely lesion class) or, without one, from density below
+        thr = (infection_model.info.get("thresholds") or {}).get("foreground", 0.5)
+        infected = p_inf >= thr
+        if prob is not None and not binary:
+            labels = _first_argmax([prob[:, c] for c in range(prob.shape[1])])
+            typed = _first_argmax([prob[:, c] for c in range(1, prob.shape[1])]) + np.uint8(1)
+            out[zs] = np.where(infected, typed, np.where(labels == EFFUSION, EFFUSION, 0))
+        else:
+            out[zs] = infected.astype(np.uint8)
+            binary = True
+    elif prob is not None:
+        out[zs] = _first_argmax([prob[:, c] for c in range(prob.shape[1])])
+    elif ct.is_hu:
+        sub = vol[zs]
+        rule = np.zeros(sub.shape, np.uint8)
+        rule[(sub > -700) & (sub < -300)] = GGO
+        # dense and filled-in: vessels are thin, so an opening keeps consolidation only
+        dense = ndimage.binary_opening((sub >= -300) & (sub < 100), structure=np.ones((1, 5, 5), bool))
+        rule[dense] = CONSOLIDATION
+        out[zs] = rule
+    if binary:  # infected / not only: GGO below -300 HU, consolidation above (HU input)
+        infected = out > 0
+        out[:] = 0
+        if ct.is_hu:
+            out[infected & (vol < -300)] = GGO
+            out[infected & (vol >= -300)] = CONSOLIDATION
+        else:
+            out[infected] = GGO
+    infection = (out == GGO) | (out == CONSOLIDATION)
+    infection &= near_lung
+    if ct.is_hu:
+        infection &= vol >= lesion_min_hu
+    effusion = out == EFFUSION
+    if ct.is_hu:
+        pleural = _dilate_mm(lung, (dz, dy, dx), 30.0) & ~lung
+        effusion &= pleural & (vol > -50) & (vol < 80)
+    else:
+        effusion &= ~lung
+    if effusion.any() and ct.n_slices > 1:
+        effusion = _plausible_effusion(effusion, lung, ct.spacing)
+    result = np.zeros_like(out)
+    result[infection] = out[infection]
+    result[effusion] = EFFUSION
+    return _drop_small(result, ct.spacing, min_lesion_mm3)
+
+# --- the whole analysis --------------------------------------------------------------------
+
+
+def final_masks(ct: CT, lungs: np.ndarray, lesions: np.ndarray, factor: int) -> Masks:
+    """The working grid's masks (``factor``: its in-plane block size) as the final masks on ``ct``'s grid."""
+    # GGO/consolidation are part of the lung they lie in (the lung label includes its lesions)
+    lungs = _absorb_lesions(lungs, lesions)
+    if factor > 1:
+        lungs, lesions = upsample_labels(lungs, ct.shape), upsample_labels(lesions, ct.shape)
+        infection = (lesions == GGO) | (lesions == CONSOLIDATION)
+        lesions[infection & (lungs == 0)] = 0  # interpolated edges must agree
+        lungs[lesions == EFFUSION] = 0
+    return Masks(lungs=lungs, lesions=lesions)
+
+
+def _absorb_lesions(lungs: np.ndarray, lesions: np.ndarray) -> np.ndarray:
+    """Add GGO/consolidation voxels outside the lung label to the nearest lung."""
+    infection = (lesions == GGO) | (lesions == CONSOLIDATION)
+    missing = infection & (lungs == 0)
+    if not missing.any() or not lungs.any():
+        return lungs
+    box = bounding_box((lungs > 0) | missing, margin=1)
+    sub = lungs[box]
+    # the feature transform alone (no distances), and the nearest lung label looked up only where needed
+    idx = ndimage.distance_transform_edt(sub == 0, return_distances=False, return_indices=True)
+    m = missing[box]
+    out = lungs.copy()
+    out[box][m] = sub[tuple(i[m] for i in idx)]
+    return out
+
+
+def _plausible_effusion(effusion: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, float],
+                        min_ml: float = 5.0) -> np.ndarray:
+    """Keep effusion components that look like one: fluid lying against the lung surface, dependent
+    (in the posterior half of the lungs, supine patient) and at least ``min_ml`` in volume. Patches of
+    chest-wall or paraspinal muscle, which have the same density, fail one of these."""
+    lbl, n = ndimage.label(effusion)
+    if n == 0:
+        return effusion
+    shell = _dilate_mm(lung, spacing, 2.0 * max(spacing[1], spacing[2])) & ~lung
+    vox_ml = float(np.prod(spacing)) / 1000.0
+    # Per-component sums over the effusion voxels only, added in raster order as ndimage.sum_labels and
+    # center_of_mass add them (so the same floats), without their passes over the whole volume.
+    where = np.nonzero(lbl)
+    comp = lbl[where]
+    count = np.bincount(comp, minlength=n + 1)[1:]
+    size_ml = count * vox_ml
+    touch = np.bincount(comp, weights=shell[where], minlength=n + 1)[1:]
+    cy = np.bincount(comp, weights=where[1].astype(float), minlength=n + 1)[1:] / count
+    rows = lung.sum(axis=(0, 2))  # lung voxels per row; rows run anterior -> posterior
+    lung_mid_y = (rows * np.arange(len(rows))).sum() / rows.sum() if rows.any() else 0.0
+    keep = np.zeros(n + 1, bool)
+    keep[1:] = (size_ml >= min_ml) & (touch > 0) & (cy >= lung_mid_y)
+    return keep[lbl]
+
+
+def _drop_small(labels: np.ndarray, spacing: tuple[float, float, float], min_mm3: float) -> np.ndarray:
+    vox = float(np.prod(spacing))
+    min_vox = max(int(np.ceil(min_mm3 / vox)), 1)
+    if min_vox <= 1:
+        return labels
+    fg = labels > 0
+    lbl, n = ndimage.label(fg)
+    if n == 0:
+        return labels
+    sizes = np.bincount(lbl.ravel())
+    small = sizes < min_vox
+    small[0] = False
+    out = labels.copy()
+    out[small[lbl]] = 0
+    return out

@@ -1,0 +1,173 @@
+"""Lungs stage: the lung model (or the HU / k-means fallback), 3-D cleaning, and the left/right split.
+
+The shipped ``lungs`` model runs on every slice that can contain lung (for HU input, slices whose
+HU-threshold lung field is not empty, ± a margin); the mask is then cleaned in 3-D (airways and gut gas
+removed, small components dropped, holes filled slice by slice so that dense lesions at the lung
+border stay inside) and split into left and right, also when the two lungs touch (erosion until two
+seeds separate, then a watershed).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from covidct.labels import LEFT_LUNG, RIGHT_LUNG
+from covidct.pipeline.morphology import _dilate_mm, _grow_box, _radius_vox
+from covidct.pipeline.predict import ModelRunner
+from covidct.pipeline.types import LoadedModel
+from covidct.preprocess import IN_PLANE, bounding_box, fill_holes_in_plane, threshold_lung_mask
+from covidct.volume import CT
+
+
+def segment_lungs(ct: CT, model: LoadedModel | None, runner: ModelRunner) -> np.ndarray:
+    """(z, y, x) uint8: 0 background, 1 left lung, 2 right lung."""
+    vol = ct.array
+    if ct.is_hu:
+        field_mask = threshold_lung_mask(vol)
+        counts = field_mask.reshape(len(vol), -1).sum(1)
+        candidates = np.flatnonzero(counts > 0.002 * vol[0].size)
+        if candidates.size == 0:
+            return np.zeros(vol.shape, np.uint8)
+        lo, hi = max(candidates.min() - 2, 0), min(candidates.max() + 2, len(vol) - 1)
+        idx = np.arange(lo, hi + 1)
+    else:
+        field_mask = None
+        idx = np.arange(len(vol))
+    mask = np.zeros(vol.shape, bool)
+    if model is not None:
+        prob = runner.probabilities(model, vol, idx, ct.is_hu, ct.spacing, "lungs")
+        thr = (model.info.get("thresholds") or {}).get("foreground", 0.5)
+        mask[idx] = prob[:, 1] >= thr
+        if ct.is_hu:  # lungs are air-filled: nothing denser than soft tissue at the lung edge
+            mask &= vol < 200
+    elif field_mask is not None:
+        mask = field_mask
+    else:  # display intensities and no model: the papers' k-means lung field, slice by slice
+        from covidct.preprocess import kmeans_lung_mask
+
+        mask = np.stack([kmeans_lung_mask(s, erosion=1, dilation=1) for s in vol])
+    if ct.is_hu:
+        mask = remove_air_pockets(mask, vol, ct.spacing)
+    mask = clean_lung_mask(mask, ct.spacing)
+    return split_left_right(mask, ct.spacing)
+
+
+AIR_HU = -920.0  # pure air after partial-volume averaging on the working grid
+
+
+def remove_air_pockets(mask: np.ndarray, hu: np.ndarray, spacing: tuple[float, float, float], min_mm: float = 6.0) -> np.ndarray:
+    """Drop what a lung model may mistake for lung: airways, gut gas, small airless blobs.
+
+    Lung parenchyma is about -850 HU with vessels running through it; the trachea, main bronchi and
+    gas in the stomach or bowel are homogeneous air (below about -920 HU even after block averaging). Air regions that survive an
+    in-plane opening of about ``min_mm`` are removed with a ~3 mm rim (their partial-volume walls).
+    Small in-plane pieces (< 10 cm²) that are mostly airless (under 25 % of voxels below -600 HU)
+    are soft tissue next to the lung (e.g. around the trachea) and are dropped too; large airless
+    pieces are kept, since a consolidated lobe is airless and still lung. Bullae enclosed by lung
+    come back with the hole filling of :func:`clean_lung_mask`.
+    """
+    r = max(1, int(round(min_mm / 2 / min(spacing[1], spacing[2]))))
+    rim = max(1, int(round(3.0 / min(spacing[1], spacing[2]))))
+    # Everything below stays within the mask's bounding box grown by the 10 mm of the air search plus the
+    # in-plane reach of the opening and the rim: work on that block (exact, as in _dilate_mm).
+    box = bounding_box(mask)
+    if box is None:
+        return np.zeros(mask.shape, bool)
+    grow = np.add(_radius_vox(mask.shape, spacing, 10.0), (0, max(r, rim, 1), max(r, rim, 1)))
+    box = _grow_box(box, grow, mask.shape)
+    result = np.zeros(mask.shape, bool)
+    result[box] = _remove_air_pockets(mask[box], hu[box], spacing, r, rim)
+    return result
+
+
+def _remove_air_pockets(mask: np.ndarray, hu: np.ndarray, spacing: tuple[float, float, float], r: int, rim: int) -> np.ndarray:
+    out = mask.copy()
+    # all air of the slice: a lumen the model left out still has a wall the model may have kept
+    air = (hu < AIR_HU) & _dilate_mm(mask, spacing, 10.0)
+    if air.any():
+        yy, xx = np.ogrid[-r : r + 1, -r : r + 1]
+        disk = (yy**2 + xx**2 <= r * r)[None]
+        solid_air = ndimage.binary_opening(air, structure=disk)
+        if solid_air.any():
+            out &= ~ndimage.binary_dilation(solid_air, structure=np.ones((1, 3, 3), bool), iterations=rim)
+    px_cm2 = spacing[1] * spacing[2] / 100.0
+    lbl, n = ndimage.label(out, structure=IN_PLANE)  # each slice's pieces, numbered across the volume
+    if n:
+        count = np.bincount(lbl.ravel())
+        frac = np.bincount(lbl.ravel(), weights=(hu < -600).ravel()) / np.maximum(count, 1)
+        bad = (count * px_cm2 < 10.0) & (frac < 0.25)
+        bad[0] = False
+        out[bad[lbl]] = False
+    return ndimage.binary_opening(out, structure=np.ones((1, 3, 3), bool))
+
+
+def clean_lung_mask(mask: np.ndarray, spacing: tuple[float, float, float], min_fraction: float = 0.05) -> np.ndarray:
+    """Keep the large 3-D components (the lungs), fill holes slice by slice (keeps dense border lesions)."""
+    box = bounding_box(mask, margin=1)
+    if box is None:
+        return mask
+    lbl, _ = ndimage.label(mask[box])
+    sizes = np.bincount(lbl.ravel())
+    sizes[0] = 0
+    keep = sizes >= max(sizes.max() * min_fraction, 1)
+    sub = fill_holes_in_plane(keep[lbl])
+    out = np.zeros_like(mask)
+    out[box] = sub
+    return out
+
+
+def split_left_right(mask: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """Label a lung mask 1 (patient's left = larger x) / 2 (right), also when the lungs touch."""
+    out = np.zeros(mask.shape, np.uint8)
+    box = bounding_box(mask, margin=1)
+    if box is None:
+        return out
+    out[box] = _split_left_right(mask[box], spacing)
+    return out
+
+
+def _split_left_right(mask: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    out = np.zeros(mask.shape, np.uint8)
+    seeds = _two_seeds(mask)
+    if seeds is None:  # one blob that erosion could not split: cut at the midline of each slice
+        xs = np.nonzero(mask)[2]
+        mid = 0.5 * (xs.min() + xs.max())
+        xx = np.arange(mask.shape[2])[None, None, :]
+        out[mask & (xx >= mid)] = LEFT_LUNG
+        out[mask & (xx < mid)] = RIGHT_LUNG
+        return out
+    from skimage.segmentation import watershed
+
+    markers = np.zeros(mask.shape, np.int32)
+    a, b = seeds
+    ax = np.nonzero(a)[2].mean()
+    bx = np.nonzero(b)[2].mean()
+    left, right = (a, b) if ax > bx else (b, a)
+    markers[left] = LEFT_LUNG
+    markers[right] = RIGHT_LUNG
+    dist = ndimage.distance_transform_edt(mask, sampling=spacing)
+    lab = watershed(-dist, markers, mask=mask)
+    return lab.astype(np.uint8)
+
+
+def _two_seeds(mask: np.ndarray, max_iter: int = 12) -> tuple[np.ndarray, np.ndarray] | None:
+    """Two big components of the mask, eroding (in-plane) until the lungs separate."""
+    structure = IN_PLANE  # erode within each slice only
+    cur = mask
+    for _ in range(max_iter + 1):
+        lbl, n = ndimage.label(cur)
+        if n >= 2:
+            sizes = np.bincount(lbl.ravel())
+            sizes[0] = 0
+            order = np.argsort(sizes)[::-1]
+            if sizes[order[1]] >= 0.15 * sizes[order[0]]:
+                a, b = lbl == order[0], lbl == order[1]
+                ax, bx = np.nonzero(a)[2].mean(), np.nonzero(b)[2].mean()
+                spread = np.ptp(np.nonzero(mask)[2]) + 1
+                if abs(ax - bx) > 0.15 * spread:
+                    return a, b
+        cur = ndimage.binary_erosion(cur, structure=structure)
+        if not cur.any():
+            return None
+    return None

@@ -1,0 +1,45 @@
+"""Running the analysis models on the slices of one CT: 2-D models slice by slice, 3-D models by sliding window."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from covidct.pipeline.types import LoadedModel
+
+
+class ModelRunner:
+    """Runs the models for one CT; ``bf16``/``batch_size`` as :class:`~covidct.pipeline.Analyzer`.
+
+    It keeps each slice's normalised model input (``cache``), so models sharing the normalisation
+    settings do not repeat it (CLAHE on every slice is a sizeable part of a pass)."""
+
+    def __init__(self, bf16: bool = True, batch_size: int = 8) -> None:
+        self.bf16 = bf16
+        self.batch_size = batch_size
+        self.cache: dict = {}
+
+    def probabilities(self, model: LoadedModel, vol: np.ndarray, zs: np.ndarray, is_hu: bool,
+                      spacing: Sequence[float] | None = None, role: str = "lungs") -> np.ndarray:
+        """(N, C, H, W) probabilities of slices ``vol[zs]``; a 3-D model sees them as one volume (sliding window)."""
+        info = model.info
+        if model.is_3d:
+            from covidct.models.volume_inference import predict_volume, probs_for_role
+
+            prob = predict_volume(model.net, info, vol[zs], spacing, is_hu=is_hu, bf16=self.bf16)
+            return probs_for_role(prob, info.get("classes", []), role)
+        import json
+
+        import torch
+
+        from covidct.models.inference import predict_slices, prepare_slices
+
+        key = (json.dumps(info.get("normalisation"), sort_keys=True), tuple(info.get("input_size") or (256, 256)), is_hu)
+        rows = self.cache.setdefault(key, {})
+        missing = [int(z) for z in zs if int(z) not in rows]
+        if missing:
+            rows.update(zip(missing, prepare_slices([vol[z] for z in missing], [is_hu] * len(missing), info), strict=True))
+        prepared = torch.stack([rows[int(z)] for z in zs])
+        return predict_slices(model.net, info, vol[zs], is_hu, batch_size=self.batch_size, bf16=self.bf16,
+                              prepared=prepared)

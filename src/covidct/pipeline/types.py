@@ -1,0 +1,55 @@
+"""The typed values that flow between the analysis stages (see :mod:`covidct.pipeline`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from covidct.volume import CT
+
+Mode = Literal["volume", "slice"]
+
+
+@dataclass
+class LoadedModel:
+    """A shipped model (or checkpoint) loaded once: the network and its stored settings (``info``)."""
+
+    net: Any
+    info: dict
+
+    @property
+    def is_3d(self) -> bool:
+        return self.info.get("spatial_dims") == 3
+
+
+@dataclass
+class Study:
+    """Output of the load stage: the CT, what kind of analysis it gets, and the warnings so far."""
+
+    ct: CT
+    mode: Mode
+    warnings: list[str]
+
+
+@dataclass
+class Masks:
+    """Output of the lesion stage: final lung (0/1 left/2 right) and lesion (0/1 GGO/2 consolidation/
+    3 effusion) labels on the input's own grid."""
+
+    lungs: np.ndarray
+    lesions: np.ndarray
+
+
+@dataclass
+class Analysis:
+    """What :func:`covidct.pipeline.analyze` returns: the input, its masks (on the input's canonical grid) and the report."""
+
+    ct: CT
+    lungs: np.ndarray
+    lesions: np.ndarray
+    report: dict
+    outdir: Path | None = None
+    files: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,228 @@
+"""Pattern features, RSNA category, CO-RADS and diagnosis on small synthetic lung/lesion masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from covidct.labels import CONSOLIDATION, EFFUSION, GGO, LEFT_LUNG, RIGHT_LUNG
+from covidct.pattern import FEATURE_DOCS, analyse_pattern, measure_pattern
+from covidct.pattern.geometry import lung_geometry
+
+SPACING = (5.0, 2.0, 2.0)
+SHAPE = (40, 96, 128)
+LUNG_HU, GGO_HU, CONS_HU = -850.0, -550.0, 20.0
+
+
+def _grid() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    z, y, x = np.meshgrid(*(np.arange(n) * s for n, s in zip(SHAPE, SPACING, strict=True)), indexing="ij")
+    return z - z.mean(), y - y.mean(), x - x.mean()
+
+
+Z, Y, X = _grid()
+# x runs from the patient's right to left: the left lung has the larger x
+CENTRES = {LEFT_LUNG: 58.0, RIGHT_LUNG: -58.0}
+
+
+def chest() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two ellipsoid lungs (left/right), no lesions, and an HU volume (lung, soft tissue outside)."""
+    lungs = np.zeros(SHAPE, np.uint8)
+    for lab, cx in CENTRES.items():
+        lungs[((X - cx) / 46.0) ** 2 + (Y / 80.0) ** 2 + (Z / 95.0) ** 2 <= 1.0] = lab
+    hu = np.where(lungs > 0, LUNG_HU, 40.0).astype(np.float32)
+    return lungs, np.zeros(SHAPE, np.uint8), hu
+
+
+def ball(cx: float, cy: float, cz: float, r: float) -> np.ndarray:
+    return (X - cx) ** 2 + (Y - cy) ** 2 + (Z - cz) ** 2 <= r * r
+
+
+def put(lungs, lesions, hu, mask, label) -> None:
+    mask = mask & (lungs > 0)
+    lesions[mask] = label
+    hu[mask] = GGO_HU if label == GGO else CONS_HU
+
+
+def typical() -> tuple:
+    """Bilateral, peripheral (lateral and posterior subpleural), lower-zone, round GGO patches."""
+    lungs, les, hu = chest()
+    for cx in CENTRES.values():
+        s = np.sign(cx)
+        for cy, cz in ((10.0, -50.0), (45.0, -20.0), (-25.0, -55.0), (30.0, 25.0), (-10.0, 5.0)):
+            put(lungs, les, hu, ball(cx + s * 32.0, cy, cz, 16.0), GGO)
+        put(lungs, les, hu, ball(cx + s * 34.0, 10.0, -50.0, 5.0), CONSOLIDATION)
+    return lungs, les, hu
+
+
+def lobar() -> tuple:
+    """Confluent consolidation filling the lower third of the right lung, little GGO."""
+    lungs, les, hu = chest()
+    put(lungs, les, hu, (lungs == RIGHT_LUNG) & (Z < -35.0), CONSOLIDATION)
+    return lungs, les, hu
+
+
+def unilateral() -> tuple:
+    lungs, les, hu = typical()
+    left = les.copy()
+    left[lungs == RIGHT_LUNG] = 0
+    les[lungs == LEFT_LUNG] = 0
+    hu[(lungs == LEFT_LUNG) & (left > 0)] = LUNG_HU
+    return lungs, les, hu
+
+
+def nodules() -> tuple:
+    """Seven discrete solid round nodules (10 mm) inside both lungs."""
+    lungs, les, hu = chest()
+    for lab, cx in CENTRES.items():
+        for cy, cz in ((-30.0, 40.0), (0.0, 0.0), (25.0, -40.0), (-10.0, -70.0)):
+            if lab == LEFT_LUNG and cz == -70.0:
+                continue
+            put(lungs, les, hu, ball(cx, cy, cz, 5.5), CONSOLIDATION)
+    return lungs, les, hu
+
+
+def effusion_septal() -> tuple:
+    """Bilateral dependent effusions and thickened interlobular septa (thin dense lines every 10 mm)."""
+    lungs, les, hu = chest()
+    for lab in CENTRES:
+        fluid = (lungs == lab) & (Y > 50.0) & (Z < 0.0)
+        les[fluid] = EFFUSION
+        lungs[fluid] = 0
+        hu[fluid] = 15.0
+    ix, iy = np.indices(SHAPE)[2], np.indices(SHAPE)[1]
+    lines = (ix % 5 == 0) | (iy % 5 == 0)  # 2 mm septa every 10 mm, seen as a net in each axial slice
+    hu[(lungs > 0) & lines] = -200.0
+    return lungs, les, hu
+
+
+def dependent_only() -> tuple:
+    """A thin (6 mm) GGO band at the posterior (dependent) edge of both lungs: dependent density."""
+    lungs, les, hu = chest()
+    geo = lung_geometry(lungs, SPACING)
+    put(lungs, les, hu, (geo.posterior_gap <= 6.0) & (Z < 0.0), GGO)
+    return lungs, les, hu
+
+
+def perihilar() -> tuple:
+    """Bilateral GGO around the hila (medial, mid zone): no peripheral predominance."""
+    lungs, les, hu = chest()
+    for cx in CENTRES.values():
+        for cz in (-15.0, 15.0):
+            put(lungs, les, hu, ball(cx - np.sign(cx) * 30.0, 0.0, cz, 16.0), GGO)
+    return lungs, les, hu
+
+
+def run(case) -> tuple:
+    lungs, les, hu = case()
+    res = analyse_pattern(lungs, les, SPACING, hu)
+    return res, res.features
+
+
+def test_geometry_maps_follow_the_anatomy() -> None:
+    lungs, _, _ = chest()
+    geo = lung_geometry(lungs, SPACING)
+    k = SHAPE[0] // 2
+    row = SHAPE[1] // 2
+    lateral_left = np.flatnonzero(lungs[k, row] == LEFT_LUNG).max()
+    medial_left = np.flatnonzero(lungs[k, row] == LEFT_LUNG).min()
+    assert geo.relative_depth[k, row, lateral_left] < 0.1
+    assert geo.relative_depth[k, row, medial_left] > 0.8  # the mediastinal side is central, not pleura
+    inside = lungs > 0
+    assert set(np.unique(geo.zone[inside])) == {0, 1, 2}
+    assert geo.zone[inside & (Z < -60)].max() == 0 and geo.zone[inside & (Z > 60)].min() == 2
+    col = lungs[k, :, 40] > 0
+    ys = np.flatnonzero(col)
+    assert geo.ap_position[k, ys[0], 40] < 0.1 and geo.ap_position[k, ys[-1], 40] > 0.9
+    assert geo.posterior_gap[k, ys[-1], 40] == 0.0
+    assert geo.posterior_gap[k, ys[0], 40] == pytest.approx((ys[-1] - ys[0]) * SPACING[1])
+    assert np.isnan(geo.relative_depth[~inside]).all()
+
+
+def test_every_feature_is_documented_and_measured() -> None:
+    res, f = run(typical)
+    assert set(f) == set(FEATURE_DOCS)
+    for name, (unit, definition, _) in FEATURE_DOCS.items():
+        assert unit and definition, name
+    assert set(res.report()) == {"rsna_category", "co_rads", "features", "reasons"}
+
+
+def test_typical_pattern() -> None:
+    res, f = run(typical)
+    assert f["minor_side_share"] > 0.4
+    assert f["peripheral_fraction"] >= 0.6 and f["perihilar_fraction"] < 0.1
+    assert f["ggo_fraction"] > 0.8 and f["n_foci"] >= 6 and f["n_round_foci"] >= 6
+    assert f["lower_zone_fraction"] > f["upper_zone_fraction"]
+    assert (res.rsna_category, res.co_rads, res.label) == ("typical", 5, "covid19")
+    assert "→ typical" in res.reasons[0] and "bilateral" in res.reasons[0]
+    assert res.probabilities["covid19"] > 0.8
+    assert sum(res.probabilities.values()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_normal_lungs_are_negative() -> None:
+    res, f = run(chest)
+    assert f["opacity_ml"] == 0.0 and f["n_foci"] == 0
+    assert (res.rsna_category, res.co_rads, res.label) == ("negative", 1, "normal")
+    assert res.probabilities["normal"] > 0.95
+
+
+def test_dependent_band_is_not_an_opacity() -> None:
+    lungs, les, hu = dependent_only()
+    assert np.count_nonzero(les == GGO) * np.prod(SPACING) / 1000.0 > 20.0  # a real band of "GGO"
+    res = analyse_pattern(lungs, les, SPACING, hu)
+    assert res.features["dependent_density_ml"] > 10.0
+    assert res.features["opacity_ml"] < 1.0
+    assert (res.rsna_category, res.label) == ("negative", "normal")
+    assert any("dependent" in r for r in res.reasons)
+
+
+def test_lobar_consolidation_is_atypical_other_pneumonia() -> None:
+    res, f = run(lobar)
+    assert f["largest_consolidation_percent"] > 5.0 and f["ggo_fraction"] < 0.1
+    assert f["minor_side_share"] == 0.0 and f["lower_zone_fraction"] > 0.9
+    assert (res.rsna_category, res.co_rads, res.label) == ("atypical", 2, "pneumonia")
+    assert "lobar/segmental" in res.reasons[0]
+
+
+def test_unilateral_peripheral_ggo_is_indeterminate_co_rads_4() -> None:
+    res, f = run(unilateral)
+    assert f["minor_side_share"] == 0.0 and f["left_percent"] == 0.0 and f["right_percent"] > 0
+    assert (res.rsna_category, res.co_rads) == ("indeterminate", 4)
+    assert "not bilateral" in res.reasons[0]
+
+
+def test_discrete_nodules_are_atypical() -> None:
+    res, f = run(nodules)
+    assert f["n_nodules"] == 7
+    assert (res.rsna_category, res.co_rads) == ("atypical", 2)
+    assert res.label != "covid19"
+
+
+def test_effusion_with_septal_lines_is_atypical() -> None:
+    res, f = run(effusion_septal)
+    assert f["effusion_ml"] > 100 and f["effusion_sides"] == 2
+    assert f["septal_line_fraction"] >= 0.08
+    assert (res.rsna_category, res.co_rads) == ("atypical", 2)
+    assert res.label != "covid19"
+    _, normal = run(chest)
+    assert normal["septal_line_fraction"] < 0.02
+
+
+def test_perihilar_ggo_is_indeterminate_not_covid() -> None:
+    res, f = run(perihilar)
+    assert f["perihilar_fraction"] > 0.5 and f["peripheral_fraction"] < 0.2
+    assert res.rsna_category == "indeterminate" and res.co_rads == 3
+    assert res.probabilities["covid19"] < res.probabilities["pneumonia"]
+
+
+def test_no_hu_and_no_lungs() -> None:
+    lungs, les, _ = typical()
+    f = measure_pattern(lungs, les, SPACING, None)
+    assert f["septal_line_fraction"] is None and f["opacity_ml"] > 0
+    empty = measure_pattern(np.zeros(SHAPE, np.uint8), np.zeros(SHAPE, np.uint8), SPACING, None)
+    assert empty["opacity_ml"] == 0.0
+    assert analyse_pattern(np.zeros(SHAPE, np.uint8), np.zeros(SHAPE, np.uint8), SPACING).rsna_category == "negative"
+
+
+def test_deterministic() -> None:
+    a, b = run(typical), run(typical)
+    assert a[1] == b[1] and a[0].probabilities == b[0].probabilities
