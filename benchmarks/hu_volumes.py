@@ -10,13 +10,15 @@ Methods, one row each per volume so every figure has the baseline and the floor 
 - ``shipped``: ``covidct analyze`` (``Analyzer()``) as it is on this branch;
 - ``HU count``: voxels −700..−300 HU inside the filled HU lung mask (< −320 HU);
 - ``rule floor``: issue 17's no-learning rule (see ``covidct.evaluate.hu_volumes.rule_floor``);
-- ``hu-lesions`` (``--candidate``): the HU lesion stage ``covidct.lesions_hu`` on the shipped lung mask.
+- ``before`` (``--before DIR``): the masks an earlier version left in its ``--cache`` folder;
+- ``hu-rules LOO`` (``--loo``): the HU lesion rule (``covidct.pipeline.hu_rules``) on the working grid with
+  the settings chosen without the volume (see ``benchmarks/hu_volumes_loo.py``).
 Figures: slice-level infection AUC (lesion area per slice as the score), false lesion mL / % of lung on
 lesion-free lungs, lung mL, lung-mask leaks (mL in the neck / below the lung base / in the mediastinum),
 lung Dice (cip-ct-64), diagnosis, seconds. The ``scored`` column says whether the method was tuned on the
 volume (LOO: refitted without it) or not (held-out).
 
-Usage: python benchmarks/hu_volumes.py [--data DIR] [--phantoms N] [--candidate] [--cache DIR] [--json OUT]
+Usage: python benchmarks/hu_volumes.py [--data DIR] [--phantoms N] [--loo] [--cache DIR] [--before DIR] [--json OUT]
 Skips (exit 0) when the data folder is absent.
 """
 
@@ -42,10 +44,11 @@ from covidct.evaluate.hu_volumes import (
     rule_floor,
     scoring_note,
 )
+from hu_volumes_loo import loo_case, loo_rows  # noqa: E402  (the script's folder is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 # volumes each method was tuned on (LOO bookkeeping): the HU rules have fixed, a-priori settings
-TUNED_ON: dict[str, list[str]] = {"shipped": [], "HU count": [], "rule floor": [], "hu-lesions": []}
+TUNED_ON: dict[str, list[str]] = {"before": [], "shipped": [], "HU count": [], "rule floor": []}
 COLUMNS = [("volume", "volume"), ("method", "method"), ("scored", "scored"), ("auc", "slice AUC"),
            ("false_ml", "false lesion mL"), ("false_pct", "false % of lung"), ("lung_ml", "lung mL"),
            ("neck_ml", "leak neck mL"), ("mediastinum_ml", "leak mediastinum mL"), ("below_ml", "leak below base mL"),
@@ -95,7 +98,7 @@ def _diagnose(ct, lungs, lesions) -> str:
 
 
 def shipped(ct, cache: Path | None, name: str, analyzer) -> tuple[np.ndarray, np.ndarray, str, float]:
-    f = cache / f"{name.replace(' ', '_')}.npz" if cache else None
+    f = cache / _cache_name(name) if cache else None
     if f is not None and f.exists():
         z = np.load(f)
         return z["lungs"], z["lesions"], str(z["diagnosis"]), float(z["seconds"])
@@ -135,11 +138,13 @@ def score(vol: dict, ct, method: str, lung: np.ndarray, lesion: np.ndarray, extr
     return row
 
 
-def run(data: Path, n_phantoms: int, candidate: bool, cache: Path | None, nodule_margin: float) -> list[dict]:
+def run(data: Path, n_phantoms: int, cache: Path | None, before: Path | None, loo: bool,
+        nodule_margin: float) -> list[dict]:
     from covidct.pipeline import Analyzer
 
     analyzer = Analyzer()
     rows: list[dict] = []
+    loo_cases: list[dict] = []
     for vol in volumes(data, n_phantoms):
         ct = vol["load"]()
         print(f"# {vol['name']}: {ct.shape} {tuple(round(s, 2) for s in ct.spacing)}", file=sys.stderr, flush=True)
@@ -150,35 +155,41 @@ def run(data: Path, n_phantoms: int, candidate: bool, cache: Path | None, nodule
             from covidct.evaluate.lidc import nodule_mask, parse_lidc_xml
 
             exclude = nodule_mask(ct, parse_lidc_xml(vol["nodules_xml"]), margin_mm=nodule_margin)
+        n0 = len(rows)
+        if before is not None and (before / _cache_name(vol["name"])).exists():
+            lungs, lesions, diag, sec = shipped(ct, before, vol["name"], None)
+            rows.append(score(vol, ct, "before", lungs, (lesions == 1) | (lesions == 2),
+                              {"diagnosis": diag, "seconds": sec}, ref, exclude, True))
         lungs, lesions, diag, sec = shipped(ct, cache, vol["name"], analyzer)
         infection = (lesions == 1) | (lesions == 2)
         rows.append(score(vol, ct, "shipped", lungs, infection, {"diagnosis": diag, "seconds": sec}, ref, exclude, True))
         t0 = time.perf_counter()
         _, count_mask = hu_count_per_slice(ct.array, count_lung)
-        rows.append(score(vol, ct, "HU count", count_lung, count_mask, {"seconds": time.perf_counter() - t0}, ref, exclude, True))
+        rows.append(score(vol, ct, "HU count", count_lung, count_mask, {"seconds": time.perf_counter() - t0}, ref,
+                          exclude, True))
         t0 = time.perf_counter()
         floor = rule_floor(ct.array, ct.spacing, ref)
         rows.append(score(vol, ct, "rule floor", ref, floor, {"seconds": time.perf_counter() - t0}, ref, exclude, False))
-        if candidate:
-            from covidct.lesions_hu import hu_lesions, hu_lungs
-
-            t0 = time.perf_counter()
-            lungs_c = hu_lungs(ct.array, ct.spacing, lungs)
-            les_c = hu_lesions(ct.array, ct.spacing, lungs_c)
-            sec_c = time.perf_counter() - t0
-            rows.append(score(vol, ct, "hu-lesions", lungs_c, (les_c == 1) | (les_c == 2),
-                              {"diagnosis": _diagnose(ct, lungs_c, les_c), "seconds": sec_c}, ref, exclude, True))
-        for r in rows[-(4 if candidate else 3):]:
-            print(json.dumps({k: v for k, v in r.items()}), file=sys.stderr, flush=True)
+        if loo:
+            loo_cases.append(loo_case(vol, ct, lungs, exclude))
+        for r in rows[n0:]:
+            print(json.dumps(r), file=sys.stderr, flush=True)
+    if loo:
+        rows += loo_rows(loo_cases)
     return rows
+
+
+def _cache_name(name: str) -> str:
+    return f"{name.replace(' ', '_')}.npz"
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=REPO.parent.parent / "shared" / "data")
     ap.add_argument("--phantoms", type=int, default=3)
-    ap.add_argument("--candidate", action="store_true", help="also score the HU lesion stage covidct.lesions_hu")
+    ap.add_argument("--loo", action="store_true", help="also choose the HU lesion rule's settings leave-one-volume-out")
     ap.add_argument("--cache", type=Path, default=None, help="keep the shipped pipeline's masks here between runs")
+    ap.add_argument("--before", type=Path, default=None, help="a --cache folder of an earlier version: its rows too")
     ap.add_argument("--nodule-margin", type=float, default=10.0)
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
@@ -190,7 +201,7 @@ def main() -> int:
         else:
             print(f"skipped: no data folder {a.data}")
             return 0
-    rows = run(a.data, a.phantoms, a.candidate, a.cache, a.nodule_margin)
+    rows = run(a.data, a.phantoms, a.cache, a.before, a.loo, a.nodule_margin)
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
     print(build_table(rows, COLUMNS))

@@ -2,13 +2,14 @@
 
 Why: every labelled slice covidct's lesion models learned from is an 8-bit, mid-chest, infected slice;
 on whole HU volumes they mark vessels, dependent lung bases and lung-mask leaks as lesions. This
-module keeps to what the physics of CT says about infection, with a-priori settings (not fitted):
-- GGO is lung denser than aerated parenchyma but not solid: −700..−300 HU; consolidation is solid:
-  −300..+150 HU (air bronchograms aside);
+module keeps to what the physics of CT says about infection (its few settings were chosen on the
+HU-volume table by a rule written beforehand, leave-one-volume-out: docs/BENCHMARKS.md, "HU volumes"):
+- GGO is lung denser than aerated parenchyma but not solid (from −700 HU); consolidation is solid
+  (up to +150 HU; denser is calcium or contrast); typed at −300 HU;
 - the lung's own border (pleura, mediastinum, diaphragm) is partial volume: a 3 mm in-plane rim is
   not scored, then lesions touching it regrow into it;
-- vessels are thin tubes: an in-plane opening (GGO) and a 3-D opening (consolidation) remove
-  structures narrower than the element; what survives must be at least ``min_lesion_ml``.
+- vessels are thin tubes: 3-D openings remove structures narrower than the element, dense survivors
+  shaped like a tube are dropped, and what is left must be at least ``min_lesion_ml``.
 ``hu_lungs`` cleans a lung mask of leaks with the same physics: a lung voxel is air-filled lung or
 lies within reach of it (lesions inside the lung are kept).
 """
@@ -26,17 +27,19 @@ from covidct.labels import CONSOLIDATION, GGO
 
 @dataclass(frozen=True)
 class HULesionSettings:
-    ggo_hu: tuple[float, float] = (-700.0, -300.0)
-    consolidation_hu: tuple[float, float] = (-300.0, 150.0)
+    ggo_hu: tuple[float, float] = (-700.0, -200.0)
+    consolidation_hu: tuple[float, float] = (-200.0, 150.0)
     rim_mm: float = 3.0  # lung border not scored (partial volume with pleura/mediastinum)
-    ggo_open_mm: float = 2.0  # in-plane opening: drops vessels thinner than ~4 mm
-    ggo_open_3d: bool = False  # open GGO in 3-D (at least one slice up and down) rather than in-plane
-    consolidation_open_mm: float = 4.0  # 3-D opening: drops vessels thinner than ~8 mm
+    ggo_open_mm: float = 1.0  # opening of the GGO range: drops vessels and their partial-volume shells
+    ggo_open_3d: bool = True  # ... in 3-D, at least one slice up and down (GGO spans several slices)
+    consolidation_open_mm: float = 4.0  # 3-D opening of the dense range: drops vessels thinner than ~8 mm
     max_elongation: float = 3.0  # a dense component longer than 3x its width is a vessel segment
-    hilar_mm: float = 20.0  # dense blobs this close to the mediastinum are the hilar vessels' branch points
     min_lesion_ml: float = 0.2
 
 
+# GGO / consolidation typing (not detection): the usual -300 HU boundary between them
+TYPE_BOUNDARY_HU = -300.0
+# the settings chosen by issue 17's rule on the HU-volume table (docs/BENCHMARKS.md, "HU volumes")
 DEFAULT = HULesionSettings()
 
 
@@ -87,27 +90,6 @@ def _bbox(mask: np.ndarray, margin: int = 2) -> tuple[slice, ...] | None:
     return tuple(slice(max(int(i.min()) - margin, 0), min(int(i.max()) + margin + 1, n)) for i, n in zip(idx, mask.shape, strict=True))
 
 
-def _drop_hilar(dense: np.ndarray, lung: np.ndarray, spacing: Sequence[float], mm: float) -> np.ndarray:
-    """Drop the 3-D components of ``dense`` whose centre lies within ``mm`` (in-plane) of the mediastinum,
-    the non-lung tissue the lungs enclose in their slice (convex hull of the lungs minus the lungs)."""
-    from skimage.morphology import convex_hull_image
-
-    lbl, n = ndimage.label(dense)
-    if n == 0:
-        return dense
-    zs = np.unique(np.nonzero(dense)[0])
-    dist = np.full(dense.shape, np.inf, np.float32)
-    for k in zs:
-        if lung[k].any():
-            medi = convex_hull_image(lung[k]) & ~lung[k]
-            if medi.any():
-                dist[k] = ndimage.distance_transform_edt(~medi, sampling=spacing[1:])
-    keep = np.zeros(n + 1, bool)
-    for i, sl in enumerate(ndimage.find_objects(lbl), start=1):
-        keep[i] = np.median(dist[sl][lbl[sl] == i]) > mm
-    return keep[lbl]
-
-
 def hu_lesions(hu: np.ndarray, spacing: Sequence[float], lungs: np.ndarray,
                settings: HULesionSettings = DEFAULT) -> np.ndarray:
     """(z, y, x) uint8 lesion labels (0 none, 1 GGO, 2 consolidation) inside ``lungs`` (> 0) of an HU volume."""
@@ -124,8 +106,6 @@ def hu_lesions(hu: np.ndarray, spacing: Sequence[float], lungs: np.ndarray,
     dense = core & (v > s.consolidation_hu[0]) & (v < s.consolidation_hu[1])
     dense = ndimage.binary_opening(dense, structure=ellipsoid(spacing, s.consolidation_open_mm, min_vox=1))
     dense = drop_tubes(dense, spacing, s.max_elongation)
-    if s.hilar_mm > 0 and dense.any():
-        dense = _drop_hilar(dense, lung, spacing, s.hilar_mm)
     lesion = _drop_small(ggo | dense, spacing, s.min_lesion_ml)
     # regrow into the unscored rim (in-plane): lung voxels in the lesion density range next to a lesion
     if s.rim_mm > 0 and lesion.any():
@@ -133,8 +113,8 @@ def hu_lesions(hu: np.ndarray, spacing: Sequence[float], lungs: np.ndarray,
         reach = ndimage.binary_dilation(lesion, structure=ellipsoid(spacing, s.rim_mm + 1.0, in_plane=True, min_vox=1))
         lesion |= dense_any & reach & ~core
     sub = np.zeros(v.shape, np.uint8)
-    sub[lesion & (v <= s.ggo_hu[1])] = GGO
-    sub[lesion & (v > s.ggo_hu[1])] = CONSOLIDATION
+    sub[lesion & (v < TYPE_BOUNDARY_HU)] = GGO
+    sub[lesion & (v >= TYPE_BOUNDARY_HU)] = CONSOLIDATION
     out[box] = sub
     return out
 
