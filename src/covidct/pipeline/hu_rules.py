@@ -31,22 +31,25 @@ class HULesionSettings:
     consolidation_hu: tuple[float, float] = (-200.0, 150.0)
     rim_mm: float = 3.0  # lung border not scored (partial volume with pleura/mediastinum)
     ggo_open_mm: float = 1.0  # opening of the GGO range: drops vessels and their partial-volume shells
-    ggo_open_3d: bool = True  # ... in 3-D, at least one slice up and down (GGO spans several slices)
+    ggo_open_3d: bool = True  # ... in 3-D, one slice up and down, on slices up to THIN_SLICE_MM
     consolidation_open_mm: float = 4.0  # 3-D opening of the dense range: drops vessels thinner than ~8 mm
     max_elongation: float = 3.0  # a dense component longer than 3x its width is a vessel segment
     min_lesion_ml: float = 0.2
 
 
+THIN_SLICE_MM = 3.0
 # GGO / consolidation typing (not detection): the usual -300 HU boundary between them
 TYPE_BOUNDARY_HU = -300.0
 # the settings chosen by issue 17's rule on the HU-volume table (docs/BENCHMARKS.md, "HU volumes")
 DEFAULT = HULesionSettings()
 
 
-def ellipsoid(spacing: Sequence[float], mm: float, in_plane: bool = False, min_vox: int = 0) -> np.ndarray:
-    """Boolean ball of radius ``mm`` on an anisotropic grid (a disc in one slice when ``in_plane``); each
-    radius is at least ``min_vox`` voxels (so a coarse grid still gets an element that does something)."""
-    rz = 0 if in_plane else max(int(round(mm / spacing[0])), min_vox)
+def ellipsoid(spacing: Sequence[float], mm: float, in_plane: bool = False, min_vox: int = 0,
+              min_vox_z: int = 0) -> np.ndarray:
+    """Boolean ball of radius ``mm`` on an anisotropic grid (a disc in one slice when ``in_plane``). In-plane
+    radii are rounded and at least ``min_vox`` (a coarse grid still gets an element that does something);
+    the slice radius is never more than ``mm`` and at least ``min_vox_z``."""
+    rz = 0 if in_plane else max(int(mm / spacing[0]), min_vox_z)
     ry, rx = (max(int(round(mm / s)), min_vox) for s in spacing[1:])
     zz, yy, xx = np.mgrid[-rz:rz + 1, -ry:ry + 1, -rx:rx + 1].astype(float)
     d = sum((a / max(r, 1e-9)) ** 2 if r else a * 0.0 for a, r in ((zz, rz), (yy, ry), (xx, rx)))
@@ -100,17 +103,20 @@ def hu_lesions(hu: np.ndarray, spacing: Sequence[float], lungs: np.ndarray,
     s = settings
     v, lung = hu[box], lungs[box] > 0
     # the border is partial volume with pleura, mediastinum and (through-plane) the diaphragm dome
-    core = ndimage.binary_erosion(lung, structure=ellipsoid(spacing, s.rim_mm, min_vox=1))
+    core = ndimage.binary_erosion(lung, structure=ellipsoid(spacing, s.rim_mm, min_vox=1, min_vox_z=1))
     ggo = core & (v > s.ggo_hu[0]) & (v <= s.ggo_hu[1])
-    ggo = ndimage.binary_opening(ggo, structure=ellipsoid(spacing, s.ggo_open_mm, in_plane=not s.ggo_open_3d, min_vox=1))
+    # in 3-D (one slice up and down) only on thin slices: on thick ones a small GGO spans one or two slices
+    ggo_3d = s.ggo_open_3d and spacing[0] <= THIN_SLICE_MM
+    ggo = ndimage.binary_opening(ggo, structure=ellipsoid(spacing, s.ggo_open_mm, in_plane=not ggo_3d, min_vox=1,
+                                                          min_vox_z=1))
     dense = core & (v > s.consolidation_hu[0]) & (v < s.consolidation_hu[1])
     dense = ndimage.binary_opening(dense, structure=ellipsoid(spacing, s.consolidation_open_mm, min_vox=1))
     dense = drop_tubes(dense, spacing, s.max_elongation)
     lesion = _drop_small(ggo | dense, spacing, s.min_lesion_ml)
-    # regrow into the unscored rim (in-plane): lung voxels in the lesion density range next to a lesion
+    # regrow into the unscored rim: lung voxels in the lesion density range next to a lesion
     if s.rim_mm > 0 and lesion.any():
         dense_any = lung & (v > s.ggo_hu[0]) & (v < s.consolidation_hu[1])
-        reach = ndimage.binary_dilation(lesion, structure=ellipsoid(spacing, s.rim_mm + 1.0, in_plane=True, min_vox=1))
+        reach = ndimage.binary_dilation(lesion, structure=ellipsoid(spacing, s.rim_mm + 1.0, min_vox=1, min_vox_z=1))
         lesion |= dense_any & reach & ~core
     sub = np.zeros(v.shape, np.uint8)
     sub[lesion & (v < TYPE_BOUNDARY_HU)] = GGO
