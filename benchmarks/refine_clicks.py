@@ -83,7 +83,7 @@ def main() -> int:
     ap.add_argument("--json", default=None, help="also write the results here")
     a = ap.parse_args()
 
-    from covidct.data.sources import data_root
+    from covidct.data import data_root
 
     if data_root() is None or not (data_root() / "medseg-ct100").is_dir():
         print("refine_clicks: data folder not found (set COVIDCT_DATA or use /work/shared/data); skipping")

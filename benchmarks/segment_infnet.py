@@ -37,8 +37,7 @@ def main() -> int:
     ap.add_argument("--model", default="infection", help="shipped name, checkpoint or run folder")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    from covidct.data import data_root, load_source
-    from covidct.data.sources import read_binary
+    from covidct.data import data_root, load_source, read_binary
     from covidct.evaluate import evaluate
     from covidct.io import read_label_png
     from covidct.models import zoo

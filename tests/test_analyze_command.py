@@ -20,6 +20,7 @@ from covidct.io import load_ct
 from covidct.phantom import make_phantom, write_phantom
 from covidct.pipeline import Analyzer, analyze
 from covidct.report.dicomseg import prepare_dicom_seg, write_dicom_seg
+from covidct.volume import CT
 
 SMALL = dict(shape=(16, 128, 128), spacing=(6.0, 2.6, 2.6))
 
@@ -53,6 +54,29 @@ def _same_seg(a: Path, b: Path) -> None:
     lb, kb, pb = _frames(b)
     assert la == lb and ka == kb
     np.testing.assert_array_equal(pa, pb)
+
+
+def test_scan_crosses_the_process_boundary_unpickled_in_the_calling_thread(study, monkeypatch):
+    """The pool's own thread must not unpickle the scan (its pydicom values import pydicom) while the
+    caller imports MONAI: two threads importing pydicom at once broke analyze about 1 run in 5."""
+    import pickle
+    import threading
+
+    folder, _ = study
+    unpickled_in = {}
+    real_loads = pickle.loads
+
+    def loads(data, **kw):
+        obj = real_loads(data, **kw)
+        if isinstance(obj, CT):
+            unpickled_in.setdefault("ct", []).append(threading.current_thread())
+        return obj
+
+    monkeypatch.setattr(pickle, "loads", loads)
+    with _ScanProcess(fork=True) as helper:
+        ct, _ = helper.load_beside(folder, lambda: None)
+    assert unpickled_in == {"ct": [threading.current_thread()]}
+    np.testing.assert_array_equal(ct.array, load_ct(folder).array)
 
 
 def test_scan_process_reads_the_series_and_writes_the_same_seg(study, tmp_path):
@@ -142,7 +166,9 @@ def test_analyze_command_in_a_fresh_process(study, tmp_path):
     assert res.returncode == 0, res.stderr
     assert "report:" in res.stdout and not res.stderr.strip()
     report = json.loads((out / "report.json").read_text())
-    assert report["outputs"]["dicom_seg"] == "segmentation.dcm" and not report["warnings"]
+    # this coarse phantom (2.6 mm pixels) is far from the models' training data: they may be unsure on it
+    others = [w for w in report["warnings"] if not w.startswith("uncertain lesion boundaries")]
+    assert report["outputs"]["dicom_seg"] == "segmentation.dcm" and not others
     assert {"load", "lungs", "lesions", "severity", "outputs"} <= set(report["timings_s"])
     # the SEG the scan process wrote holds exactly the masks of the NIfTIs
     ct = load_ct(folder)

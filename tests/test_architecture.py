@@ -45,3 +45,16 @@ def test_no_source_file_over_the_limit():
     assert not too_long, f"over {MAX_LINES} lines (split them): {too_long}"
     done = sorted(p for p in OVER_THE_LIMIT if lengths.get(p, 0) <= MAX_LINES)
     assert not done, f"no longer over the limit: remove {done} from OVER_THE_LIMIT"
+
+
+def test_every_top_level_module_is_in_a_layer():
+    """A new package (e.g. covidct.pacs) must be placed in the layers, or import-linter never checks it."""
+    import tomllib
+
+    contracts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    layers = next(c for c in contracts if c["type"] == "layers")["layers"]
+    placed = {name.strip() for layer in layers for part in layer.split("|") for name in part.split(":")}
+    modules = {p.stem for p in (SRC / "covidct").glob("*.py")} | {
+        p.parent.name for p in (SRC / "covidct").glob("*/__init__.py")}
+    missing = sorted(modules - placed - {"__init__", "__main__"})
+    assert not missing, f"not in any layer of [tool.importlinter] in pyproject.toml: {missing}"

@@ -104,6 +104,14 @@ def test_page_upload_view_correct(server, phantom_nifti, tmp_path):
             viewer = page.locator("#viewer")
             assert page.locator("#job-status").inner_text() == "done"
             assert page.locator("#dx-label").inner_text() in ("COVID-19", "Other pneumonia", "Normal")
+            # the pattern card: RSNA category, CO-RADS and the reasons from report.json
+            assert page.locator("#pattern-card").is_visible()
+            rsna = page.evaluate("S.report.pattern.rsna_category")
+            assert page.locator("#pattern-rsna").inner_text() == {
+                "typical": "Typical", "indeterminate": "Indeterminate", "atypical": "Atypical",
+                "negative": "Negative for pneumonia"}[rsna]
+            assert page.locator("#pattern-corads").inner_text() == f"CO-RADS {page.evaluate('S.report.pattern.co_rads')}"
+            assert page.locator("#pattern-reasons li").count() == len(page.evaluate("S.report.pattern.reasons")) >= 1
             assert page.locator("#downloads a").count() >= 3
             assert page.locator("#jobs li").count() == 1
             page.screenshot(path=str(shots / "2-done.png"))
@@ -131,6 +139,17 @@ def test_page_upload_view_correct(server, phantom_nifti, tmp_path):
             assert page.evaluate(canvas_sum) != with_lesions
             page.click("#tog-lesions")
             page.wait_for_selector("#viewer[data-show-lesions=true][data-state=ready]")
+            # the heatmap toggle (button and key H) draws the lesion probability over the slice, and removes it
+            assert page.locator("#tog-heat").is_enabled() and page.locator("#heat-legend").is_hidden()
+            assert page.locator("#inv-unsure").inner_text().startswith("Model uncertainty: ")
+            page.click("#tog-heat")
+            page.wait_for_selector("#viewer[data-show-heatmap=true][data-state=ready]")
+            assert page.evaluate(canvas_sum) != with_lesions and page.locator("#heat-legend").is_visible()
+            assert page.locator("#tog-heat").get_attribute("aria-pressed") == "true"
+            page.screenshot(path=str(shots / "2b-heatmap.png"))
+            page.keyboard.press("h")
+            page.wait_for_selector("#viewer[data-show-heatmap=false][data-state=ready]")
+            assert page.evaluate(canvas_sum) == with_lesions
             page.click("#btn-medi")
             page.wait_for_selector("#viewer[data-window=mediastinum][data-state=ready]")
             page.screenshot(path=str(shots / "3-mediastinum.png"))

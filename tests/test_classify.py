@@ -278,7 +278,7 @@ def test_volume_default_is_the_analysis_diagnosis(tmp_path, capsys):
     res = classify_volume(ph.ct)
     expected = shared_analyzer()(ph.ct).report["diagnosis"]
     assert res["label"] == expected["label"] and res["probabilities"] == expected["probabilities"]
-    assert res["model"].endswith("(findings rule)") and res["threshold"] is None
+    assert res["model"].endswith("(lesion pattern)") and res["threshold"] is None
     lesion_area = (ph.lesions > 0).reshape(len(ph.lesions), -1).sum(1)
     assert all(lesion_area[k] > 0 for k in res["slices"])  # slices shown are lesion slices
     path = write_phantom(ph, tmp_path, fmt="nifti")
@@ -288,4 +288,4 @@ def test_volume_default_is_the_analysis_diagnosis(tmp_path, capsys):
     line = json.loads(out.strip().splitlines()[-1])
     assert set(line) == {"input", "label", "probabilities", "threshold", "model"}
     assert set(line["probabilities"]) == {"covid19", "pneumonia", "normal"} and line["label"] in line["probabilities"]
-    assert "no Grad-CAM for the findings-rule diagnosis" in err
+    assert "no Grad-CAM for the lesion-pattern diagnosis" in err

@@ -7,8 +7,8 @@ import pytest
 from scipy import ndimage
 
 from covidct.pipeline import working_grid
-from covidct.pipeline.grid import _first_argmax
-from covidct.pipeline.morphology import _dilate_mm
+from covidct.pipeline.grid import first_argmax
+from covidct.pipeline.morphology import dilate_mm
 from covidct.preprocess import bounding_box, fill_holes_in_plane, inner_components
 from covidct.volume import CT
 
@@ -27,7 +27,7 @@ def test_working_grid_matches_skimage_block_mean():
 def test_first_argmax_is_numpy_argmax():
     rng = np.random.default_rng(1)
     stack = rng.integers(0, 3, size=(4, 5, 30, 30)).astype(np.float32)  # many ties
-    np.testing.assert_array_equal(_first_argmax(list(stack)), np.argmax(stack, axis=0))
+    np.testing.assert_array_equal(first_argmax(list(stack)), np.argmax(stack, axis=0))
 
 
 def _dilate_full(mask, spacing, mm):
@@ -47,7 +47,7 @@ def test_dilation_on_the_bounding_box_is_exact(seed):
     mask = np.zeros((12, 40, 40), bool)
     mask[tuple(rng.integers(0, s, 6) for s in mask.shape)] = True  # some near the edges
     spacing = (2.0, 0.8, 1.3)
-    np.testing.assert_array_equal(_dilate_mm(mask, spacing, 5.0), _dilate_full(mask, spacing, 5.0))
+    np.testing.assert_array_equal(dilate_mm(mask, spacing, 5.0), _dilate_full(mask, spacing, 5.0))
 
 
 def test_bounding_box_and_in_plane_components():

@@ -40,6 +40,10 @@ def dicom_ct(phantom, tmp_path_factory):
 
 def _report(ct, lungs, lesions, mode: str = "volume") -> dict:
     """A complete, plausible report for these masks (what the pipeline produces)."""
+    from covidct.report.heatmap import uncertainty as uncertainty_of
+
+    prob = (lesions > 0).astype(np.float32) * 0.9  # a stand-in lesion probability
+    uncertainty, per_slice = uncertainty_of(prob, lungs, 2.0 if mode == "volume" else None, 1.0)
     vml = ct.voxel_volume_ml
     vol = mode == "volume"
 
@@ -84,6 +88,14 @@ def _report(ct, lungs, lesions, mode: str = "volume") -> dict:
             "probabilities": {"covid19": 0.71, "pneumonia": 0.2, "normal": 0.09},
             "method": "test fixture",
         },
+        "pattern": {
+            "rsna_category": "typical",
+            "co_rads": 5,
+            "features": {"opacity_percent": 2.6, "peripheral_fraction": 0.71, "n_foci": 10, "septal_line_fraction": None},
+            "reasons": ["bilateral, 71 % peripheral, multifocal round GGO → typical <b>"],
+        }
+        if vol
+        else None,
         "lungs": {"left_ml": ml(lungs == 1), "right_ml": ml(lungs == 2), "total_ml": ml(lungs > 0)},
         "lesions": {
             "ggo_ml": ml(lesions == 1),
@@ -106,7 +118,8 @@ def _report(ct, lungs, lesions, mode: str = "volume") -> dict:
             else "not available for a single 2-D image",
             "lobes": {"RUL": 2, "RML": 1, "RLL": 3, "LUL": 1, "LLL": 2} if vol else None,
         },
-        "slices": slice_rows(ct, lungs, lesions),
+        "slices": slice_rows(ct, lungs, lesions, per_slice),
+        "uncertainty": uncertainty,
         "models": [{"name": "lesions-unet", "version": "1.0", "sha256": "ab" * 32}],
         "timings_s": {
             "load": 0.1,
@@ -164,11 +177,17 @@ def test_valid_reports_pass(dicom_ct, phantom):
         (lambda r: r["diagnosis"]["probabilities"].__setitem__("normal", 0.5), "$.diagnosis.probabilities"),
         (lambda r: r["lesions"]["left"].pop("ggo_ml"), "$.lesions.left"),
         (lambda r: r["slices"][3].__setitem__("lung_mm2", -1.0), "$.slices[3].lung_mm2"),
+        (lambda r: r["slices"][3].__setitem__("lesion_entropy_bits", 1.5), "$.slices[3].lesion_entropy_bits"),
+        (lambda r: r["uncertainty"].pop("high"), "$.uncertainty"),
         (lambda r: r["severity"].__setitem__("score", 30), "$.severity.score"),
         (lambda r: r["lungs"].__setitem__("left_ml", float("nan")), "$.lungs.left_ml"),
         (lambda r: r.__setitem__("created", "yesterday"), "$.created"),
         (lambda r: r.__setitem__("schema_version", "0.9"), "$.schema_version"),
         (lambda r: r.pop("timings_s"), "$"),
+        (lambda r: r["pattern"].__setitem__("rsna_category", "probable"), "$.pattern.rsna_category"),
+        (lambda r: r["pattern"].__setitem__("co_rads", 6), "$.pattern.co_rads"),
+        (lambda r: r["pattern"].__setitem__("reasons", []), "$.pattern.reasons"),
+        (lambda r: r["pattern"]["features"].__setitem__("n_foci", "many"), "$.pattern.features.n_foci"),
     ],
 )
 def test_broken_report_names_the_path(dicom_ct, phantom, mutate, path):
@@ -320,6 +339,9 @@ def test_html_report_is_self_contained(dicom_ct, phantom, tmp_path):
     assert len(imgs) >= 5  # the axial profile + at least 4 slices
     assert "example &lt;warning&gt; &amp; escaping" in text
     assert "71.0 %" in text and "9 <span" in text
+    # the pattern: category, CO-RADS, escaped reasons, features with their definitions
+    assert "Typical appearance · CO-RADS 5" in text and "→ typical &lt;b&gt;" in text
+    assert "<code>peripheral_fraction</code>" in text and "outer third" in text
 
 
 def test_html_report_single_image(tmp_path):
@@ -345,6 +367,7 @@ def test_html_report_single_image(tmp_path):
     validate_report(rep)
     text = write_html_report(ct, lungs, lesions, rep, tmp_path / "r.html").read_text(encoding="utf-8")
     assert "not scored" in text and "single 2-D image" in text
+    assert rep["pattern"] is None and "CO-RADS" not in text
     assert len(re.findall(r"data:image/png;base64", text)) == 1
 
 

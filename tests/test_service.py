@@ -191,6 +191,11 @@ def test_viewer_endpoints(served):
     assert client.get(f"/api/jobs/{jid}/slices/99.png").status_code == 404
     assert client.get(f"/api/jobs/{jid}/slices/8.png?window=bone").status_code == 422
     assert client.get(f"/api/jobs/{jid}/slices/8/heart.png").status_code == 422
+    # the heatmap layer: the models' lesion probability, at the slice's size, coloured where lesions are
+    assert vol["heatmap"] is True
+    heat = np.asarray(Image.open(io.BytesIO(client.get(f"/api/jobs/{jid}/slices/8/heatmap.png").content)))
+    assert heat.shape == (96, 96, 4) and (heat[..., 3] > 0).any()
+    assert (heat[..., 3][ov[..., 3] > 0] > 0).mean() > 0.5  # most lesion pixels carry probability colour
 
 
 def _lesion_slice(client, jid, k, revision=None):

@@ -24,7 +24,8 @@ VOLUME_EXTS = (".nii.gz", ".nii", ".zip", ".mha", ".nrrd", ".dcm")
 
 SUMMARY_FIELDS = [
     "study", "input", "status", "error", "diagnosis", "p_covid19", "p_pneumonia", "p_normal",
-    "left_lung_ml", "right_lung_ml", "lesion_ml", "involvement_total_pct", "severity_score", "seconds", "outdir",
+    "left_lung_ml", "right_lung_ml", "lesion_ml", "involvement_total_pct", "severity_score", "rsna_category",
+    "co_rads", "seconds", "outdir",
 ]  # fmt: skip
 
 
@@ -121,11 +122,14 @@ def _summary_row(study: Study, outdir: Path, status: str, error: str = "", repor
             lesion_ml=report["lesions"].get("total_ml", ""),
             involvement_total_pct=report["involvement_percent"].get("total", ""),
             severity_score=report["severity"].get("score", ""),
+            rsna_category=(report.get("pattern") or {}).get("rsna_category", ""),
+            co_rads=(report.get("pattern") or {}).get("co_rads", ""),
         )  # fmt: skip
     return row
 
 
-def run_study(study: Study, outdir: Path, png: bool = False, html: bool = True, model_args: dict | None = None) -> dict:
+def run_study(study: Study, outdir: Path, png: bool = False, html: bool = True, model_args: dict | None = None,
+              heatmap: bool = False) -> dict:
     """Analyse one study into ``outdir`` (in whatever process runs this); returns its summary row."""
     import json
 
@@ -142,7 +146,7 @@ def run_study(study: Study, outdir: Path, png: bool = False, html: bool = True, 
         if not study.path.exists():
             raise UnreadableInput(f"{study.path}: no such file or folder")
         analyzer = pipeline.shared_analyzer(**(model_args or {}))
-        res = pipeline.analyze(study.path, outdir, analyzer=analyzer, png=png, html=html)
+        res = pipeline.analyze(study.path, outdir, analyzer=analyzer, png=png, html=html, heatmap=heatmap)
         return _summary_row(study, outdir, "done", report=res.report, seconds=time.perf_counter() - t0)
     except CovidCTError as exc:
         return _summary_row(study, outdir, "failed", error=str(exc).splitlines()[0], seconds=time.perf_counter() - t0)
@@ -164,10 +168,11 @@ def run_batch(
     html: bool = True,
     model_args: dict | None = None,
     progress: Callable[[dict], None] | None = None,
+    heatmap: bool = False,
 ) -> list[dict]:
     """Analyse every study into ``outdir/<study>/``, write ``outdir/summary.csv``; returns the rows."""
     outdir.mkdir(parents=True, exist_ok=True)
-    jobs = [(s, outdir / s.name, png, html, model_args) for s in studies]
+    jobs = [(s, outdir / s.name, png, html, model_args, heatmap) for s in studies]
     rows: list[dict] = []
 
     def collect(row: dict) -> None:

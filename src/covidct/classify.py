@@ -207,8 +207,8 @@ def classify_volume(ct: CT, lungs: np.ndarray | None = None, model: str | Path |
 
 
 def diagnosis_from_analysis(ct: CT, top_k: int = MIN_TOP_K) -> dict:
-    """The patient-level result of covidct's analysis (lungs, lesions, the findings rule of
-    :func:`covidct.pipeline.diagnose_from_findings`) in :func:`classify_volume`'s form. ``slices``: the
+    """The patient-level result of covidct's analysis (lungs, lesions, the diagnosis from the lesion pattern,
+    :func:`covidct.pipeline.diagnose`) in :func:`classify_volume`'s form. ``slices``: the
     ``top_k`` slices with the largest lesion area (where Grad-CAM overlays are drawn)."""
     from covidct.pipeline import shared_analyzer
 
@@ -217,7 +217,7 @@ def diagnosis_from_analysis(ct: CT, top_k: int = MIN_TOP_K) -> dict:
     area = (analysis.lesions > 0).reshape(len(analysis.lesions), -1).sum(1)
     top = np.argsort(-area, kind="mergesort")[: max(1, top_k)]
     return {"label": diag["label"], "probabilities": dict(diag["probabilities"]), "threshold": None,
-            "model": "+".join(f"{m['name']}@{m['version']}" for m in report["models"]) + " (findings rule)",
+            "model": "+".join(f"{m['name']}@{m['version']}" for m in report["models"]) + " (lesion pattern)",
             "slices": sorted(int(i) for i in top if area[i] > 0) or [int(np.argmax(area))],
             "aggregation": {"method": diag["method"], "involvement_percent": report["involvement_percent"]["total"]}}
 

@@ -24,6 +24,9 @@ def _print_summary(report: dict, outdir: Path) -> None:
     d = report["diagnosis"]
     probs = ", ".join(f"{k} {v:.2f}" for k, v in d["probabilities"].items())
     lines = [f"diagnosis: {d['label']} ({probs})"]
+    pat = report.get("pattern")
+    if pat:
+        lines.append(f"pattern: RSNA {pat['rsna_category']}, CO-RADS {pat['co_rads']}: {pat['reasons'][0]}")
     if report["mode"] == "volume":
         lu, le, inv = report["lungs"], report["lesions"], report["involvement_percent"]
         lines += [
@@ -91,9 +94,11 @@ def _scan_process_start(parent: int) -> None:
         os._exit(1)
 
 
-def _scan_process_load(path: Path, series: str | None = None) -> CT:
+def _scan_process_load(path: Path, series: str | None = None) -> bytes:
+    """The scan, pickled here: the parent unpickles it in its main thread (see ``load_beside``)."""
     global _SCAN
     import dataclasses
+    import pickle
 
     import numpy as np
 
@@ -101,7 +106,7 @@ def _scan_process_load(path: Path, series: str | None = None) -> CT:
     ct = _load_timed(path, series)
     # The SEG needs the headers and geometry, not the HU values: a zero-stride stand-in of the same shape.
     _SCAN = dataclasses.replace(ct, array=np.broadcast_to(np.float32(0), ct.shape))
-    return ct
+    return pickle.dumps(ct, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _scan_process_prepare() -> None:
@@ -164,6 +169,7 @@ class _ScanProcess:
     def load_beside(self, path: Path, work: Callable[[], T], series: str | None = None) -> tuple[CT, T]:
         """The scan at ``path`` (``series``: its series UID), read while ``work()`` runs here, and ``work()``'s
         result."""
+        import pickle
         from concurrent.futures import ThreadPoolExecutor
         from concurrent.futures.process import BrokenProcessPool
 
@@ -182,7 +188,10 @@ class _ScanProcess:
             self.pool.submit(_scan_process_prepare)  # the SEG writer's imports, while the lungs are segmented
             result = work()
         try:
-            return loading.result(), result
+            # Unpickled here, after ``work()``: the pool's own thread would unpickle the pydicom values while
+            # this thread imports MONAI (which imports pydicom), and two threads importing pydicom at once
+            # failed 1 run in ~5 with "partially initialized module 'pydicom' has no attribute 'valuerep'".
+            return pickle.loads(loading.result()), result
         except BrokenProcessPool:  # the child was killed (e.g. out of memory): read it here instead
             self.pool.shutdown(wait=False)
             self.pool = None
@@ -208,18 +217,19 @@ class _ScanProcess:
             return write_dicom_seg(ct, lungs, lesions, path)
 
 
-def _analyze_one(path: Path, output: Path, series: str | None, png: bool, html: bool, model_args: dict) -> dict:
+def _analyze_one(path: Path, output: Path, series: str | None, png: bool, html: bool, model_args: dict,
+                 heatmap: bool = False) -> dict:
     """One study: the scan read in a helper process while the models load; returns the report."""
     from covidct import pipeline
 
     with _ScanProcess() as helper:
         ct, analyzer = helper.load_beside(path, lambda: pipeline.shared_analyzer(**model_args), series)
-        res = analyzer(ct, output, png=png, html=html, seg_writer=helper.seg_writer(ct))
+        res = analyzer(ct, output, png=png, html=html, seg_writer=helper.seg_writer(ct), heatmap=heatmap)
     return res.report
 
 
 def _analyze_from_pacs(inputs, url, study, series, push, output: Path, pacs_args: dict, *, png: bool, html: bool,
-                       model_args: dict) -> None:
+                       model_args: dict, heatmap: bool = False) -> None:
     """``analyze --pacs URL --study UID [--series UID] [--push]``."""
     from covidct.pacs.client import settings_from
     from covidct.pacs.study import SR_FILE, push_finished
@@ -235,7 +245,7 @@ def _analyze_from_pacs(inputs, url, study, series, push, output: Path, pacs_args
     study = check_uid(study, "--study")
     series = check_uid(series, "--series") if series is not None else None
     with pulled_study(settings, study, series) as folder:
-        report = _analyze_one(folder, output, series, png, html, model_args)
+        report = _analyze_one(folder, output, series, png, html, model_args, heatmap)
         if push:
             pushed = push_finished(settings, study, output, folder)
         else:
@@ -254,6 +264,9 @@ def register(app: typer.Typer) -> None:
         output: Path = typer.Option(..., "-o", "--output", help="Output folder (one input: files go directly here; several: one sub-folder per study)."),
         png: bool = typer.Option(False, "--png", help="Also write an overlay PNG for every slice with lung or lesion."),
         html: bool = typer.Option(True, "--html/--no-html", help="Write report.html."),
+        heatmap: bool = typer.Option(False, "--heatmap", help="Also write the lesion probability: "
+                                     "lesion_probability.nii.gz on the input's grid and heatmap/heatmap_NNNN.png "
+                                     "overlays at each slice's size (a 2-D image: lesion_probability.png, heatmap.png)."),
         workers: int = typer.Option(1, "--workers", min=1, help="Parallel worker processes for several studies."),
         dask: str = typer.Option(None, "--dask", metavar="ADDRESS", help="Run studies on an existing Dask cluster (scheduler address)."),
         lungs_model: str = typer.Option("lungs", "--lungs-model", help="Shipped model name, checkpoint (.pt) or run folder for the lungs."),
@@ -279,7 +292,7 @@ def register(app: typer.Typer) -> None:
         if pacs is not None or study is not None or push:
             pacs_args = {"auth_file": auth_file, "insecure": insecure, "ca_bundle": ca_bundle, "timeout": timeout}
             _analyze_from_pacs(inputs, pacs, study, series, push, output, pacs_args, png=png, html=html,
-                               model_args={"lungs_model": lungs_model, "lesions_model": lesions_model})
+                               model_args={"lungs_model": lungs_model, "lesions_model": lesions_model}, heatmap=heatmap)
             return
         if not inputs:
             raise typer.BadParameter("give at least one INPUT (or --pacs URL --study UID)", param_hint="INPUT...")
@@ -292,7 +305,7 @@ def register(app: typer.Typer) -> None:
         if one_study:
             if not inputs[0].exists():
                 raise UnreadableInput(f"{inputs[0]}: no such file or folder")
-            _print_summary(_analyze_one(inputs[0], output, series, png, html, model_args), output)
+            _print_summary(_analyze_one(inputs[0], output, series, png, html, model_args, heatmap), output)
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -307,7 +320,8 @@ def register(app: typer.Typer) -> None:
                     failed += 1
                     bar.console.print(f"[red]failed[/red] {row['study']}: {row['error']}")
 
-            rows = run_batch(studies, output, workers=workers, dask_address=dask, png=png, html=html, model_args=model_args, progress=progress)
+            rows = run_batch(studies, output, workers=workers, dask_address=dask, png=png, html=html, model_args=model_args,
+                             progress=progress, heatmap=heatmap)
         done = sum(r["status"] == "done" for r in rows)
         skipped = sum(r["status"].startswith("skipped") for r in rows)
         typer.echo(f"{done} analysed, {skipped} already done, {failed} failed; summary: {output / 'summary.csv'}")

@@ -107,9 +107,9 @@ def register(app: typer.Typer) -> None:
                 flush()
                 res = classify_volume(ct, model=model)
                 results[i] = _line(path, res, as_json)
-                if cam is not None and res["model"].endswith("(findings rule)"):
+                if cam is not None and res["model"].endswith("(lesion pattern)"):
                     # no network's decision to explain: the lesion masks drove it, and analyze draws them
-                    tqdm.write(f"covidct: note: {path}: no Grad-CAM for the findings-rule diagnosis; "
+                    tqdm.write(f"covidct: note: {path}: no Grad-CAM for the lesion-pattern diagnosis; "
                                "`covidct analyze` writes the lesion overlays", file=sys.stderr)
                 elif cam is not None and res.get("slices"):
                     k = res["slices"][len(res["slices"]) // 2]

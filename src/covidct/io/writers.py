@@ -121,6 +121,12 @@ def _nifti_for(ct: CT, array_zyx: np.ndarray, dtype: type) -> nib.Nifti1Image:
     return img
 
 
+def nifti_like_input(ct: CT, array_zyx: np.ndarray, dtype: type) -> nib.Nifti1Image:
+    """A NIfTI image (not yet written) of a canonical array on the input's grid, for callers that set
+    more of the header themselves (e.g. a scale factor for probabilities)."""
+    return _nifti_for(ct, array_zyx, dtype)
+
+
 def save_mask_nifti(mask_zyx: np.ndarray, ct: CT, path: str | Path) -> Path:
     """Write a canonical (z, y, x) label mask as a uint8 NIfTI that overlays the input exactly."""
     _check_nifti_path(path)

@@ -41,7 +41,9 @@ def resolve_model_path(name_or_path: str | Path) -> tuple[Path, Path | None]:
         for cand in ("best.pt", "model.pt", "last.pt"):
             if (p / cand).exists():
                 return p / cand, (p / "card.json") if (p / "card.json").exists() else None
-        raise ModelError(f"no checkpoint (best.pt) in run folder {p}")
+        variants = sorted(q.parent.name for q in p.glob("*/best.pt"))  # a grid run: one folder per variant
+        hint = f"; its grid variants: {', '.join(variants[:6])}{' ...' if len(variants) > 6 else ''}" if variants else ""
+        raise ModelError(f"no checkpoint (best.pt) in run folder {p}{hint}")
     if p.is_file():
         card = p.with_name(p.name[: -len(p.suffix)] + ".card.json")
         return p, card if card.exists() else None

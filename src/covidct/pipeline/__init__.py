@@ -6,7 +6,8 @@ A package of stages, in the order the data flows (docs/architecture.md):
 - :mod:`~covidct.pipeline.lungs`: the lung model, cleaning, the left/right split;
 - :mod:`~covidct.pipeline.lesions`: the lesion and infection models, typing, HU checks, effusion;
 - :mod:`~covidct.pipeline.measures`: volumes, involvement per lung and zone, severity score;
-- :mod:`~covidct.pipeline.diagnosis`: COVID-19 / other pneumonia / normal from the findings;
+- :mod:`~covidct.pipeline.diagnosis`: COVID-19 / other pneumonia / normal from the lesion pattern
+  (RSNA category, CO-RADS; :mod:`covidct.pattern`);
 - :mod:`~covidct.pipeline.reporting` and :mod:`~covidct.pipeline.outputs`: the report, and the NIfTI,
   DICOM SEG, JSON, HTML and PNG files, written atomically.
 
@@ -19,7 +20,12 @@ passed between them.
 from __future__ import annotations
 
 from covidct.pipeline.analyzer import Analyzer, analyze, shared_analyzer
-from covidct.pipeline.diagnosis import FALSE_INVOLVEMENT_PCT, diagnose_from_findings, low_involvement_warnings
+from covidct.pipeline.diagnosis import (
+    FALSE_INVOLVEMENT_PCT,
+    diagnose,
+    diagnose_from_findings,
+    low_involvement_warnings,
+)
 from covidct.pipeline.grid import WORKING_SIZE, upsample_labels, working_grid
 from covidct.pipeline.lungs import clean_lung_mask, remove_air_pockets, split_left_right
 from covidct.pipeline.measures import measure, pan_lobe_score
@@ -29,7 +35,7 @@ from covidct.pipeline.types import Analysis, LoadedModel, Masks, Study
 
 __all__ = [
     "Analysis", "Analyzer", "FALSE_INVOLVEMENT_PCT", "LoadedModel", "Masks", "SegWriter", "Study", "WORKING_SIZE",
-    "analyze", "build_report", "clean_lung_mask", "diagnose_from_findings", "low_involvement_warnings", "measure",
+    "analyze", "build_report", "clean_lung_mask", "diagnose", "diagnose_from_findings", "low_involvement_warnings", "measure",
     "pan_lobe_score", "remove_air_pockets", "remove_staging_folders", "shared_analyzer", "split_left_right",
     "upsample_labels", "working_grid", "write_outputs",
 ]

@@ -19,6 +19,7 @@ from covidct.pipeline import diagnosis, lesions, load, lungs, measures, outputs,
 from covidct.pipeline.grid import working_grid
 from covidct.pipeline.predict import ModelRunner
 from covidct.pipeline.types import Analysis, LoadedModel, Masks, Study
+from covidct.report.heatmap import uncertainty_warning
 from covidct.volume import CT
 
 
@@ -68,14 +69,18 @@ class Analyzer:
         """The lungs stage on ``ct``: (z, y, x) uint8, 0 background, 1 left lung, 2 right lung."""
         return lungs.segment_lungs(ct, self.models["lungs"], runner or self._runner())
 
-    def segment_lesions(self, ct: CT, lung_labels: np.ndarray, runner: ModelRunner | None = None) -> np.ndarray:
-        """The lesions stage on ``ct``: (z, y, x) uint8, 0 none, 1 GGO, 2 consolidation, 3 pleural effusion."""
+    def segment_lesions(self, ct: CT, lung_labels: np.ndarray, runner: ModelRunner | None = None,
+                        probability: dict | None = None) -> np.ndarray:
+        """The lesions stage on ``ct``: (z, y, x) uint8, 0 none, 1 GGO, 2 consolidation, 3 pleural effusion.
+        ``probability``: receives the lesion probability (see :func:`covidct.pipeline.lesions.segment_lesions`)."""
         return lesions.segment_lesions(ct, lung_labels, runner or self._runner(), self.models["lesions"],
-                                       self.models["infection"], self.lesion_min_hu, self.min_lesion_mm3)
+                                       self.models["infection"], self.lesion_min_hu, self.min_lesion_mm3,
+                                       probability)
 
     def __call__(
         self, ct: CT, outdir: str | Path | None = None, *, png: bool = False, html: bool = True,
         progress: Callable[[str], None] | None = None, seg_writer: outputs.SegWriter | None = None,
+        heatmap: bool = False,
     ) -> Analysis:
         """Analyse ``ct``; ``progress`` (optional) is called with each stage's name as it starts.
 
@@ -94,7 +99,7 @@ class Analyzer:
         try:
             analysis = self._finish(study, masks, t, stage)
             stage("outputs")
-            outputs.write_outputs(analysis, Path(outdir), png=png, html=html, timings=t, early=early)
+            outputs.write_outputs(analysis, Path(outdir), png=png, html=html, timings=t, early=early, heatmap=heatmap)
         finally:
             early.discard()
         return analysis
@@ -112,9 +117,10 @@ class Analyzer:
             raise NoLungsFound(f"no lungs found in {ct.path or 'the input'}: is this a chest CT?")
         stage("lesions")
         t0 = time.perf_counter()
-        lesion_labels = self.segment_lesions(work, lung_labels, runner)
+        prob: dict = {}
+        lesion_labels = self.segment_lesions(work, lung_labels, runner, prob)
         del runner
-        masks = lesions.final_masks(ct, lung_labels, lesion_labels, factor)
+        masks = lesions.final_masks(ct, lung_labels, lesion_labels, factor, prob.get("lesion"), work.spacing)
         t["lesions"] = time.perf_counter() - t0
         return masks
 
@@ -126,7 +132,7 @@ class Analyzer:
         severity = measures.measure(ct, masks.lungs, masks.lesions, mode)
         t["severity"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        finding = diagnosis.diagnose_from_findings(severity)
+        finding, pattern = diagnosis.diagnose(ct, masks.lungs, masks.lesions, severity, mode)
         t["diagnosis"] = time.perf_counter() - t0
         if mode == "volume" and self.models["infection"] is not None:
             warnings.extend(diagnosis.low_involvement_warnings(severity))
@@ -135,8 +141,13 @@ class Analyzer:
                   reporting.model_entry(info["lesions"], "hu-rule-lesions")]
         if info["infection"]:
             models.append(reporting.model_entry(info["infection"], ""))
-        report = reporting.build_report(ct, mode, severity, finding, models, t, warnings)
-        return Analysis(ct=ct, lungs=masks.lungs, lesions=masks.lesions, report=report)
+        warning = uncertainty_warning(masks.uncertainty or {})
+        if warning:
+            warnings.append(warning)
+        report = reporting.build_report(ct, mode, severity, finding, models, t, warnings, pattern=pattern)
+        report["uncertainty"] = masks.uncertainty
+        return Analysis(ct=ct, lungs=masks.lungs, lesions=masks.lesions, report=report,
+                        lesion_probability=masks.lesion_probability, slice_uncertainty=masks.slice_uncertainty)
 
 
 _SHARED: dict[tuple, Analyzer] = {}
@@ -152,7 +163,7 @@ def shared_analyzer(**kwargs) -> Analyzer:
 
 def analyze(
     source: str | Path | CT, outdir: str | Path | None = None, *, analyzer: Analyzer | None = None, png: bool = False,
-    html: bool = True, progress: Callable[[str], None] | None = None,
+    html: bool = True, progress: Callable[[str], None] | None = None, heatmap: bool = False,
 ) -> Analysis:
     """Analyse one chest CT (path or :class:`CT`); write the outputs to ``outdir`` when given.
 
@@ -163,4 +174,4 @@ def analyze(
         progress("load")
     ct = load.load_input(source)
     analyzer = analyzer or shared_analyzer()
-    return analyzer(ct, outdir, png=png, html=html, progress=progress)
+    return analyzer(ct, outdir, png=png, html=html, progress=progress, heatmap=heatmap)

@@ -1,10 +1,22 @@
-"""Diagnosis stage: COVID-19 / other pneumonia / normal from the measured findings (an interpretable rule)."""
+"""Diagnosis stage: COVID-19 / other pneumonia / normal, and the RSNA / CO-RADS pattern behind it.
+
+A volume gets its diagnosis from the lesion pattern (:func:`diagnose`, covidct.pattern); a single 2-D
+image, which has no 3-D pattern, keeps the rule on the measured findings (:func:`diagnose_from_findings`).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
 from covidct.labels import DIAGNOSIS_CLASSES
+from covidct.pattern import analyse_pattern
+from covidct.volume import CT
+
+PATTERN_METHOD = (
+    "from the lesion pattern (covidct.pattern; rules with literature thresholds, not fitted to patients): "
+    "P(abnormal) from the parenchymal opacity (50 % at 1 % of the lungs) and non-COVID findings; COVID-19 "
+    "against other pneumonia from where and what the opacities are (RSNA consensus, CO-RADS): see `pattern`"
+)
 
 # The highest false involvement the shipped models gave on the benchmark's lesion-free phantoms (3.71 %,
 # docs/BENCHMARKS.md; P001's infection-free slices: 3.41 %), rounded up: below it, findings cannot be told
@@ -49,3 +61,12 @@ def diagnose_from_findings(sev: dict) -> dict:
             "COVID-19 share from bilateral, GGO-predominant, peripheral pattern (RSNA typical appearance)"
         ),
     }
+
+
+def diagnose(ct: CT, lungs: np.ndarray, lesions: np.ndarray, sev: dict, mode: str) -> tuple[dict, dict | None]:
+    """The report's ``diagnosis`` and ``pattern``: from the lesion pattern for a volume; for a single 2-D
+    image the findings rule and no pattern (``None``)."""
+    if mode != "volume":
+        return diagnose_from_findings(sev), None
+    res = analyse_pattern(lungs, lesions, ct.spacing, ct.array if ct.is_hu else None)
+    return {"label": res.label, "probabilities": res.probabilities, "method": PATTERN_METHOD}, res.report()

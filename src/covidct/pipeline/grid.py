@@ -55,11 +55,11 @@ def upsample_labels(labels: np.ndarray, shape: tuple[int, int, int]) -> np.ndarr
         sub = labels[k, ys, xs]
         size = (sub.shape[1] * 2, sub.shape[0] * 2) if crop else (ww, hh)
         maps = [cv2.resize((sub == c).astype(np.float32), size, interpolation=cv2.INTER_LINEAR) for c in present]
-        out[k, 2 * ys.start : 2 * ys.start + size[1], 2 * xs.start : 2 * xs.start + size[0]] = values[_first_argmax(maps)]
+        out[k, 2 * ys.start : 2 * ys.start + size[1], 2 * xs.start : 2 * xs.start + size[0]] = values[first_argmax(maps)]
     return out
 
 
-def _first_argmax(arrays: list[np.ndarray]) -> np.ndarray:
+def first_argmax(arrays: list[np.ndarray]) -> np.ndarray:
     """uint8 index of the largest of equally shaped arrays, the first one on ties: ``np.argmax`` of their
     stack along a new axis 0, without the stack and several times faster than numpy's strided reduction."""
     best = np.array(arrays[0], copy=True)

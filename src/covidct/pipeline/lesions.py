@@ -16,18 +16,27 @@ import numpy as np
 from scipy import ndimage
 
 from covidct.labels import CONSOLIDATION, EFFUSION, GGO
-from covidct.pipeline.grid import _first_argmax, upsample_labels
-from covidct.pipeline.morphology import _dilate_mm
+from covidct.pipeline.grid import first_argmax, upsample_labels
+from covidct.pipeline.morphology import dilate_mm
 from covidct.pipeline.predict import ModelRunner
 from covidct.pipeline.types import LoadedModel, Masks
 from covidct.preprocess import bounding_box
+from covidct.report.heatmap import (
+    infection_probability,
+    probability_volume,
+    uncertainty,
+    upsample_probability,
+)
 from covidct.volume import CT
 
 
 def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_model: LoadedModel | None = None,
                     infection_model: LoadedModel | None = None, lesion_min_hu: float = -800.0,
-                    min_lesion_mm3: float = 20.0) -> np.ndarray:
-    """(z, y, x) uint8: 0 none, 1 GGO, 2 consolidation, 3 pleural effusion."""
+                    min_lesion_mm3: float = 20.0, probability: dict | None = None) -> np.ndarray:
+    """(z, y, x) uint8: 0 none, 1 GGO, 2 consolidation, 3 pleural effusion.
+
+    ``probability`` (optional): receives ``"lesion"``, the models' infection probability on ``ct``'s grid
+    (uint8 p x 255, see covidct.report.heatmap), or None when the HU rule decided."""
     vol = ct.array
     lung = lungs > 0
     out = np.zeros(vol.shape, np.uint8)
@@ -35,7 +44,7 @@ def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_mode
     if zs.size == 0:
         return out
     dz, dy, dx = ct.spacing
-    near_lung = _dilate_mm(lung, (dz, dy, dx), 3.0)
+    near_lung = dilate_mm(lung, (dz, dy, dx), 3.0)
     binary = False
     prob = p_inf = None
     if lesions_model is not None:
@@ -46,20 +55,22 @@ def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_mode
     hu_volume = ct.is_hu and ct.n_slices >= 3  # GGO/consolidation from the HU rule (pipeline.hu_rules)
     if infection_model is not None and not infection_model.is_3d and not hu_volume:
         p_inf = runner.probabilities(infection_model, vol, zs, ct.is_hu, ct.spacing, "infection")[:, 1]
+    if probability is not None:
+        probability["lesion"] = probability_volume(vol.shape, zs, infection_probability(prob, p_inf))
     if p_inf is not None:
         # extent from the binary infection model (trained on the most labelled slices); type from the
         # lesion model (its most likely lesion class) or, without one, from density below
         thr = (infection_model.info.get("thresholds") or {}).get("foreground", 0.5)
         infected = p_inf >= thr
         if prob is not None and not binary:
-            labels = _first_argmax([prob[:, c] for c in range(prob.shape[1])])
-            typed = _first_argmax([prob[:, c] for c in range(1, prob.shape[1])]) + np.uint8(1)
+            labels = first_argmax([prob[:, c] for c in range(prob.shape[1])])
+            typed = first_argmax([prob[:, c] for c in range(1, prob.shape[1])]) + np.uint8(1)
             out[zs] = np.where(infected, typed, np.where(labels == EFFUSION, EFFUSION, 0))
         else:
             out[zs] = infected.astype(np.uint8)
             binary = True
     elif prob is not None:
-        out[zs] = _first_argmax([prob[:, c] for c in range(prob.shape[1])])
+        out[zs] = first_argmax([prob[:, c] for c in range(prob.shape[1])])
     elif ct.is_hu:
         sub = vol[zs]
         rule = np.zeros(sub.shape, np.uint8)
@@ -89,7 +100,7 @@ def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_mode
         infection &= vol >= lesion_min_hu
     effusion = out == EFFUSION
     if ct.is_hu:
-        pleural = _dilate_mm(lung, (dz, dy, dx), 30.0) & ~lung
+        pleural = dilate_mm(lung, (dz, dy, dx), 30.0) & ~lung
         effusion &= pleural & (vol > -50) & (vol < 80)
     else:
         effusion &= ~lung
@@ -103,16 +114,25 @@ def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_mode
 # --- the whole analysis --------------------------------------------------------------------
 
 
-def final_masks(ct: CT, lungs: np.ndarray, lesions: np.ndarray, factor: int) -> Masks:
-    """The working grid's masks (``factor``: its in-plane block size) as the final masks on ``ct``'s grid."""
+def final_masks(ct: CT, lungs: np.ndarray, lesions: np.ndarray, factor: int,
+                probability: np.ndarray | None = None, work_spacing: tuple[float, float, float] | None = None) -> Masks:
+    """The working grid's masks (``factor``: its in-plane block size) as the final masks on ``ct``'s grid.
+
+    ``probability``: the lesion probability on the working grid (spacing ``work_spacing``); its uncertainty
+    figures are measured there, inside the lungs, and it is brought to ``ct``'s grid too."""
     # GGO/consolidation are part of the lung they lie in (the lung label includes its lesions)
     lungs = _absorb_lesions(lungs, lesions)
+    dz, dy, dx = work_spacing or ct.spacing
+    summary, per_slice = uncertainty(probability, lungs, dz * dy * dx if ct.spacing_known else None, dy * dx)
+    if probability is not None and factor > 1:
+        probability = upsample_probability(probability, ct.shape)
     if factor > 1:
         lungs, lesions = upsample_labels(lungs, ct.shape), upsample_labels(lesions, ct.shape)
         infection = (lesions == GGO) | (lesions == CONSOLIDATION)
         lesions[infection & (lungs == 0)] = 0  # interpolated edges must agree
         lungs[lesions == EFFUSION] = 0
-    return Masks(lungs=lungs, lesions=lesions)
+    return Masks(lungs=lungs, lesions=lesions, lesion_probability=probability, uncertainty=summary,
+                 slice_uncertainty=per_slice)
 
 
 def _absorb_lesions(lungs: np.ndarray, lesions: np.ndarray) -> np.ndarray:
@@ -139,7 +159,7 @@ def _plausible_effusion(effusion: np.ndarray, lung: np.ndarray, spacing: tuple[f
     lbl, n = ndimage.label(effusion)
     if n == 0:
         return effusion
-    shell = _dilate_mm(lung, spacing, 2.0 * max(spacing[1], spacing[2])) & ~lung
+    shell = dilate_mm(lung, spacing, 2.0 * max(spacing[1], spacing[2])) & ~lung
     vox_ml = float(np.prod(spacing)) / 1000.0
     # Per-component sums over the effusion voxels only, added in raster order as ndimage.sum_labels and
     # center_of_mass add them (so the same floats), without their passes over the whole volume.

@@ -13,7 +13,7 @@ import numpy as np
 from scipy import ndimage
 
 from covidct.labels import LEFT_LUNG, RIGHT_LUNG
-from covidct.pipeline.morphology import _dilate_mm, _grow_box, _radius_vox
+from covidct.pipeline.morphology import dilate_mm, grow_box, radius_vox
 from covidct.pipeline.predict import ModelRunner
 from covidct.pipeline.types import LoadedModel
 from covidct.preprocess import IN_PLANE, bounding_box, fill_holes_in_plane, threshold_lung_mask
@@ -75,12 +75,12 @@ def remove_air_pockets(mask: np.ndarray, hu: np.ndarray, spacing: tuple[float, f
     r = max(1, int(round(min_mm / 2 / min(spacing[1], spacing[2]))))
     rim = max(1, int(round(3.0 / min(spacing[1], spacing[2]))))
     # Everything below stays within the mask's bounding box grown by the 10 mm of the air search plus the
-    # in-plane reach of the opening and the rim: work on that block (exact, as in _dilate_mm).
+    # in-plane reach of the opening and the rim: work on that block (exact, as in dilate_mm).
     box = bounding_box(mask)
     if box is None:
         return np.zeros(mask.shape, bool)
-    grow = np.add(_radius_vox(mask.shape, spacing, 10.0), (0, max(r, rim, 1), max(r, rim, 1)))
-    box = _grow_box(box, grow, mask.shape)
+    grow = np.add(radius_vox(mask.shape, spacing, 10.0), (0, max(r, rim, 1), max(r, rim, 1)))
+    box = grow_box(box, grow, mask.shape)
     result = np.zeros(mask.shape, bool)
     result[box] = _remove_air_pockets(mask[box], hu[box], spacing, r, rim)
     return result
@@ -89,7 +89,7 @@ def remove_air_pockets(mask: np.ndarray, hu: np.ndarray, spacing: tuple[float, f
 def _remove_air_pockets(mask: np.ndarray, hu: np.ndarray, spacing: tuple[float, float, float], r: int, rim: int) -> np.ndarray:
     out = mask.copy()
     # all air of the slice: a lumen the model left out still has a wall the model may have kept
-    air = (hu < AIR_HU) & _dilate_mm(mask, spacing, 10.0)
+    air = (hu < AIR_HU) & dilate_mm(mask, spacing, 10.0)
     if air.any():
         yy, xx = np.ogrid[-r : r + 1, -r : r + 1]
         disk = (yy**2 + xx**2 <= r * r)[None]

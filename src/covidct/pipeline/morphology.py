@@ -10,20 +10,20 @@ from scipy import ndimage
 from covidct.preprocess import bounding_box
 
 
-def _radius_vox(shape: tuple[int, ...], spacing: tuple[float, float, float], mm: float) -> tuple[int, int, int]:
+def radius_vox(shape: tuple[int, ...], spacing: tuple[float, float, float], mm: float) -> tuple[int, int, int]:
     """``mm`` in whole voxels along each axis (none across the slices of a single slice)."""
     r = tuple(max(int(round(mm / s)), 0) for s in spacing)
     return (0, *r[1:]) if shape[0] == 1 else r
 
 
-def _grow_box(box: tuple[slice, ...], grow: Sequence[int], shape: tuple[int, ...]) -> tuple[slice, ...]:
+def grow_box(box: tuple[slice, ...], grow: Sequence[int], shape: tuple[int, ...]) -> tuple[slice, ...]:
     """``box`` grown by ``grow[axis]`` voxels on each side, clipped to ``shape``."""
     return tuple(slice(max(b.start - g, 0), min(b.stop + g, n)) for b, g, n in zip(box, grow, shape, strict=True))
 
 
-def _dilate_mm(mask: np.ndarray, spacing: tuple[float, float, float], mm: float) -> np.ndarray:
+def dilate_mm(mask: np.ndarray, spacing: tuple[float, float, float], mm: float) -> np.ndarray:
     """Dilate by about ``mm`` millimetres (anisotropic voxels respected)."""
-    r = _radius_vox(mask.shape, spacing, mm)
+    r = radius_vox(mask.shape, spacing, mm)
     if not any(r):
         return mask.copy()
     # Only the mask's bounding box grown by r can change, so filter just that block (the lungs fill a
@@ -32,7 +32,7 @@ def _dilate_mm(mask: np.ndarray, spacing: tuple[float, float, float], mm: float)
     box = bounding_box(mask)
     if box is None:
         return np.zeros(mask.shape, bool)
-    box = _grow_box(box, r, mask.shape)
+    box = grow_box(box, r, mask.shape)
     # a box of rank-1 passes is cheaper than a ball and close enough for a margin
     block = mask[box].astype(np.uint8)
     for axis, ri in enumerate(r):

@@ -70,10 +70,11 @@ def remove_staging_folders(outdir: Path) -> None:
 
 
 def write_outputs(analysis: Analysis, outdir: Path, *, png: bool = False, html: bool = True, timings: dict | None = None,
-                  early: EarlyOutputs | None = None) -> dict[str, str]:
+                  early: EarlyOutputs | None = None, heatmap: bool = False) -> dict[str, str]:
     """Write every output into ``outdir`` atomically: built in a temp folder, then moved in.
 
-    ``early``: the temp folder and DICOM SEG :meth:`Analyzer.__call__` started (else both start here)."""
+    ``early``: the temp folder and DICOM SEG :meth:`Analyzer.__call__` started (else both start here).
+    ``heatmap``: also the lesion probability (:func:`write_heatmaps`)."""
     import json
 
     from covidct.io import save_label_png, save_mask_nifti, save_overlay_png
@@ -101,7 +102,7 @@ def write_outputs(analysis: Analysis, outdir: Path, *, png: bool = False, html: 
                 writes = [pool.submit(save_mask_nifti, lungs, ct, tmp / "lungs.nii.gz"),
                           pool.submit(save_mask_nifti, lesions, ct, tmp / "lesions.nii.gz")]
                 seg = early.seg
-                report["slices"] = slice_rows(ct, lungs, lesions)
+                report["slices"] = slice_rows(ct, lungs, lesions, analysis.slice_uncertainty)
                 for w in writes:
                     w.result()
                 files |= {"lungs": "lungs.nii.gz", "lesions": "lesions.nii.gz"}
@@ -112,7 +113,7 @@ def write_outputs(analysis: Analysis, outdir: Path, *, png: bool = False, html: 
                     except ValueError as exc:  # e.g. a .zip input whose files are gone: the rest still useful
                         report["warnings"].append(f"no DICOM SEG written: {str(exc).splitlines()[0]}")
             else:
-                report["slices"] = slice_rows(ct, lungs, lesions)
+                report["slices"] = slice_rows(ct, lungs, lesions, analysis.slice_uncertainty)
                 save_label_png(lungs[0], tmp / "lungs.png")
                 save_label_png(lesions[0], tmp / "lesions.png")
                 files |= {"lungs": "lungs.png", "lesions": "lesions.png"}
@@ -130,6 +131,8 @@ def write_outputs(analysis: Analysis, outdir: Path, *, png: bool = False, html: 
             keep = np.flatnonzero(((lungs > 0) | (lesions > 0)).reshape(ct.n_slices, -1).any(1))
             save_slice_overlays(ct, lungs, lesions, tmp / "slices", slices=keep)
             files["overlays"] = "slices/"
+        if heatmap:
+            files |= write_heatmaps(analysis, tmp)
         if html:
             from covidct.report.html import write_html_report
 
@@ -153,6 +156,27 @@ def write_outputs(analysis: Analysis, outdir: Path, *, png: bool = False, html: 
     analysis.outdir = outdir
     analysis.files = files
     return files
+
+
+def write_heatmaps(analysis: Analysis, folder: Path) -> dict[str, str | list[str] | None]:
+    """The lesion probability: a volume gets ``lesion_probability.nii.gz`` (input grid) and
+    ``heatmap/heatmap_NNNN.png`` per slice with lungs; a 2-D image ``lesion_probability.png`` and
+    ``heatmap.png``, both at its exact size. Nothing (None entries) when no lesion model ran."""
+    from PIL import Image
+
+    from covidct.report import heatmap as hm
+
+    ct, prob = analysis.ct, analysis.lesion_probability
+    if prob is None:
+        analysis.report["warnings"].append("no heatmap written: no lesion model ran (HU rule)")
+        return {"heatmap": None, "lesion_probability": None}
+    if analysis.report["mode"] == "slice":
+        hm.save_probability_png(prob[0], folder / "lesion_probability.png")
+        Image.fromarray(hm.heatmap_rgb(ct.array[0], prob[0], ct.is_hu)).save(folder / "heatmap.png", format="PNG")
+        return {"heatmap": "heatmap.png", "lesion_probability": "lesion_probability.png"}
+    hm.save_probability_nifti(prob, ct, folder / "lesion_probability.nii.gz")
+    hm.save_heatmap_pngs(ct, prob, analysis.lungs, folder / "heatmap")
+    return {"heatmap": "heatmap/", "lesion_probability": "lesion_probability.nii.gz"}
 
 
 def _move_into(tmp: Path, outdir: Path) -> None:

@@ -20,7 +20,10 @@ def _r(x: float | None, nd: int = 2) -> float | None:
     return None if x is None else round(float(x), nd)
 
 
-def build_report(ct: CT, mode: str, sev: dict, diagnosis: dict, models: list[dict], timings: dict, warnings: list[str]) -> dict:
+def build_report(ct: CT, mode: str, sev: dict, diagnosis: dict, models: list[dict], timings: dict, warnings: list[str],
+                 pattern: dict | None = None) -> dict:
+    """The report of one analysis (``slices`` and ``outputs`` are filled in by the outputs stage); ``pattern``:
+    the RSNA/CO-RADS pattern of the diagnosis stage (None for a slice)."""
     vml = sev["voxel_ml"]
     pl = sev["per_lung"]
 
@@ -81,11 +84,7 @@ def build_report(ct: CT, mode: str, sev: dict, diagnosis: dict, models: list[dic
             "lobes": sev["lobe_scores"],
             "lobes_percent": None if sev["lobes_percent"] is None else {k: _r(v, 3) for k, v in sev["lobes_percent"].items()},
         },
-        "pattern": {
-            "bilateral": bool(sev["bilateral"]),
-            "ggo_fraction": _r(sev["ggo_fraction"], 3),
-            "peripheral_fraction": _r(sev["peripheral_fraction"], 3),
-        },
+        "pattern": pattern,
         "slices": [],
         "models": models,
         "timings_s": {k: round(float(v), 3) for k, v in timings.items()},

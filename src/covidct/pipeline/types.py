@@ -41,6 +41,11 @@ class Masks:
 
     lungs: np.ndarray
     lesions: np.ndarray
+    # the models' lesion probability (uint8, p x 255) on the input's grid, None with the HU rule; and the
+    # uncertainty figures (report ``uncertainty`` and one dict per slice), see covidct.report.heatmap
+    lesion_probability: np.ndarray | None = None
+    uncertainty: dict | None = None
+    slice_uncertainty: list[dict] | None = None
 
 
 @dataclass
@@ -51,5 +56,7 @@ class Analysis:
     lungs: np.ndarray
     lesions: np.ndarray
     report: dict
+    lesion_probability: np.ndarray | None = None  # uint8 p x 255 on the input's grid (heatmaps), or None
+    slice_uncertainty: list[dict] | None = None  # report slices[]' uncertainty figures
     outdir: Path | None = None
     files: dict[str, str] = field(default_factory=dict)

@@ -23,11 +23,13 @@ __all__ = [
 ]
 
 
-def slice_rows(ct: CT, lungs: np.ndarray, lesions: np.ndarray) -> list[dict]:
+def slice_rows(ct: CT, lungs: np.ndarray, lesions: np.ndarray, uncertainty: list[dict] | None = None) -> list[dict]:
     """The report's ``slices`` list: per canonical slice, its source and areas in mm².
 
     ``lesion_mm2`` counts all lesion labels (GGO + consolidation + effusion), like
     ``lesions.total_ml``. Without known spacing (``ct.spacing_known`` False) areas are in pixels.
+    ``uncertainty``: one ``{uncertain_mm2, lesion_entropy_bits}`` per slice (covidct.report.heatmap);
+    both null without it.
     """
     if lungs.shape != ct.shape or lesions.shape != ct.shape:
         raise ValueError(f"mask shapes {lungs.shape}/{lesions.shape} do not match the CT {ct.shape}")
@@ -50,7 +52,10 @@ def slice_rows(ct: CT, lungs: np.ndarray, lesions: np.ndarray) -> list[dict]:
                 "ggo_mm2": round(ggo, 2),
                 "consolidation_mm2": round(cons, 2),
                 "effusion_mm2": round(eff, 2),
+                "uncertain_mm2": None,
+                "lesion_entropy_bits": None,
             }
+            | (uncertainty[k] if uncertainty is not None else {})
         )
     return rows
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from covidct.labels import CONSOLIDATION, EFFUSION, GGO, LEFT_LUNG, LESION_COLORS, LUNG_COLORS, RIGHT_LUNG
 from covidct.report.figures import lesion_profile_png, overlay_rgb, png_bytes, representative_slices
+from covidct.report.html_pattern import pattern_section
 from covidct.volume import CT
 
 RESEARCH_NOTICE = "Research use only — not for diagnosis."
@@ -195,10 +196,14 @@ def _involvement_section(r: dict) -> str:
             )
             for z in _ZONE_ORDER
         )
+    u = r.get("uncertainty") or {}
+    unsure = "" if u.get("uncertain_percent_of_lungs") is None else (
+        f"<p class='sub'>Model uncertainty: {_fmt(u['uncertain_percent_of_lungs'], 1, ' %')} {what} has a lesion "
+        f"probability between 0.3 and 0.7 (mean entropy {_fmt(u.get('mean_entropy_bits'), 3, ' bit')}).</p>")
     return (
         "<section><h2>Involvement</h2><p class='sub'>Ground-glass opacity + consolidation, "
         f"in percent {what} "
-        f"(pleural effusion excluded).</p>{lungs}{zone_html}</section>"
+        f"(pleural effusion excluded).</p>{lungs}{zone_html}{unsure}</section>"
     )
 
 
@@ -331,6 +336,7 @@ def render_html(ct: CT, lungs: np.ndarray, lesions: np.ndarray, report: dict, im
             _diagnosis_section(report),
             _severity_section(report),
             "</div>",
+            pattern_section(report),
             _volumes_section(report),
             _involvement_section(report),
             images_html if images_html is not None else images_section(ct, lungs, lesions),

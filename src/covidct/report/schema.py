@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-REPORT_SCHEMA_VERSION = "1.0"
+REPORT_SCHEMA_VERSION = "1.2"
 
 _NUM = {"type": "number"}
 _NUM_OR_NULL = {"type": ["number", "null"]}
@@ -23,6 +23,7 @@ _NONNEG = {"type": "number", "minimum": 0}
 _ML = {"type": ["number", "null"], "minimum": 0}
 _STR_OR_NULL = {"type": ["string", "null"]}
 _PROB = {"type": "number", "minimum": 0, "maximum": 1}
+_BITS_OR_NULL = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
 _ZONES = ("left_upper", "left_middle", "left_lower", "right_upper", "right_middle", "right_lower")
 _LOBES = ("RUL", "RML", "RLL", "LUL", "LLL")
 _LESION_KEYS = ("ggo_ml", "consolidation_ml", "effusion_ml", "total_ml")
@@ -89,6 +90,21 @@ REPORT_SCHEMA: dict[str, Any] = {
                 "method": {"type": "string", "minLength": 1},
             }
         ),
+        "pattern": {
+            "type": ["object", "null"],
+            "description": "RSNA category, CO-RADS score, the pattern features and the reasons (null for a 2-D image)",
+            "properties": {
+                "rsna_category": {"enum": ["typical", "indeterminate", "atypical", "negative"]},
+                "co_rads": {"type": "integer", "minimum": 1, "maximum": 5},
+                "features": {
+                    "type": "object",
+                    "minProperties": 1,
+                    "additionalProperties": {"type": ["number", "null"]},
+                },
+                "reasons": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
+            },
+            "required": ["rsna_category", "co_rads", "features", "reasons"],
+        },
         "lungs": _obj({"left_ml": _ML, "right_ml": _ML, "total_ml": _ML}),
         "lesions": _obj({**{k: _ML for k in _LESION_KEYS}, "left": _LESION_SIDE, "right": _LESION_SIDE}),
         "involvement_percent": _obj(
@@ -128,9 +144,23 @@ REPORT_SCHEMA: dict[str, Any] = {
                     "ggo_mm2": _NONNEG,
                     "consolidation_mm2": _NONNEG,
                     "effusion_mm2": _NONNEG,
+                    "uncertain_mm2": _ML,
+                    "lesion_entropy_bits": _BITS_OR_NULL,
                 }
             ),
         },
+        "uncertainty": _obj(
+            {
+                "method": {"type": "string", "minLength": 1},
+                "band": {"type": "array", "items": _PROB, "minItems": 2, "maxItems": 2},
+                "threshold_percent": _PCT,
+                "uncertain_ml": _ML,
+                "uncertain_percent_of_lungs": _PCT_OR_NULL,
+                "mean_entropy_bits": _BITS_OR_NULL,
+                "high": {"type": "boolean"},
+            },
+            description="How unsure the lesion models are inside the lungs (null figures: no lesion model ran).",
+        ),
         "models": {
             "type": "array",
             "items": _obj(
@@ -162,11 +192,13 @@ REPORT_SCHEMA: dict[str, Any] = {
         "mode",
         "input",
         "diagnosis",
+        "pattern",
         "lungs",
         "lesions",
         "involvement_percent",
         "severity",
         "slices",
+        "uncertainty",
         "models",
         "timings_s",
         "warnings",
@@ -180,6 +212,7 @@ REPORT_SCHEMA: dict[str, Any] = {
             "lungs": {"properties": {k: {"type": "null"} for k in ("left_ml", "right_ml", "total_ml")}},
             "lesions": {"properties": {k: {"type": "null"} for k in _LESION_KEYS}},
             "severity": {"properties": {"score": {"type": "null"}}},
+            "pattern": {"type": "null"},
         }
     },
 }

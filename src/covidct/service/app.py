@@ -365,10 +365,11 @@ def create_app(
     @app.get("/api/jobs/{job_id}/slices/{k}/{layer}.png", tags=["viewer"], dependencies=protected,
              response_class=Response, responses={200: {"content": {"image/png": {}}}})
     def get_overlay(
-        job_id: JOB_ID, k: int, layer: Literal["lungs", "lesions"],
+        job_id: JOB_ID, k: int, layer: Literal["lungs", "lesions", "heatmap"],
         revision: Annotated[int | None, Query(ge=0, description="default latest")] = None,
     ) -> Response:
-        """An RGBA overlay of slice ``k``: lungs (outline + light fill) or lesions (filled, by class colour)."""
+        """An RGBA overlay of slice ``k``: lungs (outline + light fill), lesions (filled, by class colour) or
+        heatmap (the lesion probability of the analysis, inferno colours; 404 when no lesion model ran)."""
         rev = views.resolve_revision(job_id, revision)
         cache = "private, max-age=3600" if revision is not None else "no-store"
         return Response(views.overlay_png(job_id, k, layer, rev), media_type="image/png", headers={"Cache-Control": cache})

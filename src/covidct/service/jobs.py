@@ -238,6 +238,9 @@ def run_job(store: JobStore, job_id: str, analyzer_factory: Callable[[], object]
         analysis = analyzer(ct, result, progress=lambda s: store.update(job_id, stage=s))
         save_mask(analysis.lungs, folder / "cache" / "lungs.npy")
         save_mask(analysis.lesions, folder / "cache" / "lesions.npy")
+        prob = getattr(analysis, "lesion_probability", None)  # uint8 p x 255; None with the HU rule
+        if prob is not None:
+            save_mask(prob, folder / "cache" / "lesion_prob.npy")  # the viewer's heatmap layer
         rep = analysis.report
         return store.update(
             job_id,

@@ -22,12 +22,13 @@ from PIL import Image
 from scipy import ndimage
 
 from covidct.labels import CONSOLIDATION, GGO, LESION_COLORS, LUNG_COLORS
+from covidct.report.heatmap import heatmap_rgba
 from covidct.service.jobs import JobStore, load_ct_cache, save_mask, write_json_atomic
 from covidct.volume import CT
 
 # (low, high) HU of each preset: lung W1500/L-600, mediastinum W400/L40
 WINDOWS: dict[str, tuple[float, float]] = {"lung": (-1350.0, 150.0), "mediastinum": (-160.0, 240.0)}
-LAYERS = ("lungs", "lesions")
+LAYERS = ("lungs", "lesions", "heatmap")
 
 
 class ViewerError(Exception):
@@ -148,8 +149,17 @@ class JobViews:
     def overlay_png(self, job_id: str, k: int, layer: str, revision: int) -> bytes:
         ct = self.ct(job_id)
         k = self._slice_index(ct, k)
+        if layer == "heatmap":  # the models' lesion probability of the analysis (corrections do not change it)
+            return png(heatmap_rgba(np.asarray(self.lesion_probability(job_id)[k])))
         lungs, lesions = self.masks(job_id, revision)
         return png(overlay_rgba(np.asarray((lesions if layer == "lesions" else lungs)[k]), layer))
+
+    def lesion_probability(self, job_id: str) -> np.ndarray:
+        """The uint8 (p x 255) lesion probability volume, memory-mapped; 404 when no lesion model ran."""
+        path = self._done_folder(job_id) / "cache" / "lesion_prob.npy"
+        if not path.is_file():
+            raise ViewerError(404, f"job {job_id} has no lesion probabilities (no lesion model ran)")
+        return np.load(path, mmap_mode="r")
 
     def volume_info(self, job_id: str) -> dict:
         """What the viewer needs to lay out a job: shape, spacing, windows, revision, per-slice areas."""
@@ -164,6 +174,7 @@ class JobViews:
             "is_hu": bool(ct.is_hu),
             "windows": {k: list(v) for k, v in WINDOWS.items()} if ct.is_hu else {},
             "revision": rev,
+            "heatmap": (self.store.folder(job_id) / "cache" / "lesion_prob.npy").is_file(),
             "report": rep,
         }
 
@@ -265,6 +276,7 @@ class JobViews:
             "involvement_percent": report["involvement_percent"],
             "severity": report["severity"],
             "diagnosis": report["diagnosis"],
+            "pattern": report["pattern"],
             "lesions": report["lesions"],
         }
 
@@ -309,17 +321,20 @@ def _absorb_slice(lungs_k: np.ndarray, lesions_k: np.ndarray) -> np.ndarray:
 
 
 def _recompute_report(ct: CT, lungs: np.ndarray, lesions: np.ndarray, orig: dict, n: int, k: int, n_clicks: int) -> dict:
-    from covidct.pipeline import build_report, diagnose_from_findings, measure
+    from covidct.pipeline import build_report, diagnose, measure
     from covidct.report import slice_rows
 
     mode = orig.get("mode", "volume")
     sev = measure(ct, lungs, lesions, mode)
-    diag = diagnose_from_findings(sev)
+    diag, pattern = diagnose(ct, lungs, lesions, sev, mode)
     models = list(orig.get("models", [])) + [{"name": "click-refinement", "version": "1", "sha256": None}]
     warnings = list(orig.get("warnings", []))
     # timings stay those of the original analysis (the schema wants them); the revision's own are in "revision"
-    report = build_report(ct, mode, sev, diag, models, dict(orig.get("timings_s", {})), warnings)
-    report["slices"] = slice_rows(ct, lungs, lesions)
+    report = build_report(ct, mode, sev, diag, models, dict(orig.get("timings_s", {})), warnings, pattern=pattern)
+    # the models' probabilities, and so their uncertainty, are the original analysis's: clicks do not change them
+    report["uncertainty"] = orig.get("uncertainty")
+    kept = [{key: row.get(key) for key in ("uncertain_mm2", "lesion_entropy_bits")} for row in orig.get("slices", [])]
+    report["slices"] = slice_rows(ct, lungs, lesions, kept if len(kept) == ct.n_slices else None)
     report["revision"] = {"number": n, "refined_slice": k, "clicks": n_clicks, "original_kept": "result/"}
     return report
 

@@ -195,8 +195,19 @@ class SectionedConfig:
     output: dict = field(default_factory=lambda: {"run_dir": "runs/{name}", "tensorboard": True})
 
 
+class TaskClasses:
+    """``classes`` of a config with a ``task``: its row of the class's ``CLASS_TABLE`` (background first)."""
+
+    CLASS_TABLE: ClassVar[dict[str, list[str]]]
+    task: str
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.CLASS_TABLE[self.task])
+
+
 @dataclass
-class Config:
+class Config(TaskClasses):
     task: Literal["lungs", "infection", "lesions", "covid-vs-noncovid", "slice-infection", "three-class",
                   "contrastive"]
     name: str = "run"
@@ -214,9 +225,7 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     grid: dict | list | None = None
 
-    @property
-    def classes(self) -> list[str]:
-        return list(TASK_CLASSES[self.task])
+    CLASS_TABLE: ClassVar[dict[str, list[str]]] = TASK_CLASSES
 
 
 def _check_classify(cfg) -> None:

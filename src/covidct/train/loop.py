@@ -20,13 +20,14 @@ from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from covidct.errors import ConfigError
 from covidct.train.config import Config, config_to_dict, load_config
-from covidct.train.runs import Progress, save_training_state, stop_reason
+from covidct.train.runs import Progress, Run, save_training_state, stop_reason
 from covidct.train.schema import apply_overrides, expand_grid, load_raw
 
 
@@ -74,18 +75,18 @@ class Task:
         """The training batches of one epoch."""
         raise NotImplementedError
 
-    def loss(self, model, batch) -> torch.Tensor:
+    def loss(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
         """Forward pass and loss of one batch (the model is in training mode)."""
         raise NotImplementedError
 
     def after_step(self, loss: float) -> None:
         """Called after every optimiser step with its loss."""
 
-    def validate(self, model, epoch: int, train_loss: float) -> Validation:
+    def validate(self, model: torch.nn.Module, epoch: int, train_loss: float) -> Validation:
         """The epoch's validation; by default (no validation data) the training loss is the score."""
         return Validation(score=-train_loss)
 
-    def save_best(self, model, metrics: dict) -> None:
+    def save_best(self, model: torch.nn.Module, metrics: dict) -> None:
         """Save the best model so far (best.pt)."""
 
     def report(self, e: Epoch) -> None:
@@ -99,21 +100,22 @@ class Task:
 class LoaderTask(Task):
     """A task whose batches come from a data loader and whose best.pt holds ``{"val": metrics}`` (2-D runs)."""
 
-    def __init__(self, cfg, run, loss_fn, train_dl, val_dl, writer, log, ckpt: dict) -> None:
+    def __init__(self, cfg: Any, run: Run, loss_fn: Any, train_dl: Iterable, val_dl: Iterable | None, writer: Any,
+                 log: Any, ckpt: dict) -> None:
         self.cfg, self.run, self.loss_fn, self.train_dl, self.val_dl = cfg, run, loss_fn, train_dl, val_dl
         self.writer, self.log, self.ckpt = writer, log, ckpt
 
-    def batches(self, epoch: int):
+    def batches(self, epoch: int) -> Iterable:
         return self.train_dl
 
-    def save_best(self, model, metrics: dict) -> None:
+    def save_best(self, model: torch.nn.Module, metrics: dict) -> None:
         from covidct.models.checkpoint import save_checkpoint
 
         save_checkpoint(self.run.best_path, model, **self.ckpt, metrics={"val": metrics}, fp16=self.cfg.train.save_fp16)
 
 
-def fit(model, opt, sched, task: Task, s: LoopSettings, progress: Progress, last_path: Path | None = None,
-        verbose: bool = True) -> Progress:
+def fit(model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, task: Task, s: LoopSettings,
+        progress: Progress, last_path: Path | None = None, verbose: bool = True) -> Progress:
     """Train ``model`` from ``progress.start_epoch`` to ``s.epochs`` (see the module docstring).
 
     After each epoch: validation, best.pt when the score improved, the task's report, ``last.pt`` (when

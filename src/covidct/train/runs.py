@@ -24,12 +24,17 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from covidct.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from torch.optim.lr_scheduler import LRScheduler
 
 
 @dataclass
@@ -55,7 +60,7 @@ def device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_optimizer(o, params) -> torch.optim.Optimizer:
+def make_optimizer(o: Any, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
     """The optimiser of an ``optimizer:`` section (:class:`covidct.train.config.OptimizerConfig`)."""
     if o.name == "sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
@@ -63,7 +68,7 @@ def make_optimizer(o, params) -> torch.optim.Optimizer:
     return cls(params, lr=o.lr, weight_decay=o.weight_decay)
 
 
-def make_scheduler(s, opt: torch.optim.Optimizer, epochs: int):
+def make_scheduler(s: Any, opt: torch.optim.Optimizer, epochs: int) -> LRScheduler | None:
     """The per-epoch learning-rate schedule of a ``schedule:`` section, or None."""
     if s.name == "exponential":
         return torch.optim.lr_scheduler.ExponentialLR(opt, gamma=s.gamma)
@@ -88,7 +93,7 @@ def prepare_run_dir(run_dir: str | Path, resume: bool, config: dict, *, refuse: 
     return run_dir
 
 
-def init_weights(model, source: str) -> list[str]:
+def init_weights(model: torch.nn.Module, source: str) -> list[str]:
     """Load the weights of ``source`` (shipped name, checkpoint or run folder) into ``model`` for fine-tuning;
     ConfigError when the architectures differ.
 
@@ -129,7 +134,8 @@ def _set_rng_state(s: dict) -> None:
     random.setstate(s["random"])
 
 
-def save_training_state(last_path: Path, model, opt, sched, epoch: int, p: Progress) -> None:
+def save_training_state(last_path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                        sched: LRScheduler | None, epoch: int, p: Progress) -> None:
     """Write last.pt (atomically: Ctrl-C mid-write keeps the previous one): everything
     :func:`restore_training_state` needs to continue the run after ``epoch``."""
     from covidct.models.checkpoint import save_atomic
@@ -140,7 +146,8 @@ def save_training_state(last_path: Path, model, opt, sched, epoch: int, p: Progr
                  "rng": _rng_state()}, last_path)
 
 
-def restore_training_state(last_path: Path, model, opt, sched) -> Progress:
+def restore_training_state(last_path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                           sched: LRScheduler | None) -> Progress:
     """Load last.pt into model/optimizer/scheduler and the random generators; returns the run's progress."""
     st = torch.load(last_path, map_location="cpu", weights_only=False)  # our own file: optimizer state
     model.load_state_dict(st["model"])
@@ -153,8 +160,9 @@ def restore_training_state(last_path: Path, model, opt, sched) -> Progress:
                     elapsed=st["elapsed"], best_metrics=st.get("best_metrics", {}), epochs_run=st["epoch"] + 1)
 
 
-def start_training(model, optimizer_cfg, schedule_cfg, epochs: int, *, init_from: str | None, last_path: Path,
-                   resume: bool, say, name: str) -> tuple[torch.optim.Optimizer, Any, Progress]:
+def start_training(model: torch.nn.Module, optimizer_cfg: Any, schedule_cfg: Any, epochs: int, *,
+                   init_from: str | None, last_path: Path, resume: bool, say: Any, name: str
+                   ) -> tuple[torch.optim.Optimizer, LRScheduler | None, Progress]:
     """Fine-tuning weights (``init_from``, on a fresh run), optimiser, schedule and, when resuming, the
     state of ``last.pt``: (optimizer, scheduler or None, progress)."""
     if init_from and not (resume and last_path.is_file()):
@@ -218,7 +226,7 @@ def open_run_logs(run_dir: Path, tensorboard: bool, append: bool, *, jsonl: bool
     return writer, JsonLinesLog(run_dir / "log.jsonl") if jsonl else CsvLog(run_dir / "log.csv", append=append)
 
 
-def log_epoch(log, writer, row: dict, scalars: dict[str, float], step: int | None = None) -> None:
+def log_epoch(log: CsvLog | JsonLinesLog, writer: Any, row: dict, scalars: dict[str, float], step: int | None = None) -> None:
     """One epoch's log row, and its scalars (tag -> value) in TensorBoard at ``step`` (default ``row["epoch"]``)."""
     log.write(row)
     if writer is not None:
@@ -227,7 +235,7 @@ def log_epoch(log, writer, row: dict, scalars: dict[str, float], step: int | Non
         writer.flush()
 
 
-def stop_reason(t, bad: int, elapsed: float, gain: str, unit: str = "epochs") -> str | None:
+def stop_reason(t: Any, bad: int, elapsed: float, gain: str, unit: str = "epochs") -> str | None:
     """Why training stops after this epoch (early stopping on ``gain``, then the time budget), or None.
 
     ``t`` has ``patience`` (validations without a gain, or None) and ``max_minutes`` (or None)."""
@@ -250,7 +258,7 @@ def write_split(run_dir: Path, split: dict[str, list[str]], seed: int, info: dic
     (run_dir / "split.json").write_text(json.dumps(doc, indent=1) + "\n")
 
 
-def make_split(cfg, records: list[dict], run_dir: Path, resume: bool) -> dict[str, list[str]]:
+def make_split(cfg: Any, records: list[dict], run_dir: Path, resume: bool) -> dict[str, list[str]]:
     """Case-level split of a 2-D run (fractions, a split file or explicit cases), written to ``split.json``;
     a resumed run keeps the split it started with."""
     from covidct.train import datasets as ds
@@ -301,7 +309,7 @@ def open_run(run_dir: str | Path, resume: bool, config: dict, *, seed: int, devi
                say=print if verbose else (lambda *a, **k: None), config=config)
 
 
-def open_slice_run(cfg, run_dir: str | Path, resume: bool, verbose: bool, records: list[dict] | None) -> tuple:
+def open_slice_run(cfg: Any, run_dir: str | Path, resume: bool, verbose: bool, records: list[dict] | None) -> tuple:
     """:func:`open_run` for a 2-D config (:class:`covidct.train.config.Config`): (run, normalisation, records
     (the configured sources' unless given))."""
     from covidct.preprocess import NormalisationConfig

@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from monai.transforms import Transform
 
 from covidct.errors import ConfigError
 from covidct.models.volume_inference import resampled_shape
-from covidct.train.config import AugmentBase, LoopConfig, SectionedConfig
+from covidct.train.config import AugmentBase, LoopConfig, SectionedConfig, TaskClasses
 
 TASKS3D: dict[str, list[str]] = {
     "lungs": ["background", "lung"],
@@ -90,7 +90,7 @@ class Train3DConfig(LoopConfig):
 
 
 @dataclass(kw_only=True)
-class Seg3DConfig(SectionedConfig):
+class Seg3DConfig(SectionedConfig, TaskClasses):
     kind: Literal["seg3d"]
     task: Literal["lungs", "infection", "lungs_infection", "lesions"]
     name: str = "run3d"
@@ -101,9 +101,7 @@ class Seg3DConfig(SectionedConfig):
     augment: Augment3DConfig = field(default_factory=Augment3DConfig)
     grid: dict | list | None = None
 
-    @property
-    def classes(self) -> list[str]:
-        return list(TASKS3D[self.task])
+    CLASS_TABLE: ClassVar[dict[str, list[str]]] = TASKS3D
 
 
 def load_seg3d_config(raw: dict) -> tuple[Seg3DConfig, object]:

@@ -32,7 +32,7 @@ async function api(path, opts = {}) {
 // --- state ------------------------------------------------------------------------------------------
 const S = {
   job: null, vol: null, report: null, slice: 0, window: "lung",
-  showLungs: true, showLesions: true, opacity: 0.55,
+  showLungs: true, showLesions: true, showHeatmap: false, opacity: 0.55,
   edit: false, negative: false, clicks: [], clickBase: null, clickSlice: null, busy: false,
   images: new Map(), pollTimer: null,
 };
@@ -170,6 +170,8 @@ async function loadViewer(job) {
   canvas.dataset.aspect = String((ny * sy) / (nx * sx));
   $("slice").max = String(nz - 1);
   $("btn-lung").disabled = $("btn-medi").disabled = !vol.is_hu;
+  $("tog-heat").disabled = !vol.heatmap; // no lesion model ran: no probabilities to show
+  $("tog-heat").title = vol.heatmap ? "Lesion probability of the models (H)" : "No lesion probabilities for this analysis";
   $("viewer-card").hidden = false; $("report").hidden = false;
   sizeCanvas();
   const worst = worstSlices(5);
@@ -213,8 +215,10 @@ async function draw() {
   const viewer = $("viewer");
   viewer.dataset.state = "loading";
   try {
-    const [ct, lungs, lesions] = await Promise.all([
+    const heat = S.showHeatmap && S.vol.heatmap;
+    const [ct, lungs, lesions, heatmap] = await Promise.all([
       loadImage(sliceUrl(k)), loadImage(overlayUrl(k, "lungs")), loadImage(overlayUrl(k, "lesions")),
+      heat ? loadImage(overlayUrl(k, "heatmap")) : null,
     ]);
     if (seq !== drawSeq) return; // a newer slice was asked for meanwhile
     const c = $("canvas");
@@ -222,6 +226,7 @@ async function draw() {
     g.globalAlpha = 1; g.clearRect(0, 0, c.width, c.height); g.drawImage(ct, 0, 0);
     if (S.showLungs) { g.globalAlpha = Math.min(1, S.opacity + 0.25); g.drawImage(lungs, 0, 0); }
     if (S.showLesions) { g.globalAlpha = S.opacity; g.drawImage(lesions, 0, 0); }
+    if (heatmap) { g.globalAlpha = Math.min(1, S.opacity + 0.3); g.drawImage(heatmap, 0, 0); } // its alpha grows with p
     g.globalAlpha = 1;
     drawClicks(g);
     viewer.dataset.slice = String(k);
@@ -229,6 +234,7 @@ async function draw() {
     viewer.dataset.window = S.window;
     viewer.dataset.showLungs = String(S.showLungs);
     viewer.dataset.showLesions = String(S.showLesions);
+    viewer.dataset.showHeatmap = String(Boolean(heatmap));
     viewer.dataset.lesionPx = String(countOpaque(lesions));
     viewer.dataset.state = "ready";
   } catch (e) {
@@ -342,6 +348,7 @@ function renderReport(r) {
     row.children[1].firstElementChild.style.width = (100 * v).toFixed(1) + "%";
     row.children[2].textContent = (100 * v).toFixed(0) + " %";
   }
+  renderPattern(r.pattern);
   const sev = r.severity || {};
   $("sev-score").textContent = sev.score === null || sev.score === undefined ? "—" : String(sev.score);
   const lobes = $("sev-lobes"); lobes.innerHTML = "";
@@ -362,6 +369,12 @@ function renderReport(r) {
     row.children[2].textContent = v.toFixed(1) + " %";
     row.dataset.key = k;
   }
+  const u = r.uncertainty || {};
+  if (u.uncertain_percent_of_lungs !== null && u.uncertain_percent_of_lungs !== undefined) {
+    box.insertAdjacentHTML("beforeend", '<p class="small muted" id="inv-unsure"></p>');
+    box.lastElementChild.textContent = "Model uncertainty: " + u.uncertain_percent_of_lungs.toFixed(1)
+      + " % of the lungs has a lesion probability between 0.3 and 0.7 (Heatmap shows where).";
+  }
   const vols = $("vols"); vols.innerHTML = "";
   const ml = (x) => (x === null || x === undefined ? "—" : x.toFixed(x < 10 ? 1 : 0) + " mL");
   const L = r.lungs || {}, E = r.lesions || {};
@@ -376,6 +389,17 @@ function renderReport(r) {
   $("warn-card").hidden = !warns.length;
   const ul = $("warnings"); ul.innerHTML = "";
   for (const w of warns) { const li = document.createElement("li"); li.textContent = w; ul.append(li); }
+}
+
+const RSNA_NAMES = { typical: "Typical", indeterminate: "Indeterminate", atypical: "Atypical", negative: "Negative for pneumonia" };
+function renderPattern(p) {
+  $("pattern-card").hidden = !p;
+  if (!p) return;
+  const cat = $("pattern-rsna");
+  cat.textContent = RSNA_NAMES[p.rsna_category] || p.rsna_category; cat.className = "rsna " + p.rsna_category;
+  $("pattern-corads").textContent = "CO-RADS " + p.co_rads;
+  const ul = $("pattern-reasons"); ul.innerHTML = "";
+  for (const t of p.reasons || []) { const li = document.createElement("li"); li.textContent = t; ul.append(li); }
 }
 
 function renderDownloads() {
@@ -455,7 +479,7 @@ function applyRefinement(out) {
   S.job.revision = out.revision;
   Object.assign(S.report, {
     slices: out.slices, involvement_percent: out.involvement_percent, severity: out.severity,
-    diagnosis: out.diagnosis, lesions: out.lesions,
+    diagnosis: out.diagnosis, lesions: out.lesions, pattern: out.pattern,
   });
   for (const key of Array.from(S.images.keys())) if (key.includes("/lesions.png") || key.includes("/lungs.png")) S.images.delete(key);
   renderReport(S.report);
@@ -482,6 +506,7 @@ function bind() {
   for (const b of document.querySelectorAll("[data-window]")) b.addEventListener("click", () => setWindow(b.dataset.window));
   $("tog-lungs").addEventListener("click", () => toggleLayer("lungs"));
   $("tog-lesions").addEventListener("click", () => toggleLayer("lesions"));
+  $("tog-heat").addEventListener("click", toggleHeatmap);
   $("opacity").addEventListener("input", (e) => { S.opacity = e.target.value / 100; draw(); });
   $("slice").addEventListener("input", (e) => setSlice(parseInt(e.target.value, 10)));
   $("tog-edit").addEventListener("click", () => setEdit(!S.edit));
@@ -519,6 +544,13 @@ function setWindow(w) {
   for (const b of document.querySelectorAll("[data-window]")) b.classList.toggle("on", b.dataset.window === w);
   setSlice(S.slice);
 }
+function toggleHeatmap() {
+  if (!S.vol || !S.vol.heatmap) return;
+  S.showHeatmap = !S.showHeatmap;
+  $("tog-heat").classList.toggle("on", S.showHeatmap); $("tog-heat").setAttribute("aria-pressed", String(S.showHeatmap));
+  $("heat-legend").hidden = !S.showHeatmap;
+  draw();
+}
 function toggleLayer(layer) {
   if (layer === "lungs") S.showLungs = !S.showLungs; else S.showLesions = !S.showLesions;
   const on = layer === "lungs" ? S.showLungs : S.showLesions;
@@ -545,6 +577,7 @@ function onKey(e) {
   if (lk === "w") setWindow(S.window === "lung" ? "mediastinum" : "lung");
   else if (lk === "l") toggleLayer("lungs");
   else if (lk === "o") toggleLayer("lesions");
+  else if (lk === "h") toggleHeatmap();
   else if (lk === "e") setEdit(!S.edit);
   else if (lk === "n") {
     const worst = worstSlices(10).sort((a, b) => a - b);
