@@ -91,9 +91,10 @@ def volumes(data: Path, n_phantoms: int) -> list[dict]:
 
 
 def _diagnose(ct, lungs, lesions) -> str:
-    from covidct.pipeline import diagnose_from_findings, measure
+    """The diagnosis stage of this version on these masks."""
+    from covidct.pipeline import diagnosis, measure
 
-    d = diagnose_from_findings(measure(ct, lungs, lesions, "volume"))
+    d, _ = diagnosis.diagnose(ct, lungs, lesions, measure(ct, lungs, lesions, "volume"), "volume")
     return f"{d['label']} ({d['probabilities'].get('covid19', float('nan')):.2f})"
 
 
@@ -160,7 +161,8 @@ def run(data: Path, n_phantoms: int, cache: Path | None, before: Path | None, lo
             lungs, lesions, diag, sec = shipped(ct, before, vol["name"], None)
             rows.append(score(vol, ct, "before", lungs, (lesions == 1) | (lesions == 2),
                               {"diagnosis": diag, "seconds": sec}, ref, exclude, True))
-        lungs, lesions, diag, sec = shipped(ct, cache, vol["name"], analyzer)
+        lungs, lesions, _, sec = shipped(ct, cache, vol["name"], analyzer)
+        diag = _diagnose(ct, lungs, lesions)  # this version's diagnosis stage, also on cached masks
         infection = (lesions == 1) | (lesions == 2)
         rows.append(score(vol, ct, "shipped", lungs, infection, {"diagnosis": diag, "seconds": sec}, ref, exclude, True))
         t0 = time.perf_counter()
