@@ -63,10 +63,39 @@ def roundtrip(orthanc: PrivateOrthanc, data: Path, runs: int, work: Path) -> dic
     client = connect(settings)
     found = {s["modality"]: s["instances"] for s in list_series(client, settings, study)}
     diffs = [p - f for p, f in zip(pacs, files, strict=True)]
-    return {"study": study, "upload_s": round(upload_s, 2), "file_s": [round(x, 2) for x in files],
+    stages = {name: [json.loads((work / f"{name}{k}" / "report.json").read_text())["timings_s"] for k in range(runs)]
+              for name in ("file", "pacs")}
+    return {"pacs_steps_in_process": pacs_steps(settings, study, work / f"pacs{runs - 1}", runs),
+            "report_timings": stages, "study": study, "upload_s": round(upload_s, 2), "file_s": [round(x, 2) for x in files],
             "pacs_s": [round(x, 2) for x in pacs], "median_file_s": round(statistics.median(files), 2),
             "median_pacs_s": round(statistics.median(pacs), 2), "median_paired_diff_s": round(statistics.median(diffs), 2),
             "series_in_pacs_after_all_runs": found}
+
+
+def pacs_steps(settings, study: str, analysed: Path, runs: int) -> dict:
+    """The steps a PACS round trip adds to a file analysis, each timed alone in this process (median of
+    ``runs``): the WADO-RS download, the SEG's stable UIDs + the SR, the STOW-RS push (a re-push: the same UIDs)."""
+    import shutil
+
+    from covidct.pacs.study import finish_results
+    from covidct.pacs.transfer import ct_series, download_series, push
+
+    client = connect(settings)
+    wanted = ct_series(list_series(client, settings, study), study)
+    times: dict[str, list[float]] = {"download": [], "seg_uids_and_sr": [], "push_seg_and_sr": []}
+    for k in range(runs):
+        folder = analysed.parent / f"pull{k}"
+        t0 = time.perf_counter()
+        download_series(settings, study, wanted, folder, client)
+        times["download"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        seg, sr = finish_results(analysed, folder)
+        times["seg_uids_and_sr"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        push(client, settings, study, [seg, sr])
+        times["push_seg_and_sr"].append(time.perf_counter() - t0)
+        shutil.rmtree(folder)
+    return {k: round(statistics.median(v), 2) for k, v in times.items()}
 
 
 def watch_queue(orthanc: PrivateOrthanc, n: int, work: Path) -> dict:

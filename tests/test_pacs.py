@@ -4,6 +4,7 @@ plus the one-line errors. Skips, saying why, where Orthanc is not installed."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -117,6 +118,15 @@ def test_analyze_from_pacs_pushes_seg_and_sr_into_the_study(orthanc, pushed, tmp
     for g in groups:
         assert g.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID
         assert g.referenced_segment.source_series_for_segmentation.value == ct_uid
+    report = json.loads((out / "report.json").read_text())
+    local_sr = pydicom.dcmread(out / "report.sr.dcm")  # (highdicom's from_dataset converted sr_ds in place)
+    assert local_sr.SOPInstanceUID == sr.SOPInstanceUID
+    coded = {str(it.ConceptCodeSequence[0].CodeValue) for it in _items(local_sr) if it.ValueType == "CODE"}
+    category = (report.get("pattern") or {}).get("rsna_category")
+    if category:  # the pattern's RSNA category and CO-RADS score travel in the SR too
+        from covidct.report.sr import RSNA_CODES
+
+        assert {RSNA_CODES[category][0], f"CORADS{report['pattern']['co_rads']}"} <= coded
     labels = {int(d.SegmentNumber): str(d.SegmentLabel) for d in seg.SegmentSequence}
     left = next(g for g in groups if g.tracking_identifier == "Left lung")
     assert labels[left.referenced_segment.referenced_segment_numbers[0]] == "Left lung"
@@ -126,6 +136,15 @@ def test_analyze_from_pacs_pushes_seg_and_sr_into_the_study(orthanc, pushed, tmp
     for name, ds in (("seg.dcm", seg_ds), ("sr.dcm", sr_ds)):
         ds.save_as(tmp_path / name, enforce_file_format=True)
         assert not dciodvfy_errors(tmp_path / name), name
+
+
+def _items(ds) -> list:
+    out, todo = [], list(ds.ContentSequence)
+    while todo:
+        item = todo.pop(0)
+        out.append(item)
+        todo[:0] = list(item.get("ContentSequence", []))
+    return out
 
 
 def _run(args: list[str], capsys) -> tuple[int, str]:

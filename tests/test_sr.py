@@ -110,7 +110,7 @@ def test_sr_pattern_category_when_present_and_stable_uids(case):
     a = build_measurement_report(with_pattern, ct.meta["_source_headers"], seg)
     b = build_measurement_report(report, ct.meta["_source_headers"], seg)
     values = {it.ConceptCodeSequence[0].CodeValue for it in _items(a) if it.ValueType == "CODE"}
-    assert {"RSNA-TYPICAL", "CORADS5"} <= values
+    assert {"RSNA-TYP", "CORADS5"} <= values
     assert a.SOPInstanceUID == b.SOPInstanceUID == stable_uid(str(seg.SOPInstanceUID), "sr")  # same SEG: same SR UID
     with pytest.raises(ValueError, match="volume"):
         build_measurement_report({**report, "mode": "slice"}, ct.meta["_source_headers"], seg)

@@ -130,13 +130,42 @@ def test_watch_restart_after_sigkill_no_loss_no_duplicates(tmp_path):
             assert (out / study / "report.sr.dcm").is_file()
         assert sorted(s["modality"] for s in list_series(client, settings, bad)) == ["CT"]
 
-        # an idle watcher stops cleanly on SIGTERM: exit 143, one line, its state kept
+        # an idle watcher rides out a PACS outage and stops cleanly on SIGTERM: exit 143, one line, state kept
         started = datetime.now(UTC).isoformat()
         idle = _watch(orthanc, out, "--interval", "0.5")
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and json.loads((state / "watch.json").read_text()).get("last_poll", "") < started:
             time.sleep(0.2)  # until it has polled once
+        # the PACS goes away: the watcher logs the failed polls and keeps going
+        orthanc.stop(remove=False)
+        time.sleep(3)
+        assert idle.poll() is None
         idle.send_signal(signal.SIGTERM)
-        _, err = idle.communicate(timeout=60)
+        out_text, err = idle.communicate(timeout=60)
         assert idle.returncode == 143 and "covidct: terminated" in err and "Traceback" not in err, err
+        assert "poll failed, trying again" in out_text and "cannot reach" in out_text
         assert (state / "watch.json").is_file()
+
+
+def test_pool_and_dask_executors_run_and_wait():
+    """The ``--workers`` and ``--dask`` adapters the watcher hands studies to (a trivial task here)."""
+    from covidct.pacs.watch import _Dask, _Pool
+
+    pool = _Pool(2)
+    try:
+        futures = [pool.submit(pow, 2, k) for k in range(4)]
+        done: list = []
+        while len(done) < 4:
+            done += [f for f in pool.wait([f for f in futures if f not in done], timeout=30) if f not in done]
+        assert sorted(f.result() for f in futures) == [1, 2, 4, 8]
+    finally:
+        pool.shutdown()
+    distributed = pytest.importorskip("dask.distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        dask = _Dask(cluster.scheduler_address)
+        try:
+            fut = dask.submit(pow, 3, 2)
+            assert dask.wait([fut], timeout=30) == [fut] and fut.result() == 9
+            assert dask.wait([], timeout=0.1) == []
+        finally:
+            dask.shutdown()

@@ -25,7 +25,8 @@ app = typer.Typer(
     name="covidct",
     help=(
         "COVID-19 chest CT analysis on an ordinary CPU.\n\n"
-        "Give it a DICOM series (folder or .zip), a NIfTI volume or a slice image.\n\n"
+        "Give it a DICOM series (folder or .zip), a NIfTI volume or a slice image, or a study in a PACS "
+        "(analyze --pacs URL --study UID; watch --pacs URL).\n\n"
         "Start with:  covidct demo   (runs the analysis on a built-in synthetic chest CT)\n\n"
         "Then:        covidct info SCAN       what covidct sees in your input\n\n"
         "Exit codes: 0 ok, 2 unreadable input, 3 not CT, 4 inconsistent series, 5 unsupported input, "

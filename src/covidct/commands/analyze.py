@@ -45,13 +45,16 @@ def _print_summary(report: dict, outdir: Path) -> None:
     typer.echo("\n".join(lines))
 
 
-def _load_timed(path: Path, series: str | None = None):
-    """``load_ct`` with its duration in ``meta["_load_seconds"]`` (the report's load time)."""
+def _load_timed(path: Path, series: str | None = None, fetch: Callable[[], object] | None = None):
+    """``load_ct`` with its duration in ``meta["_load_seconds"]`` (the report's load time); ``fetch`` (e.g. a
+    PACS download into ``path``) runs first and counts as loading."""
     import time
 
     from covidct.io import load_ct
 
     t0 = time.perf_counter()
+    if fetch is not None:
+        fetch()
     ct = load_ct(path, series=series)
     ct.meta["_load_seconds"] = time.perf_counter() - t0
     return ct
@@ -94,8 +97,9 @@ def _scan_process_start(parent: int) -> None:
         os._exit(1)
 
 
-def _scan_process_load(path: Path, series: str | None = None) -> bytes:
-    """The scan, pickled here: the parent unpickles it in its main thread (see ``load_beside``)."""
+def _scan_process_load(path: Path, series: str | None = None, fetch: Callable[[], object] | None = None) -> bytes:
+    """The scan (``fetch`` fills ``path`` first), pickled here: the parent unpickles it in its main thread (see
+    ``load_beside``)."""
     global _SCAN
     import dataclasses
     import pickle
@@ -103,7 +107,7 @@ def _scan_process_load(path: Path, series: str | None = None) -> bytes:
     import numpy as np
 
     _keep_freed_memory()
-    ct = _load_timed(path, series)
+    ct = _load_timed(path, series, fetch)
     # The SEG needs the headers and geometry, not the HU values: a zero-stride stand-in of the same shape.
     _SCAN = dataclasses.replace(ct, array=np.broadcast_to(np.float32(0), ct.shape))
     return pickle.dumps(ct, protocol=pickle.HIGHEST_PROTOCOL)
@@ -166,16 +170,17 @@ class _ScanProcess:
         if self.pool is not None:
             self.pool.shutdown(wait=wait, cancel_futures=True)
 
-    def load_beside(self, path: Path, work: Callable[[], T], series: str | None = None) -> tuple[CT, T]:
-        """The scan at ``path`` (``series``: its series UID), read while ``work()`` runs here, and ``work()``'s
-        result."""
+    def load_beside(self, path: Path, work: Callable[[], T], series: str | None = None,
+                    fetch: Callable[[], object] | None = None) -> tuple[CT, T]:
+        """The scan at ``path`` (``series``: its series UID; ``fetch``: fills ``path`` first, e.g. from a PACS),
+        read while ``work()`` runs here, and ``work()``'s result."""
         import pickle
         from concurrent.futures import ThreadPoolExecutor
         from concurrent.futures.process import BrokenProcessPool
 
         if self.pool is None:
             with ThreadPoolExecutor(max_workers=1) as threads:
-                loading = threads.submit(_load_timed, path, series)
+                loading = threads.submit(_load_timed, path, series, fetch)
                 with stop_signals_held():
                     result = work()
                 return loading.result(), result
@@ -183,7 +188,7 @@ class _ScanProcess:
 
         before = set(multiprocessing.active_children())
         with stop_signals_held():
-            loading = self.pool.submit(_scan_process_load, path, series)  # the first submit forks the process
+            loading = self.pool.submit(_scan_process_load, path, series, fetch)  # the first submit forks the process
             self.children = [c for c in multiprocessing.active_children() if c not in before]
             self.pool.submit(_scan_process_prepare)  # the SEG writer's imports, while the lungs are segmented
             result = work()
@@ -195,7 +200,7 @@ class _ScanProcess:
         except BrokenProcessPool:  # the child was killed (e.g. out of memory): read it here instead
             self.pool.shutdown(wait=False)
             self.pool = None
-            return _load_timed(path, series), result
+            return _load_timed(path, series, fetch), result
 
     def seg_writer(self, ct: CT) -> pipeline.SegWriter | None:
         """Writes ``ct``'s SEG in the scan process (None: let the pipeline write it here)."""
@@ -218,22 +223,23 @@ class _ScanProcess:
 
 
 def _analyze_one(path: Path, output: Path, series: str | None, png: bool, html: bool, model_args: dict,
-                 heatmap: bool = False) -> dict:
-    """One study: the scan read in a helper process while the models load; returns the report."""
+                 heatmap: bool = False, fetch: Callable[[], object] | None = None):
+    """One study: the scan read (``fetch``ed first) in a helper process while the models load; the Analysis."""
     from covidct import pipeline
 
     with _ScanProcess() as helper:
-        ct, analyzer = helper.load_beside(path, lambda: pipeline.shared_analyzer(**model_args), series)
-        res = analyzer(ct, output, png=png, html=html, seg_writer=helper.seg_writer(ct), heatmap=heatmap)
-    return res.report
+        ct, analyzer = helper.load_beside(path, lambda: pipeline.shared_analyzer(**model_args), series, fetch)
+        return analyzer(ct, output, png=png, html=html, seg_writer=helper.seg_writer(ct), heatmap=heatmap)
 
 
 def _analyze_from_pacs(inputs, url, study, series, push, output: Path, pacs_args: dict, *, png: bool, html: bool,
                        model_args: dict, heatmap: bool = False) -> None:
     """``analyze --pacs URL --study UID [--series UID] [--push]``."""
+    import functools
+
     from covidct.pacs.client import settings_from
-    from covidct.pacs.study import SR_FILE, push_finished
-    from covidct.pacs.transfer import check_uid, pulled_study
+    from covidct.pacs.study import SR_FILE, finish_results, push_finished
+    from covidct.pacs.transfer import check_uid, download_series, pulled_study
 
     if inputs:
         raise typer.BadParameter("give either INPUT... or --pacs with --study, not both", param_hint="INPUT...")
@@ -244,15 +250,16 @@ def _analyze_from_pacs(inputs, url, study, series, push, output: Path, pacs_args
     settings = settings_from(url, **pacs_args)
     study = check_uid(study, "--study")
     series = check_uid(series, "--series") if series is not None else None
-    with pulled_study(settings, study, series) as folder:
-        report = _analyze_one(folder, output, series, png, html, model_args, heatmap)
+    # the download runs in the scan process, beside the models' loading
+    with pulled_study(settings, study, series, fetch=False) as (folder, wanted):
+        fetch = functools.partial(download_series, settings, study, wanted, folder)
+        res = _analyze_one(folder, output, series, png, html, model_args, heatmap, fetch)
+        sources = res.ct.meta.get("_source_headers")
         if push:
-            pushed = push_finished(settings, study, output, folder)
+            pushed = push_finished(settings, study, output, folder, sources=sources)
         else:
-            from covidct.pacs.study import finish_results
-
-            finish_results(output, folder)
-    _print_summary(report, output)
+            finish_results(output, folder, sources)
+    _print_summary(res.report, output)
     typer.echo(f"DICOM SR: {output / SR_FILE}" + (f"; stored SEG + SR ({len(pushed)} instances) in study {study}"
                                                    if push else ""))
 
@@ -305,7 +312,7 @@ def register(app: typer.Typer) -> None:
         if one_study:
             if not inputs[0].exists():
                 raise UnreadableInput(f"{inputs[0]}: no such file or folder")
-            _print_summary(_analyze_one(inputs[0], output, series, png, html, model_args, heatmap), output)
+            _print_summary(_analyze_one(inputs[0], output, series, png, html, model_args, heatmap).report, output)
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

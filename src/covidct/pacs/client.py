@@ -143,6 +143,8 @@ def pacs_errors(settings: PacsSettings, what: str = "") -> Iterator[None]:
     except requests.exceptions.ReadTimeout as exc:
         raise PacsError(f"{where} did not answer within {settings.timeout:g} s{doing}") from exc
     except requests.exceptions.ConnectionError as exc:
+        if "Read timed out" in str(exc):  # a read timeout after the retries arrives as a ConnectionError
+            raise PacsError(f"{where} did not answer within {settings.timeout:g} s{doing}") from exc
         raise PacsError(f"cannot reach {where}{doing}: {_reason(exc)}") from exc
     except requests.exceptions.RetryError as exc:
         raise PacsError(f"{where} kept failing{doing}: {_reason(exc)}") from exc

@@ -28,9 +28,10 @@ def _result_key(report: dict, series_uid: str) -> str:
     return f"{series_uid}/{report.get('covidct_version', '')}/{models}"
 
 
-def finish_results(outdir: Path, pulled: Path) -> tuple[pydicom.Dataset, pydicom.Dataset]:
+def finish_results(outdir: Path, pulled: Path, sources: list | None = None) -> tuple[pydicom.Dataset, pydicom.Dataset]:
     """Give ``outdir``'s SEG stable UIDs (rewritten in place) and write ``report.sr.dcm`` beside it, from
-    report.json and the source headers under ``pulled``; returns (SEG, SR)."""
+    report.json and the source headers (``sources``, else read from the series' files under ``pulled``);
+    returns (SEG, SR)."""
     from covidct.report.sr import build_measurement_report, stable_uid
 
     seg_path = outdir / SEG_FILE
@@ -43,8 +44,8 @@ def finish_results(outdir: Path, pulled: Path) -> tuple[pydicom.Dataset, pydicom
     seg.SeriesInstanceUID = stable_uid(key, "seg-series")
     seg.SOPInstanceUID = seg.file_meta.MediaStorageSOPInstanceUID = stable_uid(key, "seg")
     replace_file(seg_path, seg)
-    files = sorted((pulled / series_uid).glob("*.dcm"))
-    sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
+    if not sources or str(sources[0].SeriesInstanceUID) != series_uid:
+        sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted((pulled / series_uid).glob("*.dcm"))]
     if not sources:
         raise CovidCTError(f"the source series {series_uid} was not among the pulled files")
     sr = build_measurement_report(report, sources, seg)
@@ -66,7 +67,7 @@ def process_study(settings: PacsSettings, study: str, outdir: Path, *, push_resu
         if push_results and covidct_results(client, settings, study):
             row["status"] = "skipped (results in PACS)"
         else:
-            with pulled_study(settings, study, client=client, parent=pull_parent) as folder:
+            with pulled_study(settings, study, client=client, parent=pull_parent) as (folder, _):
                 analyzer = pipeline.shared_analyzer(**(model_args or {}))
                 pipeline.analyze(folder, outdir, analyzer=analyzer, html=html)
                 seg, sr = finish_results(Path(outdir), folder)
@@ -82,9 +83,10 @@ def process_study(settings: PacsSettings, study: str, outdir: Path, *, push_resu
     return row
 
 
-def push_finished(settings: PacsSettings, study: str, outdir: Path, pulled: Path, client=None) -> list[str]:
+def push_finished(settings: PacsSettings, study: str, outdir: Path, pulled: Path, client=None,
+                  sources: list | None = None) -> list[str]:
     """``analyze --pacs --push``: stable UIDs + SR for ``outdir``, then both stored into ``study``."""
-    seg, sr = finish_results(outdir, pulled)
+    seg, sr = finish_results(outdir, pulled, sources)
     if client is None:
         client = connect(settings)
     if str(seg.StudyInstanceUID) != study:

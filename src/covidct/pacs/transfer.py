@@ -66,25 +66,33 @@ def ct_series(series: list[dict], study: str, chosen: str | None = None) -> list
     return cts
 
 
+def download_series(settings: PacsSettings, study: str, wanted: list[dict], root: Path, client=None) -> Path:
+    """Fetch the ``wanted`` series of ``study`` (WADO-RS) into ``root/<SeriesInstanceUID>/``; returns ``root``."""
+    client = client or connect(settings)
+    for s in wanted:
+        folder = Path(root) / s["uid"]
+        folder.mkdir(parents=True, exist_ok=True)
+        with pacs_errors(settings, f"retrieving series {s['uid']}"):
+            # "*": the instances as stored, without transcoding on the server
+            for k, ds in enumerate(client.iter_series(study, s["uid"], media_types=(("application/dicom", "*"),))):
+                ds.save_as(folder / f"{k:05d}.dcm", enforce_file_format=True)
+    return Path(root)
+
+
 @contextmanager
 def pulled_study(settings: PacsSettings, study: str, series: str | None = None, client=None,
-                 parent: Path | None = None) -> Iterator[Path]:
-    """The study's CT series (or ``series`` alone) downloaded into a temporary folder (under ``parent`` if
-    given), removed afterwards."""
+                 parent: Path | None = None, fetch: bool = True) -> Iterator[tuple[Path, list[dict]]]:
+    """A temporary folder (under ``parent`` if given) for the study's CT series (or ``series`` alone), and the
+    series to fetch; with ``fetch`` they are downloaded into it first. The folder is removed afterwards."""
     client = client or connect(settings)
     wanted = ct_series(list_series(client, settings, study), study, series)
     if parent is not None:
         Path(parent).mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="covidct_pacs_", dir=parent))
     try:
-        for s in wanted:
-            folder = root / s["uid"]
-            folder.mkdir()
-            with pacs_errors(settings, f"retrieving series {s['uid']}"):
-                # "*": the instances as stored, without transcoding on the server
-                for k, ds in enumerate(client.iter_series(study, s["uid"], media_types=(("application/dicom", "*"),))):
-                    ds.save_as(folder / f"{k:05d}.dcm", enforce_file_format=True)
-        yield root
+        if fetch:
+            download_series(settings, study, wanted, root, client)
+        yield root, wanted
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -24,6 +24,11 @@ What guarantees what:
 * **No duplicates in the PACS**, even across watchers that share nothing: before analysing, a watcher asks the
   study for a covidct SR and settles it as done if one is there; and results carry stable UIDs, so a study
   pushed twice (a race, or a kill between push and the done record) is stored once.
+* **Where double work remains possible**: a watcher killed while a ``--dask`` cluster runs one of its studies
+  (the cluster finishes it; the restarted watcher, seeing the claim's process gone, starts it again). Pool
+  workers die with their watcher. Either way the PACS still gets one copy (stable UIDs).
+* **A PACS outage does not stop a running watcher**: a failed poll is logged and tried again at the next interval
+  (the first poll failing, e.g. wrong URL or credentials, stops it with a one-line error).
 * **Failures are isolated**: a study that fails is recorded in ``failed/`` with its one-line error and not
   retried (``--retry-failed`` retries them); the others go on.
 """
@@ -40,6 +45,7 @@ from datetime import UTC, datetime, timedelta
 from glob import escape as glob_escape
 from pathlib import Path
 
+from covidct.errors import PacsError
 from covidct.pacs.client import PacsSettings, connect, pacs_errors
 from covidct.pacs.study import process_study
 from covidct.pacs.transfer import UID_PATTERN
@@ -184,6 +190,23 @@ class _Inline:
         pass
 
 
+def _worker_start(parent: int) -> None:
+    """In a pool worker: stop signals are the watcher's to handle, and the worker dies with the watcher
+    (SIGKILL included), so no orphan finishes a study that the restarted watcher takes over again."""
+    import ctypes
+    import signal
+
+    from covidct.interrupts import leave_stops_to_the_parent
+
+    leave_stops_to_the_parent()
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 class _Pool:
     """``--workers N``: spawned processes, models loaded once per process."""
 
@@ -191,10 +214,8 @@ class _Pool:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
-        from covidct.interrupts import leave_stops_to_the_parent
-
         self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                        initializer=leave_stops_to_the_parent)
+                                        initializer=_worker_start, initargs=(os.getpid(),))
 
     def submit(self, fn: Callable, *args, **kwargs):
         return self.pool.submit(fn, *args, **kwargs)
@@ -267,6 +288,7 @@ def watch(settings: PacsSettings, outdir: Path, *, state_dir: Path | None = None
     executor = _Dask(dask_address) if dask_address else (_Pool(workers) if workers > 1 else _Inline())
     capacity = max(1, workers) * 2 if not dask_address else 64
     running: dict = {}  # future -> study
+    polled_once = False
     counts = {"done": 0, "failed": 0, "skipped": 0}
     log(f"watching {settings.url} for CT studies from StudyDate {watermark} (minus {lookback_days} day(s)); "
         f"state in {state.root}")
@@ -275,7 +297,15 @@ def watch(settings: PacsSettings, outdir: Path, *, state_dir: Path | None = None
             started = datetime.now(UTC).strftime("%Y%m%d")
             query_from = (datetime.strptime(watermark, "%Y%m%d") - timedelta(days=lookback_days)).strftime("%Y%m%d")
             left_unclaimed = 0
-            for study in poll(client, settings, query_from):
+            try:
+                found = poll(client, settings, query_from)
+                polled_once = True
+            except PacsError as exc:
+                if once or not polled_once:
+                    raise  # wrong URL or credentials: say so now rather than retry forever
+                log(f"poll failed, trying again in {interval:g} s: {exc}")  # an outage: wait it out
+                found, left_unclaimed = [], 1
+            for study in found:
                 if state.settled(study, retry_failed) or study in running.values():
                     continue
                 if len(running) >= capacity:

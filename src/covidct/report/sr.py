@@ -69,8 +69,9 @@ def _codes() -> dict:
     }
 
 
-_RSNA_MEANINGS = {"typical": "Typical appearance", "indeterminate": "Indeterminate appearance",
-                  "atypical": "Atypical appearance", "negative": "Negative for pneumonia"}
+# (code, meaning); codes kept within 16 characters so they fit Code Value, not Long Code Value
+RSNA_CODES = {"typical": ("RSNA-TYP", "Typical appearance"), "indeterminate": ("RSNA-IND", "Indeterminate appearance"),
+              "atypical": ("RSNA-ATYP", "Atypical appearance"), "negative": ("RSNA-NEG", "Negative for pneumonia")}
 _CO_RADS_MEANINGS = {1: "very low", 2: "low", 3: "equivocal", 4: "high", 5: "very high"}
 _LESIONS = (("ggo", "ggo_ml"), ("consolidation", "consolidation_ml"), ("effusion", "effusion_ml"))
 _ZONES = (("upper", "upper"), ("middle", "middle"), ("lower", "lower"))
@@ -228,9 +229,9 @@ def _summary_group(report: dict, c: dict, algorithm, tracking):
         evaluations.append(QualitativeEvaluation(c["impression"], c[diagnosis["label"]]))
     pattern = report.get("pattern") or {}
     category = pattern.get("rsna_category")
-    if category in _RSNA_MEANINGS:
-        evaluations.append(QualitativeEvaluation(
-            c["rsna"], CodedConcept(f"RSNA-{category.upper()}", PRIVATE_SCHEME, _RSNA_MEANINGS[category])))
+    if category in RSNA_CODES:
+        code, meaning = RSNA_CODES[category]
+        evaluations.append(QualitativeEvaluation(c["rsna"], CodedConcept(code, PRIVATE_SCHEME, meaning)))
     co_rads = pattern.get("co_rads")
     if isinstance(co_rads, int) and co_rads in _CO_RADS_MEANINGS:
         evaluations.append(QualitativeEvaluation(
