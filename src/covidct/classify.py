@@ -7,19 +7,23 @@
 - :func:`grad_cam` / :func:`save_cam_overlay`: MONAI ``GradCAM`` heatmaps over the input, so a user sees
   what drove the decision (and can spot a model that looks at text, arrows or borders).
 
-Models are names of shipped models (``covidct.models.zoo``), ``.pt`` checkpoints or run folders.
+Models are names of shipped models (``covidct.models.zoo``), ``.pt`` checkpoints or run folders. Shipped models
+run on ONNX Runtime (no torch import); checkpoints and Grad-CAM on torch (:mod:`covidct.models.runtime`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from covidct.errors import ModelError, UnsupportedInput
 from covidct.volume import CT
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_IMAGE_MODEL = "covid-vs-noncovid"
 PATIENT_CLASSES = ("covid19", "pneumonia", "normal")
@@ -30,12 +34,14 @@ MIN_TOP_K = 3
 MIN_LUNG_FRACTION = 0.2  # a slice counts as a lung slice when its lung area >= this x the largest one
 
 
-def load_classifier(model: str | Path) -> tuple[torch.nn.Module, dict]:
-    """(model, info) of a classification checkpoint; ``info["label"]`` is ``name@version``."""
+def load_classifier(model: str | Path, runtime: str | None = None):
+    """(network, info) of a classifier; ``info["label"]`` is ``name@version``. ``runtime="torch"`` for the
+    checkpoint (Grad-CAM needs its gradients); by default ONNX Runtime where the model ships an ONNX file."""
+    from covidct.models import runtime as runtimes
     from covidct.models import zoo
     from covidct.models.tasks import CLASSIFY_TASKS
 
-    net, info = zoo.load(model)
+    net, info = runtimes.load(model, runtime=runtime)
     if info.get("task") not in CLASSIFY_TASKS:
         raise ModelError(f"model {model} is a {info.get('task')} model, not a classifier "
                          f"({', '.join(CLASSIFY_TASKS)})")
@@ -47,24 +53,21 @@ def load_classifier(model: str | Path) -> tuple[torch.nn.Module, dict]:
     return net, info
 
 
-@torch.no_grad()
-def predict_proba(model: torch.nn.Module, info: dict, images: Sequence[np.ndarray], is_hu: bool | Sequence[bool],
+def predict_proba(model, info: dict, images: Sequence[np.ndarray], is_hu: bool | Sequence[bool],
                   batch_size: int = 16) -> np.ndarray:
-    """Class probabilities (N, C) for 2-D images of any sizes (normalised and resized as in training)."""
-    from covidct.models.inference import model_input
-    from covidct.preprocess import NormalisationConfig
+    """Class probabilities (N, C) for 2-D images of any sizes (normalised and resized as in training), with
+    whichever runtime ``info["runtime"]`` names."""
+    from covidct.models import runtime
+    from covidct.models.onnx_runtime import softmax
 
     imgs = list(images)
     flags = [bool(is_hu)] * len(imgs) if isinstance(is_hu, bool | np.bool_) else [bool(f) for f in is_hu]
-    norm = NormalisationConfig.from_dict(info.get("normalisation"))
-    size = tuple(info.get("input_size") or (256, 256))
-    device = next(model.parameters()).device
-    model.eval()
+    if not runtime.is_onnx(info):
+        model.eval()
     out = []
     for i in range(0, len(imgs), batch_size):
-        x = torch.stack([model_input(im, f, norm, size) for im, f in
-                         zip(imgs[i : i + batch_size], flags[i : i + batch_size], strict=True)]).to(device)
-        out.append(torch.softmax(model(x).float(), 1).cpu().numpy())
+        x = runtime.prepare_slices(imgs[i : i + batch_size], flags[i : i + batch_size], info)
+        out.append(softmax(runtime.forward(model, info, x), axis=1))
     n_c = len(info.get("classes") or []) or 2
     return np.concatenate(out).astype(np.float64) if out else np.zeros((0, n_c))
 
@@ -227,6 +230,8 @@ def diagnosis_from_analysis(ct: CT, top_k: int = MIN_TOP_K) -> dict:
 
 def _cam_layer(model: torch.nn.Module) -> str:
     """The last convolutional stage: MONAI ResNet ``layer4``, CompactCNN ``features``, else the last conv."""
+    import torch
+
     names = [n for n, _ in model.named_modules()]
     for n in ("layer4", "features"):
         if n in names:
@@ -243,12 +248,13 @@ def grad_cam(image: np.ndarray, is_hu: bool, model: str | Path = DEFAULT_IMAGE_M
 
     The map explains ``class_name`` (default: the predicted class).
     """
+    import torch
     from monai.visualize import GradCAM
 
     from covidct.models.inference import model_input
     from covidct.preprocess import NormalisationConfig
 
-    net, info = load_classifier(model)
+    net, info = load_classifier(model, runtime="torch")
     img = np.asarray(image, np.float32)
     res = classify_images([img], is_hu, model)[0]
     classes = list(info["classes"])

@@ -149,6 +149,10 @@ def _stopped() -> int:
     return code
 
 
+# Installed by ``pip install 'covidct[train]'`` only (training, checkpoints, Grad-CAM, ONNX export).
+TRAIN_EXTRA_MODULES = frozenset({"torch", "monai", "tensorboard", "onnx", "onnxscript"})
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (so tests can call ``main([...])`` in-process)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -177,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _stopped()
     except Exception as exc:  # a bug, not a user error: still one line unless debugging
+        if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in TRAIN_EXTRA_MODULES:
+            print(f"covidct: error: this needs {exc.name.split('.')[0]}, which comes with the train extra: "
+                  "pip install 'covidct[train]'", file=sys.stderr)
+            return 8
         if os.environ.get("COVIDCT_DEBUG"):
             raise
         print(f"covidct: internal error: {exc.__class__.__name__}: {exc} (set COVIDCT_DEBUG=1 for details)", file=sys.stderr)

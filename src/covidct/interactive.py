@@ -106,9 +106,17 @@ _IMAGE_CACHE: OrderedDict[tuple, np.ndarray] = OrderedDict()
 
 
 def _load(model: str):
-    from covidct.models import zoo
+    from covidct.models import runtime
 
-    net, info = zoo.load(model, scripted=True)  # traced network: no MONAI import on a one-shot call
+    # ONNX Runtime with one thread: the network is small, and on a busy machine a multi-threaded forward pass
+    # waits on its own barriers (torch measured 0.8 s vs 0.015 s per click on 2 loaded cores; docs/BENCHMARKS.md)
+    if runtime.onnx_entry(model) is not None and runtime.wanted_runtime() == "onnx":
+        net, info = runtime.load(model, threads=1)
+    else:  # a run folder without ONNX: the traced network when shipped, else the checkpoint (torch)
+        from covidct.models import zoo
+
+        net, info = zoo.load(model, scripted=True)
+        info = dict(info, runtime="torch")
     if info.get("task") != "refine" or (info.get("model") or {}).get("in_channels") != 4:
         raise ModelError(f"model {model!r} is not a click-refinement model (task {info.get('task')!r})")
     return net, info
@@ -121,9 +129,8 @@ def model_spatial_dims(model: str) -> int:
 
 def _model_image(image: np.ndarray, is_hu: bool, info: dict) -> np.ndarray:
     """The slice in model space on the model grid, cached by content (repeated clicks on one slice)."""
-    import torch
-
-    from covidct.preprocess import NormalisationConfig, resize_image_tensor, to_model_input
+    from covidct.models.onnx_runtime import resize_image
+    from covidct.preprocess import NormalisationConfig, to_model_input
 
     size = tuple(info.get("input_size") or (256, 256))
     key = (hashlib.blake2b(np.ascontiguousarray(image).view(np.uint8), digest_size=16).hexdigest(), image.shape,
@@ -132,7 +139,7 @@ def _model_image(image: np.ndarray, is_hu: bool, info: dict) -> np.ndarray:
         _IMAGE_CACHE.move_to_end(key)
         return _IMAGE_CACHE[key]
     x = to_model_input(image, is_hu, NormalisationConfig.from_dict(info.get("normalisation")))
-    x = resize_image_tensor(torch.from_numpy(x)[None], size)[0].numpy()
+    x = resize_image(x, size)
     _IMAGE_CACHE[key] = x
     while len(_IMAGE_CACHE) > 8:
         _IMAGE_CACHE.popitem(last=False)
@@ -178,7 +185,8 @@ def refine(image_hw: np.ndarray, mask_hw: np.ndarray | None, clicks: Sequence[Cl
     (any non-zero = lesion) or None. Without clicks the mask comes back unchanged (zeros without a mask).
     ``model`` is a shipped name, a checkpoint or a run folder of a refinement model.
     """
-    import torch
+    from covidct.models import runtime
+    from covidct.models.onnx_runtime import area_resize, bilinear, softmax
 
     img, prior = _check_inputs(image_hw, mask_hw, clicks)
     h, w = img.shape
@@ -193,31 +201,36 @@ def refine(image_hw: np.ndarray, mask_hw: np.ndarray | None, clicks: Sequence[Cl
     if prior is None:
         p_small = np.zeros(size, np.float32)
     else:
-        p_small = torch.nn.functional.interpolate(torch.from_numpy(prior.astype(np.float32))[None, None], size=size,
-                                                  mode="area")[0, 0].numpy()
+        p_small = area_resize(prior.astype(np.float32), size)
     sy, sx = size[0] / h, size[1] / w
     pos = [((c.y + 0.5) * sy - 0.5, (c.x + 0.5) * sx - 0.5) for c in clicks if c.positive]
     neg = [((c.y + 0.5) * sy - 0.5, (c.x + 0.5) * sx - 0.5) for c in clicks if not c.positive]
     sigma = float((info.get("extra") or {}).get("sigma", 3.0))
     x = model_input(x01, p_small >= 0.5, pos, neg, sigma)
-    # One thread: the network is small, and on a busy machine a multi-threaded forward pass waits on its
-    # own OpenMP barriers (measured 0.8 s vs 0.015 s per click on 2 loaded cores; docs/BENCHMARKS.md).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            logits = net(torch.from_numpy(x)[None])
-            prob = torch.softmax(logits.float(), 1)[:, 1:2]
-            if (h, w) != size:
-                prob = torch.nn.functional.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False)
-    finally:
-        torch.set_num_threads(threads)
-    prob = prob[0, 0].numpy()
+    if runtime.is_onnx(info):
+        prob = softmax(net(x[None]))[0, 1]
+    else:
+        prob = _torch_forward(net, x)
+    if (h, w) != size:
+        prob = bilinear(prob[None], (h, w))[0]
     thr = float((info.get("thresholds") or {}).get("foreground", 0.5))
     points = [(c.y, c.x) for c in clicks]
     r_near, r_min, r_neg = _radii((h, w), None)
     new = prob >= thr if prior is None else _local_update(prior > 0, prob >= thr, points, r_near)
     return _honour_clicks(prob, new, points, [c.positive for c in clicks], r_min, r_neg)
+
+
+def _torch_forward(net, x: np.ndarray) -> np.ndarray:
+    """Lesion probability (model grid) from a torch refinement network, on one thread (see :func:`_load`)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            return torch.softmax(net(torch.from_numpy(x)[None]).float(), 1)[0, 1].numpy()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _radii(shape: tuple[int, ...], spacing: Sequence[float] | None) -> tuple[tuple[float, ...], ...]:

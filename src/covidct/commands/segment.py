@@ -15,17 +15,18 @@ TASKS = ("lungs", "infection", "lesions")
 
 
 def segment_slices(images: list[np.ndarray], is_hu: bool, task: str, model_name: str, batch_size: int = 8) -> list[np.ndarray]:
-    """Label maps (each the size of its image) for 2-D slices with one model: the label rule and precision
-    of ``covidct evaluate`` (full float32), so a model's evaluated Dice is what ``segment`` gives."""
-    from covidct.models import zoo
-    from covidct.models.inference import slice_labels_for_task
+    """Label maps (each the size of its image) for 2-D slices with one model: the label rule
+    (``runtime.labels_for_task``) and float32 precision of ``covidct evaluate``, so a model's evaluated Dice
+    is what ``segment`` gives (with the same runtime)."""
+    from covidct.models import runtime
 
-    model, info = zoo.load(model_name)
+    model, info = runtime.load(model_name)
     if info.get("spatial_dims") == 3:
         from covidct.errors import UnsupportedInput
 
         raise UnsupportedInput(f"model {model_name} is a 3-D model: give it a volume, not a 2-D image")
-    labels, _ = slice_labels_for_task(model, info, images, is_hu, task, batch_size=batch_size, bf16=False)
+    probs = runtime.predict_slices(model, info, images, is_hu, batch_size=batch_size, bf16=False)
+    labels = runtime.labels_for_task(probs, info, task)
     return labels
 
 
@@ -50,11 +51,11 @@ def register(app: typer.Typer) -> None:
         if task not in TASKS:
             raise typer.BadParameter(f"must be one of {', '.join(TASKS)}", param_hint="--task")
         model_name = model or ("lungs" if task == "lungs" else "lesions" if task == "lesions" else "infection")
-        from covidct.models import zoo
+        from covidct.models import runtime, zoo
 
         if model is None and task == "infection" and not zoo.has_model("infection"):
             model_name = "lesions"
-        zoo.load(model_name)  # fail early, once, on a bad model
+        runtime.load(model_name)  # fail early, once, on a bad model
         output.mkdir(parents=True, exist_ok=True)
         failures: list[str] = []
         files = expand_image_folders(inputs)

@@ -44,7 +44,8 @@ def evaluate(
     collapsed to lesion > 0). Records without a label for the task are skipped. Pass ``model``/``info``
     to evaluate an already loaded model.
     """
-    from covidct.models.inference import load_model, slice_labels_for_task
+    from covidct.models.inference import load_model, predict_slices
+    from covidct.models.runtime import labels_for_task
     from covidct.models.tasks import TASK_CLASSES, TASKS, task_label
 
     if model is None or info is None:
@@ -65,10 +66,9 @@ def evaluate(
     kept = [(r, task_label(r, task)) for r in records]
     kept = [(r, lab) for r, lab in kept if lab is not None]
     Path(out_dir).mkdir(parents=True, exist_ok=True)  # an unwritable OUTDIR fails before the long part
-    # the same label rule as ``covidct segment`` (slice_labels_for_task), so both give the same Dice
-    preds, probs = slice_labels_for_task(model, info, [np.asarray(r["image"], np.float32) for r, _ in kept],
-                                         [bool(r.get("is_hu", False)) for r, _ in kept], task, threshold=threshold,
-                                         batch_size=batch_size, bf16=bf16)
+    probs = predict_slices(model, info, [np.asarray(r["image"], np.float32) for r, _ in kept],
+                           [bool(r.get("is_hu", False)) for r, _ in kept], batch_size=batch_size, bf16=bf16)
+    preds = labels_for_task(probs, info, task, threshold)  # the same label rule as ``covidct segment``
     gts = [lab for _, lab in kept]
     if collapse:
         fg = [1.0 - p[0] for p in probs]

@@ -133,32 +133,3 @@ def probabilities_to_labels(prob: np.ndarray, threshold: float | None = None) ->
     if prob.shape[ch] == 2 and threshold is not None:
         return (np.take(prob, 1, axis=ch) >= threshold).astype(np.uint8)
     return np.argmax(prob, axis=ch).astype(np.uint8)
-
-
-def slice_labels_for_task(
-    model: nn.Module,
-    info: dict,
-    images: Sequence[np.ndarray],
-    is_hu: bool | Sequence[bool],
-    task: str,
-    *,
-    threshold: float | None = None,
-    batch_size: int = 8,
-    bf16: bool = False,
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(label maps, probabilities) of 2-D slices for ``task``: the one rule ``covidct segment`` and
-    ``covidct evaluate`` share, so the same model on the same images gives the same masks and Dice.
-
-    ``threshold`` defaults to the model's stored foreground threshold. A ``lesions`` model scored on
-    ``infection`` counts a pixel infected when P(not background) >= threshold (0.5 without one); a
-    binary model uses P(foreground) >= threshold; a multi-class model its argmax.
-    """
-    if threshold is None:
-        threshold = (info.get("thresholds") or {}).get("foreground")
-    probs = predict_slices(model, info, list(images), is_hu, batch_size=batch_size, bf16=bf16)
-    if task == "infection" and info.get("task") == "lesions":
-        return [((1.0 - p[0]) >= (threshold or 0.5)).astype(np.uint8) for p in probs], probs
-    labels = [probabilities_to_labels(p, threshold if p.shape[0] == 2 else None) for p in probs]
-    if task == "infection":
-        labels = [(lab > 0).astype(np.uint8) for lab in labels]
-    return labels, probs

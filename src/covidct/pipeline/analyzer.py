@@ -40,7 +40,7 @@ class Analyzer:
         lesion_min_hu: float = -800.0,
         min_lesion_mm3: float = 20.0,
     ) -> None:
-        from covidct.models import zoo
+        from covidct.models import runtime, zoo
 
         self.bf16 = bf16
         self.batch_size = batch_size
@@ -55,11 +55,8 @@ class Analyzer:
                 if role != "infection":  # the infection model only sharpens the lesion extent: optional
                     self.warnings.append(f"shipped model '{name}' not found: using the HU-rule fallback for {role}")
                 continue
-            net, info = zoo.load(name)
-            if info.get("spatial_dims") != 3:
-                from covidct.models.inference import optimise_for_cpu
-
-                net = optimise_for_cpu(net)
+            # ONNX Runtime for a shipped model; the torch checkpoint (batch norm folded) for a run folder
+            net, info = runtime.load(name, optimise=True)
             self.models[role] = LoadedModel(net, info)
 
     def _runner(self) -> ModelRunner:

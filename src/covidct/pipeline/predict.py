@@ -1,4 +1,5 @@
-"""Running the analysis models on the slices of one CT: 2-D models slice by slice, 3-D models by sliding window."""
+"""Running the analysis models on the slices of one CT: 2-D models slice by slice (ONNX Runtime, or torch for a
+checkpoint without an ONNX file: :mod:`covidct.models.runtime`), 3-D models by sliding window (torch)."""
 
 from __future__ import annotations
 
@@ -31,15 +32,13 @@ class ModelRunner:
             return probs_for_role(prob, info.get("classes", []), role)
         import json
 
-        import torch
-
-        from covidct.models.inference import predict_slices, prepare_slices
+        from covidct.models.runtime import predict_slices, prepare_slices
 
         key = (json.dumps(info.get("normalisation"), sort_keys=True), tuple(info.get("input_size") or (256, 256)), is_hu)
         rows = self.cache.setdefault(key, {})
         missing = [int(z) for z in zs if int(z) not in rows]
         if missing:
             rows.update(zip(missing, prepare_slices([vol[z] for z in missing], [is_hu] * len(missing), info), strict=True))
-        prepared = torch.stack([rows[int(z)] for z in zs])
+        prepared = np.stack([rows[int(z)] for z in zs])
         return predict_slices(model.net, info, vol[zs], is_hu, batch_size=self.batch_size, bf16=self.bf16,
                               prepared=prepared)
