@@ -1,9 +1,7 @@
 """Lesions stage: the lesion and infection models (or the HU rule), typing, HU checks and effusion.
 
 The shipped ``lesions`` model (GGO / consolidation / effusion) runs on the lung slices; the binary
-``infection`` model, when shipped, gives the extent and the lesion model the type. On whole HU volumes
-GGO and consolidation come from the HU rule of :mod:`covidct.pipeline.hu_rules` instead (the models
-learned from 8-bit infected slices only) and the lesion model gives the effusion. For HU input two
+``infection`` model, when shipped, gives the extent and the lesion model the type. For HU input two
 physical checks follow: GGO/consolidation must lie in the (slightly dilated) lungs and be denser than
 ``lesion_min_hu``; effusion must lie in the pleural space next to a lung, at water density, and is kept
 out of the lung label (as in covidct's phantom and MedSeg's labels). :func:`final_masks` then brings both
@@ -52,8 +50,7 @@ def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_mode
             zs = np.arange(zs.min(), zs.max() + 1)
         prob = runner.probabilities(lesions_model, vol, zs, ct.is_hu, ct.spacing, "lesions")
         binary = prob.shape[1] == 2
-    hu_volume = ct.is_hu and ct.n_slices >= 3  # GGO/consolidation from the HU rule (pipeline.hu_rules)
-    if infection_model is not None and not infection_model.is_3d and not hu_volume:
+    if infection_model is not None and not infection_model.is_3d:
         p_inf = runner.probabilities(infection_model, vol, zs, ct.is_hu, ct.spacing, "infection")[:, 1]
     if probability is not None:
         probability["lesion"] = probability_volume(vol.shape, zs, infection_probability(prob, p_inf))
@@ -87,13 +84,6 @@ def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_mode
             out[infected & (vol >= -300)] = CONSOLIDATION
         else:
             out[infected] = GGO
-    if hu_volume:
-        # on whole HU volumes the models trained on 8-bit infected slices mark vessels, lung bases and
-        # mask leaks; the HU rule does not (docs/BENCHMARKS.md, "HU volumes"). The lesion model still
-        # gives the pleural effusion.
-        from covidct.pipeline.hu_rules import hu_lesions
-
-        out = np.where(out == EFFUSION, EFFUSION, hu_lesions(vol, ct.spacing, lungs)).astype(np.uint8)
     infection = (out == GGO) | (out == CONSOLIDATION)
     infection &= near_lung
     if ct.is_hu:

@@ -50,11 +50,6 @@ def segment_lungs(ct: CT, model: LoadedModel | None, runner: ModelRunner) -> np.
     if ct.is_hu:
         mask = remove_air_pockets(mask, vol, ct.spacing)
     mask = clean_lung_mask(mask, ct.spacing)
-    if ct.is_hu and model is not None and ct.n_slices >= 3:
-        # the model's mask made consistent with the HU image: aerated lung it missed added, leaks removed
-        from covidct.pipeline.hu_rules import hu_lungs
-
-        mask = clean_lung_mask(hu_lungs(vol, ct.spacing, mask), ct.spacing)
     return split_left_right(mask, ct.spacing)
 
 
