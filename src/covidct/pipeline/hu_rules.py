@@ -12,6 +12,9 @@ HU-volume table by a rule written beforehand, leave-one-volume-out: docs/BENCHMA
   shaped like a tube are dropped, and what is left must be at least ``min_lesion_ml``.
 ``hu_lungs`` cleans a lung mask of leaks with the same physics: a lung voxel is air-filled lung or
 lies within reach of it (lesions inside the lung are kept).
+
+Status: a candidate, scored by ``benchmarks/hu_volumes.py``; not yet called by the lungs/lesions stages (it
+failed its shipping rule on three counts, see docs/BENCHMARKS.md "HU volumes").
 """
 
 from __future__ import annotations
