@@ -11,9 +11,9 @@ Stability, per case:
   against another pneumonia: the distance to the decision boundary at 0);
 - lesion boundary: the GGO/consolidation masks grown and shrunk by one voxel in-plane (independent of how
   the lesions stage makes them).
-- ``--calibrate N``: the false opacity of the shipped models on N lesion-free phantoms (the source of
-  the 1 % abnormal threshold), the pattern on phantoms with lesions, and each pattern preset (seeds
-  0..N-1) through the shipped models and on its exact labels.
+- ``--calibrate N``: the false opacity of the shipped models on N lesion-free phantoms per grid (the
+  256² ones are the source of the 1 % abnormal threshold), phantoms with 5 % lesions, and each pattern
+  preset (seeds 0..N-1, 256²) through the shipped models beside its exact labels.
 
 Usage: python benchmarks/pattern_real.py [--data DIR] [--step 0.05] [--json out.json] [--calibrate N]
 Skips (exit 0) when the data folder is absent.
@@ -90,30 +90,37 @@ def boundary_shifts(lungs, lesions, ct) -> dict:
     return out
 
 
+GRIDS = {"256": ((64, 256, 256), (4.0, 1.4, 1.4)), "192": ((56, 192, 192), (4.0, 1.8, 1.8))}
+
+
 def calibrate(n: int) -> dict:
+    """Phantoms through the shipped models: lesion-free and 5 % lesion phantoms on two grids (256² at 1.4 mm,
+    the models' working size, and 192² at 1.8 mm), and every pattern preset on the 256² grid."""
     from covidct.pattern import analyse_pattern
     from covidct.phantom import make_phantom
+    from covidct.phantom.patterns import EXPECTED, make_pattern_phantom
     from covidct.pipeline import analyze
 
-    out: dict = {"lesion_free": [], "lesions": []}
-    for seed in range(n):
-        for key, kw in (("lesion_free", {"lesions": False}), ("lesions", {"lesion_burden": 0.05, "effusion": False})):
-            ph = make_phantom(shape=(64, 256, 256), spacing=(4.0, 1.4, 1.4), seed=seed, **kw)
-            a = analyze(ph.ct)
-            r = analyse_pattern(a.lungs, a.lesions, ph.ct.spacing, ph.ct.array)
-            out[key].append({"seed": seed, "opacity_percent": r.features["opacity_percent"], "label": r.label,
-                             "rsna": r.rsna_category})
-    from covidct.phantom.patterns import EXPECTED, make_pattern_phantom
+    def row(ph, **extra) -> dict:
+        a = analyze(ph.ct)
+        r = analyse_pattern(a.lungs, a.lesions, ph.ct.spacing, ph.ct.array)
+        t = analyse_pattern(ph.lungs, ph.lesions, ph.ct.spacing, ph.ct.array)
+        return extra | {"raw_involvement": a.report["involvement_percent"]["total"],
+                        "opacity_percent": r.features["opacity_percent"], "models": [r.rsna_category, r.label],
+                        "truth_masks": [t.rsna_category, t.label]}
 
-    out["presets"] = []
+    out: dict = {"phantoms": [], "presets": []}
+    for grid, (shape, spacing) in GRIDS.items():
+        for seed in range(n):
+            for kind, kw in (("lesion-free", {"lesions": False}), ("5 % lesions", {"lesion_burden": 0.05, "effusion": False})):
+                out["phantoms"].append(row(make_phantom(shape, spacing, seed=seed, **kw), grid=grid, kind=kind, seed=seed))
+    shape, spacing = GRIDS["256"]
     for seed in range(n):
         for preset in EXPECTED:
-            ph = make_pattern_phantom(preset, seed=seed)
-            a = analyze(ph.ct)
-            r = analyse_pattern(a.lungs, a.lesions, ph.ct.spacing, ph.ct.array)
-            t = analyse_pattern(ph.lungs, ph.lesions, ph.ct.spacing, ph.ct.array)
-            out["presets"].append({"preset": preset, "seed": seed, "expected": EXPECTED[preset],
-                                   "models": [r.rsna_category, r.label], "truth_masks": [t.rsna_category, t.label]})
+            ph = make_pattern_phantom(preset, shape=shape, spacing=spacing, seed=seed)
+            out["presets"].append(row(ph, preset=preset, seed=seed, expected=EXPECTED[preset]))
+    for r in out["phantoms"] + out["presets"]:
+        print(json.dumps(r), flush=True)
     return out
 
 
@@ -129,7 +136,6 @@ def main() -> int:
     results: dict = {}
     if args.calibrate:
         results["calibration"] = calibrate(args.calibrate)
-        print(json.dumps(results["calibration"]), flush=True)
     if not args.data.is_dir():
         print(f"skip: {args.data} not found")
         return 0

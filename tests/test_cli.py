@@ -62,7 +62,10 @@ def test_info_table_and_image(tmp_path, capsys):
     from PIL import Image
 
     p = tmp_path / "slice.png"
-    Image.fromarray(np.zeros((20, 30, 4), np.uint8), "RGBA").save(p)
+    rgba = np.zeros((20, 30, 4), np.uint8)
+    rgba[..., :3] = np.arange(30, dtype=np.uint8)[None, :, None] * 8  # a grey ramp (a blank image is refused)
+    rgba[..., 3] = 255
+    Image.fromarray(rgba, "RGBA").save(p)
     assert main(["info", str(p)]) == 0
     out = capsys.readouterr().out
     assert "image" in out and "8-bit display" in out

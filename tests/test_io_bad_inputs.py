@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest_io_helpers import make_series, phantom_hu
-from covidct.errors import InconsistentSeries, NotCT, UnreadableInput, UnsupportedInput
+from covidct.errors import InconsistentSeries, NotCT, UnreadableInput, UnsafeArchive, UnsupportedInput
 from covidct.io import load_ct, load_image_2d, read_label_png
 
 
@@ -209,7 +209,7 @@ def test_zip_slip_rejected(tmp_path, hu):
     with zipfile.ZipFile(zp, "w") as zf:
         zf.write(paths[0], "ok/a.dcm")
         zf.writestr("../../escaped.dcm", paths[1].read_bytes())
-    assert "escape" in _raises(UnreadableInput, zp)
+    assert "escape" in _raises(UnsafeArchive, zp)
     assert not (tmp_path / "escaped.dcm").exists()
 
 

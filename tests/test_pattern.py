@@ -146,6 +146,14 @@ def test_every_feature_is_documented_and_measured() -> None:
     assert set(res.report()) == {"rsna_category", "co_rads", "features", "reasons"}
 
 
+def test_docs_list_every_feature() -> None:
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "report.md").read_text(encoding="utf-8")
+    for name, (unit, definition, threshold) in FEATURE_DOCS.items():
+        assert f"| `{name}` | {unit} | {definition} | {threshold or '—'} |" in docs, name
+
+
 def test_typical_pattern() -> None:
     res, f = run(typical)
     assert f["minor_side_share"] > 0.4

@@ -3,7 +3,9 @@
 Every user error (a :class:`covidct.errors.CovidCTError`) becomes one line on stderr,
 ``covidct: error: <message>``, and the documented exit code; no traceback reaches a user.
 Exit codes: 0 ok, 1 other covidct error, 2 unreadable input, 3 not CT, 4 inconsistent series,
-5 unsupported input, 6 no lungs found, 7 model error, 8 config error, 9 PACS error, 64 bad command-line usage,
+5 unsupported input, 6 no lungs found, 7 model error, 8 config error, 9 PACS error, 10 unsafe archive (zip
+bomb, nested, path traversal), 11 implausible image (mostly NaN/Inf, constant, no CT intensities), 64 bad
+command-line usage,
 70 internal error (a bug: please report it, with ``COVIDCT_DEBUG=1`` for the traceback), 130 interrupted
 (Ctrl-C), 143 terminated (SIGTERM, e.g. from ``timeout`` or a job scheduler; cleaned up like Ctrl-C).
 """
@@ -30,7 +32,8 @@ app = typer.Typer(
         "Start with:  covidct demo   (runs the analysis on a built-in synthetic chest CT)\n\n"
         "Then:        covidct info SCAN       what covidct sees in your input\n\n"
         "Exit codes: 0 ok, 2 unreadable input, 3 not CT, 4 inconsistent series, 5 unsupported input, "
-        "6 no lungs found, 7 model error, 8 config error, 9 PACS error, 64 usage error, 130 interrupted, 143 terminated."
+        "6 no lungs found, 7 model error, 8 config error, 9 PACS error, 10 unsafe archive, 11 implausible image, "
+        "64 usage error, 130 interrupted, 143 terminated."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -127,10 +130,18 @@ def phantom(
     typer.echo(f"wrote {fmt} phantom to {path}")
 
 
+_registered = False
+
+
 def _register_optional_commands() -> None:
-    """Commands from later modules plug in here when present."""
+    """Commands from later modules plug in here when present (once: each main() call used to add them again,
+    so a process calling main() 100 times built ~900 commands per call, ~1 s)."""
     import importlib
 
+    global _registered
+    if _registered:
+        return
+    _registered = True
     for module in ("covidct.commands",):
         try:
             mod = importlib.import_module(module)

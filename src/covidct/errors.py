@@ -61,6 +61,21 @@ class PacsError(CovidCTError):
     exit_code = 9
 
 
+class UnsafeArchive(CovidCTError):
+    """An archive refused before extraction: too many members, too many bytes, a compression ratio only a
+    zip bomb has, a nested archive, or a member that would escape the extraction folder (limits:
+    ``covidct.io.archive.ZipLimits``)."""
+
+    exit_code = 10
+
+
+class ImplausibleImage(CovidCTError):
+    """Readable data no CT can be: mostly NaN/Inf voxels, one constant value, or intensities far outside any
+    CT scale (``covidct.io.sanity``)."""
+
+    exit_code = 11
+
+
 EXIT_CODES: dict[str, int] = {
     cls.__name__: cls.exit_code
     for cls in (
@@ -73,5 +88,7 @@ EXIT_CODES: dict[str, int] = {
         ModelError,
         ConfigError,
         PacsError,
+        UnsafeArchive,
+        ImplausibleImage,
     )
 }

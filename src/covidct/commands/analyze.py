@@ -40,6 +40,8 @@ def _print_summary(report: dict, outdir: Path) -> None:
         lines.append(f"lesion area: {inv['total']:.1f} % of the lung area in this slice")
     for w in report["warnings"]:
         lines.append(f"warning: {w}")
+        if w.startswith("no DICOM SEG written"):  # an output the user asked for is missing: say so on stderr too
+            typer.echo(f"covidct: warning: {w}", err=True)
     t = report["timings_s"].get("total")
     lines.append(f"report: {outdir / 'report.html'}" + (f"  ({t:.1f} s)" if t else ""))
     typer.echo("\n".join(lines))
@@ -278,6 +280,7 @@ def register(app: typer.Typer) -> None:
         dask: str = typer.Option(None, "--dask", metavar="ADDRESS", help="Run studies on an existing Dask cluster (scheduler address)."),
         lungs_model: str = typer.Option("lungs", "--lungs-model", help="Shipped model name, checkpoint (.pt) or run folder for the lungs."),
         lesions_model: str = typer.Option("lesions", "--lesions-model", "--model", help="Shipped model name, checkpoint or run folder for the lesions."),
+        seg_new_uids: bool = typer.Option(False, "--seg-new-uids", help="When the source series' UIDs are blank or duplicated (de-identified), also write a copy of the series with fresh UIDs (ct_new_uids/) and a DICOM SEG referencing it; without this flag no SEG is written then."),
         series: str = typer.Option(None, "--series", metavar="UID", help="For one DICOM folder/.zip holding several series: the SeriesInstanceUID to analyse (default: the best CT series; `covidct info` lists them)."),
         pacs: str = typer.Option(None, "--pacs", metavar="URL", help="Take the study from this PACS's DICOMweb root (e.g. http://127.0.0.1:8042/dicom-web) instead of INPUT; needs --study. Credentials: see 'covidct watch --help'."),
         study: str = typer.Option(None, "--study", metavar="UID", help="With --pacs: the StudyInstanceUID to analyse."),
@@ -304,6 +307,10 @@ def register(app: typer.Typer) -> None:
         if not inputs:
             raise typer.BadParameter("give at least one INPUT (or --pacs URL --study UID)", param_hint="INPUT...")
         model_args = {"lungs_model": lungs_model, "lesions_model": lesions_model}
+        if seg_new_uids:  # read by the SEG writer, in whichever process (scan process, batch worker) writes it
+            from covidct.report.dicom_copy import NEW_UIDS_ENV
+
+            os.environ[NEW_UIDS_ENV] = "1"
         single = len(inputs) == 1
         studies = discover_studies(inputs)
         one_study = single and len(studies) == 1 and not dask

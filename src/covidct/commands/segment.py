@@ -56,13 +56,14 @@ def register(app: typer.Typer) -> None:
         if model is None and task == "infection" and not zoo.has_model("infection"):
             model_name = "lesions"
         runtime.load(model_name)  # fail early, once, on a bad model
-        output.mkdir(parents=True, exist_ok=True)
         failures: list[str] = []
+        last_error: CovidCTError | None = None
         files = expand_image_folders(inputs)
         colors = LUNG_COLORS if task == "lungs" else LESION_COLORS
         for path in track(files, description=f"segmenting ({task})", transient=True, disable=len(files) < 2):
             try:
                 ct = load_ct(path)
+                output.mkdir(parents=True, exist_ok=True)  # only once an input is readable: no empty folder
                 if ct.kind == "image":
                     label = segment_slices([ct.array[0]], ct.is_hu, task, model_name, batch_size)[0]
                     save_label_png(label, output / f"{path.stem}.png")
@@ -83,8 +84,12 @@ def register(app: typer.Typer) -> None:
                         mask = (mask > 0).astype(np.uint8)
                 save_mask_nifti(mask, ct, output / f"{ct.name}_{task}.nii.gz")
             except CovidCTError as exc:
+                last_error = exc
                 failures.append(f"{path}: {str(exc).splitlines()[0]}")
-                typer.echo(f"covidct: error: {str(exc).splitlines()[0]}", err=True)
+                if len(files) > 1:  # one input: main() prints its error once
+                    typer.echo(f"covidct: error: {str(exc).splitlines()[0]}", err=True)
+        if len(files) == 1 and last_error is not None:
+            raise last_error  # one input: its own error and exit code
         typer.echo(f"{len(files) - len(failures)} of {len(files)} inputs segmented into {output}")
         if failures:
             raise CovidCTError(f"{len(failures)} input(s) could not be segmented")

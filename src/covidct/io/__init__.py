@@ -1,7 +1,9 @@
 """Reading CT input (DICOM folder/zip/file, NIfTI, 2-D images) and writing masks back.
 
 ``load_ct`` returns a :class:`covidct.volume.CT` in covidct's canonical orientation; the
-writers put canonical arrays back on the input's grid. User errors raise ``covidct.errors``
+writers put canonical arrays back on the input's grid. Every entry point (CLI, this API, the web
+service) goes through the same safety layer: ``archive`` (zip limits, checked before extracting) and
+``sanity`` (NaN/Inf, constant, impossible intensities). User errors raise ``covidct.errors``
 classes with one-line messages that name the path.
 """
 
@@ -13,18 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from covidct.errors import NotCT, UnreadableInput, UnsupportedInput
+from covidct.io.archive import ZipLimits
 from covidct.io.image import IMAGE_EXTS, load_image_2d, load_image_ct, read_label_png
-from covidct.io.writers import (
-    save_ct_nifti,
-    save_label_png,
-    save_mask_nifti,
-    save_overlay_png,
-    to_source_layout,
-)
 from covidct.volume import CT
 
 __all__ = [
     "load_ct",
+    "ZipLimits",
     "load_nifti",
     "load_image_2d",
     "read_label_png",
@@ -39,17 +36,25 @@ DICOM_EXTS = (".dcm", ".dicom", ".ima", "")
 ITK_EXTS = (".mha", ".mhd", ".nrrd", ".nhdr")
 
 
-def load_ct(path: str | Path, *, series: str | None = None) -> CT:
+def load_ct(path: str | Path, *, series: str | None = None, zip_limits: ZipLimits | None = None) -> CT:
     """Load a CT from a DICOM folder, .zip of one, DICOM file, NIfTI, .mha/.nrrd or 2-D image.
 
     ``series``: the SeriesInstanceUID to load from a DICOM folder or .zip holding several series
-    (default: the best CT series, with a warning naming the others).
+    (default: the best CT series, with a warning naming the others). ``zip_limits``: the archive
+    limits for a .zip (default: ``ZipLimits.from_env()``, see ``covidct.io.archive``).
 
     The result is in canonical orientation (see ``covidct.volume``); 2-D images are one-slice,
-    non-HU volumes kept exactly as displayed. Raises ``UnreadableInput``, ``NotCT``,
-    ``InconsistentSeries`` or ``UnsupportedInput`` with a one-line message.
+    non-HU volumes kept exactly as displayed. Every input passes the same safety checks (archive
+    limits before extraction, ``covidct.io.sanity`` after reading). Raises ``UnreadableInput``,
+    ``NotCT``, ``InconsistentSeries``, ``UnsupportedInput``, ``UnsafeArchive`` or ``ImplausibleImage``
+    with a one-line message.
     """
-    p = Path(path).expanduser()
+    from covidct.io.sanity import check_plausible
+
+    return check_plausible(_read_ct(Path(path).expanduser(), series, zip_limits))
+
+
+def _read_ct(p: Path, series: str | None, zip_limits: ZipLimits | None) -> CT:
     try:
         if not p.exists():
             raise UnreadableInput(f"{p}: no such file or folder")
@@ -73,9 +78,13 @@ def load_ct(path: str | Path, *, series: str | None = None) -> CT:
 
             return refuse_label_map(load_nifti(p))
         if suffix == ".zip":
+            from covidct.io.archive import check_zip, open_zip
+
+            with open_zip(p, limits=zip_limits) as zf:  # the archive rules first, before the readers' imports
+                check_zip(zf, p, zip_limits)
             from covidct.io.dicom import load_dicom_zip
 
-            return load_dicom_zip(p, series=series)
+            return load_dicom_zip(p, series=series, limits=zip_limits)
         if suffix in (".nrrd", ".nhdr"):
             from covidct.io.nrrd import load_nrrd
 
@@ -117,10 +126,18 @@ def refuse_label_map(ct: CT) -> CT:
     return ct
 
 
+_WRITERS = ("save_ct_nifti", "save_label_png", "save_mask_nifti", "save_overlay_png", "to_source_layout")
+
+
 def __getattr__(name: str):
-    # load_nifti is public but imported on first use (nibabel), like the DICOM readers (pydicom)
+    # load_nifti and the writers are public but imported on first use (nibabel), like the DICOM readers
+    # (pydicom): `covidct info BOMB.zip` refuses the zip before any of them is imported
     if name == "load_nifti":
         from covidct.io.nifti import load_nifti
 
         return load_nifti
+    if name in _WRITERS:
+        from covidct.io import writers
+
+        return getattr(writers, name)
     raise AttributeError(f"module 'covidct.io' has no attribute {name!r}")

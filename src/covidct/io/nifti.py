@@ -8,8 +8,8 @@ is stored on the CT (``source_axes``/``source_flips``) so masks go back to the f
 
 from __future__ import annotations
 
-import gzip
-import zlib
+import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
@@ -33,7 +33,10 @@ def reorient_xyz(data_xyz: np.ndarray, affine_ras: np.ndarray) -> tuple[np.ndarr
     (nibabel ornt from file to canonical) and ``oblique`` (bool).
     """
     affine_ras = np.asarray(affine_ras, dtype=np.float64)
-    src_ornt = io_orientation(affine_ras)
+    try:
+        src_ornt = io_orientation(affine_ras)
+    except (np.linalg.LinAlgError, ValueError) as e:  # NaN/Inf in the affine
+        raise UnsupportedInput("the volume's affine is not finite; cannot orient it") from e
     if np.isnan(src_ornt).any():
         # io_orientation returns NaN rows for degenerate (zero/collinear) axes.
         raise UnsupportedInput("the volume's affine is degenerate (axes collapse); cannot orient it")
@@ -50,6 +53,16 @@ def reorient_xyz(data_xyz: np.ndarray, affine_ras: np.ndarray) -> tuple[np.ndarr
     }
     # Not made contiguous here: callers transpose to (z, y, x) and make *that* contiguous.
     return canon, canon_aff, info
+
+
+def check_affine(affine: np.ndarray, shown: str) -> None:
+    """Refuse an affine with NaN/Inf or a zero-length axis (a header with pixdim 0 or NaN): ``UnsupportedInput``."""
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.isfinite(affine).all():
+        raise UnsupportedInput(f"{shown}: the voxel-to-patient affine holds NaN/Inf (damaged pixdim/qform/sform)")
+    norms = np.linalg.norm(affine[:3, :3], axis=0)
+    if not (norms > 1e-6).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise UnsupportedInput(f"{shown}: the voxel-to-patient affine is degenerate (a voxel size of 0?)")
 
 
 def is_oblique(affine: np.ndarray) -> bool:
@@ -72,6 +85,19 @@ def looks_like_hu(arr: np.ndarray) -> bool:
     return bool(float(np.nanmin(arr)) < -500 and float(np.nanmax(arr)) > 100)
 
 
+@contextmanager
+def _quiet_nibabel():
+    """nibabel logs its header fix-ups to stderr; covidct's one-line error (or the CT's warnings) says what
+    matters, so nothing else reaches the user's terminal."""
+    log = logging.getLogger("nibabel.global")
+    old = log.level
+    log.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        log.setLevel(old)
+
+
 def load_nifti(path: Path) -> CT:
     """Load a .nii/.nii.gz CT into canonical orientation.
 
@@ -80,12 +106,15 @@ def load_nifti(path: Path) -> CT:
     so masks are written with exactly the input's shape, affine and qform/sform codes.
     """
     try:
-        img = nib.load(str(path))
-    except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as e:
+        with _quiet_nibabel():
+            img = nib.load(str(path))
+        shape = tuple(int(s) for s in img.shape)
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged header fails nibabel in many ways (HeaderDataError, OverflowError...)
         raise UnreadableInput(f"{path}: not a readable NIfTI file ({_one_line(e)})") from e
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise UnreadableInput(f"{path}: not a NIfTI-1/NIfTI-2 image")
-    shape = tuple(int(s) for s in img.shape)
     warnings: list[str] = []
     if len(shape) > 3 and all(s == 1 for s in shape[3:]):
         pass  # singleton time/vector dims: squeezed below, restored when writing
@@ -93,18 +122,27 @@ def load_nifti(path: Path) -> CT:
         raise UnsupportedInput(f"{path}: 4-D NIfTI of shape {shape}; covidct needs a single 3-D CT volume")
     if len(shape) < 2:
         raise UnsupportedInput(f"{path}: NIfTI of shape {shape} is not an image")
+    from covidct.io.sanity import check_size
+
+    check_size(shape, str(path))  # before reading: a header may declare more voxels than memory holds
     try:
-        data = np.asarray(img.get_fdata(dtype=np.float32))
-    except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as e:
+        affine = np.asarray(img.affine, dtype=np.float64)
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - e.g. a quaternion of NaNs
+        raise UnsupportedInput(f"{path}: the NIfTI's orientation (qform/sform) is unusable ({_one_line(e)})") from e
+    check_affine(affine, str(path))
+    try:
+        with np.errstate(all="ignore"), _quiet_nibabel():  # overflow to Inf is handled (refused or filled) below
+            data = np.asarray(img.get_fdata(dtype=np.float32))
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - truncated, bad data type code, bad offset...
         raise UnreadableInput(f"{path}: NIfTI pixel data unreadable (truncated?) ({_one_line(e)})") from e
     data = data.reshape(shape[:3] if len(shape) >= 3 else (*shape, 1))
-    if not np.isfinite(data).all():
-        warnings.append("NIfTI contains NaN/Inf voxels; they were set to the volume minimum")
-        finite = data[np.isfinite(data)]
-        data = np.nan_to_num(data, nan=float(finite.min()) if finite.size else 0.0,
-                             posinf=float(finite.max()) if finite.size else 0.0,
-                             neginf=float(finite.min()) if finite.size else 0.0)
-    affine = np.asarray(img.affine, dtype=np.float64)
+    from covidct.io.sanity import finite_or_refuse
+
+    data = finite_or_refuse(data, str(path), warnings)  # all/most NaN: refused; a few: set to the minimum
     canon_xyz, canon_aff, info = reorient_xyz(data, affine)
     if info["oblique"]:
         warnings.append("oblique volume: axes were matched to the nearest patient axes (affine kept exact)")
@@ -116,8 +154,11 @@ def load_nifti(path: Path) -> CT:
             f"intensities {lo:g}..{hi:g} do not look like Hounsfield units (display image?); treated as non-HU"
         )
     hdr = img.header
-    qform, qcode = img.get_qform(coded=False), int(hdr["qform_code"])
-    sform, scode = img.get_sform(coded=False), int(hdr["sform_code"])
+    try:
+        qform, qcode = img.get_qform(coded=False), int(hdr["qform_code"])
+        sform, scode = img.get_sform(coded=False), int(hdr["sform_code"])
+    except (ValueError, OverflowError, np.linalg.LinAlgError) as e:  # e.g. a quaternion of Inf
+        raise UnsupportedInput(f"{path}: the NIfTI's qform/sform is unusable ({_one_line(e)})") from e
     meta = {
         "modality": "CT" if is_hu else None,
         "nifti_version": 2 if isinstance(img, nib.Nifti2Image) else 1,

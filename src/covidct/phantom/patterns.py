@@ -78,8 +78,8 @@ def _noisy(rng: np.random.Generator, value: float, n: int, noise_hu: float) -> n
 
 
 def _paint_subpleural_ggo(ph: Phantom, rng: np.random.Generator, sides: tuple[int, ...], noise_hu: float,
-                          n: int = 6) -> None:
-    """Round GGO patches (20-32 mm) against the lateral or posterior (costal) pleura, mostly basal; some
+                          n: int = 8) -> None:
+    """Round GGO patches (24-36 mm) against the lateral or posterior (costal) pleura, mostly basal; some
     with a small consolidated core. Vessels crossing the GGO keep their density and stay unlabelled."""
     sp = np.asarray(ph.ct.spacing)
     lung = ph.lungs > 0
@@ -99,7 +99,7 @@ def _paint_subpleural_ggo(ph: Phantom, rng: np.random.Generator, sides: tuple[in
         chosen = rng.choice(cand, size=min(n, cand.size), replace=False, p=w / w.sum())
         for i in chosen:
             c = np.array([zs[i], ys[i], xs[i]])
-            r = float(rng.uniform(10.0, 16.0))
+            r = float(rng.uniform(12.0, 18.0))
             d2 = ((zz - c[0]) * sp[0]) ** 2 + ((yy - c[1]) * sp[1]) ** 2 + ((xx - c[2]) * sp[2]) ** 2
             patch = (d2 <= r * r) & m
             ggo = patch & ~vessel & (ph.lesions == 0)

@@ -110,6 +110,12 @@ def write_outputs(analysis: Analysis, outdir: Path, *, png: bool = False, html: 
                     try:
                         seg.result()
                         files["dicom_seg"] = "segmentation.dcm"
+                        from covidct.report.dicom_copy import NEW_UIDS_DIR
+
+                        if (tmp / NEW_UIDS_DIR).is_dir():  # opt-in: the source's UIDs could not be referenced
+                            report["warnings"].append(
+                                f"the source series' UIDs could not be referenced: segmentation.dcm references a copy "
+                                f"of the series with new UIDs, written to {NEW_UIDS_DIR}/ (import both into the PACS)")
                     except ValueError as exc:  # e.g. a .zip input whose files are gone: the rest still useful
                         report["warnings"].append(f"no DICOM SEG written: {str(exc).splitlines()[0]}")
             else:

@@ -14,6 +14,15 @@ Coded concepts (verified; sources in the comments):
 * "Lung consolidation" SCT 95436008 -- SNOMED CT (OMOP concept 4318404 "Lung consolidation").
 * "Pleural effusion" SCT 60046008 -- pydicom ``codes.SCT.PleuralEffusion``.
 * Algorithm family "Artificial Intelligence" DCM 123110 -- pydicom ``codes.DCM.ArtificialIntelligence``.
+
+Valid or not written: a SEG locates its frames by the SOP Instance UIDs and the Frame of Reference UID of
+the source images. De-identification tools often blank or drop those; a SEG built on them would reference
+nothing (or the wrong images, when a PACS matches the empty UID), so :func:`check_source_references` refuses
+such a source with :class:`SegNotWritten` (one line naming the problem) and no SEG is written; the NIfTI
+masks and reports are unaffected (the pipeline records the reason in report.json's warnings). Opt-in
+alternative: a copy of the series with fresh UIDs, referenced by the SEG (``covidct.report.dicom_copy``). Copied
+Type 2 patient/study attributes whose values break their VR (e.g. a date "2020-03-05") are emptied.
+Every SEG the test suite writes is checked with ``dciodvfy`` (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import numpy as np
 from covidct.labels import CONSOLIDATION, EFFUSION, GGO, LEFT_LUNG, LESION_COLORS, LUNG_COLORS, RIGHT_LUNG
 from covidct.volume import CT
 
+SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 SERIES_NUMBER = 9001  # high, so viewers list the SEG after the scanner's own series
 SERIES_DESCRIPTION = "covidct lungs and lesions (research use only)"
 # Type 2 (required, may be empty) attributes of the Patient and General Study modules.
@@ -42,6 +52,49 @@ _TYPE2_COPIED = (
     "StudyID",
     "AccessionNumber",
 )
+
+
+class SegNotWritten(ValueError):
+    """The source series cannot be referenced unambiguously by a DICOM SEG, so none is written (one line why)."""
+
+
+def _uid(ds, kw: str) -> str:
+    v = ds.get(kw, None)
+    return "" if v is None else str(v).strip()
+
+
+def check_source_references(sources: list, shown: str = "") -> None:
+    """Raise :class:`SegNotWritten` unless every source image has its own valid SOP Instance UID and the
+    series one valid Frame of Reference, Series and Study Instance UID (what a SEG must reference)."""
+    from pydicom.uid import UID
+
+    where = f"{shown}: " if shown else ""
+    hint = "the source was probably de-identified by blanking UIDs; the NIfTI masks are written"
+    n = len(sources)
+    sops = [_uid(ds, "SOPInstanceUID") for ds in sources]
+    empty = sum(not u for u in sops)
+    if empty:
+        raise SegNotWritten(f"{where}{empty} of {n} source slice(s) have no SOPInstanceUID, so a DICOM SEG "
+                            f"could not reference them ({hint})")
+    bad = [u for u in sops if not UID(u).is_valid]
+    if bad:
+        raise SegNotWritten(f"{where}{len(bad)} of {n} source slice(s) have an invalid SOPInstanceUID "
+                            f"(e.g. {bad[0][:70]!r}); a DICOM SEG could not reference them")
+    if len(set(sops)) != n:
+        dup = n - len(set(sops))
+        raise SegNotWritten(f"{where}{dup} source slice(s) repeat another slice's SOPInstanceUID; a DICOM SEG "
+                            f"referencing them would be ambiguous ({hint})")
+    for kw in ("FrameOfReferenceUID", "SeriesInstanceUID", "StudyInstanceUID", "SOPClassUID"):
+        values = {_uid(ds, kw) for ds in sources}
+        if "" in values:
+            raise SegNotWritten(f"{where}the source series has no {kw}, which a DICOM SEG must reference ({hint})")
+        if len(values) > 1:
+            raise SegNotWritten(f"{where}the source slices carry {len(values)} different {kw}s; a DICOM SEG "
+                                "must reference one")
+        value = values.pop()
+        if not UID(value).is_valid:
+            raise SegNotWritten(f"{where}the source {kw} {value[:70]!r} is not a valid UID; a DICOM SEG must "
+                                "reference it")
 
 
 def _segments() -> list[tuple[str, object, object, tuple[int, int, int], str, int]]:
@@ -175,9 +228,25 @@ def _source_headers(ct: CT, files: list[Path]) -> list:
         # into the SEG; DICOM allows them empty, so fill the in-memory headers with empty values
         # (idempotent, so the loader's kept headers may be filled too).
         for kw in _TYPE2_COPIED:
-            if kw not in ds:
-                setattr(ds, kw, "")
+            if kw not in ds or not value_obeys_vr(ds, kw):
+                setattr(ds, kw, "")  # a value its VR forbids would make the SEG invalid; Type 2 may be empty
     return sources
+
+
+def value_obeys_vr(ds, kw: str) -> bool:
+    """Whether ``ds``'s value for ``kw`` obeys its VR (length, characters, date format)."""
+    from pydicom import config
+    from pydicom.valuerep import validate_value
+
+    elem = ds[kw]
+    values = elem.value if elem.VM > 1 else [elem.value]
+    try:
+        for v in values:
+            if v is not None:  # the validators check text: DS/IS numbers and person names as written
+                validate_value(elem.VR, v if isinstance(v, str | bytes) else str(v), config.RAISE)
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 def prepare_dicom_seg(ct: CT) -> None:
@@ -190,20 +259,26 @@ def prepare_dicom_seg(ct: CT) -> None:
     import io
 
     files = _source_files(ct)
-    sources = _source_headers(ct, files)[:1]
+    sources = _source_headers(ct, files)
+    check_source_references(sources, ct.path)
+    sources = sources[:1]
     rows, cols = int(sources[0].Rows), int(sources[0].Columns)
     pixel_array = np.zeros((1, rows, cols, 1), dtype=bool)
     pixel_array[0, rows // 2, cols // 2, 0] = True
     _segmentation(sources, pixel_array, _segments()[:1]).save_as(io.BytesIO(), enforce_file_format=True)
 
 
-def write_dicom_seg(ct: CT, lungs: np.ndarray, lesions: np.ndarray, path: str | Path) -> Path:
+def write_dicom_seg(ct: CT, lungs: np.ndarray, lesions: np.ndarray, path: str | Path, *,
+                    new_uids: bool | None = None) -> Path:
     """Write a BINARY DICOM SEG of the lungs and non-empty lesion classes for a DICOM input.
 
     Segments: left lung, right lung (always), then ground-glass opacity, consolidation and
     pleural effusion when present. Frames reference the source CT images (one per slice), in
     the source pixel layout, so the SEG overlays the series in any DICOM viewer. Raises
-    ValueError for a non-DICOM input or when the source files cannot be read.
+    ValueError for a non-DICOM input or when the source files cannot be read, and its subclass
+    :class:`SegNotWritten` when the source's UIDs cannot be referenced (blank, invalid, duplicated) --
+    unless ``new_uids`` (default: ``COVIDCT_SEG_NEW_UIDS=1``), which writes a copy of the series with fresh
+    UIDs into ``ct_new_uids/`` beside ``path`` and references that (``covidct.report.dicom_copy``).
     """
     from covidct.io import to_source_layout
 
@@ -222,6 +297,18 @@ def write_dicom_seg(ct: CT, lungs: np.ndarray, lesions: np.ndarray, path: str | 
         raise ValueError(f"{ct.path}: {len(files)} source files for {n_frames} slices")
 
     sources = _source_headers(ct, files)
+    try:
+        check_source_references(sources, ct.path)
+    except SegNotWritten:
+        from covidct.report.dicom_copy import NEW_UIDS_DIR, NEW_UIDS_ENV, write_series_copy
+
+        if not (new_uids if new_uids is not None else os.environ.get(NEW_UIDS_ENV) == "1"):
+            raise
+        # opt-in: reference a copy of the series with fresh UIDs, written beside the SEG
+        ct = write_series_copy(ct, files, Path(path).parent / NEW_UIDS_DIR)
+        files = _source_files(ct)
+        sources = _source_headers(ct, files)
+        check_source_references(sources, ct.path)
     uids = ct.meta.get("source_sop_uids") or []
     for i, ds in enumerate(sources):
         if (int(ds.Rows), int(ds.Columns)) != (rows, cols):

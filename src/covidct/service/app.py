@@ -202,9 +202,9 @@ def create_app(
 ) -> FastAPI:
     """The FastAPI app: jobs under ``data_dir``, ``workers`` concurrent analyses, optional token."""
     store = JobStore(data_dir)
-    runner = JobRunner(store, workers=workers, max_queue=max_queue, analyzer_factory=analyzer_factory)
+    limits = zip_limits or ZipLimits.from_env()  # the same archive rules as the command line (covidct.io.archive)
+    runner = JobRunner(store, workers=workers, max_queue=max_queue, analyzer_factory=analyzer_factory, zip_limits=limits)
     views = JobViews(store)
-    limits = zip_limits or ZipLimits()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

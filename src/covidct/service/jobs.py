@@ -25,7 +25,6 @@ import threading
 import time
 import traceback
 import uuid
-import zipfile
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from covidct.errors import CovidCTError, UnreadableInput
+from covidct.io.archive import ZipLimits
 from covidct.service.safety import valid_job_id
 from covidct.volume import CT
 
@@ -135,21 +135,18 @@ class JobStore:
 # --- running one job ------------------------------------------------------------------------------
 
 
-def unpack_zip(zip_path: Path, dest: Path, shown: str) -> Path:
-    """Extract an uploaded zip with covidct.io's safe extraction; returns what to load.
+def unpack_zip(zip_path: Path, dest: Path, shown: str, limits: ZipLimits | None = None) -> Path:
+    """Extract an uploaded zip with covidct.io's archive rules (checked again before extracting, real bytes
+    counted); returns what to load.
 
     The DICOM files stay on disk (a DICOM SEG references them). A zip of one folder gives that
     folder; a zip holding a single NIfTI gives that file.
     """
-    from covidct.io.dicom import _safe_extract  # zip slip, symlinks and real-byte limits live there
+    from covidct.io.archive import open_zip, safe_extract
 
     dest.mkdir(parents=True, exist_ok=True)
-    try:
-        zf = zipfile.ZipFile(zip_path)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise UnreadableInput(f"{shown}: not a readable zip file") from e
-    with zf:
-        _safe_extract(zf, dest.resolve(), Path(shown))
+    with open_zip(zip_path, shown, limits) as zf:
+        safe_extract(zf, dest.resolve(), shown, limits)
     entries = [p for p in dest.iterdir() if p.name != "__MACOSX"]
     niftis = [p for p in dest.rglob("*") if p.name.lower().endswith((".nii", ".nii.gz"))]
     dicoms = [p for p in dest.rglob("*") if p.is_file() and not p.name.lower().endswith((".nii", ".nii.gz"))]
@@ -211,7 +208,8 @@ def _one_line(exc: BaseException, hide: list[tuple[str, str]]) -> str:
     return msg
 
 
-def run_job(store: JobStore, job_id: str, analyzer_factory: Callable[[], object]) -> dict:
+def run_job(store: JobStore, job_id: str, analyzer_factory: Callable[[], object],
+            zip_limits: ZipLimits | None = None) -> dict:
     """Analyse one job: unpack (zip) → load → lungs → lesions → severity → outputs; returns job.json."""
     folder = store.folder(job_id)
     job = store.update(job_id, status="running", stage="load", error=None, started=_now())
@@ -224,7 +222,7 @@ def run_job(store: JobStore, job_id: str, analyzer_factory: Callable[[], object]
             store.update(job_id, stage="unpack")
             unpacked = folder / "input" / "unpacked"
             shutil.rmtree(unpacked, ignore_errors=True)  # a half extraction from before a restart
-            src = unpack_zip(src, unpacked, shown)
+            src = unpack_zip(src, unpacked, shown, zip_limits)
             store.update(job_id, stage="load")
         from covidct.io import load_ct
 
@@ -274,7 +272,8 @@ class JobRunner:
     """A bounded FIFO of job ids and ``workers`` threads that run them."""
 
     def __init__(
-        self, store: JobStore, *, workers: int = 1, max_queue: int = 32, analyzer_factory: Callable[[], object] | None = None
+        self, store: JobStore, *, workers: int = 1, max_queue: int = 32, analyzer_factory: Callable[[], object] | None = None,
+        zip_limits: ZipLimits | None = None,
     ) -> None:
         if analyzer_factory is None:
             from covidct.pipeline import shared_analyzer
@@ -284,6 +283,7 @@ class JobRunner:
         self.workers = max(int(workers), 0)
         self.max_queue = max(int(max_queue), 1)
         self.analyzer_factory = analyzer_factory
+        self.zip_limits = zip_limits
         self._queue: deque[str] = deque()
         self._cv = threading.Condition()
         self._threads: list[threading.Thread] = []
@@ -343,7 +343,7 @@ class JobRunner:
                 job_id = self._queue.popleft()
                 self.running += 1
             try:
-                run_job(self.store, job_id, self.analyzer_factory)
+                run_job(self.store, job_id, self.analyzer_factory, self.zip_limits)
             except Exception:  # the store itself failed (disk full...): log, keep serving
                 log.error("job %s could not be run:\n%s", job_id, traceback.format_exc())
             finally:

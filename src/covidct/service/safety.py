@@ -2,9 +2,10 @@
 
 Everything here looks at bytes, never at the name a browser sent: an upload is a DICOM file,
 a zip (of a DICOM series, or of one NIfTI), a NIfTI volume (plain or gzipped) or a 2-D image,
-or it is refused. Zip members are only *inspected* here (count, declared sizes, compression
-ratio); the extraction itself, with its zip-slip, symlink and real-byte checks, is
-``covidct.io``'s (see :func:`covidct.service.jobs.unpack_zip`).
+or it is refused. A zip is checked here, at upload, with the same rules the command line and
+``load_ct`` apply (``covidct.io.archive``: member count, total size, compression ratio, nested
+archives, path traversal), only mapped to HTTP statuses; the extraction itself, with its real-byte
+checks, is ``covidct.io.archive``'s too (see :func:`covidct.service.jobs.unpack_zip`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ import gzip
 import re
 import secrets
 import struct
-import zipfile
-from dataclasses import dataclass
 from pathlib import Path
+
+from covidct.errors import UnreadableInput, UnsafeArchive
+from covidct.io.archive import ZipLimits, open_zip
+from covidct.io.archive import check_zip as check_zip_directory
+
+__all__ = ["ZipLimits", "UploadRejected", "check_zip", "sniff", "new_job_id", "valid_job_id", "display_name", "inside"]
 
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 
@@ -39,15 +44,6 @@ class UploadRejected(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-@dataclass(frozen=True)
-class ZipLimits:
-    """Limits on an uploaded zip (checked on its central directory before anything is extracted)."""
-
-    max_members: int = 20000
-    max_total_bytes: int = 4 * 1024**3
-    max_ratio: float = 200.0  # uncompressed/compressed per member; CT slices compress ~2-10x
 
 
 def new_job_id() -> str:
@@ -113,35 +109,21 @@ def sniff(path: Path) -> str:
     )
 
 
-def check_zip(path: Path, limits: ZipLimits) -> int:
-    """Inspect a zip's central directory against ``limits``; returns the member count.
-
-    413 for too many members, too many bytes, or a compression ratio only a zip bomb has; 422 for
-    a corrupt or encrypted archive. Header sizes can lie: the extraction counts real bytes again.
-    """
+def check_zip(path: Path, limits: ZipLimits | None = None) -> int:
+    """Check an uploaded zip with ``covidct.io.archive``'s rules (``limits``: default from the environment);
+    returns the member count. 413 for a zip the limits refuse (too many members or bytes, a zip bomb's
+    ratio, a nested archive, an escaping member); 422 for a corrupt, empty or encrypted archive."""
     try:
-        with zipfile.ZipFile(path) as zf:
-            infos = zf.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as e:
-        raise UploadRejected(422, "the uploaded zip is corrupt (cannot read its directory)") from e
-    files = [i for i in infos if not i.is_dir()]
+        with open_zip(path, "the uploaded zip", limits) as zf:
+            files = check_zip_directory(zf, "the uploaded zip", limits)
+            n = len(zf.infolist())
+    except UnsafeArchive as e:
+        raise UploadRejected(413, str(e)) from e
+    except UnreadableInput as e:
+        raise UploadRejected(422, str(e)) from e
     if not files:
         raise UploadRejected(422, "the uploaded zip holds no files")
-    if len(infos) > limits.max_members:
-        raise UploadRejected(413, f"the zip has {len(infos)} members (limit {limits.max_members})")
-    total = sum(i.file_size for i in files)
-    if total > limits.max_total_bytes:
-        raise UploadRejected(
-            413, f"the zip would extract to {total / 1024**2:.0f} MiB (limit {limits.max_total_bytes / 1024**2:.0f} MiB)"
-        )
-    for i in files:
-        if i.flag_bits & 0x1:
-            raise UploadRejected(422, f"zip member {i.filename!r} is encrypted")
-        if i.file_size > 1024**2 and i.file_size > limits.max_ratio * max(i.compress_size, 1):
-            raise UploadRejected(
-                413, f"zip member {i.filename!r} expands {i.file_size / max(i.compress_size, 1):.0f}x: refused as a zip bomb"
-            )
-    return len(infos)
+    return n
 
 
 def display_name(name: str | None) -> str:
