@@ -10,7 +10,9 @@ Stability, per case:
   table shows the label/category at each threshold and the margins (log-odds of abnormal, and of COVID-19
   against another pneumonia: the distance to the decision boundary at 0);
 - lesion boundary: the GGO/consolidation masks grown and shrunk by one voxel in-plane (independent of how
-  the lesions stage makes them).
+  the lesions stage makes them);
+- HU lesion rule (versions whose lesions stage has ``covidct.pipeline.hu_rules``): its GGO floor moved by
+  ``--hu-step`` HU both ways.
 - ``--calibrate N``: the false opacity of the shipped models on N lesion-free phantoms per grid (the
   256² ones are the source of the 1 % abnormal threshold), phantoms with 5 % lesions, and each pattern
   preset (seeds 0..N-1, 256²) through the shipped models beside its exact labels.
@@ -46,6 +48,20 @@ def _set_threshold(analyzer, thr: float) -> bool:
     if not info:
         return False
     info.setdefault("thresholds", {})["foreground"] = float(thr)
+    return True
+
+
+def _set_ggo_floor(step_hu: float) -> bool:
+    """Move the HU lesion rule's GGO floor (covidct.pipeline.hu_rules, when this version has one) by ``step_hu``."""
+    import dataclasses
+
+    try:
+        from covidct.pipeline import hu_rules
+    except ImportError:
+        return False
+    base = hu_rules.DEFAULT
+    settings = dataclasses.replace(base, ggo_hu=(base.ggo_hu[0] + step_hu, base.ggo_hu[1]))
+    hu_rules.hu_lesions.__defaults__ = (settings,)
     return True
 
 
@@ -128,6 +144,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("/work/shared/data"))
     ap.add_argument("--step", type=float, default=0.05, help="lesion threshold step (infection model foreground)")
+    ap.add_argument("--hu-step", type=float, default=25.0, help="HU lesion rule: GGO floor step (when there is one)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--calibrate", type=int, default=0, help="also measure N lesion-free/lesion phantoms")
     args = ap.parse_args()
@@ -159,12 +176,18 @@ def main() -> int:
                 shifted[f"thr {thr:.2f}"].pop("masks")
         shifted.update(boundary)
         _set_threshold(analyzer, base_thr)
+        for step_hu in (-args.hu_step, args.hu_step):
+            if _set_ggo_floor(step_hu):
+                shifted[f"GGO floor {step_hu:+.0f} HU"] = run_case(analyzer, folder)
+                shifted[f"GGO floor {step_hu:+.0f} HU"].pop("masks")
+        _set_ggo_floor(0.0)
         results[name] = {"truth": truth, "base": first, "rerun_identical": identical, "shifted": shifted}
         rows.append((name, truth, first, identical, shifted))
         print(json.dumps({name: results[name]}, default=str), flush=True)
 
-    print(f"\n| case | truth | diagnosis (P covid/pneu/normal) | RSNA | CO-RADS | margins abn / covid | re-run | "
-          f"threshold {base_thr - args.step:.2f} / {base_thr + args.step:.2f} / mask −1 px / +1 px | pattern s |")
+    shifted_names = list(rows[0][4]) if rows else []
+    head = "| case | truth | diagnosis (P covid/pneu/normal) | RSNA | CO-RADS | margins abn / covid | re-run | "
+    print("\n" + head + " / ".join(shifted_names) + " | pattern s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, truth, r, same, shifted in rows:
         p = r["probabilities"]

@@ -91,3 +91,37 @@ def test_segment_volume_aligned(trained_run, tmp_path):
 
 def test_segment_bad_task(tmp_path):
     assert main(["segment", str(tmp_path), "-o", str(tmp_path / "o"), "--task", "bones"]) == 64
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = int(a.sum()) + int(b.sum())
+    return 2.0 * int((a & b).sum()) / s if s else float("nan")
+
+
+@pytest.mark.parametrize("task", ["infection", "lesions"])
+def test_segment_equals_evaluate(trained_run, tmp_path, task):
+    """The same model on the same slices: `covidct segment`'s masks scored with an independent Dice give
+    exactly the per-image Dice `covidct evaluate` reports."""
+    from covidct.evaluate import evaluate as run_eval
+    from covidct.io import load_image_2d
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    ph = make_phantom(shape=(8, 64, 64), spacing=(8.0, 5.0, 5.0), seed=11, lesion_burden=0.3)
+    records = []
+    for k in (2, 4, 5):
+        arr = np.clip((ph.ct.array[k] + 1350) / 1500 * 255, 0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(imgs / f"s{k}.png")
+        lesions = ph.lesions[k].astype(np.uint8)
+        records.append({"id": f"s{k}", "image": load_image_2d(imgs / f"s{k}.png"), "is_hu": False,
+                        "lesions": lesions, "infection": (lesions > 0).astype(np.uint8)})
+    out = tmp_path / "seg"
+    assert main(["segment", str(imgs), "-o", str(out), "--task", task, "--model", str(trained_run)]) == 0
+    res = run_eval(trained_run, records, task, tmp_path / "eval")
+    classes = ["infection"] if task == "infection" else ["ggo", "consolidation", "effusion"]
+    for r, row in zip(records, res["per_image"], strict=True):
+        pred = np.asarray(Image.open(out / f"{r['id']}.png"))
+        gt = r["infection"] if task == "infection" else r["lesions"]
+        for c, name in enumerate(classes, start=1):
+            ours, theirs = _dice(pred == c, gt == c), row[f"dice_{name}"]
+            assert (np.isnan(ours) and np.isnan(theirs)) or ours == pytest.approx(theirs, abs=1e-9), (r["id"], name)

@@ -15,7 +15,9 @@ TASKS = ("lungs", "infection", "lesions")
 
 
 def segment_slices(images: list[np.ndarray], is_hu: bool, task: str, model_name: str, batch_size: int = 8) -> list[np.ndarray]:
-    """Label maps (each the size of its image) for 2-D slices with one model."""
+    """Label maps (each the size of its image) for 2-D slices with one model: the label rule
+    (``runtime.labels_for_task``) and float32 precision of ``covidct evaluate``, so a model's evaluated Dice
+    is what ``segment`` gives (with the same runtime)."""
     from covidct.models import runtime
 
     model, info = runtime.load(model_name)
@@ -23,11 +25,8 @@ def segment_slices(images: list[np.ndarray], is_hu: bool, task: str, model_name:
         from covidct.errors import UnsupportedInput
 
         raise UnsupportedInput(f"model {model_name} is a 3-D model: give it a volume, not a 2-D image")
-    probs = runtime.predict_slices(model, info, images, is_hu, batch_size=batch_size, bf16=True)
-    thr = (info.get("thresholds") or {}).get("foreground")
-    labels = [runtime.probabilities_to_labels(p, thr) for p in probs]
-    if task == "infection":
-        labels = [(lab > 0).astype(np.uint8) for lab in labels]
+    probs = runtime.predict_slices(model, info, images, is_hu, batch_size=batch_size, bf16=False)
+    labels = runtime.labels_for_task(probs, info, task)
     return labels
 
 

@@ -44,7 +44,8 @@ def evaluate(
     collapsed to lesion > 0). Records without a label for the task are skipped. Pass ``model``/``info``
     to evaluate an already loaded model.
     """
-    from covidct.models.inference import load_model, predict_slices, probabilities_to_labels
+    from covidct.models.inference import load_model, predict_slices
+    from covidct.models.runtime import labels_for_task
     from covidct.models.tasks import TASK_CLASSES, TASKS, task_label
 
     if model is None or info is None:
@@ -67,12 +68,11 @@ def evaluate(
     Path(out_dir).mkdir(parents=True, exist_ok=True)  # an unwritable OUTDIR fails before the long part
     probs = predict_slices(model, info, [np.asarray(r["image"], np.float32) for r, _ in kept],
                            [bool(r.get("is_hu", False)) for r, _ in kept], batch_size=batch_size, bf16=bf16)
+    preds = labels_for_task(probs, info, task, threshold)  # the same label rule as ``covidct segment``
     gts = [lab for _, lab in kept]
     if collapse:
         fg = [1.0 - p[0] for p in probs]
-        preds = [(f >= (threshold or 0.5)).astype(np.uint8) for f in fg]
     else:
-        preds = [probabilities_to_labels(p, threshold if len(classes) == 2 else None) for p in probs]
         fg = [p[1] for p in probs] if len(classes) == 2 else None
     res = segmentation_metrics(preds, gts, classes, with_hd95=with_hd95)
     res["task"] = task

@@ -125,3 +125,21 @@ def probabilities_to_labels(prob: np.ndarray, threshold: float | None = None) ->
     if prob.shape[ch] == 2 and threshold is not None:
         return (np.take(prob, 1, axis=ch) >= threshold).astype(np.uint8)
     return np.argmax(prob, axis=ch).astype(np.uint8)
+
+
+def labels_for_task(probs: Sequence[np.ndarray], info: dict, task: str, threshold: float | None = None) -> list[np.ndarray]:
+    """Label maps of per-slice probabilities (C, H, W) for ``task``: the one rule ``covidct segment`` and
+    ``covidct evaluate`` share, so the same model on the same images gives the same masks and Dice.
+
+    ``threshold`` defaults to the model's stored foreground threshold. A ``lesions`` model scored on
+    ``infection`` counts a pixel infected when P(not background) >= threshold (0.5 without one); a binary
+    model uses P(foreground) >= threshold; a multi-class model its argmax.
+    """
+    if threshold is None:
+        threshold = (info.get("thresholds") or {}).get("foreground")
+    if task == "infection" and info.get("task") == "lesions":
+        return [((1.0 - np.asarray(p)[0]) >= (threshold or 0.5)).astype(np.uint8) for p in probs]
+    labels = [probabilities_to_labels(p, threshold if np.asarray(p).shape[0] == 2 else None) for p in probs]
+    if task == "infection":
+        labels = [(lab > 0).astype(np.uint8) for lab in labels]
+    return labels

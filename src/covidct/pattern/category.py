@@ -24,8 +24,9 @@ from covidct.labels import DIAGNOSIS_CLASSES
 
 # --- thresholds (see FEATURE_DOCS in features.py for the definitions) ------------------------------
 # Parenchymal opacity (>= 6 mm thick, dependent density excluded) that counts as abnormal: the highest
-# false opacity of the shipped models on lesion-free phantoms was 0.82 % (docs/BENCHMARKS.md, pattern
-# section), rounded up. P(abnormal) is 0.5 here, 0.1 at half and 0.9 at twice this.
+# false opacity of the shipped models on lesion-free 256² phantoms was 0.82 % (docs/BENCHMARKS.md, pattern
+# section), rounded up. (On 192² phantoms the models mark 4-5 %: masks that false, no threshold rescues.)
+# P(abnormal) is 0.5 here, 0.1 at half and 0.9 at twice this.
 OPACITY_PERCENT = 1.0
 BILATERAL_SHARE = 0.1
 PERIPHERAL = 0.5

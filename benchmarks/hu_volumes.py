@@ -1,0 +1,214 @@
+"""Lungs and lesions on every whole HU volume in ../shared/data, and on lesion-free phantoms: one table.
+
+Volumes: covid-ct-md P001 (COVID-19) and cap001 (pneumonia), with radiologists' slice labels
+(labels_slice.csv); covid-ct-md normal001 (normal patient); lidc-idri LIDC-IDRI-0001 (healthy lungs
+scored outside the four readers' nodule contours grown by --nodule-margin mm); chest-misc cip-ct-64
+(lung Dice against wholeLung-64); chest-misc totalseg-example (healthy lung bases of an abdominal CT);
+lesion-free phantoms (seeds 200..; never trained on).
+
+Methods, one row each per volume so every figure has the baseline and the floor beside it:
+- ``shipped``: ``covidct analyze`` (``Analyzer()``) as it is on this branch;
+- ``HU count``: voxels −700..−300 HU inside the filled HU lung mask (< −320 HU);
+- ``rule floor``: issue 17's no-learning rule (see ``covidct.evaluate.hu_volumes.rule_floor``);
+- ``before`` (``--before DIR``): the masks an earlier version left in its ``--cache`` folder;
+- ``hu-rules LOO`` (``--loo``): the HU lesion rule (``covidct.pipeline.hu_rules``) on the working grid with
+  the settings chosen without the volume (see ``benchmarks/hu_volumes_loo.py``).
+Figures: slice-level infection AUC (lesion area per slice as the score), false lesion mL / % of lung on
+lesion-free lungs, lung mL, lung-mask leaks (mL in the neck / below the lung base / in the mediastinum),
+lung Dice (cip-ct-64), diagnosis, seconds. The ``scored`` column says whether the method was tuned on the
+volume (LOO: refitted without it) or not (held-out).
+
+Usage: python benchmarks/hu_volumes.py [--data DIR] [--phantoms N] [--loo] [--cache DIR] [--before DIR] [--json OUT]
+Skips (exit 0) when the data folder is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from covidct.evaluate.hu_volumes import (
+    build_table,
+    dice,
+    false_lesions,
+    hu_count_per_slice,
+    hu_lung_reference,
+    lung_leaks,
+    roc_auc,
+    rule_floor,
+    scoring_note,
+)
+from hu_volumes_loo import loo_case, loo_rows  # noqa: E402  (the script's folder is on sys.path)
+
+REPO = Path(__file__).resolve().parents[1]
+# volumes each method was tuned on (LOO bookkeeping): the HU rules have fixed, a-priori settings
+TUNED_ON: dict[str, list[str]] = {"before": [], "shipped": [], "HU count": [], "rule floor": []}
+COLUMNS = [("volume", "volume"), ("method", "method"), ("scored", "scored"), ("auc", "slice AUC"),
+           ("false_ml", "false lesion mL"), ("false_pct", "false % of lung"), ("lung_ml", "lung mL"),
+           ("neck_ml", "leak neck mL"), ("mediastinum_ml", "leak mediastinum mL"), ("below_ml", "leak below base mL"),
+           ("lung_dice", "lung Dice"), ("lesion_ml", "lesion mL"), ("diagnosis", "diagnosis"), ("seconds", "s")]
+
+
+def volumes(data: Path, n_phantoms: int) -> list[dict]:
+    """Every whole HU volume present, with what it is scored on."""
+    from covidct.io import load_ct
+    from covidct.io.nrrd import load_nrrd
+
+    out = []
+    md = data / "covid-ct-md"
+    labels: dict[str, dict[str, int]] = {}
+    if (md / "labels_slice.csv").exists():
+        with open(md / "labels_slice.csv", newline="") as f:
+            for r in csv.DictReader(f):
+                labels.setdefault(r["subject"], {})[Path(r["dicom_file"]).name] = int(r["label"])
+    for name in ("P001", "cap001", "normal001"):
+        if (md / name).is_dir():
+            out.append({"name": name, "load": lambda p=md / name: load_ct(p), "slice_labels": labels.get(name),
+                        "lesion_free": name == "normal001"})
+    lidc = data / "lidc-idri" / "LIDC-IDRI-0001"
+    if lidc.is_dir():
+        out.append({"name": "LIDC-IDRI-0001", "load": lambda: load_ct(lidc), "lesion_free": True,
+                    "nodules_xml": next(iter(sorted(lidc.glob("*.xml"))), None)})
+    cip = data / "chest-misc" / "cip-ct-64"
+    if (cip / "ct-64.nrrd").exists():
+        out.append({"name": "cip-ct-64", "load": lambda: load_ct(cip / "ct-64.nrrd"), "lesion_free": True,
+                    "lung_truth": lambda: load_nrrd(cip / "wholeLung-64.nrrd").array > 0})
+    ts = data / "chest-misc" / "totalseg-example" / "example_ct.nii.gz"
+    if ts.exists():
+        out.append({"name": "totalseg lung bases", "load": lambda: load_ct(ts), "lesion_free": True})
+    from covidct.phantom import make_phantom
+
+    for s in range(200, 200 + n_phantoms):
+        out.append({"name": f"phantom {s} (lesion-free)", "phantom": True, "lesion_free": True,
+                    "load": lambda s=s: make_phantom(seed=s, shape=(56, 256, 256), lesions=False, effusion=False).ct})
+    return out
+
+
+def _diagnose(ct, lungs, lesions) -> str:
+    """The diagnosis stage of this version on these masks."""
+    from covidct.pipeline import diagnosis, measure
+
+    d, _ = diagnosis.diagnose(ct, lungs, lesions, measure(ct, lungs, lesions, "volume"), "volume")
+    return f"{d['label']} ({d['probabilities'].get('covid19', float('nan')):.2f})"
+
+
+def shipped(ct, cache: Path | None, name: str, analyzer) -> tuple[np.ndarray, np.ndarray, str, float]:
+    f = cache / _cache_name(name) if cache else None
+    if f is not None and f.exists():
+        z = np.load(f)
+        return z["lungs"], z["lesions"], str(z["diagnosis"]), float(z["seconds"])
+    t0 = time.perf_counter()
+    res = analyzer(ct, None, html=False)
+    sec = time.perf_counter() - t0
+    d = res.report["diagnosis"]
+    diag = f"{d['label']} ({d['probabilities'].get('covid19', float('nan')):.2f})"
+    if f is not None:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(f, lungs=res.lungs, lesions=res.lesions, diagnosis=diag, seconds=sec)
+    return res.lungs, res.lesions, diag, sec
+
+
+def score(vol: dict, ct, method: str, lung: np.ndarray, lesion: np.ndarray, extra: dict, ref: np.ndarray,
+          exclude: np.ndarray | None, lung_is_model: bool) -> dict:
+    """One table row: the figures that apply to this volume."""
+    sp = ct.spacing
+    row = {"volume": vol["name"], "method": method, "scored": scoring_note(vol["name"], TUNED_ON.get(method, [])), **extra}
+    infection = lesion.astype(bool)
+    vox_ml = float(np.prod(sp)) / 1000.0
+    row["lung_ml"] = float((lung > 0).sum() * vox_ml)
+    row["lesion_ml"] = float(infection.sum() * vox_ml)
+    if vol.get("slice_labels"):
+        files = [Path(s.file).name if s.file else None for s in ct.slices]
+        keep = [k for k, f in enumerate(files) if f in vol["slice_labels"]]
+        y = [vol["slice_labels"][files[k]] for k in keep]
+        area = infection.reshape(len(infection), -1).sum(1)
+        row["auc"] = roc_auc(area[keep], y)
+    if vol.get("lesion_free"):
+        fl = false_lesions(infection, lung > 0, sp, exclude)
+        row["false_ml"], row["false_pct"] = fl["false_ml"], fl["false_pct"]
+    if lung_is_model:
+        row.update(lung_leaks(lung, ct.array, sp, ref))
+        if "lung_truth" in vol:
+            row["lung_dice"] = dice(lung > 0, vol["lung_truth"]())
+    return row
+
+
+def run(data: Path, n_phantoms: int, cache: Path | None, before: Path | None, loo: bool,
+        nodule_margin: float) -> list[dict]:
+    from covidct.pipeline import Analyzer
+
+    analyzer = Analyzer()
+    rows: list[dict] = []
+    loo_cases: list[dict] = []
+    for vol in volumes(data, n_phantoms):
+        ct = vol["load"]()
+        print(f"# {vol['name']}: {ct.shape} {tuple(round(s, 2) for s in ct.spacing)}", file=sys.stderr, flush=True)
+        ref = hu_lung_reference(ct.array, ct.spacing)  # mediastinum not filled: the floor's and the leak checks' lung
+        count_lung = hu_lung_reference(ct.array)  # every hole filled: the HU count's best case, as before
+        exclude = None
+        if vol.get("nodules_xml"):
+            from covidct.evaluate.lidc import nodule_mask, parse_lidc_xml
+
+            exclude = nodule_mask(ct, parse_lidc_xml(vol["nodules_xml"]), margin_mm=nodule_margin)
+        n0 = len(rows)
+        if before is not None and (before / _cache_name(vol["name"])).exists():
+            lungs, lesions, diag, sec = shipped(ct, before, vol["name"], None)
+            rows.append(score(vol, ct, "before", lungs, (lesions == 1) | (lesions == 2),
+                              {"diagnosis": diag, "seconds": sec}, ref, exclude, True))
+        lungs, lesions, _, sec = shipped(ct, cache, vol["name"], analyzer)
+        diag = _diagnose(ct, lungs, lesions)  # this version's diagnosis stage, also on cached masks
+        infection = (lesions == 1) | (lesions == 2)
+        rows.append(score(vol, ct, "shipped", lungs, infection, {"diagnosis": diag, "seconds": sec}, ref, exclude, True))
+        t0 = time.perf_counter()
+        _, count_mask = hu_count_per_slice(ct.array, count_lung)
+        rows.append(score(vol, ct, "HU count", count_lung, count_mask, {"seconds": time.perf_counter() - t0}, ref,
+                          exclude, True))
+        t0 = time.perf_counter()
+        floor = rule_floor(ct.array, ct.spacing, ref)
+        rows.append(score(vol, ct, "rule floor", ref, floor, {"seconds": time.perf_counter() - t0}, ref, exclude, False))
+        if loo:
+            loo_cases.append(loo_case(vol, ct, lungs, exclude))
+        for r in rows[n0:]:
+            print(json.dumps(r), file=sys.stderr, flush=True)
+    if loo:
+        rows += loo_rows(loo_cases)
+    return rows
+
+
+def _cache_name(name: str) -> str:
+    return f"{name.replace(' ', '_')}.npz"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=REPO.parent.parent / "shared" / "data")
+    ap.add_argument("--phantoms", type=int, default=3)
+    ap.add_argument("--loo", action="store_true", help="also choose the HU lesion rule's settings leave-one-volume-out")
+    ap.add_argument("--cache", type=Path, default=None, help="keep the shipped pipeline's masks here between runs")
+    ap.add_argument("--before", type=Path, default=None, help="a --cache folder of an earlier version: its rows too")
+    ap.add_argument("--nodule-margin", type=float, default=10.0)
+    ap.add_argument("--json", type=Path, default=None)
+    a = ap.parse_args()
+    if not a.data.is_dir():
+        for cand in (Path("/work/shared/data"),):
+            if cand.is_dir():
+                a.data = cand
+                break
+        else:
+            print(f"skipped: no data folder {a.data}")
+            return 0
+    rows = run(a.data, a.phantoms, a.cache, a.before, a.loo, a.nodule_margin)
+    if a.json:
+        a.json.write_text(json.dumps(rows, indent=1))
+    print(build_table(rows, COLUMNS))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

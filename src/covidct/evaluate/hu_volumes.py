@@ -1,0 +1,192 @@
+"""Scoring lungs and lesions on whole HU volumes: references, no-learning floors and the table.
+
+Owns what ``benchmarks/hu_volumes.py`` needs apart from running the methods:
+- the HU-count baseline (voxels −700..−300 HU inside a filled HU lung mask) and the no-learning rule
+  floor of issue 17 (HU lung mask eroded 3 mm in-plane, −700..−100 HU, opened 2 mm in-plane,
+  components < 0.2 mL dropped);
+- lung-mask leak checks against an HU lung reference (lung label above the apex, below the lung base
+  in the same column, or in the mediastinum between the lungs);
+- slice-level AUC, false lesion volume, lung Dice;
+- leave-one-volume-out bookkeeping (which volumes a figure may have been fitted on);
+- the markdown table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from covidct.preprocess import fill_holes_in_plane, threshold_lung_mask
+
+GGO_RANGE = (-700.0, -300.0)
+
+
+# --- references and floors -----------------------------------------------------------------------
+
+def hu_lung_reference(hu: np.ndarray, spacing: Sequence[float] | None = None, threshold: float = -320.0,
+                      max_hole_cm2: float = 10.0) -> np.ndarray:
+    """Air below ``threshold`` inside the body (big 3-D components), with holes filled slice by slice:
+    holes up to ``max_hole_cm2`` (vessels, nodules, dense lesions inside the lung), not the mediastinum that
+    the two lungs enclose where they touch in front of and behind it (about 10 cm² and more at the junction
+    lines, the heart far more). Without ``spacing`` every hole is filled."""
+    from covidct.preprocess import IN_PLANE, inner_components
+
+    air = threshold_lung_mask(hu, threshold)
+    if spacing is None:
+        return fill_holes_in_plane(air)
+    holes = inner_components(~air)
+    lbl, n = ndimage.label(holes, structure=IN_PLANE)
+    if n == 0:
+        return air
+    area_cm2 = np.bincount(lbl.ravel()) * spacing[1] * spacing[2] / 100.0
+    small = area_cm2 <= max_hole_cm2
+    small[0] = False
+    return air | small[lbl]
+
+
+def in_plane_ball(spacing: Sequence[float], mm: float) -> np.ndarray:
+    """(1, h, w) elliptical structuring element of radius ``mm`` in-plane."""
+    ry, rx = (max(int(round(mm / s)), 0) for s in spacing[1:])
+    yy, xx = np.mgrid[-ry:ry + 1, -rx:rx + 1]
+    return (((yy / max(ry, 1e-9)) ** 2 if ry else yy * 0.0) + ((xx / max(rx, 1e-9)) ** 2 if rx else xx * 0.0) <= 1.0)[None]
+
+
+def hu_count_per_slice(hu: np.ndarray, lung: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The HU-count baseline: (per-slice voxel count, voxel mask) of −700..−300 HU inside the filled HU lung mask."""
+    lung = hu_lung_reference(hu) if lung is None else lung  # the count's best case: every hole filled
+    mask = lung & (hu > GGO_RANGE[0]) & (hu < GGO_RANGE[1])
+    return mask.reshape(len(hu), -1).sum(1).astype(float), mask
+
+
+def drop_small_components(mask: np.ndarray, spacing: Sequence[float], min_ml: float) -> np.ndarray:
+    lbl, n = ndimage.label(mask)
+    if n == 0:
+        return mask
+    sizes = np.bincount(lbl.ravel()) * float(np.prod(spacing)) / 1000.0
+    keep = sizes >= min_ml
+    keep[0] = False
+    return keep[lbl]
+
+
+def rule_floor(hu: np.ndarray, spacing: Sequence[float], lung: np.ndarray | None = None) -> np.ndarray:
+    """Issue 17's no-learning lesion floor (bool mask): see the module docstring."""
+    lung = hu_lung_reference(hu, spacing) if lung is None else lung
+    core = ndimage.binary_erosion(lung, structure=in_plane_ball(spacing, 3.0))
+    cand = core & (hu > -700) & (hu < -100)
+    cand = ndimage.binary_opening(cand, structure=in_plane_ball(spacing, 2.0))
+    return drop_small_components(cand, spacing, 0.2)
+
+
+# --- lung checks ---------------------------------------------------------------------------------
+
+def _apex_base(ref: np.ndarray, spacing: Sequence[float], min_cm2: float = 10.0) -> tuple[int, int] | None:
+    """Lowest and highest slices whose reference lung area reaches ``min_cm2`` (the trachea alone does not)."""
+    area = ref.reshape(len(ref), -1).sum(1) * spacing[1] * spacing[2] / 100.0
+    idx = np.flatnonzero(area >= min_cm2)
+    return (int(idx.min()), int(idx.max())) if idx.size else None
+
+
+def lung_leaks(lungs: np.ndarray, hu: np.ndarray, spacing: Sequence[float], ref: np.ndarray | None = None,
+               margin_mm: float = 5.0) -> dict:
+    """mL of lung label in the neck (above the reference apex + margin), below the lung base (under the
+    reference's lowest lung voxel of the same column, minus margin) and in the mediastinum (outside the
+    reference lung grown by the margin, inside the convex hull of both reference lungs, soft tissue > −320 HU)."""
+    from skimage.morphology import convex_hull_image
+
+    ref = hu_lung_reference(hu, spacing) if ref is None else ref
+    lab = lungs > 0
+    vox_ml = float(np.prod(spacing)) / 1000.0
+    span = _apex_base(ref, spacing)
+    if span is None:
+        return {"neck_ml": float(lab.sum() * vox_ml), "below_ml": 0.0, "mediastinum_ml": 0.0}
+    base, apex = span
+    mz = int(np.ceil(margin_mm / spacing[0]))
+    neck = lab[apex + mz + 1:].sum() * vox_ml
+    # below the diaphragm: under the lowest reference lung voxel of that (y, x) column
+    has = ref.any(0)
+    lowest = np.where(has, ref.argmax(0), len(ref))
+    zz = np.arange(len(ref))[:, None, None]
+    below_mask = lab & has[None] & (zz < lowest[None] - mz)
+    grown = ndimage.binary_dilation(ref, structure=in_plane_ball(spacing, margin_mm))
+    medi = 0
+    for k in range(base, min(apex + mz + 1, len(ref))):
+        if not ref[k].any():
+            continue
+        hull = convex_hull_image(ref[k])
+        medi += int((lab[k] & hull & ~grown[k] & (hu[k] > -320)).sum())
+    return {"neck_ml": float(neck), "below_ml": float(below_mask.sum() * vox_ml), "mediastinum_ml": float(medi * vox_ml)}
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(bool), b.astype(bool)
+    s = a.sum() + b.sum()
+    return float(2 * (a & b).sum() / s) if s else 1.0
+
+
+# --- slice ranking and false lesions ---------------------------------------------------------------
+
+def roc_auc(scores: Iterable[float], labels: Iterable[int]) -> float:
+    """Mann–Whitney AUC (ties count half); NaN without both classes."""
+    from scipy.stats import rankdata
+
+    s, y = np.asarray(list(scores), float), np.asarray(list(labels), int)
+    pos, neg = y == 1, y == 0
+    if not pos.any() or not neg.any():
+        return float("nan")
+    ranks = rankdata(s)
+    return float((ranks[pos].sum() - pos.sum() * (pos.sum() + 1) / 2) / (pos.sum() * neg.sum()))
+
+
+def false_lesions(lesion: np.ndarray, lung: np.ndarray, spacing: Sequence[float], exclude: np.ndarray | None = None) -> dict:
+    """Lesion mL and % of lung on a lesion-free lung; ``exclude`` (e.g. nodules + margin) is left out of both."""
+    keep = ~exclude if exclude is not None else np.ones(lesion.shape, bool)
+    vox_ml = float(np.prod(spacing)) / 1000.0
+    les = float((lesion.astype(bool) & keep).sum() * vox_ml)
+    lung_ml = float((lung.astype(bool) & keep).sum() * vox_ml)
+    return {"false_ml": les, "false_pct": 100.0 * les / lung_ml if lung_ml else float("nan"), "lung_ml": lung_ml}
+
+
+# --- leave-one-volume-out bookkeeping ---------------------------------------------------------------
+
+def loo_training_sets(volumes: Sequence[str], tuned_on: Iterable[str]) -> dict[str, list[str]]:
+    """For each volume, the volumes a method tuned on ``tuned_on`` may be fitted on when scoring it:
+    every tuning volume except itself (leave-one-volume-out)."""
+    tuned = [v for v in volumes if v in set(tuned_on)]
+    return {v: [t for t in tuned if t != v] for v in volumes}
+
+
+def scoring_note(volume: str, tuned_on: Iterable[str]) -> str:
+    """How a figure on ``volume`` was obtained: 'held-out' (never tuned on) or 'LOO' (refitted without it)."""
+    return "LOO" if volume in set(tuned_on) else "held-out"
+
+
+def select_loo(volumes: Sequence[str], candidates: Sequence, objective: Callable[[object, list[str]], float],
+               tuned_on: Iterable[str]) -> dict[str, object]:
+    """Leave-one-volume-out selection: for each volume, the candidate setting with the best ``objective``
+    (higher is better) over its training set (ties: the first candidate)."""
+    out: dict[str, object] = {}
+    for v, train in loo_training_sets(volumes, tuned_on).items():
+        scores = [objective(c, train) for c in candidates]
+        out[v] = candidates[int(np.argmax(scores))]
+    return out
+
+
+# --- the table ------------------------------------------------------------------------------------
+
+def fmt(x, nd: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not np.isfinite(x)):
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.{nd}f}"
+    return str(x)
+
+
+def build_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> str:
+    """Markdown table: ``columns`` are (key, header) pairs; a missing key prints '–'."""
+    head = "| " + " | ".join(h for _, h in columns) + " |"
+    sep = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(fmt(r.get(k)) if not isinstance(r.get(k), str) else r[k] for k, _ in columns) + " |"
+            for r in rows]
+    return "\n".join([head, sep, *body])

@@ -1,0 +1,193 @@
+"""HU-consistent lungs and infection lesions for whole HU volumes (no learning in the lesion rule).
+
+Why: every labelled slice covidct's lesion models learned from is an 8-bit, mid-chest, infected slice;
+on whole HU volumes they mark vessels, dependent lung bases and lung-mask leaks as lesions. This
+module keeps to what the physics of CT says about infection (its few settings were chosen on the
+HU-volume table by a rule written beforehand, leave-one-volume-out: docs/BENCHMARKS.md, "HU volumes"):
+- GGO is lung denser than aerated parenchyma but not solid (from −700 HU); consolidation is solid
+  (up to +150 HU; denser is calcium or contrast); typed at −300 HU;
+- the lung's own border (pleura, mediastinum, diaphragm) is partial volume: a 3 mm in-plane rim is
+  not scored, then lesions touching it regrow into it;
+- vessels are thin tubes: 3-D openings remove structures narrower than the element, dense survivors
+  shaped like a tube are dropped, and what is left must be at least ``min_lesion_ml``.
+``hu_lungs`` cleans a lung mask of leaks with the same physics: a lung voxel is air-filled lung or
+lies within reach of it (lesions inside the lung are kept).
+
+Status: a candidate, scored by ``benchmarks/hu_volumes.py``; not yet called by the lungs/lesions stages (it
+failed its shipping rule on three counts, see docs/BENCHMARKS.md "HU volumes").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from covidct.labels import CONSOLIDATION, GGO
+
+
+@dataclass(frozen=True)
+class HULesionSettings:
+    ggo_hu: tuple[float, float] = (-700.0, -200.0)
+    consolidation_hu: tuple[float, float] = (-200.0, 150.0)
+    rim_mm: float = 3.0  # lung border not scored (partial volume with pleura/mediastinum)
+    ggo_open_mm: float = 1.0  # opening of the GGO range: drops vessels and their partial-volume shells
+    ggo_open_3d: bool = True  # ... in 3-D, one slice up and down, on slices up to THIN_SLICE_MM
+    consolidation_open_mm: float = 4.0  # 3-D opening of the dense range: drops vessels thinner than ~8 mm
+    max_elongation: float = 3.0  # a dense component longer than 3x its width is a vessel segment
+    min_lesion_ml: float = 0.2
+
+
+THIN_SLICE_MM = 3.0
+# GGO / consolidation typing (not detection): the usual -300 HU boundary between them
+TYPE_BOUNDARY_HU = -300.0
+# the settings chosen by issue 17's rule on the HU-volume table (docs/BENCHMARKS.md, "HU volumes")
+DEFAULT = HULesionSettings()
+
+
+def ellipsoid(spacing: Sequence[float], mm: float, in_plane: bool = False, min_vox: int = 0,
+              min_vox_z: int = 0) -> np.ndarray:
+    """Boolean ball of radius ``mm`` on an anisotropic grid (a disc in one slice when ``in_plane``). In-plane
+    radii are rounded and at least ``min_vox`` (a coarse grid still gets an element that does something);
+    the slice radius is never more than ``mm`` and at least ``min_vox_z``."""
+    rz = 0 if in_plane else max(int(mm / spacing[0]), min_vox_z)
+    ry, rx = (max(int(round(mm / s)), min_vox) for s in spacing[1:])
+    zz, yy, xx = np.mgrid[-rz:rz + 1, -ry:ry + 1, -rx:rx + 1].astype(float)
+    d = sum((a / max(r, 1e-9)) ** 2 if r else a * 0.0 for a, r in ((zz, rz), (yy, ry), (xx, rx)))
+    return d <= 1.0 + 1e-6
+
+
+def elongation(coords_mm: np.ndarray) -> float:
+    """sqrt(largest / second principal variance) of a point cloud: about 1 for a blob or a sheet, large for a tube."""
+    if len(coords_mm) < 4:
+        return 1.0
+    ev = np.sort(np.linalg.eigvalsh(np.cov(coords_mm.T)))[::-1]
+    return float(np.sqrt(ev[0] / max(ev[1], 1e-6)))
+
+
+def drop_tubes(mask: np.ndarray, spacing: Sequence[float], max_elongation: float) -> np.ndarray:
+    """Remove the 3-D components of ``mask`` shaped like a tube (vessel segments survive an opening as tubes)."""
+    lbl, n = ndimage.label(mask)
+    if n == 0:
+        return mask
+    keep = np.zeros(n + 1, bool)
+    for i, sl in enumerate(ndimage.find_objects(lbl), start=1):
+        pts = np.argwhere(lbl[sl] == i) * np.asarray(spacing, float)
+        keep[i] = elongation(pts) <= max_elongation
+    return keep[lbl]
+
+
+def _drop_small(mask: np.ndarray, spacing: Sequence[float], min_ml: float) -> np.ndarray:
+    lbl, n = ndimage.label(mask)
+    if n == 0:
+        return mask
+    sizes = np.bincount(lbl.ravel()) * float(np.prod(spacing)) / 1000.0
+    keep = sizes >= min_ml
+    keep[0] = False
+    return keep[lbl]
+
+
+def _bbox(mask: np.ndarray, margin: int = 2) -> tuple[slice, ...] | None:
+    idx = np.nonzero(mask)
+    if not idx[0].size:
+        return None
+    return tuple(slice(max(int(i.min()) - margin, 0), min(int(i.max()) + margin + 1, n)) for i, n in zip(idx, mask.shape, strict=True))
+
+
+def hu_lesions(hu: np.ndarray, spacing: Sequence[float], lungs: np.ndarray,
+               settings: HULesionSettings = DEFAULT) -> np.ndarray:
+    """(z, y, x) uint8 lesion labels (0 none, 1 GGO, 2 consolidation) inside ``lungs`` (> 0) of an HU volume."""
+    out = np.zeros(hu.shape, np.uint8)
+    box = _bbox(lungs > 0)
+    if box is None:
+        return out
+    s = settings
+    v, lung = hu[box], lungs[box] > 0
+    # the border is partial volume with pleura, mediastinum and (through-plane) the diaphragm dome
+    core = ndimage.binary_erosion(lung, structure=ellipsoid(spacing, s.rim_mm, min_vox=1, min_vox_z=1))
+    ggo = core & (v > s.ggo_hu[0]) & (v <= s.ggo_hu[1])
+    # in 3-D (one slice up and down) only on thin slices: on thick ones a small GGO spans one or two slices
+    ggo_3d = s.ggo_open_3d and spacing[0] <= THIN_SLICE_MM
+    ggo = ndimage.binary_opening(ggo, structure=ellipsoid(spacing, s.ggo_open_mm, in_plane=not ggo_3d, min_vox=1,
+                                                          min_vox_z=1))
+    dense = core & (v > s.consolidation_hu[0]) & (v < s.consolidation_hu[1])
+    dense = ndimage.binary_opening(dense, structure=ellipsoid(spacing, s.consolidation_open_mm, min_vox=1))
+    dense = drop_tubes(dense, spacing, s.max_elongation)
+    lesion = _drop_small(ggo | dense, spacing, s.min_lesion_ml)
+    # regrow into the unscored rim: lung voxels in the lesion density range next to a lesion
+    if s.rim_mm > 0 and lesion.any():
+        dense_any = lung & (v > s.ggo_hu[0]) & (v < s.consolidation_hu[1])
+        reach = ndimage.binary_dilation(lesion, structure=ellipsoid(spacing, s.rim_mm + 1.0, min_vox=1, min_vox_z=1))
+        lesion |= dense_any & reach & ~core
+    sub = np.zeros(v.shape, np.uint8)
+    sub[lesion & (v < TYPE_BOUNDARY_HU)] = GGO
+    sub[lesion & (v >= TYPE_BOUNDARY_HU)] = CONSOLIDATION
+    out[box] = sub
+    return out
+
+
+def _enclosed_holes(lung: np.ndarray, allowed: np.ndarray, spacing: Sequence[float], max_cm2: float) -> np.ndarray:
+    """Holes of ``lung`` (within ``allowed``) that a lesion could be: enclosed in their slice, at most ``max_cm2``
+    there, and enclosed in 3-D as well (the diaphragm dome or the heart, cut by a slice, are in-slice holes
+    too, but they join the body outside the lung above or below)."""
+    from covidct.preprocess import IN_PLANE, inner_components
+
+    holes = inner_components(~lung) & allowed
+    hl, nh = ndimage.label(holes, structure=IN_PLANE)
+    if not nh:
+        return holes
+    small = np.bincount(hl.ravel()) * spacing[1] * spacing[2] / 100.0 <= max_cm2
+    small[0] = False
+    holes = small[hl]
+    outside, n3 = ndimage.label(~lung)
+    if n3:  # the largest non-lung region is the body around the lungs
+        body = np.argmax(np.bincount(outside.ravel())[1:]) + 1
+        holes &= outside != body
+    return holes
+
+
+def hu_lungs(hu: np.ndarray, spacing: Sequence[float], lungs: np.ndarray, reach_mm: float = 7.0,
+             air_hu: float = -500.0, lung_hu: float = -320.0, max_hole_cm2: float = 10.0,
+             max_airway_cm2: float = 10.0) -> np.ndarray:
+    """(z, y, x) bool lung mask from a model's lung mask, made consistent with the HU image:
+
+    - added: aerated lung the model missed (diseased, reticular lung and coarse or unusual scans are where
+      lung models fail): air below ``lung_hu`` inside the body, in 3-D components the model partly labels
+      (bowel gas is not), joins slice by slice where the model labels part of it or where it is larger
+      than an airway (``max_airway_cm2``: the trachea and main bronchi stay out), with holes up to
+      ``max_hole_cm2``;
+    - removed: leaks into the neck, mediastinum or abdomen: label voxels farther than ``reach_mm``
+      in-plane from aerated labelled lung (dense lesions inside the lung stay: holes are filled).
+    """
+    from covidct.preprocess import IN_PLANE, threshold_lung_mask
+
+    m = lungs > 0
+    box = _bbox(m, margin=int(np.ceil(reach_mm / min(spacing[1:]))) + 2)
+    if box is None:
+        return m.copy()
+    v, m = hu[box], m[box]
+    air = threshold_lung_mask(v, lung_hu)
+    # 3-D air components the model calls lung in part (not bowel gas), then each slice's pieces of them that
+    # the model partly labels or that are too big for an airway (the trachea and main bronchi stay out)
+    l3, n3 = ndimage.label(air)
+    if n3:
+        part = np.bincount(l3[m], minlength=n3 + 1) >= 0.1 * np.bincount(l3.ravel(), minlength=n3 + 1)
+        part[0] = False
+        air = part[l3]
+    lbl, n = ndimage.label(air, structure=IN_PLANE)
+    if n:
+        overlap = np.bincount(lbl[m], minlength=n + 1)
+        size = np.bincount(lbl.ravel(), minlength=n + 1)
+        join = (overlap >= 0.1 * size) | (size * spacing[1] * spacing[2] / 100.0 >= max_airway_cm2)
+        join[0] = False
+        m = m | join[lbl]
+    m = m | _enclosed_holes(m, np.ones(m.shape, bool), spacing, max_hole_cm2)
+    aerated = ndimage.binary_opening(m & (v < air_hu), structure=ellipsoid(spacing, 1.5, in_plane=True, min_vox=1))
+    near = ndimage.binary_dilation(aerated, structure=ellipsoid(spacing, reach_mm, in_plane=True))
+    keep = m & near
+    keep = keep | _enclosed_holes(keep, m, spacing, max_hole_cm2)  # lesions enclosed by kept lung stay
+    out = np.zeros(lungs.shape, bool)
+    out[box] = keep
+    return out

@@ -1,0 +1,67 @@
+"""The HU rules of the lungs and lesions stages (covidct.pipeline.hu_rules) on generated volumes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from covidct.labels import CONSOLIDATION, GGO
+from covidct.pipeline.hu_rules import drop_tubes, elongation, hu_lesions, hu_lungs
+
+SP = (2.0, 1.0, 1.0)
+
+
+def _chest(nz=30, n=96, seed=0):
+    """Soft tissue with two aerated lungs (about -850 HU, noisy) and a trachea between them in the top slices."""
+    rng = np.random.default_rng(seed)
+    hu = np.full((nz, n, n), 30.0, np.float32)
+    lungs = np.zeros(hu.shape, bool)
+    lungs[3:nz - 3, 16:80, 10:38] = True
+    lungs[3:nz - 3, 16:80, 58:86] = True
+    hu[lungs] = -850 + rng.normal(0, 15, int(lungs.sum()))
+    hu[nz - 8:, 40:46, 45:51] = -1000  # trachea: small, central, above the lungs' top slices
+    return hu, lungs
+
+
+def test_shape_measures():
+    rng = np.random.default_rng(0)
+    tube = np.c_[rng.uniform(0, 40, 500), rng.normal(0, 1, 500), rng.normal(0, 1, 500)]
+    blob = rng.normal(0, 5, (500, 3))
+    assert elongation(tube) > 5 and elongation(blob) < 1.5
+    m = np.zeros((20, 40, 40), bool)
+    m[2:18, 5:8, 5:8] = True  # a tube along z
+    m[5:12, 20:32, 20:32] = True  # a blob
+    out = drop_tubes(m, SP, 3.0)
+    assert not out[:, 5:8, 5:8].any() and out[5:12, 20:32, 20:32].all()
+
+
+def test_lesions_keep_ggo_and_consolidation_drop_vessels():
+    hu, lungs = _chest()
+    hu[10:18, 30:45, 15:30] = -500  # GGO patch, 16 x 15 x 15 mm
+    hu[12:20, 55:70, 66:81] = 20  # consolidation, 16 x 15 x 15 mm
+    hu[5:25, 60, 20] = 40  # a 1-voxel vessel along z
+    hu[15, 20:50, 70] = 40  # and one in-plane
+    hu[15, 19:51, 69] = -500  # with its partial-volume shell
+    les = hu_lesions(hu, SP, lungs.astype(np.uint8))
+    assert (les[11:17, 32:43, 17:28] == GGO).all()
+    assert (les[12:20, 55:70, 66:81] == CONSOLIDATION).mean() > 0.6  # the 3-D opening rounds a cube's edges
+    assert (les[14:18, 58:67, 69:78] == CONSOLIDATION).all()
+    assert not les[5:25, 60, 20].any() and not les[15, 19:51, 69:71].any()
+    # a lesion-free chest stays clean
+    hu0, lungs0 = _chest(seed=1)
+    assert not hu_lesions(hu0, SP, lungs0.astype(np.uint8)).any()
+
+
+def test_lungs_add_missed_air_drop_leaks_keep_lesions():
+    hu, lungs = _chest()
+    hu[12:16, 30:50, 18:30] = 20  # a consolidation inside the left lung
+    model = lungs.copy()
+    model[:, 16:50, 58:86] = False  # the model missed the front of one lung
+    model[12:16, 30:50, 18:30] = True  # it did label the consolidation
+    model[10:20, 85:92, 30:60] = True  # and leaked into soft tissue behind the lungs
+    model[3:27, 50:60, 38:58] = True  # and into the mediastinum between them
+    out = hu_lungs(hu, SP, model)
+    assert out[3:27, 16:50, 58:86].mean() > 0.99  # the missed lung is back
+    assert out[12:16, 30:50, 18:30].all()  # the consolidation stays (surrounded by lung)
+    assert not out[10:20, 88:92, 30:60].any()  # the leak behind is gone beyond the 7 mm reach
+    assert not out[3:27, 50:60, 46:50].any()  # so is the middle of the mediastinum
+    assert not out[27:, 40:46, 45:51].any()  # the trachea was never lung

@@ -1,0 +1,145 @@
+"""The HU-volume benchmark's parts on generated data: LIDC nodule contours, leave-one-out bookkeeping,
+the rule floor / HU count, lung-leak checks and the table (no ../shared needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from covidct.evaluate.hu_volumes import (
+    build_table,
+    false_lesions,
+    hu_count_per_slice,
+    loo_training_sets,
+    lung_leaks,
+    roc_auc,
+    rule_floor,
+    scoring_note,
+    select_loo,
+)
+from covidct.evaluate.lidc import nodule_mask, parse_lidc_xml
+from covidct.volume import CT, SliceRef, affine_from_spacing
+
+XML = """<?xml version="1.0" encoding="UTF-8"?>
+<LidcReadMessage xmlns="http://www.nih.gov">
+<ResponseHeader><SeriesInstanceUid>1.2.3</SeriesInstanceUid></ResponseHeader>
+<readingSession>
+  <servicingRadiologistID>A</servicingRadiologistID>
+  <unblindedReadNodule>
+    <noduleID>Nodule 001</noduleID>
+    <characteristics><malignancy>5</malignancy></characteristics>
+    <roi><imageZposition>-20.0</imageZposition><imageSOP_UID>uid.2</imageSOP_UID><inclusion>TRUE</inclusion>
+      {contour}
+    </roi>
+    <roi><imageZposition>-17.5</imageZposition><imageSOP_UID>uid.3</imageSOP_UID><inclusion>TRUE</inclusion>
+      {contour}
+    </roi>
+  </unblindedReadNodule>
+  <nonNodule><nonNoduleID>x</nonNoduleID><imageZposition>-25.0</imageZposition><imageSOP_UID>uid.0</imageSOP_UID>
+    <locus><xCoord>5</xCoord><yCoord>5</yCoord></locus></nonNodule>
+</readingSession>
+<readingSession>
+  <servicingRadiologistID>B</servicingRadiologistID>
+  <unblindedReadNodule>
+    <noduleID>n2</noduleID>
+    <roi><imageZposition>-15.0</imageZposition><imageSOP_UID>unknown</imageSOP_UID><inclusion>TRUE</inclusion>
+      <edgeMap><xCoord>40</xCoord><yCoord>12</yCoord></edgeMap>
+    </roi>
+  </unblindedReadNodule>
+</readingSession>
+</LidcReadMessage>
+"""
+
+
+def _square(x0, y0, x1, y1):
+    pts = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+    return "".join(f"<edgeMap><xCoord>{x}</xCoord><yCoord>{y}</yCoord></edgeMap>" for x, y in pts)
+
+
+def _ct(nz=6, ny=48, nx=64, dz=2.5):
+    sp = (dz, 1.0, 1.0)
+    aff = affine_from_spacing(sp, (0.0, 0.0, -25.0))
+    slices = [SliceRef(k, -25.0 + k * dz, sop_instance_uid=f"uid.{k}") for k in range(nz)]
+    return CT(np.zeros((nz, ny, nx), np.float32), sp, aff, True, "dicom", slices=slices,
+              meta={"iop": [1, 0, 0, 0, 1, 0]})
+
+
+def test_lidc_xml_parsed_and_rasterised(tmp_path):
+    p = tmp_path / "069.xml"
+    p.write_text(XML.format(contour=_square(10, 20, 19, 29)))
+    nods = parse_lidc_xml(p)
+    assert [(n.reader, n.kind) for n in nods] == [(0, "nodule"), (0, "non-nodule"), (1, "small")]
+    assert nods[0].nodule_id == "Nodule 001" and len(nods[0].rois) == 2 and nods[0].rois[0].sop_uid == "uid.2"
+    np.testing.assert_array_equal(nods[0].rois[0].points_xy[0], [10, 20])
+    ct = _ct()
+    m = nodule_mask(ct, nods, margin_mm=0.0)
+    # contour x = columns 10..19, y = rows 20..29 on slices uid.2 and uid.3; the small nodule by z (-15 -> slice 4)
+    assert m[2, 20:30, 10:20].all() and m[3, 20:30, 10:20].all()
+    assert m[2].sum() == 100 and m[3].sum() == 100 and m[4, 12, 40] and m[4].sum() == 1
+    assert not m[0].any()  # non-nodules are not excluded by default
+    grown = nodule_mask(ct, nods, margin_mm=3.0)
+    assert grown[1, 25, 15] and grown[2, 25, 7] and not grown[2, 25, 5] and not grown[0, 25, 15]
+    ct.meta["iop"] = [0, 1, 0, 1, 0, 0]
+    with pytest.raises(ValueError, match="axial"):
+        nodule_mask(ct, nods)
+
+
+def test_leave_one_out_bookkeeping():
+    vols = ["P001", "cap001", "normal001", "phantom"]
+    sets = loo_training_sets(vols, ["P001", "cap001", "normal001"])
+    assert sets == {"P001": ["cap001", "normal001"], "cap001": ["P001", "normal001"],
+                    "normal001": ["P001", "cap001"], "phantom": ["P001", "cap001", "normal001"]}
+    assert scoring_note("P001", ["P001"]) == "LOO" and scoring_note("phantom", ["P001"]) == "held-out"
+    # a setting is chosen without the volume it is scored on: each volume prefers its own setting, so
+    # leave-one-out must pick the majority setting of the others
+    own = {"P001": 1, "cap001": 2, "normal001": 2}
+    chosen = select_loo(vols, [1, 2], lambda c, train: sum(own[t] == c for t in train), tuned_on=own)
+    assert chosen == {"P001": 2, "cap001": 1, "normal001": 1, "phantom": 2}
+
+
+def test_floor_count_auc_and_false_lesions():
+    rng = np.random.default_rng(0)
+    hu = np.full((6, 64, 64), 20.0, np.float32)  # soft tissue
+    hu[:, 8:56, 8:56] = -850 + rng.normal(0, 10, (6, 48, 48))  # aerated lung
+    hu[3:5, 20:32, 20:32] = -500  # a 12 mm GGO on two slices
+    hu[:, 40, 10:50] = 0  # a 1-voxel vessel: the floor's opening drops it, the HU count keeps its partial volume
+    hu[:, 41, 10:50] = -500
+    sp = (2.0, 1.0, 1.0)
+    floor = rule_floor(hu, sp)
+    assert floor[3:5, 22:30, 22:30].all() and not floor[:, 40:42].any() and not floor[:3].any()
+    count, mask = hu_count_per_slice(hu)
+    assert mask[:, 41, 20:40].all() and count[3] > count[0] > 0
+    assert roc_auc(floor.reshape(6, -1).sum(1), [0, 0, 0, 1, 1, 0]) == 1.0
+    assert roc_auc([1, 2, 2, 3], [0, 1, 0, 1]) == 0.875 and np.isnan(roc_auc([1, 2], [1, 1]))
+    lung = hu < -300
+    fl = false_lesions(floor, lung, sp)
+    assert fl["false_ml"] == pytest.approx(floor.sum() * 0.002)
+    excl = np.zeros_like(floor)
+    excl[3:5] = True
+    assert false_lesions(floor, lung, sp, excl)["false_ml"] == 0.0
+
+
+def test_lung_leaks_found_where_they_are():
+    hu = np.full((20, 64, 64), 40.0, np.float32)
+    hu[4:16, 10:50, 6:24] = -850  # right lung
+    hu[4:16, 10:50, 40:58] = -850  # left lung
+    sp = (5.0, 1.0, 1.0)
+    lungs = np.where(hu < -500, 1, 0).astype(np.uint8)
+    assert lung_leaks(lungs, hu, sp) == {"neck_ml": 0.0, "below_ml": 0.0, "mediastinum_ml": 0.0}
+    leak = lungs.copy()
+    leak[18, 20:30, 20:40] = 1  # neck: 200 voxels above the apex + margin
+    leak[8, 20:30, 30:34] = 1  # mediastinum: 40 voxels between the lungs
+    leak[1, 20:30, 10:20] = 1  # below the base, under the right lung: 100 voxels
+    out = lung_leaks(leak, hu, sp)
+    assert out == pytest.approx({"neck_ml": 1.0, "below_ml": 0.5, "mediastinum_ml": 0.2})
+
+
+def test_table_building():
+    rows = [{"volume": "P001", "method": "shipped", "auc": 0.9234, "false_ml": None},
+            {"volume": "normal001", "method": "rule floor", "false_ml": 3.71, "diagnosis": "normal (0.10)"}]
+    t = build_table(rows, [("volume", "volume"), ("method", "method"), ("auc", "AUC"), ("false_ml", "false mL"),
+                           ("diagnosis", "diagnosis")])
+    lines = t.splitlines()
+    assert lines[0] == "| volume | method | AUC | false mL | diagnosis |" and lines[1] == "|---|---|---|---|---|"
+    assert lines[2] == "| P001 | shipped | 0.923 | – | – |"
+    assert lines[3] == "| normal001 | rule floor | – | 3.710 | normal (0.10) |"
