@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 from scipy import ndimage
 
+from covidct.pipeline.hu_rules import drop_small_components
 from covidct.preprocess import fill_holes_in_plane, threshold_lung_mask
 
 GGO_RANGE = (-700.0, -300.0)
@@ -58,16 +59,6 @@ def hu_count_per_slice(hu: np.ndarray, lung: np.ndarray | None = None) -> tuple[
     lung = hu_lung_reference(hu) if lung is None else lung  # the count's best case: every hole filled
     mask = lung & (hu > GGO_RANGE[0]) & (hu < GGO_RANGE[1])
     return mask.reshape(len(hu), -1).sum(1).astype(float), mask
-
-
-def drop_small_components(mask: np.ndarray, spacing: Sequence[float], min_ml: float) -> np.ndarray:
-    lbl, n = ndimage.label(mask)
-    if n == 0:
-        return mask
-    sizes = np.bincount(lbl.ravel()) * float(np.prod(spacing)) / 1000.0
-    keep = sizes >= min_ml
-    keep[0] = False
-    return keep[lbl]
 
 
 def rule_floor(hu: np.ndarray, spacing: Sequence[float], lung: np.ndarray | None = None) -> np.ndarray:

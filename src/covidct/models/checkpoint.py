@@ -15,7 +15,6 @@ The card records provenance and the sha256 of the weights file; :func:`verify_ca
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from covidct.errors import ModelError
+from covidct.models.onnx_runtime import sha256_file  # noqa: F401 - one implementation, also imported from here
 
 FORMAT = "covidct-checkpoint"
 FORMAT_VERSION = 1
@@ -144,14 +144,6 @@ def export_torchscript(weights: str | Path, out: str | Path) -> dict:
 
 
 # --- model cards ----------------------------------------------------------------------------------
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_card(

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from covidct.models.checkpoint import load_model
+from covidct.models.onnx_runtime import slices_and_flags
 from covidct.preprocess import NormalisationConfig, resize_image_tensor, to_model_input
 
 __all__ = ["predict_slices", "prepare_slices", "probabilities_to_labels", "load_model", "optimise_for_cpu", "model_input"]
@@ -78,13 +79,7 @@ def predict_slices(
     -> returns a list. ``is_hu`` is one flag for all slices or one per slice. ``prepared``: the output of
     :func:`prepare_slices` for these images and this model's settings, when already computed.
     """
-    as_array = isinstance(images, np.ndarray)
-    if as_array and images.ndim == 2:
-        images = images[None]
-    imgs = list(images)
-    flags = [bool(is_hu)] * len(imgs) if isinstance(is_hu, bool | np.bool_) else [bool(f) for f in is_hu]
-    if len(flags) != len(imgs):
-        raise ValueError("predict_slices: is_hu must be one flag or one per image")
+    as_array, imgs, flags = slices_and_flags(images, is_hu)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()

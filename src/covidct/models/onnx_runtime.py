@@ -35,7 +35,7 @@ MEMORY_ARENA = False
 
 
 def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file (the model card's check), without importing torch."""
+    """Hex sha256 of a file (the model card's check), without importing torch; the one implementation."""
     import hashlib
 
     h = hashlib.sha256()
@@ -43,6 +43,19 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def slices_and_flags(images: np.ndarray | Sequence[np.ndarray], is_hu: bool | Sequence[bool]
+                     ) -> tuple[bool, list[np.ndarray], list[bool]]:
+    """``predict_slices``' inputs as (given as one array?, the list of (H, W) slices, one HU flag per slice)."""
+    as_array = isinstance(images, np.ndarray)
+    if as_array and images.ndim == 2:
+        images = images[None]
+    imgs = list(images)
+    flags = [bool(is_hu)] * len(imgs) if isinstance(is_hu, bool | np.bool_) else [bool(f) for f in is_hu]
+    if len(flags) != len(imgs):
+        raise ValueError("predict_slices: is_hu must be one flag or one per image")
+    return as_array, imgs, flags
 
 
 def cpu_threads() -> int:
@@ -192,13 +205,7 @@ def predict_slices(
     ``images`` (N, H, W) -> (N, C, H, W); a list of (H, W) arrays of any sizes -> a list. ``prepared``: the
     output of :func:`prepare_slices` for these images, when already computed.
     """
-    as_array = isinstance(images, np.ndarray)
-    if as_array and images.ndim == 2:
-        images = images[None]
-    imgs = list(images)
-    flags = [bool(is_hu)] * len(imgs) if isinstance(is_hu, bool | np.bool_) else [bool(f) for f in is_hu]
-    if len(flags) != len(imgs):
-        raise ValueError("predict_slices: is_hu must be one flag or one per image")
+    as_array, imgs, flags = slices_and_flags(images, is_hu)
     out: list[np.ndarray] = []
     stacked: np.ndarray | None = None
     for start in range(0, len(imgs), batch_size):

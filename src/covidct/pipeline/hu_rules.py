@@ -79,7 +79,8 @@ def drop_tubes(mask: np.ndarray, spacing: Sequence[float], max_elongation: float
     return keep[lbl]
 
 
-def _drop_small(mask: np.ndarray, spacing: Sequence[float], min_ml: float) -> np.ndarray:
+def drop_small_components(mask: np.ndarray, spacing: Sequence[float], min_ml: float) -> np.ndarray:
+    """``mask`` without its connected components smaller than ``min_ml`` mL."""
     lbl, n = ndimage.label(mask)
     if n == 0:
         return mask
@@ -115,7 +116,7 @@ def hu_lesions(hu: np.ndarray, spacing: Sequence[float], lungs: np.ndarray,
     dense = core & (v > s.consolidation_hu[0]) & (v < s.consolidation_hu[1])
     dense = ndimage.binary_opening(dense, structure=ellipsoid(spacing, s.consolidation_open_mm, min_vox=1))
     dense = drop_tubes(dense, spacing, s.max_elongation)
-    lesion = _drop_small(ggo | dense, spacing, s.min_lesion_ml)
+    lesion = drop_small_components(ggo | dense, spacing, s.min_lesion_ml)
     # regrow into the unscored rim: lung voxels in the lesion density range next to a lesion
     if s.rim_mm > 0 and lesion.any():
         dense_any = lung & (v > s.ggo_hu[0]) & (v < s.consolidation_hu[1])
