@@ -9,7 +9,6 @@ SEG/SR results, dose reports and secondary captures stay on the PACS.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import tempfile
@@ -137,10 +136,6 @@ def upload_folder(settings: PacsSettings, folder: Path, batch: int = 64) -> str:
 
 def replace_file(path: Path, ds: Dataset) -> None:
     """Write ``ds`` over ``path`` atomically."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        ds.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    from covidct.io.writers import atomic_write
+
+    atomic_write(path, lambda tmp: ds.save_as(tmp, enforce_file_format=True))

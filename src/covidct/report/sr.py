@@ -24,7 +24,6 @@ What goes in (from report.json's dict) and how it is coded:
 
 from __future__ import annotations
 
-import os
 import uuid
 import warnings
 from collections.abc import Sequence
@@ -244,14 +243,7 @@ def _summary_group(report: dict, c: dict, algorithm, tracking):
 
 def write_dicom_sr(report: dict, sources: Sequence[Dataset], seg: Dataset, path: str | Path, **uids: str) -> Path:
     """Build the measurement report (see :func:`build_measurement_report`) and write it atomically to ``path``."""
+    from covidct.io.writers import atomic_write
+
     sr = build_measurement_report(report, sources, seg, **uids)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        sr.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return atomic_write(path, lambda tmp: sr.save_as(tmp, enforce_file_format=True))
