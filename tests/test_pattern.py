@@ -234,3 +234,16 @@ def test_no_hu_and_no_lungs() -> None:
 def test_deterministic() -> None:
     a, b = run(typical), run(typical)
     assert a[1] == b[1] and a[0].probabilities == b[0].probabilities
+
+
+def test_a_typical_category_is_never_reported_beside_other_pneumonia() -> None:
+    """The demo's case: typical features, but an effusion and a perihilar share that alone pull towards
+    other pneumonia; the category itself counts, so CO-RADS 5 does not sit beside 'pneumonia'."""
+    from covidct.pattern.category import classify_pattern
+
+    _, f = run(typical)
+    f = dict(f, effusion_ml=61.0, effusion_sides=1, peripheral_fraction=0.52, perihilar_fraction=0.4, ggo_fraction=0.55,
+             minor_side_share=0.12, n_round_foci=1, posterior_fraction=0.5)
+    res = classify_pattern(f)
+    assert (res.rsna_category, res.co_rads) == ("typical", 5)
+    assert res.label == "covid19"
