@@ -8,6 +8,7 @@ import json
 import multiprocessing as mp
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -169,3 +170,18 @@ def test_pool_and_dask_executors_run_and_wait():
             assert dask.wait([], timeout=0.1) == []
         finally:
             dask.shutdown()
+
+
+def test_unreachable_pacs_leaves_no_folder(tmp_path):
+    """A watcher that never reached the PACS did nothing: its output and state folders are not left behind."""
+    from covidct.errors import PacsError
+    from covidct.pacs.client import settings_from
+    from covidct.pacs.watch import watch
+
+    with socket.socket() as s:  # a free port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = settings_from(f"http://127.0.0.1:{port}/dicom-web", retries=0, timeout=5, environ={})
+    with pytest.raises(PacsError):
+        watch(settings, tmp_path / "out", once=True, log=lambda _m: None)
+    assert not (tmp_path / "out").exists()

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import time
 import uuid
@@ -280,7 +281,9 @@ def watch(settings: PacsSettings, outdir: Path, *, state_dir: Path | None = None
     """Poll and process until stopped (Ctrl-C / SIGTERM raise KeyboardInterrupt here) or, with ``once``, until
     nothing is left to do. Returns counts of done / failed / skipped in this run."""
     outdir = Path(outdir)
-    state = WatchState(state_dir or outdir / ".covidct-watch", claim_timeout=claim_timeout)
+    state_root = Path(state_dir) if state_dir else outdir / ".covidct-watch"
+    new_folders = [p for p in dict.fromkeys((outdir, state_root)) if not p.exists()]
+    state = WatchState(state_root, claim_timeout=claim_timeout)
     saved = state.load()
     watermark = since or saved.get("watermark") or datetime.now(UTC).strftime("%Y%m%d")
     state.save({**saved, "watermark": watermark})
@@ -302,6 +305,9 @@ def watch(settings: PacsSettings, outdir: Path, *, state_dir: Path | None = None
                 polled_once = True
             except PacsError as exc:
                 if once or not polled_once:
+                    if not polled_once:  # nothing was done: leave no folder behind
+                        for folder in new_folders:
+                            shutil.rmtree(folder, ignore_errors=True)
                     raise  # wrong URL or credentials: say so now rather than retry forever
                 log(f"poll failed, trying again in {interval:g} s: {exc}")  # an outage: wait it out
                 found, left_unclaimed = [], 1
