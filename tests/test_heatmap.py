@@ -163,3 +163,16 @@ def test_no_heatmap_without_the_flag(analysed, tmp_path):
     _, vol, _ = analysed
     assert main(["analyze", str(vol), "-o", str(tmp_path / "o"), "--no-html"]) == 0
     assert not (tmp_path / "o" / "heatmap").exists() and not (tmp_path / "o" / "lesion_probability.nii.gz").exists()
+
+
+def test_full_grid_probability_is_made_only_when_used():
+    """Bringing the probability to a large input grid costs time: plain analyses skip it, the service keeps it."""
+    from covidct.phantom import make_phantom
+    from covidct.pipeline import shared_analyzer
+
+    ph = make_phantom(shape=(8, 288, 288), spacing=(5.0, 1.2, 1.2), seed=4)
+    analyzer = shared_analyzer()
+    plain = analyzer(ph.ct)
+    assert plain.lesion_probability is None and plain.report["uncertainty"] is not None
+    kept = analyzer(ph.ct, keep_probability=True).lesion_probability
+    assert kept is not None and kept.shape == ph.ct.shape

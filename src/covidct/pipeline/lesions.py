@@ -105,16 +105,19 @@ def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_mode
 
 
 def final_masks(ct: CT, lungs: np.ndarray, lesions: np.ndarray, factor: int,
-                probability: np.ndarray | None = None, work_spacing: tuple[float, float, float] | None = None) -> Masks:
+                probability: np.ndarray | None = None, work_spacing: tuple[float, float, float] | None = None,
+                keep_probability: bool = True) -> Masks:
     """The working grid's masks (``factor``: its in-plane block size) as the final masks on ``ct``'s grid.
 
     ``probability``: the lesion probability on the working grid (spacing ``work_spacing``); its uncertainty
-    figures are measured there, inside the lungs, and it is brought to ``ct``'s grid too."""
+    figures are measured there, inside the lungs, and (``keep_probability``) it is brought to ``ct``'s grid too."""
     # GGO/consolidation are part of the lung they lie in (the lung label includes its lesions)
     lungs = _absorb_lesions(lungs, lesions)
     dz, dy, dx = work_spacing or ct.spacing
     summary, per_slice = uncertainty(probability, lungs, dz * dy * dx if ct.spacing_known else None, dy * dx)
-    if probability is not None and factor > 1:
+    if not keep_probability:
+        probability = None
+    elif probability is not None and factor > 1:
         probability = upsample_probability(probability, ct.shape)
     if factor > 1:
         lungs, lesions = upsample_labels(lungs, ct.shape), upsample_labels(lesions, ct.shape)

@@ -233,7 +233,7 @@ def run_job(store: JobStore, job_id: str, analyzer_factory: Callable[[], object]
         analyzer = analyzer_factory()
         result = folder / "result"
         shutil.rmtree(result, ignore_errors=True)
-        analysis = analyzer(ct, result, progress=lambda s: store.update(job_id, stage=s))
+        analysis = analyzer(ct, result, progress=lambda s: store.update(job_id, stage=s), keep_probability=True)
         save_mask(analysis.lungs, folder / "cache" / "lungs.npy")
         save_mask(analysis.lesions, folder / "cache" / "lesions.npy")
         prob = getattr(analysis, "lesion_probability", None)  # uint8 p x 255; None with the HU rule
