@@ -9,6 +9,12 @@ import numpy as np
 
 from covidct.pipeline.types import LoadedModel
 
+# Slices per forward pass. ONNX Runtime (arena off) mallocs a run's intermediate tensors: for up to 5 slices of
+# these 256² U-Nets glibc serves them again from its heap, from 6 on it maps them afresh every run and each
+# page is faulted in (P001, 138 slices: 216,000 page
+# faults and about 15 % more CPU time per network pass with 8; same outputs; docs/BENCHMARKS.md).
+BATCH_SIZE = 4
+
 
 class ModelRunner:
     """Runs the models for one CT; ``bf16``/``batch_size`` as :class:`~covidct.pipeline.Analyzer`.
@@ -16,7 +22,7 @@ class ModelRunner:
     It keeps each slice's normalised model input (``cache``), so models sharing the normalisation
     settings do not repeat it (CLAHE on every slice is a sizeable part of a pass)."""
 
-    def __init__(self, bf16: bool = True, batch_size: int = 8) -> None:
+    def __init__(self, bf16: bool = True, batch_size: int = BATCH_SIZE) -> None:
         self.bf16 = bf16
         self.batch_size = batch_size
         self.cache: dict = {}
