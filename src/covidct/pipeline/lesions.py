@@ -50,7 +50,7 @@ def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_mode
         prob = runner.probabilities(lesions_model, vol, zs, ct.is_hu, ct.spacing, "lesions")
         binary = prob.shape[1] == 2
     if infection_model is not None and not infection_model.is_3d:
-        p_inf = runner.probabilities(infection_model, vol, zs, ct.is_hu, ct.spacing, "infection")[:, 1]
+        p_inf = runner.probabilities(infection_model, vol, zs, ct.is_hu, ct.spacing, "infection", channel=1)
     if probability is not None:
         probability["lesion"] = probability_volume(vol.shape, zs, infection_probability(prob, p_inf))
     if p_inf is not None:

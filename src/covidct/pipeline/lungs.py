@@ -36,9 +36,9 @@ def segment_lungs(ct: CT, model: LoadedModel | None, runner: ModelRunner) -> np.
         idx = np.arange(len(vol))
     mask = np.zeros(vol.shape, bool)
     if model is not None:
-        prob = runner.probabilities(model, vol, idx, ct.is_hu, ct.spacing, "lungs")
+        prob = runner.probabilities(model, vol, idx, ct.is_hu, ct.spacing, "lungs", channel=1)
         thr = (model.info.get("thresholds") or {}).get("foreground", 0.5)
-        mask[idx] = prob[:, 1] >= thr
+        mask[idx] = prob >= thr
         if ct.is_hu:  # lungs are air-filled: nothing denser than soft tissue at the lung edge
             mask &= vol < 200
     elif field_mask is not None:

@@ -28,14 +28,16 @@ class ModelRunner:
         self.cache: dict = {}
 
     def probabilities(self, model: LoadedModel, vol: np.ndarray, zs: np.ndarray, is_hu: bool,
-                      spacing: Sequence[float] | None = None, role: str = "lungs") -> np.ndarray:
-        """(N, C, H, W) probabilities of slices ``vol[zs]``; a 3-D model sees them as one volume (sliding window)."""
+                      spacing: Sequence[float] | None = None, role: str = "lungs", channel: int | None = None) -> np.ndarray:
+        """(N, C, H, W) probabilities of slices ``vol[zs]``; a 3-D model sees them as one volume (sliding window).
+        ``channel``: only that class's (N, H, W) probability is kept (the softmax still sees every class)."""
         info = model.info
         if model.is_3d:
             from covidct.models.volume_inference import predict_volume, probs_for_role
 
             prob = predict_volume(model.net, info, vol[zs], spacing, is_hu=is_hu, bf16=self.bf16)
-            return probs_for_role(prob, info.get("classes", []), role)
+            prob = probs_for_role(prob, info.get("classes", []), role)
+            return prob if channel is None else np.ascontiguousarray(prob[:, channel])
         import json
 
         from covidct.models.runtime import predict_slices, prepare_slices
@@ -45,6 +47,17 @@ class ModelRunner:
         missing = [int(z) for z in zs if int(z) not in rows]
         if missing:
             rows.update(zip(missing, prepare_slices([vol[z] for z in missing], [is_hu] * len(missing), info), strict=True))
-        prepared = np.stack([rows[int(z)] for z in zs])
-        return predict_slices(model.net, info, vol[zs], is_hu, batch_size=self.batch_size, bf16=self.bf16,
-                              prepared=prepared)
+        # batch by batch into one output: neither a second copy of the inputs nor the classes not asked for
+        # are held for the whole series (P001's lesion stage: about 100 MB less at its peak)
+        out: np.ndarray | None = None
+        for start in range(0, len(zs), self.batch_size):
+            chunk = np.asarray(zs[start : start + self.batch_size])
+            prob = predict_slices(model.net, info, vol[chunk], is_hu, batch_size=len(chunk), bf16=self.bf16,
+                                  prepared=np.stack([rows[int(z)] for z in chunk]))
+            prob = prob if channel is None else prob[:, channel]
+            if out is None:
+                out = np.empty((len(zs), *prob.shape[1:]), prob.dtype)
+            out[start : start + len(chunk)] = prob
+        if out is None:
+            raise ValueError("no slices to run the model on")
+        return out
