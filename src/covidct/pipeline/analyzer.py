@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from covidct.errors import NoLungsFound
-from covidct.pipeline import diagnosis, lesions, load, lungs, measures, outputs, reporting
+from covidct.pipeline import diagnosis, hu_rules, lesions, load, lungs, measures, outputs, reporting
 from covidct.pipeline.grid import working_grid
 from covidct.pipeline.predict import ModelRunner
 from covidct.pipeline.types import Analysis, LoadedModel, Masks, Study
@@ -136,7 +136,10 @@ class Analyzer:
         t0 = time.perf_counter()
         finding, pattern = diagnosis.diagnose(ct, masks.lungs, masks.lesions, severity, mode)
         t["diagnosis"] = time.perf_counter() - t0
-        if mode == "volume" and self.models["infection"] is not None:
+        if mode == "volume" and hu_rules.applies(ct.is_hu, ct.n_slices):
+            warnings.extend(diagnosis.low_involvement_warnings(severity, diagnosis.HU_RULE_FALSE_INVOLVEMENT_PCT,
+                                                               hu_rule=True))
+        elif mode == "volume" and self.models["infection"] is not None:
             warnings.extend(diagnosis.low_involvement_warnings(severity))
         info = {role: m.info if m is not None else None for role, m in self.models.items()}
         models = [reporting.model_entry(info["lungs"], "hu-threshold-lungs"),
