@@ -31,7 +31,7 @@ SEGMENT_SHARE = 1.0 / 18.0  # an average bronchopulmonary segment is about 1/18 
 
 FEATURE_DOCS: dict[str, tuple[str, str, str]] = {
     # name: (unit, definition, literature / threshold)
-    "opacity_ml": ("mL", "parenchymal opacity volume (GGO + consolidation, >= 6 mm thick, dependent density excluded)",
+    "opacity_ml": ("mL", "parenchymal opacity volume (GGO + consolidation; model masks: >= 6 mm thick; dependent density excluded)",
                    "RSNA negative: no opacity"),
     "opacity_percent": ("%", "opacity_ml / lung volume",
                         "abnormal when >= 1 % (the highest false opacity on lesion-free phantoms, 0.82 %, rounded up)"),
