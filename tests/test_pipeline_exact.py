@@ -88,3 +88,47 @@ def test_upsample_labels_on_labelled_boxes_is_exact():
     labels[0, 8:20, 6:30] = 2
     labels[1][rng.random((30, 34)) < 0.1] = 3  # scattered, up to the edges
     np.testing.assert_array_equal(upsample_labels(labels, (3, 60, 68)), _upsample_whole_slices(labels, (3, 60, 68)))
+
+
+def _nearest_full(labels, where):
+    idx = ndimage.distance_transform_edt(labels == 0, return_distances=False, return_indices=True)
+    return labels[tuple(i[where] for i in idx)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_nearest_labels_on_boxes_is_the_whole_feature_transform(seed):
+    from covidct.pipeline.morphology import nearest_labels
+
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((10, 36, 40), np.uint8)
+    # two "lungs" of a few blocks each, and sparse voxels (many equidistant pairs of labels 1 and 2)
+    for lab in (1, 2):
+        for _ in range(3):
+            z, y, x = (int(rng.integers(0, s - 4)) for s in labels.shape)
+            labels[z : z + 4, y : y + 6, x : x + 5] = lab
+    labels[tuple(rng.integers(0, s, 8) for s in labels.shape)] = rng.integers(1, 3, 8)
+    where = (rng.random(labels.shape) < 0.03) & (labels == 0)
+    where[0, 0, :3] = True  # at the volume's edge, far from anything
+    where &= labels == 0
+    np.testing.assert_array_equal(nearest_labels(labels, where, grow=1), _nearest_full(labels, where))
+    np.testing.assert_array_equal(nearest_labels(labels, where), _nearest_full(labels, where))
+
+
+def test_split_left_right_with_inert_seeds_left_out_is_the_plain_watershed():
+    from skimage.segmentation import watershed
+
+    from covidct.pipeline.lungs import _split_left_right, _two_seeds
+
+    rng = np.random.default_rng(3)
+    mask = np.zeros((8, 40, 60), bool)
+    mask[1:7, 5:35, 6:28] = True
+    mask[1:7, 5:35, 32:56] = True
+    mask[2:6, 15:25, 26:34] = True  # a bridge: the lungs touch
+    mask &= rng.random(mask.shape) > 0.02
+    spacing = (2.0, 0.8, 0.8)
+    a, b = _two_seeds(mask)
+    markers = np.zeros(mask.shape, np.int32)
+    left, right = (a, b) if np.nonzero(a)[2].mean() > np.nonzero(b)[2].mean() else (b, a)
+    markers[left], markers[right] = 1, 2
+    plain = watershed(-ndimage.distance_transform_edt(mask, sampling=spacing), markers, mask=mask)
+    np.testing.assert_array_equal(_split_left_right(mask, spacing), plain.astype(np.uint8))

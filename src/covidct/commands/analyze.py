@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import sys
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import typer
 
+from covidct.commands import scan_transfer
 from covidct.errors import CovidCTError, UnreadableInput
 from covidct.interrupts import leave_stops_to_the_parent, stop_signals_held
 
@@ -64,14 +66,16 @@ def _load_timed(path: Path, series: str | None = None, fetch: Callable[[], objec
 
 # In the forked scan process: the scan it read, kept (without its voxels) for the DICOM SEG.
 _SCAN: CT | None = None
+# Shared memory the parent maps before the fork, for the scan's voxels (covidct.commands.scan_transfer).
+_VOXELS: mmap.mmap | None = None
 
 
 def _keep_freed_memory() -> None:
     """glibc: keep freed memory in this process's heap rather than handing it back to the system.
 
-    The SEG's large arrays then reuse pages the scan's decoding already touched instead of faulting
-    in fresh ones (P001: the SEG in a fresh process 0.59-0.79 s with this, 0.92-1.28 s without).
-    Only for the short-lived scan process; elsewhere (no glibc) nothing happens.
+    Decoding's large arrays then reuse pages instead of faulting in fresh ones. Only for the short-lived
+    scan process, which hands it all back once the scan is sent (``scan_transfer.trim_heap``): the SEG alone needs
+    about 600 MB for P001, and on top of the decoding's kept pages the process peaked above 1 GB.
     """
     import ctypes
 
@@ -102,9 +106,8 @@ def _scan_process_start(parent: int) -> None:
 def _scan_process_load(path: Path, series: str | None = None, fetch: Callable[[], object] | None = None) -> bytes:
     """The scan (``fetch`` fills ``path`` first), pickled here: the parent unpickles it in its main thread (see
     ``load_beside``)."""
-    global _SCAN
+    global _SCAN, _VOXELS
     import dataclasses
-    import pickle
 
     import numpy as np
 
@@ -112,7 +115,11 @@ def _scan_process_load(path: Path, series: str | None = None, fetch: Callable[[]
     ct = _load_timed(path, series, fetch)
     # The SEG needs the headers and geometry, not the HU values: a zero-stride stand-in of the same shape.
     _SCAN = dataclasses.replace(ct, array=np.broadcast_to(np.float32(0), ct.shape))
-    return pickle.dumps(ct, protocol=pickle.HIGHEST_PROTOCOL)
+    data = scan_transfer.pack(ct, _VOXELS)
+    _VOXELS = None
+    del ct
+    scan_transfer.trim_heap()
+    return data
 
 
 def _scan_process_prepare() -> None:
@@ -176,7 +183,6 @@ class _ScanProcess:
                     fetch: Callable[[], object] | None = None) -> tuple[CT, T]:
         """The scan at ``path`` (``series``: its series UID; ``fetch``: fills ``path`` first, e.g. from a PACS),
         read while ``work()`` runs here, and ``work()``'s result."""
-        import pickle
         from concurrent.futures import ThreadPoolExecutor
         from concurrent.futures.process import BrokenProcessPool
 
@@ -188,9 +194,12 @@ class _ScanProcess:
                 return loading.result(), result
         import multiprocessing
 
+        global _VOXELS
         before = set(multiprocessing.active_children())
+        region = _VOXELS = scan_transfer.new_region()  # before the fork, which the first submit does
         with stop_signals_held():
             loading = self.pool.submit(_scan_process_load, path, series, fetch)  # the first submit forks the process
+            _VOXELS = None
             self.children = [c for c in multiprocessing.active_children() if c not in before]
             self.pool.submit(_scan_process_prepare)  # the SEG writer's imports, while the lungs are segmented
             result = work()
@@ -198,7 +207,7 @@ class _ScanProcess:
             # Unpickled here, after ``work()``: the pool's own thread would unpickle the pydicom values while
             # this thread imports MONAI (which imports pydicom), and two threads importing pydicom at once
             # failed 1 run in ~5 with "partially initialized module 'pydicom' has no attribute 'valuerep'".
-            return pickle.loads(loading.result()), result
+            return scan_transfer.unpack(loading.result(), region), result
         except BrokenProcessPool:  # the child was killed (e.g. out of memory): read it here instead
             self.pool.shutdown(wait=False)
             self.pool = None

@@ -125,6 +125,8 @@ def _decode(path: Path) -> tuple[Dataset, np.ndarray]:
     slope = _rescale(ds, "RescaleSlope", 1.0, path.name)
     inter = _rescale(ds, "RescaleIntercept", 0.0, path.name)
     hu = px.astype(np.float32)
+    # the compressed bytes and pydicom's cached decoded copy are not needed again (P001: 78 MB of int16)
+    del ds.PixelData
     if slope != 1.0:
         hu *= np.float32(slope)
     if inter != 0.0:
@@ -255,6 +257,7 @@ def build_volume(paths: list[Path], root: Path, shown: str, warnings: list[str],
 
     # Source layout (column, row, slice), LPS affine from the DICOM geometry.
     stack = np.stack([s[2] for s in slices])  # (slice, row, col)
+    slices = [(p, ds, None) for p, ds, _ in slices]  # the slices' own arrays go before the reorientation's copy
     lps = np.eye(4)
     lps[:3, 0] = r_dir * dc
     lps[:3, 1] = c_dir * dr

@@ -17,7 +17,7 @@ import numpy as np
 from covidct.errors import NoLungsFound
 from covidct.pipeline import diagnosis, hu_rules, lesions, load, lungs, measures, outputs, reporting
 from covidct.pipeline.grid import working_grid
-from covidct.pipeline.predict import ModelRunner
+from covidct.pipeline.predict import BATCH_SIZE, ModelRunner
 from covidct.pipeline.types import Analysis, LoadedModel, Masks, Study
 from covidct.report.heatmap import uncertainty_warning
 from covidct.volume import CT
@@ -36,7 +36,7 @@ class Analyzer:
         lesions_model: str | Path | None = "lesions",
         infection_model: str | Path | None = "infection",
         bf16: bool = True,
-        batch_size: int = 8,
+        batch_size: int = BATCH_SIZE,
         lesion_min_hu: float = -800.0,
         min_lesion_mm3: float = 20.0,
     ) -> None:

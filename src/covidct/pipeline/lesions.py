@@ -20,10 +20,9 @@ from scipy import ndimage
 from covidct.labels import CONSOLIDATION, EFFUSION, GGO
 from covidct.pipeline import hu_rules
 from covidct.pipeline.grid import first_argmax, upsample_labels
-from covidct.pipeline.morphology import dilate_mm
+from covidct.pipeline.morphology import dilate_mm, nearest_labels
 from covidct.pipeline.predict import ModelRunner
 from covidct.pipeline.types import LoadedModel, Masks
-from covidct.preprocess import bounding_box
 from covidct.report.heatmap import (
     infection_probability,
     probability_volume,
@@ -57,7 +56,7 @@ def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_mode
         binary = prob.shape[1] == 2
     hu_volume = hu_rules.applies(ct.is_hu, ct.n_slices)
     if infection_model is not None and not infection_model.is_3d and not hu_volume:
-        p_inf = runner.probabilities(infection_model, vol, zs, ct.is_hu, ct.spacing, "infection")[:, 1]
+        p_inf = runner.probabilities(infection_model, vol, zs, ct.is_hu, ct.spacing, "infection", channel=1)
     if probability is not None:
         probability["lesion"] = probability_volume(vol.shape, zs, infection_probability(prob, p_inf))
     if p_inf is not None:
@@ -142,13 +141,8 @@ def _absorb_lesions(lungs: np.ndarray, lesions: np.ndarray) -> np.ndarray:
     missing = infection & (lungs == 0)
     if not missing.any() or not lungs.any():
         return lungs
-    box = bounding_box((lungs > 0) | missing, margin=1)
-    sub = lungs[box]
-    # the feature transform alone (no distances), and the nearest lung label looked up only where needed
-    idx = ndimage.distance_transform_edt(sub == 0, return_distances=False, return_indices=True)
-    m = missing[box]
     out = lungs.copy()
-    out[box][m] = sub[tuple(i[m] for i in idx)]
+    out[missing] = nearest_labels(lungs, missing)
     return out
 
 

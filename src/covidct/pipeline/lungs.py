@@ -37,9 +37,9 @@ def segment_lungs(ct: CT, model: LoadedModel | None, runner: ModelRunner) -> np.
         idx = np.arange(len(vol))
     mask = np.zeros(vol.shape, bool)
     if model is not None:
-        prob = runner.probabilities(model, vol, idx, ct.is_hu, ct.spacing, "lungs")
+        prob = runner.probabilities(model, vol, idx, ct.is_hu, ct.spacing, "lungs", channel=1)
         thr = (model.info.get("thresholds") or {}).get("foreground", 0.5)
-        mask[idx] = prob[:, 1] >= thr
+        mask[idx] = prob >= thr
         if ct.is_hu:  # lungs are air-filled: nothing denser than soft tissue at the lung edge
             mask &= vol < 200
     elif field_mask is not None:
@@ -160,7 +160,14 @@ def _split_left_right(mask: np.ndarray, spacing: tuple[float, float, float]) -> 
     markers[left] = LEFT_LUNG
     markers[right] = RIGHT_LUNG
     dist = ndimage.distance_transform_edt(mask, sampling=spacing)
-    lab = watershed(-dist, markers, mask=mask)
+    # Seed voxels whose 6 neighbours are all seed voxels never label anything (the flood only spreads to
+    # unlabelled neighbours): left out of the flood and labelled directly, they spare the watershed
+    # about 60 % of its heap (P001: 0.50 -> 0.15 s). Same labels on every case of benchmarks/exact_outputs.py;
+    # only two seed voxels of equal depth competing for one voxel could pop in another order (ties of the heap)
+    inert = ndimage.binary_erosion(markers > 0, border_value=1)
+    markers[inert] = 0
+    lab = watershed(-dist, markers, mask=mask & ~inert)
+    lab[inert] = np.where(left[inert], LEFT_LUNG, RIGHT_LUNG)
     return lab.astype(np.uint8)
 
 

@@ -43,3 +43,42 @@ def dilate_mm(mask: np.ndarray, spacing: tuple[float, float, float], mm: float) 
     out = np.zeros(mask.shape, bool)
     out[box] = block
     return out
+
+
+def nearest_labels(labels: np.ndarray, where: np.ndarray, grow: int = 4) -> np.ndarray:
+    """The label of the nearest labelled voxel (Euclidean, in voxels) for each voxel of ``where``, in the
+    order of ``np.nonzero(where)``; the labels must not be all zero.
+
+    The same answer as one feature transform of ``labels == 0`` over the whole volume, computed on the box of each
+    connected piece of ``where`` grown by ``grow`` voxels (the voxels to label are usually a thin fringe of
+    the labels: P001 0.33 -> 0.05 s). A piece is recomputed on a larger box unless every one of its voxels
+    has its nearest label strictly closer than the box's faces inside the volume: nothing beyond the box can
+    then be as near, and the transform's choice among equally near voxels is the one it makes on the whole
+    volume (same candidates, same relative order).
+    """
+    pieces, _ = ndimage.label(where, structure=np.ones((3, 3, 3), bool))
+    out = np.zeros(labels.shape, labels.dtype)
+    for k, box in enumerate(ndimage.find_objects(pieces), start=1):
+        g = grow
+        while True:
+            crop = grow_box(box, (g,) * labels.ndim, labels.shape)
+            whole = all(c.start == 0 and c.stop == n for c, n in zip(crop, labels.shape, strict=True))
+            sub = labels[crop]
+            m = pieces[crop] == k
+            pts = np.nonzero(m)
+            if sub.any():
+                idx = ndimage.distance_transform_edt(sub == 0, return_distances=False, return_indices=True)
+                near = tuple(i[m] for i in idx)
+                d2 = sum((a - p).astype(np.int64) ** 2 for a, p in zip(near, pts, strict=True))
+                # steps from each voxel out of the box, through faces that are not the volume's edges
+                exit_ = np.full(d2.shape, np.iinfo(np.int64).max, np.int64)
+                for p, c, n in zip(pts, crop, labels.shape, strict=True):
+                    if c.start > 0:
+                        exit_ = np.minimum(exit_, p + 1)
+                    if c.stop < n:
+                        exit_ = np.minimum(exit_, (c.stop - c.start) - p)
+                if whole or bool((d2 < exit_.astype(np.int64) ** 2).all()):
+                    out[crop][m] = sub[near]
+                    break
+            g *= 4
+    return out[where]

@@ -54,7 +54,9 @@ def probability_volume(shape: tuple[int, int, int], zs: np.ndarray, p: np.ndarra
     if p is None:
         return None
     out = np.zeros(shape, np.uint8)
-    out[np.asarray(zs)] = to_u8(p)
+    zs = np.asarray(zs)
+    for k in range(0, len(zs), 16):  # a few slices at a time: to_u8's float temporaries stay small
+        out[zs[k : k + 16]] = to_u8(p[k : k + 16])
     return out
 
 

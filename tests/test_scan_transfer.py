@@ -1,0 +1,49 @@
+"""The scan process hands the voxels over in shared memory, and the rest of the CT pickled."""
+
+from __future__ import annotations
+
+import mmap
+import os
+
+import numpy as np
+import pytest
+
+from covidct.commands import scan_transfer
+from covidct.volume import CT
+
+
+def _ct(shape=(4, 6, 5)) -> CT:
+    arr = np.arange(np.prod(shape), dtype=np.float32).reshape(shape) - 1000
+    return CT(array=arr, spacing=(2.0, 0.7, 0.7), affine=np.eye(4), is_hu=True, kind="dicom", meta={"a": 1})
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_voxels_written_by_a_forked_child_arrive_through_the_region():
+    region = scan_transfer.new_region()
+    assert region is not None
+    ct = _ct((8, 64, 64))
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the scan process
+        os.close(r)
+        data = scan_transfer.pack(ct, region)
+        os.write(w, len(data).to_bytes(8, "little") + data)
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        data = f.read(n)
+    os.waitpid(pid, 0)
+    assert len(data) < ct.array.nbytes  # the voxels did not travel in the pickle
+    got = scan_transfer.unpack(data, region)
+    np.testing.assert_array_equal(got.array, ct.array)
+    assert got.meta == {"a": 1} and got.array.dtype == np.float32
+
+
+def test_a_scan_too_large_for_the_region_is_pickled_whole():
+    region = mmap.mmap(-1, 16)
+    ct = _ct()
+    data = scan_transfer.pack(ct, region)
+    assert not region.closed
+    np.testing.assert_array_equal(scan_transfer.unpack(data, region).array, ct.array)
+    np.testing.assert_array_equal(scan_transfer.unpack(scan_transfer.pack(ct, None), None).array, ct.array)
