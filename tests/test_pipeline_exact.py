@@ -132,3 +132,20 @@ def test_split_left_right_with_inert_seeds_left_out_is_the_plain_watershed():
     markers[left], markers[right] = 1, 2
     plain = watershed(-ndimage.distance_transform_edt(mask, sampling=spacing), markers, mask=mask)
     np.testing.assert_array_equal(_split_left_right(mask, spacing), plain.astype(np.uint8))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_in_plane_morphology_is_scipys(seed):
+    from covidct.pipeline.morphology import in_plane, in_plane_opening
+    from covidct.preprocess import IN_PLANE
+
+    rng = np.random.default_rng(seed)
+    mask = rng.random((3, 30, 41)) < rng.uniform(0.3, 0.9)  # touches every edge
+    r = int(rng.integers(1, 4))
+    yy, xx = np.ogrid[-r : r + 1, -r : r + 1]
+    for kernel in (yy**2 + xx**2 <= r * r, np.ones((3, 3), bool), IN_PLANE[1]):
+        it = int(rng.integers(1, 4))
+        s = kernel[None]
+        np.testing.assert_array_equal(in_plane("erode", mask, kernel, it), ndimage.binary_erosion(mask, s, iterations=it))
+        np.testing.assert_array_equal(in_plane("dilate", mask, kernel, it), ndimage.binary_dilation(mask, s, iterations=it))
+        np.testing.assert_array_equal(in_plane_opening(mask, kernel), ndimage.binary_opening(mask, s))

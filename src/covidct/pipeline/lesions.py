@@ -23,6 +23,7 @@ from covidct.pipeline.grid import first_argmax, upsample_labels
 from covidct.pipeline.morphology import dilate_mm, nearest_labels
 from covidct.pipeline.predict import ModelRunner
 from covidct.pipeline.types import LoadedModel, Masks
+from covidct.preprocess import bounding_box
 from covidct.report.heatmap import (
     infection_probability,
     probability_volume,
@@ -151,10 +152,11 @@ def _plausible_effusion(effusion: np.ndarray, lung: np.ndarray, spacing: tuple[f
     """Keep effusion components that look like one: fluid lying against the lung surface, dependent
     (in the posterior half of the lungs, supine patient) and at least ``min_ml`` in volume. Patches of
     chest-wall or paraspinal muscle, which have the same density, fail one of these."""
-    lbl, n = ndimage.label(effusion)
-    if n == 0:
+    box = bounding_box(effusion)  # labelled on its box: the same components, numbered in the same order
+    if box is None:
         return effusion
-    shell = dilate_mm(lung, spacing, 2.0 * max(spacing[1], spacing[2])) & ~lung
+    lbl, n = ndimage.label(effusion[box])
+    shell = (dilate_mm(lung, spacing, 2.0 * max(spacing[1], spacing[2])) & ~lung)[box]
     vox_ml = float(np.prod(spacing)) / 1000.0
     # Per-component sums over the effusion voxels only, added in raster order as ndimage.sum_labels and
     # center_of_mass add them (so the same floats), without their passes over the whole volume.
@@ -163,12 +165,14 @@ def _plausible_effusion(effusion: np.ndarray, lung: np.ndarray, spacing: tuple[f
     count = np.bincount(comp, minlength=n + 1)[1:]
     size_ml = count * vox_ml
     touch = np.bincount(comp, weights=shell[where], minlength=n + 1)[1:]
-    cy = np.bincount(comp, weights=where[1].astype(float), minlength=n + 1)[1:] / count
+    cy = np.bincount(comp, weights=(where[1] + box[1].start).astype(float), minlength=n + 1)[1:] / count
     rows = lung.sum(axis=(0, 2))  # lung voxels per row; rows run anterior -> posterior
     lung_mid_y = (rows * np.arange(len(rows))).sum() / rows.sum() if rows.any() else 0.0
     keep = np.zeros(n + 1, bool)
     keep[1:] = (size_ml >= min_ml) & (touch > 0) & (cy >= lung_mid_y)
-    return keep[lbl]
+    out = np.zeros(effusion.shape, bool)
+    out[box] = keep[lbl]
+    return out
 
 
 def _drop_small(labels: np.ndarray, spacing: tuple[float, float, float], min_mm3: float) -> np.ndarray:
@@ -177,12 +181,13 @@ def _drop_small(labels: np.ndarray, spacing: tuple[float, float, float], min_mm3
     if min_vox <= 1:
         return labels
     fg = labels > 0
-    lbl, n = ndimage.label(fg)
-    if n == 0:
+    box = bounding_box(fg)  # components counted on the labels' box only
+    if box is None:
         return labels
+    lbl, n = ndimage.label(fg[box])
     sizes = np.bincount(lbl.ravel())
     small = sizes < min_vox
     small[0] = False
     out = labels.copy()
-    out[small[lbl]] = 0
+    out[box][small[lbl]] = 0
     return out

@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from covidct.labels import LEFT_LUNG, RIGHT_LUNG
 from covidct.pipeline import hu_rules
-from covidct.pipeline.morphology import dilate_mm, grow_box, radius_vox
+from covidct.pipeline.morphology import dilate_mm, grow_box, in_plane, in_plane_opening, radius_vox
 from covidct.pipeline.predict import ModelRunner
 from covidct.pipeline.types import LoadedModel
 from covidct.preprocess import IN_PLANE, bounding_box, fill_holes_in_plane, threshold_lung_mask
@@ -94,10 +94,9 @@ def _remove_air_pockets(mask: np.ndarray, hu: np.ndarray, spacing: tuple[float, 
     air = (hu < AIR_HU) & dilate_mm(mask, spacing, 10.0)
     if air.any():
         yy, xx = np.ogrid[-r : r + 1, -r : r + 1]
-        disk = (yy**2 + xx**2 <= r * r)[None]
-        solid_air = ndimage.binary_opening(air, structure=disk)
+        solid_air = in_plane_opening(air, yy**2 + xx**2 <= r * r)  # slice by slice, as scipy's with (1, k, k)
         if solid_air.any():
-            out &= ~ndimage.binary_dilation(solid_air, structure=np.ones((1, 3, 3), bool), iterations=rim)
+            out &= ~in_plane("dilate", solid_air, np.ones((3, 3), bool), iterations=rim)
     px_cm2 = spacing[1] * spacing[2] / 100.0
     lbl, n = ndimage.label(out, structure=IN_PLANE)  # each slice's pieces, numbered across the volume
     if n:
@@ -106,7 +105,7 @@ def _remove_air_pockets(mask: np.ndarray, hu: np.ndarray, spacing: tuple[float, 
         bad = (count * px_cm2 < 10.0) & (frac < 0.25)
         bad[0] = False
         out[bad[lbl]] = False
-    return ndimage.binary_opening(out, structure=np.ones((1, 3, 3), bool))
+    return in_plane_opening(out, np.ones((3, 3), bool))
 
 
 def clean_lung_mask(mask: np.ndarray, spacing: tuple[float, float, float], min_fraction: float = 0.05) -> np.ndarray:
@@ -187,7 +186,7 @@ def _two_seeds(mask: np.ndarray, max_iter: int = 12) -> tuple[np.ndarray, np.nda
                 spread = np.ptp(np.nonzero(mask)[2]) + 1
                 if abs(ax - bx) > 0.15 * spread:
                     return a, b
-        cur = ndimage.binary_erosion(cur, structure=structure)
+        cur = in_plane("erode", cur, structure[1])
         if not cur.any():
             return None
     return None

@@ -82,3 +82,23 @@ def nearest_labels(labels: np.ndarray, where: np.ndarray, grow: int = 4) -> np.n
                     break
             g *= 4
     return out[where]
+
+
+def in_plane(op: str, mask: np.ndarray, kernel: np.ndarray, iterations: int = 1) -> np.ndarray:
+    """``scipy.ndimage.binary_erosion`` (``op="erode"``) or ``binary_dilation`` (``"dilate"``) of each slice of a
+    (z, y, x) mask with the symmetric 2-D ``kernel``, ``iterations`` times, outside the array counting as
+    background as in scipy: the same voxels, computed by OpenCV slice by slice (several times faster)."""
+    import cv2
+
+    src = np.ascontiguousarray(mask, dtype=np.uint8)
+    k = np.ascontiguousarray(kernel, dtype=np.uint8)
+    f = cv2.erode if op == "erode" else cv2.dilate
+    out = np.empty_like(src)
+    for i, s in enumerate(src):
+        out[i] = f(s, k, iterations=iterations, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    return out.view(bool)
+
+
+def in_plane_opening(mask: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_opening`` of each slice with the symmetric 2-D ``kernel`` (see :func:`in_plane`)."""
+    return in_plane("dilate", in_plane("erode", mask, kernel), kernel)
