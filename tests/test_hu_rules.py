@@ -65,3 +65,32 @@ def test_lungs_add_missed_air_drop_leaks_keep_lesions():
     assert not out[10:20, 88:92, 30:60].any()  # the leak behind is gone beyond the 7 mm reach
     assert not out[3:27, 50:60, 46:50].any()  # so is the middle of the mediastinum
     assert not out[27:, 40:46, 45:51].any()  # the trachea was never lung
+
+
+def test_thick_slices_drop_vessel_partial_volume_keep_lesions():
+    """On 5 mm slices the GGO opening stays 3-D: a GGO-density patch seen in one slice only (a vessel's
+    partial volume) goes, a lesion spanning three slices stays."""
+    sp = (5.0, 1.0, 1.0)
+    hu, lungs = _chest(nz=16)
+    hu[7, 30:42, 15:27] = -550  # one slice only
+    hu[6:9, 55:70, 62:77] = -500  # three slices
+    les = hu_lesions(hu, sp, lungs.astype(np.uint8))
+    assert not les[7, 30:42, 15:27].any()
+    assert (les[7, 57:68, 64:75] == GGO).all()
+
+
+def test_lungs_stage_does_not_fill_the_mediastinum_the_lungs_enclose():
+    """Where the two lungs touch in front of and behind the mediastinum, a slice-by-slice hole fill makes it
+    lung; the HU-volume lungs stage keeps the lungs' components and fills only holes enclosed in 3-D."""
+    from covidct.pipeline.lungs import clean_lung_mask, keep_lung_components
+
+    hu, lungs = _chest()
+    ring = lungs.copy()
+    ring[3:27, 16:22, 38:58] = True  # the lungs meet in front of the mediastinum
+    ring[3:27, 74:80, 38:58] = True  # and behind it
+    hu[ring & ~lungs] = -850
+    filled = clean_lung_mask(ring, SP)
+    assert filled[10, 40:60, 45:50].all()  # the old fill: mediastinum made lung
+    kept = keep_lung_components(hu_lungs(hu, SP, ring))
+    assert not kept[10, 40:60, 45:50].any()
+    assert kept[10, 30:60, 15:30].all()

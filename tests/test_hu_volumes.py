@@ -143,3 +143,21 @@ def test_table_building():
     assert lines[0] == "| volume | method | AUC | false mL | diagnosis |" and lines[1] == "|---|---|---|---|---|"
     assert lines[2] == "| P001 | shipped | 0.923 | – | – |"
     assert lines[3] == "| normal001 | rule floor | – | 3.710 | normal (0.10) |"
+
+
+def test_thick_slabs_average_slices_and_label_slabs():
+    from covidct.evaluate.hu_volumes import thick_slabs
+    from covidct.volume import CT, SliceRef, affine_from_spacing
+
+    arr = np.arange(7, dtype=np.float32)[:, None, None] * np.ones((7, 4, 4), np.float32)
+    sl = [SliceRef(index=i, z_mm=2.0 * i, file=f"f{i}.dcm") for i in range(7)]
+    ct = CT(array=arr, spacing=(2.0, 1.0, 1.0), affine=affine_from_spacing((2.0, 1.0, 1.0)), is_hu=True, kind="dicom",
+            slices=sl)
+    labels = {"f0.dcm": 0, "f1.dcm": 0, "f2.dcm": 0, "f3.dcm": 1, "f4.dcm": 0, "f5.dcm": 0}  # f6 unlabelled, dropped
+    thick, y = thick_slabs(ct, 2, labels)
+    assert thick.shape == (3, 4, 4) and thick.spacing == (4.0, 1.0, 1.0)
+    assert np.allclose(thick.array[:, 0, 0], [0.5, 2.5, 4.5])
+    assert list(y) == [0, 1, 0]
+    # slab centres: the world position of slab 1 is the mean of slices 2 and 3
+    centre = thick.affine @ np.array([0, 0, 1, 1.0])
+    assert np.allclose(centre[:3], (ct.affine @ np.array([0, 0, 2.5, 1.0]))[:3])

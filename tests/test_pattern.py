@@ -247,3 +247,6 @@ def test_a_typical_category_is_never_reported_beside_other_pneumonia() -> None:
     res = classify_pattern(f)
     assert (res.rsna_category, res.co_rads) == ("typical", 5)
     assert res.label == "covid19"
+    # however strong the pull the other way (a larger effusion, fully perihilar): still not 'pneumonia'
+    res = classify_pattern(dict(f, effusion_ml=400.0, perihilar_fraction=0.6, peripheral_fraction=0.5))
+    assert res.rsna_category == "typical" and res.probabilities["covid19"] > res.probabilities["pneumonia"]

@@ -70,6 +70,32 @@ def rule_floor(hu: np.ndarray, spacing: Sequence[float], lung: np.ndarray | None
     return drop_small_components(cand, spacing, 0.2)
 
 
+def thick_slabs(ct, k: int, slice_labels: dict[str, int] | None = None):
+    """``ct`` as a scanner with ``k`` times thicker slices would show it: each run of ``k`` slices averaged
+    (the partial volume of thick slices; a trailing incomplete run dropped), and per slab the infection
+    label (1 when any of its slices is labelled infected, -1 when one is unlabelled) when ``slice_labels``
+    (file name -> 0/1) is given. Returns (CT, labels or None)."""
+    from pathlib import Path
+
+    from covidct.volume import CT, SliceRef
+
+    n = (ct.n_slices // k) * k
+    arr = ct.array[:n].astype(np.float32).reshape(n // k, k, *ct.shape[1:]).mean(1)
+    aff = ct.affine.copy()
+    aff[:3, 2] *= k  # the z column of the (x, y, z) voxel -> world affine
+    aff[:3, 3] += ct.affine[:3, 2] * (k - 1) / 2.0  # slab centres
+    dz, dy, dx = ct.spacing
+    slices = [SliceRef(index=i, z_mm=float(np.mean([s.z_mm for s in ct.slices[i * k:(i + 1) * k]])) if ct.slices
+                       else i * dz * k) for i in range(n // k)]
+    out = CT(array=arr, spacing=(dz * k, dy, dx), affine=aff, is_hu=ct.is_hu, kind="array",
+             path=f"{ct.path}@{k}x" if ct.path else None, slices=slices)
+    if slice_labels is None:
+        return out, None
+    files = [Path(s.file).name if s.file else None for s in ct.slices[:n]]
+    lab = np.array([slice_labels.get(f, -1) if f else -1 for f in files]).reshape(n // k, k)
+    return out, np.where((lab < 0).any(1), -1, lab.max(1))
+
+
 # --- lung checks ---------------------------------------------------------------------------------
 
 def _apex_base(ref: np.ndarray, spacing: Sequence[float], min_cm2: float = 10.0) -> tuple[int, int] | None:

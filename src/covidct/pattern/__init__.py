@@ -11,13 +11,14 @@ from __future__ import annotations
 import numpy as np
 
 from covidct.pattern.category import RSNA_CATEGORIES, PatternResult, classify_pattern
-from covidct.pattern.features import FEATURE_DOCS, measure_pattern
+from covidct.pattern.features import FEATURE_DOCS, OPENING_RADIUS_MM, measure_pattern
 
-__all__ = ["FEATURE_DOCS", "RSNA_CATEGORIES", "PatternResult", "analyse_pattern", "classify_pattern",
+__all__ = ["FEATURE_DOCS", "OPENING_RADIUS_MM", "RSNA_CATEGORIES", "PatternResult", "analyse_pattern", "classify_pattern",
            "measure_pattern"]
 
 
 def analyse_pattern(lungs: np.ndarray, lesions: np.ndarray, spacing: tuple[float, float, float],
-                    hu: np.ndarray | None = None) -> PatternResult:
-    """Features, RSNA category, CO-RADS and diagnosis of one volume (canonical orientation, HU or None)."""
-    return classify_pattern(measure_pattern(lungs, lesions, spacing, hu))
+                    hu: np.ndarray | None = None, opening_mm: float = OPENING_RADIUS_MM) -> PatternResult:
+    """Features, RSNA category, CO-RADS and diagnosis of one volume (canonical orientation, HU or None);
+    ``opening_mm``: see :func:`measure_pattern`."""
+    return classify_pattern(measure_pattern(lungs, lesions, spacing, hu, opening_mm))

@@ -189,12 +189,19 @@ def covid_logit(f: dict) -> float:
 # The category is evidence too (hand-set log-odds, like the weights above): without it a typical pattern with an
 # effusion and some perihilar share could read "CO-RADS 5" beside "other pneumonia", which no reader can follow.
 CATEGORY_LOGIT = {"typical": 1.5, "atypical": -1.5}
+# ... and the category bounds it: CO-RADS 5 ("typical") never reads as another pneumonia, nor "atypical" as COVID-19
+# (at least this many log-odds on its side, P 0.62; hand-set)
+CATEGORY_MIN_LOGIT = 0.5
 
 
 def classify_pattern(features: dict) -> PatternResult:
     """RSNA category, CO-RADS, reasons and COVID-19 / other pneumonia / normal probabilities."""
     category, co_rads, reasons = rsna_category(features)
     a, c = abnormal_logit(features), covid_logit(features) + CATEGORY_LOGIT.get(category, 0.0)
+    if category == "typical":
+        c = max(c, CATEGORY_MIN_LOGIT)
+    elif category == "atypical":
+        c = min(c, -CATEGORY_MIN_LOGIT)
     p_abn, p_cov = _sigmoid(a), _sigmoid(c)
     probs = {"covid19": p_abn * p_cov, "pneumonia": p_abn * (1.0 - p_cov), "normal": 1.0 - p_abn}
     label = max(DIAGNOSIS_CLASSES, key=lambda k: probs[k])

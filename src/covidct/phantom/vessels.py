@@ -37,14 +37,27 @@ def vessel_tree(
     def nearest(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.argmin(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1), axis=1)
 
-    seg_parent = lobar[nearest(seg, lobar)]
-    term_parent = seg[nearest(term, seg)]
-    starts = np.concatenate([np.repeat(hil[None], n_lobar, 0), seg_parent, term_parent])
+    def bezier(s: np.ndarray, c: np.ndarray, e: np.ndarray, u: np.ndarray) -> np.ndarray:
+        u = u[:, None]
+        return (1 - u) ** 2 * s + 2 * (1 - u) * u * c + u**2 * e
+
+    # Children branch off along the outer part of their parent, thinner than it: all children leaving from
+    # the parent's end would meet there in a star of ~15 overlapping tubes, a dense blob no lung has (it
+    # reads as a nodule or consolidation on HU; docs/BENCHMARKS.md, "HU volumes, second candidate").
+    lobar_ctrl = 0.5 * (hil + lobar) + rng.normal(0.0, 6.0, size=lobar.shape).astype(np.float32)
+    sp_par = nearest(seg, lobar)
+    sp_u = rng.uniform(0.5, 1.0, n_seg).astype(np.float32)
+    seg_start = bezier(np.repeat(hil[None], n_seg, 0), lobar_ctrl[sp_par], lobar[sp_par], sp_u)
+    seg_ctrl = 0.5 * (seg_start + seg) + rng.normal(0.0, 6.0, size=seg.shape).astype(np.float32)
+    tp_par = nearest(term, seg)
+    tp_u = rng.uniform(0.6, 1.0, n_term).astype(np.float32)
+    term_start = bezier(seg_start[tp_par], seg_ctrl[tp_par], seg[tp_par], tp_u)
+    term_ctrl = 0.5 * (term_start + term) + rng.normal(0.0, 6.0, size=term.shape).astype(np.float32)
+    starts = np.concatenate([np.repeat(hil[None], n_lobar, 0), seg_start, term_start])
     ends = np.concatenate([lobar, seg, term])
-    r0 = np.concatenate([np.full(n_lobar, 5.0), np.full(n_seg, 3.2), np.full(n_term, 2.0)])
-    r1 = np.concatenate([np.full(n_lobar, 3.5), np.full(n_seg, 2.0), np.full(n_term, 0.7)])
-    # Gently curved paths: quadratic Bezier with a random control point.
-    ctrl = 0.5 * (starts + ends) + rng.normal(0.0, 6.0, size=starts.shape).astype(np.float32)
+    ctrl = np.concatenate([lobar_ctrl, seg_ctrl, term_ctrl])
+    r0 = np.concatenate([np.full(n_lobar, 5.0), np.full(n_seg, 2.6), np.full(n_term, 1.2)])
+    r1 = np.concatenate([np.full(n_lobar, 3.5), np.full(n_seg, 1.6), np.full(n_term, 0.6)])
     step = 0.4 * float(spacing.min())
     length = np.linalg.norm(ends - starts, axis=1)
     n = int(np.clip(length.max() / step, 8, 600))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from covidct.errors import NoLungsFound
-from covidct.pipeline import diagnosis, lesions, load, lungs, measures, outputs, reporting
+from covidct.pipeline import diagnosis, hu_rules, lesions, load, lungs, measures, outputs, reporting
 from covidct.pipeline.grid import working_grid
 from covidct.pipeline.predict import BATCH_SIZE, ModelRunner
 from covidct.pipeline.types import Analysis, LoadedModel, Masks, Study
@@ -136,18 +136,30 @@ class Analyzer:
         t0 = time.perf_counter()
         finding, pattern = diagnosis.diagnose(ct, masks.lungs, masks.lesions, severity, mode)
         t["diagnosis"] = time.perf_counter() - t0
-        if mode == "volume" and self.models["infection"] is not None:
+        if mode == "volume" and hu_rules.applies(ct.is_hu, ct.n_slices):
+            warnings.extend(diagnosis.low_involvement_warnings(severity, diagnosis.HU_RULE_FALSE_INVOLVEMENT_PCT,
+                                                               hu_rule=True))
+        elif mode == "volume" and self.models["infection"] is not None:
             warnings.extend(diagnosis.low_involvement_warnings(severity))
         info = {role: m.info if m is not None else None for role, m in self.models.items()}
         models = [reporting.model_entry(info["lungs"], "hu-threshold-lungs"),
                   reporting.model_entry(info["lesions"], "hu-rule-lesions")]
-        if info["infection"]:
+        hu_rule = hu_rules.applies(ct.is_hu, ct.n_slices)
+        if hu_rule:  # GGO/consolidation from the HU rule; the lesion model gave the effusion only
+            models.append(reporting.model_entry(None, "hu-rule-lesions (GGO, consolidation)"))
+        elif info["infection"]:
             models.append(reporting.model_entry(info["infection"], ""))
-        warning = uncertainty_warning(masks.uncertainty or {})
-        if warning:
-            warnings.append(warning)
+        uncertainty = dict(masks.uncertainty or {})
+        if hu_rule and uncertainty.get("uncertain_ml") is not None:
+            # the lesion model's own view: here it does not draw the GGO/consolidation masks, so no warning
+            uncertainty["method"] += ("; on this HU volume GGO and consolidation come from the HU rule: these "
+                                      "figures describe the lesion model, not the masks")
+        else:
+            warning = uncertainty_warning(uncertainty)
+            if warning:
+                warnings.append(warning)
         report = reporting.build_report(ct, mode, severity, finding, models, t, warnings, pattern=pattern)
-        report["uncertainty"] = masks.uncertainty
+        report["uncertainty"] = uncertainty if masks.uncertainty is not None else None
         return Analysis(ct=ct, lungs=masks.lungs, lesions=masks.lesions, report=report,
                         lesion_probability=masks.lesion_probability, slice_uncertainty=masks.slice_uncertainty)
 

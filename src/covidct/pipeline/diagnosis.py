@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from covidct.labels import DIAGNOSIS_CLASSES
-from covidct.pattern import analyse_pattern
+from covidct.pattern import OPENING_RADIUS_MM, analyse_pattern
+from covidct.pipeline import hu_rules
 from covidct.volume import CT
 
 PATTERN_METHOD = (
@@ -22,17 +23,25 @@ PATTERN_METHOD = (
 # docs/BENCHMARKS.md; P001's infection-free slices: 3.41 %), rounded up: below it, findings cannot be told
 # from the models' false positives.
 FALSE_INVOLVEMENT_PCT = 4.0
+# The same for the HU lesion rule of whole HU volumes (pipeline.hu_rules): its highest false involvement on
+# the benchmark's lesion-free volumes, rounded up (phantoms, whose vessel junctions it keeps, the highest;
+# real healthy lungs 0.13 % at most: docs/BENCHMARKS.md, "HU volumes, second candidate").
+HU_RULE_FALSE_INVOLVEMENT_PCT = 1.0
 
 
-def low_involvement_warnings(sev: dict) -> list[str]:
-    """A warning when the total involvement is within the models' measured false-positive level."""
+def low_involvement_warnings(sev: dict, level: float = FALSE_INVOLVEMENT_PCT, hu_rule: bool = False) -> list[str]:
+    """A warning when the total involvement is within the measured false-positive ``level`` of the lesions'
+    source (the lesion models, or the HU rule with ``hu_rule``)."""
     total = float(sev["involvement"]["total"])
-    if total >= FALSE_INVOLVEMENT_PCT:
+    if total >= level:
         return []
+    where = ("what the HU lesion rule marks in lesion-free lungs (vessel junctions; measured on phantoms and "
+             "healthy real series)" if hu_rule else
+             "what the lesion models mark in lesion-free lungs (vessels, lung bases; measured on phantoms and on a "
+             "real series' infection-free slices)")
     return [
-        f"total involvement {total:.1f} % is below {FALSE_INVOLVEMENT_PCT:g} %, about what the lesion models mark in "
-        "lesion-free lungs (vessels, lung bases; measured on phantoms and on a real series' infection-free slices): "
-        "at this level the lesion figures, severity score and diagnosis cannot be told from false positives"
+        f"total involvement {total:.1f} % is below {level:g} %, about {where}: at this level the lesion figures, "
+        "severity score and diagnosis cannot be told from false positives"
     ]
 
 
@@ -68,5 +77,7 @@ def diagnose(ct: CT, lungs: np.ndarray, lesions: np.ndarray, sev: dict, mode: st
     image the findings rule and no pattern (``None``)."""
     if mode != "volume":
         return diagnose_from_findings(sev), None
-    res = analyse_pattern(lungs, lesions, ct.spacing, ct.array if ct.is_hu else None)
+    # the HU rule's lesions are already cleaned of vessels: the pattern does not open them again
+    opening = 0.0 if hu_rules.applies(ct.is_hu, ct.n_slices) else OPENING_RADIUS_MM
+    res = analyse_pattern(lungs, lesions, ct.spacing, ct.array if ct.is_hu else None, opening)
     return {"label": res.label, "probabilities": res.probabilities, "method": PATTERN_METHOD}, res.report()

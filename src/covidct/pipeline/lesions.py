@@ -1,7 +1,11 @@
 """Lesions stage: the lesion and infection models (or the HU rule), typing, HU checks and effusion.
 
 The shipped ``lesions`` model (GGO / consolidation / effusion) runs on the lung slices; the binary
-``infection`` model, when shipped, gives the extent and the lesion model the type. For HU input two
+``infection`` model, when shipped, gives the extent and the lesion model the type. On whole HU volumes
+GGO and consolidation come from the HU rule of :mod:`covidct.pipeline.hu_rules` instead (the models
+learned from 8-bit, mid-chest, infected slices only, and mark vessels, lung bases and mask leaks on whole
+volumes: docs/BENCHMARKS.md, "HU volumes"), the infection model is not run, and the lesion model gives
+the pleural effusion. For HU input two
 physical checks follow: GGO/consolidation must lie in the (slightly dilated) lungs and be denser than
 ``lesion_min_hu``; effusion must lie in the pleural space next to a lung, at water density, and is kept
 out of the lung label (as in covidct's phantom and MedSeg's labels). :func:`final_masks` then brings both
@@ -14,6 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from covidct.labels import CONSOLIDATION, EFFUSION, GGO
+from covidct.pipeline import hu_rules
 from covidct.pipeline.grid import first_argmax, upsample_labels
 from covidct.pipeline.morphology import dilate_mm, nearest_labels
 from covidct.pipeline.predict import ModelRunner
@@ -50,7 +55,8 @@ def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_mode
             zs = np.arange(zs.min(), zs.max() + 1)
         prob = runner.probabilities(lesions_model, vol, zs, ct.is_hu, ct.spacing, "lesions")
         binary = prob.shape[1] == 2
-    if infection_model is not None and not infection_model.is_3d:
+    hu_volume = hu_rules.applies(ct.is_hu, ct.n_slices)
+    if infection_model is not None and not infection_model.is_3d and not hu_volume:
         p_inf = runner.probabilities(infection_model, vol, zs, ct.is_hu, ct.spacing, "infection", channel=1)
     if probability is not None:
         probability["lesion"] = probability_volume(vol.shape, zs, infection_probability(prob, p_inf))
@@ -84,6 +90,8 @@ def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_mode
             out[infected & (vol >= -300)] = CONSOLIDATION
         else:
             out[infected] = GGO
+    if hu_volume:
+        out = np.where(out == EFFUSION, EFFUSION, hu_rules.hu_lesions(vol, ct.spacing, lungs)).astype(np.uint8)
     infection = (out == GGO) | (out == CONSOLIDATION)
     infection &= near_lung
     if ct.is_hu:
