@@ -149,3 +149,20 @@ def test_in_plane_morphology_is_scipys(seed):
         np.testing.assert_array_equal(in_plane("erode", mask, kernel, it), ndimage.binary_erosion(mask, s, iterations=it))
         np.testing.assert_array_equal(in_plane("dilate", mask, kernel, it), ndimage.binary_dilation(mask, s, iterations=it))
         np.testing.assert_array_equal(in_plane_opening(mask, kernel), ndimage.binary_opening(mask, s))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_binary_3d_is_scipys_3d_morphology(seed):
+    from covidct.pipeline.hu_rules import ellipsoid
+    from covidct.pipeline.morphology import binary_3d
+
+    rng = np.random.default_rng(seed)
+    for _ in range(8):
+        shape = (int(rng.integers(1, 7)), int(rng.integers(5, 30)), int(rng.integers(5, 30)))
+        mask = rng.random(shape) < rng.uniform(0.2, 0.95)
+        spacing = (float(rng.choice([0.8, 2.0, 5.0])), 1.5, 1.5)
+        s = ellipsoid(spacing, float(rng.uniform(1, 6)), in_plane=bool(rng.integers(0, 2)), min_vox=1,
+                      min_vox_z=int(rng.integers(0, 2)))
+        for op, scipy_op in (("erode", ndimage.binary_erosion), ("dilate", ndimage.binary_dilation),
+                             ("open", ndimage.binary_opening)):
+            np.testing.assert_array_equal(binary_3d(op, mask, s), scipy_op(mask, structure=s))

@@ -26,6 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from covidct.labels import CONSOLIDATION, GGO
+from covidct.pipeline.morphology import binary_3d  # scipy's 3-D binary ops, same voxels, OpenCV speed
 
 
 @dataclass(frozen=True)
@@ -112,21 +113,20 @@ def hu_lesions(hu: np.ndarray, spacing: Sequence[float], lungs: np.ndarray,
     s = settings
     v, lung = hu[box], lungs[box] > 0
     # the border is partial volume with pleura, mediastinum and (through-plane) the diaphragm dome
-    core = ndimage.binary_erosion(lung, structure=ellipsoid(spacing, s.rim_mm, min_vox=1, min_vox_z=1))
+    core = binary_3d("erode", lung, ellipsoid(spacing, s.rim_mm, min_vox=1, min_vox_z=1))
     ggo = core & (v > s.ggo_hu[0]) & (v <= s.ggo_hu[1])
     # in 3-D also on thick slices: in-plane only, the partial volume of vessels crossing a 4-6 mm slice reads
     # as GGO (normal001 averaged to 4 / 6 mm slices: 45 / 66 mL in-plane, 3.1 / 6.7 mL in 3-D); the cost is
     # small GGO seen on fewer than three thick slices (docs/BENCHMARKS.md, "HU volumes, second candidate")
-    ggo = ndimage.binary_opening(ggo, structure=ellipsoid(spacing, s.ggo_open_mm, in_plane=not s.ggo_open_3d,
-                                                          min_vox=1, min_vox_z=1))
+    ggo = binary_3d("open", ggo, ellipsoid(spacing, s.ggo_open_mm, in_plane=not s.ggo_open_3d, min_vox=1, min_vox_z=1))
     dense = core & (v > s.consolidation_hu[0]) & (v < s.consolidation_hu[1])
-    dense = ndimage.binary_opening(dense, structure=ellipsoid(spacing, s.consolidation_open_mm, min_vox=1))
+    dense = binary_3d("open", dense, ellipsoid(spacing, s.consolidation_open_mm, min_vox=1))
     dense = drop_tubes(dense, spacing, s.max_elongation)
     lesion = drop_small_components(ggo | dense, spacing, s.min_lesion_ml)
     # regrow into the unscored rim: lung voxels in the lesion density range next to a lesion
     if s.rim_mm > 0 and lesion.any():
         dense_any = lung & (v > s.ggo_hu[0]) & (v < s.consolidation_hu[1])
-        reach = ndimage.binary_dilation(lesion, structure=ellipsoid(spacing, s.rim_mm + 1.0, min_vox=1, min_vox_z=1))
+        reach = binary_3d("dilate", lesion, ellipsoid(spacing, s.rim_mm + 1.0, min_vox=1, min_vox_z=1))
         lesion |= dense_any & reach & ~core
     sub = np.zeros(v.shape, np.uint8)
     sub[lesion & (v < TYPE_BOUNDARY_HU)] = GGO
@@ -191,8 +191,8 @@ def hu_lungs(hu: np.ndarray, spacing: Sequence[float], lungs: np.ndarray, reach_
         join[0] = False
         m = m | join[lbl]
     m = m | _enclosed_holes(m, np.ones(m.shape, bool), spacing, max_hole_cm2)
-    aerated = ndimage.binary_opening(m & (v < air_hu), structure=ellipsoid(spacing, 1.5, in_plane=True, min_vox=1))
-    near = ndimage.binary_dilation(aerated, structure=ellipsoid(spacing, reach_mm, in_plane=True))
+    aerated = binary_3d("open", m & (v < air_hu), ellipsoid(spacing, 1.5, in_plane=True, min_vox=1))
+    near = binary_3d("dilate", aerated, ellipsoid(spacing, reach_mm, in_plane=True))
     keep = m & near
     keep = keep | _enclosed_holes(keep, m, spacing, max_hole_cm2)  # lesions enclosed by kept lung stay
     out = np.zeros(lungs.shape, bool)

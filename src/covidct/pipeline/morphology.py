@@ -102,3 +102,34 @@ def in_plane(op: str, mask: np.ndarray, kernel: np.ndarray, iterations: int = 1)
 def in_plane_opening(mask: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """``scipy.ndimage.binary_opening`` of each slice with the symmetric 2-D ``kernel`` (see :func:`in_plane`)."""
     return in_plane("dilate", in_plane("erode", mask, kernel), kernel)
+
+
+def binary_3d(op: str, mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_erosion`` (``"erode"``), ``binary_dilation`` (``"dilate"``) or ``binary_opening``
+    (``"open"``) of a (z, y, x) mask with a symmetric 3-D ``structure`` (an odd number of slices), outside the
+    array counting as background as in scipy. The same voxels: each slice layer of the structure acts in-plane
+    (:func:`in_plane`, OpenCV) and the shifted results are intersected (erosion) or joined (dilation);
+    several times faster than scipy's 3-D pass for the HU rule's ellipsoids."""
+    if op == "open":
+        return binary_3d("dilate", binary_3d("erode", mask, structure), structure)
+    mask = np.asarray(mask, bool)
+    rz = structure.shape[0] // 2
+    erode = op == "erode"
+    out = np.full(mask.shape, erode, bool)
+    n = len(mask)
+    for dz, layer in zip(range(-rz, rz + 1), structure, strict=True):
+        if not layer.any():
+            continue
+        # erosion: out[z] needs mask[z + dz] eroded by the layer (nothing beyond the array: background)
+        # dilation: out[z] gets mask[z - dz] dilated by the layer
+        shift = dz if erode else -dz
+        lo, hi = max(0, -shift), min(n, n - shift)  # the z whose partner slice z + shift exists
+        part = in_plane(op, mask[lo + shift : hi + shift], layer) if hi > lo else None
+        if erode:
+            out[:lo] = False
+            out[hi:] = False
+            if part is not None:
+                out[lo:hi] &= part
+        elif part is not None:
+            out[lo:hi] |= part
+    return out
