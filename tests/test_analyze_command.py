@@ -231,7 +231,10 @@ def test_ctrl_c_stops_cleanly(study, tmp_path, delay):
         return
     assert proc.returncode == 130, stderr
     assert stderr.strip() == "covidct: interrupted" and not stdout
-    assert list(tmp_path.iterdir()) == []
+    left = list(tmp_path.iterdir())
+    # The signal may land in the last moments, after the finished output was moved into place (helpers
+    # stopping, summary): that complete output stays; never a half-written one or a staging folder.
+    assert left == [] or (left == [out] and (out / "report.json").is_file()), left
 
 
 @pytest.mark.parametrize("delay", [1.0, 2.5])
