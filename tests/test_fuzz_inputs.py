@@ -159,7 +159,10 @@ def _damage(folder: Path, files: list[Path], datasets: list, slice_ops: list[tup
             except (TypeError, ValueError):
                 pass
         elif kind == "same_position_as_first" and "ImagePositionPatient" in datasets[0]:
-            ds.ImagePositionPatient = datasets[0].ImagePositionPatient
+            try:  # the first slice's position may itself be damaged already ('abc'): pydicom refuses to copy it
+                ds.ImagePositionPatient = datasets[0].ImagePositionPatient
+            except (TypeError, ValueError):
+                pass
         else:
             file_ops.append((k % len(datasets), op))
     for ds, path in zip(datasets, files, strict=True):
