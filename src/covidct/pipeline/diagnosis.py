@@ -72,12 +72,16 @@ def diagnose_from_findings(sev: dict) -> dict:
     }
 
 
+def pattern_opening(ct: CT) -> float:
+    """The opening the pattern features take of this CT's lesion masks: none for the HU rule's (already cleaned
+    of vessels in 3-D), the 3 mm ball for the lesion models' (see covidct.pattern.measure_pattern)."""
+    return 0.0 if hu_rules.applies(ct.is_hu, ct.n_slices) else OPENING_RADIUS_MM
+
+
 def diagnose(ct: CT, lungs: np.ndarray, lesions: np.ndarray, sev: dict, mode: str) -> tuple[dict, dict | None]:
     """The report's ``diagnosis`` and ``pattern``: from the lesion pattern for a volume; for a single 2-D
     image the findings rule and no pattern (``None``)."""
     if mode != "volume":
         return diagnose_from_findings(sev), None
-    # the HU rule's lesions are already cleaned of vessels: the pattern does not open them again
-    opening = 0.0 if hu_rules.applies(ct.is_hu, ct.n_slices) else OPENING_RADIUS_MM
-    res = analyse_pattern(lungs, lesions, ct.spacing, ct.array if ct.is_hu else None, opening)
+    res = analyse_pattern(lungs, lesions, ct.spacing, ct.array if ct.is_hu else None, pattern_opening(ct))
     return {"label": res.label, "probabilities": res.probabilities, "method": PATTERN_METHOD}, res.report()
