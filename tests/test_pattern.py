@@ -269,3 +269,35 @@ def test_the_hu_rule_masks_are_read_with_their_own_opening_and_abnormal_level() 
     between = dict(f, opacity_percent=(OPACITY_PERCENT_HU_RULE + OPACITY_PERCENT) / 2)
     assert classify_pattern(between).rsna_category == "negative"
     assert classify_pattern(between, OPACITY_PERCENT_HU_RULE).rsna_category == "typical"
+
+
+def test_lung_geometry_on_each_slices_box_is_the_whole_slices():
+    """The per-slice distances are computed on the slice's lung box: the same values as on the whole slice."""
+    from scipy import ndimage
+
+    from covidct.pattern.geometry import lung_geometry, thoracic_envelope
+
+    rng = np.random.default_rng(7)
+    lungs = np.zeros((5, 60, 80), np.uint8)
+    for k in range(1, 5):
+        y0, x0 = (int(v) for v in rng.integers(0, 20, 2))
+        lungs[k, 10 + y0 : 35 + y0, 5 + x0 : 25 + x0] = 2
+        lungs[k, 8 + y0 : 30 + y0, 35 + x0 : 55 + x0] = 1
+    lungs[3, 0:5, 0:6] = 2  # touching the slice edge
+    lungs[lungs > 0] *= rng.random(lungs.shape)[lungs > 0] > 0.05
+    dy, dx = 0.8, 0.7
+    g = lung_geometry(lungs, (2.0, dy, dx))
+    y = np.arange(lungs.shape[1], dtype=np.float32)[:, None]
+    for k in range(len(lungs)):
+        if not lungs[k].any():
+            assert np.isnan(g.relative_depth[k]).all()
+            continue
+        env = thoracic_envelope(lungs[k] > 0)
+        d = ndimage.distance_transform_edt(np.pad(env, 1), sampling=(dy, dx))[1:-1, 1:-1].astype(np.float32)
+        for lab in (1, 2):
+            m = lungs[k] == lab
+            if m.any():
+                np.testing.assert_array_equal(g.relative_depth[k][m], d[m] / max(float(d[m].max()), 1e-6))
+                rows = np.flatnonzero(m.any(axis=1))
+                ap = np.broadcast_to((y - rows[0]) / max(rows[-1] - rows[0], 1), m.shape)[m]
+                np.testing.assert_array_equal(g.ap_position[k][m], ap.astype(np.float32))

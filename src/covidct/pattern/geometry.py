@@ -23,6 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 from covidct.labels import LEFT_LUNG, RIGHT_LUNG
+from covidct.preprocess import bounding_box
 
 
 @dataclass
@@ -63,16 +64,20 @@ def lung_geometry(lungs: np.ndarray, spacing: tuple[float, float, float]) -> Lun
     ap = np.full(lungs.shape, nan, np.float32)
     y = np.arange(lungs.shape[1], dtype=np.float32)[:, None]
     for k in np.flatnonzero(inside.reshape(len(lungs), -1).any(axis=1)):
-        env = thoracic_envelope(inside[k])
+        # on the slice's lung box: the envelope lies within it and the padded ring around it is outside the
+        # envelope, so the distances are those of the whole slice (tests/test_pattern.py checks it)
+        box = bounding_box(inside[k])
+        env = thoracic_envelope(inside[k][box])
         # distance of every envelope pixel to the nearest pixel outside it (the chest wall side)
         d = ndimage.distance_transform_edt(np.pad(env, 1), sampling=(dy, dx))[1:-1, 1:-1].astype(np.float32)
+        yb = y[box[0]]
         for lab in (LEFT_LUNG, RIGHT_LUNG):
-            m = lungs[k] == lab
+            m = lungs[k][box] == lab
             if not m.any():
                 continue
-            rel[k][m] = d[m] / max(float(d[m].max()), 1e-6)
-            rows = np.flatnonzero(m.any(axis=1))
-            ap[k][m] = np.broadcast_to((y - rows[0]) / max(rows[-1] - rows[0], 1), m.shape)[m]
+            rel[k][box][m] = d[m] / max(float(d[m].max()), 1e-6)
+            rows = np.flatnonzero(m.any(axis=1)) + box[0].start
+            ap[k][box][m] = np.broadcast_to((yb - rows[0]) / max(rows[-1] - rows[0], 1), m.shape)[m]
 
     # posterior gap: distance above the most posterior lung voxel of the same (z, x) column
     has = inside.any(axis=1)
