@@ -68,7 +68,7 @@ def _set_ggo_floor(step_hu: float) -> bool:
 def run_case(analyzer, folder: Path) -> dict:
     from covidct.io import load_ct
     from covidct.pattern import analyse_pattern
-    from covidct.pipeline.diagnosis import pattern_opening
+    from covidct.pipeline.diagnosis import pattern_reading
 
     ct = load_ct(folder)
     t0 = time.perf_counter()
@@ -76,7 +76,7 @@ def run_case(analyzer, folder: Path) -> dict:
     t_an = time.perf_counter() - t0
     t0 = time.perf_counter()
     res = analyse_pattern(analysis.lungs, analysis.lesions, ct.spacing, ct.array if ct.is_hu else None,
-                          pattern_opening(ct))
+                          **pattern_reading(ct))
     t_pat = time.perf_counter() - t0
     return _summary(res) | {"analyze_s": round(t_an, 2), "pattern_s": round(t_pat, 2),
                             "report_diagnosis": analysis.report.get("diagnosis", {}).get("label"),
@@ -95,7 +95,7 @@ def boundary_shifts(lungs, lesions, ct) -> dict:
 
     from covidct.labels import CONSOLIDATION, GGO
     from covidct.pattern import analyse_pattern
-    from covidct.pipeline.diagnosis import pattern_opening
+    from covidct.pipeline.diagnosis import pattern_reading
 
     cross = np.zeros((1, 3, 3), bool)
     cross[0, 1, :] = cross[0, :, 1] = True
@@ -106,7 +106,7 @@ def boundary_shifts(lungs, lesions, ct) -> dict:
             m = op(lesions == lab, cross) & (lungs > 0) & (les == 0)
             les[m] = lab
         out[name] = _summary(analyse_pattern(lungs, les, ct.spacing, ct.array if ct.is_hu else None,
-                                             pattern_opening(ct)))
+                                             **pattern_reading(ct)))
     return out
 
 
@@ -120,11 +120,11 @@ def calibrate(n: int) -> dict:
     from covidct.phantom import make_phantom
     from covidct.phantom.patterns import EXPECTED, make_pattern_phantom
     from covidct.pipeline import analyze
-    from covidct.pipeline.diagnosis import pattern_opening
+    from covidct.pipeline.diagnosis import pattern_reading
 
     def row(ph, **extra) -> dict:
         a = analyze(ph.ct)
-        r = analyse_pattern(a.lungs, a.lesions, ph.ct.spacing, ph.ct.array, pattern_opening(ph.ct))
+        r = analyse_pattern(a.lungs, a.lesions, ph.ct.spacing, ph.ct.array, **pattern_reading(ph.ct))
         t = analyse_pattern(ph.lungs, ph.lesions, ph.ct.spacing, ph.ct.array)
         return extra | {"raw_involvement": a.report["involvement_percent"]["total"],
                         "opacity_percent": r.features["opacity_percent"], "models": [r.rsna_category, r.label],

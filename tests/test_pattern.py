@@ -252,6 +252,25 @@ def test_a_typical_category_is_never_reported_beside_other_pneumonia() -> None:
     assert res.rsna_category == "typical" and res.probabilities["covid19"] > res.probabilities["pneumonia"]
 
 
+def test_the_hu_rule_masks_are_read_with_their_own_opening_and_abnormal_level() -> None:
+    """Whole HU volumes: the HU rule's masks (already cleaned of vessels) are not opened again and count as abnormal
+    from the HU rule's own false-positive level; 8-bit volumes keep the lesion models' opening and level."""
+    from covidct.pattern import OPACITY_PERCENT, OPACITY_PERCENT_HU_RULE, OPENING_RADIUS_MM
+    from covidct.pattern.category import classify_pattern
+    from covidct.pipeline.diagnosis import pattern_reading
+    from covidct.volume import CT, affine_from_spacing
+
+    sp = (2.0, 1.0, 1.0)
+    hu = CT(array=np.zeros((8, 16, 16), np.float32), spacing=sp, affine=affine_from_spacing(sp), is_hu=True, kind="array")
+    disp = CT(array=np.zeros((8, 16, 16), np.float32), spacing=sp, affine=affine_from_spacing(sp), is_hu=False, kind="array")
+    assert pattern_reading(hu) == {"opening_mm": 0.0, "abnormal_percent": OPACITY_PERCENT_HU_RULE}
+    assert pattern_reading(disp) == {"opening_mm": OPENING_RADIUS_MM, "abnormal_percent": OPACITY_PERCENT}
+    _, f = run(typical)
+    between = dict(f, opacity_percent=(OPACITY_PERCENT_HU_RULE + OPACITY_PERCENT) / 2)
+    assert classify_pattern(between).rsna_category == "negative"
+    assert classify_pattern(between, OPACITY_PERCENT_HU_RULE).rsna_category == "typical"
+
+
 def test_lung_geometry_on_each_slices_box_is_the_whole_slices():
     """The per-slice distances are computed on the slice's lung box: the same values as on the whole slice."""
     from scipy import ndimage

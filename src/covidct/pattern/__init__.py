@@ -10,15 +10,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from covidct.pattern.category import RSNA_CATEGORIES, PatternResult, classify_pattern
+from covidct.pattern.category import (
+    OPACITY_PERCENT,
+    OPACITY_PERCENT_HU_RULE,
+    RSNA_CATEGORIES,
+    PatternResult,
+    classify_pattern,
+)
 from covidct.pattern.features import FEATURE_DOCS, OPENING_RADIUS_MM, measure_pattern
 
-__all__ = ["FEATURE_DOCS", "OPENING_RADIUS_MM", "RSNA_CATEGORIES", "PatternResult", "analyse_pattern", "classify_pattern",
+__all__ = ["FEATURE_DOCS", "OPACITY_PERCENT", "OPACITY_PERCENT_HU_RULE", "OPENING_RADIUS_MM", "RSNA_CATEGORIES", "PatternResult", "analyse_pattern", "classify_pattern",
            "measure_pattern"]
 
 
 def analyse_pattern(lungs: np.ndarray, lesions: np.ndarray, spacing: tuple[float, float, float],
-                    hu: np.ndarray | None = None, opening_mm: float = OPENING_RADIUS_MM) -> PatternResult:
+                    hu: np.ndarray | None = None, opening_mm: float = OPENING_RADIUS_MM,
+                    abnormal_percent: float = OPACITY_PERCENT) -> PatternResult:
     """Features, RSNA category, CO-RADS and diagnosis of one volume (canonical orientation, HU or None);
-    ``opening_mm``: see :func:`measure_pattern`."""
-    return classify_pattern(measure_pattern(lungs, lesions, spacing, hu, opening_mm))
+    ``opening_mm``: see :func:`measure_pattern`; ``abnormal_percent``: see :func:`rsna_category`."""
+    return classify_pattern(measure_pattern(lungs, lesions, spacing, hu, opening_mm), abnormal_percent)

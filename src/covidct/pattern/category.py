@@ -28,6 +28,10 @@ from covidct.labels import DIAGNOSIS_CLASSES
 # section), rounded up. (On 192² phantoms the models mark 4-5 %: masks that false, no threshold rescues.)
 # P(abnormal) is 0.5 here, 0.1 at half and 0.9 at twice this.
 OPACITY_PERCENT = 1.0
+# The same, derived the same way for the HU rule's lesion masks of whole HU volumes (covidct.pipeline.hu_rules):
+# its highest false involvement on the lesion-free phantoms is 0.62 % (docs/BENCHMARKS.md, "HU volumes, second
+# candidate": phantoms 200-202 0.47-0.62 %; pattern calibration 0.31-0.54 %), rounded up.
+OPACITY_PERCENT_HU_RULE = 0.7
 BILATERAL_SHARE = 0.1
 PERIPHERAL = 0.5
 PERIHILAR = 0.4
@@ -67,11 +71,11 @@ def _pct(x: float) -> str:
     return f"{100.0 * x:.0f} %"
 
 
-def _findings(f: dict) -> dict[str, bool]:
+def _findings(f: dict, abnormal_percent: float = OPACITY_PERCENT) -> dict[str, bool]:
     """Yes/no findings from the features (each a literature definition, see FEATURE_DOCS)."""
     septal = f.get("septal_line_fraction")
     return {
-        "opacity": f["opacity_percent"] >= OPACITY_PERCENT,
+        "opacity": f["opacity_percent"] >= abnormal_percent,
         "bilateral": f["minor_side_share"] >= BILATERAL_SHARE,
         "peripheral": f["peripheral_fraction"] >= PERIPHERAL,
         "perihilar": f["perihilar_fraction"] >= PERIHILAR,
@@ -102,9 +106,10 @@ def _describe(f: dict, y: dict) -> str:
     return ", ".join(parts)
 
 
-def rsna_category(f: dict) -> tuple[str, int, list[str]]:
-    """(RSNA category, CO-RADS score, reasons) from the pattern features."""
-    y = _findings(f)
+def rsna_category(f: dict, abnormal_percent: float = OPACITY_PERCENT) -> tuple[str, int, list[str]]:
+    """(RSNA category, CO-RADS score, reasons) from the pattern features; ``abnormal_percent``: the opacity that
+    counts as abnormal (``OPACITY_PERCENT``, or ``OPACITY_PERCENT_HU_RULE`` for the HU rule's masks)."""
+    y = _findings(f, abnormal_percent)
     reasons: list[str] = []
     if f["dependent_density_ml"] >= 1.0:
         reasons.append(f"{f['dependent_density_ml']:.0f} mL of dependent (posterior subpleural band) density not "
@@ -112,7 +117,7 @@ def rsna_category(f: dict) -> tuple[str, int, list[str]]:
     abnormal = y["opacity"] or y["segmental"] or y["nodular"] or y["effusion"]
     if not abnormal:
         note = f"; {f['n_nodules']} discrete nodule(s), not a pneumonia pattern" if f["n_nodules"] else ""
-        reasons.insert(0, f"no parenchymal opacity above {OPACITY_PERCENT:g} % of the lungs "
+        reasons.insert(0, f"no parenchymal opacity above {abnormal_percent:g} % of the lungs "
                           f"({f['opacity_percent']:.2f} %){note} → negative for pneumonia")
         return "negative", 1, reasons
     if y["opacity"] and y["ggo"] and ((y["bilateral"] and y["peripheral"]) or (y["round"] and y["bilateral"] and not y["perihilar"])):
@@ -158,10 +163,10 @@ def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 
 
-def abnormal_logit(f: dict) -> float:
+def abnormal_logit(f: dict, abnormal_percent: float = OPACITY_PERCENT) -> float:
     """Log-odds of an abnormal (pneumonia) CT: opacity amount plus the non-COVID pneumonia findings."""
-    y = _findings(f)
-    amount = math.log2(max(f["opacity_percent"], 1e-3) / OPACITY_PERCENT) * math.log(9.0)
+    y = _findings(f, abnormal_percent)
+    amount = math.log2(max(f["opacity_percent"], 1e-3) / abnormal_percent) * math.log(9.0)
     # each non-COVID finding alone makes the CT abnormal (P 0.88); they add up with the opacity amount
     findings = 2.0 * (y["segmental"] + y["nodular"] + y["effusion"])
     return max(amount, findings) if findings else amount
@@ -194,10 +199,11 @@ CATEGORY_LOGIT = {"typical": 1.5, "atypical": -1.5}
 CATEGORY_MIN_LOGIT = 0.5
 
 
-def classify_pattern(features: dict) -> PatternResult:
-    """RSNA category, CO-RADS, reasons and COVID-19 / other pneumonia / normal probabilities."""
-    category, co_rads, reasons = rsna_category(features)
-    a, c = abnormal_logit(features), covid_logit(features) + CATEGORY_LOGIT.get(category, 0.0)
+def classify_pattern(features: dict, abnormal_percent: float = OPACITY_PERCENT) -> PatternResult:
+    """RSNA category, CO-RADS, reasons and COVID-19 / other pneumonia / normal probabilities (``abnormal_percent``:
+    see :func:`rsna_category`)."""
+    category, co_rads, reasons = rsna_category(features, abnormal_percent)
+    a, c = abnormal_logit(features, abnormal_percent), covid_logit(features) + CATEGORY_LOGIT.get(category, 0.0)
     if category == "typical":
         c = max(c, CATEGORY_MIN_LOGIT)
     elif category == "atypical":
@@ -206,7 +212,7 @@ def classify_pattern(features: dict) -> PatternResult:
     probs = {"covid19": p_abn * p_cov, "pneumonia": p_abn * (1.0 - p_cov), "normal": 1.0 - p_abn}
     label = max(DIAGNOSIS_CLASSES, key=lambda k: probs[k])
     reasons.append(f"P(abnormal) {p_abn:.2f} from opacity {features['opacity_percent']:.2f} % of the lungs "
-                   f"(0.5 at {OPACITY_PERCENT:g} %); P(COVID-19 | abnormal) {p_cov:.2f} from the pattern")
+                   f"(0.5 at {abnormal_percent:g} %); P(COVID-19 | abnormal) {p_cov:.2f} from the pattern")
     return PatternResult(
         rsna_category=category, co_rads=co_rads, features=dict(features), reasons=reasons,
         probabilities={k: round(float(probs[k]), 4) for k in DIAGNOSIS_CLASSES}, label=label,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from covidct.labels import DIAGNOSIS_CLASSES
-from covidct.pattern import OPENING_RADIUS_MM, analyse_pattern
+from covidct.pattern import OPACITY_PERCENT, OPACITY_PERCENT_HU_RULE, OPENING_RADIUS_MM, analyse_pattern
 from covidct.pipeline import hu_rules
 from covidct.volume import CT
 
@@ -72,10 +72,13 @@ def diagnose_from_findings(sev: dict) -> dict:
     }
 
 
-def pattern_opening(ct: CT) -> float:
-    """The opening the pattern features take of this CT's lesion masks: none for the HU rule's (already cleaned
-    of vessels in 3-D), the 3 mm ball for the lesion models' (see covidct.pattern.measure_pattern)."""
-    return 0.0 if hu_rules.applies(ct.is_hu, ct.n_slices) else OPENING_RADIUS_MM
+def pattern_reading(ct: CT) -> dict:
+    """How the pattern reads this CT's lesion masks (keyword arguments of covidct.pattern.analyse_pattern):
+    the HU rule's masks (already cleaned of vessels in 3-D) without a second opening and abnormal from its own
+    false-positive level; the lesion models' masks opened by the 3 mm ball, abnormal from theirs."""
+    if hu_rules.applies(ct.is_hu, ct.n_slices):
+        return {"opening_mm": 0.0, "abnormal_percent": OPACITY_PERCENT_HU_RULE}
+    return {"opening_mm": OPENING_RADIUS_MM, "abnormal_percent": OPACITY_PERCENT}
 
 
 def diagnose(ct: CT, lungs: np.ndarray, lesions: np.ndarray, sev: dict, mode: str) -> tuple[dict, dict | None]:
@@ -83,5 +86,7 @@ def diagnose(ct: CT, lungs: np.ndarray, lesions: np.ndarray, sev: dict, mode: st
     image the findings rule and no pattern (``None``)."""
     if mode != "volume":
         return diagnose_from_findings(sev), None
-    res = analyse_pattern(lungs, lesions, ct.spacing, ct.array if ct.is_hu else None, pattern_opening(ct))
-    return {"label": res.label, "probabilities": res.probabilities, "method": PATTERN_METHOD}, res.report()
+    reading = pattern_reading(ct)
+    res = analyse_pattern(lungs, lesions, ct.spacing, ct.array if ct.is_hu else None, **reading)
+    method = PATTERN_METHOD.replace("50 % at 1 %", f"50 % at {reading['abnormal_percent']:g} %")
+    return {"label": res.label, "probabilities": res.probabilities, "method": method}, res.report()
