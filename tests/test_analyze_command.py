@@ -335,3 +335,18 @@ def test_ctrl_c_stops_a_batch_cleanly(study, tmp_path):
     assert stderr.strip() == "covidct: interrupted"
     for study_out in out.iterdir() if out.exists() else []:  # no hidden temp folder either
         assert (study_out / "report.json").is_file(), sorted(p.name for p in study_out.iterdir())
+
+
+def test_ctrl_c_during_the_start_up_imports_is_one_line_exit_130():
+    """A Ctrl-C while the command-line interface is still being imported: no traceback, exit 130."""
+    code = ("import builtins\n"
+            "real = builtins.__import__\n"
+            "def imp(name, *a, **k):\n"
+            "    if name == 'covidct.cli':\n"
+            "        raise KeyboardInterrupt\n"
+            "    return real(name, *a, **k)\n"
+            "builtins.__import__ = imp\n"
+            "import covidct.entry\n"
+            "covidct.entry.run()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 130 and proc.stderr.strip() == "covidct: interrupted" and not proc.stdout

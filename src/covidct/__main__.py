@@ -1,3 +1,3 @@
-from covidct.cli import run
+from covidct.entry import run
 
 run()
