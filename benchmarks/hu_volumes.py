@@ -215,7 +215,7 @@ def _cache_name(name: str) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=REPO.parent.parent / "shared" / "data")
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")  # ../shared/data beside the repo
     ap.add_argument("--phantoms", type=int, default=3)
     ap.add_argument("--loo", action="store_true", help="also choose the HU lesion rule's settings leave-one-volume-out")
     ap.add_argument("--cache", type=Path, default=None, help="keep the shipped pipeline's masks here between runs")
@@ -224,13 +224,8 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
     if not a.data.is_dir():
-        for cand in (Path("/work/shared/data"),):
-            if cand.is_dir():
-                a.data = cand
-                break
-        else:
-            print(f"skipped: no data folder {a.data}")
-            return 0
+        print(f"skipped: no data folder {a.data}")
+        return 0
     rows = run(a.data, a.phantoms, a.cache, a.before, a.loo, a.nodule_margin)
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
