@@ -136,15 +136,12 @@ class Analyzer:
         t0 = time.perf_counter()
         finding, pattern = diagnosis.diagnose(ct, masks.lungs, masks.lesions, severity, mode)
         t["diagnosis"] = time.perf_counter() - t0
-        if mode == "volume" and hu_rules.applies(ct.is_hu, ct.n_slices):
-            warnings.extend(diagnosis.low_involvement_warnings(severity, diagnosis.HU_RULE_FALSE_INVOLVEMENT_PCT,
-                                                               hu_rule=True))
-        elif mode == "volume" and self.models["infection"] is not None:
-            warnings.extend(diagnosis.low_involvement_warnings(severity))
+        hu_rule = hu_rules.applies(ct.is_hu, ct.n_slices)  # GGO/consolidation came from the HU rule
+        if mode == "volume" and (hu_rule or self.models["infection"] is not None):
+            warnings.extend(diagnosis.low_involvement_warnings(severity, hu_rule=hu_rule))
         info = {role: m.info if m is not None else None for role, m in self.models.items()}
         models = [reporting.model_entry(info["lungs"], "hu-threshold-lungs"),
                   reporting.model_entry(info["lesions"], "hu-rule-lesions")]
-        hu_rule = hu_rules.applies(ct.is_hu, ct.n_slices)
         if hu_rule:  # GGO/consolidation from the HU rule; the lesion model gave the effusion only
             models.append(reporting.model_entry(None, "hu-rule-lesions (GGO, consolidation)"))
         elif info["infection"]:

@@ -15,7 +15,7 @@ from covidct.volume import CT
 
 PATTERN_METHOD = (
     "from the lesion pattern (covidct.pattern; rules with literature thresholds, not fitted to patients): "
-    "P(abnormal) from the parenchymal opacity (50 % at 1 % of the lungs) and non-COVID findings; COVID-19 "
+    "P(abnormal) from the parenchymal opacity (50 % at {abnormal_percent:g} % of the lungs) and non-COVID findings; COVID-19 "
     "against other pneumonia from where and what the opacities are (RSNA consensus, CO-RADS): see `pattern`"
 )
 
@@ -29,9 +29,10 @@ FALSE_INVOLVEMENT_PCT = 4.0
 HU_RULE_FALSE_INVOLVEMENT_PCT = 1.0
 
 
-def low_involvement_warnings(sev: dict, level: float = FALSE_INVOLVEMENT_PCT, hu_rule: bool = False) -> list[str]:
-    """A warning when the total involvement is within the measured false-positive ``level`` of the lesions'
-    source (the lesion models, or the HU rule with ``hu_rule``)."""
+def low_involvement_warnings(sev: dict, hu_rule: bool = False) -> list[str]:
+    """A warning when the total involvement is within the measured false-positive level of the lesions' source
+    (the lesion models, or the HU rule with ``hu_rule``)."""
+    level = HU_RULE_FALSE_INVOLVEMENT_PCT if hu_rule else FALSE_INVOLVEMENT_PCT
     total = float(sev["involvement"]["total"])
     if total >= level:
         return []
@@ -88,5 +89,5 @@ def diagnose(ct: CT, lungs: np.ndarray, lesions: np.ndarray, sev: dict, mode: st
         return diagnose_from_findings(sev), None
     reading = pattern_reading(ct)
     res = analyse_pattern(lungs, lesions, ct.spacing, ct.array if ct.is_hu else None, **reading)
-    method = PATTERN_METHOD.replace("50 % at 1 %", f"50 % at {reading['abnormal_percent']:g} %")
+    method = PATTERN_METHOD.format(abnormal_percent=reading["abnormal_percent"])
     return {"label": res.label, "probabilities": res.probabilities, "method": method}, res.report()
