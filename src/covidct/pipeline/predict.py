@@ -55,10 +55,14 @@ class ModelRunner:
             return prob if channel is None else np.ascontiguousarray(prob[:, channel])
         rows = self._rows(model, vol, zs, is_hu)
         done: dict[int, np.ndarray] = {}
+        out = None
         job = self.running.pop(id(model), None)
-        if job is not None:  # what ran ahead, for the slices asked for; the others (if any) run below as usual
-            done = job.finish(model.net, vol, is_hu, zs)
-        out = self._run(model, vol, zs, is_hu, rows, channel, done)
+        if job is not None:  # what ran ahead, for the slices asked for; any others run below as usual
+            out = job.finish(model.net, vol, is_hu, zs, channel)
+            if out is None:
+                done = job.done_rows()
+        if out is None:
+            out = self._run(model, vol, zs, is_hu, rows, channel, done)
         nxt = self.ahead.pop(role, None)
         if nxt is not None:
             self.running[id(nxt)] = RunAhead(nxt, vol, zs, is_hu, self._rows(nxt, vol, zs, is_hu), self.batch_size)
@@ -87,13 +91,12 @@ class ModelRunner:
         # are held for the whole series (P001's lesion stage: about 100 MB less at its peak)
         out: np.ndarray | None = None
         ran: set[int] = set()
-        if done:  # copied in slice order and dropped as it goes: each ahead batch is freed once copied
+        if done:
             first = next(iter(done.values()))
             out = np.empty((len(zs), *(first.shape if channel is None else first.shape[1:])), first.dtype)
             for i, z in enumerate(zs):
                 if int(z) in done:
-                    p = done.pop(int(z))
-                    out[i] = p if channel is None else p[channel]
+                    out[i] = done[int(z)] if channel is None else done[int(z)][channel]
                     ran.add(int(z))
             done.clear()
         todo = np.asarray([i for i, z in enumerate(zs) if int(z) not in ran], dtype=int)
@@ -121,7 +124,8 @@ class RunAhead:
     (:meth:`finish`), the asking thread runs the slices not started yet, from the end, with the model's own session,
     and also the one the background thread is busy with rather than wait for it. A slice's output of these
     networks does not depend on the batch it ran in nor on the session's thread count (bit for bit:
-    tests/test_run_ahead.py), so the outputs are those of the plain pass.
+    tests/test_run_ahead.py), so the outputs are those of the plain pass. The results go into one array allocated
+    once (kept per slice, the heap grew by a batch's temporaries for every batch: P001 +600 MB).
     """
 
     def __init__(self, model: LoadedModel, vol: np.ndarray, zs: np.ndarray, is_hu: bool, rows: dict[int, np.ndarray],
@@ -129,9 +133,12 @@ class RunAhead:
         from covidct.models import runtime
 
         self.model, self.vol, self.is_hu, self.rows, self.batch_size = model, vol, is_hu, rows, batch_size
-        self.pending = [int(z) for z in zs]
+        self.zs = [int(z) for z in zs]
+        self.row_of = {z: i for i, z in enumerate(self.zs)}
+        self.pending = list(self.zs)
         self.busy: set[int] = set()  # slices the background thread is running now
-        self.done: dict[int, np.ndarray] = {}
+        self.have = np.zeros(len(self.zs), bool)
+        self.results: np.ndarray | None = None  # (slices, C, H, W), allocated with the first result
         self.error: BaseException | None = None
         self.stopped = False
         self.lock = threading.Lock()
@@ -153,6 +160,14 @@ class RunAhead:
         return predict_slices(net, self.model.info, self.vol[chunk], self.is_hu, batch_size=len(chunk),
                               prepared=np.stack([self.rows[z] for z in zs]))
 
+    def _keep(self, zs: list[int], prob: np.ndarray) -> None:
+        """Store results (under the lock)."""
+        if self.results is None:
+            self.results = np.empty((len(self.zs), *prob.shape[1:]), prob.dtype)
+        for z, p in zip(zs, prob, strict=True):
+            self.results[self.row_of[z]] = p
+            self.have[self.row_of[z]] = True
+
     def _work(self, net) -> None:
         import os
 
@@ -172,31 +187,49 @@ class RunAhead:
                     self.busy.discard(z)
                     if self.stopped:
                         return
-                    self.done[z] = prob[0]
+                    self._keep([z], prob)
         except BaseException as exc:  # noqa: BLE001 - the asking thread then runs the slices itself
             with self.lock:
                 self.error = exc
 
-    def finish(self, net, vol: np.ndarray, is_hu: bool, zs: np.ndarray) -> dict[int, np.ndarray]:
-        """Slice -> probabilities (C, H, W) of the slices ``zs`` that ran ahead; this thread runs what is left of
-        them (see the class). Nothing when the pass ran on another volume (the caller then runs it itself)."""
+    def finish(self, net, vol: np.ndarray, is_hu: bool, zs: np.ndarray, channel: int | None = None) -> np.ndarray | None:
+        """The (N, C, H, W) probabilities of slices ``zs`` (``channel``: (N, H, W), that class's), once this thread
+        has run what is left of them (see the class); None when they are not all among the slices run ahead in
+        the same order (then :meth:`done_rows` has what did run) or the pass ran on another volume."""
         if vol is not self.vol or is_hu != self.is_hu:
             self.cancel()
-            return {}
+            return None
         wanted = {int(z) for z in zs}
         with self.lock:
             self.pending = [z for z in self.pending if z in wanted]
         while True:
             with self.lock:
-                todo = self.pending[-self.batch_size :] or sorted(self.busy)
+                todo = self.pending[-self.batch_size :] or sorted(self.busy & wanted)
                 del self.pending[-self.batch_size :]
                 if not todo:
                     self.stopped = True
-                    return dict(self.done)
+                    break
                 self.busy.difference_update(todo)  # a result of the background thread for these is the same
             prob = self._predict(net, todo)
             with self.lock:
-                self.done.update(zip(todo, prob, strict=True))
+                self._keep(todo, prob)
+        at = [self.row_of.get(int(z), -1) for z in zs]
+        if self.results is None or min(at, default=-1) < 0 or any(b <= a for a, b in zip(at, at[1:], strict=False)):
+            return None
+        res = self.results
+        for i, r in enumerate(at):  # in place, forward: r >= i, so no row is overwritten before it is read
+            if r != i:
+                res[i] = res[r]
+        self.results = None
+        if channel is not None:
+            return np.ascontiguousarray(res[: len(at), channel])
+        return res[: len(at)]
+
+    def done_rows(self) -> dict[int, np.ndarray]:
+        """Slice -> probabilities (C, H, W) of the slices that ran (after :meth:`finish`)."""
+        if self.results is None:
+            return {}
+        return {z: self.results[i] for z, i in self.row_of.items() if self.have[i]}
 
     def cancel(self) -> None:
         """Stop the background thread and wait for it (it finishes the slice it is running)."""
