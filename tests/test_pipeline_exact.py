@@ -166,3 +166,15 @@ def test_binary_3d_is_scipys_3d_morphology(seed):
         for op, scipy_op in (("erode", ndimage.binary_erosion), ("dilate", ndimage.binary_dilation),
                              ("open", ndimage.binary_opening)):
             np.testing.assert_array_equal(binary_3d(op, mask, s), scipy_op(mask, structure=s))
+
+
+@pytest.mark.parametrize("sampling", [(5.0, 0.7, 0.7), (1.0, 1.0, 1.0), (2.5, 1.37, 1.41)])
+def test_distance_transform_matches_scipy_bit_for_bit(sampling):
+    from covidct.pipeline.morphology import distance_transform
+
+    rng = np.random.default_rng(3)
+    mask = ndimage.binary_opening(rng.random((19, 40, 33)) > 0.3)
+    mask[:, :, 0] = True  # a face without background: distances to the far side
+    want = ndimage.distance_transform_edt(mask, sampling=sampling)
+    for chunk in (1, 4, 8, 64):
+        np.testing.assert_array_equal(distance_transform(mask, sampling, chunk=chunk), want)

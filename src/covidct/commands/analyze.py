@@ -5,7 +5,7 @@ from __future__ import annotations
 import mmap
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -141,6 +141,25 @@ def _scan_process_write_seg(lungs, lesions, path: Path) -> Path:
     return write_dicom_seg(_SCAN, lungs, lesions, path)
 
 
+# What the analysing process imports anyway after the scan arrives (unpickling its DICOM headers, the output writers,
+# the report page's figures, the report's validation): P001 about 0.45 s, otherwise spent after the wait for the scan.
+_LATER_IMPORTS = ("pydicom", "covidct.io.dicom", "nibabel", "covidct.io.writers", "jsonschema", "skimage.segmentation",
+                  "covidct.report.html", "matplotlib.figure", "matplotlib.backends.backend_agg")
+
+
+def _import_while(waiting: Callable[[], bool], names: Sequence[str]) -> None:
+    """Import ``names`` one by one, in this thread, as long as ``waiting()`` (this process would sit idle otherwise)."""
+    import importlib
+
+    for name in names:
+        if not waiting():
+            return
+        try:
+            importlib.import_module(name)
+        except ImportError:  # an optional package missing: whoever needs it says so, later
+            pass
+
+
 class _ScanProcess:
     """A forked helper process that reads the scan while torch, MONAI and the models load, then writes
     the DICOM SEG from its own copy of the headers while this process finishes the report.
@@ -203,6 +222,7 @@ class _ScanProcess:
             self.children = [c for c in multiprocessing.active_children() if c not in before]
             self.pool.submit(_scan_process_prepare)  # the SEG writer's imports, while the lungs are segmented
             result = work()
+            _import_while(lambda: not loading.done(), _LATER_IMPORTS)
         try:
             # Unpickled here, after ``work()``: the pool's own thread would unpickle the pydicom values while
             # this thread imports MONAI (which imports pydicom), and two threads importing pydicom at once

@@ -32,6 +32,11 @@ def _onnx_cached(path: str, sha256: str, threads: int):
     return ox.load_onnx(path, sha256, threads)
 
 
+def onnx_session(path: str | Path, sha256: str, threads: int):
+    """The ONNX Runtime network of a shipped model's ONNX file with ``threads`` intra-op threads (cached per process)."""
+    return _onnx_cached(str(path), sha256, int(threads))[0]
+
+
 def onnx_entry(name_or_path: str | Path) -> tuple[Path, dict, dict] | None:
     """(ONNX file, its card entry, the card) when the model ships an ONNX file; None otherwise. A statically
     quantised int8 file is used where the card says it was adopted (``onnx.int8``, covidct.train.onnx_quantise)."""

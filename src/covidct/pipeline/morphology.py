@@ -133,3 +133,27 @@ def binary_3d(op: str, mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
         elif part is not None:
             out[lo:hi] |= part
     return out
+
+
+def distance_transform(mask: np.ndarray, sampling: Sequence[float], chunk: int = 8) -> np.ndarray:
+    """``ndimage.distance_transform_edt(mask, sampling=sampling)``, the same float64 values with about a third of
+    its temporary memory.
+
+    scipy's feature transform, then scipy's own arithmetic for the distances (int32 offsets to float64, times the
+    sampling, squared, summed over the axes in order, square root) ``chunk`` slices at a time rather than on
+    four whole-volume (3, ...) temporaries (P001's lung box: about 250 -> 80 MB at the peak of the left/right
+    split, which runs beside the lesion network run ahead; tests/test_pipeline_exact.py)."""
+    mask = np.asarray(mask)
+    s = np.broadcast_to(np.asarray(sampling, dtype=np.float64), (mask.ndim,))
+    ft = ndimage.distance_transform_edt(mask, sampling=s, return_distances=False, return_indices=True)
+    out = np.empty(mask.shape, np.float64)
+    for z0 in range(0, mask.shape[0], chunk):
+        z1 = min(z0 + chunk, mask.shape[0])
+        idx = np.indices((z1 - z0, *mask.shape[1:]), dtype=ft.dtype)
+        idx[0] += z0
+        dt = (ft[:, z0:z1] - idx).astype(np.float64)
+        for axis in range(mask.ndim):
+            dt[axis, ...] *= s[axis]
+        np.multiply(dt, dt, dt)
+        np.sqrt(np.add.reduce(dt, axis=0), out=out[z0:z1])
+    return out

@@ -1,8 +1,13 @@
 """Running the analysis models on the slices of one CT: 2-D models slice by slice (ONNX Runtime, or torch for a
-checkpoint without an ONNX file: :mod:`covidct.models.runtime`), 3-D models by sliding window (torch)."""
+checkpoint without an ONNX file: :mod:`covidct.models.runtime`), 3-D models by sliding window (torch).
+
+A model can also run ahead (:class:`RunAhead`): started on the slices of an earlier pass, in a background
+thread, while this thread does that pass's post-processing on one core; its results are taken when asked for.
+"""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,10 +27,20 @@ class ModelRunner:
     It keeps each slice's normalised model input (``cache``), so models sharing the normalisation
     settings do not repeat it (CLAHE on every slice is a sizeable part of a pass)."""
 
-    def __init__(self, bf16: bool = True, batch_size: int = BATCH_SIZE) -> None:
+    def __init__(self, bf16: bool = True, batch_size: int = BATCH_SIZE, ahead: dict[str, LoadedModel] | None = None) -> None:
+        """``ahead``: role -> model to start in the background on the same slices once that role's pass is done
+        (see :class:`RunAhead`; only an ONNX Runtime 2-D model runs ahead, and only for the whole classes)."""
         self.bf16 = bf16
         self.batch_size = batch_size
         self.cache: dict = {}
+        self.ahead = {role: m for role, m in (ahead or {}).items() if m is not None and RunAhead.can_run(m)}
+        self.running: dict[int, RunAhead] = {}
+
+    def close(self) -> None:
+        """Stop any pass running ahead (after an error or Ctrl-C; a finished one is simply dropped)."""
+        for job in self.running.values():
+            job.cancel()
+        self.running.clear()
 
     def probabilities(self, model: LoadedModel, vol: np.ndarray, zs: np.ndarray, is_hu: bool,
                       spacing: Sequence[float] | None = None, role: str = "lungs", channel: int | None = None) -> np.ndarray:
@@ -38,26 +53,187 @@ class ModelRunner:
             prob = predict_volume(model.net, info, vol[zs], spacing, is_hu=is_hu, bf16=self.bf16)
             prob = probs_for_role(prob, info.get("classes", []), role)
             return prob if channel is None else np.ascontiguousarray(prob[:, channel])
+        rows = self._rows(model, vol, zs, is_hu)
+        done: dict[int, np.ndarray] = {}
+        out = None
+        job = self.running.pop(id(model), None)
+        if job is not None:  # what ran ahead, for the slices asked for; any others run below as usual
+            out = job.finish(model.net, vol, is_hu, zs, channel)
+            if out is None:
+                done = job.done_rows()
+        if out is None:
+            out = self._run(model, vol, zs, is_hu, rows, channel, done)
+        nxt = self.ahead.pop(role, None)
+        if nxt is not None:
+            self.running[id(nxt)] = RunAhead(nxt, vol, zs, is_hu, self._rows(nxt, vol, zs, is_hu), self.batch_size)
+        return out
+
+    def _rows(self, model: LoadedModel, vol: np.ndarray, zs: np.ndarray, is_hu: bool) -> dict[int, np.ndarray]:
+        """The cached model inputs of slices ``zs`` for ``model`` (prepared here where missing)."""
         import json
 
-        from covidct.models.runtime import predict_slices, prepare_slices
+        from covidct.models.runtime import prepare_slices
 
+        info = model.info
         key = (json.dumps(info.get("normalisation"), sort_keys=True), tuple(info.get("input_size") or (256, 256)), is_hu)
         rows = self.cache.setdefault(key, {})
         missing = [int(z) for z in zs if int(z) not in rows]
         if missing:
             rows.update(zip(missing, prepare_slices([vol[z] for z in missing], [is_hu] * len(missing), info), strict=True))
+        return rows
+
+    def _run(self, model: LoadedModel, vol: np.ndarray, zs: np.ndarray, is_hu: bool, rows: dict, channel: int | None,
+             done: dict[int, np.ndarray]) -> np.ndarray:
+        from covidct.models.runtime import predict_slices
+
+        info = model.info
         # batch by batch into one output: neither a second copy of the inputs nor the classes not asked for
         # are held for the whole series (P001's lesion stage: about 100 MB less at its peak)
         out: np.ndarray | None = None
-        for start in range(0, len(zs), self.batch_size):
-            chunk = np.asarray(zs[start : start + self.batch_size])
+        ran: set[int] = set()
+        if done:
+            first = next(iter(done.values()))
+            out = np.empty((len(zs), *(first.shape if channel is None else first.shape[1:])), first.dtype)
+            for i, z in enumerate(zs):
+                if int(z) in done:
+                    out[i] = done[int(z)] if channel is None else done[int(z)][channel]
+                    ran.add(int(z))
+            done.clear()
+        todo = np.asarray([i for i, z in enumerate(zs) if int(z) not in ran], dtype=int)
+        for start in range(0, len(todo), self.batch_size):
+            at = todo[start : start + self.batch_size]
+            chunk = np.asarray(zs)[at]
             prob = predict_slices(model.net, info, vol[chunk], is_hu, batch_size=len(chunk), bf16=self.bf16,
                                   prepared=np.stack([rows[int(z)] for z in chunk]))
             prob = prob if channel is None else prob[:, channel]
             if out is None:
                 out = np.empty((len(zs), *prob.shape[1:]), prob.dtype)
-            out[start : start + len(chunk)] = prob
+            out[at] = prob
         if out is None:
             raise ValueError("no slices to run the model on")
         return out
+
+
+class RunAhead:
+    """One model's pass over given slices, run ahead in a background thread on the CPU this process leaves idle.
+
+    The analysis runs the lung network on two cores, then post-processes its mask on one core (about 2.5 s for
+    P001) before the lesion network can start: the lesion network runs on the lung network's slices meanwhile, one
+    slice at a time with a one-thread ONNX Runtime session, in a thread at the lowest priority (Linux: nice 19),
+    so that on a busy machine it takes only CPU time nothing else wants. When the results are asked for
+    (:meth:`finish`), the asking thread runs the slices not started yet, from the end, with the model's own session,
+    and also the one the background thread is busy with rather than wait for it. A slice's output of these
+    networks does not depend on the batch it ran in nor on the session's thread count (bit for bit:
+    tests/test_run_ahead.py), so the outputs are those of the plain pass. The results go into one array allocated
+    once (kept per slice, the heap grew by a batch's temporaries for every batch: P001 +600 MB).
+    """
+
+    def __init__(self, model: LoadedModel, vol: np.ndarray, zs: np.ndarray, is_hu: bool, rows: dict[int, np.ndarray],
+                 batch_size: int) -> None:
+        from covidct.models import runtime
+
+        self.model, self.vol, self.is_hu, self.rows, self.batch_size = model, vol, is_hu, rows, batch_size
+        self.zs = [int(z) for z in zs]
+        self.row_of = {z: i for i, z in enumerate(self.zs)}
+        self.pending = list(self.zs)
+        self.busy: set[int] = set()  # slices the background thread is running now
+        self.have = np.zeros(len(self.zs), bool)
+        self.results: np.ndarray | None = None  # (slices, C, H, W), allocated with the first result
+        self.error: BaseException | None = None
+        self.stopped = False
+        self.lock = threading.Lock()
+        info = model.info
+        side = runtime.onnx_session(info["path"], info["onnx_sha256"], threads=1)
+        self.thread = threading.Thread(target=self._work, args=(side,), name="covidct-run-ahead", daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def can_run(model: LoadedModel) -> bool:
+        from covidct.models.runtime import is_onnx
+
+        return is_onnx(model.info) and not model.is_3d and "path" in model.info and "onnx_sha256" in model.info
+
+    def _predict(self, net, zs: list[int]) -> np.ndarray:
+        from covidct.models.runtime import predict_slices
+
+        chunk = np.asarray(zs)
+        return predict_slices(net, self.model.info, self.vol[chunk], self.is_hu, batch_size=len(chunk),
+                              prepared=np.stack([self.rows[z] for z in zs]))
+
+    def _keep(self, zs: list[int], prob: np.ndarray) -> None:
+        """Store results (under the lock)."""
+        if self.results is None:
+            self.results = np.empty((len(self.zs), *prob.shape[1:]), prob.dtype)
+        for z, p in zip(zs, prob, strict=True):
+            self.results[self.row_of[z]] = p
+            self.have[self.row_of[z]] = True
+
+    def _work(self, net) -> None:
+        import os
+
+        try:  # Linux: a thread's own nice value; elsewhere it simply runs at the process's priority
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (AttributeError, OSError):
+            pass
+        try:
+            while True:
+                with self.lock:
+                    if self.stopped or not self.pending:
+                        return
+                    z = self.pending.pop(0)
+                    self.busy.add(z)
+                prob = self._predict(net, [z])
+                with self.lock:
+                    self.busy.discard(z)
+                    if self.stopped:
+                        return
+                    self._keep([z], prob)
+        except BaseException as exc:  # noqa: BLE001 - the asking thread then runs the slices itself
+            with self.lock:
+                self.error = exc
+
+    def finish(self, net, vol: np.ndarray, is_hu: bool, zs: np.ndarray, channel: int | None = None) -> np.ndarray | None:
+        """The (N, C, H, W) probabilities of slices ``zs`` (``channel``: (N, H, W), that class's), once this thread
+        has run what is left of them (see the class); None when they are not all among the slices run ahead in
+        the same order (then :meth:`done_rows` has what did run) or the pass ran on another volume."""
+        if vol is not self.vol or is_hu != self.is_hu:
+            self.cancel()
+            return None
+        wanted = {int(z) for z in zs}
+        with self.lock:
+            self.pending = [z for z in self.pending if z in wanted]
+        while True:
+            with self.lock:
+                todo = self.pending[-self.batch_size :] or sorted(self.busy & wanted)
+                del self.pending[-self.batch_size :]
+                if not todo:
+                    self.stopped = True
+                    break
+                self.busy.difference_update(todo)  # a result of the background thread for these is the same
+            prob = self._predict(net, todo)
+            with self.lock:
+                self._keep(todo, prob)
+        at = [self.row_of.get(int(z), -1) for z in zs]
+        if self.results is None or min(at, default=-1) < 0 or any(b <= a for a, b in zip(at, at[1:], strict=False)):
+            return None
+        res = self.results
+        for i, r in enumerate(at):  # in place, forward: r >= i, so no row is overwritten before it is read
+            if r != i:
+                res[i] = res[r]
+        self.results = None
+        if channel is not None:
+            return np.ascontiguousarray(res[: len(at), channel])
+        return res[: len(at)]
+
+    def done_rows(self) -> dict[int, np.ndarray]:
+        """Slice -> probabilities (C, H, W) of the slices that ran (after :meth:`finish`)."""
+        if self.results is None:
+            return {}
+        return {z: self.results[i] for z, i in self.row_of.items() if self.have[i]}
+
+    def cancel(self) -> None:
+        """Stop the background thread and wait for it (it finishes the slice it is running)."""
+        with self.lock:
+            self.stopped = True
+            self.pending.clear()
+        self.thread.join()
