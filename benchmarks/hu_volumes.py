@@ -4,7 +4,8 @@ Volumes: covid-ct-md P001 (COVID-19) and cap001 (pneumonia), with radiologists' 
 (labels_slice.csv); covid-ct-md normal001 (normal patient); lidc-idri LIDC-IDRI-0001 (healthy lungs
 scored outside the four readers' nodule contours grown by --nodule-margin mm); chest-misc cip-ct-64
 (lung Dice against wholeLung-64); chest-misc totalseg-example (healthy lung bases of an abdominal CT);
-lesion-free phantoms (seeds 200..; never trained on).
+lesion-free phantoms (seeds 200..: the HU rule's settings were chosen with them; seeds 210-213 on other
+grids and slice thicknesses, never used to choose anything).
 
 Methods, one row each per volume so every figure has the baseline and the floor beside it:
 - ``shipped``: ``covidct analyze`` (``Analyzer()``) as it is on this branch;
@@ -52,8 +53,13 @@ REPO = Path(__file__).resolve().parents[1]
 TUNED_ON: dict[str, list[str]] = {"before": [], "shipped": [], "HU count": [], "rule floor": []}
 # the volumes the shipped HU lesion rule's settings were chosen on (setting 11 of benchmarks/hu_volumes_loo.py,
 # 2026-12-05; docs/BENCHMARKS.md "HU volumes"): the shipped rows of these are marked "tuned on"
+# (also the HU rule's vessel_share, chosen on phantoms 200-202: docs/BENCHMARKS.md "Phantom vessel trees");
+# compared by the name before its first " (", so that thick-slice rows of these count too
 SETTINGS_CHOSEN_ON = {"P001", "cap001", "normal001", "LIDC-IDRI-0001", "cip-ct-64", "totalseg lung bases",
-                      "phantom 200 (lesion-free)", "phantom 201 (lesion-free)", "phantom 202 (lesion-free)"}
+                      "phantom 200", "phantom 201", "phantom 202"}
+# lesion-free phantoms never used to choose a setting: seed, (z, y, x) shape, spacing mm
+HELD_OUT_PHANTOMS = [(210, (100, 320, 320), (2.5, 1.1, 1.1)), (211, (70, 256, 256), (3.0, 1.5, 1.5)),
+                     (212, (40, 256, 256), (6.0, 1.5, 1.5)), (213, (100, 320, 320), (2.5, 1.1, 1.1))]
 COLUMNS = [("volume", "volume"), ("method", "method"), ("scored", "scored"), ("auc", "slice AUC"),
            ("false_ml", "false lesion mL"), ("false_pct", "false % of lung"), ("lung_ml", "lung mL"),
            ("neck_ml", "leak neck mL"), ("mediastinum_ml", "leak mediastinum mL"), ("below_ml", "leak below base mL"),
@@ -100,6 +106,12 @@ def volumes(data: Path, n_phantoms: int) -> list[dict]:
     for s in range(200, 200 + n_phantoms):
         out.append({"name": f"phantom {s} (lesion-free)", "phantom": True, "lesion_free": True,
                     "load": lambda s=s: make_phantom(seed=s, shape=(56, 256, 256), lesions=False, effusion=False).ct})
+    # never used to choose anything: other seeds, grids and slice thicknesses
+    for s, shape, spacing in HELD_OUT_PHANTOMS if n_phantoms else []:
+        out.append({"name": f"phantom {s} (lesion-free, {spacing[0]:g} mm)", "phantom": True, "lesion_free": True,
+                    "held_out": True,
+                    "load": lambda s=s, sh=shape, sp=spacing: make_phantom(seed=s, shape=sh, spacing=sp, lesions=False,
+                                                                          effusion=False).ct})
     return out
 
 
@@ -200,7 +212,8 @@ def run(data: Path, n_phantoms: int, cache: Path | None, before: Path | None, lo
         t0 = time.perf_counter()
         floor = rule_floor(ct.array, ct.spacing, ref)
         rows.append(score(vol, ct, "rule floor", ref, floor, {"seconds": time.perf_counter() - t0}, ref, exclude, False))
-        if loo and not vol.get("thick"):  # slabs of a thin series are the same patient: not a volume of their own
+        # slabs of a thin series are the same patient, not a volume of their own; held-out phantoms choose nothing
+        if loo and not vol.get("thick") and not vol.get("held_out"):
             loo_cases.append(loo_case(vol, ct, lungs, exclude))
         for r in rows[n0:]:
             print(json.dumps(r), file=sys.stderr, flush=True)

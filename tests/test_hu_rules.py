@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from covidct.labels import CONSOLIDATION, GGO
-from covidct.pipeline.hu_rules import drop_tubes, elongation, hu_lesions, hu_lungs
+from covidct.pipeline.hu_rules import drop_tubes, drop_vessel_pieces, elongation, hu_lesions, hu_lungs
 
 SP = (2.0, 1.0, 1.0)
 
@@ -32,6 +32,21 @@ def test_shape_measures():
     m[5:12, 20:32, 20:32] = True  # a blob
     out = drop_tubes(m, SP, 3.0)
     assert not out[:, 5:8, 5:8].any() and out[5:12, 20:32, 20:32].all()
+
+
+def test_vessel_pieces_are_dropped_lesions_kept():
+    dense = np.zeros((30, 60, 60), bool)
+    dense[0:30, 28:32, 28:32] = True  # vessels along z and along x ...
+    dense[14:17, 28:32, 0:60] = True
+    dense[13:17, 26:34, 26:34] = True  # ... and their thick bifurcation: a small share of the branching structure
+    dense[3:13, 40:52, 40:52] = True  # a consolidation with a thin vessel leaving it: most of its own structure
+    dense[8, 45, 52:60] = True
+    opened = np.zeros_like(dense)
+    opened[13:17, 26:34, 26:34] = True  # what an opening keeps of each
+    opened[3:13, 40:52, 40:52] = True
+    out = drop_vessel_pieces(opened, dense, 0.35)
+    assert not out[13:17, 26:34, 26:34].any() and out[3:13, 40:52, 40:52].all()
+    assert (drop_vessel_pieces(opened, dense, 0.0) == opened).all()
 
 
 def test_lesions_keep_ggo_and_consolidation_drop_vessels():

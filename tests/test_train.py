@@ -385,3 +385,20 @@ def test_fit_is_one_loop_for_every_task(tmp_path):
 
     with pytest.raises(FloatingPointError, match="epoch 1"):
         fit(model, opt, None, Diverging([0.0]), LoopSettings(epochs=1), Progress(), None, verbose=False)
+
+
+def test_phantom_source_with_consolidated_lobes():
+    """The ``lobar`` phantom source: each volume's lesions are confluent consolidation of one lung's zone, all of
+    it inside the lung label (solid lung the lung model must keep)."""
+    from covidct.labels import CONSOLIDATION
+    from covidct.train.datasets import phantom_records
+
+    recs = phantom_records(n_volumes=2, shape=(16, 96, 96), margin_slices=0, seed=3, lesion_burden=(0.1, 0.12),
+                           lobar=True)
+    for case in {r["case"] for r in recs}:
+        les = np.stack([r["lesions"] for r in recs if r["case"] == case])
+        lungs = np.stack([r["lungs"] for r in recs if r["case"] == case])
+        assert (les > 0).any() and set(np.unique(les)) <= {0, CONSOLIDATION}
+        assert lungs[les > 0].all()
+        cols = np.flatnonzero((les > 0).any(axis=(0, 1)))
+        assert cols.max() < 48 or cols.min() >= 48  # one side only

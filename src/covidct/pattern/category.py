@@ -30,7 +30,9 @@ from covidct.labels import DIAGNOSIS_CLASSES
 OPACITY_PERCENT = 1.0
 # The same, derived the same way for the HU rule's lesion masks of whole HU volumes (covidct.pipeline.hu_rules):
 # its highest false involvement on the lesion-free phantoms is 0.62 % (docs/BENCHMARKS.md, "HU volumes, second
-# candidate": phantoms 200-202 0.47-0.62 %; pattern calibration 0.31-0.54 %), rounded up.
+# candidate": phantoms 200-202 0.47-0.62 %; pattern calibration 0.31-0.54 %), rounded up. Kept although the
+# phantoms with bifurcating vessel trees give at most 0.13 % (docs/BENCHMARKS.md, "Phantom vessel trees"): a
+# healthy real series on 6 mm slices reaches 0.17 %, and healthy series of other scanners are the concern.
 OPACITY_PERCENT_HU_RULE = 0.7
 BILATERAL_SHARE = 0.1
 PERIPHERAL = 0.5

@@ -1,7 +1,8 @@
-"""The phantom's pulmonary vessel trees (branching, tapering, partial-volume aware).
+"""The phantom's pulmonary vessel trees (bifurcating, tapering, partial-volume aware).
 
-Owns :func:`vessel_tree`: a three-level tree grown from a hilum into one lung, returned as
-the blood fraction of each voxel so thin vessels stay resolution independent.
+Owns :func:`vessel_tree`: a tree grown from a hilum that fills one lung by halving territories
+(radii by Murray's law), returned as the blood fraction of each voxel so thin vessels stay
+resolution independent.
 """
 
 from __future__ import annotations
@@ -12,52 +13,66 @@ import numpy as np
 def vessel_tree(
     rng: np.random.Generator, lung: np.ndarray, hilum_vox: np.ndarray, spacing: np.ndarray
 ) -> np.ndarray:
-    """A three-level branching vessel tree from the hilum into one lung.
+    """A bifurcating vessel tree from the hilum that fills one lung.
 
     Returns the blood fraction of each voxel (0..1; below 1 for sub-voxel vessels).
     """
     idx = np.argwhere(lung)
     if idx.shape[0] < 50:
         return np.zeros(lung.shape, dtype=np.float32)
-    pts_mm = idx.astype(np.float32) * spacing
-    hil = hilum_vox.astype(np.float32) * spacing
-    # Branch counts follow the lung's physical volume (an adult lung is ~1.8 L here).
-    vol_ml = idx.shape[0] * float(np.prod(spacing)) / 1000.0
-    n_term = int(np.clip(900.0 * vol_ml / 1800.0, 30, 1200))
-    n_lobar, n_seg = 6, max(8, n_term // 15)
-    total = n_lobar + n_seg + n_term
-    pick = rng.choice(idx.shape[0], size=total, replace=idx.shape[0] < total)
-    cand = pts_mm[pick]
-    # Lobar branch points: pulled halfway toward the hilum (they are central).
-    lobar = hil + 0.5 * (cand[:n_lobar] - hil)
-    seg_t = cand[n_lobar : n_lobar + n_seg]
-    seg = hil + 0.8 * (seg_t - hil)
-    term = cand[n_lobar + n_seg :]
+    # Territories are sets of lung points; each branch serves one and splits it in two at its end.
+    n_pts = min(idx.shape[0], _TERRITORY_POINTS)
+    pts = idx[rng.choice(idx.shape[0], size=n_pts, replace=False)].astype(np.float32) * spacing
+    ml_per_pt = idx.shape[0] * float(np.prod(spacing)) / 1000.0 / n_pts
+    starts, ends, ctrl, r0, r1 = _branches(rng, pts, ml_per_pt, hilum_vox.astype(np.float32) * spacing)
+    return _render(lung, spacing, starts, ends, ctrl, r0, r1)
 
-    def nearest(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return np.argmin(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1), axis=1)
 
-    def bezier(s: np.ndarray, c: np.ndarray, e: np.ndarray, u: np.ndarray) -> np.ndarray:
-        u = u[:, None]
-        return (1 - u) ** 2 * s + 2 * (1 - u) * u * c + u**2 * e
+# Lung points that stand for the lung's volume when territories are split (enough for ~1 mL terminals).
+_TERRITORY_POINTS = 30000
+# Murray's law: a branch's radius follows the cube root of the volume it serves; one serving
+# 1 L has a 4.5 mm radius (lobar arteries are 7-10 mm across, segmental 4-6 mm, ~0.2 L each).
+_RADIUS_1L_MM = 4.5
+_MIN_RADIUS_MM = 0.5  # narrower vessels are not drawn (far below a CT voxel)
 
-    # Children branch off along the outer part of their parent, thinner than it: all children leaving from
-    # the parent's end would meet there in a star of ~15 overlapping tubes, a dense blob no lung has (it
-    # reads as a nodule or consolidation on HU; docs/BENCHMARKS.md, "HU volumes, second candidate").
-    lobar_ctrl = 0.5 * (hil + lobar) + rng.normal(0.0, 6.0, size=lobar.shape).astype(np.float32)
-    sp_par = nearest(seg, lobar)
-    sp_u = rng.uniform(0.5, 1.0, n_seg).astype(np.float32)
-    seg_start = bezier(np.repeat(hil[None], n_seg, 0), lobar_ctrl[sp_par], lobar[sp_par], sp_u)
-    seg_ctrl = 0.5 * (seg_start + seg) + rng.normal(0.0, 6.0, size=seg.shape).astype(np.float32)
-    tp_par = nearest(term, seg)
-    tp_u = rng.uniform(0.6, 1.0, n_term).astype(np.float32)
-    term_start = bezier(seg_start[tp_par], seg_ctrl[tp_par], seg[tp_par], tp_u)
-    term_ctrl = 0.5 * (term_start + term) + rng.normal(0.0, 6.0, size=term.shape).astype(np.float32)
-    starts = np.concatenate([np.repeat(hil[None], n_lobar, 0), seg_start, term_start])
-    ends = np.concatenate([lobar, seg, term])
-    ctrl = np.concatenate([lobar_ctrl, seg_ctrl, term_ctrl])
-    r0 = np.concatenate([np.full(n_lobar, 5.0), np.full(n_seg, 2.6), np.full(n_term, 1.2)])
-    r1 = np.concatenate([np.full(n_lobar, 3.5), np.full(n_seg, 1.6), np.full(n_term, 0.6)])
+
+def _branches(rng: np.random.Generator, pts: np.ndarray, ml_per_pt: float, hilum: np.ndarray):
+    """Branches (start, end, Bezier control, radius at start and end; mm) grown by halving territories.
+
+    Why bifurcations: real pulmonary arteries divide mostly in two, so three tubes meet at a branch
+    point. Giving one parent ten or more children in the same place paints a dense blob no lung has,
+    which reads as a nodule or consolidation on HU (docs/BENCHMARKS.md, "phantom vessel trees").
+    """
+    out: list[tuple] = []
+    stack = [(hilum, np.arange(pts.shape[0]), True)]
+    while stack:
+        start, ter, root = stack.pop()
+        p = pts[ter]
+        radius = _RADIUS_1L_MM * (ter.size * ml_per_pt / 1000.0) ** (1.0 / 3.0)
+        if radius < _MIN_RADIUS_MM:
+            continue
+        centre = p.mean(0)
+        leaf = ter.size < 8
+        # a branch runs part of the way toward its territory's centre (a leaf all the way), then divides;
+        # the root (the main pulmonary artery of the side) divides at the hilum, outside the lung
+        end = start if root else centre if leaf else start + 0.45 * (centre - start)
+        if not root:
+            bend = rng.normal(0.0, 0.08 * float(np.linalg.norm(end - start)) + 0.3, size=3).astype(np.float32)
+            out.append((start, end, 0.5 * (start + end) + bend, radius, 0.85 * radius))
+        if leaf:
+            continue
+        # split across the territory's longest axis (its first principal direction), through its centre
+        q = p - centre
+        axis = np.linalg.svd(q[:: max(1, q.shape[0] // 2000)], full_matrices=False)[2][0]
+        side = q @ axis > 0
+        for part in (ter[side], ter[~side]):
+            if part.size:
+                stack.append((end, part, False))
+    s, e, c, a, b = (np.array(v, dtype=np.float32) for v in zip(*out, strict=True))
+    return s, e, c, a, b
+
+
+def _render(lung, spacing, starts, ends, ctrl, r0, r1) -> np.ndarray:
     step = 0.4 * float(spacing.min())
     length = np.linalg.norm(ends - starts, axis=1)
     n = int(np.clip(length.max() / step, 8, 600))
@@ -76,8 +91,8 @@ def vessel_tree(
     dep = np.bincount(flat, weights=np.pi * rad[thin] ** 2 * ds[thin], minlength=lung.size)
     out = np.minimum(dep / float(np.prod(spacing)), 1.0).astype(np.float32).reshape(lung.shape)
     # Thicker vessels: paint a voxelised ball around each sample by scattering its offsets.
-    for r in (1.6, 2.4, 3.2, 4.2):
-        sel = ~thin & (rad >= r - 0.4) & ((rad < r + 0.4) | (r > 4.0))
+    for r in (0.8, 1.6, 2.4, 3.2, 4.0, 4.8):
+        sel = ~thin & (rad >= r - 0.4) & ((rad < r + 0.4) | (r > 4.5))
         if not sel.any():
             continue
         centres = np.unique(vox[sel], axis=0)

@@ -36,8 +36,8 @@ def low_involvement_warnings(sev: dict, hu_rule: bool = False) -> list[str]:
     total = float(sev["involvement"]["total"])
     if total >= level:
         return []
-    where = ("what the HU lesion rule marks in lesion-free lungs (vessel junctions; measured on phantoms and "
-             "healthy real series)" if hu_rule else
+    where = ("what the HU lesion rule may mark in lesion-free lungs (pieces of thick vessels, dependent density; "
+             "measured on phantoms and healthy real series)" if hu_rule else
              "what the lesion models mark in lesion-free lungs (vessels, lung bases; measured on phantoms and on a "
              "real series' infection-free slices)")
     return [

@@ -42,12 +42,14 @@ def register_source(name: str, fn: Callable[..., list[dict]]) -> None:
 
 def phantom_records(n_volumes: int = 4, shape: Sequence[int] = (32, 256, 256), spacing: Sequence[float] = (5.0, 1.4, 1.4),
                     seed: int = 0, lesion_burden: float | Sequence[float] = (0.0, 0.3), margin_slices: int = 6,
-                    lesions: bool = True, every: int = 1) -> list[dict]:
+                    lesions: bool = True, every: int = 1, lobar: bool = False) -> list[dict]:
     """Axial slices of synthetic phantom volumes (HU) as records, one case per volume.
 
     ``lesion_burden`` may be a (low, high) range drawn per volume, so some volumes are lesion-free
     negatives; ``margin_slices`` adds lung-free slices above and below the lungs (negatives for the
-    lung model); ``every`` keeps every k-th slice.
+    lung model); ``every`` keeps every k-th slice. ``lobar`` paints, instead of the default patches,
+    confluent consolidation of one lower, middle or upper zone (side and zone drawn per volume; see
+    :func:`lobar_spec`): solid lung that a lung model must keep in the lung.
     """
     from covidct.phantom import make_phantom
 
@@ -56,8 +58,9 @@ def phantom_records(n_volumes: int = 4, shape: Sequence[int] = (32, 256, 256), s
     for v in range(n_volumes):
         burden = (float(rng.uniform(*lesion_burden)) if isinstance(lesion_burden, Sequence)
                   else float(lesion_burden))
+        spec = lobar_spec(rng, burden) if lobar and lesions and burden > 0 else None
         ph = make_phantom(shape=tuple(shape), spacing=tuple(spacing), seed=seed * 1000 + v, lesion_burden=burden,
-                          lesions=lesions and burden > 0, margin_slices=margin_slices)
+                          lesions=lesions and burden > 0, margin_slices=margin_slices, lesion_spec=spec)
         arr, lungs, les = np.asarray(ph.ct.array), np.asarray(ph.lungs), np.asarray(ph.lesions)
         case = f"phantom-{seed}-{v}"
         for z in range(0, arr.shape[0], every):
@@ -69,6 +72,18 @@ def phantom_records(n_volumes: int = 4, shape: Sequence[int] = (32, 256, 256), s
                 "meta": {"z": z, "lesion_burden": burden},
             })
     return out
+
+
+def lobar_spec(rng: np.random.Generator, burden: float):
+    """A lobar-pneumonia lesion spec: ``burden`` of one lung (side drawn) as confluent consolidation of a
+    lower, middle or upper zone (drawn), as in the ``lobar`` pattern preset but anywhere."""
+    from covidct.phantom.lesions import LesionSpec
+
+    side = ("left", "right")[int(rng.integers(2))]
+    zone = [(0.0, 0.45, 4.0), (0.3, 0.7, 0.0), (0.55, 1.0, -4.0)][int(rng.integers(3))]
+    return LesionSpec(burden=burden, sides=(side,), consolidation_fraction=1.0, blob_mm=60.0, peripheral_weight=0.0,
+                      posterior_weight=float(rng.uniform(-0.5, 0.5)), basal_weight=zone[2], z_range=zone[:2],
+                      effusion=False)
 
 
 def load_records(sources: Sequence) -> list[dict]:
