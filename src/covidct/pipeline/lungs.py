@@ -40,6 +40,7 @@ def segment_lungs(ct: CT, model: LoadedModel | None, runner: ModelRunner) -> np.
         prob = runner.probabilities(model, vol, idx, ct.is_hu, ct.spacing, "lungs", channel=1)
         thr = (model.info.get("thresholds") or {}).get("foreground", 0.5)
         mask[idx] = prob >= thr
+        del prob  # 39 MB for P001, not needed during the post-processing (the lesion network may be running beside it)
         if ct.is_hu:  # lungs are air-filled: nothing denser than soft tissue at the lung edge
             mask &= vol < 200
     elif field_mask is not None:

@@ -65,7 +65,10 @@ class ModelRunner:
             out = self._run(model, vol, zs, is_hu, rows, channel, done)
         nxt = self.ahead.pop(role, None)
         if nxt is not None:
-            self.running[id(nxt)] = RunAhead(nxt, vol, zs, is_hu, self._rows(nxt, vol, zs, is_hu), self.batch_size)
+            # the slices this pass found something on first: the next stage most likely asks for those
+            found = out.reshape(len(zs), -1).max(1) >= 0.5 if channel is not None else np.ones(len(zs), bool)
+            order = np.concatenate([np.asarray(zs)[found], np.asarray(zs)[~found]])
+            self.running[id(nxt)] = RunAhead(nxt, vol, order, is_hu, self._rows(nxt, vol, zs, is_hu), self.batch_size)
         return out
 
     def _rows(self, model: LoadedModel, vol: np.ndarray, zs: np.ndarray, is_hu: bool) -> dict[int, np.ndarray]:
@@ -130,12 +133,13 @@ class RunAhead:
 
     def __init__(self, model: LoadedModel, vol: np.ndarray, zs: np.ndarray, is_hu: bool, rows: dict[int, np.ndarray],
                  batch_size: int) -> None:
+        """``zs``: the slices, in the order the background thread should run them."""
         from covidct.models import runtime
 
         self.model, self.vol, self.is_hu, self.rows, self.batch_size = model, vol, is_hu, rows, batch_size
-        self.zs = [int(z) for z in zs]
+        self.zs = sorted(int(z) for z in zs)  # the results' rows, in slice order
         self.row_of = {z: i for i, z in enumerate(self.zs)}
-        self.pending = list(self.zs)
+        self.pending = [int(z) for z in zs]  # in the order given: the background thread starts at the front
         self.busy: set[int] = set()  # slices the background thread is running now
         self.have = np.zeros(len(self.zs), bool)
         self.results: np.ndarray | None = None  # (slices, C, H, W), allocated with the first result
