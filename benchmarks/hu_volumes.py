@@ -212,8 +212,8 @@ def run(data: Path, n_phantoms: int, cache: Path | None, before: Path | None, lo
         t0 = time.perf_counter()
         floor = rule_floor(ct.array, ct.spacing, ref)
         rows.append(score(vol, ct, "rule floor", ref, floor, {"seconds": time.perf_counter() - t0}, ref, exclude, False))
-        # slabs of a thin series are the same patient, not a volume of their own; held-out phantoms choose nothing
-        if loo and not vol.get("thick") and not vol.get("held_out"):
+        # held-out phantoms choose nothing; thick-slice versions are held out with their series (loo_rows)
+        if loo and not vol.get("held_out"):
             loo_cases.append(loo_case(vol, ct, lungs, exclude))
         for r in rows[n0:]:
             print(json.dumps(r), file=sys.stderr, flush=True)

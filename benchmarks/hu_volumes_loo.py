@@ -1,7 +1,7 @@
 """Leave-one-volume-out choice of the HU lesion rule's settings for benchmarks/hu_volumes.py.
 
 The rule (``covidct.pipeline.hu_rules.hu_lesions``) has a few settings; they are chosen on the HU-volume
-table itself, so each volume is scored with the setting chosen on the *other* volumes (the objective is
+table itself, so each volume is scored with the setting chosen on the *other* patients' volumes (the objective is
 written in docs/BENCHMARKS.md, "HU volumes": best mean slice AUC over the labelled volumes, minus one per
 lesion-free volume with false lesions >= 10 mL or >= 0.5 % of lung). The rule runs where the pipeline
 runs it: on the working grid, inside the lungs the analysis found (subsampled to that grid).
@@ -35,7 +35,9 @@ def loo_case(vol: dict, ct, lungs: np.ndarray, exclude: np.ndarray | None) -> di
     from covidct.pipeline import working_grid
 
     work, f = working_grid(ct)
-    case = {"name": vol["name"], "hu": work.array, "spacing": work.spacing, "lungs": lungs[:, ::f, ::f],
+    # the patient: a thick-slice version of a series is the same patient as the series (held out together)
+    case = {"name": vol["name"], "patient": vol["name"].split(" (")[0] if vol.get("thick") else vol["name"],
+            "hu": work.array, "spacing": work.spacing, "lungs": lungs[:, ::f, ::f],
             "lesion_free": bool(vol.get("lesion_free")), "exclude": None if exclude is None else exclude[:, ::f, ::f]}
     if vol.get("slice_labels"):
         files = [Path(s.file).name if s.file else None for s in ct.slices]
@@ -58,18 +60,22 @@ def figures(case: dict, settings: HULesionSettings) -> dict:
 
 
 def objective(fig: dict[str, dict]) -> float:
-    """Mean slice AUC of the labelled volumes minus one per lesion-free volume over the limits."""
+    """Mean slice AUC of the labelled volumes minus one per lesion-free volume over the limits (thick-slice
+    versions carry no slice AUC here: they count only through the limits)."""
     aucs = [f["auc"] for f in fig.values() if "auc" in f]
     bad = sum(1 for f in fig.values() if "false_ml" in f and (f["false_ml"] >= MAX_FALSE_ML or f["false_pct"] >= MAX_FALSE_PCT))
     return (float(np.mean(aucs)) if aucs else 0.0) - bad
 
 
 def loo_rows(cases: list[dict]) -> list[dict]:
-    """One 'hu-rules LOO' row per volume, scored with the setting chosen without it; prints the all-volume choice."""
+    """One 'hu-rules LOO' row per volume, scored with the setting chosen without its patient (leave-one-patient-out:
+    a series and its thick-slice versions are held out together; the other patients' thick-slice versions are in
+    the choice, as they were when the shipped setting was chosen); prints the all-volume choice."""
     from covidct.evaluate.hu_volumes import scoring_note
 
     grid = settings_grid()
     names = [c["name"] for c in cases]
+    patient = {c["name"]: c.get("patient", c["name"]) for c in cases}
     table: dict[tuple[int, str], dict] = {}
     for i, st in enumerate(grid):
         for c in cases:
@@ -79,7 +85,7 @@ def loo_rows(cases: list[dict]) -> list[dict]:
     def obj(i: int, train: list[str]) -> float:
         return objective({n: table[i, n] for n in train})
 
-    chosen = select_loo(names, list(range(len(grid))), obj, tuned_on=names)
+    chosen = select_loo(names, list(range(len(grid))), obj, tuned_on=names, groups=patient)
     overall = int(np.argmax([obj(i, names) for i in range(len(grid))]))
     print(f"# chosen on all volumes: setting {overall}: {grid[overall]}", file=sys.stderr, flush=True)
     rows = []

@@ -95,6 +95,12 @@ def test_leave_one_out_bookkeeping():
     own = {"P001": 1, "cap001": 2, "normal001": 2}
     chosen = select_loo(vols, [1, 2], lambda c, train: sum(own[t] == c for t in train), tuned_on=own)
     assert chosen == {"P001": 2, "cap001": 1, "normal001": 1, "phantom": 2}
+    # leave-one-patient-out: a series' thick-slice version is held out with it, other patients' versions stay in
+    vols2 = ["P001", "P001 (2x)", "normal001", "normal001 (2x)"]
+    groups = {"P001 (2x)": "P001", "normal001 (2x)": "normal001"}
+    sets = loo_training_sets(vols2, vols2, groups)
+    assert sets["P001"] == sets["P001 (2x)"] == ["normal001", "normal001 (2x)"]
+    assert sets["normal001"] == ["P001", "P001 (2x)"]
 
 
 def test_floor_count_auc_and_false_lesions():

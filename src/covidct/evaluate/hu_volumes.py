@@ -13,7 +13,7 @@ Owns what ``benchmarks/hu_volumes.py`` needs apart from running the methods:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -167,11 +167,14 @@ def false_lesions(lesion: np.ndarray, lung: np.ndarray, spacing: Sequence[float]
 
 # --- leave-one-volume-out bookkeeping ---------------------------------------------------------------
 
-def loo_training_sets(volumes: Sequence[str], tuned_on: Iterable[str]) -> dict[str, list[str]]:
-    """For each volume, the volumes a method tuned on ``tuned_on`` may be fitted on when scoring it:
-    every tuning volume except itself (leave-one-volume-out)."""
+def loo_training_sets(volumes: Sequence[str], tuned_on: Iterable[str],
+                      groups: Mapping[str, str] | None = None) -> dict[str, list[str]]:
+    """For each volume, the volumes a method tuned on ``tuned_on`` may be fitted on when scoring it: every tuning
+    volume except itself, and except every volume of its group (``groups``: volume -> patient; a series and its
+    thick-slice versions are one patient) when given (leave-one-patient-out)."""
     tuned = [v for v in volumes if v in set(tuned_on)]
-    return {v: [t for t in tuned if t != v] for v in volumes}
+    group = (lambda v: groups.get(v, v)) if groups else (lambda v: v)
+    return {v: [t for t in tuned if group(t) != group(v)] for v in volumes}
 
 
 def scoring_note(volume: str, tuned_on: Iterable[str]) -> str:
@@ -180,11 +183,11 @@ def scoring_note(volume: str, tuned_on: Iterable[str]) -> str:
 
 
 def select_loo(volumes: Sequence[str], candidates: Sequence, objective: Callable[[object, list[str]], float],
-               tuned_on: Iterable[str]) -> dict[str, object]:
-    """Leave-one-volume-out selection: for each volume, the candidate setting with the best ``objective``
-    (higher is better) over its training set (ties: the first candidate)."""
+               tuned_on: Iterable[str], groups: Mapping[str, str] | None = None) -> dict[str, object]:
+    """Leave-one-volume-out (with ``groups``: leave-one-patient-out) selection: for each volume, the candidate
+    setting with the best ``objective`` (higher is better) over its training set (ties: the first candidate)."""
     out: dict[str, object] = {}
-    for v, train in loo_training_sets(volumes, tuned_on).items():
+    for v, train in loo_training_sets(volumes, tuned_on, groups).items():
         scores = [objective(c, train) for c in candidates]
         out[v] = candidates[int(np.argmax(scores))]
     return out

@@ -34,7 +34,7 @@ FEATURE_DOCS: dict[str, tuple[str, str, str]] = {
     "opacity_ml": ("mL", "parenchymal opacity volume (GGO + consolidation; model masks: >= 6 mm thick; dependent density excluded)",
                    "RSNA negative: no opacity"),
     "opacity_percent": ("%", "opacity_ml / lung volume",
-                        "abnormal when >= 1 % for the lesion models' masks (their highest false opacity on lesion-free phantoms, 0.82 %, rounded up); >= 0.7 % for the HU rule's masks of HU volumes (its highest on lesion-free phantoms 0.62 %, rounded up; healthy real series <= 0.05 %)"),
+                        "abnormal when >= 1 % for the lesion models' masks (their highest false opacity on lesion-free phantoms, 0.82 %, rounded up); >= 0.4 % for the HU rule's masks of HU volumes (twice its highest on any lesion-free volume, 0.172 %, rounded up)"),
     "left_percent": ("%", "opacity in the left lung / left lung volume", ""),
     "right_percent": ("%", "opacity in the right lung / right lung volume", ""),
     "minor_side_share": ("0-1", "share of the opacity volume in the less involved lung",

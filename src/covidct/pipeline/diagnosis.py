@@ -23,9 +23,8 @@ PATTERN_METHOD = (
 # docs/BENCHMARKS.md; P001's infection-free slices: 3.41 %), rounded up: below it, findings cannot be told
 # from the models' false positives.
 FALSE_INVOLVEMENT_PCT = 4.0
-# The same for the HU lesion rule of whole HU volumes (pipeline.hu_rules): the level the pattern's abnormal
-# threshold was derived from (its lesion-free phantoms' highest, 0.62 %, rounded up; real healthy lungs
-# 0.13 % at most: docs/BENCHMARKS.md, "HU volumes, second candidate"), so warning and diagnosis agree.
+# The same for the HU lesion rule of whole HU volumes (pipeline.hu_rules): the pattern's abnormal level (twice
+# the rule's highest false involvement on a lesion-free volume, rounded up), so warning and diagnosis agree.
 HU_RULE_FALSE_INVOLVEMENT_PCT = OPACITY_PERCENT_HU_RULE
 
 
