@@ -111,7 +111,10 @@ def _scan_process_load(path: Path, series: str | None = None, fetch: Callable[[]
 
     import numpy as np
 
+    from covidct.io import decode_split
+
     _keep_freed_memory()
+    decode_split.enable()  # this process is single-threaded and its parent waits for the scan: decode in two
     ct = _load_timed(path, series, fetch)
     # The SEG needs the headers and geometry, not the HU values: a zero-stride stand-in of the same shape.
     _SCAN = dataclasses.replace(ct, array=np.broadcast_to(np.float32(0), ct.shape))

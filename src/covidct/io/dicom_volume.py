@@ -8,8 +8,6 @@ DICOM SEG writer needs (see ``covidct.io.dicom`` for the rules).
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from covidct.errors import InconsistentSeries, UnreadableInput, UnsupportedInput
+from covidct.io import decode_split
 from covidct.io.nifti import check_affine, reorient_xyz, spacing_from_affine
 from covidct.volume import CT, SliceRef
 
@@ -171,7 +170,7 @@ def _sorted_slots(paths: list[Path], headers: dict[Path, Dataset] | None) -> tup
     if len(paths) * rows * cols * 4 > MAX_SLOT_BYTES:
         return None
     try:
-        vol = np.empty((len(paths), rows, cols), np.float32)
+        vol = decode_split.empty((len(paths), rows, cols), np.float32)
     except MemoryError:
         return None
     return vol, {paths[i]: k for k, i in enumerate(order)}
@@ -182,7 +181,8 @@ def build_volume(paths: list[Path], root: Path, shown: str, warnings: list[str],
     """``headers``: the files' headers as read without pixel data, kept for writers (DICOM SEG)."""
     slots = _sorted_slots(paths, headers)
 
-    # Decoding is mostly C (pylibjpeg/numpy) work that releases the GIL; two threads help on P001.
+    # Decoding holds the GIL most of the time (GDCM, pydicom): threads overlap little; analyze's scan process
+    # decodes in two processes instead (covidct.io.decode_split).
     def _try(p: Path):
         try:
             ds, hu = _decode(p)
@@ -197,8 +197,7 @@ def build_volume(paths: list[Path], root: Path, shown: str, warnings: list[str],
         return ds, hu
 
     try:
-        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as ex:
-            results = list(ex.map(_try, paths))
+        results = decode_split.decode_all(paths, _try, lambda p: slots[0][slots[1][p]] if slots is not None else None)
     except UnsupportedInput as e:
         raise UnsupportedInput(f"{shown}: {e}") from e
     slices: list[tuple[Path, Dataset, np.ndarray]] = []
