@@ -44,9 +44,19 @@ def test_vessel_pieces_are_dropped_lesions_kept():
     opened = np.zeros_like(dense)
     opened[13:17, 26:34, 26:34] = True  # what an opening keeps of each
     opened[3:13, 40:52, 40:52] = True
-    out = drop_vessel_pieces(opened, dense, 0.35)
+    out = drop_vessel_pieces(opened, dense, SP, 0.35, 20.0)
     assert not out[13:17, 26:34, 26:34].any() and out[3:13, 40:52, 40:52].all()
-    assert (drop_vessel_pieces(opened, dense, 0.0) == opened).all()
+    assert (drop_vessel_pieces(opened, dense, SP, 0.0, 20.0) == opened).all()
+    # a lesion on a large vessel tree: only the vessels near it count, not the whole tree
+    tree = np.zeros((40, 120, 120), bool)
+    tree[20, 5:115, 58:62] = True  # a long vessel ...
+    tree[5:35, 5:115, 10:14] = True  # ... joined to a large network far from the lesion
+    tree[10:35, 10:14, 10:60] = True
+    tree[16:24, 80:95, 52:67] = True  # a consolidation on the vessel, 60 mm from the network
+    lesion = np.zeros_like(tree)
+    lesion[16:24, 80:95, 52:67] = True
+    assert lesion.sum() < 0.35 * tree.sum()  # against the whole tree it would be dropped
+    assert drop_vessel_pieces(lesion, tree, SP, 0.35, 20.0)[lesion].all()
 
 
 def test_lesions_keep_ggo_and_consolidation_drop_vessels():

@@ -9,7 +9,7 @@ HU-volume table by a rule written beforehand, leave-one-volume-out: docs/BENCHMA
 - the lung's own border (pleura, mediastinum, diaphragm) is partial volume: a 3 mm in-plane rim is
   not scored, then lesions touching it regrow into it;
 - vessels are thin tubes: 3-D openings remove structures narrower than the element, dense survivors
-  shaped like a tube, or only a small piece of the branching structure they lie in, are dropped, and
+  shaped like a tube, or only a small share of the dense tissue around them (a vessel going on), are dropped, and
   what is left must be at least ``min_lesion_ml``.
 ``hu_lungs`` cleans a lung mask of leaks with the same physics: a lung voxel is air-filled lung or
 lies within reach of it (lesions inside the lung are kept).
@@ -39,7 +39,8 @@ class HULesionSettings:
     ggo_open_3d: bool = True  # ... in 3-D (one slice up and down), whatever the slice thickness
     consolidation_open_mm: float = 4.0  # 3-D opening of the dense range: drops vessels thinner than ~8 mm
     max_elongation: float = 3.0  # a dense component longer than 3x its width is a vessel segment
-    vessel_share: float = 0.35  # a dense survivor under this share of the dense structure it lies in is a vessel piece
+    vessel_share: float = 0.35  # a dense survivor under this share of the dense tissue near it is a vessel piece ...
+    vessel_reach_mm: float = 20.0  # ... "near": within this distance
     min_lesion_ml: float = 0.2
 
 
@@ -87,23 +88,25 @@ def drop_tubes(mask: np.ndarray, spacing: Sequence[float], max_elongation: float
     return keep[lbl]
 
 
-def drop_vessel_pieces(opened: np.ndarray, dense: np.ndarray, min_share: float) -> np.ndarray:
-    """``opened`` (the opening of ``dense``) without components smaller than ``min_share`` of the 3-D structure
-    of ``dense`` they lie in. Why: as a reader scrolling through slices tells a vessel (it goes on) from a lesion
-    (it starts and ends), a thick vessel's piece that survives the opening, at a bifurcation or a bend, is a
-    small part of a long branching structure; a consolidation or a nodule is most of its own."""
+def drop_vessel_pieces(opened: np.ndarray, dense: np.ndarray, spacing: Sequence[float], min_share: float,
+                       reach_mm: float) -> np.ndarray:
+    """``opened`` (the opening of ``dense``) without components that are less than ``min_share`` of the ``dense``
+    tissue within ``reach_mm`` of them. Why: as a reader scrolling through slices tells a vessel (it goes on) from a
+    lesion (it starts and ends), a thick vessel's piece that survives the opening, at a bifurcation or a bend, has
+    the vessel going on around it; a consolidation or a nodule is most of the dense tissue near it, however many
+    vessels enter it (only the neighbourhood counts, so a lesion on a large vessel tree is not measured against
+    the whole tree)."""
     if min_share <= 0 or not opened.any():
         return opened
-    whole, n_whole = ndimage.label(dense, structure=np.ones((3, 3, 3), bool))
-    parts, n_parts = ndimage.label(opened)
-    if not n_parts:
-        return opened
-    parent = np.zeros(n_parts + 1, np.int64)
-    parent[parts[opened]] = whole[opened]  # each part lies in one structure (opening keeps a subset)
-    share = np.bincount(parts.ravel(), minlength=n_parts + 1) / np.maximum(
-        np.bincount(whole.ravel(), minlength=n_whole + 1)[parent], 1)
-    keep = share >= min_share
-    keep[0] = False
+    parts, n = ndimage.label(opened)
+    ball = ellipsoid(spacing, reach_mm)
+    pad = [b // 2 for b in ball.shape]
+    keep = np.zeros(n + 1, bool)
+    for i, sl in enumerate(ndimage.find_objects(parts), 1):
+        box = tuple(slice(max(s.start - p, 0), s.stop + p) for s, p in zip(sl, pad, strict=True))
+        part = parts[box] == i
+        near = binary_3d("dilate", part, ball) & dense[box]
+        keep[i] = part.sum() >= min_share * max(int(near.sum()), 1)
     return keep[parts]
 
 
@@ -144,7 +147,7 @@ def hu_lesions(hu: np.ndarray, spacing: Sequence[float], lungs: np.ndarray,
     dense_all = core & (v > s.consolidation_hu[0]) & (v < s.consolidation_hu[1])
     dense = binary_3d("open", dense_all, ellipsoid(spacing, s.consolidation_open_mm, min_vox=1))
     dense = drop_tubes(dense, spacing, s.max_elongation)
-    dense = drop_vessel_pieces(dense, dense_all, s.vessel_share)
+    dense = drop_vessel_pieces(dense, dense_all, spacing, s.vessel_share, s.vessel_reach_mm)
     lesion = drop_small_components(ggo | dense, spacing, s.min_lesion_ml)
     # regrow into the unscored rim: lung voxels in the lesion density range next to a lesion
     if s.rim_mm > 0 and lesion.any():
