@@ -27,6 +27,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from bench_io import p001_or_none  # noqa: E402  (the script's folder is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
 TRACE_ENV = "COVIDCT_TIMELINE_FILE"
 EPOCH_ENV = "COVIDCT_TIMELINE_EPOCH"
@@ -233,14 +235,8 @@ def main() -> int:
     ap.add_argument("--step", type=float, default=0.05)
     args = ap.parse_args()
     scan = args.scan
+    scan = p001_or_none(scan)
     if scan is None:
-        sys.path.insert(0, str(ROOT / "src"))
-        from covidct.data.sources import data_root
-
-        root = data_root()
-        scan = None if root is None else root / "covid-ct-md" / "P001"
-    if scan is None or not scan.exists():
-        print("skipped: no scan (set COVIDCT_DATA or pass --scan)")
         return 0
     load_before = os.getloadavg()
     res = measure(scan, args.step)

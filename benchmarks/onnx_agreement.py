@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_io import emit_json  # noqa: E402  (the script's folder is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
@@ -134,11 +136,7 @@ def main() -> int:
             res["cases"][name] = case
             print(name, json.dumps({k: v for k, v in case.items() if k.startswith(("onnx_vs", "identical"))}), flush=True)
     res["load_after"] = os.getloadavg()
-    text = json.dumps(res, indent=1)
-    print(text)
-    if args.output:
-        args.output.write_text(text + "\n")
-    return 0
+    return emit_json(res, args.output)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_io import emit_json  # noqa: E402  (the script's folder is on sys.path)
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
@@ -127,11 +129,7 @@ def main() -> int:
         print("skipped: no data (set COVIDCT_DATA)")
         return 0
     out = {name: trial(name, args.calib, args.repeats) for name in args.models}
-    text = json.dumps(out, indent=1)
-    print(text)
-    if args.output:
-        args.output.write_text(text + "\n")
-    return 0
+    return emit_json(out, args.output)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_io import emit_json, p001_or_none  # noqa: E402  (the script's folder is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -61,14 +63,8 @@ def main() -> int:
     ap.add_argument("-o", "--output", type=Path)
     args = ap.parse_args()
     scan = args.scan
+    scan = p001_or_none(scan)
     if scan is None:
-        sys.path.insert(0, str(ROOT / "src"))
-        from covidct.data.sources import data_root
-
-        root = data_root()
-        scan = None if root is None else root / "covid-ct-md" / "P001"
-    if scan is None or not scan.exists():
-        print("skipped: no scan (set COVIDCT_DATA or pass --scan)")
         return 0
     py = sys.executable
     res: dict = {"scan": str(scan), "runs": args.runs, "cpus": os.cpu_count(), "load_before": os.getloadavg()}
@@ -113,11 +109,7 @@ def main() -> int:
                                         "-o", str(tmp / f"r_{rt}.png")], rt)[0])
         res["refine_one_shot_wall_s"] = {k: summary(v) for k, v in refines.items()}
     res["load_after"] = os.getloadavg()
-    text = json.dumps(res, indent=1)
-    print(text)
-    if args.output:
-        args.output.write_text(text + "\n")
-    return 0
+    return emit_json(res, args.output)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,36 @@
+"""What several benchmark scripts share: the default P001 series, and writing a result as JSON.
+
+Imported by the scripts beside it (their folder is on ``sys.path`` when they run).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def p001_or_none(scan: Path | None) -> Path | None:
+    """``scan``, or COVID-CT-MD P001 in the data folder (``COVIDCT_DATA``) when ``scan`` is None; None (with a
+    'skipped' line printed) when there is none."""
+    if scan is None:
+        sys.path.insert(0, str(ROOT / "src"))
+        from covidct.data.sources import data_root
+
+        root = data_root()
+        scan = None if root is None else root / "covid-ct-md" / "P001"
+    if scan is None or not scan.exists():
+        print("skipped: no scan (set COVIDCT_DATA or pass --scan)")
+        return None
+    return scan
+
+
+def emit_json(result: dict, output: Path | None) -> int:
+    """Print ``result`` as indented JSON and write it to ``output`` too when given; returns 0 (the exit code)."""
+    text = json.dumps(result, indent=1)
+    print(text)
+    if output:
+        output.write_text(text + "\n")
+    return 0
