@@ -46,7 +46,7 @@ from covidct.evaluate.hu_volumes import (
     scoring_note,
     thick_slabs,
 )
-from hu_volumes_loo import loo_case, loo_rows  # noqa: E402  (the script's folder is on sys.path)
+from hu_volumes_loo import loo_case, loo_rows, series_name  # noqa: E402  (the script's folder is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 # volumes each method was tuned on (LOO bookkeeping): the HU rules have fixed, a-priori settings
@@ -144,7 +144,7 @@ def score(vol: dict, ct, method: str, lung: np.ndarray, lesion: np.ndarray, extr
     """One table row: the figures that apply to this volume."""
     sp = ct.spacing
     row = {"volume": vol["name"], "method": method, "scored": scoring_note(vol["name"], TUNED_ON.get(method, [])), **extra}
-    if method == "shipped" and vol["name"].split(" (")[0] in SETTINGS_CHOSEN_ON:
+    if method == "shipped" and series_name(vol["name"]) in SETTINGS_CHOSEN_ON:
         row["scored"] = "tuned on"  # the HU rule's settings were chosen with this patient: see its LOO row
     infection = lesion.astype(bool)
     vox_ml = float(np.prod(sp)) / 1000.0

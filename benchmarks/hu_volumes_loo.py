@@ -30,13 +30,19 @@ def settings_grid() -> list[HULesionSettings]:
     return out
 
 
+def series_name(name: str) -> str:
+    """The series a table row is a version of: its name before the first " (" ('P001 (2x thicker slices)' ->
+    'P001', 'phantom 200 (lesion-free)' -> 'phantom 200')."""
+    return name.split(" (")[0]
+
+
 def loo_case(vol: dict, ct, lungs: np.ndarray, exclude: np.ndarray | None) -> dict:
     """What the choice needs of one volume, on the working grid."""
     from covidct.pipeline import working_grid
 
     work, f = working_grid(ct)
     # the patient: a thick-slice version of a series is the same patient as the series (held out together)
-    case = {"name": vol["name"], "patient": vol["name"].split(" (")[0] if vol.get("thick") else vol["name"],
+    case = {"name": vol["name"], "patient": series_name(vol["name"]),
             "hu": work.array, "spacing": work.spacing, "lungs": lungs[:, ::f, ::f],
             "lesion_free": bool(vol.get("lesion_free")), "exclude": None if exclude is None else exclude[:, ::f, ::f]}
     if vol.get("slice_labels"):

@@ -317,3 +317,13 @@ def test_lesion_spec_rejects_bad_values(bad):
 
     with pytest.raises(ValueError):
         LesionSpec(**bad)
+
+
+def test_vessel_tree_of_a_tiny_lung_is_empty():
+    """A lung too small for any branch to be drawn gives no vessels (not an error)."""
+    from covidct.phantom.vessels import vessel_tree
+
+    lung = np.zeros((10, 10, 10), bool)
+    lung[2:8, 2:8, 2:8] = True
+    out = vessel_tree(np.random.default_rng(0), lung, np.array([5.0, 5.0, 5.0]), np.array([0.5, 0.5, 0.5]))
+    assert out.shape == lung.shape and not out.any()

@@ -24,8 +24,10 @@ def vessel_tree(
     n_pts = min(idx.shape[0], _TERRITORY_POINTS)
     pts = idx[rng.choice(idx.shape[0], size=n_pts, replace=False)].astype(np.float32) * spacing
     ml_per_pt = idx.shape[0] * float(np.prod(spacing)) / 1000.0 / n_pts
-    starts, ends, ctrl, r0, r1 = _branches(rng, pts, ml_per_pt, hilum_vox.astype(np.float32) * spacing)
-    return _render(lung, spacing, starts, ends, ctrl, r0, r1)
+    branches = _branches(rng, pts, ml_per_pt, hilum_vox.astype(np.float32) * spacing)
+    if branches is None:  # a lung too small for even its main branches to be drawn
+        return np.zeros(lung.shape, dtype=np.float32)
+    return _render(lung, spacing, *branches)
 
 
 # Lung points that stand for the lung's volume when territories are split (enough for ~1 mL terminals).
@@ -37,7 +39,8 @@ _MIN_RADIUS_MM = 0.5  # narrower vessels are not drawn (far below a CT voxel)
 
 
 def _branches(rng: np.random.Generator, pts: np.ndarray, ml_per_pt: float, hilum: np.ndarray):
-    """Branches (start, end, Bezier control, radius at start and end; mm) grown by halving territories.
+    """Branches (start, end, Bezier control, radius at start and end; mm) grown by halving territories; None
+    when no branch is wide enough to draw.
 
     Why bifurcations: real pulmonary arteries divide mostly in two, so three tubes meet at a branch
     point. Giving one parent ten or more children in the same place paints a dense blob no lung has,
@@ -68,11 +71,12 @@ def _branches(rng: np.random.Generator, pts: np.ndarray, ml_per_pt: float, hilum
         for part in (ter[side], ter[~side]):
             if part.size:
                 stack.append((end, part, False))
-    s, e, c, a, b = (np.array(v, dtype=np.float32) for v in zip(*out, strict=True))
-    return s, e, c, a, b
+    return tuple(np.array(v, dtype=np.float32) for v in zip(*out, strict=True)) if out else None
 
 
-def _render(lung, spacing, starts, ends, ctrl, r0, r1) -> np.ndarray:
+def _render(lung: np.ndarray, spacing: np.ndarray, starts: np.ndarray, ends: np.ndarray, ctrl: np.ndarray,
+            r0: np.ndarray, r1: np.ndarray) -> np.ndarray:
+    """The blood fraction of each voxel of ``lung``'s grid along the branches' Bezier paths (mm)."""
     step = 0.4 * float(spacing.min())
     length = np.linalg.norm(ends - starts, axis=1)
     n = int(np.clip(length.max() / step, 8, 600))
