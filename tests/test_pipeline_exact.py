@@ -114,7 +114,9 @@ def test_nearest_labels_on_boxes_is_the_whole_feature_transform(seed):
     np.testing.assert_array_equal(nearest_labels(labels, where), _nearest_full(labels, where))
 
 
-def test_split_left_right_with_inert_seeds_left_out_is_the_plain_watershed():
+@pytest.mark.parametrize("touching", [True, False])
+def test_split_left_right_per_component_with_inert_seeds_left_out_is_the_plain_watershed(touching):
+    """Seeds of one side only: the component is that side; the watershed only where the lungs touch."""
     from skimage.segmentation import watershed
 
     from covidct.pipeline.lungs import _split_left_right, _two_seeds
@@ -123,7 +125,9 @@ def test_split_left_right_with_inert_seeds_left_out_is_the_plain_watershed():
     mask = np.zeros((8, 40, 60), bool)
     mask[1:7, 5:35, 6:28] = True
     mask[1:7, 5:35, 32:56] = True
-    mask[2:6, 15:25, 26:34] = True  # a bridge: the lungs touch
+    if touching:
+        mask[2:6, 15:25, 26:34] = True  # a bridge: the lungs touch
+    mask[3:5, 36:39, 10:13] = True  # a piece without seeds: unlabelled, as the flood leaves it
     mask &= rng.random(mask.shape) > 0.02
     spacing = (2.0, 0.8, 0.8)
     a, b = _two_seeds(mask)

@@ -150,15 +150,38 @@ def _split_left_right(mask: np.ndarray, spacing: tuple[float, float, float]) -> 
         out[mask & (xx >= mid)] = LEFT_LUNG
         out[mask & (xx < mid)] = RIGHT_LUNG
         return out
+    a, b = seeds
+    left, right = (a, b) if np.nonzero(a)[2].mean() > np.nonzero(b)[2].mean() else (b, a)
+    # A 3-D component of the mask that holds seeds of one side only is all that side: the watershed floods it
+    # from them and nothing else reaches it (it floods along the same 6-connectivity as ndimage.label). Only a
+    # component holding both sides' seeds (lungs touching) needs the distance transform and the watershed, on
+    # its own bounding box. Its distances are the same there: the voxel beside any of its voxels towards
+    # another component is background. After the HU rule removes the airways the lungs are usually apart
+    # (P001), and the split then costs a labelling (0.9 -> 0.3 s); same labels on every case of
+    # benchmarks/exact_outputs.py.
+    lbl, n = ndimage.label(mask)
+    has_left = np.bincount(lbl[left], minlength=n + 1) > 0
+    has_right = np.bincount(lbl[right], minlength=n + 1) > 0
+    side = np.where(has_left & ~has_right, LEFT_LUNG, np.where(has_right & ~has_left, RIGHT_LUNG, 0))
+    side[0] = 0
+    out = side.astype(np.uint8)[lbl]
+    both = has_left & has_right
+    both[0] = False
+    if both.any():
+        region = both[lbl]
+        box = bounding_box(region, margin=1)
+        out[box] = np.where(region[box], _watershed(region[box], left[box] & region[box], right[box] & region[box],
+                                                    spacing), out[box])
+    return out
+
+
+def _watershed(mask: np.ndarray, left: np.ndarray, right: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """Left/right labels of ``mask`` flooded from the two seeds along the distance to the background."""
     from skimage.segmentation import watershed
 
     from covidct.pipeline.morphology import distance_transform
 
     markers = np.zeros(mask.shape, np.int32)
-    a, b = seeds
-    ax = np.nonzero(a)[2].mean()
-    bx = np.nonzero(b)[2].mean()
-    left, right = (a, b) if ax > bx else (b, a)
     markers[left] = LEFT_LUNG
     markers[right] = RIGHT_LUNG
     dist = distance_transform(mask, spacing)
