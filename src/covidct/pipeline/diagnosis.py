@@ -53,11 +53,13 @@ def diagnose_from_findings(sev: dict) -> dict:
     phantoms, and matched by a real series' infection-free slices), so that their false positives
     alone are not taken as disease (a centre at 1 % called every normal phantom COVID-19);
     within abnormal, the COVID-19 share rises with the typical CT pattern of the RSNA consensus:
-    bilateral, peripheral, ground-glass-predominant opacities.
+    bilateral, ground-glass-predominant opacities. Used for a single 2-D image only (a volume's diagnosis reads
+    the pattern); a peripheral term read a 3-D depth that a single image never had (always 0 there), and went
+    with it.
     """
     inv = max(float(sev["involvement"]["total"]), 1e-4)
     p_abn = 1.0 / (1.0 + np.exp(-3.0 * (np.log10(inv) - np.log10(FALSE_INVOLVEMENT_PCT))))
-    typical = 0.25 + 0.25 * float(sev["bilateral"]) + 0.25 * float(sev["ggo_fraction"]) + 0.2 * float(sev["peripheral_fraction"] >= 0.5)
+    typical = 0.25 + 0.25 * float(sev["bilateral"]) + 0.25 * float(sev["ggo_fraction"])
     typical = min(max(typical, 0.05), 0.95)
     probs = {"covid19": p_abn * typical, "pneumonia": p_abn * (1 - typical), "normal": 1.0 - p_abn}
     label = max(probs, key=probs.get)
@@ -67,7 +69,7 @@ def diagnose_from_findings(sev: dict) -> dict:
         "method": (
             f"rule on lesion findings (not fitted to data): P(abnormal) from total involvement (logistic, 50 % at "
             f"{FALSE_INVOLVEMENT_PCT:g} %, the models' false-positive level in lesion-free lungs); "
-            "COVID-19 share from bilateral, GGO-predominant, peripheral pattern (RSNA typical appearance)"
+            "COVID-19 share from bilateral, GGO-predominant pattern (RSNA typical appearance)"
         ),
     }
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from covidct.labels import CONSOLIDATION, EFFUSION, GGO, LEFT_LUNG, RIGHT_LUNG
 from covidct.preprocess import bounding_box
@@ -85,19 +84,11 @@ def measure(ct: CT, lungs: np.ndarray, lesions: np.ndarray, mode: str = "volume"
         "right": pct(pl["right"]["infection"], pl["right"]["lung_vox"]),
         "total": pct(pl["left"]["infection"] + pl["right"]["infection"], pl["left"]["lung_vox"] + pl["right"]["lung_vox"]),
     }
-    # bilateral / peripheral / GGO-predominance features for the diagnosis
+    # bilateral / GGO-predominance for the findings rule of a single image (a volume's diagnosis reads the
+    # pattern, covidct.pattern, which measures its own peripheral share)
     tot_inf = pl["left"]["infection"] + pl["right"]["infection"]
     res["ggo_fraction"] = (pl["left"]["ggo"] + pl["right"]["ggo"]) / tot_inf if tot_inf else 0.0
     res["bilateral"] = res["involvement"]["left"] >= 0.5 and res["involvement"]["right"] >= 0.5
-    res["peripheral_fraction"] = 0.0
-    if tot_inf and mode == "volume":
-        # distance to the lung surface on a 2x in-plane subsampled grid (a pattern feature, not a volume)
-        lb = lungs[box][:, ::2, ::2] > 0
-        ib = np.isin(lesions[box][:, ::2, ::2], (GGO, CONSOLIDATION)) & lb
-        if ib.any():
-            dz, dy, dx = ct.spacing
-            depth = ndimage.distance_transform_edt(lb, sampling=(dz, 2 * dy, 2 * dx))
-            res["peripheral_fraction"] = float((depth[ib] <= 20.0).mean())
     if mode == "volume":
         z = res["zones"]
         lobes = {
