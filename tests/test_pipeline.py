@@ -263,3 +263,42 @@ def test_diagnosis_rule_centred_at_the_false_positive_level():
     assert abs(at["normal"] - 0.5) < 1e-3  # the models' false-positive level alone is a coin toss, not disease
     assert dx(2.0)["label"] == "normal" and dx(15.0)["label"] == "covid19"
     assert str(FALSE_INVOLVEMENT_PCT) in dx(1.0)["method"] or f"{FALSE_INVOLVEMENT_PCT:g}" in dx(1.0)["method"]
+
+
+def test_network_slices_and_interpolation_between_them():
+    from covidct.pipeline.predict import interpolate_slices, network_slices
+
+    thin, thick = make_phantom(shape=(24, 64, 64), spacing=(2.0, 5.0, 5.0)).ct, make_phantom(shape=(24, 64, 64)).ct
+    zs = np.arange(3, 10)
+    run = network_slices(zs, thin)
+    np.testing.assert_array_equal(run, [3, 4, 6, 8, 9])  # even slices and both ends
+    np.testing.assert_array_equal(network_slices(zs, thick), zs)  # 5 mm slices: every slice
+    prob = np.stack([np.full((2, 2, 2), float(z), np.float32) for z in run])  # probability = slice number
+    out = interpolate_slices(prob, run, zs)
+    np.testing.assert_allclose(out[:, 0, 0, 0], zs.astype(np.float32))  # linear between neighbours, exact on run
+
+
+def test_thin_hu_series_run_the_lung_network_on_every_other_slice(monkeypatch):
+    """Thin HU series: the lung network sees the even slices and both ends; the lesion network every lung slice
+    (its effusion moved too much on every other slice: docs/BENCHMARKS.md); thick series: every slice."""
+    from covidct.pipeline.predict import ModelRunner
+
+    calls = []
+    real = ModelRunner.probabilities
+
+    def spy(self, model, vol, zs, is_hu, spacing=None, role="lungs", channel=None):
+        calls.append((role, np.asarray(zs).copy()))
+        return real(self, model, vol, zs, is_hu, spacing, role, channel)
+
+    monkeypatch.setattr(ModelRunner, "probabilities", spy)
+    analyzer = Analyzer()
+    for dz, every_other in ((2.0, True), (5.0, False)):
+        calls.clear()
+        ph = make_phantom(shape=(40, 128, 128), spacing=(dz, 2.5, 2.5), seed=5)
+        analysis = analyzer(ph.ct)
+        assert analysis.lungs.any()
+        (role, lung_zs), (role2, lesion_zs) = calls
+        assert (role, role2) == ("lungs", "lesions")
+        assert np.all(lung_zs[1:-1] % 2 == 0) == every_other
+        assert (len(lung_zs) < 0.7 * (lung_zs[-1] - lung_zs[0] + 1)) == every_other
+        np.testing.assert_array_equal(lesion_zs, np.arange(lesion_zs[0], lesion_zs[-1] + 1))

@@ -1,7 +1,8 @@
 """Lungs stage: the lung model (or the HU / k-means fallback), 3-D cleaning, and the left/right split.
 
 The shipped ``lungs`` model runs on every slice that can contain lung (for HU input, slices whose
-HU-threshold lung field is not empty, ± a margin); the mask is then cleaned in 3-D (airways and gut gas
+HU-threshold lung field is not empty, ± a margin; on thin HU series every other one of them, the probability
+between interpolated: :func:`covidct.pipeline.predict.network_slices`); the mask is then cleaned in 3-D (airways and gut gas
 removed, small components dropped, holes filled slice by slice so that dense lesions at the lung
 border stay inside) and split into left and right, also when the two lungs touch (erosion until two
 seeds separate, then a watershed).
@@ -15,7 +16,7 @@ from scipy import ndimage
 from covidct.labels import LEFT_LUNG, RIGHT_LUNG
 from covidct.pipeline import hu_rules
 from covidct.pipeline.morphology import dilate_mm, grow_box, in_plane, in_plane_opening, radius_vox
-from covidct.pipeline.predict import ModelRunner
+from covidct.pipeline.predict import ModelRunner, interpolate_slices, network_slices
 from covidct.pipeline.types import LoadedModel
 from covidct.preprocess import IN_PLANE, bounding_box, fill_holes_in_plane, threshold_lung_mask
 from covidct.volume import CT
@@ -37,7 +38,10 @@ def segment_lungs(ct: CT, model: LoadedModel | None, runner: ModelRunner) -> np.
         idx = np.arange(len(vol))
     mask = np.zeros(vol.shape, bool)
     if model is not None:
-        prob = runner.probabilities(model, vol, idx, ct.is_hu, ct.spacing, "lungs", channel=1)
+        run = network_slices(idx, ct)
+        prob = runner.probabilities(model, vol, run, ct.is_hu, ct.spacing, "lungs", channel=1)
+        if len(run) < len(idx):
+            prob = interpolate_slices(prob, run, idx)
         thr = (model.info.get("thresholds") or {}).get("foreground", 0.5)
         mask[idx] = prob >= thr
         del prob  # 39 MB for P001, not needed during the post-processing (the lesion network may be running beside it)

@@ -20,6 +20,34 @@ from covidct.pipeline.types import LoadedModel
 # faults and about 15 % more CPU time per network pass with 8; same outputs; docs/BENCHMARKS.md).
 BATCH_SIZE = 4
 
+# On HU series with slices this thin or thinner the 2-D networks run on every other slice (the even-numbered ones,
+# and both ends), the probability of the slices between interpolated linearly: neighbouring slices this close
+# differ little, and each network pass is about a second of CPU for a 150-slice series. 0 turns it off.
+SKIP_MAX_MM = 2.5
+
+
+def network_slices(zs: np.ndarray, ct) -> np.ndarray:
+    """The slices of ``zs`` (sorted) a 2-D network runs on for ``ct`` (see ``SKIP_MAX_MM``)."""
+    zs = np.asarray(zs)
+    if not (ct.is_hu and 0 < SKIP_MAX_MM and ct.spacing[0] <= SKIP_MAX_MM) or len(zs) <= 4:
+        return zs
+    return np.union1d(zs[zs % 2 == 0], zs[[0, -1]])
+
+
+def interpolate_slices(prob: np.ndarray, run: np.ndarray, zs: np.ndarray) -> np.ndarray:
+    """Probabilities (len(zs), ...) on slices ``zs`` from those on slices ``run`` (a sorted subset of ``zs`` holding
+    both of its ends): copied where computed, linear in the slice number between the computed neighbours."""
+    out = np.empty((len(zs), *prob.shape[1:]), prob.dtype)
+    k = np.searchsorted(run, zs)
+    for i, z in enumerate(zs):
+        j = k[i]
+        if run[j] == z:
+            out[i] = prob[j]
+        else:
+            w = (z - run[j - 1]) / (run[j] - run[j - 1])
+            np.add((1 - w) * prob[j - 1], w * prob[j], out=out[i])
+    return out
+
 
 class ModelRunner:
     """Runs the models for one CT; ``bf16``/``batch_size`` as :class:`~covidct.pipeline.Analyzer`.
