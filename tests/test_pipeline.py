@@ -286,9 +286,9 @@ def test_thin_hu_series_run_the_lung_network_on_every_other_slice(monkeypatch):
     calls = []
     real = ModelRunner.probabilities
 
-    def spy(self, model, vol, zs, is_hu, spacing=None, role="lungs", channel=None):
+    def spy(self, model, vol, zs, is_hu, spacing=None, role="lungs", channel=None, ahead_zs=None):
         calls.append((role, np.asarray(zs).copy()))
-        return real(self, model, vol, zs, is_hu, spacing, role, channel)
+        return real(self, model, vol, zs, is_hu, spacing, role, channel, ahead_zs)
 
     monkeypatch.setattr(ModelRunner, "probabilities", spy)
     analyzer = Analyzer()
@@ -302,3 +302,10 @@ def test_thin_hu_series_run_the_lung_network_on_every_other_slice(monkeypatch):
         assert np.all(lung_zs[1:-1] % 2 == 0) == every_other
         assert (len(lung_zs) < 0.7 * (lung_zs[-1] - lung_zs[0] + 1)) == every_other
         np.testing.assert_array_equal(lesion_zs, np.arange(lesion_zs[0], lesion_zs[-1] + 1))
+        if every_other:  # the lesion network ran ahead on every lung-network slice, the skipped ones too
+            job = analyzer._runner(ahead=True)
+            job.probabilities(analyzer.models["lungs"], ph.ct.array, lung_zs, True, ph.ct.spacing, "lungs", channel=1,
+                              ahead_zs=np.arange(lung_zs[0], lung_zs[-1] + 1))
+            ahead = next(iter(job.running.values()))
+            assert set(ahead.zs) == set(range(lung_zs[0], lung_zs[-1] + 1))
+            job.close()

@@ -39,7 +39,7 @@ def segment_lungs(ct: CT, model: LoadedModel | None, runner: ModelRunner) -> np.
     mask = np.zeros(vol.shape, bool)
     if model is not None:
         run = network_slices(idx, ct)
-        prob = runner.probabilities(model, vol, run, ct.is_hu, ct.spacing, "lungs", channel=1)
+        prob = runner.probabilities(model, vol, run, ct.is_hu, ct.spacing, "lungs", channel=1, ahead_zs=idx)
         if len(run) < len(idx):
             prob = interpolate_slices(prob, run, idx)
         thr = (model.info.get("thresholds") or {}).get("foreground", 0.5)

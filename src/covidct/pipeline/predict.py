@@ -71,9 +71,12 @@ class ModelRunner:
         self.running.clear()
 
     def probabilities(self, model: LoadedModel, vol: np.ndarray, zs: np.ndarray, is_hu: bool,
-                      spacing: Sequence[float] | None = None, role: str = "lungs", channel: int | None = None) -> np.ndarray:
+                      spacing: Sequence[float] | None = None, role: str = "lungs", channel: int | None = None,
+                      ahead_zs: np.ndarray | None = None) -> np.ndarray:
         """(N, C, H, W) probabilities of slices ``vol[zs]``; a 3-D model sees them as one volume (sliding window).
-        ``channel``: only that class's (N, H, W) probability is kept (the softmax still sees every class)."""
+        ``channel``: only that class's (N, H, W) probability is kept (the softmax still sees every class).
+        ``ahead_zs``: the slices a model running ahead after this pass runs on (default ``zs``; the lung network
+        may run on every other slice, the lesion network is asked for all)."""
         info = model.info
         if model.is_3d:
             from covidct.models.volume_inference import predict_volume, probs_for_role
@@ -95,8 +98,9 @@ class ModelRunner:
         if nxt is not None:
             # the slices this pass found something on first: the next stage most likely asks for those
             found = out.reshape(len(zs), -1).max(1) >= 0.5 if channel is not None else np.ones(len(zs), bool)
-            order = np.concatenate([np.asarray(zs)[found], np.asarray(zs)[~found]])
-            self.running[id(nxt)] = RunAhead(nxt, vol, order, is_hu, self._rows(nxt, vol, zs, is_hu), self.batch_size)
+            first = np.asarray(zs)[found]
+            order = np.concatenate([first, np.setdiff1d(np.asarray(zs if ahead_zs is None else ahead_zs), first)])
+            self.running[id(nxt)] = RunAhead(nxt, vol, order, is_hu, self._rows(nxt, vol, order, is_hu), self.batch_size)
         return out
 
     def _rows(self, model: LoadedModel, vol: np.ndarray, zs: np.ndarray, is_hu: bool) -> dict[int, np.ndarray]:
