@@ -273,6 +273,9 @@ def test_network_slices_and_interpolation_between_them():
     run = network_slices(zs, thin)
     np.testing.assert_array_equal(run, [3, 4, 6, 8, 9])  # even slices and both ends
     np.testing.assert_array_equal(network_slices(zs, thick), zs)  # 5 mm slices: every slice
+    thin.spacing_known = False
+    np.testing.assert_array_equal(network_slices(zs, thin), zs)  # unknown spacing: every slice
+    thin.spacing_known = True
     prob = np.stack([np.full((2, 2, 2), float(z), np.float32) for z in run])  # probability = slice number
     out = interpolate_slices(prob, run, zs)
     np.testing.assert_allclose(out[:, 0, 0, 0], zs.astype(np.float32))  # linear between neighbours, exact on run

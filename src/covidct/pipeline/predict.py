@@ -27,9 +27,11 @@ SKIP_MAX_MM = 2.5
 
 
 def network_slices(zs: np.ndarray, ct) -> np.ndarray:
-    """The slices of ``zs`` (sorted) a 2-D network runs on for ``ct`` (see ``SKIP_MAX_MM``)."""
+    """The slices of ``zs`` (sorted) a 2-D network runs on for ``ct`` (see ``SKIP_MAX_MM``; every slice where the
+    slice spacing is unknown)."""
     zs = np.asarray(zs)
-    if not (ct.is_hu and 0 < SKIP_MAX_MM and ct.spacing[0] <= SKIP_MAX_MM) or len(zs) <= 4:
+    thin = ct.is_hu and ct.spacing_known and 0 < SKIP_MAX_MM and ct.spacing[0] <= SKIP_MAX_MM
+    if not thin or len(zs) <= 4:
         return zs
     return np.union1d(zs[zs % 2 == 0], zs[[0, -1]])
 
