@@ -2,8 +2,8 @@
 
 The shipped ``lungs`` model runs on every slice that can contain lung (for HU input, slices whose
 HU-threshold lung field is not empty, ± a margin; on thin HU series every other one of them, the probability
-between interpolated: :func:`covidct.pipeline.predict.network_slices`); the mask is then cleaned in 3-D (airways and gut gas
-removed, small components dropped, holes filled slice by slice so that dense lesions at the lung
+between interpolated: :func:`covidct.pipeline.predict.network_slices`); the mask is then cleaned in 3-D (airways
+and gut gas removed, small components dropped, holes filled slice by slice so that dense lesions at the lung
 border stay inside) and split into left and right, also when the two lungs touch (erosion until two
 seeds separate, then a watershed).
 """
@@ -160,17 +160,14 @@ def _split_left_right(mask: np.ndarray, spacing: tuple[float, float, float]) -> 
     # from them and nothing else reaches it (it floods along the same 6-connectivity as ndimage.label). Only a
     # component holding both sides' seeds (lungs touching) needs the distance transform and the watershed, on
     # its own bounding box. Its distances are the same there: the voxel beside any of its voxels towards
-    # another component is background. After the HU rule removes the airways the lungs are usually apart
-    # (P001), and the split then costs a labelling (0.9 -> 0.3 s); same labels on every case of
-    # benchmarks/exact_outputs.py.
+    # another component is background. Lungs apart after the HU rule removed the airways then cost a labelling;
+    # P001's touch, and still need the watershed. Same labels on every case of benchmarks/exact_outputs.py.
     lbl, n = ndimage.label(mask)
-    has_left = np.bincount(lbl[left], minlength=n + 1) > 0
+    has_left = np.bincount(lbl[left], minlength=n + 1) > 0  # the seeds lie in the mask: label 0 never counts
     has_right = np.bincount(lbl[right], minlength=n + 1) > 0
     side = np.where(has_left & ~has_right, LEFT_LUNG, np.where(has_right & ~has_left, RIGHT_LUNG, 0))
-    side[0] = 0
     out = side.astype(np.uint8)[lbl]
     both = has_left & has_right
-    both[0] = False
     if both.any():
         region = both[lbl]
         box = bounding_box(region, margin=1)

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from covidct.pipeline.types import LoadedModel
+
+if TYPE_CHECKING:
+    from covidct.volume import CT
 
 # Slices per forward pass. ONNX Runtime (arena off) mallocs a run's intermediate tensors: for up to 5 slices of
 # these 256² U-Nets glibc serves them again from its heap, from 6 on it maps them afresh every run and each
@@ -26,7 +30,7 @@ BATCH_SIZE = 4
 SKIP_MAX_MM = 2.5
 
 
-def network_slices(zs: np.ndarray, ct) -> np.ndarray:
+def network_slices(zs: np.ndarray, ct: CT) -> np.ndarray:
     """The slices of ``zs`` (sorted) a 2-D network runs on for ``ct`` (see ``SKIP_MAX_MM``; every slice where the
     slice spacing is unknown)."""
     zs = np.asarray(zs)
@@ -177,7 +181,6 @@ class RunAhead:
         self.busy: set[int] = set()  # slices the background thread is running now
         self.have = np.zeros(len(self.zs), bool)
         self.results: np.ndarray | None = None  # (slices, C, H, W), allocated with the first result
-        self.error: BaseException | None = None
         self.stopped = False
         self.lock = threading.Lock()
         info = model.info
@@ -226,9 +229,8 @@ class RunAhead:
                     if self.stopped:
                         return
                     self._keep([z], prob)
-        except BaseException as exc:  # noqa: BLE001 - the asking thread then runs the slices itself
-            with self.lock:
-                self.error = exc
+        except BaseException:  # noqa: BLE001 - the asking thread runs the slices left (and raises their error)
+            return
 
     def finish(self, net, vol: np.ndarray, is_hu: bool, zs: np.ndarray, channel: int | None = None) -> np.ndarray | None:
         """The (N, C, H, W) probabilities of slices ``zs`` (``channel``: (N, H, W), that class's), once this thread
