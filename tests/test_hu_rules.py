@@ -92,6 +92,18 @@ def test_lungs_add_missed_air_drop_leaks_keep_lesions():
     assert not out[27:, 40:46, 45:51].any()  # the trachea was never lung
 
 
+def test_lungs_add_missed_air_beyond_the_models_box():
+    """Aerated lung the model missed far out from everything it labels (wider than the 7 mm margin around its
+    mask) is still lung: the air search sees whole slices, where it is enclosed by the body (cap001's
+    lateral right base), not a box where it would touch the edge like air outside the body."""
+    hu, lungs = _chest()
+    model = lungs.copy()
+    model[:, :, 10:30] = False  # the model labels only the inner 8 mm of the right lung
+    out = hu_lungs(hu, SP, model)
+    assert out[3:27, 16:80, 10:38].mean() > 0.99
+    assert not out[:, :, :8].any() and not out[:, :12].any()  # the body wall and the outside stay out
+
+
 def test_thick_slices_drop_vessel_partial_volume_keep_lesions():
     """On 5 mm slices the GGO opening stays 3-D: a GGO-density patch seen in one slice only (a vessel's
     partial volume) goes, a lesion spanning three slices stays."""

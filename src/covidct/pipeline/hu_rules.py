@@ -200,7 +200,10 @@ def hu_lungs(hu: np.ndarray, spacing: Sequence[float], lungs: np.ndarray, reach_
     box = _bbox(m, margin=int(np.ceil(reach_mm / min(spacing[1:]))) + 2)
     if box is None:
         return m.copy()
-    v, m = hu[box], m[box]
+    # the air search sees whole slices: in a box around the model's mask, aerated lung the model missed
+    # runs into the box's edge and reads as air outside the body (cap001: the lateral right base, 3 slices)
+    rows = (box[0], slice(None), slice(None))
+    v, m = hu[rows], m[rows]
     air = threshold_lung_mask(v, lung_hu)
     # 3-D air components the model calls lung in part (not bowel gas), then each slice's pieces of them that
     # the model partly labels or that are too big for an airway (the trachea and main bronchi stay out)
@@ -216,6 +219,12 @@ def hu_lungs(hu: np.ndarray, spacing: Sequence[float], lungs: np.ndarray, reach_
         join = (overlap >= 0.1 * size) | (size * spacing[1] * spacing[2] / 100.0 >= max_airway_cm2)
         join[0] = False
         m = m | join[lbl]
+    # the rest works in a box around the lungs found so far
+    inner = _bbox(m, margin=int(np.ceil(reach_mm / min(spacing[1:]))) + 2)
+    if inner is None:
+        return np.zeros(lungs.shape, bool)
+    box = (box[0],) + inner[1:]
+    v, m = v[(slice(None),) + inner[1:]], m[(slice(None),) + inner[1:]]
     m = m | _enclosed_holes(m, np.ones(m.shape, bool), spacing, max_hole_cm2)
     aerated = binary_3d("open", m & (v < air_hu), ellipsoid(spacing, 1.5, in_plane=True, min_vox=1))
     near = binary_3d("dilate", aerated, ellipsoid(spacing, reach_mm, in_plane=True))
