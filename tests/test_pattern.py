@@ -166,6 +166,33 @@ def test_typical_pattern() -> None:
     assert sum(res.probabilities.values()) == pytest.approx(1.0, abs=1e-3)
 
 
+def round_ggo_in_one_lung() -> tuple:
+    """Round GGO foci in the left lung only (central, not subpleural) and a band of GGO along the right lung's
+    mediastinal side: bilateral opacity, but the round GGO is in one lung."""
+    lungs, les, hu = chest()
+    cx = CENTRES[LEFT_LUNG]
+    for cy, cz in ((10.0, -50.0), (45.0, -20.0), (-25.0, -55.0), (30.0, 25.0)):
+        put(lungs, les, hu, ball(cx, cy, cz, 15.0), GGO)
+    band = (lungs == RIGHT_LUNG) & (np.abs(X - CENTRES[RIGHT_LUNG] - 14.0) < 8.0) & (np.abs(Y) < 50.0) & (np.abs(Z) < 30.0)
+    put(lungs, les, hu, band, GGO)
+    return lungs, les, hu
+
+
+def test_round_ggo_counts_as_typical_only_in_both_lungs() -> None:
+    """RSNA / CO-RADS 5 'multifocal round GGO' is a bilateral finding: round foci in one lung beside other
+    opacity in the second are not the typical pattern."""
+    _, f = run(typical)
+    assert f["round_foci_sides"] == 2
+    res, f = run(round_ggo_in_one_lung)
+    assert f["n_round_foci"] >= 3 and f["round_foci_sides"] == 1 and f["minor_side_share"] >= 0.1
+    assert f["peripheral_fraction"] < 0.5 and f["ggo_fraction"] > 0.9
+    assert res.rsna_category == "indeterminate" and res.co_rads == 3
+    from covidct.pattern.category import classify_pattern
+
+    both = classify_pattern(dict(f, round_foci_sides=2))  # the same features with round foci in each lung
+    assert both.rsna_category == "typical"
+
+
 def test_normal_lungs_are_negative() -> None:
     res, f = run(chest)
     assert f["opacity_ml"] == 0.0 and f["n_foci"] == 0

@@ -85,7 +85,7 @@ def _findings(f: dict, abnormal_percent: float = OPACITY_PERCENT) -> dict[str, b
         "posterior": f["posterior_fraction"] >= POSTERIOR,
         "lower": f["lower_zone_fraction"] >= LOWER_ZONE and f["lower_zone_fraction"] > f["upper_zone_fraction"],
         "multifocal": f["n_foci"] >= MULTIFOCAL,
-        "round": f["n_round_foci"] >= ROUND_FOCI,
+        "round": f["n_round_foci"] >= ROUND_FOCI and f["round_foci_sides"] >= 2,  # in both lungs, as CO-RADS 5 asks
         "segmental": f["largest_consolidation_percent"] >= SEGMENTAL_PERCENT,
         "consolidation_without_ggo": f["consolidation_focus_ggo_fraction"] < GGO_ABSENT,
         "nodular": f["n_nodules"] >= NODULAR_PATTERN,
@@ -182,7 +182,7 @@ def covid_logit(f: dict) -> float:
         (1.5, _clip((f["ggo_fraction"] - GGO_PREDOMINANT) / 0.2)),
         # bronchopneumonia is often bilateral too: bilaterality alone weighs less
         (0.5, _clip((f["minor_side_share"] - BILATERAL_SHARE) / 0.1)),
-        (0.5, _clip(f["n_round_foci"] / ROUND_FOCI)),
+        (0.5, _clip(f["n_round_foci"] / ROUND_FOCI) * (f["round_foci_sides"] >= 2)),  # round GGO in both lungs
         (0.25, _clip((f["posterior_fraction"] - 0.5) / 0.2)),
         # central (perihilar) distribution is more common in other pneumonias
         (1.0, -_clip((f["perihilar_fraction"] - 0.2) / 0.2)),

@@ -54,6 +54,8 @@ FEATURE_DOCS: dict[str, tuple[str, str, str]] = {
     "n_foci": ("count", "connected opacities of >= 1 mL", "multifocal when >= 3 (RSNA typical/indeterminate)"),
     "n_round_foci": ("count", "foci with shortest/longest principal axis >= 0.5",
                      "RSNA typical: multifocal round GGO (>= 3 round GGO-predominant foci)"),
+    "round_foci_sides": ("count 0-2", "lungs holding at least one of those round GGO-predominant foci",
+                         "RSNA typical / CO-RADS 5: multifocal round GGO in both lungs (2)"),
     "largest_focus_share": ("0-1", "largest focus / opacity volume", "reported; not used by the rules"),
     "zones_involved": ("count 0-6", "lung thirds (3 per lung) holding >= 5 % of the opacity volume", "reported; not used by the rules"),
     "ggo_fraction": ("0-1", "GGO / (GGO + consolidation) of the opacity",
@@ -167,17 +169,18 @@ def measure_pattern(lungs: np.ndarray, lesions: np.ndarray, spacing: tuple[float
     feats["zones_involved"] = int(np.count_nonzero(zone_counts >= 0.05 * n_vox))
     kind = lesions[opacity]
     feats["ggo_fraction"] = float(np.mean(kind == GGO))
-    feats.update(_foci(comp, opacity, lesions, spacing, vml, n_vox))
+    feats.update(_foci(comp, opacity, lesions, lungs, spacing, vml, n_vox))
     feats.update(_consolidation(lesions, comp, opacity, vml, total_lung))
     return _rounded(feats)
 
 
-def _foci(comp: np.ndarray, opacity: np.ndarray, lesions: np.ndarray, spacing: tuple, vml: float, n_vox: int) -> dict:
+def _foci(comp: np.ndarray, opacity: np.ndarray, lesions: np.ndarray, lungs: np.ndarray, spacing: tuple, vml: float,
+          n_vox: int) -> dict:
     labels = np.where(opacity, comp, 0)
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     foci = np.flatnonzero(sizes * vml >= FOCUS_MIN_ML)
-    n_round = 0
+    n_round, sides = 0, set()
     objects = ndimage.find_objects(labels)
     for i in foci:
         sl = objects[i - 1]
@@ -185,7 +188,10 @@ def _foci(comp: np.ndarray, opacity: np.ndarray, lesions: np.ndarray, spacing: t
         ggo = float(np.mean(lesions[sl][m] == GGO))
         if ggo >= 0.5 and _axis_ratio(np.argwhere(m), spacing) >= ROUND_AXIS_RATIO:
             n_round += 1
-    return {"n_foci": int(foci.size), "n_round_foci": n_round, "largest_focus_share": float(sizes.max() / n_vox)}
+            # the lung holding most of it (a focus is rarely split by the midline)
+            sides.add(int(np.bincount(lungs[sl][m], minlength=3)[1:].argmax()))
+    return {"n_foci": int(foci.size), "n_round_foci": n_round, "round_foci_sides": len(sides),
+            "largest_focus_share": float(sizes.max() / n_vox)}
 
 
 def _consolidation(lesions: np.ndarray, comp: np.ndarray, opacity: np.ndarray, vml: float, total_lung: float) -> dict:
@@ -268,7 +274,7 @@ def _empty(effusion: dict) -> dict:
     return _rounded(feats)
 
 
-_COUNTS = ("n_foci", "n_round_foci", "zones_involved", "effusion_sides", "n_nodules")
+_COUNTS = ("n_foci", "n_round_foci", "round_foci_sides", "zones_involved", "effusion_sides", "n_nodules")
 
 
 def _rounded(feats: dict) -> dict:
