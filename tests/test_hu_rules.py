@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from covidct.labels import CONSOLIDATION, GGO
-from covidct.pipeline.hu_rules import drop_tubes, drop_vessel_pieces, elongation, hu_lesions, hu_lungs
+from covidct.pipeline.hu_rules import (
+    drop_tubes,
+    drop_vessel_pieces,
+    elongation,
+    hu_lesions,
+    hu_lungs,
+    trim_lung_border,
+)
 
 SP = (2.0, 1.0, 1.0)
 
@@ -102,6 +109,24 @@ def test_lungs_add_missed_air_beyond_the_models_box():
     out = hu_lungs(hu, SP, model)
     assert out[3:27, 16:80, 10:38].mean() > 0.99
     assert not out[:, :, :8].any() and not out[:, :12].any()  # the body wall and the outside stay out
+
+
+def test_lung_border_trim_drops_the_soft_tissue_rim_keeps_border_lesions():
+    """A mask 2 voxels too wide wraps the pleura in soft tissue: the trim takes that rim off and nothing else;
+    a labelled consolidation against the pleura stays, and so does aerated lung at the border."""
+    hu, lungs = _chest()
+    wide = np.zeros(hu.shape, np.uint8)
+    wide[3:27, 14:82, 8:40] = 2
+    wide[3:27, 14:82, 56:88] = 1
+    lesions = np.zeros(hu.shape, np.uint8)
+    hu[10:16, 40:50, 8:16] = 30  # a consolidation against the lateral chest wall, inside the wide mask ...
+    lesions[10:16, 40:50, 8:16] = CONSOLIDATION  # ... and labelled
+    out = trim_lung_border(wide, lesions, hu, SP)
+    rim = (wide > 0) & ~lungs
+    rim[10:16, 40:50, 8:16] = False
+    assert not out[rim].any()  # the soft tissue rim is gone
+    assert (out[lungs] == wide[lungs]).all()  # the lung keeps its labels (left / right)
+    assert (out[10:16, 40:50, 8:16] == 2).all()  # the border lesion stays lung
 
 
 def test_thick_slices_drop_vessel_partial_volume_keep_lesions():

@@ -132,6 +132,8 @@ def final_masks(ct: CT, lungs: np.ndarray, lesions: np.ndarray, factor: int,
         infection = (lesions == GGO) | (lesions == CONSOLIDATION)
         lesions[infection & (lungs == 0)] = 0  # interpolated edges must agree
         lungs[lesions == EFFUSION] = 0
+    if hu_rules.applies(ct.is_hu, ct.n_slices):  # on the input's grid: the border follows the HU image
+        lungs = hu_rules.trim_lung_border(lungs, lesions, ct.array, ct.spacing)
     return Masks(lungs=lungs, lesions=lesions, lesion_probability=probability, uncertainty=summary,
                  slice_uncertainty=per_slice)
 
