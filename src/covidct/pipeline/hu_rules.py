@@ -194,10 +194,16 @@ def hu_lungs(hu: np.ndarray, spacing: Sequence[float], lungs: np.ndarray, reach_
     box = bounding_box(m, margin=int(np.ceil(reach_mm / min(spacing[1:]))) + 2)
     if box is None:
         return m.copy()
-    # the air search sees whole slices: in a box around the model's mask, aerated lung the model missed
-    # runs into the box's edge and reads as air outside the body (cap001: the lateral right base, 3 slices)
-    rows = (box[0], slice(None), slice(None))
-    v, m = hu[rows], m[rows]
+    # the air search sees whole slices (in a box around the model's mask, aerated lung the model missed runs into
+    # the box's edge and reads as air outside the body: cap001's lateral right base), cropped to the body: outside
+    # the box of everything denser than lung in any of these slices there is only air, so air touching that box's
+    # edge is air outside the body in the whole slice too
+    v = hu[box[0]]
+    body = bounding_box((v >= lung_hu).any(axis=0)[None], margin=1)
+    if body is None:
+        return np.zeros(lungs.shape, bool)
+    box = (box[0], *body[1:])
+    v, m = hu[box], m[box]
     # the air inside the body (threshold_lung_mask's: its large 3-D components), of which the 3-D components the
     # model calls lung in part (not bowel gas); one labelling serves both tests
     air = inner_components(v < lung_hu)
@@ -221,8 +227,8 @@ def hu_lungs(hu: np.ndarray, spacing: Sequence[float], lungs: np.ndarray, reach_
     inner = bounding_box(m, margin=int(np.ceil(reach_mm / min(spacing[1:]))) + 2)
     if inner is None:
         return np.zeros(lungs.shape, bool)
-    box = (box[0],) + inner[1:]
-    v, m = v[(slice(None),) + inner[1:]], m[(slice(None),) + inner[1:]]
+    box = (box[0], *(slice(b.start + i.start, b.start + i.stop) for b, i in zip(box[1:], inner[1:], strict=True)))
+    v, m = v[(slice(None), *inner[1:])], m[(slice(None), *inner[1:])]
     m = m | _enclosed_holes(m, np.ones(m.shape, bool), spacing, max_hole_cm2)
     aerated = binary_3d("open", m & (v < air_hu), ellipsoid(spacing, 1.5, in_plane=True, min_vox=1))
     near = binary_3d("dilate", aerated, ellipsoid(spacing, reach_mm, in_plane=True))

@@ -135,25 +135,19 @@ def binary_3d(op: str, mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
     return out
 
 
-def distance_transform(mask: np.ndarray, sampling: Sequence[float], chunk: int = 8) -> np.ndarray:
-    """``ndimage.distance_transform_edt(mask, sampling=sampling)``, the same float64 values with about a third of
-    its temporary memory.
+def distance_in_plane(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """float32 Euclidean distance (mm) of each voxel of a (z, y, x) mask to the background of its own slice
+    (``ndimage.distance_transform_edt`` of each slice with the in-plane sampling). Square pixels (CT's usual) go
+    through OpenCV's exact transform, several times faster than scipy's; other pixels through scipy's."""
+    import cv2
 
-    scipy's feature transform, then scipy's own arithmetic for the distances (int32 offsets to float64, times the
-    sampling, squared, summed over the axes in order, square root) ``chunk`` slices at a time rather than on
-    four whole-volume (3, ...) temporaries (P001's lung box: about 250 -> 80 MB at the peak of the left/right
-    split, which runs beside the lesion network run ahead; tests/test_pipeline_exact.py)."""
-    mask = np.asarray(mask)
-    s = np.broadcast_to(np.asarray(sampling, dtype=np.float64), (mask.ndim,))
-    ft = ndimage.distance_transform_edt(mask, sampling=s, return_distances=False, return_indices=True)
-    out = np.empty(mask.shape, np.float64)
-    for z0 in range(0, mask.shape[0], chunk):
-        z1 = min(z0 + chunk, mask.shape[0])
-        idx = np.indices((z1 - z0, *mask.shape[1:]), dtype=ft.dtype)
-        idx[0] += z0
-        dt = (ft[:, z0:z1] - idx).astype(np.float64)
-        for axis in range(mask.ndim):
-            dt[axis, ...] *= s[axis]
-        np.multiply(dt, dt, dt)
-        np.sqrt(np.add.reduce(dt, axis=0), out=out[z0:z1])
+    src = np.ascontiguousarray(mask, dtype=np.uint8)
+    out = np.empty(src.shape, np.float32)
+    dy, dx = (float(v) for v in spacing[1:])
+    square = abs(dy - dx) <= 1e-6 * max(dy, dx)
+    for i, s in enumerate(src):
+        if square:
+            out[i] = cv2.distanceTransform(s, cv2.DIST_L2, cv2.DIST_MASK_PRECISE) * dy
+        else:
+            out[i] = ndimage.distance_transform_edt(s, sampling=(dy, dx))
     return out
