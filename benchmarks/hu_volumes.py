@@ -63,6 +63,7 @@ HELD_OUT_PHANTOMS = [(210, (100, 320, 320), (2.5, 1.1, 1.1)), (211, (70, 256, 25
 COLUMNS = [("volume", "volume"), ("method", "method"), ("scored", "scored"), ("auc", "slice AUC"),
            ("false_ml", "false lesion mL"), ("false_pct", "false % of lung"), ("lung_ml", "lung mL"),
            ("neck_ml", "leak neck mL"), ("mediastinum_ml", "leak mediastinum mL"), ("below_ml", "leak below base mL"),
+           ("trachea_ml", "lung on trachea mL"),
            ("lung_dice", "lung Dice"), ("lesion_ml", "lesion mL"), ("diagnosis", "diagnosis"), ("seconds", "s")]
 
 

@@ -129,6 +129,27 @@ def test_lung_border_trim_drops_the_soft_tissue_rim_keeps_border_lesions():
     assert (out[10:16, 40:50, 8:16] == 2).all()  # the border lesion stays lung
 
 
+def test_trachea_traced_from_the_neck_is_never_lung():
+    """A trachea whose air is only about -900 HU (streaks at the thoracic inlet) runs from the neck down between
+    the lungs; the model labels it with the lungs at their top: the lungs stage takes it out with its wall."""
+    from covidct.pipeline.lungs import drop_trachea, trachea_from_neck
+
+    hu, lungs = _chest(nz=40)
+    lungs[30:] = False  # the neck: no lung in the top 10 slices
+    hu[30:] = 30.0
+    hu[8:, 44:58, 41:55] = 30.0  # the tracheal wall (soft tissue) ...
+    hu[8:, 46:56, 43:53] = -905.0  # ... around a 1 cm² lumen, from the neck down to the carina at slice 8
+    model = lungs.copy()
+    model[20:30, 42:60, 39:57] = True  # the model's lung takes in the trachea at the top of the lungs
+    traced = trachea_from_neck(model, hu, SP)
+    assert traced[8:30, 46:56, 43:53].all() and traced.sum() == traced[8:30, 46:56, 43:53].size
+    out = drop_trachea(model, hu, SP)
+    assert not out[20:30, 43:57, 40:56].any()  # lumen and wall
+    assert (out[lungs] == model[lungs]).all()  # the lungs themselves untouched
+    # a scan that starts below the neck has no slice above the lungs to trace from: nothing is removed
+    assert (drop_trachea(model[:30], hu[:30], SP) == model[:30]).all()
+
+
 def test_thick_slices_drop_vessel_partial_volume_keep_lesions():
     """On 5 mm slices the GGO opening stays 3-D: a GGO-density patch seen in one slice only (a vessel's
     partial volume) goes, a lesion spanning three slices stays."""

@@ -131,13 +131,19 @@ def test_lung_leaks_found_where_they_are():
     hu[4:16, 10:50, 40:58] = -850  # left lung
     sp = (5.0, 1.0, 1.0)
     lungs = np.where(hu < -500, 1, 0).astype(np.uint8)
-    assert lung_leaks(lungs, hu, sp) == {"neck_ml": 0.0, "below_ml": 0.0, "mediastinum_ml": 0.0}
+    hu[10:, 34:44, 29:39] = -1000  # a 1 cm² trachea from the neck down between the lungs (behind the leak below)
+    assert lung_leaks(lungs, hu, sp) == {"neck_ml": 0.0, "below_ml": 0.0, "mediastinum_ml": 0.0, "trachea_ml": 0.0}
     leak = lungs.copy()
-    leak[18, 20:30, 20:40] = 1  # neck: 200 voxels above the apex + margin
+    leak[18, 20:30, 44:64] = 1  # neck: 200 voxels above the apex + margin
     leak[8, 20:30, 30:34] = 1  # mediastinum: 40 voxels between the lungs
     leak[1, 20:30, 10:20] = 1  # below the base, under the right lung: 100 voxels
     out = lung_leaks(leak, hu, sp)
-    assert out == pytest.approx({"neck_ml": 1.0, "below_ml": 0.5, "mediastinum_ml": 0.2})
+    assert out == pytest.approx({"neck_ml": 1.0, "below_ml": 0.5, "mediastinum_ml": 0.2, "trachea_ml": 0.0})
+    # the trachea labelled lung in the lungs' top slices: its air is lung to the HU reference, so only trachea_ml sees it
+    on_trachea = lungs.copy()
+    on_trachea[12:16, 34:44, 29:39] = 1  # 400 voxels
+    out = lung_leaks(on_trachea, hu, sp)
+    assert out == pytest.approx({"neck_ml": 0.0, "below_ml": 0.0, "mediastinum_ml": 0.0, "trachea_ml": 2.0})
 
 
 def test_table_building():

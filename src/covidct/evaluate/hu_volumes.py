@@ -19,6 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from covidct.pipeline.hu_rules import drop_small_components
+from covidct.pipeline.lungs import trachea_from_neck
 from covidct.preprocess import fill_holes_in_plane, threshold_lung_mask
 
 GGO_RANGE = (-700.0, -300.0)
@@ -109,15 +110,19 @@ def lung_leaks(lungs: np.ndarray, hu: np.ndarray, spacing: Sequence[float], ref:
                margin_mm: float = 5.0) -> dict:
     """mL of lung label in the neck (above the reference apex + margin), below the lung base (under the
     reference's lowest lung voxel of the same column, minus margin) and in the mediastinum (outside the
-    reference lung grown by the margin, inside the convex hull of both reference lungs, soft tissue > −320 HU)."""
+    reference lung grown by the margin, inside the convex hull of both reference lungs, soft tissue > −320 HU), and
+    on the trachea traced from the neck (``trachea_ml``; the lungs stage's own tracer, :func:`trachea_from_neck`:
+    the reference counts the trachea's air as lung, so the other three cannot see it)."""
     from skimage.morphology import convex_hull_image
 
     ref = hu_lung_reference(hu, spacing) if ref is None else ref
     lab = lungs > 0
     vox_ml = float(np.prod(spacing)) / 1000.0
     span = _apex_base(ref, spacing)
+    # the trachea: the HU reference counts its air as lung, so the checks below cannot see it labelled lung
+    trachea_ml = float(np.count_nonzero(lab & trachea_from_neck(lab, hu, spacing)) * vox_ml)
     if span is None:
-        return {"neck_ml": float(lab.sum() * vox_ml), "below_ml": 0.0, "mediastinum_ml": 0.0}
+        return {"neck_ml": float(lab.sum() * vox_ml), "below_ml": 0.0, "mediastinum_ml": 0.0, "trachea_ml": trachea_ml}
     base, apex = span
     mz = int(np.ceil(margin_mm / spacing[0]))
     neck = lab[apex + mz + 1:].sum() * vox_ml
@@ -133,7 +138,8 @@ def lung_leaks(lungs: np.ndarray, hu: np.ndarray, spacing: Sequence[float], ref:
             continue
         hull = convex_hull_image(ref[k])
         medi += int((lab[k] & hull & ~grown[k] & (hu[k] > -320)).sum())
-    return {"neck_ml": float(neck), "below_ml": float(below_mask.sum() * vox_ml), "mediastinum_ml": float(medi * vox_ml)}
+    return {"neck_ml": float(neck), "below_ml": float(below_mask.sum() * vox_ml), "mediastinum_ml": float(medi * vox_ml),
+            "trachea_ml": trachea_ml}
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

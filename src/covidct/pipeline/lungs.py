@@ -4,8 +4,8 @@ The shipped ``lungs`` model runs on every slice that can contain lung (for HU in
 HU-threshold lung field is not empty, ± a margin; on thin HU series every other one of them, the probability
 between interpolated: :func:`covidct.pipeline.predict.network_slices`); the mask is then cleaned in 3-D (airways
 and gut gas removed, small components dropped, holes filled slice by slice so that dense lesions at the lung
-border stay inside) and split into left and right, also when the two lungs touch (erosion until two
-seeds separate, then a watershed).
+border stay inside; on HU volumes also the trachea, traced down from the neck) and split into left and right,
+also when the two lungs touch (erosion until two seeds separate, then a watershed).
 """
 
 from __future__ import annotations
@@ -62,6 +62,8 @@ def segment_lungs(ct: CT, model: LoadedModel | None, runner: ModelRunner) -> np.
         # (or a leak) enclose the mediastinum in a slice, that fill put it back (P001: 3.4 -> 18.1 mL);
         # hu_lungs fills only holes enclosed in 3-D as well.
         mask = keep_lung_components(hu_rules.hu_lungs(vol, ct.spacing, mask))
+    if ct.is_hu and ct.n_slices >= 3:
+        mask = drop_trachea(mask, vol, ct.spacing)
     return split_left_right(mask, ct.spacing)
 
 
@@ -91,6 +93,72 @@ def remove_air_pockets(mask: np.ndarray, hu: np.ndarray, spacing: tuple[float, f
     result = np.zeros(mask.shape, bool)
     result[box] = _remove_air_pockets(mask[box], hu[box], spacing, r, rim)
     return result
+
+
+TRACHEA_HU = -800.0  # the tracheal lumen on the working grid (streaks at the thoracic inlet lift it to about -900)
+TRACHEA_CM2 = (0.5, 6.0)  # its cross-section: an adult trachea is 1.3-2.5 cm across
+
+
+def trachea_from_neck(mask: np.ndarray, hu: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """The trachea traced down from the slice above the lung mask to the carina: (z, y, x) bool.
+
+    Seeds: air inside the body (below ``TRACHEA_HU``, not touching the slice's edge) of a trachea's cross-section
+    near the lungs' midline in the slice just above the mask. Each seed goes down one slice at a time while exactly
+    one such air region of a trachea's size overlaps it; it stops where it divides (the carina), grows (it has met
+    lung) or ends. Nothing is traced without a slice above the mask (a scan that starts below the apex)."""
+    from covidct.preprocess import inner_components
+
+    out = np.zeros(mask.shape, bool)
+    zs = np.flatnonzero(mask.reshape(len(mask), -1).any(1))
+    if zs.size == 0 or zs[-1] + 1 >= len(mask):
+        return out
+    px_cm2 = spacing[1] * spacing[2] / 100.0
+    # the slices' body box: outside it there is only air, so air touching its edge is outside the body (as in
+    # hu_rules.hu_lungs), and each slice is labelled on that box only
+    body = bounding_box((hu[zs[0]:zs[-1] + 2] >= TRACHEA_HU).any(axis=0)[None], margin=1)
+    if body is None:
+        return out
+    plane = body[1:]
+    xs = np.flatnonzero(mask[:, plane[0], plane[1]].any(axis=(0, 1)))
+    if xs.size == 0:
+        return out
+    mid, half = 0.5 * (xs[0] + xs[-1]), 0.5 * (xs[-1] - xs[0])
+    seen: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def regions(z: int) -> tuple[np.ndarray, np.ndarray]:
+        if z not in seen:  # each slice labelled once, whichever seed comes down to it
+            lbl, n = ndimage.label(inner_components((hu[z][plane] < TRACHEA_HU)[None])[0])
+            seen[z] = lbl, np.bincount(lbl.ravel(), minlength=n + 1) * px_cm2
+        return seen[z]
+
+    lbl, area = regions(int(zs[-1]) + 1)
+    for i in [i for i in range(1, len(area)) if TRACHEA_CM2[0] <= area[i] <= TRACHEA_CM2[1]]:
+        cur = lbl == i
+        if abs(np.flatnonzero(cur.any(0)).mean() - mid) > 0.25 * half:
+            continue
+        for z in range(int(zs[-1]), int(zs[0]) - 1, -1):
+            below, size = regions(z)
+            hit = np.unique(below[cur])
+            hit = hit[hit > 0]
+            if len(hit) != 1 or not TRACHEA_CM2[0] <= size[hit[0]] <= TRACHEA_CM2[1]:
+                break
+            cur = below == hit[0]
+            out[z][plane] |= cur
+    return out
+
+
+def drop_trachea(mask: np.ndarray, hu: np.ndarray, spacing: tuple[float, float, float], wall_mm: float = 3.0) -> np.ndarray:
+    """``mask`` without the trachea traced from the neck (:func:`trachea_from_neck`) and its ``wall_mm`` wall.
+
+    Why: the air of the trachea is not always dark enough to be taken out as an air pocket (normal001 at the
+    thoracic inlet: -900 to -930 HU), and where its wall reads below -320 HU beside the lung (partial volume on the
+    working grid) the HU-consistent lungs join its lumen to the lung as aerated lung (P001, LIDC-IDRI-0001, cap001:
+    8-17 slices of it). The neck's air tube, followed down, is the trachea whatever its density."""
+    trachea = trachea_from_neck(mask, hu, spacing)
+    if not trachea.any():
+        return mask
+    wall = max(1, int(round(wall_mm / min(spacing[1], spacing[2]))))
+    return mask & ~in_plane("dilate", trachea, np.ones((3, 3), bool), iterations=wall)
 
 
 def _remove_air_pockets(mask: np.ndarray, hu: np.ndarray, spacing: tuple[float, float, float], r: int, rim: int) -> np.ndarray:
