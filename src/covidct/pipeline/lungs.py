@@ -152,8 +152,8 @@ def drop_trachea(mask: np.ndarray, hu: np.ndarray, spacing: tuple[float, float, 
 
     Why: the air of the trachea is not always dark enough to be taken out as an air pocket (normal001 at the
     thoracic inlet: -900 to -930 HU), and where its wall reads below -320 HU beside the lung (partial volume on the
-    working grid) the HU-consistent lungs join its lumen to the lung as aerated lung (P001, LIDC-IDRI-0001, cap001:
-    8-17 slices of it). The neck's air tube, followed down, is the trachea whatever its density."""
+    working grid) the HU-consistent lungs join its lumen to the lung as aerated lung (P001, cap001, LIDC-IDRI-0001:
+    12-15 slices of it, 6-9 mL). The neck's air tube, followed down, is the trachea whatever its density."""
     trachea = trachea_from_neck(mask, hu, spacing)
     if not trachea.any():
         return mask
@@ -254,8 +254,8 @@ def _watershed(mask: np.ndarray, left: np.ndarray, right: np.ndarray, spacing: t
     markers[left] = LEFT_LUNG
     markers[right] = RIGHT_LUNG
     # in-plane distance, as the seeds come from in-plane erosion: where the lungs touch (the junction lines) it is
-    # the slice that separates them; 3-D distances gave the same sides to within 0.04 % of the voxels, 0.4 s slower
-    # on P001 (docs/BENCHMARKS.md, thirteenth session)
+    # the slice that separates them; 3-D distances gave the same sides to within 0.03 % of the voxels, in 1.0 s
+    # against 0.6 s on P001's working grid (docs/BENCHMARKS.md, thirteenth session)
     dist = distance_in_plane(mask, spacing)
     # Seed voxels whose 6 neighbours are all seed voxels never label anything (the flood only spreads to
     # unlabelled neighbours): left out of the flood and labelled directly, they spare the watershed
