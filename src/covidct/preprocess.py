@@ -186,6 +186,14 @@ def inner_components(mask: np.ndarray) -> np.ndarray:
     return ~outer[lbl]
 
 
+def body_plane_box(hu: np.ndarray, threshold: float) -> tuple[slice, slice] | None:
+    """In-plane (y, x) box, one voxel wider, of everything at or above ``threshold`` HU in any slice of ``hu``
+    (z, y, x): outside it there is only air, so within it air touching the box's edge is air outside the body, as
+    :func:`inner_components` finds on whole slices. None for slices of air only."""
+    box = bounding_box((np.asarray(hu) >= threshold).any(axis=0)[None], margin=1)
+    return None if box is None else (box[1], box[2])
+
+
 def fill_holes_in_plane(mask: np.ndarray) -> np.ndarray:
     """``ndimage.binary_fill_holes`` of every slice of a (z, y, x) mask (its default 4-connectivity), in one pass."""
     return mask | inner_components(~mask)

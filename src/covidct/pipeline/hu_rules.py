@@ -27,8 +27,8 @@ import numpy as np
 from scipy import ndimage
 
 from covidct.labels import CONSOLIDATION, GGO
-from covidct.pipeline.morphology import binary_3d  # scipy's 3-D binary ops, same voxels, OpenCV speed
-from covidct.preprocess import bounding_box
+from covidct.pipeline.morphology import binary_3d, in_plane  # scipy's binary ops, same voxels, OpenCV speed
+from covidct.preprocess import IN_PLANE, body_plane_box, bounding_box, inner_components
 
 
 @dataclass(frozen=True)
@@ -159,8 +159,6 @@ def _enclosed_holes(lung: np.ndarray, allowed: np.ndarray, spacing: Sequence[flo
     """Holes of ``lung`` (within ``allowed``) that a lesion could be: enclosed in their slice, at most ``max_cm2``
     there, and enclosed in 3-D as well (the diaphragm dome or the heart, cut by a slice, are in-slice holes
     too, but they join the body outside the lung above or below)."""
-    from covidct.preprocess import IN_PLANE, inner_components
-
     holes = inner_components(~lung) & allowed
     hl, nh = ndimage.label(holes, structure=IN_PLANE)
     if not nh:
@@ -188,8 +186,6 @@ def hu_lungs(hu: np.ndarray, spacing: Sequence[float], lungs: np.ndarray, reach_
     - removed: leaks into the neck, mediastinum or abdomen: label voxels farther than ``reach_mm``
       in-plane from aerated labelled lung (dense lesions inside the lung stay: holes are filled).
     """
-    from covidct.preprocess import IN_PLANE, inner_components
-
     m = lungs > 0
     box = bounding_box(m, margin=int(np.ceil(reach_mm / min(spacing[1:]))) + 2)
     if box is None:
@@ -198,11 +194,10 @@ def hu_lungs(hu: np.ndarray, spacing: Sequence[float], lungs: np.ndarray, reach_
     # the box's edge and reads as air outside the body: cap001's lateral right base), cropped to the body: outside
     # the box of everything denser than lung in any of these slices there is only air, so air touching that box's
     # edge is air outside the body in the whole slice too
-    v = hu[box[0]]
-    body = bounding_box((v >= lung_hu).any(axis=0)[None], margin=1)
+    body = body_plane_box(hu[box[0]], lung_hu)
     if body is None:
         return np.zeros(lungs.shape, bool)
-    box = (box[0], *body[1:])
+    box = (box[0], *body)
     v, m = hu[box], m[box]
     # the air inside the body (threshold_lung_mask's: its large 3-D components), of which the 3-D components the
     # model calls lung in part (not bowel gas); one labelling serves both tests
@@ -248,9 +243,6 @@ def trim_lung_border(lungs: np.ndarray, lesions: np.ndarray, hu: np.ndarray, spa
     input's grid it wraps the pleura, the tracheal wall and the diaphragm in a 1-2 voxel rim that reads as lung
     in the neck, mediastinum and below the base (normal001: 10.6 mL below the base, 5.5 mL mediastinum). Lesions
     against the pleura stay (they are labelled), as does everything deeper than the band."""
-    from covidct.pipeline.morphology import in_plane
-    from covidct.preprocess import IN_PLANE
-
     box = bounding_box(lungs > 0, margin=1)
     if box is None:
         return lungs

@@ -18,7 +18,14 @@ from covidct.pipeline import hu_rules
 from covidct.pipeline.morphology import dilate_mm, grow_box, in_plane, in_plane_opening, radius_vox
 from covidct.pipeline.predict import ModelRunner, interpolate_slices, network_slices
 from covidct.pipeline.types import LoadedModel
-from covidct.preprocess import IN_PLANE, bounding_box, fill_holes_in_plane, threshold_lung_mask
+from covidct.preprocess import (
+    IN_PLANE,
+    body_plane_box,
+    bounding_box,
+    fill_holes_in_plane,
+    inner_components,
+    threshold_lung_mask,
+)
 from covidct.volume import CT
 
 
@@ -62,7 +69,7 @@ def segment_lungs(ct: CT, model: LoadedModel | None, runner: ModelRunner) -> np.
         # (or a leak) enclose the mediastinum in a slice, that fill put it back (P001: 3.4 -> 18.1 mL);
         # hu_lungs fills only holes enclosed in 3-D as well.
         mask = keep_lung_components(hu_rules.hu_lungs(vol, ct.spacing, mask))
-    if ct.is_hu and ct.n_slices >= 3:
+    if hu_rules.applies(ct.is_hu, ct.n_slices):  # a whole HU volume: there may be a neck to trace it from
         mask = drop_trachea(mask, vol, ct.spacing)
     return split_left_right(mask, ct.spacing)
 
@@ -106,19 +113,14 @@ def trachea_from_neck(mask: np.ndarray, hu: np.ndarray, spacing: tuple[float, fl
     near the lungs' midline in the slice just above the mask. Each seed goes down one slice at a time while exactly
     one such air region of a trachea's size overlaps it; it stops where it divides (the carina), grows (it has met
     lung) or ends. Nothing is traced without a slice above the mask (a scan that starts below the apex)."""
-    from covidct.preprocess import inner_components
-
     out = np.zeros(mask.shape, bool)
     zs = np.flatnonzero(mask.reshape(len(mask), -1).any(1))
     if zs.size == 0 or zs[-1] + 1 >= len(mask):
         return out
     px_cm2 = spacing[1] * spacing[2] / 100.0
-    # the slices' body box: outside it there is only air, so air touching its edge is outside the body (as in
-    # hu_rules.hu_lungs), and each slice is labelled on that box only
-    body = bounding_box((hu[zs[0]:zs[-1] + 2] >= TRACHEA_HU).any(axis=0)[None], margin=1)
-    if body is None:
+    plane = body_plane_box(hu[zs[0]:zs[-1] + 2], TRACHEA_HU)  # each slice is labelled on the body's box only
+    if plane is None:
         return out
-    plane = body[1:]
     xs = np.flatnonzero(mask[:, plane[0], plane[1]].any(axis=(0, 1)))
     if xs.size == 0:
         return out
@@ -132,7 +134,7 @@ def trachea_from_neck(mask: np.ndarray, hu: np.ndarray, spacing: tuple[float, fl
         return seen[z]
 
     lbl, area = regions(int(zs[-1]) + 1)
-    for i in [i for i in range(1, len(area)) if TRACHEA_CM2[0] <= area[i] <= TRACHEA_CM2[1]]:
+    for i in np.flatnonzero((area[1:] >= TRACHEA_CM2[0]) & (area[1:] <= TRACHEA_CM2[1])) + 1:
         cur = lbl == i
         if abs(np.flatnonzero(cur.any(0)).mean() - mid) > 0.25 * half:
             continue
