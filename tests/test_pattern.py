@@ -328,3 +328,29 @@ def test_lung_geometry_on_each_slices_box_is_the_whole_slices():
                 rows = np.flatnonzero(m.any(axis=1))
                 ap = np.broadcast_to((y - rows[0]) / max(rows[-1] - rows[0], 1), m.shape)[m]
                 np.testing.assert_array_equal(g.ap_position[k][m], ap.astype(np.float32))
+
+
+def test_the_label_follows_the_co_rads_score() -> None:
+    """P(COVID-19 | abnormal) is the score's pooled COVID-19 frequency (Kwee et al. 2021) moved by the pattern by less
+    than CO-RADS 4's distance from even odds: CO-RADS >= 4 reads COVID-19, CO-RADS 2-3 another pneumonia, however
+    strongly the pattern's own terms pull (the CAP patient cap001 read CO-RADS 3 beside 'COVID-19 0.85' before)."""
+    import math
+
+    from covidct.pattern.category import CO_RADS_COVID_FREQUENCY, WITHIN_CATEGORY_LOGIT, classify_pattern
+
+    def logit(p: float) -> float:
+        return math.log(p / (1 - p))
+
+    _, f = run(typical)
+    # bilateral GGO-predominant, not peripheral: CO-RADS 3, with every COVID-leaning term the category allows
+    equivocal = dict(f, peripheral_fraction=0.49, ggo_fraction=1.0, minor_side_share=0.5, posterior_fraction=1.0,
+                     perihilar_fraction=0.0, round_foci_sides=1)
+    unilateral = dict(f, minor_side_share=0.0, peripheral_fraction=0.9, ggo_fraction=0.9, perihilar_fraction=0.6,
+                      posterior_fraction=0.0)
+    for feats, score, label in ((equivocal, 3, "pneumonia"), (unilateral, 4, "covid19"), (f, 5, "covid19")):
+        res = classify_pattern(feats)
+        assert res.co_rads == score and res.label == label, (res.co_rads, res.probabilities)
+        p = res.probabilities["covid19"] / (res.probabilities["covid19"] + res.probabilities["pneumonia"])
+        assert abs(logit(p) - logit(CO_RADS_COVID_FREQUENCY[score])) <= WITHIN_CATEGORY_LOGIT + 1e-3
+        assert "pooled" in res.reasons[-1] and f"CO-RADS {score}" in res.reasons[-1]
+    assert logit(CO_RADS_COVID_FREQUENCY[4]) - WITHIN_CATEGORY_LOGIT > 0 > logit(CO_RADS_COVID_FREQUENCY[3]) + WITHIN_CATEGORY_LOGIT

@@ -16,7 +16,8 @@ from covidct.volume import CT
 PATTERN_METHOD = (
     "from the lesion pattern (covidct.pattern; rules with literature thresholds, not fitted to patients): "
     "P(abnormal) from the parenchymal opacity (50 % at {abnormal_percent:g} % of the lungs) and non-COVID findings; COVID-19 "
-    "against other pneumonia from where and what the opacities are (RSNA consensus, CO-RADS): see `pattern`"
+    "against other pneumonia from where and what the opacities are: the CO-RADS score's pooled COVID-19 frequency "
+    "(Kwee et al. 2021 meta-analysis), moved a little by the pattern (RSNA consensus, CO-RADS): see `pattern`"
 )
 
 # The highest false involvement the shipped models gave on the benchmark's lesion-free phantoms (3.71 %,
