@@ -324,18 +324,24 @@ def test_ctrl_c_stops_a_batch_cleanly(study, tmp_path):
     import time
 
     folder, _ = study
-    for name in "abc":
+    names = [f"s{i:02d}" for i in range(12)]
+    for name in names:
         shutil.copytree(folder, tmp_path / "studies" / name)
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "covidct", "analyze", str(tmp_path / "studies"), "-o", str(out), "--workers", "2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    time.sleep(3.0)  # the workers are loading their models
+    # interrupt mid-batch, however fast this machine is: once the first study is complete (not after a fixed sleep)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None and not any(out.glob("*/report.json")):
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert stderr.strip() == "covidct: interrupted"
-    for study_out in out.iterdir() if out.exists() else []:  # no hidden temp folder either
+    done = [d for d in out.iterdir() if (d / "report.json").is_file()]
+    assert 1 <= len(done) < len(names)  # the interrupt came mid-batch
+    for study_out in out.iterdir():  # no half-written study, no hidden temp folder either
         assert (study_out / "report.json").is_file(), sorted(p.name for p in study_out.iterdir())
 
 

@@ -336,7 +336,11 @@ def test_html_report_is_self_contained(dicom_ct, phantom, tmp_path):
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text, re.I)
     assert "<script" not in text.lower() and "@import" not in text and "url(" not in text
     imgs = re.findall(r'<img[^>]+src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
-    assert len(imgs) >= 5  # the axial profile + at least 4 slices
+    assert len(imgs) >= 4  # at least 4 slices
+    # the axial profile: inline SVG (no plotting library), with its axes, the lung line and a band per lesion class
+    svg = re.search(r'<svg class="profile".*?</svg>', text, re.S)
+    assert svg is not None and "area per slice (cm²)" in svg.group(0) and "<polyline" in svg.group(0)
+    assert svg.group(0).count("<polygon") == len({int(v) for v in np.unique(phantom.lesions)} - {0})
     assert "example &lt;warning&gt; &amp; escaping" in text
     assert "71.0 %" in text and "9 <span" in text
     # the pattern: category, CO-RADS, escaped reasons, features with their definitions

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from covidct.labels import CONSOLIDATION, EFFUSION, GGO, LEFT_LUNG, LESION_COLORS, LUNG_COLORS, RIGHT_LUNG
-from covidct.report.figures import lesion_profile_png, overlay_rgb, png_bytes, representative_slices
+from covidct.report.figures import lesion_profile_svg, overlay_rgb, png_bytes, representative_slices
 from covidct.report.html_pattern import pattern_section
 from covidct.volume import CT
 
@@ -273,9 +273,7 @@ def images_section(ct: CT, lungs: np.ndarray, lesions: np.ndarray) -> str:
     profile = ""
     if ct.n_slices > 1:
         profile = (
-            "<h3>Lesion area along the body axis</h3>"
-            f'<img class="profile" alt="lesion area per slice" '
-            f'src="{_data_uri(lesion_profile_png(ct, lungs, lesions))}">'
+            "<h3>Lesion area along the body axis</h3>" + lesion_profile_svg(ct, lungs, lesions)
         )
     return (
         f"<section><h2>Images</h2>{profile}<h3>Representative slices ({window}; patient's right on the image "
