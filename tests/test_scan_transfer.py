@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -47,3 +48,24 @@ def test_a_scan_too_large_for_the_region_is_pickled_whole():
     assert not region.closed
     np.testing.assert_array_equal(scan_transfer.unpack(data, region).array, ct.array)
     np.testing.assert_array_equal(scan_transfer.unpack(scan_transfer.pack(ct, None), None).array, ct.array)
+
+
+def test_masks_cropped_and_packed_for_the_seg_come_back_exactly() -> None:
+    """The final masks go to the scan process cropped to their box and packed into one byte per voxel: the SEG writer
+    gets them back voxel for voxel (effusion outside the lungs included), and other label maps pass as they are."""
+    from covidct.commands.scan_transfer import crop_masks, uncrop_masks
+
+    rng = np.random.default_rng(0)
+    lungs = np.zeros((20, 64, 64), np.uint8)
+    lesions = np.zeros_like(lungs)
+    lungs[4:15, 10:40, 8:30] = rng.integers(0, 3, (11, 30, 22))
+    lesions[3:12, 30:50, 20:60] = rng.integers(0, 4, (9, 20, 40))  # reaches outside the lungs' box
+    packed = crop_masks(lungs, lesions)
+    assert packed[2].nbytes < lungs.nbytes and packed[3] is None
+    back = uncrop_masks(pickle.loads(pickle.dumps(packed)))
+    assert np.array_equal(back[0], lungs) and np.array_equal(back[1], lesions)
+    empty = uncrop_masks(crop_masks(np.zeros_like(lungs), np.zeros_like(lesions)))
+    assert not empty[0].any() and not empty[1].any() and empty[0].shape == lungs.shape
+    other = lungs.astype(np.int16) * 100  # not covidct's label values: sent as they are
+    back = uncrop_masks(crop_masks(other, lesions))
+    assert back[0] is other and back[1] is lesions

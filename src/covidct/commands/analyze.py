@@ -136,12 +136,13 @@ def _scan_process_prepare() -> None:
             pass
 
 
-def _scan_process_write_seg(lungs, lesions, path: Path) -> Path:
+def _scan_process_write_seg(masks: tuple, path: Path) -> Path:
+    """``masks``: the final lungs and lesions as cropped by ``scan_transfer.crop_masks``."""
     from covidct.report.dicomseg import write_dicom_seg
 
     if _SCAN is None:
         raise RuntimeError("the scan process holds no scan")
-    return write_dicom_seg(_SCAN, lungs, lesions, path)
+    return write_dicom_seg(_SCAN, *scan_transfer.uncrop_masks(masks), path)
 
 
 # What the analysing process imports anyway after the scan arrives (unpickling its DICOM headers, the output writers,
@@ -250,7 +251,7 @@ class _ScanProcess:
         from concurrent.futures.process import BrokenProcessPool
 
         try:
-            return self.pool.submit(_scan_process_write_seg, lungs, lesions, path).result()
+            return self.pool.submit(_scan_process_write_seg, scan_transfer.crop_masks(lungs, lesions), path).result()
         except BrokenProcessPool:  # the child was killed: write it here after all
             from covidct.report.dicomseg import write_dicom_seg
 

@@ -65,3 +65,32 @@ def trim_heap() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def crop_masks(lungs: np.ndarray, lesions: np.ndarray) -> tuple:
+    """The final masks as sent to the scan process for the DICOM SEG: cropped to the box holding any label and
+    packed into one byte per voxel (lungs 0-2 in the low bits, lesions 0-3 above): P001 17 MB instead of the 2 x 39 MB
+    that the process pool pickles and pipes on the way to the last output."""
+    from covidct.preprocess import bounding_box
+
+    if lungs.dtype != np.uint8 or lesions.dtype != np.uint8 or lungs.max(initial=0) > 3 or lesions.max(initial=0) > 63:
+        return lungs.shape, None, lungs, lesions  # not covidct's label maps: as they are
+    box = bounding_box(np.bitwise_or(lungs, lesions))
+    if box is None:
+        box = tuple(slice(0, 0) for _ in lungs.shape)
+    both = np.left_shift(lesions[box], 2)
+    both |= lungs[box]
+    return lungs.shape, tuple((s.start, s.stop) for s in box), both, None
+
+
+def uncrop_masks(packed: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """The full-size lungs and lesions again from :func:`crop_masks`' tuple."""
+    shape, bounds, both, lesions_whole = packed
+    if bounds is None:
+        return both, lesions_whole
+    box = tuple(slice(a, b) for a, b in bounds)
+    lungs = np.zeros(shape, np.uint8)
+    lesions = np.zeros(shape, np.uint8)
+    np.bitwise_and(both, 3, out=lungs[box])
+    np.right_shift(both, 2, out=lesions[box])
+    return lungs, lesions
