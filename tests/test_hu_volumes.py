@@ -173,3 +173,34 @@ def test_thick_slabs_average_slices_and_label_slabs():
     # slab centres: the world position of slab 1 is the mean of slices 2 and 3
     centre = thick.affine @ np.array([0, 0, 1, 1.0])
     assert np.allclose(centre[:3], (ct.affine @ np.array([0, 0, 2.5, 1.0]))[:3])
+
+
+def test_card_figures_summarise_the_rows_against_the_targets():
+    """scripts/record_card_figures.py: the pipeline's rows, the HU count's and leave-one-out AUCs beside them, and a
+    verdict per issue-17 target that is false as soon as one row misses it."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "record_card_figures.py"
+    spec = importlib.util.spec_from_file_location("record_card_figures", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = [
+        {"volume": "P001", "method": "shipped", "scored": "tuned on", "auc": 0.985, "neck_ml": 0.0, "mediastinum_ml": 0.0,
+         "below_ml": 0.0, "diagnosis": "covid19 (0.91)"},
+        {"volume": "P001", "method": "HU count", "scored": "held-out", "auc": 0.942},
+        {"volume": "P001", "method": "hu-rules LOO (setting 11)", "scored": "LOO", "auc": 0.985},
+        {"volume": "normal001", "method": "shipped", "scored": "tuned on", "false_ml": 2.7, "false_pct": 0.08,
+         "neck_ml": 0.0, "mediastinum_ml": 0.3, "below_ml": 1.6, "diagnosis": "normal (0.00)"},
+        {"volume": "cip-ct-64", "method": "shipped", "scored": "tuned on", "false_ml": 1.2, "false_pct": 0.03,
+         "lung_dice": 0.978, "diagnosis": "normal (0.00)"},
+    ]
+    s = mod.hu_summary(rows)
+    assert s["rows"]["P001"]["auc"] == 0.985 and s["hu_count_auc"] == {"P001": 0.942}
+    assert s["leave_one_out_auc"] == {"P001": 0.985}
+    verdict = list(s["targets_met"].values())
+    assert verdict == [True, True, False, True]  # the leaks of normal001 are not zero
+    rows[3]["diagnosis"] = "covid19 (0.6)"
+    rows[2]["auc"] = 0.94
+    verdict = list(mod.hu_summary(rows)["targets_met"].values())
+    assert verdict == [False, False, False, True]
