@@ -14,8 +14,8 @@ Rules, not fitted to patients (every threshold is a literature definition or say
   nodules, effusion); P(COVID-19 | abnormal) from the pattern alone: the pooled COVID-19 frequency of the CO-RADS
   score in patients suspected of COVID-19 (Kwee, Adams, Kwee, Radiol Cardiothorac Imaging 2021;3:e200510, a
   meta-analysis of 9 studies, 3283 patients), moved within ±0.45 log-odds by the pattern's bounded evidence terms
-  (hand-set weights in the direction of the consensus). So the amount never decides COVID vs other, and the label
-  follows the category: CO-RADS ≥ 4 reads COVID-19 (the cut-off with the best pooled balance there, sensitivity
+  (hand-set weights in the direction of the consensus). So the amount never decides COVID vs other, and an abnormal
+  scan's label follows the category: CO-RADS ≥ 4 reads COVID-19 (the cut-off with the best pooled balance there, sensitivity
   85.8 %, specificity 84.6 %), CO-RADS 2–3 another pneumonia.
 """
 
