@@ -252,6 +252,18 @@ def test_low_involvement_warning():
     assert low_involvement_warnings({"involvement": {"total": FALSE_INVOLVEMENT_PCT}}) == []
 
 
+def test_whole_hu_volumes_with_lesions_say_their_figures_are_lower_bounds():
+    """The HU rule's measured extent (a fraction of the phantoms' true GGO and consolidation) is said in the report of
+    every whole HU volume with lesions above its false-positive level; not for 8-bit volumes, not below that level."""
+    from covidct.pipeline.diagnosis import HU_RULE_FALSE_INVOLVEMENT_PCT, conservative_extent_warnings
+
+    (w,) = conservative_extent_warnings({"involvement": {"total": 2.2}}, hu_rule=True)
+    assert "lower bounds" in w and "20-44 % of the GGO" in w and "outside the lung mask" in w
+    assert conservative_extent_warnings({"involvement": {"total": 2.2}}, hu_rule=False) == []
+    below = {"involvement": {"total": HU_RULE_FALSE_INVOLVEMENT_PCT / 2}}
+    assert conservative_extent_warnings(below, hu_rule=True) == []
+
+
 def test_diagnosis_rule_centred_at_the_false_positive_level():
     from covidct.pipeline import FALSE_INVOLVEMENT_PCT, diagnose_from_findings
 
