@@ -354,3 +354,14 @@ def test_the_label_follows_the_co_rads_score() -> None:
         assert abs(logit(p) - logit(CO_RADS_COVID_FREQUENCY[score])) <= WITHIN_CATEGORY_LOGIT + 1e-3
         assert "pooled" in res.reasons[-1] and f"CO-RADS {score}" in res.reasons[-1]
     assert logit(CO_RADS_COVID_FREQUENCY[4]) - WITHIN_CATEGORY_LOGIT > 0 > logit(CO_RADS_COVID_FREQUENCY[3]) + WITHIN_CATEGORY_LOGIT
+
+
+def test_reasons_never_round_a_share_across_its_threshold() -> None:
+    """cap001's peripheral share 0.496 read "50 % peripheral ... not peripheral"; it now reads 49.6 %."""
+    from covidct.pattern.category import _pct, classify_pattern
+
+    assert _pct(0.496, 0.5) == "49.6 %" and _pct(0.496) == "50 %" and _pct(0.72, 0.5) == "72 %"
+    assert _pct(0.5, 0.5) == "50 %" and _pct(0.5049, 0.5) == "50 %" and _pct(0.49996, 0.5) == "49.996 %"
+    _, f = run(typical)
+    res = classify_pattern(dict(f, peripheral_fraction=0.496, round_foci_sides=1))
+    assert "49.6 % peripheral" in res.reasons[0] and "not peripheral" in res.reasons[0]

@@ -72,8 +72,14 @@ class PatternResult:
                 "reasons": list(self.reasons)}
 
 
-def _pct(x: float) -> str:
-    return f"{100.0 * x:.0f} %"
+def _pct(x: float, threshold: float | None = None) -> str:
+    """``x`` in percent, whole numbers unless rounding would put it on the other side of ``threshold`` (0.496 against
+    0.5 reads "49.6 %", not "50 %" beside "not peripheral")."""
+    for digits in range(4):
+        text = f"{100.0 * x:.{digits}f}"
+        if threshold is None or (x >= threshold) == (float(text) / 100.0 >= threshold):
+            break
+    return f"{text} %"
 
 
 def _findings(f: dict, abnormal_percent: float = OPACITY_PERCENT) -> dict[str, bool]:
@@ -100,14 +106,14 @@ def _findings(f: dict, abnormal_percent: float = OPACITY_PERCENT) -> dict[str, b
 
 def _describe(f: dict, y: dict) -> str:
     parts = ["bilateral" if y["bilateral"] else "unilateral",
-             f"{_pct(f['peripheral_fraction'])} peripheral" + (" (perihilar predominant)" if y["perihilar"] else "")]
+             f"{_pct(f['peripheral_fraction'], PERIPHERAL)} peripheral" + (" (perihilar predominant)" if y["perihilar"] else "")]
     if y["lower"]:
         parts.append("lower-zone predominant")
     if y["posterior"]:
-        parts.append(f"{_pct(f['posterior_fraction'])} posterior")
+        parts.append(f"{_pct(f['posterior_fraction'], POSTERIOR)} posterior")
     kind = "GGO" if y["ggo"] else "consolidation-predominant opacity"
     parts.append(f"{'multifocal ' if y['multifocal'] else ''}{'round ' if y['round'] else ''}{kind} "
-                 f"({_pct(f['ggo_fraction'])} GGO, {f['n_foci']} foci, {f['opacity_percent']:.1f} % of the lungs)")
+                 f"({_pct(f['ggo_fraction'], GGO_PREDOMINANT)} GGO, {f['n_foci']} foci, {f['opacity_percent']:.1f} % of the lungs)")
     return ", ".join(parts)
 
 
