@@ -324,3 +324,31 @@ def test_thin_hu_series_run_the_lung_network_on_every_other_slice(monkeypatch):
             ahead = next(iter(job.running.values()))
             assert set(ahead.zs) == set(range(lung_zs[0], lung_zs[-1] + 1))
             job.close()
+
+
+def test_dense_effusion_away_from_the_lung_is_muscle_not_fluid():
+    """The lesion network's "effusion" on P001 and LIDC-IDRI-0001 was paraspinal muscle (median 34-37 HU) touching the
+    lung's edge only. Fluid is kept wherever it touches; a dense component is kept only if it lies against the lung."""
+    from covidct.pipeline.lesions import EFFUSION_DENSE_HU, _plausible_effusion
+
+    spacing = (2.0, 1.5, 1.5)
+    hu = np.full((20, 80, 80), 40.0, np.float32)
+    lung = np.zeros(hu.shape, bool)
+    lung[2:18, 10:50, 10:35] = True  # right and left lung boxes; rows run anterior -> posterior
+    lung[2:18, 10:50, 45:71] = True
+    hu[lung] = -850.0
+    fluid_layer = np.zeros(hu.shape, bool)
+    fluid_layer[4:16, 50:54, 10:35] = True  # a posterior layer against the first lung
+    dense_layer = np.zeros(hu.shape, bool)
+    dense_layer[4:16, 50:54, 45:71] = True  # the same against the second lung, at muscle density (blood, pus)
+    blob = np.zeros(hu.shape, bool)
+    blob[4:16, 46:61, 36:44] = True  # between the lungs, 2 voxels from the first: touches its shell, not the lung
+    for region, value in ((fluid_layer, 10.0), (dense_layer, 45.0), (blob, 45.0)):
+        hu[region] = value
+    effusion = fluid_layer | dense_layer | blob
+    kept = _plausible_effusion(effusion, lung, spacing, hu=hu)
+    assert kept[fluid_layer].all() and kept[dense_layer].all() and not kept[blob].any()
+    # without HU (8-bit input) or at fluid density the blob passes the other checks, as before
+    assert _plausible_effusion(effusion, lung, spacing)[blob].all()
+    hu[blob] = EFFUSION_DENSE_HU - 20.0
+    assert _plausible_effusion(effusion, lung, spacing, hu=hu)[blob].all()

@@ -104,7 +104,7 @@ def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_mode
     else:
         effusion &= ~lung
     if effusion.any() and ct.n_slices > 1:
-        effusion = _plausible_effusion(effusion, lung, ct.spacing)
+        effusion = _plausible_effusion(effusion, lung, ct.spacing, hu=vol if ct.is_hu else None)
     result = np.zeros_like(out)
     result[infection] = out[infection]
     result[effusion] = EFFUSION
@@ -150,16 +150,28 @@ def _absorb_lesions(lungs: np.ndarray, lesions: np.ndarray) -> np.ndarray:
     return out
 
 
+# Pleural fluid is water-like: simple and parapneumonic effusions measure about 0-25 HU; skeletal muscle 40-60 HU
+# unenhanced. A dense "effusion" must at least lie against the lung: the lesion network's effusion on P001 and
+# LIDC-IDRI-0001 was the paraspinal muscle beside the spine (median 34-37 HU, 2-8 % of its surface against the lung;
+# the phantoms' effusions 10-19 HU, 12-20 %; docs/BENCHMARKS.md, fourteenth session).
+EFFUSION_DENSE_HU = 30.0
+EFFUSION_MIN_LUNG_CONTACT = 0.1
+
+
 def _plausible_effusion(effusion: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, float],
-                        min_ml: float = 5.0) -> np.ndarray:
+                        min_ml: float = 5.0, hu: np.ndarray | None = None) -> np.ndarray:
     """Keep effusion components that look like one: fluid lying against the lung surface, dependent
     (in the posterior half of the lungs, supine patient) and at least ``min_ml`` in volume. Patches of
-    chest-wall or paraspinal muscle, which have the same density, fail one of these."""
+    chest-wall or paraspinal muscle, which have the same density, fail one of these. With ``hu``, a component
+    denser than fluid (median above ``EFFUSION_DENSE_HU``) must also lie against the lung over at least
+    ``EFFUSION_MIN_LUNG_CONTACT`` of its surface (within one voxel in-plane): a dense blob that only touches the
+    lung's edge is muscle, while a dense effusion (exudate, blood) still lies against the lung it displaces."""
     box = bounding_box(effusion)  # labelled on its box: the same components, numbered in the same order
     if box is None:
         return effusion
     lbl, n = ndimage.label(effusion[box])
-    shell = (dilate_mm(lung, spacing, 2.0 * max(spacing[1], spacing[2])) & ~lung)[box]
+    grown = dilate_mm(lung, spacing, 2.0 * max(spacing[1], spacing[2]))
+    shell = (grown & ~lung)[box]
     vox_ml = float(np.prod(spacing)) / 1000.0
     # Per-component sums over the effusion voxels only, added in raster order as ndimage.sum_labels and
     # center_of_mass add them (so the same floats), without their passes over the whole volume.
@@ -173,6 +185,16 @@ def _plausible_effusion(effusion: np.ndarray, lung: np.ndarray, spacing: tuple[f
     lung_mid_y = (rows * np.arange(len(rows))).sum() / rows.sum() if rows.any() else 0.0
     keep = np.zeros(n + 1, bool)
     keep[1:] = (size_ml >= min_ml) & (touch > 0) & (cy >= lung_mid_y)
+    if hu is not None and keep.any():
+        sub = hu[box]
+        near = (dilate_mm(lung, spacing, max(spacing[1], spacing[2])) & ~lung)[box]
+        surface = (lbl > 0) & ~ndimage.binary_erosion(lbl > 0)  # components never touch: one erosion for all
+        for i in np.flatnonzero(keep):
+            inside = lbl == i
+            if float(np.median(sub[inside])) <= EFFUSION_DENSE_HU:
+                continue
+            surf = surface & inside
+            keep[i] = np.count_nonzero(surf & near) >= EFFUSION_MIN_LUNG_CONTACT * np.count_nonzero(surf)
     out = np.zeros(effusion.shape, bool)
     out[box] = keep[lbl]
     return out
