@@ -61,10 +61,9 @@ def conservative_extent_warnings(sev: dict, hu_rule: bool) -> list[str]:
     g, c = HU_RULE_FOUND_GGO, HU_RULE_FOUND_CONSOLIDATION
     return [
         "lesion volumes, involvement and severity are lower bounds: the HU rule that draws GGO and consolidation on "
-        f"whole HU volumes found {100 * g[0]:.0f}-{100 * g[1]:.0f} % of the GGO and {100 * c[0]:.0f}-{100 * c[1]:.0f} % of "
-        "the consolidation of "
-        "synthetic phantoms with voxel truth (what it marks is right), and consolidated lung outside the lung mask is "
-        "not scored"
+        f"whole HU volumes found {100 * g[0]:.0f}-{100 * g[1]:.0f} % of the GGO and {100 * c[0]:.0f}-{100 * c[1]:.0f} % "
+        "of the consolidation of synthetic phantoms with voxel truth (what it marks is right), and consolidated lung "
+        "outside the lung mask is not scored"
     ]
 
 

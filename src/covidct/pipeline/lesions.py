@@ -170,8 +170,7 @@ def _plausible_effusion(effusion: np.ndarray, lung: np.ndarray, spacing: tuple[f
     if box is None:
         return effusion
     lbl, n = ndimage.label(effusion[box])
-    grown = dilate_mm(lung, spacing, 2.0 * max(spacing[1], spacing[2]))
-    shell = (grown & ~lung)[box]
+    shell = (dilate_mm(lung, spacing, 2.0 * max(spacing[1], spacing[2])) & ~lung)[box]
     vox_ml = float(np.prod(spacing)) / 1000.0
     # Per-component sums over the effusion voxels only, added in raster order as ndimage.sum_labels and
     # center_of_mass add them (so the same floats), without their passes over the whole volume.
