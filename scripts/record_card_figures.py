@@ -24,7 +24,6 @@ from pathlib import Path
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "covidct" / "weights"
 KEEP = ("auc", "false_ml", "false_pct", "lung_ml", "lesion_ml", "neck_ml", "mediastinum_ml", "below_ml", "trachea_ml",
         "lung_dice", "diagnosis")
-HEALTHY = ("normal001", "LIDC-IDRI-0001")
 
 
 def _r(v):
