@@ -108,4 +108,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # a missing or foreign JSON: one line, no traceback
+        print(f"record_card_figures: {type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(2)
