@@ -158,6 +158,45 @@ def test_medseg_ct100_palette_indices_and_infnet_mapping(medseg_root: Path) -> N
     np.testing.assert_array_equal(eff == 3, r0["image"] == 160)
 
 
+def test_medseg_ct100_lung_masks_from_a_folder(medseg_root: Path, tmp_path: Path) -> None:
+    """``lungs_dir``: a slice with ``tr_lung_NNNN.png`` gets it as ``lungs``, the others keep None; a mask of the
+    wrong size is an error naming the slice."""
+    from covidct.errors import UnreadableInput
+
+    lungs = np.zeros(CT_SHAPE, np.uint8)
+    lungs[4:20, 2:22] = 255
+    _png(tmp_path / "lungs" / "tr_lung_0000.png", lungs)
+    recs = load_medseg_ct100(medseg_root / "medseg-ct100", lungs_dir=tmp_path / "lungs")
+    np.testing.assert_array_equal(recs[0]["lungs"], lungs > 0)
+    assert recs[1]["lungs"] is None and recs[2]["lungs"] is None
+    assert load_medseg_ct100(medseg_root / "medseg-ct100")[0]["lungs"] is None  # no folder: as before
+    _png(tmp_path / "lungs" / "tr_lung_0001.png", np.zeros((5, 5), np.uint8))
+    with pytest.raises(UnreadableInput, match="slice 1: lung mask"):
+        load_medseg_ct100(medseg_root / "medseg-ct100", lungs_dir=tmp_path / "lungs")
+
+
+def test_pseudo_lung_joins_labelled_lesions_and_leaves_effusion_out() -> None:
+    """scripts/pseudo_lung_labels.py: the model's aerated lung joined with the doctors' GGO/consolidation, the gap
+    between them closed, holes filled, effusion (not lung) left out."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "pseudo_lung_labels.py"
+    spec = importlib.util.spec_from_file_location("pseudo_lung_labels", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    model = np.zeros((40, 40), np.uint8)
+    model[5:35, 5:20] = 1  # aerated lung ...
+    model[15:20, 10:14] = 0  # ... with a hole (a vessel)
+    lesions = np.zeros((40, 40), np.uint8)
+    lesions[10:30, 21:27] = 2  # consolidation one pixel away from the aerated lung
+    lesions[30:35, 21:27] = 1
+    lesions[5:9, 28:36] = 3  # effusion
+    lung = mod.pseudo_lung(model, lesions)
+    assert lung[lesions == 2].all() and lung[lesions == 1].all()
+    assert lung[17, 12] and lung[20, 20]  # hole filled, gap closed
+    assert not lung[lesions == 3].any() and not lung[0, 0]
+
+
 def test_medseg_infnet_transposed_back(medseg_root: Path) -> None:
     ct = {r["id"]: r for r in load_medseg_ct100(medseg_root / "medseg-ct100")}
     x0, y0, x1, y1 = BOX

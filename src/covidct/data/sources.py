@@ -241,7 +241,7 @@ _INFNET_DIRS = {
 
 def load_medseg_ct100(
     root: str | Path | None = None, infnet_root: str | Path | None = None, effusion_from_extra: bool = True,
-    min_effusion_px: int = 50,
+    min_effusion_px: int = 50, lungs_dir: str | Path | None = None,
 ) -> list[dict]:
     """The 100 full 512x512 MedSeg slices (JCS "COVID-19-CT100") with binary infection masks.
 
@@ -255,6 +255,10 @@ def load_medseg_ct100(
     in ``lesions``: checked by eye and by position/density on all 25 slices (posterior, dependent,
     crescent-shaped strips along the chest wall at water density; docs/BENCHMARKS.md), which is
     what MedSeg's effusion class looks like. Isolated specks under 50 px are left unlabelled.
+
+    ``lungs_dir``: a folder of lung masks ``tr_lung_NNNN.png`` (0/255; made by
+    ``scripts/pseudo_lung_labels.py``, CT100 has none of its own); a slice with a file there gets
+    ``lungs``, the others keep None.
     """
     root = _source_root(root, "medseg-ct100")
     rows = _read_csv(root / "infnet_map.csv")
@@ -293,9 +297,13 @@ def load_medseg_ct100(
                     lesions[extra > 0] = 3
                 # Inf-Net labels outside the CT100 mask would mean a mapping error; keep count.
                 meta["infnet_outside_mask_pixels"] = int(((lesions > 0) & (inf == 0)).sum())
+        lung_file = None if lungs_dir is None else Path(lungs_dir) / f"tr_lung_{idx:04d}.png"
+        lungs = read_binary(lung_file) if lung_file is not None and lung_file.is_file() else None
+        if lungs is not None and lungs.shape != img.shape:
+            raise UnreadableInput(f"CT100 slice {idx}: lung mask {lungs.shape} and image {img.shape} differ")
         out.append(
             _record(
-                image=img, infection=inf, lesions=lesions,
+                image=img, infection=inf, lesions=lesions, lungs=lungs,
                 case=str(idx), id=str(idx), source="medseg-ct100", group=groups[idx], meta=meta,
             )  # fmt: skip
         )
