@@ -151,7 +151,7 @@ def lesion_profile_svg(ct: CT, lungs: np.ndarray, lesions: np.ndarray) -> str:
     classes = (GGO, CONSOLIDATION, EFFUSION)
     counts = np.zeros((nz, len(classes)))
     ks = np.flatnonzero(lesions.reshape(nz, -1).any(axis=1))  # lesions are sparse: count where they are
-    flat = lesions[ks].reshape(len(ks), -1)
+    flat = lesions[ks].reshape(len(ks), lesions[0].size)  # not -1: no lesion at all gives 0 rows
     for i, c in enumerate(classes):
         counts[ks, i] = np.count_nonzero(flat == c, axis=1)
     stacked = np.cumsum(counts * px_cm2, axis=1)
