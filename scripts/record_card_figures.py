@@ -4,13 +4,15 @@ cards with the figures of the benchmarks that judge them).
     python benchmarks/hu_volumes.py --data ../shared/data --loo --json HU.json
     python benchmarks/seg_models.py --out SEG                # writes SEG/summary.json
     python benchmarks/segment_infnet.py --json INFNET.json
-    python scripts/record_card_figures.py --hu HU.json --seg SEG/summary.json --infnet INFNET.json --machine "..."
+    python benchmarks/lung_coverage.py --json COVERAGE.json
+    python scripts/record_card_figures.py --hu HU.json --seg SEG/summary.json --infnet INFNET.json \
+        --coverage COVERAGE.json --machine "..."
 
 Writes ``metrics.benchmarks`` entries (with the commands, the date and the machine) into
 ``src/covidct/weights/{lungs,lesions,infection}.card.json``: ``whole_hu_volumes`` (lungs, lesions: the pipeline they are
 part of on whole HU volumes, against issue 17's targets), ``seg_models`` (each model's rows) and ``segment_infnet``
-(infection: ``covidct segment`` on the Inf-Net test files as distributed, with the runtime that ships). Weights are
-not touched.
+(infection: ``covidct segment`` on the Inf-Net test files as distributed, with the runtime that ships) and
+``lung_coverage`` (lungs: the share of the doctors' GGO and consolidation inside its mask). Weights are not touched.
 """
 
 from __future__ import annotations
@@ -65,11 +67,20 @@ def seg_rows(summary: list, model: str) -> list[dict]:
     return out
 
 
+def coverage_entry(doc: dict, model: str = "lungs") -> dict | None:
+    """The row of ``benchmarks/lung_coverage.py --json`` for the shipped ``model`` (None if it was not measured)."""
+    rows = [r for r in doc["rows"] if r["model"] == model]
+    if not rows:
+        return None
+    return {k: v for k, v in rows[0].items() if k != "model"} | {"slices": doc.get("slices")}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hu", type=Path, help="benchmarks/hu_volumes.py --loo --json output")
     ap.add_argument("--seg", type=Path, help="benchmarks/seg_models.py's summary.json")
     ap.add_argument("--infnet", type=Path, help="benchmarks/segment_infnet.py --json output")
+    ap.add_argument("--coverage", type=Path, help="benchmarks/lung_coverage.py --json output")
     ap.add_argument("--machine", default="", help="where it was measured (recorded beside the figures)")
     ap.add_argument("--date", default=datetime.now(UTC).strftime("%Y-%m-%d"))
     args = ap.parse_args()
@@ -90,6 +101,13 @@ def main() -> int:
     if args.infnet:
         cli = json.loads(args.infnet.read_text())["segment_infnet"]
         updates["infection"]["segment_infnet"] = {**cli, **stamp, "runtime": "the shipped inference path (ONNX Runtime)"}
+    if args.coverage:
+        entry = coverage_entry(json.loads(args.coverage.read_text()))
+        if entry is None:
+            raise ValueError(f"{args.coverage}: no row for the shipped lungs model")
+        updates["lungs"]["lung_coverage"] = {**stamp, "command": "python benchmarks/lung_coverage.py --json COVERAGE.json",
+                                             "data": "medseg-ct100 / medseg-infnet test slices (full view and Inf-Net's "
+                                                     "crops), Ma et al. validation cases", **entry}
     for model, entries in updates.items():
         if not entries:
             continue

@@ -204,3 +204,9 @@ def test_card_figures_summarise_the_rows_against_the_targets():
     rows[2]["auc"] = 0.94
     verdict = list(mod.hu_summary(rows)["targets_met"].values())
     assert verdict == [False, False, False, True]
+    cov = {"rows": [{"model": "runs/x", "ma_val.infection": {"share": 0.9}},
+                    {"model": "lungs", "infnet_test_full.consolidation": {"share": 0.789, "pixels": 10}}],
+           "slices": {"infnet_test": 48}}
+    assert mod.coverage_entry(cov) == {"infnet_test_full.consolidation": {"share": 0.789, "pixels": 10},
+                                       "slices": {"infnet_test": 48}}  # the shipped model's row only
+    assert mod.coverage_entry({"rows": cov["rows"][:1]}) is None
