@@ -187,11 +187,15 @@ def test_lesion_free_scan_gets_every_output(tmp_path, analyzer):
     """A scan with no lesion voxel at all (a healthy patient's, a lesion-free phantom's): every output, the HTML
     report's lesion profile included (it crashed on an empty lesion mask: exit 70 on exact_outputs' normal case)."""
     ph = make_phantom(seed=2, lesion_burden=0.0, **SMALL)
-    analysis = analyzer(ph.ct, tmp_path / "out")
+    ct = load_ct(write_phantom(ph, tmp_path / "study", fmt="dicom"))
+    analysis = analyzer(ct, tmp_path / "out")
     assert not analysis.lesions.any() and analysis.report["diagnosis"]["label"] == "normal"
     html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert '<svg class="profile"' in html and "<polygon" not in html  # the lung line, no lesion band
-    assert {"report.json", "lungs.nii.gz", "lesions.nii.gz"} <= {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"report.json", "lungs.nii.gz", "lesions.nii.gz", "segmentation.dcm"} <= {
+        p.name for p in (tmp_path / "out").iterdir()}
+    seg = pydicom.dcmread(tmp_path / "out" / "segmentation.dcm")  # the two lungs only (checked by dciodvfy too)
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Left lung", "Right lung"]
 
 
 def test_seg_writer_failure_becomes_a_warning(study, tmp_path, analyzer):
