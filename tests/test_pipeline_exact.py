@@ -59,12 +59,17 @@ def test_bounding_box_and_in_plane_components():
     assert bounding_box(np.zeros((2, 3, 3), bool)) is None
     filled = np.stack([ndimage.binary_fill_holes(s) for s in mask])
     np.testing.assert_array_equal(fill_holes_in_plane(mask), filled)
-    inner = np.zeros_like(mask)
-    for k, s in enumerate(mask):
-        lbl, _ = ndimage.label(s)
-        border = np.unique(np.concatenate([lbl[0], lbl[-1], lbl[:, 0], lbl[:, -1]]))
-        inner[k] = ~np.isin(lbl, border) & (lbl > 0)
-    np.testing.assert_array_equal(inner_components(mask), inner)
+    # inner components (OpenCV flood fill from a frame) against labelling each slice: densities around the
+    # percolation threshold, thin and degenerate shapes
+    masks = [mask] + [rng.random(shape) < p for shape in ((3, 31, 17), (2, 1, 9), (2, 9, 1), (2, 2, 2))
+                      for p in (0.2, 0.55, 0.7)] + [np.ones((2, 5, 6), bool), np.zeros((2, 5, 6), bool)]
+    for m in masks:
+        inner = np.zeros_like(m)
+        for k, s in enumerate(m):
+            lbl, _ = ndimage.label(s)
+            border = np.unique(np.concatenate([lbl[0], lbl[-1], lbl[:, 0], lbl[:, -1]]))
+            inner[k] = ~np.isin(lbl, border) & (lbl > 0)
+        np.testing.assert_array_equal(inner_components(m), inner)
 
 
 def _upsample_whole_slices(labels, shape):
