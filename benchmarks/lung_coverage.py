@@ -47,7 +47,7 @@ def main() -> int:
     ap.add_argument("--model", action="append", default=None, help="lung model(s); default: the shipped lungs")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    from covidct.data import data_root, load_source, read_indices
+    from covidct.data import data_root, load_source, read_grey, read_indices
     from covidct.models import zoo
 
     root = data_root()
@@ -56,8 +56,6 @@ def main() -> int:
         return 0
     full = [r for r in load_source("medseg-ct100") if r["meta"]["infnet_split"] == "test" and r["lesions"] is not None]
     crops_dir = root / "medseg-infnet" / "TestingSet" / "MultiClassInfection-Test"
-    from covidct.data import read_grey
-
     stems = sorted(p.stem for p in (crops_dir / "Imgs").glob("*.jpg"))
     crops = [read_grey(crops_dir / "Imgs" / f"{s}.jpg") for s in stems]
     crop_gt = [read_indices(crops_dir / "GT" / f"{s}.png") for s in stems]
