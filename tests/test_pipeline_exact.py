@@ -9,7 +9,7 @@ from scipy import ndimage
 from covidct.pipeline import working_grid
 from covidct.pipeline.grid import first_argmax
 from covidct.pipeline.morphology import dilate_mm
-from covidct.preprocess import bounding_box, fill_holes_in_plane, inner_components
+from covidct.preprocess import bounding_box, component_sizes, fill_holes_in_plane, inner_components
 from covidct.volume import CT
 
 
@@ -187,3 +187,20 @@ def test_distance_in_plane_is_scipys_per_slice(sampling):
     mask[:, 1:-1, 1:-1] |= rng.random((19, 38, 31)) > 0.97  # isolated voxels: distance one pixel
     want = np.stack([ndimage.distance_transform_edt(m, sampling=sampling[1:]) for m in mask])
     np.testing.assert_allclose(distance_in_plane(mask, sampling), want, rtol=1e-5, atol=1e-5)
+
+
+def test_component_sizes_and_mean_x_are_the_plain_numbers():
+    """``component_sizes`` (the mask's voxels only) and the lungs stage's ``_mean_x`` (column counts) give exactly
+    ``np.bincount(labels.ravel())`` without the background and ``np.nonzero(mask)[2].mean()``."""
+    from covidct.pipeline.lungs import _mean_x
+
+    rng = np.random.default_rng(5)
+    for p in (0.1, 0.5, 0.9):
+        mask = rng.random((5, 30, 41)) < p
+        lbl, n = ndimage.label(mask)
+        plain = np.bincount(lbl.ravel(), minlength=n + 1)
+        plain[0] = 0
+        np.testing.assert_array_equal(component_sizes(lbl, mask, n), plain)
+        for i in range(1, min(n, 5) + 1):
+            assert _mean_x(lbl == i) == np.nonzero(lbl == i)[2].mean()
+    assert component_sizes(np.zeros((2, 3, 3), np.int32), np.zeros((2, 3, 3), bool), 0).tolist() == [0]

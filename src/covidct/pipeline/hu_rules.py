@@ -28,7 +28,7 @@ from scipy import ndimage
 
 from covidct.labels import CONSOLIDATION, GGO
 from covidct.pipeline.morphology import binary_3d, in_plane  # scipy's binary ops, same voxels, OpenCV speed
-from covidct.preprocess import IN_PLANE, body_plane_box, bounding_box, inner_components
+from covidct.preprocess import IN_PLANE, body_plane_box, bounding_box, component_sizes, inner_components
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ def drop_small_components(mask: np.ndarray, spacing: Sequence[float], min_ml: fl
     lbl, n = ndimage.label(mask)
     if n == 0:
         return mask
-    sizes = np.bincount(lbl.ravel()) * float(np.prod(spacing)) / 1000.0
+    sizes = component_sizes(lbl, mask, n) * float(np.prod(spacing)) / 1000.0
     keep = sizes >= min_ml
     keep[0] = False
     return keep[lbl]
@@ -163,7 +163,7 @@ def _enclosed_holes(lung: np.ndarray, allowed: np.ndarray, spacing: Sequence[flo
     hl, nh = ndimage.label(holes, structure=IN_PLANE)
     if not nh:
         return holes
-    small = np.bincount(hl.ravel()) * spacing[1] * spacing[2] / 100.0 <= max_cm2
+    small = component_sizes(hl, holes, nh) * spacing[1] * spacing[2] / 100.0 <= max_cm2
     small[0] = False
     holes = small[hl]
     outside, n3 = ndimage.label(~lung)
@@ -204,8 +204,7 @@ def hu_lungs(hu: np.ndarray, spacing: Sequence[float], lungs: np.ndarray, reach_
     air = inner_components(v < lung_hu)
     l3, n3 = ndimage.label(air)
     if n3:
-        size = np.bincount(l3.ravel(), minlength=n3 + 1)
-        size[0] = 0
+        size = component_sizes(l3, air, n3)
         part = (size >= max(size.max() * 0.05, 1)) & (np.bincount(l3[m], minlength=n3 + 1) >= 0.1 * size)
         part[0] = False
         air = part[l3]
@@ -214,7 +213,7 @@ def hu_lungs(hu: np.ndarray, spacing: Sequence[float], lungs: np.ndarray, reach_
     lbl, n = ndimage.label(air, structure=IN_PLANE)
     if n:
         overlap = np.bincount(lbl[m], minlength=n + 1)
-        size = np.bincount(lbl.ravel(), minlength=n + 1)
+        size = component_sizes(lbl, air, n)
         join = (overlap >= 0.1 * size) | (size * spacing[1] * spacing[2] / 100.0 >= max_airway_cm2)
         join[0] = False
         m = m | join[lbl]

@@ -24,7 +24,7 @@ from covidct.pipeline.grid import first_argmax, upsample_labels
 from covidct.pipeline.morphology import dilate_mm, nearest_labels
 from covidct.pipeline.predict import ModelRunner
 from covidct.pipeline.types import LoadedModel, Masks
-from covidct.preprocess import bounding_box
+from covidct.preprocess import bounding_box, component_sizes
 from covidct.report.heatmap import (
     infection_probability,
     probability_volume,
@@ -209,7 +209,7 @@ def _drop_small(labels: np.ndarray, spacing: tuple[float, float, float], min_mm3
     if box is None:
         return labels
     lbl, n = ndimage.label(fg[box])
-    sizes = np.bincount(lbl.ravel())
+    sizes = component_sizes(lbl, fg[box], n)
     small = sizes < min_vox
     small[0] = False
     out = labels.copy()

@@ -22,6 +22,7 @@ from covidct.preprocess import (
     IN_PLANE,
     body_plane_box,
     bounding_box,
+    component_sizes,
     fill_holes_in_plane,
     inner_components,
     threshold_lung_mask,
@@ -175,8 +176,8 @@ def _remove_air_pockets(mask: np.ndarray, hu: np.ndarray, spacing: tuple[float, 
     px_cm2 = spacing[1] * spacing[2] / 100.0
     lbl, n = ndimage.label(out, structure=IN_PLANE)  # each slice's pieces, numbered across the volume
     if n:
-        count = np.bincount(lbl.ravel())
-        frac = np.bincount(lbl.ravel(), weights=(hu < -600).ravel()) / np.maximum(count, 1)
+        count = component_sizes(lbl, out, n)
+        frac = np.bincount(lbl[out], weights=hu[out] < -600, minlength=n + 1) / np.maximum(count, 1)
         bad = (count * px_cm2 < 10.0) & (frac < 0.25)
         bad[0] = False
         out[bad[lbl]] = False
@@ -194,9 +195,8 @@ def keep_lung_components(mask: np.ndarray, min_fraction: float = 0.05, fill_in_p
     box = bounding_box(mask, margin=1)
     if box is None:
         return mask
-    lbl, _ = ndimage.label(mask[box])
-    sizes = np.bincount(lbl.ravel())
-    sizes[0] = 0
+    lbl, n = ndimage.label(mask[box])
+    sizes = component_sizes(lbl, mask[box], n)
     keep = sizes >= max(sizes.max() * min_fraction, 1)
     sub = keep[lbl]
     out = np.zeros_like(mask)
@@ -225,7 +225,7 @@ def _split_left_right(mask: np.ndarray, spacing: tuple[float, float, float]) -> 
         out[mask & (xx < mid)] = RIGHT_LUNG
         return out
     a, b = seeds
-    left, right = (a, b) if np.nonzero(a)[2].mean() > np.nonzero(b)[2].mean() else (b, a)
+    left, right = (a, b) if _mean_x(a) > _mean_x(b) else (b, a)
     # A 3-D component of the mask that holds seeds of one side only is all that side: the watershed floods it
     # from them and nothing else reaches it (it floods along the same 6-connectivity as ndimage.label). Only a
     # component holding both sides' seeds (lungs touching) needs the distance transform and the watershed, on
@@ -270,21 +270,27 @@ def _watershed(mask: np.ndarray, left: np.ndarray, right: np.ndarray, spacing: t
     return lab.astype(np.uint8)
 
 
+def _mean_x(mask: np.ndarray) -> float:
+    """Mean x index of the voxels of a (z, y, x) mask: ``np.nonzero(mask)[2].mean()`` from column counts (the
+    same number: integer sums are exact in float64), without the index arrays."""
+    counts = np.count_nonzero(mask, axis=(0, 1))
+    return float(np.dot(counts, np.arange(len(counts))) / counts.sum())
+
+
 def _two_seeds(mask: np.ndarray, max_iter: int = 12) -> tuple[np.ndarray, np.ndarray] | None:
     """Two big components of the mask, eroding (in-plane) until the lungs separate."""
     structure = IN_PLANE  # erode within each slice only
     cur = mask
+    cols = np.flatnonzero(mask.any(axis=(0, 1)))
+    spread = int(cols[-1] - cols[0]) + 1 if cols.size else 1  # the mask's x extent
     for _ in range(max_iter + 1):
         lbl, n = ndimage.label(cur)
         if n >= 2:
-            sizes = np.bincount(lbl.ravel())
-            sizes[0] = 0
+            sizes = component_sizes(lbl, cur, n)
             order = np.argsort(sizes)[::-1]
             if sizes[order[1]] >= 0.15 * sizes[order[0]]:
                 a, b = lbl == order[0], lbl == order[1]
-                ax, bx = np.nonzero(a)[2].mean(), np.nonzero(b)[2].mean()
-                spread = np.ptp(np.nonzero(mask)[2]) + 1
-                if abs(ax - bx) > 0.15 * spread:
+                if abs(_mean_x(a) - _mean_x(b)) > 0.15 * spread:
                     return a, b
         cur = in_plane("erode", cur, structure[1])
         if not cur.any():
