@@ -184,15 +184,13 @@ def _plausible_effusion(effusion: np.ndarray, lung: np.ndarray, spacing: tuple[f
     lung_mid_y = (rows * np.arange(len(rows))).sum() / rows.sum() if rows.any() else 0.0
     keep = np.zeros(n + 1, bool)
     keep[1:] = (size_ml >= min_ml) & (touch > 0) & (cy >= lung_mid_y)
-    if hu is not None and keep.any():
-        sub = hu[box]
+    dense = [] if hu is None else [i for i in np.flatnonzero(keep)
+                                   if float(np.median(hu[box][lbl == i])) > EFFUSION_DENSE_HU]
+    if dense:  # the contact maps only when a component is denser than fluid
         near = (dilate_mm(lung, spacing, max(spacing[1], spacing[2])) & ~lung)[box]
         surface = (lbl > 0) & ~ndimage.binary_erosion(lbl > 0)  # components never touch: one erosion for all
-        for i in np.flatnonzero(keep):
-            inside = lbl == i
-            if float(np.median(sub[inside])) <= EFFUSION_DENSE_HU:
-                continue
-            surf = surface & inside
+        for i in dense:
+            surf = surface & (lbl == i)
             keep[i] = np.count_nonzero(surf & near) >= EFFUSION_MIN_LUNG_CONTACT * np.count_nonzero(surf)
     out = np.zeros(effusion.shape, bool)
     out[box] = keep[lbl]

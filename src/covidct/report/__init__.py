@@ -16,11 +16,28 @@ __all__ = [
     "REPORT_SCHEMA",
     "REPORT_SCHEMA_VERSION",
     "validate_report",
+    "slice_counts",
     "slice_rows",
     "write_dicom_seg",
     "write_html_report",
     "save_slice_overlays",
 ]
+
+
+SLICE_CLASSES = (GGO, CONSOLIDATION, EFFUSION)
+
+
+def slice_counts(lungs: np.ndarray, lesions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per slice of (z, y, x) masks: lung pixels (z,) and GGO / consolidation / effusion pixels (z, 3). Lesions are
+    sparse: counted only on the slices holding any."""
+    nz = len(lungs)
+    lung_px = np.count_nonzero(lungs.reshape(nz, -1), axis=1)
+    counts = np.zeros((nz, len(SLICE_CLASSES)), np.int64)
+    ks = np.flatnonzero(lesions.reshape(nz, -1).any(axis=1))
+    flat = lesions[ks].reshape(len(ks), lesions[0].size)  # not -1: no lesion at all gives 0 rows
+    for i, c in enumerate(SLICE_CLASSES):
+        counts[ks, i] = np.count_nonzero(flat == c, axis=1)
+    return lung_px, counts
 
 
 def slice_rows(ct: CT, lungs: np.ndarray, lesions: np.ndarray, uncertainty: list[dict] | None = None) -> list[dict]:
@@ -34,13 +51,12 @@ def slice_rows(ct: CT, lungs: np.ndarray, lesions: np.ndarray, uncertainty: list
     if lungs.shape != ct.shape or lesions.shape != ct.shape:
         raise ValueError(f"mask shapes {lungs.shape}/{lesions.shape} do not match the CT {ct.shape}")
     px = float(ct.pixel_area_mm2) if ct.spacing_known else 1.0
-    lung_px = (lungs > 0).sum(axis=(1, 2))
-    counts = {c: (lesions == c).sum(axis=(1, 2)) for c in (GGO, CONSOLIDATION, EFFUSION)}
+    lung_px, counts = slice_counts(lungs, lesions)
     rows = []
     for k in range(ct.n_slices):
         ref = ct.slices[k] if k < len(ct.slices) else None
         z = ref.z_mm if ref is not None else float((ct.affine @ [0, 0, k, 1])[2])
-        ggo, cons, eff = (float(counts[c][k]) * px for c in (GGO, CONSOLIDATION, EFFUSION))
+        ggo, cons, eff = (float(v) * px for v in counts[k])
         rows.append(
             {
                 "index": k,

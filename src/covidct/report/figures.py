@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from covidct.labels import CONSOLIDATION, EFFUSION, GGO, LESION_COLORS, LESION_NAMES, LUNG_COLORS
+from covidct.labels import LESION_COLORS, LESION_NAMES, LUNG_COLORS
+from covidct.report import SLICE_CLASSES, slice_counts
 from covidct.volume import CT
 
 LUNG_WINDOW = (-1350.0, 150.0)
@@ -147,13 +148,9 @@ def lesion_profile_svg(ct: CT, lungs: np.ndarray, lesions: np.ndarray) -> str:
         z = np.array([s.z_mm for s in ct.slices], dtype=float)
     else:
         z = np.array([(ct.affine @ [0, 0, k, 1])[2] for k in range(nz)], dtype=float)
-    lung = np.count_nonzero(lungs.reshape(nz, -1), axis=1) * px_cm2
-    classes = (GGO, CONSOLIDATION, EFFUSION)
-    counts = np.zeros((nz, len(classes)))
-    ks = np.flatnonzero(lesions.reshape(nz, -1).any(axis=1))  # lesions are sparse: count where they are
-    flat = lesions[ks].reshape(len(ks), lesions[0].size)  # not -1: no lesion at all gives 0 rows
-    for i, c in enumerate(classes):
-        counts[ks, i] = np.count_nonzero(flat == c, axis=1)
+    lung_px, counts = slice_counts(lungs, lesions)
+    lung = lung_px * px_cm2
+    classes = SLICE_CLASSES
     stacked = np.cumsum(counts * px_cm2, axis=1)
 
     width, height = 640, 400
