@@ -258,13 +258,19 @@ class _ScanProcess:
             return write_dicom_seg(ct, lungs, lesions, path)
 
 
+def _shared_analyzer(model_args: dict) -> pipeline.Analyzer:
+    # The pipeline (SciPy, OpenCV, ...: P001 about 0.35 s of imports) is imported after the scan process is
+    # forked, so that the scan is read meanwhile, not after.
+    from covidct import pipeline
+
+    return pipeline.shared_analyzer(**model_args)
+
+
 def _analyze_one(path: Path, output: Path, series: str | None, png: bool, html: bool, model_args: dict,
                  heatmap: bool = False, fetch: Callable[[], object] | None = None):
     """One study: the scan read (``fetch``ed first) in a helper process while the models load; the Analysis."""
-    from covidct import pipeline
-
     with _ScanProcess() as helper:
-        ct, analyzer = helper.load_beside(path, lambda: pipeline.shared_analyzer(**model_args), series, fetch)
+        ct, analyzer = helper.load_beside(path, lambda: _shared_analyzer(model_args), series, fetch)
         return analyzer(ct, output, png=png, html=html, seg_writer=helper.seg_writer(ct), heatmap=heatmap)
 
 
