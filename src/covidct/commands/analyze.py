@@ -259,8 +259,7 @@ class _ScanProcess:
 
 
 def _shared_analyzer(model_args: dict) -> pipeline.Analyzer:
-    # The pipeline (SciPy, OpenCV, ...: P001 about 0.35 s of imports) is imported after the scan process is
-    # forked, so that the scan is read meanwhile, not after.
+    # imported here, after the scan process is forked: the scan is read during these imports (SciPy, OpenCV: ~0.35 s)
     from covidct import pipeline
 
     return pipeline.shared_analyzer(**model_args)
