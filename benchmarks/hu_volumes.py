@@ -5,7 +5,9 @@ Volumes: covid-ct-md P001 (COVID-19) and cap001 (pneumonia), with radiologists' 
 scored outside the four readers' nodule contours grown by --nodule-margin mm); chest-misc cip-ct-64
 (lung Dice against wholeLung-64); chest-misc totalseg-example (healthy lung bases of an abdominal CT);
 lesion-free phantoms (seeds 200..: the HU rule's settings were chosen with them; seeds 210-213 on other
-grids and slice thicknesses, never used to choose anything).
+grids and slice thicknesses, never used to choose anything). Versions of the four covid-ct-md / LIDC series with
+2x and 3x thicker slices (slices averaged) and interpolated to a third of their slice spacing (linear in z: smoother
+than a real thin acquisition, it shows what depends on the number of slices).
 
 Methods, one row each per volume so every figure has the baseline and the floor beside it:
 - ``shipped``: ``covidct analyze`` (``Analyzer()``) as it is on this branch;
@@ -45,6 +47,7 @@ from covidct.evaluate.hu_volumes import (
     rule_floor,
     scoring_note,
     thick_slabs,
+    thin_interpolated,
 )
 from hu_volumes_loo import loo_case, loo_rows, series_name  # noqa: E402  (the script's folder is on sys.path)
 
@@ -102,6 +105,13 @@ def volumes(data: Path, n_phantoms: int) -> list[dict]:
             out.append({**base, "name": f"{base['name']} ({k}x thicker slices)", "thick": k, "thin_load": base["load"],
                         "load": None, "slice_labels": None, "labels_of": base.get("slice_labels"),
                         "nodules_xml": base.get("nodules_xml")})
+    # the same series interpolated to a third of their slice spacing (0.67-0.83 mm): the HU rule's settings were
+    # chosen on 2-2.5 mm slices; on these, what depends on the number of slices shows (sixteenth session). Smoother
+    # through-plane than a real thin acquisition: a check, not a scanner.
+    for base in [v for v in out if v["name"] in ("P001", "cap001", "normal001", "LIDC-IDRI-0001")]:
+        out.append({**base, "name": f"{base['name']} (interpolated to 1/3 slice spacing)", "thin": 3,
+                    "thin_load": base["load"], "load": None, "slice_labels": None, "labels_of": base.get("slice_labels"),
+                    "nodules_xml": base.get("nodules_xml")})
     from covidct.phantom import make_phantom
 
     for s in range(200, 200 + n_phantoms):
@@ -178,10 +188,14 @@ def run(data: Path, n_phantoms: int, cache: Path | None, before: Path | None, lo
     rows: list[dict] = []
     loo_cases: list[dict] = []
     for vol in volumes(data, n_phantoms):
-        thin = None
+        thin = nearest = None
         if vol.get("thick"):
             thin = vol["thin_load"]()
             ct, y = thick_slabs(thin, vol["thick"], vol.get("labels_of"))
+            vol = {**vol, "y": y}
+        elif vol.get("thin"):
+            native = vol["thin_load"]()
+            ct, y, nearest = thin_interpolated(native, vol["thin"], vol.get("labels_of"))
             vol = {**vol, "y": y}
         else:
             ct = vol["load"]()
@@ -192,8 +206,11 @@ def run(data: Path, n_phantoms: int, cache: Path | None, before: Path | None, lo
         if vol.get("nodules_xml"):
             from covidct.evaluate.lidc import nodule_mask, parse_lidc_xml
 
-            exclude = nodule_mask(thin or ct, parse_lidc_xml(vol["nodules_xml"]), margin_mm=nodule_margin)
-            if thin is not None:  # the thin series' nodules, a slab excluded where any of its slices is
+            exclude = nodule_mask(thin or (native if nearest is not None else ct), parse_lidc_xml(vol["nodules_xml"]),
+                                  margin_mm=nodule_margin)
+            if nearest is not None:  # each interpolated slice excluded where its nearest original slice is
+                exclude = exclude[nearest]
+            elif thin is not None:  # the thin series' nodules, a slab excluded where any of its slices is
                 k = vol["thick"]
                 n = (len(exclude) // k) * k
                 exclude = exclude[:n].reshape(n // k, k, *exclude.shape[1:]).any(1)

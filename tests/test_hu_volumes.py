@@ -175,6 +175,23 @@ def test_thick_slabs_average_slices_and_label_slabs():
     assert np.allclose(centre[:3], (ct.affine @ np.array([0, 0, 2.5, 1.0]))[:3])
 
 
+def test_thin_interpolated_keeps_the_original_slices_and_their_labels():
+    from covidct.evaluate.hu_volumes import thin_interpolated
+    from covidct.volume import CT, SliceRef, affine_from_spacing
+
+    arr = np.arange(4, dtype=np.float32)[:, None, None] * np.ones((4, 3, 3), np.float32) * 30.0
+    sl = [SliceRef(index=i, z_mm=2.0 * i, file=f"f{i}.dcm") for i in range(4)]
+    ct = CT(array=arr, spacing=(2.0, 1.0, 1.0), affine=affine_from_spacing((2.0, 1.0, 1.0)), is_hu=True, kind="dicom",
+            slices=sl)
+    thin, y, nearest = thin_interpolated(ct, 3, {"f0.dcm": 0, "f1.dcm": 1, "f2.dcm": 0})  # f3 unlabelled
+    assert thin.shape == (10, 3, 3) and np.allclose(thin.spacing, (2.0 / 3, 1.0, 1.0))
+    assert np.allclose(thin.array[:, 0, 0], np.arange(10) * 10.0)  # linear; every third slice an original one
+    assert list(nearest) == [0, 0, 1, 1, 1, 2, 2, 2, 3, 3] and list(y) == [0, 0, 1, 1, 1, 0, 0, 0, -1, -1]
+    # same world positions: thin slice 3 is original slice 1
+    assert np.allclose(thin.affine @ np.array([0, 0, 3, 1.0]), ct.affine @ np.array([0, 0, 1, 1.0]))
+    assert np.isclose(thin.slices[4].z_mm, 2.0 + 2.0 / 3)
+
+
 def test_card_figures_summarise_the_rows_against_the_targets():
     """scripts/record_card_figures.py: the pipeline's rows, the HU count's and leave-one-out AUCs beside them, and a
     verdict per issue-17 target that is false as soon as one row misses it."""
