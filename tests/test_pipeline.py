@@ -264,6 +264,25 @@ def test_whole_hu_volumes_with_lesions_say_their_figures_are_lower_bounds():
     assert conservative_extent_warnings(below, hu_rule=True) == []
 
 
+def test_thin_slice_hu_volumes_are_warned_that_vessels_may_read_as_ggo():
+    """Below the 2-2.5 mm slices the HU rule was chosen on, the report says so and what to feed instead; not for
+    2 mm or thicker slices, not for 8-bit volumes, not where the slice spacing is unknown; and through the analysis."""
+    import dataclasses
+
+    from covidct.phantom import make_phantom
+    from covidct.pipeline import Analyzer
+    from covidct.pipeline.diagnosis import thin_slice_warnings
+
+    thin = make_phantom(shape=(24, 96, 96), spacing=(1.0, 3.0, 3.0), seed=0).ct
+    (w,) = thin_slice_warnings(thin, hu_rule=True)
+    assert w.startswith("1 mm slices") and "2-5 mm reconstruction" in w
+    assert thin_slice_warnings(thin, hu_rule=False) == []
+    assert thin_slice_warnings(dataclasses.replace(thin, spacing_known=False), hu_rule=True) == []
+    assert thin_slice_warnings(dataclasses.replace(thin, spacing=(2.0, 3.0, 3.0)), hu_rule=True) == []
+    report = Analyzer()(thin, None, html=False).report
+    assert any(x.startswith("1 mm slices") for x in report["warnings"])
+
+
 def test_diagnosis_rule_centred_at_the_false_positive_level():
     from covidct.pipeline import FALSE_INVOLVEMENT_PCT, diagnose_from_findings
 

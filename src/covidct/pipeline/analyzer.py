@@ -145,6 +145,7 @@ class Analyzer:
         if mode == "volume" and (hu_rule or self.models["infection"] is not None):
             warnings.extend(diagnosis.low_involvement_warnings(severity, hu_rule=hu_rule))
             warnings.extend(diagnosis.conservative_extent_warnings(severity, hu_rule))
+            warnings.extend(diagnosis.thin_slice_warnings(ct, hu_rule))
         info = {role: m.info if m is not None else None for role, m in self.models.items()}
         models = [reporting.model_entry(info["lungs"], "hu-threshold-lungs"),
                   reporting.model_entry(info["lesions"], "hu-rule-lesions")]
