@@ -279,6 +279,7 @@ def test_thin_slice_hu_volumes_are_warned_that_vessels_may_read_as_ggo():
     assert thin_slice_warnings(thin, hu_rule=False) == []
     assert thin_slice_warnings(dataclasses.replace(thin, spacing_known=False), hu_rule=True) == []
     assert thin_slice_warnings(dataclasses.replace(thin, spacing=(2.0, 3.0, 3.0)), hu_rule=True) == []
+    assert thin_slice_warnings(dataclasses.replace(thin, spacing=(0.625, 3.0, 3.0)), hu_rule=True)[0].startswith("0.625 mm")
     report = Analyzer()(thin, None, html=False).report
     assert any(x.startswith("1 mm slices") for x in report["warnings"])
 

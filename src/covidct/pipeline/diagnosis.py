@@ -68,9 +68,9 @@ def conservative_extent_warnings(sev: dict, hu_rule: bool) -> list[str]:
 
 
 # The HU rule's settings were chosen on 2-2.5 mm slices and checked on 2-7.5 mm ones. Its 3-D opening reaches one slice
-# up and down, so on thinner slices it removes less of the vessels' partial-volume shells: two healthy series
-# interpolated to a third of their slice spacing (0.67 and 0.83 mm) gained tens of mL of false lesions and read as
-# pneumonia (docs/BENCHMARKS.md, sixteenth session; no real thin-slice series was at hand to measure).
+# up and down, so on thinner slices it removes less of the vessels' partial-volume shells: the two healthy series here,
+# interpolated to 0.67 and 0.625 mm slices, got 47 and 21 mL of lesions and read as pneumonia (docs/BENCHMARKS.md,
+# sixteenth session; no real thin-slice series was at hand to measure).
 THIN_SLICE_MM = 1.95
 
 
@@ -79,10 +79,10 @@ def thin_slice_warnings(ct: CT, hu_rule: bool) -> list[str]:
     if not hu_rule or not ct.spacing_known or float(ct.spacing[0]) >= THIN_SLICE_MM:
         return []
     return [
-        f"{float(ct.spacing[0]):.2g} mm slices: the HU rule that draws GGO and consolidation was chosen on 2-2.5 mm "
-        "slices, and on thinner ones it can mark the partial volume of vessels as GGO (healthy series interpolated to "
-        "0.67-0.83 mm slices gained tens of mL of false lesions and read as pneumonia); a 2-5 mm reconstruction of the "
-        "same study is read more reliably"
+        f"{float(ct.spacing[0]):.3g} mm slices: the HU rule that draws GGO and consolidation was chosen on 2-2.5 mm "
+        "slices, and on thinner ones it can mark the partial volume of vessels as GGO (two healthy series interpolated "
+        "to 0.6-0.7 mm slices got 21-47 mL of lesions and read as pneumonia); a 2-5 mm reconstruction of the same "
+        "study is read more reliably"
     ]
 
 
