@@ -265,8 +265,9 @@ def test_whole_hu_volumes_with_lesions_say_their_figures_are_lower_bounds():
 
 
 def test_thin_slice_hu_volumes_are_warned_that_vessels_may_read_as_ggo():
-    """Below the 2-2.5 mm slices the HU rule was chosen on, the report says so and what to feed instead; not for
-    2 mm or thicker slices, not for 8-bit volumes, not where the slice spacing is unknown; and through the analysis."""
+    """Below the 2-2.5 mm slices the HU rule was chosen on, the report says so and what to feed instead, in place of
+    the lower-bound warning; not for 2 mm or thicker slices, not for 8-bit volumes, not where the slice spacing is
+    unknown; and through the analysis."""
     import dataclasses
 
     from covidct.phantom import make_phantom
@@ -282,6 +283,7 @@ def test_thin_slice_hu_volumes_are_warned_that_vessels_may_read_as_ggo():
     assert thin_slice_warnings(dataclasses.replace(thin, spacing=(0.625, 3.0, 3.0)), hu_rule=True)[0].startswith("0.625 mm")
     report = Analyzer()(thin, None, html=False).report
     assert any(x.startswith("1 mm slices") for x in report["warnings"])
+    assert not any("are lower bounds" in x for x in report["warnings"])  # measured on 2.5-5 mm slices only
 
 
 def test_diagnosis_rule_centred_at_the_false_positive_level():

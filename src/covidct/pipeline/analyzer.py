@@ -144,8 +144,9 @@ class Analyzer:
         hu_rule = hu_rules.applies(ct.is_hu, ct.n_slices)  # GGO/consolidation came from the HU rule
         if mode == "volume" and (hu_rule or self.models["infection"] is not None):
             warnings.extend(diagnosis.low_involvement_warnings(severity, hu_rule=hu_rule))
-            warnings.extend(diagnosis.conservative_extent_warnings(severity, hu_rule))
-            warnings.extend(diagnosis.thin_slice_warnings(ct, hu_rule))
+            # on thin slices the HU rule may add vessels: its figures are then not the lower bounds measured on 2.5-5 mm
+            warnings.extend(diagnosis.thin_slice_warnings(ct, hu_rule)
+                            or diagnosis.conservative_extent_warnings(severity, hu_rule))
         info = {role: m.info if m is not None else None for role, m in self.models.items()}
         models = [reporting.model_entry(info["lungs"], "hu-threshold-lungs"),
                   reporting.model_entry(info["lesions"], "hu-rule-lesions")]

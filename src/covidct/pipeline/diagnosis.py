@@ -75,14 +75,15 @@ THIN_SLICE_MM = 1.95
 
 
 def thin_slice_warnings(ct: CT, hu_rule: bool) -> list[str]:
-    """For a whole HU volume with slices thinner than the HU rule was chosen on: its lesions may include vessels."""
+    """For a whole HU volume with slices thinner than the HU rule was chosen on: its lesions may include vessels (it
+    replaces :func:`conservative_extent_warnings`, measured on 2.5 and 5 mm slices)."""
     if not hu_rule or not ct.spacing_known or float(ct.spacing[0]) >= THIN_SLICE_MM:
         return []
     return [
         f"{float(ct.spacing[0]):.3g} mm slices: the HU rule that draws GGO and consolidation was chosen on 2-2.5 mm "
-        "slices, and on thinner ones it can mark the partial volume of vessels as GGO (two healthy series interpolated "
-        "to 0.6-0.7 mm slices got 21-47 mL of lesions and read as pneumonia); a 2-5 mm reconstruction of the same "
-        "study is read more reliably"
+        "slices; on thinner ones it can also mark the partial volume of vessels as GGO (two healthy series interpolated "
+        "to 0.6-0.7 mm slices got 21-47 mL of lesions and read as pneumonia), so its figures here are not lower "
+        "bounds; a 2-5 mm reconstruction of the same study is read more reliably"
     ]
 
 
