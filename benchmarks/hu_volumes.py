@@ -230,8 +230,9 @@ def run(data: Path, n_phantoms: int, cache: Path | None, before: Path | None, lo
         t0 = time.perf_counter()
         floor = rule_floor(ct.array, ct.spacing, ref)
         rows.append(score(vol, ct, "rule floor", ref, floor, {"seconds": time.perf_counter() - t0}, ref, exclude, False))
-        # held-out phantoms choose nothing; thick-slice versions are held out with their series (loo_rows)
-        if loo and not vol.get("held_out"):
+        # held-out phantoms choose nothing; thick-slice versions are held out with their series (loo_rows); the
+        # interpolated thin versions choose nothing either (a check of slice count, smoother than a real scanner's)
+        if loo and not vol.get("held_out") and not vol.get("thin"):
             loo_cases.append(loo_case(vol, ct, lungs, exclude))
         for r in rows[n0:]:
             print(json.dumps(r), file=sys.stderr, flush=True)
