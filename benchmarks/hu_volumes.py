@@ -102,7 +102,7 @@ def volumes(data: Path, n_phantoms: int) -> list[dict]:
     # of the first candidate, added with the second
     for base in [v for v in out if v["name"] in ("P001", "cap001", "normal001", "LIDC-IDRI-0001")]:
         for k in (2, 3):
-            out.append({**base, "name": f"{base['name']} ({k}x thicker slices)", "thick": k, "thin_load": base["load"],
+            out.append({**base, "name": f"{base['name']} ({k}x thicker slices)", "thick": k, "load_native": base["load"],
                         "load": None, "slice_labels": None, "labels_of": base.get("slice_labels"),
                         "nodules_xml": base.get("nodules_xml")})
     # the same series interpolated to a third of their slice spacing (0.67-0.83 mm): the HU rule's settings were
@@ -110,7 +110,7 @@ def volumes(data: Path, n_phantoms: int) -> list[dict]:
     # through-plane than a real thin acquisition: a check, not a scanner.
     for base in [v for v in out if v["name"] in ("P001", "cap001", "normal001", "LIDC-IDRI-0001")]:
         out.append({**base, "name": f"{base['name']} (interpolated to 1/3 slice spacing)", "thin": 3,
-                    "thin_load": base["load"], "load": None, "slice_labels": None, "labels_of": base.get("slice_labels"),
+                    "load_native": base["load"], "load": None, "slice_labels": None, "labels_of": base.get("slice_labels"),
                     "nodules_xml": base.get("nodules_xml")})
     from covidct.phantom import make_phantom
 
@@ -188,13 +188,13 @@ def run(data: Path, n_phantoms: int, cache: Path | None, before: Path | None, lo
     rows: list[dict] = []
     loo_cases: list[dict] = []
     for vol in volumes(data, n_phantoms):
-        thin = nearest = None
+        native = nearest = None  # a derived version: the series it is made from; for a thin one, each slice's original
         if vol.get("thick"):
-            thin = vol["thin_load"]()
-            ct, y = thick_slabs(thin, vol["thick"], vol.get("labels_of"))
+            native = vol["load_native"]()
+            ct, y = thick_slabs(native, vol["thick"], vol.get("labels_of"))
             vol = {**vol, "y": y}
         elif vol.get("thin"):
-            native = vol["thin_load"]()
+            native = vol["load_native"]()
             ct, y, nearest = thin_interpolated(native, vol["thin"], vol.get("labels_of"))
             vol = {**vol, "y": y}
         else:
@@ -206,11 +206,10 @@ def run(data: Path, n_phantoms: int, cache: Path | None, before: Path | None, lo
         if vol.get("nodules_xml"):
             from covidct.evaluate.lidc import nodule_mask, parse_lidc_xml
 
-            exclude = nodule_mask(thin or (native if nearest is not None else ct), parse_lidc_xml(vol["nodules_xml"]),
-                                  margin_mm=nodule_margin)
+            exclude = nodule_mask(native or ct, parse_lidc_xml(vol["nodules_xml"]), margin_mm=nodule_margin)
             if nearest is not None:  # each interpolated slice excluded where its nearest original slice is
                 exclude = exclude[nearest]
-            elif thin is not None:  # the thin series' nodules, a slab excluded where any of its slices is
+            elif native is not None:  # the original series' nodules, a slab excluded where any of its slices is
                 k = vol["thick"]
                 n = (len(exclude) // k) * k
                 exclude = exclude[:n].reshape(n // k, k, *exclude.shape[1:]).any(1)
@@ -242,7 +241,7 @@ def run(data: Path, n_phantoms: int, cache: Path | None, before: Path | None, lo
 
 
 def _cache_name(name: str) -> str:
-    return f"{name.replace(' ', '_')}.npz"
+    return f"{name.replace(' ', '_').replace('/', '-')}.npz"  # "1/3 slice spacing" is not a folder
 
 
 def main() -> int:

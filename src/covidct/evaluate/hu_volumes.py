@@ -105,23 +105,21 @@ def thin_interpolated(ct, k: int, slice_labels: dict[str, int] | None = None):
     Returns (CT, labels or None, the original slice of each thin slice)."""
     from pathlib import Path
 
+    from covidct.pipeline.predict import interpolate_slices
     from covidct.volume import CT, SliceRef
 
     n = (ct.n_slices - 1) * k + 1
-    pos = np.arange(n) / k  # in original slices
-    lo = np.minimum(np.floor(pos).astype(int), ct.n_slices - 1)
-    hi = np.minimum(lo + 1, ct.n_slices - 1)
-    w = (pos - lo).astype(np.float32)[:, None, None]
-    src = ct.array.astype(np.float32, copy=False)
-    arr = (1 - w) * src[lo] + w * src[hi]
+    original = np.arange(ct.n_slices) * k  # where the original slices fall among the thin ones
+    arr = interpolate_slices(ct.array.astype(np.float32, copy=False), original, np.arange(n))
     aff = ct.affine.copy()
     aff[:3, 2] /= k  # the z column of the (x, y, z) voxel -> world affine
     dz, dy, dx = ct.spacing
-    z_mm = [s.z_mm for s in ct.slices] if ct.slices else [i * dz for i in range(ct.n_slices)]
-    slices = [SliceRef(index=i, z_mm=float(z_mm[lo[i]] + (z_mm[hi[i]] - z_mm[lo[i]]) * (pos[i] - lo[i]))) for i in range(n)]
+    z_mm = np.array([s.z_mm for s in ct.slices] if ct.slices else np.arange(ct.n_slices) * dz, float)
+    thin_z = np.interp(np.arange(n), original, z_mm)
+    slices = [SliceRef(index=i, z_mm=float(thin_z[i])) for i in range(n)]
     out = CT(array=arr, spacing=(dz / k, dy, dx), affine=aff, is_hu=ct.is_hu, kind="array",
              path=f"{ct.path}@1/{k}" if ct.path else None, slices=slices)
-    nearest = np.minimum(np.round(pos).astype(int), ct.n_slices - 1)
+    nearest = np.round(np.arange(n) / k).astype(int)  # <= n_slices - 1: the last thin slice is the last original
     if slice_labels is None:
         return out, None, nearest
     files = [Path(s.file).name if s.file else None for s in ct.slices]
