@@ -35,7 +35,7 @@ CASES = [
     ("normal001", "covid-ct-md/normal001", "normal"),
     ("LIDC-IDRI-0001", "lidc-idri/LIDC-IDRI-0001", "normal"),
 ]
-SHOWN = ("opacity_percent", "minor_side_share", "peripheral_fraction", "perihilar_fraction", "ggo_fraction",
+SHOWN = ("opacity_percent", "minor_side_share", "peripheral_fraction", "peripheral_odds_ratio", "perihilar_fraction", "ggo_fraction",
          "lower_zone_fraction", "posterior_fraction", "n_foci", "n_round_foci", "dependent_density_ml",
          "largest_consolidation_percent", "n_nodules", "effusion_ml", "septal_line_fraction")
 

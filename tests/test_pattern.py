@@ -365,3 +365,27 @@ def test_reasons_never_round_a_share_across_its_threshold() -> None:
     _, f = run(typical)
     res = classify_pattern(dict(f, peripheral_fraction=0.496, round_foci_sides=1))
     assert "49.6 % peripheral" in res.reasons[0] and "not peripheral" in res.reasons[0]
+
+
+def test_an_evenly_spread_opacity_has_a_peripheral_odds_ratio_of_one() -> None:
+    """The outer third holds about half of a lung, so an opacity spread evenly through the lung (here GGO over a whole
+    slab of both lungs) has about half of itself there; the odds ratio against the lung's own share reads it as what
+    it is, diffuse (about 1), while the subpleural patches read far above."""
+    from covidct.pattern.features import peripheral_odds_ratio
+
+    def slab() -> tuple:
+        lungs, les, hu = chest()
+        put(lungs, les, hu, np.abs(Z) < 30.0, GGO)
+        return lungs, les, hu
+
+    _, f = run(slab)
+    assert 0.3 < f["lung_peripheral_fraction"] < 0.7
+    assert abs(f["peripheral_fraction"] - f["lung_peripheral_fraction"]) < 0.08
+    assert 0.7 < f["peripheral_odds_ratio"] < 1.3
+    _, t = run(typical)
+    assert t["lung_peripheral_fraction"] == f["lung_peripheral_fraction"]  # the same lungs
+    assert t["peripheral_odds_ratio"] > 5 * f["peripheral_odds_ratio"]
+    # the same share of opacity is more or less peripheral depending on how much of the lung the outer third holds
+    assert peripheral_odds_ratio(550, 1000, 0.5) == pytest.approx(1.22, abs=0.01)
+    assert peripheral_odds_ratio(550, 1000, 0.4) == pytest.approx(1.83, abs=0.01)
+    assert peripheral_odds_ratio(1000, 1000, 0.5) == pytest.approx(2001.0) and peripheral_odds_ratio(0, 0, 0.5) == 0.0

@@ -42,6 +42,11 @@ FEATURE_DOCS: dict[str, tuple[str, str, str]] = {
     "peripheral_fraction": ("0-1", "share of opacity in the outer third of the lung (relative depth from the costal "
                             "pleura to the hilum <= 1/3, per axial slice)",
                             "peripheral predominant when >= 0.5 (RSNA typical: peripheral, the outer third as radiology reports use it)"),
+    "lung_peripheral_fraction": ("0-1", "share of the lung volume itself in that outer third",
+                                 "what an evenly spread (diffuse) opacity shows; 0.48-0.51 on the real volumes here"),
+    "peripheral_odds_ratio": ("ratio", "odds of an opacity voxel lying in the outer third over the odds of a lung voxel "
+                              "(how much more opacity per mL of lung the outer third holds than the rest; 1 = diffuse)",
+                              "reported; not used by the rules (a diffuse opacity, about 1, can hold half of itself in the outer third)"),
     "perihilar_fraction": ("0-1", "share of opacity in the inner third (relative depth >= 2/3)",
                            "RSNA indeterminate: perihilar; central predominant when >= 0.4"),
     "lower_zone_fraction": ("0-1", "share of opacity in the lower third of each lung's cranio-caudal extent",
@@ -160,6 +165,9 @@ def measure_pattern(lungs: np.ndarray, lesions: np.ndarray, spacing: tuple[float
     feats["minor_side_share"] = min(per_side.values()) / (n_vox * vml)
     rel = geo.relative_depth[opacity]
     feats["peripheral_fraction"] = float(np.mean(rel <= 1.0 / 3.0))
+    feats["lung_peripheral_fraction"] = float(np.mean(geo.relative_depth[inside] <= 1.0 / 3.0))
+    feats["peripheral_odds_ratio"] = peripheral_odds_ratio(int(np.count_nonzero(rel <= 1.0 / 3.0)), n_vox,
+                                                           feats["lung_peripheral_fraction"])
     feats["perihilar_fraction"] = float(np.mean(rel >= 2.0 / 3.0))
     zone = geo.zone[opacity]
     feats["lower_zone_fraction"] = float(np.mean(zone == 0))
@@ -172,6 +180,17 @@ def measure_pattern(lungs: np.ndarray, lesions: np.ndarray, spacing: tuple[float
     feats.update(_foci(comp, opacity, lesions, lungs, spacing, vml, n_vox))
     feats.update(_consolidation(lesions, comp, opacity, vml, total_lung))
     return _rounded(feats)
+
+
+def peripheral_odds_ratio(n_outer: int, n_opacity: int, lung_share: float) -> float:
+    """Odds of the opacity lying in the outer third over the lung's own odds (``lung_share``): 1 for an opacity
+    spread evenly through the lung, above 1 when it favours the periphery. Why a ratio: the outer third holds
+    about half the lung (0.48-0.51 on the real volumes), so a share of opacity of 0.5 is diffuse, not peripheral.
+    Half a voxel is added to each side so that an opacity wholly in (or out of) the outer third stays finite."""
+    if n_opacity == 0 or not 0.0 < lung_share < 1.0:
+        return 0.0
+    opacity_odds = (n_outer + 0.5) / (n_opacity - n_outer + 0.5)
+    return float(opacity_odds / (lung_share / (1.0 - lung_share)))
 
 
 def _foci(comp: np.ndarray, opacity: np.ndarray, lesions: np.ndarray, lungs: np.ndarray, spacing: tuple, vml: float,
