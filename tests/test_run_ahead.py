@@ -102,6 +102,37 @@ def test_results_taken_from_the_run_ahead_equal_the_plain_pass(phantom_ct, ran_a
                                   plain[:, 2])
 
 
+def test_close_waits_for_a_thread_its_caller_took_over_from(phantom_ct, monkeypatch):
+    """The caller runs the slice the background thread is busy with instead of waiting; the thread then finishes
+    that slice on its own. ``close`` waits for it: a process exiting while it is still inside ONNX Runtime aborted
+    ("terminate called without an active exception", exit code 134)."""
+    import time
+
+    model, work = _lesions_and_work(phantom_ct)
+    runner = ModelRunner(ahead={"lungs": model})
+    lungs = LoadedModel(model.net, dict(model.info))
+    gate, inside = threading.Event(), threading.Event()
+    real = RunAhead._predict
+
+    def held(self, net, z):
+        if threading.current_thread().name == "covidct-run-ahead":
+            inside.set()
+            gate.wait(10)  # the slice the thread is running when the caller asks
+        return real(self, net, z)
+
+    monkeypatch.setattr(RunAhead, "_predict", held)
+    zs = np.arange(2, 8)
+    runner.probabilities(lungs, work.array, zs, True, work.spacing, "lungs", channel=1)
+    job = runner.running[id(model)]
+    assert inside.wait(10)
+    runner.probabilities(model, work.array, zs, True, work.spacing, "lesions")  # takes the pass over
+    assert job.stopped and job.thread.is_alive()
+    threading.Timer(0.3, gate.set).start()
+    t0 = time.perf_counter()
+    runner.close()
+    assert not job.thread.is_alive() and time.perf_counter() - t0 >= 0.2 and not runner.finished
+
+
 def test_close_stops_a_pass_nobody_asked_for(phantom_ct):
     model, work = _lesions_and_work(phantom_ct)
     runner = ModelRunner(ahead={"lungs": model})

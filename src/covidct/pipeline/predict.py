@@ -69,12 +69,21 @@ class ModelRunner:
         self.cache: dict = {}
         self.ahead = {role: m for role, m in (ahead or {}).items() if m is not None and RunAhead.can_run(m)}
         self.running: dict[int, RunAhead] = {}
+        self.finished: list[RunAhead] = []  # passes taken over by their caller whose thread may still be mid-slice
 
     def close(self) -> None:
-        """Stop any pass running ahead (after an error or Ctrl-C; a finished one is simply dropped)."""
+        """Stop any pass running ahead (after an error or Ctrl-C) and wait for every background thread to end.
+
+        Why wait for the finished passes too: their caller took over the slice the thread was running rather than
+        wait for it, so the thread may still be inside ONNX Runtime; a process that exits then aborts ("terminate
+        called without an active exception"; seen in 1 of 8 scripts of six phantom analyses). By the time the
+        analysis closes the runner that slice is long done, so the wait costs nothing there."""
         for job in self.running.values():
             job.cancel()
+        for job in self.finished:
+            job.thread.join()
         self.running.clear()
+        self.finished.clear()
 
     def probabilities(self, model: LoadedModel, vol: np.ndarray, zs: np.ndarray, is_hu: bool,
                       spacing: Sequence[float] | None = None, role: str = "lungs", channel: int | None = None,
@@ -96,6 +105,7 @@ class ModelRunner:
         job = self.running.pop(id(model), None)
         if job is not None:  # what ran ahead, for the slices asked for; any others run below as usual
             out = job.finish(model.net, vol, is_hu, zs, channel)
+            self.finished.append(job)
             if out is None:
                 done = job.done_rows()
         if out is None:
