@@ -389,3 +389,24 @@ def test_an_evenly_spread_opacity_has_a_peripheral_odds_ratio_of_one() -> None:
     assert peripheral_odds_ratio(550, 1000, 0.5) == pytest.approx(1.22, abs=0.01)
     assert peripheral_odds_ratio(550, 1000, 0.4) == pytest.approx(1.83, abs=0.01)
     assert peripheral_odds_ratio(1000, 1000, 0.5) == pytest.approx(2001.0) and peripheral_odds_ratio(0, 0, 0.5) == 0.0
+
+
+def test_a_confluent_opacity_larger_than_a_segment_is_not_a_round_focus() -> None:
+    """RSNA's "multifocal round GGO" means discrete foci: two round GGO balls in each lung, each larger than a
+    bronchopulmonary segment (1/18 of the lungs), are confluent opacity and do not make the pattern typical (they
+    counted as four round foci in both lungs before); the same balls at a third of the size do."""
+    def balls(r: float) -> tuple:
+        lungs, les, hu = chest()
+        for cx in CENTRES.values():
+            for cz in (-42.0, 42.0):
+                put(lungs, les, hu, ball(cx, 0.0, cz, r), GGO)
+        return lungs, les, hu
+
+    res, f = run(lambda: balls(38.0))
+    lung_ml = float(np.count_nonzero(chest()[0])) * np.prod(SPACING) / 1000.0
+    assert f["opacity_ml"] / 4 > lung_ml / 18  # each ball is larger than a segment
+    assert f["n_foci"] == 4 and f["n_round_foci"] == 0 and f["round_foci_sides"] == 0
+    assert res.rsna_category == "indeterminate"
+    res, f = run(lambda: balls(20.0))
+    assert f["opacity_ml"] / 4 < lung_ml / 18 and f["n_round_foci"] == 4 and f["round_foci_sides"] == 2
+    assert res.rsna_category == "typical"

@@ -57,7 +57,7 @@ FEATURE_DOCS: dict[str, tuple[str, str, str]] = {
     "dependent_density_ml": ("mL", "connected opacities >= 80 % within 10 mm of the dependent (posterior) lung edge",
                              "dependent density is physiological, not pneumonia; excluded from the opacities"),
     "n_foci": ("count", "connected opacities of >= 1 mL", "multifocal when >= 3 (RSNA typical/indeterminate)"),
-    "n_round_foci": ("count", "foci with shortest/longest principal axis >= 0.5",
+    "n_round_foci": ("count", "foci of at most one segment (1/18 of the lungs) with shortest/longest principal axis >= 0.5",
                      "RSNA typical: multifocal round GGO (>= 3 round GGO-predominant foci)"),
     "round_foci_sides": ("count 0-2", "lungs holding at least one of those round GGO-predominant foci",
                          "RSNA typical / CO-RADS 5: multifocal round GGO in both lungs (2)"),
@@ -177,7 +177,7 @@ def measure_pattern(lungs: np.ndarray, lesions: np.ndarray, spacing: tuple[float
     feats["zones_involved"] = int(np.count_nonzero(zone_counts >= 0.05 * n_vox))
     kind = lesions[opacity]
     feats["ggo_fraction"] = float(np.mean(kind == GGO))
-    feats.update(_foci(comp, opacity, lesions, lungs, spacing, vml, n_vox))
+    feats.update(_foci(comp, opacity, lesions, lungs, spacing, vml, n_vox, total_lung))
     feats.update(_consolidation(lesions, comp, opacity, vml, total_lung))
     return _rounded(feats)
 
@@ -194,7 +194,7 @@ def peripheral_odds_ratio(n_outer: int, n_opacity: int, lung_share: float) -> fl
 
 
 def _foci(comp: np.ndarray, opacity: np.ndarray, lesions: np.ndarray, lungs: np.ndarray, spacing: tuple, vml: float,
-          n_vox: int) -> dict:
+          n_vox: int, total_lung_ml: float) -> dict:
     labels = np.where(opacity, comp, 0)
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
@@ -202,6 +202,8 @@ def _foci(comp: np.ndarray, opacity: np.ndarray, lesions: np.ndarray, lungs: np.
     n_round, sides = 0, set()
     objects = ndimage.find_objects(labels)
     for i in foci:
+        if sizes[i] * vml > SEGMENT_SHARE * total_lung_ml:
+            continue  # larger than a segment: a confluent (lobar or diffuse) opacity, not one of RSNA's round foci
         sl = objects[i - 1]
         m = labels[sl] == i
         ggo = float(np.mean(lesions[sl][m] == GGO))
