@@ -196,6 +196,8 @@ def test_round_ggo_counts_as_typical_only_in_both_lungs() -> None:
 def test_normal_lungs_are_negative() -> None:
     res, f = run(chest)
     assert f["opacity_ml"] == 0.0 and f["n_foci"] == 0
+    assert f["lung_peripheral_fraction"] == run(typical)[1]["lung_peripheral_fraction"] > 0.3  # the lung's own share
+    assert f["peripheral_odds_ratio"] == 0.0
     assert (res.rsna_category, res.co_rads, res.label) == ("negative", 1, "normal")
     assert res.probabilities["normal"] > 0.95
 

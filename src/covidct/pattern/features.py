@@ -156,6 +156,7 @@ def measure_pattern(lungs: np.ndarray, lesions: np.ndarray, spacing: tuple[float
     total_lung = lung_ml[LEFT_LUNG] + lung_ml[RIGHT_LUNG]
     feats["opacity_ml"] = n_vox * vml
     feats["opacity_percent"] = 100.0 * n_vox * vml / total_lung if total_lung else 0.0
+    feats["lung_peripheral_fraction"] = float(np.mean(geo.relative_depth[inside] <= 1.0 / 3.0))
     if n_vox == 0:
         return _rounded(feats)
     side = lungs[opacity]
@@ -165,7 +166,6 @@ def measure_pattern(lungs: np.ndarray, lesions: np.ndarray, spacing: tuple[float
     feats["minor_side_share"] = min(per_side.values()) / (n_vox * vml)
     rel = geo.relative_depth[opacity]
     feats["peripheral_fraction"] = float(np.mean(rel <= 1.0 / 3.0))
-    feats["lung_peripheral_fraction"] = float(np.mean(geo.relative_depth[inside] <= 1.0 / 3.0))
     feats["peripheral_odds_ratio"] = peripheral_odds_ratio(int(np.count_nonzero(rel <= 1.0 / 3.0)), n_vox,
                                                            feats["lung_peripheral_fraction"])
     feats["perihilar_fraction"] = float(np.mean(rel >= 2.0 / 3.0))

@@ -76,7 +76,7 @@ class ModelRunner:
 
         Why wait for the finished passes too: their caller took over the slice the thread was running rather than
         wait for it, so the thread may still be inside ONNX Runtime; a process that exits then aborts ("terminate
-        called without an active exception"; seen in 1 of 8 scripts of six phantom analyses). By the time the
+        called without an active exception"; seen in 2 of 8 runs of a script of six phantom analyses). By the time the
         analysis closes the runner that slice is long done, so the wait costs nothing there."""
         for job in self.running.values():
             job.cancel()
