@@ -16,8 +16,11 @@ Stability, per case:
 - ``--calibrate N``: the false opacity of the shipped models on N lesion-free phantoms per grid (the
   256² ones are the source of the 1 % abnormal threshold), phantoms with 5 % lesions, and each pattern
   preset (seeds 0..N-1, 256²) through the shipped models beside its exact labels.
+- ``--demo N``: the demo's own COVID-like phantom (``make_phantom(seed=s)``, 192² × 5 mm, default lesions), seeds
+  0..N-1, through the shipped models beside its exact labels, and how many read other than COVID-19 (a rule on
+  the pattern should not raise that count).
 
-Usage: python benchmarks/pattern_real.py [--data DIR] [--step 0.05] [--json out.json] [--calibrate N]
+Usage: python benchmarks/pattern_real.py [--data DIR] [--step 0.05] [--json out.json] [--calibrate N] [--demo N]
 Skips (exit 0) when the data folder is absent.
 """
 
@@ -110,26 +113,43 @@ def boundary_shifts(lungs, lesions, ct) -> dict:
     return out
 
 
+def _phantom_row(ph, **extra) -> dict:
+    """One phantom through the shipped models (``pipeline.analyze``), beside the pattern of its exact labels."""
+    from covidct.pattern import analyse_pattern
+    from covidct.pipeline import analyze
+    from covidct.pipeline.diagnosis import pattern_reading
+
+    a = analyze(ph.ct)
+    r = analyse_pattern(a.lungs, a.lesions, ph.ct.spacing, ph.ct.array, **pattern_reading(ph.ct))
+    t = analyse_pattern(ph.lungs, ph.lesions, ph.ct.spacing, ph.ct.array)
+    return extra | {"raw_involvement": a.report["involvement_percent"]["total"],
+                    "opacity_percent": r.features["opacity_percent"], "models": [r.rsna_category, r.label],
+                    "truth_masks": [t.rsna_category, t.label]}
+
+
+def demo_phantoms(n: int) -> list[dict]:
+    """The demo's phantom, seeds 0..n-1 (see the module docstring)."""
+    from covidct.phantom import make_phantom
+
+    rows = [_phantom_row(make_phantom(seed=seed), seed=seed) for seed in range(n)]
+    for r in rows:
+        print(json.dumps(r), flush=True)
+    missed = [r["seed"] for r in rows if r["models"][1] != "covid19"]
+    print(f"demo phantoms read other than COVID-19: {len(missed)} of {n} (seeds {missed}); "
+          f"true masks other than COVID-19: {sum(r['truth_masks'][1] != 'covid19' for r in rows)}", flush=True)
+    return rows
+
+
 GRIDS = {"256": ((64, 256, 256), (4.0, 1.4, 1.4)), "192": ((56, 192, 192), (4.0, 1.8, 1.8))}
 
 
 def calibrate(n: int) -> dict:
     """Phantoms through the shipped models: lesion-free and 5 % lesion phantoms on two grids (256² at 1.4 mm,
     the models' working size, and 192² at 1.8 mm), and every pattern preset on the 256² grid."""
-    from covidct.pattern import analyse_pattern
     from covidct.phantom import make_phantom
     from covidct.phantom.patterns import EXPECTED, make_pattern_phantom
-    from covidct.pipeline import analyze
-    from covidct.pipeline.diagnosis import pattern_reading
 
-    def row(ph, **extra) -> dict:
-        a = analyze(ph.ct)
-        r = analyse_pattern(a.lungs, a.lesions, ph.ct.spacing, ph.ct.array, **pattern_reading(ph.ct))
-        t = analyse_pattern(ph.lungs, ph.lesions, ph.ct.spacing, ph.ct.array)
-        return extra | {"raw_involvement": a.report["involvement_percent"]["total"],
-                        "opacity_percent": r.features["opacity_percent"], "models": [r.rsna_category, r.label],
-                        "truth_masks": [t.rsna_category, t.label]}
-
+    row = _phantom_row
     out: dict = {"phantoms": [], "presets": []}
     for grid, (shape, spacing) in GRIDS.items():
         for seed in range(n):
@@ -152,12 +172,15 @@ def main() -> int:
     ap.add_argument("--hu-step", type=float, default=25.0, help="HU lesion rule: GGO floor step (when there is one)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--calibrate", type=int, default=0, help="also measure N lesion-free/lesion phantoms")
+    ap.add_argument("--demo", type=int, default=0, help="also read the demo's COVID-like phantom, seeds 0..N-1")
     args = ap.parse_args()
     from covidct.pipeline import Analyzer
 
     results: dict = {}
     if args.calibrate:
         results["calibration"] = calibrate(args.calibrate)
+    if args.demo:
+        results["demo_phantoms"] = demo_phantoms(args.demo)
     if not args.data.is_dir():
         print(f"skip: {args.data} not found")
         return 0
