@@ -143,7 +143,7 @@ def test_every_feature_is_documented_and_measured() -> None:
     assert set(f) == set(FEATURE_DOCS)
     for name, (unit, definition, _) in FEATURE_DOCS.items():
         assert unit and definition, name
-    assert set(res.report()) == {"rsna_category", "co_rads", "features", "reasons"}
+    assert set(res.report()) == {"rsna_category", "co_rads", "features", "reasons", "borderline"}
 
 
 def test_docs_list_every_feature() -> None:
@@ -412,3 +412,25 @@ def test_a_confluent_opacity_larger_than_a_segment_is_not_a_round_focus() -> Non
     res, f = run(lambda: balls(20.0))
     assert f["opacity_ml"] / 4 < lung_ml / 18 and f["n_round_foci"] == 4 and f["round_foci_sides"] == 2
     assert res.rsna_category == "typical"
+
+
+def test_a_reading_near_a_threshold_is_reported_borderline() -> None:
+    """cap001's masks read indeterminate with a peripheral share of 0.496 against the 0.5 threshold; one voxel of
+    erosion read it typical. Such a reading is flagged (pattern.borderline, and a reason), far ones are not, and the
+    category itself is not changed by the check."""
+    from covidct.pattern.category import MASK_SENSITIVITY, classify_pattern
+
+    res, f = run(typical)
+    assert res.borderline == [] and res.report()["borderline"] == []
+    near = classify_pattern(dict(f, peripheral_fraction=0.496, round_foci_sides=1))
+    assert near.rsna_category == "indeterminate" and near.borderline == ["peripheral_fraction"]
+    assert any(r.startswith("borderline: peripheral share (49.6 %)") for r in near.reasons)
+    assert near.reasons[-1].startswith("P(abnormal)")  # the last reason still says how the probabilities follow
+    step = MASK_SENSITIVITY["peripheral_fraction"][0]
+    far = classify_pattern(dict(f, peripheral_fraction=0.5 - 1.5 * step, round_foci_sides=1))
+    assert far.rsna_category == "indeterminate" and "peripheral_fraction" not in far.borderline
+    # a small opacity near the abnormal level: one voxel less of every lesion could read negative
+    small = classify_pattern(dict(f, opacity_percent=1.2))
+    assert small.rsna_category == "typical" and "opacity_percent" in small.borderline
+    res, f = run(chest)
+    assert res.rsna_category == "negative" and res.borderline == []

@@ -53,6 +53,21 @@ SEPTAL_LINES = 0.08
 
 RSNA_CATEGORIES = ("typical", "indeterminate", "atypical", "negative")
 
+# How far the features that decide the category moved when the lesion masks of the two infected real volumes
+# (P001, cap001) were changed by about one voxel: grown or shrunk in-plane, or the HU rule's GGO floor moved by
+# ±25 HU (benchmarks/pattern_real.py, docs/BENCHMARKS.md, seventeenth session), rounded up. A category that one of
+# these moves would change is reported as borderline. (feature: (step, relative)): a relative step scales the value.
+MASK_SENSITIVITY: dict[str, tuple[float, bool]] = {
+    "opacity_percent": (0.7, True),  # -58 % .. +65 % of the value
+    "minor_side_share": (0.07, False),  # up to 0.063
+    "peripheral_fraction": (0.02, False),  # up to 0.016
+    "ggo_fraction": (0.1, False),  # up to 0.097
+    "n_round_foci": (4.0, False),  # up to 4 (cap001: 5 -> 1 with the GGO floor 25 HU higher)
+}
+_SENSITIVITY_NAMES = {"opacity_percent": "opacity amount", "minor_side_share": "share of the less involved lung",
+                      "peripheral_fraction": "peripheral share", "ggo_fraction": "GGO share",
+                      "n_round_foci": "number of round GGO foci"}
+
 
 @dataclass
 class PatternResult:
@@ -65,11 +80,12 @@ class PatternResult:
     probabilities: dict = field(default_factory=dict)
     label: str = "normal"
     margins: dict = field(default_factory=dict)
+    borderline: list[str] = field(default_factory=list)
 
     def report(self) -> dict:
         """The report.json ``pattern`` object."""
         return {"rsna_category": self.rsna_category, "co_rads": self.co_rads, "features": dict(self.features),
-                "reasons": list(self.reasons)}
+                "reasons": list(self.reasons), "borderline": list(self.borderline)}
 
 
 def _pct(x: float, threshold: float | None = None) -> str:
@@ -218,10 +234,35 @@ def covid_given_abnormal_logit(f: dict, co_rads: int) -> float:
     return math.log(p / (1.0 - p)) + WITHIN_CATEGORY_LOGIT * math.tanh(covid_logit(f) / PATTERN_EVIDENCE_SCALE)
 
 
+def borderline_features(f: dict, category: str, abnormal_percent: float = OPACITY_PERCENT) -> list[str]:
+    """The features whose move by their ``MASK_SENSITIVITY`` step, one at a time and either way, would change the
+    RSNA category: the reading is then borderline (it may differ with slightly different lesion masks)."""
+    out = []
+    for name, (step, relative) in MASK_SENSITIVITY.items():
+        value = f.get(name)
+        if value is None:
+            continue
+        for sign in (-1.0, 1.0):
+            moved = value * (1.0 + sign * step) if relative else value + sign * step
+            if name == "n_round_foci":
+                moved = max(0, int(round(moved)))
+            elif not relative and name != "opacity_percent":
+                moved = min(max(moved, 0.0), 1.0)
+            if rsna_category(dict(f, **{name: moved}), abnormal_percent)[0] != category:
+                out.append(name)
+                break
+    return out
+
+
 def classify_pattern(features: dict, abnormal_percent: float = OPACITY_PERCENT) -> PatternResult:
     """RSNA category, CO-RADS, reasons and COVID-19 / other pneumonia / normal probabilities (``abnormal_percent``:
     see :func:`rsna_category`)."""
     category, co_rads, reasons = rsna_category(features, abnormal_percent)
+    borderline = borderline_features(features, category, abnormal_percent)
+    if borderline:
+        shown = ", ".join(f"{_SENSITIVITY_NAMES[n]} ({_shown(n, features[n])})" for n in borderline)
+        reasons.append(f"borderline: {shown} near a threshold; lesion masks one voxel larger or smaller could "
+                       "change the category")
     a, c = abnormal_logit(features, abnormal_percent), covid_given_abnormal_logit(features, co_rads)
     p_abn, p_cov = _sigmoid(a), _sigmoid(c)
     probs = {"covid19": p_abn * p_cov, "pneumonia": p_abn * (1.0 - p_cov), "normal": 1.0 - p_abn}
@@ -232,5 +273,14 @@ def classify_pattern(features: dict, abnormal_percent: float = OPACITY_PERCENT) 
     return PatternResult(
         rsna_category=category, co_rads=co_rads, features=dict(features), reasons=reasons,
         probabilities={k: round(float(probs[k]), 4) for k in DIAGNOSIS_CLASSES}, label=label,
-        margins={"abnormal_logit": round(a, 3), "covid_logit": round(c, 3)},
+        margins={"abnormal_logit": round(a, 3), "covid_logit": round(c, 3)}, borderline=borderline,
     )
+
+
+def _shown(name: str, value: float) -> str:
+    if name == "n_round_foci":
+        return str(int(value))
+    if name == "opacity_percent":
+        return f"{value:.2f} % of the lungs"
+    return _pct(value, {"minor_side_share": BILATERAL_SHARE, "peripheral_fraction": PERIPHERAL,
+                        "ggo_fraction": GGO_PREDOMINANT}[name])

@@ -102,6 +102,7 @@ REPORT_SCHEMA: dict[str, Any] = {
                     "additionalProperties": {"type": ["number", "null"]},
                 },
                 "reasons": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
+                "borderline": {"type": "array", "items": {"type": "string", "minLength": 1}},
             },
             "required": ["rsna_category", "co_rads", "features", "reasons"],
         },
