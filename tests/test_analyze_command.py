@@ -374,3 +374,22 @@ def test_ctrl_c_during_the_start_up_imports_is_one_line_exit_130():
             "covidct.entry.run()\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 130 and proc.stderr.strip() == "covidct: interrupted" and not proc.stdout
+
+
+def test_the_summary_says_when_a_reading_is_borderline(capsys, tmp_path):
+    """The command's summary prints the borderline reason beside the pattern (report.json has it in
+    pattern.borderline); a reading that is not borderline prints no such line."""
+    from covidct.commands.analyze import _print_summary
+
+    why = ("borderline: peripheral share (49.6 %) near a threshold; lesion masks one voxel larger or smaller could "
+           "change the category")
+    report = {"diagnosis": {"label": "pneumonia", "probabilities": {"covid19": 0.28, "pneumonia": 0.69, "normal": 0.03}},
+              "pattern": {"rsna_category": "indeterminate", "co_rads": 3, "borderline": ["peripheral_fraction"],
+                          "reasons": ["bilateral, 49.6 % peripheral → indeterminate", why, "P(abnormal) 0.97"]},
+              "mode": "slice", "warnings": [], "involvement_percent": {"total": 1.2}, "timings_s": {}}
+    _print_summary(report, tmp_path)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("pattern: RSNA indeterminate, CO-RADS 3") and lines[2] == why
+    report["pattern"].update(borderline=[], reasons=["bilateral, 72 % peripheral → typical", "P(abnormal) 0.99"])
+    _print_summary(report, tmp_path)
+    assert "borderline" not in capsys.readouterr().out

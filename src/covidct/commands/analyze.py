@@ -28,7 +28,8 @@ def _print_summary(report: dict, outdir: Path) -> None:
     lines = [f"diagnosis: {d['label']} ({probs})"]
     pat = report.get("pattern")
     if pat:
-        lines.append(f"pattern: RSNA {pat['rsna_category']}, CO-RADS {pat['co_rads']}: {pat['reasons'][0]}")
+        head = f"pattern: RSNA {pat['rsna_category']}, CO-RADS {pat['co_rads']}: {pat['reasons'][0]}"
+        lines += [head] + [r for r in pat["reasons"] if r.startswith("borderline:")]  # a reading near a threshold
     if report["mode"] == "volume":
         lu, le, inv = report["lungs"], report["lesions"], report["involvement_percent"]
         lines += [
@@ -395,6 +396,5 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"demo input: synthetic chest CT, DICOM series in {series}")
         res = pipeline.analyze(series, output / "results")
         _print_summary(res.report, output / "results")
-        truth = ph.truth["involvement_percent"]["total"]
-        typer.echo(f"(phantom truth: involvement {truth:.1f} %)")
+        typer.echo(f"(phantom truth: involvement {ph.truth['involvement_percent']['total']:.1f} %)")
         sys.stdout.flush()
