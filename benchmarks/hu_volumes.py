@@ -130,8 +130,9 @@ def _diagnose(ct, lungs, lesions) -> str:
     """The diagnosis stage of this version on these masks."""
     from covidct.pipeline import diagnosis, measure
 
-    d, _ = diagnosis.diagnose(ct, lungs, lesions, measure(ct, lungs, lesions, "volume"), "volume")
-    return f"{d['label']} ({d['probabilities'].get('covid19', float('nan')):.2f})"
+    d, pattern = diagnosis.diagnose(ct, lungs, lesions, measure(ct, lungs, lesions, "volume"), "volume")
+    near = ", borderline" if (pattern or {}).get("borderline") else ""  # a one-voxel mask change could flip it
+    return f"{d['label']} ({d['probabilities'].get('covid19', float('nan')):.2f}{near})"
 
 
 def shipped(ct, cache: Path | None, name: str, analyzer) -> tuple[np.ndarray, np.ndarray, str, float]:
