@@ -434,3 +434,11 @@ def test_a_reading_near_a_threshold_is_reported_borderline() -> None:
     assert small.rsna_category == "typical" and "opacity_percent" in small.borderline
     res, f = run(chest)
     assert res.rsna_category == "negative" and res.borderline == []
+    # a change of CO-RADS within the category counts too: peripheral GGO in one lung is indeterminate, CO-RADS 4
+    # (read COVID-19); just under the peripheral threshold it is indeterminate, CO-RADS 3 (another pneumonia)
+    _, u = run(unilateral)
+    one_sided = classify_pattern(dict(u, peripheral_fraction=0.51))
+    assert (one_sided.rsna_category, one_sided.co_rads, one_sided.label) == ("indeterminate", 4, "covid19")
+    assert "peripheral_fraction" in one_sided.borderline
+    assert classify_pattern(dict(u, peripheral_fraction=0.49)).co_rads == 3
+    assert "peripheral_fraction" not in classify_pattern(dict(u, peripheral_fraction=0.6)).borderline

@@ -234,9 +234,9 @@ def covid_given_abnormal_logit(f: dict, co_rads: int) -> float:
     return math.log(p / (1.0 - p)) + WITHIN_CATEGORY_LOGIT * math.tanh(covid_logit(f) / PATTERN_EVIDENCE_SCALE)
 
 
-def borderline_features(f: dict, category: str, abnormal_percent: float = OPACITY_PERCENT) -> list[str]:
+def borderline_features(f: dict, reading: tuple[str, int], abnormal_percent: float = OPACITY_PERCENT) -> list[str]:
     """The features whose move by their ``MASK_SENSITIVITY`` step, one at a time and either way, would change the
-    RSNA category: the reading is then borderline (it may differ with slightly different lesion masks)."""
+    reading (RSNA category, CO-RADS score): it is then borderline (it may differ with slightly different masks)."""
     out = []
     for name, (step, relative) in MASK_SENSITIVITY.items():
         value = f.get(name)
@@ -246,9 +246,9 @@ def borderline_features(f: dict, category: str, abnormal_percent: float = OPACIT
             moved = value * (1.0 + sign * step) if relative else value + sign * step
             if name == "n_round_foci":
                 moved = max(0, int(round(moved)))
-            elif not relative and name != "opacity_percent":
+            elif not relative:  # a share
                 moved = min(max(moved, 0.0), 1.0)
-            if rsna_category(dict(f, **{name: moved}), abnormal_percent)[0] != category:
+            if rsna_category(dict(f, **{name: moved}), abnormal_percent)[:2] != tuple(reading):
                 out.append(name)
                 break
     return out
@@ -258,11 +258,11 @@ def classify_pattern(features: dict, abnormal_percent: float = OPACITY_PERCENT) 
     """RSNA category, CO-RADS, reasons and COVID-19 / other pneumonia / normal probabilities (``abnormal_percent``:
     see :func:`rsna_category`)."""
     category, co_rads, reasons = rsna_category(features, abnormal_percent)
-    borderline = borderline_features(features, category, abnormal_percent)
+    borderline = borderline_features(features, (category, co_rads), abnormal_percent)
     if borderline:
         shown = ", ".join(f"{_SENSITIVITY_NAMES[n]} ({_shown(n, features[n])})" for n in borderline)
         reasons.append(f"borderline: {shown} near a threshold; lesion masks one voxel larger or smaller could "
-                       "change the category")
+                       "change the category or CO-RADS score")
     a, c = abnormal_logit(features, abnormal_percent), covid_given_abnormal_logit(features, co_rads)
     p_abn, p_cov = _sigmoid(a), _sigmoid(c)
     probs = {"covid19": p_abn * p_cov, "pneumonia": p_abn * (1.0 - p_cov), "normal": 1.0 - p_abn}
