@@ -165,9 +165,9 @@ def measure_pattern(lungs: np.ndarray, lesions: np.ndarray, spacing: tuple[float
     feats["right_percent"] = 100.0 * per_side[RIGHT_LUNG] / lung_ml[RIGHT_LUNG] if lung_ml[RIGHT_LUNG] else 0.0
     feats["minor_side_share"] = min(per_side.values()) / (n_vox * vml)
     rel = geo.relative_depth[opacity]
-    feats["peripheral_fraction"] = float(np.mean(rel <= 1.0 / 3.0))
-    feats["peripheral_odds_ratio"] = peripheral_odds_ratio(int(np.count_nonzero(rel <= 1.0 / 3.0)), n_vox,
-                                                           feats["lung_peripheral_fraction"])
+    n_outer = int(np.count_nonzero(rel <= 1.0 / 3.0))
+    feats["peripheral_fraction"] = n_outer / n_vox
+    feats["peripheral_odds_ratio"] = peripheral_odds_ratio(n_outer, n_vox, feats["lung_peripheral_fraction"])
     feats["perihilar_fraction"] = float(np.mean(rel >= 2.0 / 3.0))
     zone = geo.zone[opacity]
     feats["lower_zone_fraction"] = float(np.mean(zone == 0))
