@@ -98,3 +98,41 @@ def test_off_or_few_files_decodes_here():
     assert not decode_split._ENABLED
     assert decode_split.decode_all([1, 2, 3], lambda i: i * 2, lambda i: None) == [2, 4, 6]
     assert isinstance(decode_split.empty((2, 2), np.float32), np.ndarray)
+
+
+def test_a_series_decoded_into_the_parents_region_arrives_without_a_copy(series):
+    """``analyze``'s scan process decodes straight into the region its parent reads (covidct.commands.scan_transfer):
+    the parent gets the same voxels as a plain load, ``pack`` writes nothing into the region, and the region
+    is then unmapped in the scan process."""
+    import os
+
+    from covidct.commands import scan_transfer
+
+    region = scan_transfer.new_region()
+    assert region is not None
+    plain = load_ct(series)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the scan process
+        code = 1
+        try:
+            os.close(r)
+            decode_split.enable(region=region)
+            ct = load_ct(series)
+            in_place = scan_transfer.in_region(ct.array, region)
+            data = scan_transfer.pack(ct, region)
+            copied = region.closed  # pack closes the region after copying into it
+            del ct
+            scan_transfer.trim_heap(region)
+            os.write(w, bytes([in_place, copied, region.closed]) + data)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        sent = f.read()
+    assert os.waitpid(pid, 0)[1] == 0
+    assert sent[:3] == b"\x01\x00\x01"  # decoded in the region, not copied again; then unmapped there
+    got = scan_transfer.unpack(sent[3:], region)
+    np.testing.assert_array_equal(got.array, plain.array)
+    assert [s.sop_instance_uid for s in got.slices] == [s.sop_instance_uid for s in plain.slices]

@@ -115,14 +115,14 @@ def _scan_process_load(path: Path, series: str | None = None, fetch: Callable[[]
     from covidct.io import decode_split
 
     _keep_freed_memory()
-    decode_split.enable()  # this process is single-threaded and its parent waits for the scan: decode in two
+    decode_split.enable(region=_VOXELS)  # single-threaded, the parent waits: decode in two, into the parent's region
     ct = _load_timed(path, series, fetch)
     # The SEG needs the headers and geometry, not the HU values: a zero-stride stand-in of the same shape.
     _SCAN = dataclasses.replace(ct, array=np.broadcast_to(np.float32(0), ct.shape))
     data = scan_transfer.pack(ct, _VOXELS)
-    _VOXELS = None
     del ct
-    scan_transfer.trim_heap()
+    scan_transfer.trim_heap(_VOXELS)
+    _VOXELS = None
     return data
 
 

@@ -30,12 +30,14 @@ def new_region() -> mmap.mmap | None:
 
 
 def pack(ct: CT, region: mmap.mmap | None) -> bytes:
-    """In the scan process: ``ct`` pickled, its voxels written into ``region`` when they fit (``region`` is
-    then closed here: only this process's mapping, the pages stay the parent's); ``ct`` itself is left as it was."""
+    """In the scan process: ``ct`` pickled, its voxels written into ``region`` when they fit and are not there yet
+    (``region`` is then closed here: only this process's mapping, the pages stay the parent's); ``ct`` itself is
+    left as it was."""
     arr = ct.array
     if region is not None and arr.nbytes <= len(region):
-        np.frombuffer(region, arr.dtype, arr.size).reshape(arr.shape)[...] = arr
-        region.close()
+        if not in_region(arr, region):  # else decoded there already (covidct.io.decode_split.enable)
+            np.frombuffer(region, arr.dtype, arr.size).reshape(arr.shape)[...] = arr
+            region.close()
         ct.array = np.zeros((0, 0, 0), arr.dtype)
         ct.meta[_KEY] = (arr.shape, arr.dtype.str)
         try:
@@ -45,6 +47,12 @@ def pack(ct: CT, region: mmap.mmap | None) -> bytes:
             ct.meta.pop(_KEY, None)
         return data
     return pickle.dumps(ct, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def in_region(arr: np.ndarray, region: mmap.mmap) -> bool:
+    """Whether ``arr`` is laid out C-contiguous from the start of ``region`` (it is then what the parent reads)."""
+    start = np.frombuffer(region, np.uint8, 1)
+    return bool(arr.flags.c_contiguous and arr.__array_interface__["data"][0] == start.__array_interface__["data"][0])
 
 
 def unpack(data: bytes, region: mmap.mmap | None) -> CT:
@@ -57,9 +65,16 @@ def unpack(data: bytes, region: mmap.mmap | None) -> CT:
     return ct
 
 
-def trim_heap() -> None:
-    """glibc: hand the memory freed so far back to the system (elsewhere nothing happens)."""
+def trim_heap(region: mmap.mmap | None = None) -> None:
+    """glibc: hand the memory freed so far back to the system (elsewhere nothing happens), and unmap ``region``
+    here if :func:`pack` left it mapped (the voxels were decoded into it: its pages stay the parent's)."""
     import ctypes
+
+    if region is not None and not region.closed:
+        try:
+            region.close()
+        except BufferError:  # something here still views the voxels: the mapping goes with it
+            pass
 
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)

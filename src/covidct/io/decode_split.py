@@ -21,20 +21,29 @@ from typing import Any
 import numpy as np
 
 _ENABLED = False
+_REGION: mmap.mmap | None = None
 MIN_FILES = 16  # fewer: the fork and the pickles are not worth it
 
 
-def enable(on: bool = True) -> None:
-    """Decode in two processes from now on in this process (only where forking is safe: a single-threaded process)."""
-    global _ENABLED
+def enable(on: bool = True, region: mmap.mmap | None = None) -> None:
+    """Decode in two processes from now on in this process (only where forking is safe: a single-threaded process).
+
+    ``region``: a shared mapping that the first volume fitting in it is decoded into (``analyze``'s scan process:
+    its parent reads the voxels there, so they are not copied into it afterwards)."""
+    global _ENABLED, _REGION
     _ENABLED = bool(on) and hasattr(os, "fork")
+    _REGION = region if _ENABLED else None
 
 
 def empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     """An uninitialised array, in anonymous shared memory when the split is on (a forked helper's writes are seen)."""
+    global _REGION
     dtype = np.dtype(dtype)
     if _ENABLED:
         nbytes = int(np.prod(shape)) * dtype.itemsize
+        if _REGION is not None and nbytes <= len(_REGION):
+            region, _REGION = _REGION, None  # once: a later volume must not overwrite this one
+            return np.frombuffer(region, dtype, int(np.prod(shape))).reshape(shape)
         try:
             return np.frombuffer(mmap.mmap(-1, max(nbytes, 1)), dtype, int(np.prod(shape))).reshape(shape)
         except (OSError, ValueError, OverflowError):

@@ -15,6 +15,8 @@ label maps back to the input's grid (and, for whole HU volumes, trims the soft-t
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import numpy as np
 from scipy import ndimage
 
@@ -50,13 +52,32 @@ def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_mode
     dz, dy, dx = ct.spacing
     near_lung = dilate_mm(lung, (dz, dy, dx), 3.0)
     binary = False
-    prob = p_inf = None
+    prob = None
     if lesions_model is not None:
         if lesions_model.is_3d:  # one contiguous block of slices for a volume model
             zs = np.arange(zs.min(), zs.max() + 1)
         prob = runner.probabilities(lesions_model, vol, zs, ct.is_hu, ct.spacing, "lesions")
         binary = prob.shape[1] == 2
     hu_volume = hu_rules.applies(ct.is_hu, ct.n_slices)
+    with ThreadPoolExecutor(max_workers=1) as helper:
+        # The HU rule needs only the HU image and the lungs: it runs beside the typing and effusion checks
+        # below (SciPy's filters release the GIL), on the core the finished networks leave idle.
+        hu_rule = helper.submit(hu_rules.hu_lesions, vol, ct.spacing, lungs) if hu_volume else None
+        return _lesion_labels(ct, lung, zs, near_lung, runner, prob, binary, infection_model, hu_rule,
+                              lesion_min_hu, min_lesion_mm3, probability)
+
+
+def _lesion_labels(ct: CT, lung: np.ndarray, zs: np.ndarray, near_lung: np.ndarray, runner: ModelRunner,
+                   prob: np.ndarray | None, binary: bool, infection_model: LoadedModel | None,
+                   hu_rule: Future | None, lesion_min_hu: float, min_lesion_mm3: float,
+                   probability: dict | None) -> np.ndarray:
+    """:func:`segment_lesions` after the lesion model: the infection model or the density typing, the HU rule's
+    GGO/consolidation (``hu_rule``: its future, for whole HU volumes) and the physical checks."""
+    vol = ct.array
+    dz, dy, dx = ct.spacing
+    out = np.zeros(vol.shape, np.uint8)
+    p_inf = None
+    hu_volume = hu_rule is not None
     if infection_model is not None and not infection_model.is_3d and not hu_volume:
         p_inf = runner.probabilities(infection_model, vol, zs, ct.is_hu, ct.spacing, "infection", channel=1)
     if probability is not None:
@@ -91,12 +112,6 @@ def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_mode
             out[infected & (vol >= -300)] = CONSOLIDATION
         else:
             out[infected] = GGO
-    if hu_volume:
-        out = np.where(out == EFFUSION, EFFUSION, hu_rules.hu_lesions(vol, ct.spacing, lungs)).astype(np.uint8)
-    infection = (out == GGO) | (out == CONSOLIDATION)
-    infection &= near_lung
-    if ct.is_hu:
-        infection &= vol >= lesion_min_hu
     effusion = out == EFFUSION
     if ct.is_hu:
         pleural = dilate_mm(lung, (dz, dy, dx), 30.0) & ~lung
@@ -105,6 +120,12 @@ def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_mode
         effusion &= ~lung
     if effusion.any() and ct.n_slices > 1:
         effusion = _plausible_effusion(effusion, lung, ct.spacing, hu=vol if ct.is_hu else None)
+    if hu_rule is not None:
+        out = np.where(out == EFFUSION, EFFUSION, hu_rule.result()).astype(np.uint8)
+    infection = (out == GGO) | (out == CONSOLIDATION)
+    infection &= near_lung
+    if ct.is_hu:
+        infection &= vol >= lesion_min_hu
     result = np.zeros_like(out)
     result[infection] = out[infection]
     result[effusion] = EFFUSION
@@ -129,7 +150,10 @@ def final_masks(ct: CT, lungs: np.ndarray, lesions: np.ndarray, factor: int,
     elif probability is not None and factor > 1:
         probability = upsample_probability(probability, ct.shape)
     if factor > 1:
-        lungs, lesions = upsample_labels(lungs, ct.shape), upsample_labels(lesions, ct.shape)
+        with ThreadPoolExecutor(max_workers=1) as helper:  # two independent per-slice resizes, one per core
+            lungs_up = helper.submit(upsample_labels, lungs, ct.shape)
+            lesions = upsample_labels(lesions, ct.shape)
+            lungs = lungs_up.result()
         infection = (lesions == GGO) | (lesions == CONSOLIDATION)
         lesions[infection & (lungs == 0)] = 0  # interpolated edges must agree
         lungs[lesions == EFFUSION] = 0
