@@ -6,8 +6,9 @@ scored outside the four readers' nodule contours grown by --nodule-margin mm); c
 (lung Dice against wholeLung-64); chest-misc totalseg-example (healthy lung bases of an abdominal CT);
 lesion-free phantoms (seeds 200..: the HU rule's settings were chosen with them; seeds 210-213 on other
 grids and slice thicknesses, never used to choose anything). Versions of the four covid-ct-md / LIDC series with
-2x and 3x thicker slices (slices averaged) and interpolated to a third of their slice spacing (linear in z: smoother
-than a real thin acquisition, it shows what depends on the number of slices).
+2x and 3x thicker slices (slices averaged), interpolated to a third of their slice spacing (linear in z: smoother
+than a real thin acquisition, it shows what depends on the number of slices), and under a simulated sharp
+reconstruction kernel at two levels (``covidct.evaluate.hu_volumes.sharp_kernel_simulated``).
 
 Methods, one row each per volume so every figure has the baseline and the floor beside it:
 - ``shipped``: ``covidct analyze`` (``Analyzer()``) as it is on this branch;
@@ -22,6 +23,7 @@ lung Dice (cip-ct-64), diagnosis, seconds. The ``scored`` column says whether th
 volume (LOO: refitted without it) or not (held-out).
 
 Usage: python benchmarks/hu_volumes.py [--data DIR] [--phantoms N] [--loo] [--cache DIR] [--before DIR] [--json OUT]
+       [--only NAME ...]
 Skips (exit 0) when the data folder is absent.
 """
 
@@ -46,12 +48,14 @@ from covidct.evaluate.hu_volumes import (
     roc_auc,
     rule_floor,
     scoring_note,
+    sharp_kernel_simulated,
     thick_slabs,
     thin_interpolated,
 )
 from hu_volumes_loo import loo_case, loo_rows, series_name  # noqa: E402  (the script's folder is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
+SHARP_LEVELS = ((1.5, 45.0), (3.5, 100.0))  # sharp_kernel_simulated's (boost, noise HU)
 # volumes each method was tuned on (LOO bookkeeping): the HU rules have fixed, a-priori settings
 TUNED_ON: dict[str, list[str]] = {"before": [], "shipped": [], "HU count": [], "rule floor": []}
 # the volumes the shipped HU lesion rule's settings were chosen on (setting 11 of benchmarks/hu_volumes_loo.py,
@@ -112,6 +116,12 @@ def volumes(data: Path, n_phantoms: int) -> list[dict]:
         out.append({**base, "name": f"{base['name']} (interpolated to 1/3 slice spacing)", "thin": 3,
                     "load_native": base["load"], "load": None, "slice_labels": None, "labels_of": base.get("slice_labels"),
                     "nodules_xml": base.get("nodules_xml")})
+    # the same series under a simulated sharp ("lung") reconstruction kernel, two levels (lung noise about 35 and
+    # 55 HU against 21-24 HU; eighteenth session): no sharp-kernel series is in ../shared. A check, not a scanner.
+    for base in [v for v in out if v["name"] in ("P001", "cap001", "normal001", "LIDC-IDRI-0001")]:
+        for boost, noise in SHARP_LEVELS:
+            out.append({**base, "name": f"{base['name']} (simulated sharp kernel {boost:g}/{noise:g} HU)", "sharp": True,
+                        "load": lambda b=base["load"], bo=boost, no=noise: sharp_kernel_simulated(b(), bo, no)})
     from covidct.phantom import make_phantom
 
     for s in range(200, 200 + n_phantoms):
@@ -182,13 +192,16 @@ def score(vol: dict, ct, method: str, lung: np.ndarray, lesion: np.ndarray, extr
 
 
 def run(data: Path, n_phantoms: int, cache: Path | None, before: Path | None, loo: bool,
-        nodule_margin: float) -> list[dict]:
+        nodule_margin: float, only: list[str] | None = None) -> list[dict]:
+    """The table's rows (``only``: just the volumes whose name holds one of these strings)."""
     from covidct.pipeline import Analyzer
 
     analyzer = Analyzer()
     rows: list[dict] = []
     loo_cases: list[dict] = []
     for vol in volumes(data, n_phantoms):
+        if only and not any(o in vol["name"] for o in only):
+            continue
         native = nearest = None  # a derived version: the series it is made from; for a thin one, each slice's original
         if vol.get("thick"):
             native = vol["load_native"]()
@@ -232,7 +245,7 @@ def run(data: Path, n_phantoms: int, cache: Path | None, before: Path | None, lo
         rows.append(score(vol, ct, "rule floor", ref, floor, {"seconds": time.perf_counter() - t0}, ref, exclude, False))
         # held-out phantoms choose nothing; thick-slice versions are held out with their series (loo_rows); the
         # interpolated thin versions choose nothing either (a check of slice count, smoother than a real scanner's)
-        if loo and not vol.get("held_out") and not vol.get("thin"):
+        if loo and not vol.get("held_out") and not vol.get("thin") and not vol.get("sharp"):
             loo_cases.append(loo_case(vol, ct, lungs, exclude))
         for r in rows[n0:]:
             print(json.dumps(r), file=sys.stderr, flush=True)
@@ -254,11 +267,12 @@ def main() -> int:
     ap.add_argument("--before", type=Path, default=None, help="a --cache folder of an earlier version: its rows too")
     ap.add_argument("--nodule-margin", type=float, default=10.0)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--only", action="append", default=None, help="only volumes whose name holds this (repeatable)")
     a = ap.parse_args()
     if not a.data.is_dir():
         print(f"skipped: no data folder {a.data}")
         return 0
-    rows = run(a.data, a.phantoms, a.cache, a.before, a.loo, a.nodule_margin)
+    rows = run(a.data, a.phantoms, a.cache, a.before, a.loo, a.nodule_margin, a.only)
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
     print(build_table(rows, COLUMNS))

@@ -11,6 +11,7 @@ from covidct.pipeline.hu_rules import (
     elongation,
     hu_lesions,
     hu_lungs,
+    lung_noise,
     trim_lung_border,
 )
 
@@ -177,3 +178,23 @@ def test_lungs_stage_does_not_fill_the_mediastinum_the_lungs_enclose():
     kept = keep_lung_components(hu_lungs(hu, SP, ring))
     assert not kept[10, 40:60, 45:50].any()
     assert kept[10, 30:60, 15:30].all()
+
+
+def _noisy_ggo_chest(noise_hu: float, seed: int = 0):
+    """The test chest with a GGO patch in each lung, its lung (lesions included) under white noise of ``noise_hu``."""
+    hu, lungs = _chest(nz=24, n=128, seed=seed)
+    hu[lungs] = -850.0
+    hu[6:16, 30:50, 15:33] = -640.0  # faint GGO (60 HU above the rule's floor), 20 x 20 x 18 mm
+    hu[8:18, 40:60, 63:81] = -640.0
+    hu[lungs] += np.random.default_rng(seed).normal(0, noise_hu, int(lungs.sum())).astype(np.float32)
+    return hu, lungs
+
+
+def test_lung_noise_measures_the_noise_of_aerated_lung_not_its_lesions():
+    for sd in (15.0, 40.0):
+        hu, lungs = _noisy_ggo_chest(sd)
+        assert abs(lung_noise(hu, lungs.astype(np.uint8)) - sd) < 0.1 * sd
+        notes: dict = {}
+        hu_lesions(hu, SP, lungs.astype(np.uint8), notes=notes)
+        assert notes["lung_noise_hu"] == lung_noise(hu, lungs.astype(np.uint8))
+    assert lung_noise(np.zeros((4, 8, 8), np.float32), np.zeros((4, 8, 8), np.uint8)) is None  # no lung, no figure

@@ -286,6 +286,25 @@ def test_thin_slice_hu_volumes_are_warned_that_vessels_may_read_as_ggo():
     assert not any("are lower bounds" in x for x in report["warnings"])  # measured on 2.5-5 mm slices only
 
 
+def test_a_series_noisier_than_the_hu_rules_own_is_warned():
+    """A whole HU volume under a simulated sharp kernel is noisier than the series the HU rule was chosen on: the
+    report says so, with its noise; the phantom as generated is not warned."""
+    from covidct.evaluate.hu_volumes import sharp_kernel_simulated
+    from covidct.phantom import make_phantom
+    from covidct.pipeline import Analyzer
+    from covidct.pipeline.diagnosis import noise_warnings
+
+    ct = make_phantom(shape=(32, 192, 192), seed=0).ct
+    analyzer = Analyzer()
+    plain = analyzer(ct, None, html=False).report
+    assert not any("soft-kernel" in x for x in plain["warnings"])
+    sharp = analyzer(sharp_kernel_simulated(ct, 3.5, 100.0), None, html=False).report
+    (w,) = [x for x in sharp["warnings"] if "soft-kernel" in x]
+    assert "under-counted" in w and "sharp 'lung' reconstruction kernel" in w
+    assert noise_warnings(None) == [] and noise_warnings({"lung_noise_hu": 22.0}) == []
+    assert noise_warnings({"lung_noise_hu": None}) == []
+
+
 def test_diagnosis_rule_centred_at_the_false_positive_level():
     from covidct.pipeline import FALSE_INVOLVEMENT_PCT, diagnose_from_findings
 

@@ -127,6 +127,28 @@ def thin_interpolated(ct, k: int, slice_labels: dict[str, int] | None = None):
     return out, native[nearest], nearest
 
 
+def sharp_kernel_simulated(ct, boost: float, noise_hu: float, seed: int = 0):
+    """``ct`` as if reconstructed with a sharper ("lung") kernel, simulated in the frequency domain, slice by slice:
+    the spectrum multiplied by ``1 + boost * r**2`` (``r``: spatial frequency over the Nyquist frequency, at most 1),
+    which sharpens edges and the noise already there, and added noise whose power rises linearly with ``r`` (filtered
+    back-projection's ramp), of standard deviation ``noise_hu``. Only a model of a sharp reconstruction (a real one
+    also resolves finer structure): no sharp-kernel series is in ../shared. Same ``seed``, same noise."""
+    import dataclasses
+
+    arr = ct.array.astype(np.float32, copy=False)
+    fy = np.fft.fftfreq(arr.shape[1])[:, None]
+    fx = np.fft.rfftfreq(arr.shape[2])[None, :]
+    r = np.minimum(np.sqrt(fy**2 + fx**2) / 0.5, 1.0).astype(np.float32)
+    spectrum = np.fft.rfft2(arr, axes=(1, 2))
+    spectrum *= 1.0 + boost * r**2
+    noise = np.fft.rfft2(np.random.default_rng(seed).standard_normal(arr.shape, dtype=np.float32), axes=(1, 2))
+    noise *= np.sqrt(r)
+    noise_img = np.fft.irfft2(noise, s=arr.shape[1:], axes=(1, 2))
+    noise_img *= noise_hu / max(float(noise_img.std()), 1e-6)
+    out = np.fft.irfft2(spectrum, s=arr.shape[1:], axes=(1, 2)) + noise_img
+    return dataclasses.replace(ct, array=out.astype(np.float32), path=f"{ct.path}@sharp{boost:g}/{noise_hu:g}")
+
+
 # --- lung checks ---------------------------------------------------------------------------------
 
 def _apex_base(ref: np.ndarray, spacing: Sequence[float], min_cm2: float = 10.0) -> tuple[int, int] | None:

@@ -128,6 +128,7 @@ class Analyzer:
         del runner
         masks = lesions.final_masks(ct, lung_labels, lesion_labels, factor, prob.get("lesion"), work.spacing,
                                     keep_probability=keep_probability)
+        masks.hu_rule = prob.get("hu_rule")
         t["lesions"] = time.perf_counter() - t0
         return masks
 
@@ -147,6 +148,7 @@ class Analyzer:
             # on thin slices the HU rule may add vessels: its figures are then not the lower bounds measured on 2.5-5 mm
             warnings.extend(diagnosis.thin_slice_warnings(ct, hu_rule)
                             or diagnosis.conservative_extent_warnings(severity, hu_rule))
+            warnings.extend(diagnosis.noise_warnings(masks.hu_rule))
         info = {role: m.info if m is not None else None for role, m in self.models.items()}
         models = [reporting.model_entry(info["lungs"], "hu-threshold-lungs"),
                   reporting.model_entry(info["lesions"], "hu-rule-lesions")]

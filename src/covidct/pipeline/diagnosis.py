@@ -87,6 +87,21 @@ def thin_slice_warnings(ct: CT, hu_rule: bool) -> list[str]:
     ]
 
 
+def noise_warnings(notes: dict | None) -> list[str]:
+    """For a whole HU volume whose lung is noisier than any series the HU rule was chosen on (the rule's ``notes``,
+    :func:`covidct.pipeline.hu_rules.hu_lesions`), as with a sharp "lung" reconstruction kernel."""
+    noise = (notes or {}).get("lung_noise_hu")
+    if noise is None or noise <= hu_rules.SOFT_KERNEL_NOISE_HU:
+        return []
+    return [
+        f"the lung is noisier than in the soft-kernel series the HU rule was chosen on ({noise:.0f} HU against at most "
+        f"{hu_rules.SOFT_KERNEL_NOISE_HU:.0f}; a sharp 'lung' reconstruction kernel?): noise breaks faint GGO up, so "
+        "lesions may be under-counted and the reading may change (a pneumonia series under a simulated sharp kernel "
+        "lost 19-45 % of its lesion volume and read as COVID-19); a soft-tissue kernel reconstruction of the same "
+        "study is read more reliably"
+    ]
+
+
 def diagnose_from_findings(sev: dict) -> dict:
     """COVID-19 / other pneumonia / normal from the lesion findings (an interpretable rule, not fitted to data).
 

@@ -45,10 +45,30 @@ class HULesionSettings:
     min_lesion_ml: float = 0.2
 
 
+# The noisiest lung (lung_noise, on the working grid) among the series the settings were chosen on: cap001 23.5 HU
+# (P001 21.7, normal001 22.2, LIDC-IDRI-0001 21.1; Siemens D40s and GE STANDARD kernels). A sharper kernel's noise
+# breaks faint GGO into specks that the openings remove (docs/BENCHMARKS.md, eighteenth session).
+SOFT_KERNEL_NOISE_HU = 24.0
 # GGO / consolidation typing (not detection): the usual -300 HU boundary between them
 TYPE_BOUNDARY_HU = -300.0
 # the settings chosen by issue 17's rule on the HU-volume table (docs/BENCHMARKS.md, "HU volumes")
 DEFAULT = HULesionSettings()
+
+
+def lung_noise(hu: np.ndarray, lungs: np.ndarray, every: int = 4) -> float | None:
+    """Noise of aerated lung in HU, robust to its vessels: the spread (median absolute deviation, as a standard
+    deviation) of each voxel against the mean of its in-plane 3x3 neighbourhood, over the lung (eroded two voxels
+    in-plane) below -750 HU, on every ``every``-th lung slice; None with too few such voxels. For white noise the
+    figure is the voxels' own noise (a voxel minus its 3x3 mean keeps 8/9 of the variance)."""
+    zs = np.flatnonzero((lungs > 0).reshape(len(lungs), -1).any(1))[::every]
+    if zs.size == 0:
+        return None
+    h = hu[zs].astype(np.float32, copy=False)
+    core = in_plane("erode", lungs[zs] > 0, IN_PLANE[1], iterations=2) & (h < -750)
+    if np.count_nonzero(core) < 1000:
+        return None
+    r = (h - ndimage.uniform_filter(h, size=(1, 3, 3)))[core]
+    return float(1.4826 * np.median(np.abs(r - np.median(r))) * np.sqrt(9 / 8))
 
 
 def applies(is_hu: bool, n_slices: int) -> bool:
@@ -123,13 +143,16 @@ def drop_small_components(mask: np.ndarray, spacing: Sequence[float], min_ml: fl
 
 
 def hu_lesions(hu: np.ndarray, spacing: Sequence[float], lungs: np.ndarray,
-               settings: HULesionSettings = DEFAULT) -> np.ndarray:
-    """(z, y, x) uint8 lesion labels (0 none, 1 GGO, 2 consolidation) inside ``lungs`` (> 0) of an HU volume."""
+               settings: HULesionSettings = DEFAULT, *, notes: dict | None = None) -> np.ndarray:
+    """(z, y, x) uint8 lesion labels (0 none, 1 GGO, 2 consolidation) inside ``lungs`` (> 0) of an HU volume.
+    ``notes`` (optional) receives ``lung_noise_hu`` (:func:`lung_noise`; None where it cannot be measured)."""
     out = np.zeros(hu.shape, np.uint8)
     box = bounding_box(lungs > 0, margin=2)
     if box is None:
         return out
     s = settings
+    if notes is not None:
+        notes["lung_noise_hu"] = lung_noise(hu, lungs)
     v, lung = hu[box], lungs[box] > 0
     # the border is partial volume with pleura, mediastinum and (through-plane) the diaphragm dome
     core = binary_3d("erode", lung, ellipsoid(spacing, s.rim_mm, min_vox=1, min_vox_z=1))

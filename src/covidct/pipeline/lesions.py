@@ -42,7 +42,8 @@ def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_mode
     """(z, y, x) uint8: 0 none, 1 GGO, 2 consolidation, 3 pleural effusion.
 
     ``probability`` (optional): receives ``"lesion"``, the models' infection probability on ``ct``'s grid
-    (uint8 p x 255, see covidct.report.heatmap), or None when the HU rule decided."""
+    (uint8 p x 255, see covidct.report.heatmap), or None when the HU rule decided; and for whole HU volumes
+    ``"hu_rule"``, the HU rule's notes (its lung noise and smoothing: :func:`covidct.pipeline.hu_rules.hu_lesions`)."""
     vol = ct.array
     lung = lungs > 0
     out = np.zeros(vol.shape, np.uint8)
@@ -62,9 +63,13 @@ def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_mode
     with ThreadPoolExecutor(max_workers=1) as helper:
         # The HU rule needs only the HU image and the lungs: it runs beside the typing and effusion checks
         # below (SciPy's filters release the GIL), on the core the finished networks leave idle.
-        hu_rule = helper.submit(hu_rules.hu_lesions, vol, ct.spacing, lungs) if hu_volume else None
-        return _lesion_labels(ct, lung, zs, near_lung, runner, prob, binary, infection_model, hu_rule,
-                              lesion_min_hu, min_lesion_mm3, probability)
+        notes: dict = {}
+        hu_rule = helper.submit(hu_rules.hu_lesions, vol, ct.spacing, lungs, notes=notes) if hu_volume else None
+        labels = _lesion_labels(ct, lung, zs, near_lung, runner, prob, binary, infection_model, hu_rule,
+                                lesion_min_hu, min_lesion_mm3, probability)
+    if probability is not None and notes:
+        probability["hu_rule"] = notes
+    return labels
 
 
 def _lesion_labels(ct: CT, lung: np.ndarray, zs: np.ndarray, near_lung: np.ndarray, runner: ModelRunner,

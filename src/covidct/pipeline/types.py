@@ -46,6 +46,7 @@ class Masks:
     lesion_probability: np.ndarray | None = None
     uncertainty: dict | None = None
     slice_uncertainty: list[dict] | None = None
+    hu_rule: dict | None = None  # the HU rule's notes on a whole HU volume (covidct.pipeline.hu_rules.hu_lesions)
 
 
 @dataclass
