@@ -159,13 +159,30 @@ def final_masks(ct: CT, lungs: np.ndarray, lesions: np.ndarray, factor: int,
             lungs_up = helper.submit(upsample_labels, lungs, ct.shape)
             lesions = upsample_labels(lesions, ct.shape)
             lungs = lungs_up.result()
-        infection = (lesions == GGO) | (lesions == CONSOLIDATION)
-        lesions[infection & (lungs == 0)] = 0  # interpolated edges must agree
-        lungs[lesions == EFFUSION] = 0
-    if hu_rules.applies(ct.is_hu, ct.n_slices):  # on the input's grid: the border follows the HU image
-        lungs = hu_rules.trim_lung_border(lungs, lesions, ct.array, ct.spacing)
+    trim = hu_rules.applies(ct.is_hu, ct.n_slices)
+    if factor > 1 or trim:
+        # slice by slice from here on: the two halves of the stack on two cores give the same voxels
+        half = len(lungs) // 2
+        if factor == 1:
+            lungs = lungs.copy()  # the caller's array is not changed in place
+        with ThreadPoolExecutor(max_workers=1) as helper:
+            top = helper.submit(_agree_and_trim, ct, lungs, lesions, slice(0, half), factor > 1, trim)
+            _agree_and_trim(ct, lungs, lesions, slice(half, len(lungs)), factor > 1, trim)
+            top.result()
     return Masks(lungs=lungs, lesions=lesions, lesion_probability=probability, uncertainty=summary,
                  slice_uncertainty=per_slice)
+
+
+def _agree_and_trim(ct: CT, lungs: np.ndarray, lesions: np.ndarray, zs: slice, agree: bool, trim: bool) -> None:
+    """In place on the slices ``zs``: upsampled masks made to agree (GGO/consolidation only inside the lungs,
+    effusion never lung) and, for whole HU volumes, the lung border trimmed along the HU image
+    (:func:`covidct.pipeline.hu_rules.trim_lung_border`, an in-plane operation)."""
+    lu, le = lungs[zs], lesions[zs]
+    if agree:
+        le[((le == GGO) | (le == CONSOLIDATION)) & (lu == 0)] = 0  # interpolated edges must agree
+        lu[le == EFFUSION] = 0
+    if trim:
+        lu[...] = hu_rules.trim_lung_border(lu, le, ct.array[zs], ct.spacing)
 
 
 def _absorb_lesions(lungs: np.ndarray, lesions: np.ndarray) -> np.ndarray:
