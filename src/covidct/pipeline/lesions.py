@@ -15,13 +15,12 @@ label maps back to the input's grid (and, for whole HU volumes, trims the soft-t
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
-
 import numpy as np
 from scipy import ndimage
 
 from covidct.labels import CONSOLIDATION, EFFUSION, GGO
 from covidct.pipeline import hu_rules
+from covidct.pipeline.background import beside
 from covidct.pipeline.grid import first_argmax, upsample_labels
 from covidct.pipeline.morphology import dilate_mm, nearest_labels
 from covidct.pipeline.predict import ModelRunner
@@ -53,36 +52,16 @@ def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_mode
     dz, dy, dx = ct.spacing
     near_lung = dilate_mm(lung, (dz, dy, dx), 3.0)
     binary = False
-    prob = None
+    prob = p_inf = None
     if lesions_model is not None:
         if lesions_model.is_3d:  # one contiguous block of slices for a volume model
             zs = np.arange(zs.min(), zs.max() + 1)
         prob = runner.probabilities(lesions_model, vol, zs, ct.is_hu, ct.spacing, "lesions")
         binary = prob.shape[1] == 2
     hu_volume = hu_rules.applies(ct.is_hu, ct.n_slices)
-    with ThreadPoolExecutor(max_workers=1) as helper:
-        # The HU rule needs only the HU image and the lungs: it runs beside the typing and effusion checks
-        # below (SciPy's filters release the GIL), on the core the finished networks leave idle.
-        notes: dict = {}
-        hu_rule = helper.submit(hu_rules.hu_lesions, vol, ct.spacing, lungs, notes=notes) if hu_volume else None
-        labels = _lesion_labels(ct, lung, zs, near_lung, runner, prob, binary, infection_model, hu_rule,
-                                lesion_min_hu, min_lesion_mm3, probability)
-    if probability is not None and notes:
-        probability["hu_rule"] = notes
-    return labels
-
-
-def _lesion_labels(ct: CT, lung: np.ndarray, zs: np.ndarray, near_lung: np.ndarray, runner: ModelRunner,
-                   prob: np.ndarray | None, binary: bool, infection_model: LoadedModel | None,
-                   hu_rule: Future | None, lesion_min_hu: float, min_lesion_mm3: float,
-                   probability: dict | None) -> np.ndarray:
-    """:func:`segment_lesions` after the lesion model: the infection model or the density typing, the HU rule's
-    GGO/consolidation (``hu_rule``: its future, for whole HU volumes) and the physical checks."""
-    vol = ct.array
-    dz, dy, dx = ct.spacing
-    out = np.zeros(vol.shape, np.uint8)
-    p_inf = None
-    hu_volume = hu_rule is not None
+    # the HU rule needs only the HU image and the lungs: it runs beside the typing and effusion checks below
+    notes: dict = {}
+    hu_rule = beside(hu_rules.hu_lesions, vol, ct.spacing, lungs, notes=notes) if hu_volume else None
     if infection_model is not None and not infection_model.is_3d and not hu_volume:
         p_inf = runner.probabilities(infection_model, vol, zs, ct.is_hu, ct.spacing, "infection", channel=1)
     if probability is not None:
@@ -127,6 +106,8 @@ def _lesion_labels(ct: CT, lung: np.ndarray, zs: np.ndarray, near_lung: np.ndarr
         effusion = _plausible_effusion(effusion, lung, ct.spacing, hu=vol if ct.is_hu else None)
     if hu_rule is not None:
         out = np.where(out == EFFUSION, EFFUSION, hu_rule.result()).astype(np.uint8)
+        if probability is not None:
+            probability["hu_rule"] = notes
     infection = (out == GGO) | (out == CONSOLIDATION)
     infection &= near_lung
     if ct.is_hu:
@@ -155,20 +136,18 @@ def final_masks(ct: CT, lungs: np.ndarray, lesions: np.ndarray, factor: int,
     elif probability is not None and factor > 1:
         probability = upsample_probability(probability, ct.shape)
     if factor > 1:
-        with ThreadPoolExecutor(max_workers=1) as helper:  # two independent per-slice resizes, one per core
-            lungs_up = helper.submit(upsample_labels, lungs, ct.shape)
-            lesions = upsample_labels(lesions, ct.shape)
-            lungs = lungs_up.result()
+        lungs_up = beside(upsample_labels, lungs, ct.shape)  # two independent per-slice resizes, one per core
+        lesions = upsample_labels(lesions, ct.shape)
+        lungs = lungs_up.result()
     trim = hu_rules.applies(ct.is_hu, ct.n_slices)
     if factor > 1 or trim:
         # slice by slice from here on: the two halves of the stack on two cores give the same voxels
         half = len(lungs) // 2
         if factor == 1:
             lungs = lungs.copy()  # the caller's array is not changed in place
-        with ThreadPoolExecutor(max_workers=1) as helper:
-            top = helper.submit(_agree_and_trim, ct, lungs, lesions, slice(0, half), factor > 1, trim)
-            _agree_and_trim(ct, lungs, lesions, slice(half, len(lungs)), factor > 1, trim)
-            top.result()
+        top = beside(_agree_and_trim, ct, lungs, lesions, slice(0, half), factor > 1, trim)
+        _agree_and_trim(ct, lungs, lesions, slice(half, len(lungs)), factor > 1, trim)
+        top.result()
     return Masks(lungs=lungs, lesions=lesions, lesion_probability=probability, uncertainty=summary,
                  slice_uncertainty=per_slice)
 
