@@ -6,7 +6,7 @@ scored outside the four readers' nodule contours grown by --nodule-margin mm); c
 (lung Dice against wholeLung-64); chest-misc totalseg-example (healthy lung bases of an abdominal CT);
 lesion-free phantoms (seeds 200..: the HU rule's settings were chosen with them; seeds 210-213 on other
 grids and slice thicknesses, never used to choose anything). Versions of the four covid-ct-md / LIDC series with
-2x and 3x thicker slices (slices averaged), interpolated to a third of their slice spacing (linear in z: smoother
+2x and 3x thicker slices (slices averaged), interpolated to a half and a third of their slice spacing (linear in z: smoother
 than a real thin acquisition, it shows what depends on the number of slices), and under a simulated sharp
 reconstruction kernel at two levels (``covidct.evaluate.hu_volumes.sharp_kernel_simulated``).
 
@@ -112,10 +112,12 @@ def volumes(data: Path, n_phantoms: int) -> list[dict]:
     # the same series interpolated to a third of their slice spacing (0.67-0.83 mm): the HU rule's settings were
     # chosen on 2-2.5 mm slices; on these, what depends on the number of slices shows (sixteenth session). Smoother
     # through-plane than a real thin acquisition: a check, not a scanner.
+    # Also to half their spacing (1.0-1.25 mm, the commonest thin reconstructions; nineteenth session).
     for base in [v for v in out if v["name"] in ("P001", "cap001", "normal001", "LIDC-IDRI-0001")]:
-        out.append({**base, "name": f"{base['name']} (interpolated to 1/3 slice spacing)", "thin": 3,
-                    "load_native": base["load"], "load": None, "slice_labels": None, "labels_of": base.get("slice_labels"),
-                    "nodules_xml": base.get("nodules_xml")})
+        for k in (3, 2):
+            out.append({**base, "name": f"{base['name']} (interpolated to 1/{k} slice spacing)", "thin": k,
+                        "load_native": base["load"], "load": None, "slice_labels": None,
+                        "labels_of": base.get("slice_labels"), "nodules_xml": base.get("nodules_xml")})
     # the same series under a simulated sharp ("lung") reconstruction kernel, two levels (lung noise about 35 and
     # 55 HU against 21-24 HU; eighteenth session): no sharp-kernel series is in ../shared. A check, not a scanner.
     for base in [v for v in out if v["name"] in ("P001", "cap001", "normal001", "LIDC-IDRI-0001")]:
