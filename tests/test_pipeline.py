@@ -305,6 +305,25 @@ def test_a_series_noisier_than_the_hu_rules_own_is_warned():
     assert noise_warnings({"lung_noise_hu": None}) == []
 
 
+def test_a_series_with_denser_lung_than_the_hu_rules_own_is_warned():
+    """A whole HU volume whose aerated lung is 100 HU denser (a simulated shallow breath) is denser than every volume
+    the HU rule was measured on: the report says so; the phantom as generated is not warned."""
+    from covidct.evaluate.hu_volumes import shallow_breath_simulated
+    from covidct.phantom import make_phantom
+    from covidct.pipeline import Analyzer
+    from covidct.pipeline.diagnosis import density_warnings
+
+    ct = make_phantom(shape=(32, 192, 192), seed=0).ct
+    analyzer = Analyzer()
+    plain = analyzer(ct, None, html=False).report
+    assert not any("shallow breath" in x for x in plain["warnings"])
+    shallow = analyzer(shallow_breath_simulated(ct, 100.0), None, html=False).report
+    (w,) = [x for x in shallow["warnings"] if "shallow breath" in x]
+    assert "over-counted" in w and "full inspiration" in w
+    assert density_warnings(None) == [] and density_warnings({"aerated_lung_hu": -880.0}) == []
+    assert density_warnings({"aerated_lung_hu": None}) == []
+
+
 def test_diagnosis_rule_centred_at_the_false_positive_level():
     from covidct.pipeline import FALSE_INVOLVEMENT_PCT, diagnose_from_findings
 

@@ -149,6 +149,24 @@ def sharp_kernel_simulated(ct, boost: float, noise_hu: float, seed: int = 0):
     return dataclasses.replace(ct, array=out.astype(np.float32), path=f"{ct.path}@sharp{boost:g}/{noise_hu:g}")
 
 
+def shallow_breath_simulated(ct, shift_hu: float):
+    """``ct`` with its lung denser, as after a shallower breath: inside the HU lung field (grown by two voxels) each
+    voxel moves by ``shift_hu`` times its air share, read from a linear mixture of aerated lung (-850 HU) and blood or
+    soft tissue (40 HU), so vessels and dense lesions stay, aerated lung rises by about ``shift_hu``. Only a model:
+    no series in ../shared was scanned at a shallow breath."""
+    import dataclasses
+
+    from scipy import ndimage
+
+    from covidct.preprocess import threshold_lung_mask
+
+    arr = ct.array.astype(np.float32, copy=True)
+    field = ndimage.binary_dilation(threshold_lung_mask(arr), iterations=2)
+    tissue = np.clip((arr[field] + 850.0) / 890.0, 0.0, 1.0)
+    arr[field] += shift_hu * (1.0 - tissue)
+    return dataclasses.replace(ct, array=arr, path=f"{ct.path}@denser{shift_hu:g}")
+
+
 # --- lung checks ---------------------------------------------------------------------------------
 
 def _apex_base(ref: np.ndarray, spacing: Sequence[float], min_cm2: float = 10.0) -> tuple[int, int] | None:

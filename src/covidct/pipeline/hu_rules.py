@@ -49,6 +49,11 @@ class HULesionSettings:
 # (P001 21.7, normal001 22.2, LIDC-IDRI-0001 21.1; Siemens D40s and GE STANDARD kernels). A sharper kernel's noise
 # breaks faint GGO into specks that the openings remove (docs/BENCHMARKS.md, eighteenth session).
 SOFT_KERNEL_NOISE_HU = 24.0
+# The densest best-aerated lung (aerated_lung_hu, the 10th percentile of the lung mask on the working grid) among the
+# volumes the rule was measured on, rounded up to 10 HU: normal001 averaged to 6 mm slices -875.0 HU (normal001 -883.5,
+# P001 -906.5, cap001 -923.8, LIDC-IDRI-0001 -923.0; phantoms -880.6 to -890.4, 50 % burden included). A shallower
+# breath makes healthy lung denser and the GGO range then takes it in (docs/BENCHMARKS.md, nineteenth session).
+INSPIRED_LUNG_HU = -870.0
 # GGO / consolidation typing (not detection): the usual -300 HU boundary between them
 TYPE_BOUNDARY_HU = -300.0
 # the settings chosen by issue 17's rule on the HU-volume table (docs/BENCHMARKS.md, "HU volumes")
@@ -69,6 +74,17 @@ def lung_noise(hu: np.ndarray, lungs: np.ndarray, every: int = 4) -> float | Non
         return None
     r = (h - ndimage.uniform_filter(h, size=(1, 3, 3)))[core]
     return float(1.4826 * np.median(np.abs(r - np.median(r))) * np.sqrt(9 / 8))
+
+
+def aerated_lung_hu(hu: np.ndarray, lungs: np.ndarray, every: int = 4) -> float | None:
+    """How dense the best-aerated lung is: the 10th percentile of HU inside ``lungs`` (> 0), on every ``every``-th
+    lung slice; None with too few lung voxels. Diffuse disease leaves the most aerated tenth of the lung as it is; a
+    shallow breath (or an expiratory scan) makes all of it denser."""
+    zs = np.flatnonzero((lungs > 0).reshape(len(lungs), -1).any(1))[::every]
+    if zs.size == 0:
+        return None
+    v = hu[zs][lungs[zs] > 0]
+    return float(np.percentile(v, 10)) if v.size >= 1000 else None
 
 
 def applies(is_hu: bool, n_slices: int) -> bool:
@@ -145,7 +161,8 @@ def drop_small_components(mask: np.ndarray, spacing: Sequence[float], min_ml: fl
 def hu_lesions(hu: np.ndarray, spacing: Sequence[float], lungs: np.ndarray,
                settings: HULesionSettings = DEFAULT, *, notes: dict | None = None) -> np.ndarray:
     """(z, y, x) uint8 lesion labels (0 none, 1 GGO, 2 consolidation) inside ``lungs`` (> 0) of an HU volume.
-    ``notes`` (optional) receives ``lung_noise_hu`` (:func:`lung_noise`; None where it cannot be measured)."""
+    ``notes`` (optional) receives ``lung_noise_hu`` (:func:`lung_noise`) and ``aerated_lung_hu``
+    (:func:`aerated_lung_hu`; each None where it cannot be measured)."""
     out = np.zeros(hu.shape, np.uint8)
     box = bounding_box(lungs > 0, margin=2)
     if box is None:
@@ -153,6 +170,7 @@ def hu_lesions(hu: np.ndarray, spacing: Sequence[float], lungs: np.ndarray,
     s = settings
     if notes is not None:
         notes["lung_noise_hu"] = lung_noise(hu, lungs)
+        notes["aerated_lung_hu"] = aerated_lung_hu(hu, lungs)
     v, lung = hu[box], lungs[box] > 0
     # the border is partial volume with pleura, mediastinum and (through-plane) the diaphragm dome
     core = binary_3d("erode", lung, ellipsoid(spacing, s.rim_mm, min_vox=1, min_vox_z=1))
