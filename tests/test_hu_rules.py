@@ -219,3 +219,24 @@ def test_aerated_lung_hu_is_the_best_aerated_tenth_and_rises_with_a_shallow_brea
     assert notes["aerated_lung_hu"] == base
     assert aerated_lung_hu(hu, np.zeros(hu.shape, np.uint8)) is None
 
+
+def test_ggo_floor_rises_with_a_shallow_breath_and_keeps_real_ggo():
+    """Healthy lung made 170 HU denser (-680 HU: inside the fixed GGO range) is not GGO: the floor rises by as much as
+    the best-aerated lung is denser than -875 HU; a GGO patch 280 HU above that lung is still found. A lung as
+    aerated as the calibration volumes keeps the fixed floor."""
+    from dataclasses import replace
+
+    from covidct.pipeline.hu_rules import DEFAULT
+
+    hu, lungs = _chest()
+    m = lungs.astype(np.uint8)
+    hu[lungs] += 170.0
+    hu[10:18, 30:45, 15:30] = -400.0  # GGO patch
+    les = hu_lesions(hu, SP, m)
+    assert (les[11:17, 32:43, 17:28] == GGO).all()
+    assert (les > 0).sum() < 0.05 * lungs.sum()
+    fixed = hu_lesions(hu, SP, m, replace(DEFAULT, ggo_follows_aerated=False))
+    assert (fixed > 0).sum() > 0.5 * lungs.sum()  # the fixed floor calls the denser healthy lung GGO
+    plain, _ = _chest(seed=1)
+    assert (hu_lesions(plain, SP, m) == hu_lesions(plain, SP, m, replace(DEFAULT, ggo_follows_aerated=False))).all()
+

@@ -319,7 +319,7 @@ def test_a_series_with_denser_lung_than_the_hu_rules_own_is_warned():
     assert not any("shallow breath" in x for x in plain["warnings"])
     shallow = analyzer(shallow_breath_simulated(ct, 100.0), None, html=False).report
     (w,) = [x for x in shallow["warnings"] if "shallow breath" in x]
-    assert "over-counted" in w and "full inspiration" in w
+    assert "GGO floor was raised by" in w and "full inspiration" in w
     assert density_warnings(None) == [] and density_warnings({"aerated_lung_hu": -880.0}) == []
     assert density_warnings({"aerated_lung_hu": None}) == []
 

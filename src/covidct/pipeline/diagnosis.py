@@ -90,16 +90,19 @@ def thin_slice_warnings(ct: CT, hu_rule: bool) -> list[str]:
 
 def density_warnings(notes: dict | None) -> list[str]:
     """For a whole HU volume whose best-aerated lung is denser than in any volume the HU rule was measured on (the
-    rule's ``notes``, :func:`covidct.pipeline.hu_rules.hu_lesions`), as after a shallow breath or on expiration."""
+    rule's ``notes``, :func:`covidct.pipeline.hu_rules.hu_lesions`), as after a shallow breath or on expiration: the
+    rule raised its GGO floor by as much."""
     dense = (notes or {}).get("aerated_lung_hu")
     if dense is None or dense <= hu_rules.INSPIRED_LUNG_HU:
         return []
+    lift = dense - hu_rules.DENSEST_AERATED_HU
     return [
         f"the best-aerated lung is denser than in any series the HU rule was measured on (its 10th percentile "
-        f"{dense:.0f} HU against at most {hu_rules.INSPIRED_LUNG_HU:.0f}): after a shallow breath or on expiration "
-        "healthy lung reads as GGO (two healthy series made 100 HU denser read as pneumonia with 36-106 mL of "
-        "lesions), so lesions may be over-counted and the reading may be wrong; widespread disease can also raise "
-        "it. A scan in full inspiration is read more reliably"
+        f"{dense:.0f} HU against at most {hu_rules.DENSEST_AERATED_HU:.0f}), as after a shallow breath or on "
+        f"expiration, when healthy lung reads as GGO: the rule's GGO floor was raised by {lift:.0f} HU to follow it "
+        "(on healthy series simulated 100 HU denser this took the false lesions from 36-106 mL to 1-3.5 mL), so the "
+        "faintest GGO may be missed; widespread disease can also raise this figure. A scan in full inspiration is "
+        "read more reliably"
     ]
 
 

@@ -43,6 +43,9 @@ class HULesionSettings:
     vessel_share: float = 0.35  # a dense survivor under this share of the dense tissue near it is a vessel piece ...
     vessel_reach_mm: float = 20.0  # ... "near": within this distance
     min_lesion_ml: float = 0.2
+    # the GGO floor rises by as much as the best-aerated lung is denser than in any volume the settings were
+    # measured on (DENSEST_AERATED_HU): after a shallow breath healthy lung is denser and is not GGO
+    ggo_follows_aerated: bool = True
 
 
 # The noisiest lung (lung_noise, on the working grid) among the series the settings were chosen on: cap001 23.5 HU
@@ -54,6 +57,7 @@ SOFT_KERNEL_NOISE_HU = 24.0
 # P001 -906.5, cap001 -923.8, LIDC-IDRI-0001 -923.0; phantoms -880.6 to -890.4, 50 % burden included). A shallower
 # breath makes healthy lung denser and the GGO range then takes it in (docs/BENCHMARKS.md, nineteenth session).
 INSPIRED_LUNG_HU = -870.0
+DENSEST_AERATED_HU = -875.0  # that highest figure itself: where the GGO floor starts to rise
 # GGO / consolidation typing (not detection): the usual -300 HU boundary between them
 TYPE_BOUNDARY_HU = -300.0
 # the settings chosen by issue 17's rule on the HU-volume table (docs/BENCHMARKS.md, "HU volumes")
@@ -168,13 +172,16 @@ def hu_lesions(hu: np.ndarray, spacing: Sequence[float], lungs: np.ndarray,
     if box is None:
         return out
     s = settings
+    aerated = aerated_lung_hu(hu, lungs)
     if notes is not None:
         notes["lung_noise_hu"] = lung_noise(hu, lungs)
-        notes["aerated_lung_hu"] = aerated_lung_hu(hu, lungs)
+        notes["aerated_lung_hu"] = aerated
+    lift = max(0.0, aerated - DENSEST_AERATED_HU) if s.ggo_follows_aerated and aerated is not None else 0.0
+    floor = s.ggo_hu[0] + lift
     v, lung = hu[box], lungs[box] > 0
     # the border is partial volume with pleura, mediastinum and (through-plane) the diaphragm dome
     core = binary_3d("erode", lung, ellipsoid(spacing, s.rim_mm, min_vox=1, min_vox_z=1))
-    ggo = core & (v > s.ggo_hu[0]) & (v <= s.ggo_hu[1])
+    ggo = core & (v > floor) & (v <= s.ggo_hu[1])
     # in 3-D also on thick slices: in-plane only, the partial volume of vessels crossing a 4-6 mm slice reads
     # as GGO (normal001 averaged to 4 / 6 mm slices: 45 / 66 mL in-plane, 3.1 / 6.7 mL in 3-D); the cost is
     # small GGO seen on fewer than three thick slices (docs/BENCHMARKS.md, "HU volumes, second candidate")
@@ -186,7 +193,7 @@ def hu_lesions(hu: np.ndarray, spacing: Sequence[float], lungs: np.ndarray,
     lesion = drop_small_components(ggo | dense, spacing, s.min_lesion_ml)
     # regrow into the unscored rim: lung voxels in the lesion density range next to a lesion
     if s.rim_mm > 0 and lesion.any():
-        dense_any = lung & (v > s.ggo_hu[0]) & (v < s.consolidation_hu[1])
+        dense_any = lung & (v > floor) & (v < s.consolidation_hu[1])
         reach = binary_3d("dilate", lesion, ellipsoid(spacing, s.rim_mm + 1.0, min_vox=1, min_vox_z=1))
         lesion |= dense_any & reach & ~core
     sub = np.zeros(v.shape, np.uint8)
