@@ -64,12 +64,17 @@ TYPE_BOUNDARY_HU = -300.0
 DEFAULT = HULesionSettings()
 
 
+def _sampled_lung_slices(lungs: np.ndarray, every: int) -> np.ndarray:
+    """Every ``every``-th slice index that holds lung (the lung statistics need not read every slice)."""
+    return np.flatnonzero((lungs > 0).reshape(len(lungs), -1).any(1))[::every]
+
+
 def lung_noise(hu: np.ndarray, lungs: np.ndarray, every: int = 4) -> float | None:
     """Noise of aerated lung in HU, robust to its vessels: the spread (median absolute deviation, as a standard
     deviation) of each voxel against the mean of its in-plane 3x3 neighbourhood, over the lung (eroded two voxels
     in-plane) below -750 HU, on every ``every``-th lung slice; None with too few such voxels. For white noise the
     figure is the voxels' own noise (a voxel minus its 3x3 mean keeps 8/9 of the variance)."""
-    zs = np.flatnonzero((lungs > 0).reshape(len(lungs), -1).any(1))[::every]
+    zs = _sampled_lung_slices(lungs, every)
     if zs.size == 0:
         return None
     h = hu[zs].astype(np.float32, copy=False)
@@ -84,7 +89,7 @@ def aerated_lung_hu(hu: np.ndarray, lungs: np.ndarray, every: int = 4) -> float 
     """How dense the best-aerated lung is: the 10th percentile of HU inside ``lungs`` (> 0), on every ``every``-th
     lung slice; None with too few lung voxels. Diffuse disease leaves the most aerated tenth of the lung as it is; a
     shallow breath (or an expiratory scan) makes all of it denser."""
-    zs = np.flatnonzero((lungs > 0).reshape(len(lungs), -1).any(1))[::every]
+    zs = _sampled_lung_slices(lungs, every)
     if zs.size == 0:
         return None
     v = hu[zs][lungs[zs] > 0]

@@ -42,7 +42,7 @@ def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_mode
 
     ``probability`` (optional): receives ``"lesion"``, the models' infection probability on ``ct``'s grid
     (uint8 p x 255, see covidct.report.heatmap), or None when the HU rule decided; and for whole HU volumes
-    ``"hu_rule"``, the HU rule's notes (its lung noise: :func:`covidct.pipeline.hu_rules.hu_lesions`)."""
+    ``"hu_rule"``, the HU rule's notes (lung noise and density: :func:`covidct.pipeline.hu_rules.hu_lesions`)."""
     vol = ct.array
     lung = lungs > 0
     out = np.zeros(vol.shape, np.uint8)
