@@ -157,6 +157,22 @@ def test_prepare_dicom_seg_writes_nothing(study, tmp_path, monkeypatch):
         prepare_dicom_seg(make_phantom(seed=1, **SMALL).ct)  # an in-memory volume has no source files
 
 
+def test_ggo_floor_follows_lung_flag_reaches_the_hu_rule(tmp_path, capsys):
+    """`analyze --ggo-floor-follows-lung` on a scan at a (simulated) shallow breath: the HU rule raises its GGO floor,
+    and the report and the printed summary say so; without the flag they say the floor is fixed."""
+    from covidct.cli import main
+    from covidct.evaluate.hu_volumes import shallow_breath_simulated
+    from covidct.io.writers import save_ct_nifti
+
+    scan = tmp_path / "shallow.nii.gz"
+    save_ct_nifti(shallow_breath_simulated(make_phantom(shape=(32, 160, 160), seed=0).ct, 100.0), scan)
+    for flag, said in (([], "GGO floor is fixed"), (["--ggo-floor-follows-lung"], "raised its GGO floor by")):
+        out = tmp_path / f"out{len(flag)}"
+        assert main(["analyze", str(scan), "-o", str(out), "--no-html", *flag]) == 0
+        assert said in capsys.readouterr().out
+        assert any(said in w for w in json.loads((out / "report.json").read_text())["warnings"])
+
+
 def test_analyze_command_in_a_fresh_process(study, tmp_path):
     """The console command as users run it (torch not yet imported, so the scan process forks)."""
     folder, _ = study

@@ -203,7 +203,8 @@ def test_lung_noise_measures_the_noise_of_aerated_lung_not_its_lesions():
 
 def test_aerated_lung_hu_is_the_best_aerated_tenth_and_rises_with_a_shallow_breath():
     """The 10th percentile of the lung: about 1.28 noise SDs below aerated lung, barely moved by a lesion in a tenth of
-    the lung, 100 HU higher when all the aerated lung is 100 HU denser; in the HU rule's notes; None without lung."""
+    the lung, 100 HU higher when all the aerated lung is 100 HU denser; in the HU rule's notes with the 1st percentile;
+    None without lung. Disease over 90 % of the lung takes the 10th percentile into it, not the 1st."""
     hu, lungs = _chest()  # aerated lung -850 HU, noise SD 15
     m = lungs.astype(np.uint8)
     base = aerated_lung_hu(hu, m)
@@ -214,29 +215,72 @@ def test_aerated_lung_hu_is_the_best_aerated_tenth_and_rises_with_a_shallow_brea
     shallow = hu.copy()
     shallow[lungs] += 100.0
     assert abs(aerated_lung_hu(shallow, m) - (base + 100.0)) < 1.0
+    p10, p1 = aerated_lung_hu(hu, m, percentile=(10.0, 1.0))
+    assert p10 == base and -895.0 < p1 < -875.0  # about 2.33 SDs below
+    assert np.allclose(aerated_lung_hu(shallow, m, percentile=(10.0, 1.0)), (p10 + 100.0, p1 + 100.0), atol=1.0)
+    diffuse = hu.copy()
+    diffuse[lungs & (np.random.default_rng(1).random(hu.shape) < 0.9)] = -600.0
+    d10, d1 = aerated_lung_hu(diffuse, m, percentile=(10.0, 1.0))
+    assert d10 > base + 200.0 and d1 < p1 + 20.0
     notes: dict = {}
     hu_lesions(hu, SP, m, notes=notes)
-    assert notes["aerated_lung_hu"] == base
+    assert notes["aerated_lung_hu"] == base and notes["best_aerated_lung_hu"] == p1
     assert aerated_lung_hu(hu, np.zeros(hu.shape, np.uint8)) is None
 
 
-def test_ggo_floor_rises_with_a_shallow_breath_and_keeps_real_ggo():
-    """Healthy lung made 170 HU denser (-680 HU: inside the fixed GGO range) is not GGO: the floor rises by as much as
-    the best-aerated lung is denser than -875 HU; a GGO patch 280 HU above that lung is still found. A lung as
-    aerated as the calibration volumes keeps the fixed floor."""
+def _aerated_chest(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_chest` with its lung as aerated as real series in full inspiration (-895 HU: 1st percentile about -930,
+    below every volume the HU rule was measured on)."""
+    hu, lungs = _chest(seed=seed)
+    hu[lungs] -= 45.0
+    return hu, lungs
+
+
+def test_ggo_floor_rises_with_a_shallow_breath_and_keeps_real_ggo_when_asked():
+    """With ``ggo_follows_aerated`` (off by default): healthy lung made 215 HU denser (-680 HU: inside the fixed GGO
+    range) is not GGO: the floor rises by as much as the best-aerated lung is denser than in the calibration volumes;
+    a GGO patch 280 HU above that lung is still found. A lung as aerated as the calibration volumes keeps the fixed
+    floor."""
     from dataclasses import replace
 
-    from covidct.pipeline.hu_rules import DEFAULT
+    from covidct.pipeline.hu_rules import DEFAULT, DENSEST_BEST_AERATED_HU
 
-    hu, lungs = _chest()
+    follows = replace(DEFAULT, ggo_follows_aerated=True)
+    hu, lungs = _aerated_chest()
     m = lungs.astype(np.uint8)
-    hu[lungs] += 170.0
+    hu[lungs] += 215.0
     hu[10:18, 30:45, 15:30] = -400.0  # GGO patch
-    les = hu_lesions(hu, SP, m)
+    notes: dict = {}
+    assert not DEFAULT.ggo_follows_aerated
+    assert (hu_lesions(hu, SP, m, notes=notes) > 0).sum() > 0.5 * lungs.sum() and notes["ggo_floor_lift_hu"] == 0.0
+    les = hu_lesions(hu, SP, m, follows, notes=notes)
+    assert notes["ggo_floor_lift_hu"] == notes["best_aerated_lung_hu"] - DENSEST_BEST_AERATED_HU > 150.0
     assert (les[11:17, 32:43, 17:28] == GGO).all()
     assert (les > 0).sum() < 0.05 * lungs.sum()
     fixed = hu_lesions(hu, SP, m, replace(DEFAULT, ggo_follows_aerated=False))
     assert (fixed > 0).sum() > 0.5 * lungs.sum()  # the fixed floor calls the denser healthy lung GGO
-    plain, _ = _chest(seed=1)
-    assert (hu_lesions(plain, SP, m) == hu_lesions(plain, SP, m, replace(DEFAULT, ggo_follows_aerated=False))).all()
+    plain, _ = _aerated_chest(seed=1)
+    notes = {}
+    assert (hu_lesions(plain, SP, m, follows, notes=notes) == hu_lesions(plain, SP, m)).all()
+    assert notes["ggo_floor_lift_hu"] == 0.0
 
+
+def test_diffuse_ggo_over_most_of_the_lung_is_not_taken_for_a_shallow_breath():
+    """GGO (-620 HU) over 93 % of an aerated lung: the 10th percentile is inside the disease, but a floor that follows
+    the lung (opt-in) follows the 1st, which stays in the aerated rest, so the GGO is found (a floor following the
+    10th lost all of it)."""
+    from dataclasses import replace
+
+    from covidct.pipeline.hu_rules import DEFAULT
+
+    hu, lungs = _aerated_chest()
+    m = lungs.astype(np.uint8)
+    sick = lungs.copy()
+    sick[:, :, 10:12] = sick[:, :, 84:86] = False  # the aerated rest: a band along each lung's outer side
+    hu[sick] += 275.0  # -895 -> -620 HU
+    notes: dict = {}
+    les = hu_lesions(hu, SP, m, replace(DEFAULT, ggo_follows_aerated=True), notes=notes)
+    assert notes["aerated_lung_hu"] > -700.0 and notes["ggo_floor_lift_hu"] == 0.0
+    inner = sick.copy()
+    inner[:6] = inner[-6:] = False  # the rule does not score the lung's 3 mm border; regrowth covers most of it
+    assert (les[inner] == GGO).mean() > 0.95

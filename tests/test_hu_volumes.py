@@ -8,6 +8,7 @@ import pytest
 
 from covidct.evaluate.hu_volumes import (
     build_table,
+    diffuse_disease_simulated,
     false_lesions,
     hu_count_per_slice,
     loo_training_sets,
@@ -227,3 +228,19 @@ def test_card_figures_summarise_the_rows_against_the_targets():
     assert mod.coverage_entry(cov) == {"infnet_test_full.consolidation": {"share": 0.789, "pixels": 10},
                                        "slices": {"infnet_test": 48}}  # the shipped model's row only
     assert mod.coverage_entry({"rows": cov["rows"][:1]}) is None
+
+
+def test_diffuse_disease_covers_its_share_of_the_lung_field_and_keeps_vessels():
+    """GGO over the asked share of the HU lung field, in smooth patches; aerated lung rises by the shift, vessels and
+    tissue outside the lung stay; the region is returned as the truth."""
+    ct = _ct(nz=12, ny=64, nx=64, dz=2.0)
+    arr = np.full(ct.shape, 40.0, np.float32)
+    arr[1:11, 8:56, 6:30] = arr[1:11, 8:56, 34:58] = -860.0  # two lungs
+    arr[:, 30:32, 16:18] = 40.0  # a vessel
+    ct.array = arr
+    out, region = diffuse_disease_simulated(ct, 0.8, 250.0)
+    field = arr < -320
+    assert abs(region.sum() / field.sum() - 0.8) < 0.01 and not (region & ~field).any()
+    assert (out.array[region] == -610.0).all()  # below -850 HU all air share: the whole shift
+    assert (out.array[~region] == arr[~region]).all() and (out.array[:, 30:32, 16:18] == 40.0).all()
+    assert "@diffuse0.8+250" in str(out.path)

@@ -317,11 +317,19 @@ def test_a_series_with_denser_lung_than_the_hu_rules_own_is_warned():
     analyzer = Analyzer()
     plain = analyzer(ct, None, html=False).report
     assert not any("shallow breath" in x for x in plain["warnings"])
-    shallow = analyzer(shallow_breath_simulated(ct, 100.0), None, html=False).report
+    breath = shallow_breath_simulated(ct, 100.0)
+    shallow = analyzer(breath, None, html=False).report
     (w,) = [x for x in shallow["warnings"] if "shallow breath" in x]
-    assert "GGO floor was raised by" in w and "full inspiration" in w
+    assert "GGO floor is fixed" in w and "may be too high" in w and "--ggo-floor-follows-lung" in w
+    # the opt-in floor (`analyze --ggo-floor-follows-lung`) follows the denser lung: less GGO, and the report says so
+    follows = Analyzer(ggo_floor_follows_lung=True)(breath, None, html=False).report
+    (w,) = [x for x in follows["warnings"] if "shallow breath" in x]
+    assert "raised its GGO floor by" in w and "full inspiration" in w
+    assert follows["lesions"]["ggo_ml"] < shallow["lesions"]["ggo_ml"]
     assert density_warnings(None) == [] and density_warnings({"aerated_lung_hu": -880.0}) == []
     assert density_warnings({"aerated_lung_hu": None}) == []
+    (raised,) = density_warnings({"aerated_lung_hu": -780.0, "best_aerated_lung_hu": -820.0, "ggo_floor_lift_hu": 80.0})
+    assert "disease over much of the lung" in raised and "raised its GGO floor by 80 HU" in raised
 
 
 def test_diagnosis_rule_centred_at_the_false_positive_level():

@@ -39,8 +39,7 @@ def _print_summary(report: dict, outdir: Path) -> None:
             f"severity: {report['severity']['score']}/25 (Pan, six-zone approximation)",
         ]
     else:
-        inv = report["involvement_percent"]
-        lines.append(f"lesion area: {inv['total']:.1f} % of the lung area in this slice")
+        lines.append(f"lesion area: {report['involvement_percent']['total']:.1f} % of the lung area in this slice")
     for w in report["warnings"]:
         lines.append(f"warning: {w}")
         if w.startswith("no DICOM SEG written"):  # an output the user asked for is missing: say so on stderr too
@@ -329,6 +328,7 @@ def register(app: typer.Typer) -> None:
         insecure: bool = typer.Option(False, "--insecure", help="With --pacs: do not verify the PACS's TLS certificate."),
         ca_bundle: Path = typer.Option(None, "--ca-bundle", help="With --pacs: CA certificate file to verify the PACS's TLS certificate with."),
         timeout: float = typer.Option(30.0, "--timeout", min=1, help="With --pacs: seconds to wait for each PACS answer."),
+        ggo_floor_follows_lung: bool = typer.Option(False, "--ggo-floor-follows-lung", help="For a scan at a shallow breath or on expiration (the report warns when the lung is denser than in full inspiration): raise the GGO floor by as much as the best-aerated lung is denser, so that healthy lung is not counted as GGO. Not for disease over most of the lung: its faint GGO is then missed."),
     ) -> None:
         """Analyse chest CTs: diagnosis, lung and lesion masks, severity, JSON/HTML/NIfTI/DICOM SEG outputs.
 
@@ -339,14 +339,14 @@ def register(app: typer.Typer) -> None:
         """
         from covidct.batch import discover_studies, run_batch
 
+        model_args = {"lungs_model": lungs_model, "lesions_model": lesions_model, "ggo_floor_follows_lung": ggo_floor_follows_lung}
         if pacs is not None or study is not None or push:
             pacs_args = {"auth_file": auth_file, "insecure": insecure, "ca_bundle": ca_bundle, "timeout": timeout}
             _analyze_from_pacs(inputs, pacs, study, series, push, output, pacs_args, png=png, html=html,
-                               model_args={"lungs_model": lungs_model, "lesions_model": lesions_model}, heatmap=heatmap)
+                               model_args=model_args, heatmap=heatmap)
             return
         if not inputs:
             raise typer.BadParameter("give at least one INPUT (or --pacs URL --study UID)", param_hint="INPUT...")
-        model_args = {"lungs_model": lungs_model, "lesions_model": lesions_model}
         if seg_new_uids:  # read by the SEG writer, in whichever process (scan process, batch worker) writes it
             from covidct.report.dicom_copy import NEW_UIDS_ENV
 

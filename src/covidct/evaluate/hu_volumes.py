@@ -167,6 +167,28 @@ def shallow_breath_simulated(ct, shift_hu: float):
     return dataclasses.replace(ct, array=arr, path=f"{ct.path}@denser{shift_hu:g}")
 
 
+def diffuse_disease_simulated(ct, share: float, shift_hu: float, seed: int = 0, blob_mm: float = 12.0):
+    """``ct`` with GGO over ``share`` of its HU lung field, and that region (the truth): a smooth random field
+    (Gaussian-filtered noise of ``blob_mm``) picks the share; there each voxel moves by ``shift_hu`` times its air
+    share as in :func:`shallow_breath_simulated`, so vessels stay and aerated lung becomes GGO (+180: faint, about
+    -670 HU; +250: about -600). Patchy, not peripheral: a check of how much diffuse disease is found, not of the
+    pattern. Only a model: no series in ../shared has disease over most of the lung."""
+    import dataclasses
+
+    from scipy import ndimage
+
+    from covidct.preprocess import threshold_lung_mask
+
+    arr = ct.array.astype(np.float32, copy=True)
+    field = threshold_lung_mask(arr)
+    noise = np.random.default_rng(seed).standard_normal(arr.shape, dtype=np.float32)
+    noise = ndimage.gaussian_filter(noise, [blob_mm / s for s in ct.spacing])
+    region = field & (noise >= np.quantile(noise[field], 1.0 - share))
+    tissue = np.clip((arr[region] + 850.0) / 890.0, 0.0, 1.0)
+    arr[region] += shift_hu * (1.0 - tissue)
+    return dataclasses.replace(ct, array=arr, path=f"{ct.path}@diffuse{share:g}+{shift_hu:g}"), region
+
+
 # --- lung checks ---------------------------------------------------------------------------------
 
 def _apex_base(ref: np.ndarray, spacing: Sequence[float], min_cm2: float = 10.0) -> tuple[int, int] | None:

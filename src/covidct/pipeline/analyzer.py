@@ -27,7 +27,9 @@ class Analyzer:
     """Holds the models (loaded once) and analyses any number of CTs: ``Analyzer()(ct)``.
 
     ``lungs_model`` / ``lesions_model``: a shipped model name, a checkpoint path, or None for the
-    HU-rule fallback. Missing shipped models fall back with a warning.
+    HU-rule fallback. Missing shipped models fall back with a warning. ``ggo_floor_follows_lung``: on whole HU
+    volumes the HU rule's GGO floor rises by as much as the best-aerated lung is denser than in full inspiration
+    (for a scan at a shallow breath; :class:`covidct.pipeline.hu_rules.HULesionSettings`).
     """
 
     def __init__(
@@ -39,13 +41,17 @@ class Analyzer:
         batch_size: int = BATCH_SIZE,
         lesion_min_hu: float = -800.0,
         min_lesion_mm3: float = 20.0,
+        ggo_floor_follows_lung: bool = False,
     ) -> None:
+        from dataclasses import replace
+
         from covidct.models import runtime, zoo
 
         self.bf16 = bf16
         self.batch_size = batch_size
         self.lesion_min_hu = lesion_min_hu
         self.min_lesion_mm3 = min_lesion_mm3
+        self.hu_settings = replace(hu_rules.DEFAULT, ggo_follows_aerated=ggo_floor_follows_lung)
         self.warnings: list[str] = []
         self.models: dict[str, LoadedModel | None] = {"lungs": None, "lesions": None, "infection": None}
         for role, name in (("lungs", lungs_model), ("lesions", lesions_model), ("infection", infection_model)):
@@ -74,7 +80,7 @@ class Analyzer:
         ``probability``: receives the lesion probability (see :func:`covidct.pipeline.lesions.segment_lesions`)."""
         return lesions.segment_lesions(ct, lung_labels, runner or self._runner(), self.models["lesions"],
                                        self.models["infection"], self.lesion_min_hu, self.min_lesion_mm3,
-                                       probability)
+                                       probability, self.hu_settings)
 
     def __call__(
         self, ct: CT, outdir: str | Path | None = None, *, png: bool = False, html: bool = True,

@@ -89,20 +89,28 @@ def thin_slice_warnings(ct: CT, hu_rule: bool) -> list[str]:
 
 
 def density_warnings(notes: dict | None) -> list[str]:
-    """For a whole HU volume whose best-aerated lung is denser than in any volume the HU rule was measured on (the
-    rule's ``notes``, :func:`covidct.pipeline.hu_rules.hu_lesions`), as after a shallow breath or on expiration: the
-    rule raised its GGO floor by as much."""
-    dense = (notes or {}).get("aerated_lung_hu")
+    """For a whole HU volume whose aerated lung is denser than in any volume the HU rule was measured on (the rule's
+    ``notes``, :func:`covidct.pipeline.hu_rules.hu_lesions`): after a shallow breath or on expiration, or with disease
+    over much of the lung. Says whether the GGO floor was raised (only with ``ggo_follows_aerated``, off by default)."""
+    notes = notes or {}
+    dense = notes.get("aerated_lung_hu")
     if dense is None or dense <= hu_rules.INSPIRED_LUNG_HU:
         return []
-    lift = dense - hu_rules.DENSEST_AERATED_HU
+    lift = notes.get("ggo_floor_lift_hu") or 0.0
+    floor = (
+        f"the rule raised its GGO floor by {lift:.0f} HU, as far as the best-aerated lung is denser too, so the "
+        "faintest GGO may be missed"
+        if lift >= 0.5
+        else "the rule's GGO floor is fixed, so if this is a shallow breath, healthy lung (mostly at the dependent "
+        "bases) may be counted as GGO (healthy series simulated 100 HU denser: 36 and 106 mL, read as pneumonia) "
+        "and the lesion figures and diagnosis may be too high; `covidct analyze --ggo-floor-follows-lung` reads such "
+        "a scan with the floor raised as far as the best-aerated lung is denser"
+    )
     return [
-        f"the best-aerated lung is denser than in any series the HU rule was measured on (its 10th percentile "
-        f"{dense:.0f} HU against at most {hu_rules.DENSEST_AERATED_HU:.0f}), as after a shallow breath or on "
-        f"expiration, when healthy lung reads as GGO: the rule's GGO floor was raised by {lift:.0f} HU to follow it "
-        "(on healthy series simulated 100 HU denser this took the false lesions from 36-106 mL to 1-3.5 mL), so the "
-        "faintest GGO may be missed; widespread disease can also raise this figure. A scan in full inspiration is "
-        "read more reliably"
+        f"the aerated lung is denser than in any series the HU rule was measured on (its 10th percentile {dense:.0f} "
+        f"HU against at most {hu_rules.DENSEST_AERATED_HU:.0f}): after a shallow breath or on expiration healthy lung "
+        f"reads as GGO, and disease over much of the lung raises this figure too; {floor}. A scan in full "
+        "inspiration is read more reliably"
     ]
 
 

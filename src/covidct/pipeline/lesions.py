@@ -37,8 +37,9 @@ from covidct.volume import CT
 
 def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_model: LoadedModel | None = None,
                     infection_model: LoadedModel | None = None, lesion_min_hu: float = -800.0,
-                    min_lesion_mm3: float = 20.0, probability: dict | None = None) -> np.ndarray:
-    """(z, y, x) uint8: 0 none, 1 GGO, 2 consolidation, 3 pleural effusion.
+                    min_lesion_mm3: float = 20.0, probability: dict | None = None,
+                    hu_settings: hu_rules.HULesionSettings = hu_rules.DEFAULT) -> np.ndarray:
+    """(z, y, x) uint8: 0 none, 1 GGO, 2 consolidation, 3 pleural effusion (``hu_settings``: the HU rule's).
 
     ``probability`` (optional): receives ``"lesion"``, the models' infection probability on ``ct``'s grid
     (uint8 p x 255, see covidct.report.heatmap), or None when the HU rule decided; and for whole HU volumes
@@ -61,7 +62,7 @@ def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_mode
     hu_volume = hu_rules.applies(ct.is_hu, ct.n_slices)
     # the HU rule needs only the HU image and the lungs: it runs beside the typing and effusion checks below
     notes: dict = {}
-    hu_rule = beside(hu_rules.hu_lesions, vol, ct.spacing, lungs, notes=notes) if hu_volume else None
+    hu_rule = beside(hu_rules.hu_lesions, vol, ct.spacing, lungs, hu_settings, notes=notes) if hu_volume else None
     if infection_model is not None and not infection_model.is_3d and not hu_volume:
         p_inf = runner.probabilities(infection_model, vol, zs, ct.is_hu, ct.spacing, "infection", channel=1)
     if probability is not None:
