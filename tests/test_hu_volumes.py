@@ -8,7 +8,9 @@ import pytest
 
 from covidct.evaluate.hu_volumes import (
     build_table,
+    dependent_consolidation_simulated,
     diffuse_disease_simulated,
+    emphysema_simulated,
     false_lesions,
     hu_count_per_slice,
     loo_training_sets,
@@ -244,3 +246,35 @@ def test_diffuse_disease_covers_its_share_of_the_lung_field_and_keeps_vessels():
     assert (out.array[region] == -610.0).all()  # below -850 HU all air share: the whole shift
     assert (out.array[~region] == arr[~region]).all() and (out.array[:, 30:32, 16:18] == 40.0).all()
     assert "@diffuse0.8+250" in str(out.path)
+
+
+def _two_lungs(dz=2.0):
+    ct = _ct(nz=12, ny=64, nx=64, dz=dz)
+    arr = np.full(ct.shape, 40.0, np.float32)
+    arr[1:11, 8:56, 6:30] = arr[1:11, 8:56, 34:58] = -860.0
+    arr[:, 30:32, 16:18] = 40.0  # a vessel
+    arr[:, 50:52, 40:42] = -990.0  # an airway in the dependent lung
+    ct.array = arr
+    return ct, arr
+
+
+def test_dependent_consolidation_fills_the_posterior_band_and_keeps_airways_and_vessels():
+    """Airless lung in the posterior (higher y) band of the lung field, about the asked share; air bronchograms stay."""
+    ct, arr = _two_lungs()
+    out, region = dependent_consolidation_simulated(ct, 0.25)
+    field = arr < -320
+    assert 0.2 < region.sum() / field.sum() < 0.3 and not (region & ~field).any()
+    ys = np.nonzero(region)[1]
+    assert ys.min() >= 40 and ys.max() == 55  # the posterior edge of the field, down to the band's depth
+    filled = out.array[region & (arr == -860.0)]
+    assert abs(float(filled.mean()) - 35.0) < 3.0 and (out.array[:, 50:52, 40:42] == -990.0).all()
+    assert (out.array[~region] == arr[~region]).all()
+
+
+def test_emphysema_lowers_parenchyma_in_patches_and_keeps_vessels():
+    ct, arr = _two_lungs()
+    for subpleural in (False, True):
+        out, region = emphysema_simulated(ct, 0.3, subpleural=subpleural)
+        field = arr < -320
+        assert 0.25 < region.sum() / field.sum() < 0.32 and not (region & (arr > -600)).any()
+        assert abs(float(out.array[region].mean()) + 975.0) < 3.0 and (out.array[~region] == arr[~region]).all()

@@ -330,6 +330,9 @@ def test_a_series_with_denser_lung_than_the_hu_rules_own_is_warned():
     assert density_warnings({"aerated_lung_hu": None}) == []
     (raised,) = density_warnings({"aerated_lung_hu": -780.0, "best_aerated_lung_hu": -820.0, "ggo_floor_lift_hu": 80.0})
     assert "disease over much of the lung" in raised and "raised its GGO floor by 80 HU" in raised
+    # dense on the whole but its best-aerated part as aerated as in full inspiration: disease, not a shallow breath
+    (sick,) = density_warnings({"aerated_lung_hu": -700.0, "best_aerated_lung_hu": -930.0, "ggo_floor_lift_hu": 0.0})
+    assert "points to disease over much of the lung" in sick and "--ggo-floor-follows-lung" not in sick
 
 
 def test_diagnosis_rule_centred_at_the_false_positive_level():

@@ -189,6 +189,48 @@ def diffuse_disease_simulated(ct, share: float, shift_hu: float, seed: int = 0, 
     return dataclasses.replace(ct, array=arr, path=f"{ct.path}@diffuse{share:g}+{shift_hu:g}"), region
 
 
+def dependent_consolidation_simulated(ct, share: float, hu: float = 35.0, seed: int = 0):
+    """``ct`` with airless lung along its dependent (posterior, supine) edge, as in severe COVID-19 or ARDS, and that
+    region (the truth): in each column of the HU lung field the voxels within a depth of its posterior-most lung
+    voxel, the depth chosen so that the band holds ``share`` of the field; there parenchyma (-920..-300 HU) becomes
+    ``hu`` plus noise (SD 20), while airways (air bronchograms) and vessels stay. Only a model: no series in ../shared
+    has dependent consolidation."""
+    import dataclasses
+
+    from covidct.preprocess import threshold_lung_mask
+
+    arr = ct.array.astype(np.float32, copy=True)
+    field = threshold_lung_mask(arr)
+    yy = np.arange(arr.shape[1], dtype=np.float32)[None, :, None]
+    depth = (np.where(field, yy, -1.0).max(axis=1, keepdims=True) - yy) * float(ct.spacing[1])  # canonical y: posterior
+    region = field & (depth <= np.quantile(depth[field], share))
+    fill = region & (arr > -920.0) & (arr < -300.0)
+    arr[fill] = hu + np.random.default_rng(seed).normal(0.0, 20.0, int(fill.sum())).astype(np.float32)
+    return dataclasses.replace(ct, array=arr, path=f"{ct.path}@dependent{share:g}"), region
+
+
+def emphysema_simulated(ct, share: float, hu: float = -975.0, blob_mm: float = 8.0, seed: int = 0,
+                        subpleural: bool = False):
+    """``ct`` with low-attenuation (emphysema-like) areas over ``share`` of its HU lung field, and that region: smooth
+    random patches (``blob_mm``; ``subpleural``: weighted towards the lung's border, as paraseptal emphysema) whose
+    parenchyma (below -600 HU: vessels stay) becomes ``hu`` plus noise (SD 15). Only a model."""
+    import dataclasses
+
+    from scipy import ndimage
+
+    from covidct.preprocess import threshold_lung_mask
+
+    arr = ct.array.astype(np.float32, copy=True)
+    field = threshold_lung_mask(arr)
+    rng = np.random.default_rng(seed)
+    noise = ndimage.gaussian_filter(rng.standard_normal(arr.shape, dtype=np.float32), [blob_mm / s for s in ct.spacing])
+    if subpleural:
+        noise -= ndimage.distance_transform_edt(field, sampling=ct.spacing).astype(np.float32) / 15.0 * noise.std()
+    region = field & (noise >= np.quantile(noise[field], 1.0 - share)) & (arr < -600.0)
+    arr[region] = hu + rng.normal(0.0, 15.0, int(region.sum())).astype(np.float32)
+    return dataclasses.replace(ct, array=arr, path=f"{ct.path}@emphysema{share:g}"), region
+
+
 # --- lung checks ---------------------------------------------------------------------------------
 
 def _apex_base(ref: np.ndarray, spacing: Sequence[float], min_cm2: float = 10.0) -> tuple[int, int] | None:

@@ -97,15 +97,20 @@ def density_warnings(notes: dict | None) -> list[str]:
     if dense is None or dense <= hu_rules.INSPIRED_LUNG_HU:
         return []
     lift = notes.get("ggo_floor_lift_hu") or 0.0
-    floor = (
-        f"the rule raised its GGO floor by {lift:.0f} HU, as far as the best-aerated lung is denser too, so the "
-        "faintest GGO may be missed"
-        if lift >= 0.5
-        else "the rule's GGO floor is fixed, so if this is a shallow breath, healthy lung (mostly at the dependent "
-        "bases) may be counted as GGO (healthy series simulated 100 HU denser: 36 and 106 mL, read as pneumonia) "
-        "and the lesion figures and diagnosis may be too high; `covidct analyze --ggo-floor-follows-lung` reads such "
-        "a scan with the floor raised as far as the best-aerated lung is denser"
-    )
+    best = notes.get("best_aerated_lung_hu")
+    if lift >= 0.5:
+        floor = (f"the rule raised its GGO floor by {lift:.0f} HU, as far as the best-aerated lung is denser too, so the "
+                 "faintest GGO may be missed")
+    elif best is not None and best <= hu_rules.DENSEST_BEST_AERATED_HU:
+        # a shallow breath makes all of the lung denser; disease leaves its best-aerated part as it is
+        floor = (f"its best-aerated part is as aerated as in those series (1st percentile {best:.0f} HU), which points to "
+                 "disease over much of the lung rather than a shallow breath; the rule's GGO floor is kept")
+    else:
+        floor = ("the rule's GGO floor is fixed, so if this is a shallow breath, healthy lung (mostly at the dependent "
+                 "bases) may be counted as GGO (healthy series simulated 100 HU denser: 36 and 106 mL, read as "
+                 "pneumonia) and the lesion figures and diagnosis may be too high; `covidct analyze "
+                 "--ggo-floor-follows-lung` reads such a scan with the floor raised as far as the best-aerated lung is "
+                 "denser")
     return [
         f"the aerated lung is denser than in any series the HU rule was measured on (its 10th percentile {dense:.0f} "
         f"HU against at most {hu_rules.DENSEST_AERATED_HU:.0f}): after a shallow breath or on expiration healthy lung "

@@ -1,0 +1,81 @@
+"""Lungs at the extremes of density on healthy whole HU series: simulated emphysema and dependent consolidation.
+
+    python benchmarks/lung_extremes.py [--data DIR] [--json OUT]
+
+Each healthy series (covid-ct-md normal001, LIDC-IDRI-0001) is analysed as it is, with emphysema-like low-attenuation
+areas over 10, 30 and 50 % of its HU lung field (random patches and subpleural ones;
+``covidct.evaluate.hu_volumes.emphysema_simulated``) and with airless lung along its dependent edge over 5, 15 and 30 %
+(air bronchograms and vessels kept; ``dependent_consolidation_simulated``). Per case: the simulated region's mL, the
+share of it inside the final lung mask and labelled consolidation or effusion, the lung mL beside the unchanged
+series', the lesion mL, severity and diagnosis. Emphysema must stay lung; dependent consolidation is lung and lesion.
+Skips (exit 0) when the data folder is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench_io import ROOT, emit_json  # noqa: E402  (the script's folder is on sys.path)
+
+sys.path.insert(0, str(ROOT / "src"))
+
+SERIES = {"normal001": "covid-ct-md/normal001", "LIDC-IDRI-0001": "lidc-idri/LIDC-IDRI-0001"}
+
+
+def main() -> int:
+    from covidct.data.sources import data_root
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=None)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    root = args.data or data_root()
+    if root is None or not all((root / p).exists() for p in SERIES.values()):
+        print("skipped: normal001 / LIDC-IDRI-0001 not found (set COVIDCT_DATA or pass --data)")
+        return 0
+
+    from covidct.evaluate.hu_volumes import dependent_consolidation_simulated, emphysema_simulated
+    from covidct.io import load_ct
+    from covidct.labels import CONSOLIDATION, EFFUSION
+    from covidct.pipeline.analyzer import Analyzer
+
+    analyzer = Analyzer()
+    rows = []
+    for name, rel in SERIES.items():
+        base = load_ct(root / rel)
+        ml = float(np.prod(base.spacing)) / 1000.0
+        cases = [("as it is", base, None)]
+        for share in (0.1, 0.3, 0.5):
+            for subpleural in (False, True):
+                ct, region = emphysema_simulated(base, share, subpleural=subpleural)
+                cases.append((f"emphysema {share:g}{' subpleural' if subpleural else ''}", ct, region))
+        for share in (0.05, 0.15, 0.3):
+            ct, region = dependent_consolidation_simulated(base, share)
+            cases.append((f"dependent consolidation {share:g}", ct, region))
+        base_lung = None
+        for case, ct, region in cases:
+            t0 = time.perf_counter()
+            res = analyzer(ct, None, html=False)
+            lung, les = res.lungs > 0, res.lesions
+            base_lung = float(lung.sum()) * ml if base_lung is None else base_lung
+            row = {"series": name, "case": case, "lung_ml": round(float(lung.sum()) * ml, 1),
+                   "lung_ml_as_it_is": round(base_lung, 1), "lesion_ml": round(float((les > 0).sum()) * ml, 1),
+                   "severity": res.report["severity"]["score"], "diagnosis": res.report["diagnosis"]["label"],
+                   "seconds": round(time.perf_counter() - t0, 1)}
+            if region is not None:
+                n = max(int(region.sum()), 1)
+                row.update(region_ml=round(n * ml, 1), region_in_lung=round(float((lung & region).sum()) / n, 3),
+                           region_consolidation=round(float(((les == CONSOLIDATION) & region).sum()) / n, 3),
+                           region_effusion=round(float(((les == EFFUSION) & region).sum()) / n, 3))
+            print(f"{name} {case}: {row}", flush=True)
+            rows.append(row)
+    return emit_json({"rows": rows}, args.json)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
