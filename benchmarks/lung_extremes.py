@@ -1,13 +1,14 @@
-"""Lungs at the extremes of density on healthy whole HU series: simulated emphysema and dependent consolidation.
+"""Lungs at the extremes of density on healthy whole HU series: simulated emphysema, dependent consolidation, effusion.
 
     python benchmarks/lung_extremes.py [--data DIR] [--json OUT]
 
 Each healthy series (covid-ct-md normal001, LIDC-IDRI-0001) is analysed as it is, with emphysema-like low-attenuation
 areas over 10, 30 and 50 % of its HU lung field (random patches and subpleural ones;
 ``covidct.evaluate.hu_volumes.emphysema_simulated``) and with airless lung along its dependent edge over 5, 15 and 30 %
-(air bronchograms and vessels kept; ``dependent_consolidation_simulated``). Per case: the simulated region's mL, the
-share of it inside the final lung mask and labelled consolidation or effusion, the lung mL beside the unchanged
-series', the lesion mL, severity and diagnosis. Emphysema must stay lung; dependent consolidation is lung and lesion.
+(air bronchograms and vessels kept; ``dependent_consolidation_simulated``), and with a pleural effusion of the same
+extent (water in that band). Per case: the simulated region's mL, the share of it inside the final lung mask and
+labelled consolidation or effusion, the lung mL beside the unchanged series', the lesion mL, severity and diagnosis.
+Emphysema must stay lung; dependent consolidation is lung and lesion; an effusion is effusion.
 Skips (exit 0) when the data folder is absent.
 """
 
@@ -55,8 +56,9 @@ def main() -> int:
                 ct, region = emphysema_simulated(base, share, subpleural=subpleural)
                 cases.append((f"emphysema {share:g}{' subpleural' if subpleural else ''}", ct, region))
         for share in (0.05, 0.15, 0.3):
-            ct, region = dependent_consolidation_simulated(base, share)
-            cases.append((f"dependent consolidation {share:g}", ct, region))
+            for effusion in (False, True):
+                ct, region = dependent_consolidation_simulated(base, share, effusion=effusion)
+                cases.append((f"{'pleural effusion' if effusion else 'dependent consolidation'} {share:g}", ct, region))
         base_lung = None
         for case, ct, region in cases:
             t0 = time.perf_counter()

@@ -269,6 +269,9 @@ def test_dependent_consolidation_fills_the_posterior_band_and_keeps_airways_and_
     filled = out.array[region & (arr == -860.0)]
     assert abs(float(filled.mean()) - 35.0) < 3.0 and (out.array[:, 50:52, 40:42] == -990.0).all()
     assert (out.array[~region] == arr[~region]).all()
+    fluid, same = dependent_consolidation_simulated(ct, 0.25, effusion=True)
+    assert (same == region).all() and abs(float(fluid.array[region].mean()) - 10.0) < 2.0
+    assert (fluid.array[~region] == arr[~region]).all() and "@effusion0.25" in str(fluid.path)
 
 
 def test_emphysema_lowers_parenchyma_in_patches_and_keeps_vessels():
