@@ -27,6 +27,23 @@ def p001_or_none(scan: Path | None) -> Path | None:
     return scan
 
 
+HEALTHY_SERIES = {"normal001": "covid-ct-md/normal001", "LIDC-IDRI-0001": "lidc-idri/LIDC-IDRI-0001"}
+
+
+def healthy_series_or_none(data: Path | None) -> dict[str, Path] | None:
+    """The two healthy whole HU series (name -> folder) in ``data`` (default: ``COVIDCT_DATA``), which the simulations
+    of disease are drawn into; None (with a 'skipped' line printed) when either is missing."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from covidct.data.sources import data_root
+
+    root = data or data_root()
+    series = {name: root / rel for name, rel in HEALTHY_SERIES.items()} if root is not None else {}
+    if not series or not all(p.exists() for p in series.values()):
+        print("skipped: normal001 / LIDC-IDRI-0001 not found (set COVIDCT_DATA or pass --data)")
+        return None
+    return series
+
+
 def emit_json(result: dict, output: Path | None) -> int:
     """Print ``result`` as indented JSON and write it to ``output`` too when given; returns 0 (the exit code)."""
     text = json.dumps(result, indent=1)

@@ -15,32 +15,24 @@ absent.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench_io import ROOT, emit_json  # noqa: E402  (the script's folder is on sys.path)
+from bench_io import emit_json, healthy_series_or_none  # noqa: E402  (the script's folder is on sys.path)
 
-sys.path.insert(0, str(ROOT / "src"))
-
-SERIES = {"normal001": "covid-ct-md/normal001", "LIDC-IDRI-0001": "lidc-idri/LIDC-IDRI-0001"}
 SHARES = (0.6, 0.8, 0.9, 0.95)
 SHIFTS = (180.0, 250.0)
 
 
 def main() -> int:
-    from covidct.data.sources import data_root
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    root = args.data or data_root()
-    if root is None or not all((root / p).exists() for p in SERIES.values()):
-        print("skipped: normal001 / LIDC-IDRI-0001 not found (set COVIDCT_DATA or pass --data)")
+    series = healthy_series_or_none(args.data)
+    if series is None:
         return 0
 
     from covidct.evaluate.hu_volumes import diffuse_disease_simulated
@@ -51,28 +43,23 @@ def main() -> int:
     shipped_rule = hu_rules.hu_lesions
     seen: dict = {}  # the notes of the rule's last run
 
-    def rule(follows: bool):
-        settings = dataclasses.replace(hu_rules.DEFAULT, ggo_follows_aerated=follows)
+    def noting(*a, notes=None, **k):  # noqa: ANN001, ANN202  (the pipeline's call, unchanged; its notes kept)
+        out = shipped_rule(*a, notes=notes, **k)
+        seen.clear()
+        seen.update(notes or {})
+        return out
 
-        def run(*a, notes=None, **k):  # noqa: ANN001, ANN202  (the pipeline's call, with these settings)
-            out = shipped_rule(*a, notes=notes, settings=settings, **k)
-            seen.clear()
-            seen.update(notes or {})
-            return out
-
-        return run
-
-    analyzer = Analyzer()
+    hu_rules.hu_lesions = noting
+    analyzers = {"floor fixed": Analyzer(), "floor follows the lung": Analyzer(ggo_floor_follows_lung=True)}
     rows = []
-    for name, rel in SERIES.items():
-        base = load_ct(root / rel)
+    for name, folder in series.items():
+        base = load_ct(folder)
         ml = float(np.prod(base.spacing)) / 1000.0
         for shift in SHIFTS:
             for share in SHARES:
                 ct, region = diffuse_disease_simulated(base, share, shift)
                 row: dict = {"series": name, "share": share, "shift_hu": shift}
-                for label, follows in (("floor fixed", False), ("floor follows the lung", True)):
-                    hu_rules.hu_lesions = rule(follows)
+                for label, analyzer in analyzers.items():
                     t0 = time.perf_counter()
                     res = analyzer(ct, None, html=False)
                     found, lung = res.lesions > 0, res.lungs > 0
@@ -86,12 +73,12 @@ def main() -> int:
                         "p10_hu": seen.get("aerated_lung_hu"), "p1_hu": seen.get("best_aerated_lung_hu"),
                         "diagnosis": res.report["diagnosis"]["label"], "seconds": round(time.perf_counter() - t0, 1),
                     }
-                hu_rules.hu_lesions = shipped_rule
                 fixed, follows = row["floor fixed"], row["floor follows the lung"]
                 print(f"{name} share {share:g} +{shift:g}: of {fixed['simulated_ml']} mL found {fixed['found_ml']} "
                       f"({fixed['diagnosis']}) with the floor fixed, {follows['found_ml']} ({follows['diagnosis']}) "
                       "following the lung", flush=True)
                 rows.append(row)
+    hu_rules.hu_lesions = shipped_rule
     return emit_json({"shipped": "floor follows the lung" if hu_rules.DEFAULT.ggo_follows_aerated else "floor fixed",
                       "rows": rows}, args.json)
 

@@ -15,29 +15,21 @@ Skips (exit 0) when the data folder is absent.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench_io import ROOT, emit_json  # noqa: E402  (the script's folder is on sys.path)
-
-sys.path.insert(0, str(ROOT / "src"))
-
-SERIES = {"normal001": "covid-ct-md/normal001", "LIDC-IDRI-0001": "lidc-idri/LIDC-IDRI-0001"}
+from bench_io import emit_json, healthy_series_or_none  # noqa: E402  (the script's folder is on sys.path)
 
 
 def main() -> int:
-    from covidct.data.sources import data_root
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    root = args.data or data_root()
-    if root is None or not all((root / p).exists() for p in SERIES.values()):
-        print("skipped: normal001 / LIDC-IDRI-0001 not found (set COVIDCT_DATA or pass --data)")
+    series = healthy_series_or_none(args.data)
+    if series is None:
         return 0
 
     from covidct.evaluate.hu_volumes import dependent_consolidation_simulated, emphysema_simulated
@@ -47,8 +39,8 @@ def main() -> int:
 
     analyzer = Analyzer()
     rows = []
-    for name, rel in SERIES.items():
-        base = load_ct(root / rel)
+    for name, folder in series.items():
+        base = load_ct(folder)
         ml = float(np.prod(base.spacing)) / 1000.0
         cases = [("as it is", base, None)]
         for share in (0.1, 0.3, 0.5):
