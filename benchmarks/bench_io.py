@@ -5,6 +5,7 @@ Imported by the scripts beside it (their folder is on ``sys.path`` when they run
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -28,6 +29,17 @@ def p001_or_none(scan: Path | None) -> Path | None:
 
 
 HEALTHY_SERIES = {"normal001": "covid-ct-md/normal001", "LIDC-IDRI-0001": "lidc-idri/LIDC-IDRI-0001"}
+
+
+def healthy_series_args(doc: str) -> tuple[argparse.Namespace, dict[str, Path]] | None:
+    """The command line (``--data DIR``, ``--json OUT``) of a benchmark that draws simulated disease into the two
+    healthy whole HU series, and those series (name -> folder); None (with a 'skipped' line printed) without them."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=None, help="the data folder (default: COVIDCT_DATA)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the result here")
+    args = ap.parse_args()
+    series = healthy_series_or_none(args.data)
+    return None if series is None else (args, series)
 
 
 def healthy_series_or_none(data: Path | None) -> dict[str, Path] | None:

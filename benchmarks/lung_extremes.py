@@ -14,23 +14,18 @@ Skips (exit 0) when the data folder is absent.
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 
-from bench_io import emit_json, healthy_series_or_none  # noqa: E402  (the script's folder is on sys.path)
+from bench_io import emit_json, healthy_series_args  # noqa: E402  (the script's folder is on sys.path)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=None)
-    ap.add_argument("--json", type=Path, default=None)
-    args = ap.parse_args()
-    series = healthy_series_or_none(args.data)
-    if series is None:
+    parsed = healthy_series_args(__doc__)
+    if parsed is None:
         return 0
+    args, series = parsed
 
     from covidct.evaluate.hu_volumes import dependent_consolidation_simulated, emphysema_simulated
     from covidct.io import load_ct
