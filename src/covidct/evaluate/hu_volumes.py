@@ -189,13 +189,13 @@ def diffuse_disease_simulated(ct, share: float, shift_hu: float, seed: int = 0, 
     return dataclasses.replace(ct, array=arr, path=f"{ct.path}@diffuse{share:g}+{shift_hu:g}"), region
 
 
-def dependent_consolidation_simulated(ct, share: float, hu: float = 35.0, seed: int = 0, effusion: bool = False):
+def dependent_consolidation_simulated(ct, share: float, hu: float | None = None, seed: int = 0, effusion: bool = False):
     """``ct`` with airless lung along its dependent (posterior, supine) edge, as in severe COVID-19 or ARDS, and that
     region (the truth): in each column of the HU lung field the voxels within a depth of its posterior-most lung
     voxel, the depth chosen so that the band holds ``share`` of the field; there parenchyma (-920..-300 HU) becomes
-    ``hu`` plus noise (SD 20), while airways (air bronchograms) and vessels stay. ``effusion``: a pleural effusion
-    instead, the whole band water (``hu`` 10 unless given, noise SD 10, no bronchograms or vessels), the lung in front
-    of it as if compressed. Only a model: no series in ../shared has either."""
+    ``hu`` (default 35) plus noise (SD 20), while airways (air bronchograms) and vessels stay. ``effusion``: a pleural
+    effusion instead, the whole band water (``hu`` default 10, noise SD 10, no bronchograms or vessels), the lung in
+    front of it as if compressed. Only a model: no series in ../shared has either."""
     import dataclasses
 
     from covidct.preprocess import threshold_lung_mask
@@ -206,7 +206,7 @@ def dependent_consolidation_simulated(ct, share: float, hu: float = 35.0, seed: 
     depth = (np.where(field, yy, -1.0).max(axis=1, keepdims=True) - yy) * float(ct.spacing[1])  # canonical y: posterior
     region = field & (depth <= np.quantile(depth[field], share))
     fill = region if effusion else region & (arr > -920.0) & (arr < -300.0)
-    value, sd = (10.0 if hu == 35.0 else hu, 10.0) if effusion else (hu, 20.0)
+    value, sd = (10.0 if hu is None else hu, 10.0) if effusion else (35.0 if hu is None else hu, 20.0)
     arr[fill] = value + np.random.default_rng(seed).normal(0.0, sd, int(fill.sum())).astype(np.float32)
     kind = "effusion" if effusion else "dependent"
     return dataclasses.replace(ct, array=arr, path=f"{ct.path}@{kind}{share:g}"), region
