@@ -13,6 +13,7 @@ Owns what ``benchmarks/hu_volumes.py`` needs apart from running the methods:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -133,8 +134,6 @@ def sharp_kernel_simulated(ct, boost: float, noise_hu: float, seed: int = 0):
     which sharpens edges and the noise already there, and added noise whose power rises linearly with ``r`` (filtered
     back-projection's ramp), of standard deviation ``noise_hu``. Only a model of a sharp reconstruction (a real one
     also resolves finer structure): no sharp-kernel series is in ../shared. Same ``seed``, same noise."""
-    import dataclasses
-
     arr = ct.array.astype(np.float32, copy=False)
     fy = np.fft.fftfreq(arr.shape[1])[:, None]
     fx = np.fft.rfftfreq(arr.shape[2])[None, :]
@@ -149,43 +148,39 @@ def sharp_kernel_simulated(ct, boost: float, noise_hu: float, seed: int = 0):
     return dataclasses.replace(ct, array=out.astype(np.float32), path=f"{ct.path}@sharp{boost:g}/{noise_hu:g}")
 
 
+def _air_share_shift(values: np.ndarray, shift_hu: float) -> np.ndarray:
+    """``values`` each moved by ``shift_hu`` times its air share, read from a linear mixture of aerated lung (-850 HU)
+    and blood or soft tissue (40 HU): aerated lung moves by the whole shift, vessels and dense tissue stay."""
+    return values + shift_hu * (1.0 - np.clip((values + 850.0) / 890.0, 0.0, 1.0))
+
+
+def _smooth_noise(shape: tuple[int, ...], spacing: Sequence[float], blob_mm: float,
+                  rng: np.random.Generator) -> np.ndarray:
+    """Gaussian noise smoothed to patches of about ``blob_mm`` (the random field the simulated patches are cut from)."""
+    return ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), [blob_mm / s for s in spacing])
+
+
 def shallow_breath_simulated(ct, shift_hu: float):
     """``ct`` with its lung denser, as after a shallower breath: inside the HU lung field (grown by two voxels) each
-    voxel moves by ``shift_hu`` times its air share, read from a linear mixture of aerated lung (-850 HU) and blood or
-    soft tissue (40 HU), so vessels and dense lesions stay, aerated lung rises by about ``shift_hu``. Only a model:
-    no series in ../shared was scanned at a shallow breath."""
-    import dataclasses
-
-    from scipy import ndimage
-
-    from covidct.preprocess import threshold_lung_mask
-
+    voxel moves by ``shift_hu`` times its air share (:func:`_air_share_shift`), so vessels and dense lesions stay,
+    aerated lung rises by about ``shift_hu``. Only a model: no series in ../shared was scanned at a shallow breath."""
     arr = ct.array.astype(np.float32, copy=True)
     field = ndimage.binary_dilation(threshold_lung_mask(arr), iterations=2)
-    tissue = np.clip((arr[field] + 850.0) / 890.0, 0.0, 1.0)
-    arr[field] += shift_hu * (1.0 - tissue)
+    arr[field] = _air_share_shift(arr[field], shift_hu)
     return dataclasses.replace(ct, array=arr, path=f"{ct.path}@denser{shift_hu:g}")
 
 
 def diffuse_disease_simulated(ct, share: float, shift_hu: float, seed: int = 0, blob_mm: float = 12.0):
     """``ct`` with GGO over ``share`` of its HU lung field, and that region (the truth): a smooth random field
-    (Gaussian-filtered noise of ``blob_mm``) picks the share; there each voxel moves by ``shift_hu`` times its air
-    share as in :func:`shallow_breath_simulated`, so vessels stay and aerated lung becomes GGO (+180: faint, about
-    -670 HU; +250: about -600). Patchy, not peripheral: a check of how much diffuse disease is found, not of the
-    pattern. Only a model: no series in ../shared has disease over most of the lung."""
-    import dataclasses
-
-    from scipy import ndimage
-
-    from covidct.preprocess import threshold_lung_mask
-
+    (:func:`_smooth_noise`) picks the share; there each voxel moves by ``shift_hu`` times its air share as in
+    :func:`shallow_breath_simulated`, so vessels stay and aerated lung becomes GGO (+180: faint, about -670 HU; +250:
+    about -600). Patchy, not peripheral: a check of how much diffuse disease is found, not of the pattern. Only a
+    model: no series in ../shared has disease over most of the lung."""
     arr = ct.array.astype(np.float32, copy=True)
     field = threshold_lung_mask(arr)
-    noise = np.random.default_rng(seed).standard_normal(arr.shape, dtype=np.float32)
-    noise = ndimage.gaussian_filter(noise, [blob_mm / s for s in ct.spacing])
+    noise = _smooth_noise(arr.shape, ct.spacing, blob_mm, np.random.default_rng(seed))
     region = field & (noise >= np.quantile(noise[field], 1.0 - share))
-    tissue = np.clip((arr[region] + 850.0) / 890.0, 0.0, 1.0)
-    arr[region] += shift_hu * (1.0 - tissue)
+    arr[region] = _air_share_shift(arr[region], shift_hu)
     return dataclasses.replace(ct, array=arr, path=f"{ct.path}@diffuse{share:g}+{shift_hu:g}"), region
 
 
@@ -196,10 +191,6 @@ def dependent_consolidation_simulated(ct, share: float, hu: float | None = None,
     ``hu`` (default 35) plus noise (SD 20), while airways (air bronchograms) and vessels stay. ``effusion``: a pleural
     effusion instead, the whole band water (``hu`` default 10, noise SD 10, no bronchograms or vessels), the lung in
     front of it as if compressed. Only a model: no series in ../shared has either."""
-    import dataclasses
-
-    from covidct.preprocess import threshold_lung_mask
-
     arr = ct.array.astype(np.float32, copy=True)
     field = threshold_lung_mask(arr)
     yy = np.arange(arr.shape[1], dtype=np.float32)[None, :, None]
@@ -215,18 +206,12 @@ def dependent_consolidation_simulated(ct, share: float, hu: float | None = None,
 def emphysema_simulated(ct, share: float, hu: float = -975.0, blob_mm: float = 8.0, seed: int = 0,
                         subpleural: bool = False):
     """``ct`` with low-attenuation (emphysema-like) areas over ``share`` of its HU lung field, and that region: smooth
-    random patches (``blob_mm``; ``subpleural``: weighted towards the lung's border, as paraseptal emphysema) whose
-    parenchyma (below -600 HU: vessels stay) becomes ``hu`` plus noise (SD 15). Only a model."""
-    import dataclasses
-
-    from scipy import ndimage
-
-    from covidct.preprocess import threshold_lung_mask
-
+    random patches (:func:`_smooth_noise`; ``subpleural``: weighted towards the lung's border, as paraseptal
+    emphysema) whose parenchyma (below -600 HU: vessels stay) becomes ``hu`` plus noise (SD 15). Only a model."""
     arr = ct.array.astype(np.float32, copy=True)
     field = threshold_lung_mask(arr)
     rng = np.random.default_rng(seed)
-    noise = ndimage.gaussian_filter(rng.standard_normal(arr.shape, dtype=np.float32), [blob_mm / s for s in ct.spacing])
+    noise = _smooth_noise(arr.shape, ct.spacing, blob_mm, rng)
     if subpleural:
         noise -= ndimage.distance_transform_edt(field, sampling=ct.spacing).astype(np.float32) / 15.0 * noise.std()
     region = field & (noise >= np.quantile(noise[field], 1.0 - share)) & (arr < -600.0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +44,6 @@ class Analyzer:
         min_lesion_mm3: float = 20.0,
         ggo_floor_follows_lung: bool = False,
     ) -> None:
-        from dataclasses import replace
-
         from covidct.models import runtime, zoo
 
         self.bf16 = bf16
