@@ -96,6 +96,8 @@ def test_losses_build_and_run():
         ({"loss": {"weights": [1.0]}}, "loss.weights"),
         ({"train": {"bf16": "yes"}}, "train.bf16"),
         ({"normalisation": {"window": "lung", "clahe": 1}}, "normalisation.clahe"),
+        ({"task": "infection", "augment": {"airless_prob": 0.5}}, "augment.airless_prob"),
+        ({"task": "lungs", "augment": {"airless_prob": 0.5, "airless_share": [0.5, 0.2]}}, "augment.airless_share"),
     ],
 )
 def test_config_errors_name_the_key(patch, key):
@@ -402,3 +404,35 @@ def test_phantom_source_with_consolidated_lobes():
         assert lungs[les > 0].all()
         cols = np.flatnonzero((les > 0).any(axis=(0, 1)))
         assert cols.max() < 48 or cols.min() >= 48  # one side only
+
+
+def test_airless_lung_augmentation_paints_lung_keeps_label():
+    """``augment.airless_prob`` (lungs task): part of the labelled lung turns to the slice's soft-tissue density,
+    posterior (dependent) or patchy, never outside the lung; the label stays; probability 0 changes nothing."""
+    from covidct.train.airless import RandAirlessLungd
+
+    rng = np.random.default_rng(0)
+    image = np.full((96, 96), 0.75, np.float32)  # soft tissue
+    label = np.zeros((96, 96), np.int64)
+    label[20:80, 10:42] = 1
+    label[20:80, 54:86] = 1
+    image[label > 0] = 0.25 + rng.normal(0, 0.02, int(label.sum())).astype(np.float32)  # aerated lung
+    image[0:6] = 0.0  # air outside the body
+    data = {"image": torch.as_tensor(image)[None], "label": torch.as_tensor(label)[None]}
+    assert torch.equal(RandAirlessLungd(prob=0.0)(data)["image"], data["image"])
+    painted_any, dependent = 0, 0
+    for seed in range(12):
+        t = RandAirlessLungd(prob=1.0, share=(0.2, 0.3))
+        t.set_random_state(seed)
+        out = t(data)
+        assert torch.equal(out["label"], data["label"])
+        new = out["image"][0].numpy()
+        changed = np.abs(new - image) > 0.15
+        assert not (changed & (label == 0)).any()  # never outside the lung
+        share = changed[label > 0].mean()
+        assert 0.1 < share < 0.6  # about the drawn share; the irregular front moves it
+        assert abs(float(np.median(new[changed])) - 0.75) < 0.1  # the slice's own soft-tissue level
+        painted_any += 1
+        rows = np.flatnonzero(changed.any(axis=1))
+        dependent += rows.min() > 55  # a band along the posterior (bottom) edge only
+    assert painted_any == 12 and 0 < dependent < 12  # both kinds are drawn

@@ -151,6 +151,8 @@ class AugmentConfig(AugmentBase):
     gamma: list[float] = field(default_factory=lambda: [0.7, 1.5])
     intensity_scale_prob: float = 0.2
     smooth_prob: float = 0.1
+    airless_prob: float = 0.0  # lungs task only: airless (consolidated) lung painted in, label kept (train.airless)
+    airless_share: list[float] = field(default_factory=lambda: [0.05, 0.45])  # share of the lung, drawn per slice
 
 
 @dataclass
@@ -313,6 +315,11 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"loss.weights: need {len(cfg.classes)} weights for task {cfg.task}, got {len(w)}")
     if len(cfg.augment.gamma) != 2:
         raise ConfigError("augment.gamma: expected [low, high]")
+    if cfg.augment.airless_prob > 0 and cfg.task != "lungs":
+        raise ConfigError(f"augment.airless_prob: paints airless lung into a lung label; task {cfg.task} has none")
+    sh = cfg.augment.airless_share
+    if len(sh) != 2 or not 0 < sh[0] <= sh[1] < 1:
+        raise ConfigError(f"augment.airless_share: expected [low, high] within (0, 1), got {sh}")
     if cfg.normalisation is not None:
         from covidct.preprocess import NormalisationConfig
 

@@ -281,6 +281,10 @@ def build_transforms(input_size: int, norm: NormalisationConfig, augment=None, w
         ts.append(Lambdad(keys=["label"], func=lambda t: resize_label_tensor(t, size)))
     a = augment
     if a is not None and a.enabled:
+        if with_label and getattr(a, "airless_prob", 0.0) > 0:  # before the flips: it paints the posterior side
+            from covidct.train.airless import RandAirlessLungd
+
+            ts.append(RandAirlessLungd(keys, prob=a.airless_prob, share=a.airless_share))
         if a.flip_prob > 0:
             ts += [RandFlipd(keys, prob=a.flip_prob, spatial_axis=0), RandFlipd(keys, prob=a.flip_prob, spatial_axis=1)]
         if a.rot90_prob > 0:
