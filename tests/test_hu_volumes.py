@@ -281,3 +281,22 @@ def test_emphysema_lowers_parenchyma_in_patches_and_keeps_vessels():
         field = arr < -320
         assert 0.25 < region.sum() / field.sum() < 0.32 and not (region & (arr > -600)).any()
         assert abs(float(out.array[region].mean()) + 975.0) < 3.0 and (out.array[~region] == arr[~region]).all()
+
+
+def test_scanner_geometry_variants_keep_the_world_and_the_field_of_view():
+    """The field-of-view crop keeps each voxel's place in the world, the pixel-size change keeps the field of view,
+    and the outside-FOV padding touches only the corners outside the reconstruction circle."""
+    from covidct.evaluate.hu_volumes import field_of_view_cropped, outside_fov_padded, pixel_size_scaled
+
+    arr = np.random.default_rng(0).normal(-500, 100, (4, 60, 48)).astype(np.float32)
+    ct = CT(array=arr, spacing=(2.0, 0.8, 0.7), affine=affine_from_spacing((2.0, 0.8, 0.7)), is_hu=True, kind="array")
+    cut = field_of_view_cropped(ct, top=5, bottom=3, left=7, right=2)
+    assert cut.array.shape == (4, 52, 39) and (cut.array == arr[:, 5:57, 7:46]).all()
+    world = lambda c, x, y: (c.affine @ np.array([x, y, 0, 1.0]))[:3]  # noqa: E731
+    assert np.allclose(world(cut, 0, 0), world(ct, 7, 5))
+    coarse = pixel_size_scaled(ct, 4 / 3)
+    assert coarse.array.shape == (4, 45, 36)
+    assert np.isclose(coarse.spacing[1] * 45, 0.8 * 60) and np.isclose(coarse.spacing[2] * 36, 0.7 * 48)
+    assert np.allclose(np.linalg.norm(coarse.affine[:3, :3], axis=0), [coarse.spacing[2], coarse.spacing[1], 2.0])
+    padded = outside_fov_padded(ct)
+    assert (padded.array[:, 0, 0] == -3024).all() and (padded.array[:, 30, 24] == arr[:, 30, 24]).all()

@@ -244,6 +244,25 @@ def test_remove_staging_folders_only_touches_that_study(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".p1.tmp-cc", "p[1]"]
 
 
+def test_lungs_cut_by_a_tight_field_of_view_are_kept(analyzer):
+    """A reconstruction whose field of view cuts the chest (the lungs touch the image's side edges): the slices are
+    still analysed and the missed aerated lung added (the lung field counts air the edge cuts as inside the body), so
+    the lung found matches the uncropped analysis inside the kept columns."""
+    import dataclasses
+
+    ct = make_phantom(seed=2, lesion_burden=0.1, shape=(20, 128, 128), spacing=(6.0, 2.8, 2.8)).ct
+    full = analyze(ct, None, analyzer=analyzer)
+    cols = np.flatnonzero((full.lungs > 0).any(axis=(0, 1)))
+    m = int(cols.min()) + 4  # cut 4 columns into each lung
+    w = ct.array.shape[2]
+    cut = dataclasses.replace(ct, array=np.ascontiguousarray(ct.array[:, :, m : w - m]), source_shape=None)
+    res = analyze(cut, None, analyzer=analyzer)
+    assert (res.lungs[:, :, 0] > 0).any() and (res.lungs[:, :, -1] > 0).any()  # lung on both cut edges
+    kept = float((full.lungs[:, :, m : w - m] > 0).sum())
+    assert abs(float((res.lungs > 0).sum()) / kept - 1.0) < 0.05
+    assert res.report["diagnosis"]["label"] == full.report["diagnosis"]["label"]
+
+
 def test_low_involvement_warning():
     from covidct.pipeline import FALSE_INVOLVEMENT_PCT, low_involvement_warnings
 

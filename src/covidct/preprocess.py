@@ -148,18 +148,22 @@ def resample_volume(volume: np.ndarray, spacing: tuple[float, float, float], tar
 # --- lung masks, cropping, slicing ------------------------------------------------------------
 
 
-def threshold_lung_mask(hu: np.ndarray, threshold: float = -400.0) -> np.ndarray:
+def threshold_lung_mask(hu: np.ndarray, threshold: float = -400.0, cut_by_fov: bool = False) -> np.ndarray:
     """Fast HU-threshold lung mask for a (z, y, x) HU volume (or one slice).
 
     Air below ``threshold`` that is inside the body (not connected to the outside air in its
     slice), minus small components. The baseline every learned lung model must beat and the
     fallback used to crop; dense lesions at the lung border are its known weakness.
+    ``cut_by_fov``: also the air that a tight reconstruction field of view cuts (it touches the image edge but no
+    corner: :func:`off_corner_components`) where it joins that mask in 3-D: a lung the crop cuts joins its own
+    enclosed part above or below, while the air in a CT table that spans the image's width joins nothing.
     """
     vol = np.asarray(hu)
     squeeze = vol.ndim == 2
     if squeeze:
         vol = vol[None]
-    out = inner_components(vol < threshold)
+    air = vol < threshold
+    out = inner_components(air)
     if out.shape[0] > 2:
         lbl, n = ndimage.label(out)
         if n:
@@ -167,6 +171,13 @@ def threshold_lung_mask(hu: np.ndarray, threshold: float = -400.0) -> np.ndarray
             keep = sizes >= max(sizes[1:].max() * 0.05, 1)
             keep[0] = False
             out = keep[lbl]
+    if cut_by_fov and out.any():
+        cut = off_corner_components(air)
+        lbl, n = ndimage.label(cut)
+        joined = np.zeros(n + 1, bool)
+        joined[lbl[out]] = True
+        joined[0] = False
+        out = joined[lbl]
     return out[0] if squeeze else out
 
 
@@ -200,6 +211,25 @@ def inner_components(mask: np.ndarray) -> np.ndarray:
         work[:] = 0
         cv2.floodFill(s, work, (0, 0), 2, flags=4)
     return framed[:, 1:-1, 1:-1] == 1
+
+
+def off_corner_components(mask: np.ndarray) -> np.ndarray:
+    """(z, y, x) bool: the voxels of ``mask`` whose in-plane 4-connected component reaches no corner of its slice.
+
+    A superset of :func:`inner_components` for a field of view that cuts the body: the air around the body reaches
+    the image corners (they lie outside the reconstruction circle or in the air about the patient), while a lung cut
+    by the image edge touches it only between chest wall. A slice whose corners are all body has no outside air."""
+    import cv2
+
+    out = np.asarray(mask, bool).astype(np.uint8)
+    z, h, w = out.shape
+    work = np.zeros((h + 2, w + 2), np.uint8)  # OpenCV's fill mask: 2 pixels larger than the image
+    for s in out:
+        work[:] = 0
+        for y, x in ((0, 0), (0, w - 1), (h - 1, 0), (h - 1, w - 1)):
+            if s[y, x] == 1:
+                cv2.floodFill(s, work, (x, y), 2, flags=4)
+    return out == 1
 
 
 def body_plane_box(hu: np.ndarray, threshold: float) -> tuple[slice, slice] | None:

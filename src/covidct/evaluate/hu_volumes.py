@@ -219,6 +219,42 @@ def emphysema_simulated(ct, share: float, hu: float = -975.0, blob_mm: float = 8
     return dataclasses.replace(ct, array=arr, path=f"{ct.path}@emphysema{share:g}"), region
 
 
+def field_of_view_cropped(ct, top: int = 0, bottom: int = 0, left: int = 0, right: int = 0):
+    """``ct`` reconstructed with a tighter field of view: ``top`` / ``bottom`` rows and ``left`` / ``right`` columns
+    taken off each slice (a large patient or a targeted reconstruction: the lungs may touch the image edge). The
+    affine follows, so the slices keep their place. Only a model: no series in ../shared was reconstructed so."""
+    h, w = ct.array.shape[1:]
+    arr = np.ascontiguousarray(ct.array[:, top : h - bottom, left : w - right])
+    affine = ct.affine.copy()
+    affine[:3, 3] += affine[:3, 0] * left + affine[:3, 1] * top  # voxel (x, y) = (left, top) is the new origin
+    return dataclasses.replace(ct, array=arr, affine=affine, source_shape=None,
+                               path=f"{ct.path}@fov{top},{bottom},{left},{right}")
+
+
+def pixel_size_scaled(ct, factor: float):
+    """``ct`` on a coarser or finer in-plane grid over the same field of view: pixels ``factor`` times as large (512²
+    becomes 384² at 4/3, 768² at 2/3), linear interpolation. Only a model of another scanner's reconstruction matrix."""
+    arr = ndimage.zoom(ct.array, (1, 1 / factor, 1 / factor), order=1, mode="nearest").astype(np.float32)
+    dz, dy, dx = ct.spacing
+    sy, sx = dy * ct.array.shape[1] / arr.shape[1], dx * ct.array.shape[2] / arr.shape[2]
+    affine = ct.affine.copy()
+    affine[:3, 0] *= sx / dx
+    affine[:3, 1] *= sy / dy
+    return dataclasses.replace(ct, array=arr, spacing=(dz, sy, sx), affine=affine, source_shape=None,
+                               path=f"{ct.path}@pixel{factor:g}")
+
+
+def outside_fov_padded(ct, value: float = -3024.0):
+    """``ct`` with everything outside the reconstruction circle (inscribed in the slice) set to ``value``, as many
+    scanners store it (-3024 or -2048 HU; LIDC-IDRI-0001 has -2048 there)."""
+    h, w = ct.array.shape[1:]
+    yy, xx = np.ogrid[:h, :w]
+    outside = (yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2 > (min(h, w) / 2) ** 2
+    arr = ct.array.copy()
+    arr[:, outside] = value
+    return dataclasses.replace(ct, array=arr, path=f"{ct.path}@padded{value:g}")
+
+
 # --- lung checks ---------------------------------------------------------------------------------
 
 def _apex_base(ref: np.ndarray, spacing: Sequence[float], min_cm2: float = 10.0) -> tuple[int, int] | None:

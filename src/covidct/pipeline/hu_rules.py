@@ -28,7 +28,14 @@ from scipy import ndimage
 
 from covidct.labels import CONSOLIDATION, GGO
 from covidct.pipeline.morphology import binary_3d, in_plane  # scipy's binary ops, same voxels, OpenCV speed
-from covidct.preprocess import IN_PLANE, body_plane_box, bounding_box, component_sizes, inner_components
+from covidct.preprocess import (
+    IN_PLANE,
+    body_plane_box,
+    bounding_box,
+    component_sizes,
+    inner_components,
+    off_corner_components,
+)
 
 
 @dataclass(frozen=True)
@@ -272,7 +279,7 @@ def hu_lungs(hu: np.ndarray, spacing: Sequence[float], lungs: np.ndarray, reach_
     v, m = hu[box], m[box]
     # the air inside the body (threshold_lung_mask's: its large 3-D components), of which the 3-D components the
     # model calls lung in part (not bowel gas); one labelling serves both tests
-    air = inner_components(v < lung_hu)
+    air = off_corner_components(v < lung_hu)  # air the field of view's edge cuts (a cropped lung) stays inside
     l3, n3 = ndimage.label(air)
     if n3:
         size = component_sizes(l3, air, n3)
