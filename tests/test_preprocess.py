@@ -8,6 +8,7 @@ from covidct.preprocess import (
     apply_window,
     bounding_box,
     crop_to_lungs,
+    cut_lung_beyond,
     kmeans_lung_mask,
     lung_slices,
     off_corner_components,
@@ -87,23 +88,25 @@ def test_threshold_lung_mask_finds_two_lungs():
     assert mask.sum() > 0.08 * mask.size
 
 
-def test_lungs_cut_by_the_field_of_view_stay_inside_the_body():
-    """A tight field of view cuts the body so the lungs touch the image edge between chest wall: the default lung
-    field calls them outside air; ``cut_by_fov`` keeps them where they join, in 3-D, lung enclosed in another slice
-    (near the apex the lungs are narrower), but not air in a table that spans the image's width."""
+def test_lungs_cut_by_the_field_of_view_are_found_beyond_the_lung_field():
+    """A tight field of view cuts the body so the lungs touch the image edge between chest wall: the lung field calls
+    them outside air; ``cut_lung_beyond`` finds them in the slices beyond the field's lung where they join it in 3-D
+    (higher up the lungs are narrower and enclosed), but not the air in a table that spans the image's width."""
     full = _chest_slice()[:, 22:74]  # 22 columns off each side: the lungs reach the edges
     narrow = full.copy()
     narrow[:, :6] = narrow[:, -6:] = 40.0  # higher up the lungs are narrower: enclosed by chest wall
-    vol = np.stack([narrow, narrow, full, full, full])
+    vol = np.stack([full, full, full, narrow, narrow])  # z from the base up
     vol[:, 87:93, :] = 40.0  # a table under the patient, from edge to edge ...
     vol[:, 89:91, :] = -900.0  # ... with air inside it
-    assert vol[2, 48, 0] == -850 and vol[2, 48, -1] == -850 and vol[2, 0, 0] == -1000
-    assert not threshold_lung_mask(vol)[2:].any()  # the cut lungs: "outside the body"
-    kept = threshold_lung_mask(vol, cut_by_fov=True)
-    assert kept[2:, 48, 0].all() and kept[2:, 48, -1].all() and not kept[:, 0, :].any()
+    assert vol[0, 48, 0] == -850 and vol[0, 48, -1] == -850 and vol[0, 0, 0] == -1000
+    field = threshold_lung_mask(vol)
+    assert not field[:3].any() and field[3:].any()  # the cut lungs: "outside the body"
     assert off_corner_components(vol < -400)[:, 89:91, :].all()  # the table's air reaches no corner ...
-    assert not kept[:, 89:91, :].any()  # ... but joins no lung
-    assert (kept[:2] == threshold_lung_mask(vol)[:2]).all()
+    below = cut_lung_beyond(vol, field, 3, -1)
+    assert below.shape == (3, 96, 52)
+    assert below[:, 48, 0].all() and below[:, 48, -1].all() and not below[:, 0, :].any()
+    assert not below[:, 89:91, :].any()  # ... but joins no lung
+    assert (cut_lung_beyond(vol, field, 3, 1) == field[4:]).all()  # above: the enclosed lung, nothing cut
     body = np.full((1, 20, 20), 40.0)
     body[0, 5:15, 0:8] = -850  # air at the edge, corners all tissue
     assert off_corner_components(body < -400)[0, 5:15, 0:8].all()

@@ -148,22 +148,18 @@ def resample_volume(volume: np.ndarray, spacing: tuple[float, float, float], tar
 # --- lung masks, cropping, slicing ------------------------------------------------------------
 
 
-def threshold_lung_mask(hu: np.ndarray, threshold: float = -400.0, cut_by_fov: bool = False) -> np.ndarray:
+def threshold_lung_mask(hu: np.ndarray, threshold: float = -400.0) -> np.ndarray:
     """Fast HU-threshold lung mask for a (z, y, x) HU volume (or one slice).
 
     Air below ``threshold`` that is inside the body (not connected to the outside air in its
     slice), minus small components. The baseline every learned lung model must beat and the
     fallback used to crop; dense lesions at the lung border are its known weakness.
-    ``cut_by_fov``: also the air that a tight reconstruction field of view cuts (it touches the image edge but no
-    corner: :func:`off_corner_components`) where it joins that mask in 3-D: a lung the crop cuts joins its own
-    enclosed part above or below, while the air in a CT table that spans the image's width joins nothing.
     """
     vol = np.asarray(hu)
     squeeze = vol.ndim == 2
     if squeeze:
         vol = vol[None]
-    air = vol < threshold
-    out = inner_components(air)
+    out = inner_components(vol < threshold)
     if out.shape[0] > 2:
         lbl, n = ndimage.label(out)
         if n:
@@ -171,14 +167,25 @@ def threshold_lung_mask(hu: np.ndarray, threshold: float = -400.0, cut_by_fov: b
             keep = sizes >= max(sizes[1:].max() * 0.05, 1)
             keep[0] = False
             out = keep[lbl]
-    if cut_by_fov and out.any():
-        cut = off_corner_components(air)
-        lbl, n = ndimage.label(cut)
-        joined = np.zeros(n + 1, bool)
-        joined[lbl[out]] = True
-        joined[0] = False
-        out = joined[lbl]
     return out[0] if squeeze else out
+
+
+def cut_lung_beyond(hu: np.ndarray, field: np.ndarray, z: int, step: int, threshold: float = -400.0) -> np.ndarray:
+    """(k, y, x) bool for the slices beyond slice ``z`` (``step`` -1: below it, +1: above it): air inside the body,
+    counting air that a tight reconstruction field of view cuts (it touches the image edge but no corner:
+    :func:`off_corner_components`), that joins, in 3-D, the lung ``field`` (:func:`threshold_lung_mask`) of slice ``z``.
+
+    Why: :func:`threshold_lung_mask` calls all air touching an image edge outside the body, so where a crop cuts the
+    lungs over all their width (the wide bases) it finds none, and the slices would go unanalysed. A lung the crop
+    cuts joins its own enclosed part; the air inside a CT table that spans the image's width joins nothing."""
+    part = slice(0, z + 1) if step < 0 else slice(z, len(hu))
+    air = off_corner_components(np.asarray(hu)[part] < threshold)
+    lbl, n = ndimage.label(air)
+    joined = np.zeros(n + 1, bool)
+    joined[lbl[-1 if step < 0 else 0][field[z]]] = True
+    joined[0] = False
+    out = joined[lbl]
+    return out[:-1] if step < 0 else out[1:]
 
 
 # 4-connected within a slice, nothing across slices: ndimage.label of a (z, y, x) volume with this

@@ -23,6 +23,7 @@ from covidct.preprocess import (
     body_plane_box,
     bounding_box,
     component_sizes,
+    cut_lung_beyond,
     fill_holes_in_plane,
     inner_components,
     threshold_lung_mask,
@@ -34,15 +35,16 @@ def segment_lungs(ct: CT, model: LoadedModel | None, runner: ModelRunner) -> np.
     """(z, y, x) uint8: 0 background, 1 left lung, 2 right lung."""
     vol = ct.array
     if ct.is_hu:
-        # the slices with lung: air inside the body, where air that the field of view's edge cuts is inside (lungs
-        # touching the image edge of a tight reconstruction: P001 cropped 12 % each side lost 43 % of its lung)
-        counts = threshold_lung_mask(vol, cut_by_fov=True).reshape(len(vol), -1).sum(1)
+        field_mask = threshold_lung_mask(vol)
+        counts = field_mask.reshape(len(vol), -1).sum(1)
         candidates = np.flatnonzero(counts > 0.002 * vol[0].size)
         if candidates.size == 0:
             return np.zeros(vol.shape, np.uint8)
-        lo, hi = max(candidates.min() - 2, 0), min(candidates.max() + 2, len(vol) - 1)
+        lo, hi = _beyond_the_cut(vol, field_mask, int(candidates.min()), int(candidates.max()))
+        lo, hi = max(lo - 2, 0), min(hi + 2, len(vol) - 1)
         idx = np.arange(lo, hi + 1)
     else:
+        field_mask = None
         idx = np.arange(len(vol))
     mask = np.zeros(vol.shape, bool)
     if model is not None:
@@ -55,8 +57,8 @@ def segment_lungs(ct: CT, model: LoadedModel | None, runner: ModelRunner) -> np.
         del prob  # 39 MB for P001, not needed during the post-processing (the lesion network may be running beside it)
         if ct.is_hu:  # lungs are air-filled: nothing denser than soft tissue at the lung edge
             mask &= vol < 200
-    elif ct.is_hu:
-        mask = threshold_lung_mask(vol)
+    elif field_mask is not None:
+        mask = field_mask
     else:  # display intensities and no model: the papers' k-means lung field, slice by slice
         from covidct.preprocess import kmeans_lung_mask
 
@@ -76,6 +78,20 @@ def segment_lungs(ct: CT, model: LoadedModel | None, runner: ModelRunner) -> np.
 
 
 AIR_HU = -920.0  # pure air after partial-volume averaging on the working grid
+
+
+def _beyond_the_cut(vol: np.ndarray, field: np.ndarray, lo: int, hi: int) -> tuple[int, int]:
+    """The lung slices ``lo``..``hi`` of the HU lung field, extended over the slices where a tight field of view cuts
+    the lungs (:func:`covidct.preprocess.cut_lung_beyond`): there the field finds no lung (P001 cropped 12 % each
+    side: only slices 68-147 of 148, so 43 % of its lung went unanalysed)."""
+    least = 0.002 * vol[0].size
+    if lo > 0:
+        below = np.flatnonzero(cut_lung_beyond(vol, field, lo, -1).reshape(lo, -1).sum(1) > least)
+        lo = int(below.min()) if below.size else lo
+    if hi < len(vol) - 1:
+        above = np.flatnonzero(cut_lung_beyond(vol, field, hi, 1).reshape(len(vol) - 1 - hi, -1).sum(1) > least)
+        hi = hi + 1 + int(above.max()) if above.size else hi
+    return lo, hi
 
 
 def remove_air_pockets(mask: np.ndarray, hu: np.ndarray, spacing: tuple[float, float, float], min_mm: float = 6.0) -> np.ndarray:
