@@ -277,9 +277,10 @@ def hu_lungs(hu: np.ndarray, spacing: Sequence[float], lungs: np.ndarray, reach_
         return np.zeros(lungs.shape, bool)
     box = (box[0], *body)
     v, m = hu[box], m[box]
-    # the air inside the body (threshold_lung_mask's: its large 3-D components), of which the 3-D components the
-    # model calls lung in part (not bowel gas); one labelling serves both tests
-    air = off_corner_components(v < lung_hu)  # air the field of view's edge cuts (a cropped lung) stays inside
+    # the air inside the body (reaching no image corner, so that a lung a tight field of view cuts counts), of which
+    # the 3-D components the model calls lung in part (not bowel gas, not the air in a CT table); one labelling
+    # serves both tests
+    air = off_corner_components(v < lung_hu)
     l3, n3 = ndimage.label(air)
     if n3:
         size = component_sizes(l3, air, n3)

@@ -51,7 +51,7 @@ class RandAirlessLungd(MapTransform, Randomizable):
         alpha = ndimage.gaussian_filter(region.astype(np.float32), 0.7)
         painted = image * (1.0 - alpha) + np.maximum(image, solid) * alpha
         out = torch.as_tensor(np.clip(painted, 0.0, 1.0), dtype=d["image"].dtype)[None]
-        d["image"] = out if not isinstance(d["image"], torch.Tensor) else out.to(d["image"].device)
+        d["image"] = out.to(d["image"].device) if isinstance(d["image"], torch.Tensor) else out
         return d
 
     def _region(self, lung: np.ndarray, share: float) -> np.ndarray:
