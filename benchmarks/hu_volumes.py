@@ -31,7 +31,6 @@ Skips (exit 0) when the data folder is absent.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -51,6 +50,7 @@ from covidct.evaluate.hu_volumes import (
     scoring_note,
     shallow_breath_simulated,
     sharp_kernel_simulated,
+    slice_auc,
     thick_slabs,
     thin_interpolated,
 )
@@ -79,16 +79,13 @@ COLUMNS = [("volume", "volume"), ("method", "method"), ("scored", "scored"), ("a
 
 def volumes(data: Path, n_phantoms: int) -> list[dict]:
     """Every whole HU volume present, with what it is scored on."""
+    from covidct.data.covid_ct_md import read_slice_labels
     from covidct.io import load_ct
     from covidct.io.nrrd import load_nrrd
 
     out = []
     md = data / "covid-ct-md"
-    labels: dict[str, dict[str, int]] = {}
-    if (md / "labels_slice.csv").exists():
-        with open(md / "labels_slice.csv", newline="") as f:
-            for r in csv.DictReader(f):
-                labels.setdefault(r["subject"], {})[Path(r["dicom_file"]).name] = int(r["label"])
+    labels = read_slice_labels(md) if md.is_dir() else {}
     for name in ("P001", "cap001", "normal001"):
         if (md / name).is_dir():
             out.append({"name": name, "load": lambda p=md / name: load_ct(p), "slice_labels": labels.get(name),
@@ -182,11 +179,7 @@ def score(vol: dict, ct, method: str, lung: np.ndarray, lesion: np.ndarray, extr
     row["lung_ml"] = float((lung > 0).sum() * vox_ml)
     row["lesion_ml"] = float(infection.sum() * vox_ml)
     if vol.get("slice_labels"):
-        files = [Path(s.file).name if s.file else None for s in ct.slices]
-        keep = [k for k, f in enumerate(files) if f in vol["slice_labels"]]
-        y = [vol["slice_labels"][files[k]] for k in keep]
-        area = infection.reshape(len(infection), -1).sum(1)
-        row["auc"] = roc_auc(area[keep], y)
+        row["auc"] = slice_auc(ct, infection, vol["slice_labels"])
     elif vol.get("y") is not None:  # thick slabs: one label per slab
         keep = np.flatnonzero(vol["y"] >= 0)
         row["auc"] = roc_auc(infection.reshape(len(infection), -1).sum(1)[keep], vol["y"][keep])

@@ -14,7 +14,6 @@ data folder is absent.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
@@ -48,21 +47,17 @@ def main() -> int:
         print("skipped: no real series found (set COVIDCT_DATA or pass --data)")
         return 0
 
+    from covidct.data.covid_ct_md import read_slice_labels
     from covidct.evaluate.hu_volumes import (
         field_of_view_cropped,
         outside_fov_padded,
         pixel_size_scaled,
-        roc_auc,
+        slice_auc,
     )
     from covidct.io import load_ct
     from covidct.pipeline.analyzer import Analyzer
 
-    labels: dict[str, dict[str, int]] = {}
-    table = root / "covid-ct-md" / "labels_slice.csv"
-    if table.exists():
-        with open(table, newline="") as f:
-            for r in csv.DictReader(f):
-                labels.setdefault(r["subject"], {})[Path(r["dicom_file"]).name] = int(r["label"])
+    labels = read_slice_labels(root / "covid-ct-md") if (root / "covid-ct-md").is_dir() else {}
     analyzer = Analyzer()
     rows = []
     for name, folder in series.items():
@@ -88,10 +83,7 @@ def main() -> int:
                    "p_covid19": round(res.report["diagnosis"]["probabilities"]["covid19"], 3),
                    "seconds": round(time.perf_counter() - t0, 1)}
             if name in labels:
-                files = [Path(s.file).name if s.file else None for s in ct.slices]
-                keep = [k for k, f in enumerate(files) if f in labels[name]]
-                y = [labels[name][files[k]] for k in keep]
-                row["slice_auc"] = round(roc_auc(inf.reshape(len(inf), -1).sum(1)[keep], y), 3)
+                row["slice_auc"] = round(slice_auc(ct, inf, labels[name]), 3)
             print(row, flush=True)
             rows.append(row)
     return emit_json({"rows": rows}, args.json)

@@ -300,3 +300,24 @@ def test_scanner_geometry_variants_keep_the_world_and_the_field_of_view():
     assert np.allclose(np.linalg.norm(coarse.affine[:3, :3], axis=0), [coarse.spacing[2], coarse.spacing[1], 2.0])
     padded = outside_fov_padded(ct)
     assert (padded.array[:, 0, 0] == -3024).all() and (padded.array[:, 30, 24] == arr[:, 30, 24]).all()
+
+
+def test_slice_labels_read_and_scored_by_file_name(tmp_path):
+    """``labels_slice.csv`` is read as subject -> DICOM file name -> label, and the slice AUC ranks each labelled
+    slice's lesion area, matched by file name (unlabelled slices left out)."""
+    from covidct.data.covid_ct_md import read_slice_labels
+    from covidct.evaluate.hu_volumes import slice_auc
+
+    (tmp_path / "labels_slice.csv").write_text(
+        "subject,dicom_file,label\nP1,P1/IM1.dcm,0\nP1,P1/IM2.dcm,1\nP1,P1/IM3.dcm,1\nP2,P2/IM1.dcm,0\n")
+    labels = read_slice_labels(tmp_path)
+    assert labels == {"P1": {"IM1.dcm": 0, "IM2.dcm": 1, "IM3.dcm": 1}, "P2": {"IM1.dcm": 0}}
+    (tmp_path / "P1").mkdir()
+    assert read_slice_labels(tmp_path / "P1") == {}  # a folder without the table
+    ct = CT(array=np.zeros((4, 4, 4), np.float32), spacing=(1.0, 1.0, 1.0), affine=affine_from_spacing((1.0, 1.0, 1.0)),
+            is_hu=True, kind="array", slices=[SliceRef(k, float(k), f"/x/IM{k + 1}.dcm") for k in range(4)])
+    infection = np.zeros((4, 4, 4), bool)
+    infection[1, :2] = infection[2, :1] = infection[3, :3] = True  # IM4 is unlabelled: it must not count
+    assert slice_auc(ct, infection, labels["P1"]) == 1.0
+    infection[0, :] = True  # the negative slice now has the most
+    assert slice_auc(ct, infection, labels["P1"]) == 0.0

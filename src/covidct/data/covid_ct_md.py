@@ -67,6 +67,18 @@ def _slice_location(ds: Any) -> float:
 _LOBES = ("LLL", "LUL", "RLL", "RML", "RUL")
 
 
+def read_slice_labels(root: str | Path | None = None) -> dict[str, dict[str, int]]:
+    """``labels_slice.csv`` of the COVID-CT-MD folder ``root`` as subject -> DICOM file name -> slice label (1
+    infected, 0 not); {} without the file."""
+    path = _source_root(root, "covid-ct-md") / "labels_slice.csv"
+    if not path.exists():
+        return {}
+    out: dict[str, dict[str, int]] = {}
+    for r in _read_csv(path):
+        out.setdefault(r["subject"], {})[Path(r["dicom_file"]).name] = int(r["label"])
+    return out
+
+
 def load_covid_ct_md(root: str | Path | None = None, subject: str = "P001", negatives_only: bool = False,
                      fold: int | None = None, block: int = 8, gap: int = 0) -> list[dict]:
     """Each slice of a COVID-CT-MD subject's DICOM series (HU) with its slice and lobe labels.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -318,6 +319,14 @@ def roc_auc(scores: Iterable[float], labels: Iterable[int]) -> float:
         return float("nan")
     ranks = rankdata(s)
     return float((ranks[pos].sum() - pos.sum() * (pos.sum() + 1) / 2) / (pos.sum() * neg.sum()))
+
+
+def slice_auc(ct, infection: np.ndarray, labels: Mapping[str, int]) -> float:
+    """Slice-level AUC of each slice's lesion area against ``labels`` (DICOM file name -> 0/1), over the slices of
+    ``ct`` that have a label."""
+    files = [Path(s.file).name if s.file else None for s in ct.slices]
+    keep = [k for k, f in enumerate(files) if f in labels]
+    return roc_auc(np.asarray(infection).reshape(len(infection), -1).sum(1)[keep], [labels[files[k]] for k in keep])
 
 
 def false_lesions(lesion: np.ndarray, lung: np.ndarray, spacing: Sequence[float], exclude: np.ndarray | None = None) -> dict:
