@@ -312,6 +312,85 @@ def test_compressed_transfer_syntax(tmp_path, hu, syntax):
     np.testing.assert_array_equal(ct.array, hu.transpose(2, 1, 0))
 
 
+def _jpeg_lossless(ds, bits: int) -> None:
+    """Re-encode ``ds``'s pixels as JPEG lossless SV1 (libjpeg-turbo through imagecodecs: pydicom cannot encode it)."""
+    import imagecodecs
+    from pydicom import uid
+    from pydicom.encaps import encapsulate
+
+    raw = ds.pixel_array.view(np.uint16) & np.uint16((1 << bits) - 1)  # the stored bits, as the JPEG samples
+    ds.PixelData = encapsulate([imagecodecs.jpeg8_encode(raw, lossless=True, bitspersample=bits, predictor=1)])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = uid.JPEGLosslessSV1
+
+
+@pytest.mark.parametrize(("syntax", "signed", "bits"),
+                         [("JPEGLosslessSV1", False, 12), ("JPEGLosslessSV1", True, 12), ("JPEGLosslessSV1", True, 16),
+                          ("JPEGLSLossless", True, 16)])
+def test_fast_jpeg_decoder_matches_gdcm(tmp_path, hu, syntax, signed, bits):
+    """The imagecodecs plugin (lossless JPEG and JPEG-LS) gives GDCM's pixels, signed and unsigned, and is the
+    loader's first choice for these syntaxes; the loaded volume is exact."""
+    import pydicom
+    from pydicom import uid
+
+    from covidct.io import imagecodecs_plugin
+    from covidct.io.dicom_volume import _pixels
+
+    assert imagecodecs_plugin.register()
+    paths = make_series(tmp_path / "s", hu, intercept=0.0 if signed else -1024.0)
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits - 1, int(signed)
+        if signed:  # the same HU as signed stored values (intercept 0)
+            ds.PixelData = np.asarray(ds.pixel_array, np.int16).tobytes()
+        if syntax == "JPEGLSLossless":
+            ds.compress(uid.JPEGLSLossless)
+        else:
+            _jpeg_lossless(ds, bits)
+        ds.save_as(p, enforce_file_format=True)
+    assert pydicom.dcmread(paths[0]).file_meta.TransferSyntaxUID == getattr(uid, syntax)
+    for p in paths[:3]:
+        arrays = {}
+        for plugin in ("imagecodecs", "gdcm"):
+            ds = pydicom.dcmread(p)
+            ds.pixel_array_options(decoding_plugin=plugin)
+            arrays[plugin] = ds.pixel_array
+        assert arrays["imagecodecs"].dtype == arrays["gdcm"].dtype == (np.int16 if signed else np.uint16)
+        np.testing.assert_array_equal(arrays["imagecodecs"], arrays["gdcm"])
+        np.testing.assert_array_equal(_pixels(pydicom.dcmread(p)), arrays["gdcm"])
+    ct = load_ct(tmp_path / "s")
+    np.testing.assert_array_equal(ct.array, hu.transpose(2, 1, 0))
+    assert ct.array.min() < -500  # the signed case really holds negative stored values
+
+
+def test_fast_jpeg_decoder_refusal_falls_back(tmp_path, hu, monkeypatch):
+    """A frame the imagecodecs plugin refuses is decoded by the next decoder: the load does not depend on it."""
+    import pydicom
+    from pydicom import uid
+
+    from covidct.io import imagecodecs_plugin
+
+    paths = make_series(tmp_path / "s", hu)
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        ds.compress(uid.JPEGLSLossless)
+        ds.save_as(p)
+
+    def refuse(src, runner):
+        raise ValueError("refused")
+
+    monkeypatch.setattr(imagecodecs_plugin, "_decode_frame", refuse)
+    from pydicom.pixels.decoders.base import get_decoder
+
+    decoder = get_decoder(uid.JPEGLSLossless)
+    monkeypatch.setitem(decoder._available, imagecodecs_plugin.LABEL, refuse)
+    ds = pydicom.dcmread(paths[0])
+    ds.pixel_array_options(decoding_plugin=imagecodecs_plugin.LABEL)
+    with pytest.raises(RuntimeError, match="refused"):
+        _ = ds.pixel_array
+    np.testing.assert_array_equal(load_ct(tmp_path / "s").array, hu.transpose(2, 1, 0))
+
+
 def test_zip_holding_a_nifti(tmp_path, hu):
     p = tmp_path / "vol.nii.gz"
     nib.save(_nifti_in(hu, ("R", "A", "S")), p)
