@@ -23,6 +23,8 @@ CANONICAL_AXCODES = ("L", "P", "S")
 _CANON_ORNT = axcodes2ornt(CANONICAL_AXCODES)
 # Direction cosines further than this from an axis make a volume "oblique" (warned about).
 OBLIQUE_TOL = 1e-3
+# the end of the loaders' note on a volume that is not in HU (dropped once the analysis maps it to HU)
+NOT_HU = "treated as non-HU"
 
 
 def reorient_xyz(data_xyz: np.ndarray, affine_ras: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -151,7 +153,7 @@ def load_nifti(path: Path) -> CT:
     lo, hi = float(arr.min()), float(arr.max())
     if not is_hu:
         warnings.append(
-            f"intensities {lo:g}..{hi:g} do not look like Hounsfield units (display image?); treated as non-HU"
+            f"intensities {lo:g}..{hi:g} do not look like Hounsfield units (display image?); {NOT_HU}"
         )
     hdr = img.header
     try:
@@ -216,7 +218,7 @@ def load_itk(path: Path) -> CT:
     canon_xyz, canon_aff, info = reorient_xyz(data_xyz, affine)
     arr = np.ascontiguousarray(canon_xyz.transpose(2, 1, 0), dtype=np.float32)
     is_hu = looks_like_hu(arr)
-    warnings = [] if is_hu else ["intensities do not look like Hounsfield units; treated as non-HU"]
+    warnings = [] if is_hu else [f"intensities do not look like Hounsfield units; {NOT_HU}"]
     if info["oblique"]:
         warnings.append("oblique volume: axes were matched to the nearest patient axes (affine kept exact)")
     return CT(

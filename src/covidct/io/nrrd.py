@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from covidct.errors import UnreadableInput, UnsupportedInput
-from covidct.io.nifti import _one_line, looks_like_hu, reorient_xyz, spacing_from_affine
+from covidct.io.nifti import NOT_HU, _one_line, looks_like_hu, reorient_xyz, spacing_from_affine
 from covidct.volume import CT, SliceRef
 
 # sign flips taking each NRRD world space to RAS+ (x, y, z)
@@ -76,7 +76,7 @@ def load_nrrd(path: Path) -> CT:
     arr = np.ascontiguousarray(canon_xyz.transpose(2, 1, 0), dtype=np.float32)
     is_hu = looks_like_hu(arr)
     if not is_hu:
-        warnings.append("intensities do not look like Hounsfield units; treated as non-HU")
+        warnings.append(f"intensities do not look like Hounsfield units; {NOT_HU}")
     return CT(
         array=arr, spacing=spacing_from_affine(canon_aff), affine=canon_aff, is_hu=is_hu, kind="nrrd",
         path=str(path), slices=[SliceRef(k, float((canon_aff @ [0, 0, k, 1])[2])) for k in range(arr.shape[0])],

@@ -100,6 +100,7 @@ class Analyzer:
         stage = progress or (lambda _name: None)
         t = {"load": float(ct.meta.get("_load_seconds", 0.0))}
         study = load.study_of(ct, self.warnings)
+        ct = study.ct  # a display-range volume mapped to HU is analysed as such
         masks = self._masks(ct, t, stage, heatmap if keep_probability is None else keep_probability)
         if outdir is None:
             return self._finish(study, masks, t, stage)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from covidct.errors import UnsupportedInput
+from covidct.io.nifti import NOT_HU
 from covidct.pipeline.types import Study
 from covidct.volume import CT
 
@@ -33,7 +34,31 @@ def study_of(ct: CT, model_warnings: Sequence[str] = ()) -> Study:
         raise UnsupportedInput(f"{ct.n_slices} slice(s) is too few for a volume analysis; give a series or a single image")
     else:
         mode = "volume"
-    warnings = list(ct.warnings) + list(model_warnings)
+    note = None
     if mode == "volume" and not ct.is_hu:
-        warnings.append("input intensities are not HU (display-range volume): HU checks skipped, volumes less reliable")
+        ct, note = display_to_hu(ct)
+    warnings = list(ct.warnings) + list(model_warnings) + ([note] if note else [])
     return Study(ct=ct, mode=mode, warnings=warnings)
+
+
+DISPLAY_TO_HU_ENV = "COVIDCT_DISPLAY_TO_HU"  # "0": analyse display-range volumes as they are (no mapping to HU)
+
+
+def display_to_hu(ct: CT) -> tuple[CT, str]:
+    """A whole display-range volume mapped back to approximate HU where its window can be found
+    (:mod:`covidct.display_hu`; the estimate in ``meta["display_window"]``; not where ``COVIDCT_DISPLAY_TO_HU=0``),
+    else ``ct`` itself; and the warning."""
+    import os
+
+    from covidct.display_hu import estimate_window, to_hu
+
+    window = estimate_window(ct.array) if os.environ.get(DISPLAY_TO_HU_ENV, "1") != "0" else f"{DISPLAY_TO_HU_ENV}=0"
+    if isinstance(window, str):
+        return ct, ("input intensities are not HU (display-range volume) and could not be mapped to HU: "
+                    f"{window}; HU checks skipped, volumes less reliable")
+    hu = ct.with_array(to_hu(ct.array, window), is_hu=True)
+    hu.meta["display_window"] = window.as_dict()
+    hu.warnings = [w for w in hu.warnings if not w.endswith(NOT_HU)]  # the loader's "treated as non-HU" no longer holds
+    return hu, ("input intensities are not HU (display-range volume): mapped to approximate HU from its outside air "
+                f"(-1000 HU) and soft tissue (+40 HU), an estimated window of {window.lo_hu:.0f}..{window.hi_hu:.0f} HU; "
+                "HU figures are approximate")

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-REPORT_SCHEMA_VERSION = "1.4"
+REPORT_SCHEMA_VERSION = "1.5"
 
 _NUM = {"type": "number"}
 _NUM_OR_NULL = {"type": ["number", "null"]}
@@ -79,6 +79,10 @@ REPORT_SCHEMA: dict[str, Any] = {
                     "maxItems": 3,
                 },
                 "is_hu": {"type": "boolean"},
+                "display_window": {
+                    "type": ["object", "null"],
+                    "description": "a display-range volume mapped to approximate HU: the window found (else null)",
+                },
                 "series_uid": _STR_OR_NULL,
                 "patient_id": _STR_OR_NULL,
             }

@@ -1,0 +1,120 @@
+"""Whole display-range CT volumes (windowed to 0..255 or similar) mapped back to approximate Hounsfield units.
+
+Many public COVID-19 volumes are distributed already windowed (e.g. the Radiopaedia cases of Ma et al.'s
+COVID-19-CT-Seg, stacks converted from JPEG). covidct's HU rules (lung field, the GGO/consolidation rule, the leak
+checks) are what keeps healthy whole volumes clean; without HU a whole volume falls back to the lesion network alone,
+which marks vessels and dependent lung as lesions (docs/BENCHMARKS.md: normal001 windowed W1500/L-600 read as
+pneumonia with 441 mL of "lesions").
+
+A linear window (display = clip(a·HU + b)) is undone from two anchors found in the volume itself:
+- **outside air = −1000 HU**: the commonest value of the image border, not counting the clipped minimum (padding
+  outside a circular field of view, or air itself when the window clips it; then nothing is mapped);
+- **soft tissue = +40 HU** (muscle, blood, heart): the highest clear peak of the histogram below the clipped top.
+The map is refused (the volume is analysed as display intensities, as before) when the anchors are not trustworthy:
+- the border's air is not one sharp value (< 25 % of the unclipped border within ±3 of its commonest value), as when a
+  mediastinal window clips air and lung together;
+- the soft-tissue peak is not in the upper 40 % of the range above air;
+- the window may clip soft tissue itself (its top near +40 HU, so that the highest visible peak may be fat): more
+  voxels at the clipped top than 0.3× those within ±3 % of the peak, unless the fat peak (−100 HU) is also seen where
+  the two anchors put it.
+These thresholds were set on four real series under 13 windows (docs/BENCHMARKS.md, twenty-second session); what they
+accept came within a few HU of the true values there. A non-linear map (gamma, per-slice stretching) is not detected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+AIR_HU = -1000.0
+SOFT_TISSUE_HU = 40.0
+FAT_HU = -100.0
+MIN_AIR_SHARPNESS = 0.25
+MIN_TISSUE_POSITION = 0.6
+MAX_CLIP_RATIO = 0.3
+
+
+@dataclass(frozen=True)
+class DisplayWindow:
+    """The linear map found: ``HU = hu_per_unit * (value - air_value) + AIR_HU``; the window it implies
+    (``lo_hu``..``hi_hu``: the HU of the volume's minimum and maximum values) and the evidence."""
+
+    air_value: float
+    tissue_value: float
+    hu_per_unit: float
+    lo_hu: float
+    hi_hu: float
+    air_sharpness: float
+    clip_ratio: float
+    fat_seen: bool
+
+    def as_dict(self) -> dict:
+        return {k: round(float(v), 3) if not isinstance(v, bool) else v for k, v in asdict(self).items()}
+
+
+def _border(vol: np.ndarray) -> np.ndarray:
+    """The values of each slice's outer band (2 % of the smaller side, at least 2 pixels)."""
+    b = max(2, int(0.02 * min(vol.shape[1:])))
+    return np.concatenate([vol[:, :b].ravel(), vol[:, -b:].ravel(), vol[:, b:-b, :b].ravel(), vol[:, b:-b, -b:].ravel()])
+
+
+def _peaks(vol: np.ndarray, lo: float, hi: float, unit: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Histogram of ``vol`` strictly between ``lo`` and ``hi`` in bins of ``unit``, smoothed; its clear peaks'
+    centres, and the bin edges and smoothed counts."""
+    from scipy.ndimage import gaussian_filter1d
+    from scipy.signal import find_peaks
+
+    inside = vol[(vol > lo + unit) & (vol < hi - 0.5 * unit)]
+    edges = np.arange(lo + unit, hi, unit)
+    if inside.size == 0 or len(edges) < 8:
+        return np.empty(0), edges, np.empty(0)
+    hist, edges = np.histogram(inside, bins=edges)
+    smooth = gaussian_filter1d(hist.astype(float), 1.5)
+    at, _ = find_peaks(smooth, prominence=0.1 * smooth.max())
+    return edges[at] + 0.5 * unit, edges, smooth
+
+
+def estimate_window(vol: np.ndarray) -> DisplayWindow | str:
+    """The linear display window of a whole volume (z, y, x), or why it cannot be trusted (a sentence)."""
+    vol = np.asarray(vol)
+    vmin, vmax = float(np.min(vol)), float(np.max(vol))
+    if not vmax > vmin or vol.ndim != 3:
+        return "the volume has no intensity range"
+    unit = max((vmax - vmin) / 255.0, 1e-6)  # one grey level of an 8-bit display, whatever the stored range
+    border = _border(vol)
+    free = border[(border > vmin + 0.5 * unit) & (border < vmax - 0.5 * unit)]
+    if free.size < 0.01 * border.size:
+        return "no air at the image border above the window's minimum (air clipped, or no border air)"
+    levels = np.rint((free - vmin) / unit)
+    values, counts = np.unique(levels, return_counts=True)
+    air = vmin + float(values[np.argmax(counts)]) * unit
+    sharpness = float(np.mean(np.abs(free - air) <= 3 * unit))
+    if sharpness < MIN_AIR_SHARPNESS:
+        return f"the border's air is not one value ({sharpness:.0%} within 3 grey levels of its commonest value)"
+    centres, _, _ = _peaks(vol, air, vmax, unit)
+    if centres.size == 0:
+        return "no soft-tissue peak in the histogram"
+    tissue = float(centres.max())
+    if (tissue - air) < MIN_TISSUE_POSITION * (vmax - air):
+        return "the highest histogram peak is too close to air to be soft tissue (window clips soft tissue?)"
+    width = 0.03 * (tissue - air)
+    near_peak = int(np.count_nonzero((vol >= tissue - width) & (vol <= tissue + width)))
+    clip_ratio = int(np.count_nonzero(vol >= vmax - 0.5 * unit)) / max(near_peak, 1)
+    fat = air + (tissue - air) * (FAT_HU - AIR_HU) / (SOFT_TISSUE_HU - AIR_HU)
+    fat_seen = bool(np.any(np.abs(centres - fat) <= max(3 * unit, 0.02 * (tissue - air))))
+    if clip_ratio > MAX_CLIP_RATIO and not fat_seen:
+        return (f"the window's top may clip soft tissue ({clip_ratio:.2f}x the soft-tissue peak's voxels at the top "
+                "value, no fat peak where expected)")
+    hu_per_unit = (SOFT_TISSUE_HU - AIR_HU) / (tissue - air)
+    return DisplayWindow(air_value=air, tissue_value=tissue, hu_per_unit=hu_per_unit,
+                         lo_hu=AIR_HU + (vmin - air) * hu_per_unit, hi_hu=AIR_HU + (vmax - air) * hu_per_unit,
+                         air_sharpness=sharpness, clip_ratio=clip_ratio, fat_seen=fat_seen)
+
+
+def to_hu(vol: np.ndarray, window: DisplayWindow) -> np.ndarray:
+    """float32 approximate HU of a display-range volume under ``window``."""
+    out = np.asarray(vol, np.float32) - np.float32(window.air_value)
+    out *= np.float32(window.hu_per_unit)
+    out += np.float32(AIR_HU)
+    return out

@@ -1,0 +1,81 @@
+"""Whole display-range volumes mapped back to approximate HU (covidct.display_hu) and analysed as HU volumes."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from covidct.display_hu import estimate_window, to_hu
+from covidct.io import load_ct
+from covidct.phantom import make_phantom
+from covidct.pipeline import Analyzer
+from covidct.pipeline.load import DISPLAY_TO_HU_ENV
+
+
+def windowed(hu: np.ndarray, level: float, width: float) -> np.ndarray:
+    lo = level - width / 2
+    return np.clip(np.rint((hu - lo) / width * 255.0), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return make_phantom(seed=1, lesion_burden=0.1, shape=(24, 160, 160), spacing=(5.0, 2.2, 2.2))
+
+
+@pytest.mark.parametrize(("level", "width"), [(-600, 1500), (-500, 2000), (-550, 1600)])
+def test_lung_windows_are_undone(phantom, level, width):
+    """A lung window (its top above soft tissue) is found from outside air and soft tissue, and undone to within a
+    few HU (the 8-bit step of these windows is 6-8 HU)."""
+    hu = phantom.ct.array
+    window = estimate_window(windowed(hu, level, width))
+    assert not isinstance(window, str), window
+    assert window.hu_per_unit == pytest.approx(width / 255.0, rel=0.03)
+    assert window.hi_hu == pytest.approx(level + width / 2, abs=30)  # the top value is the window's (bone is clipped)
+    mapped = to_hu(windowed(hu, level, width), window)
+    body = (hu >= -950) & (hu <= 100)
+    assert float(np.median(np.abs(mapped[body] - hu[body]))) < 15
+
+
+@pytest.mark.parametrize(("level", "width", "why"), [
+    (40, 400, "no air"),  # mediastinal window: air and lung clipped together
+    (-600, 1200, "clip soft tissue"),  # top at 0 HU: the highest peak is fat, soft tissue is clipped
+    (-700, 1500, "clip soft tissue"),
+])
+def test_untrustworthy_windows_are_refused(phantom, level, width, why):
+    reason = estimate_window(windowed(phantom.ct.array, level, width))
+    assert isinstance(reason, str) and why in reason
+
+
+def test_flat_volume_is_refused():
+    assert isinstance(estimate_window(np.full((4, 32, 32), 7.0)), str)
+
+
+def test_display_volume_is_analysed_in_hu(phantom, tmp_path, monkeypatch):
+    """A windowed NIfTI volume gets the HU analysis (HU rules) and says so; it reads like the exact inverse of its
+    window (what the 8-bit values allow) and like its HU original. With the mapping turned off it is analysed as
+    display values, as before."""
+    ct = phantom.ct
+    level, width = -600, 1500
+    path = tmp_path / "display.nii.gz"
+    nib.save(nib.Nifti1Image(windowed(ct.array, level, width).transpose(2, 1, 0), ct.affine), path)
+    display = load_ct(path)
+    assert not display.is_hu and any("treated as non-HU" in w for w in display.warnings)
+    analyzer = Analyzer()
+    original = analyzer(ct, None, html=False).report
+    exact = ct.with_array(windowed(ct.array, level, width) * np.float32(width / 255.0) + np.float32(level - width / 2))
+    inverse = analyzer(exact, None, html=False).report
+    mapped = analyzer(display, tmp_path / "out", html=False).report
+    assert mapped["input"]["is_hu"] is True and mapped["input"]["display_window"]["hu_per_unit"] > 0
+    assert any("mapped to approximate HU" in w for w in mapped["warnings"])
+    assert not any("treated as non-HU" in w for w in mapped["warnings"])
+    assert mapped["diagnosis"]["label"] == original["diagnosis"]["label"] == inverse["diagnosis"]["label"]
+    assert mapped["lungs"]["total_ml"] == pytest.approx(inverse["lungs"]["total_ml"], rel=0.02)
+    assert mapped["lesions"]["total_ml"] == pytest.approx(inverse["lesions"]["total_ml"], rel=0.15, abs=2.0)
+    saved = nib.load(tmp_path / "out" / "lungs.nii.gz")
+    np.testing.assert_allclose(saved.affine, nib.load(path).affine)  # masks stay on the input's grid
+
+    monkeypatch.setenv(DISPLAY_TO_HU_ENV, "0")
+    as_display = analyzer(display, None, html=False).report
+    assert as_display["input"]["is_hu"] is False and as_display["input"]["display_window"] is None
+    assert any("could not be mapped to HU" in w and DISPLAY_TO_HU_ENV in w for w in as_display["warnings"])
