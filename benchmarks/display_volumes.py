@@ -4,7 +4,8 @@
 
 Each real series (covid-ct-md P001, cap001, normal001, LIDC-IDRI-0001) is windowed to 8-bit display values with
 13 windows (lung windows of width 1000-2000 HU and level -700..-400 HU, and the mediastinal W400/L40), as a public
-dataset converted from JPEG stacks would give it. Per case: whether ``covidct.display_hu`` found the window (else
+dataset converted from JPEG stacks would give it, and stored as HU + 1024 (a converter that dropped the rescale
+intercept; values below -1024 HU set to 0). Per case: whether ``covidct.display_hu`` found the window (else
 why not), the error of the mapped HU against the true HU (median absolute, over voxels whose true HU lies in
 -950..100 and in the lung band -950..-300), and ``analyze``'s lesion mL, diagnosis and slice AUC (P001, cap001) or
 false lesions outside the nodules (LIDC-IDRI-0001, outside the readers' contours grown by 10 mm) - with the mapping
@@ -88,10 +89,12 @@ def main() -> int:
         row = {"series": name, "window": "HU original", **analysed(base, exclude, True)}
         print(row, flush=True)
         rows.append(row)
-        for level, width in WINDOWS:
-            display = base.with_array(windowed(base.array, level, width), is_hu=False)
+        variants = {f"W{width} L{level}": (lambda hu, lv=level, wd=width: windowed(hu, lv, wd)) for level, width in WINDOWS}
+        variants["HU + 1024, no intercept"] = lambda hu: np.maximum(hu + 1024.0, 0.0).astype(np.float32)
+        for variant, make in variants.items():
+            display = base.with_array(make(base.array), is_hu=False)
             window = estimate_window(display.array)
-            row = {"series": name, "window": f"W{width} L{level}", "mapped": not isinstance(window, str)}
+            row = {"series": name, "window": variant, "mapped": not isinstance(window, str)}
             if isinstance(window, str):
                 row["refused"] = window
             else:

@@ -79,3 +79,15 @@ def test_display_volume_is_analysed_in_hu(phantom, tmp_path, monkeypatch):
     as_display = analyzer(display, None, html=False).report
     assert as_display["input"]["is_hu"] is False and as_display["input"]["display_window"] is None
     assert any("could not be mapped to HU" in w and DISPLAY_TO_HU_ENV in w for w in as_display["warnings"])
+
+
+def test_values_stored_without_the_intercept_are_undone(phantom):
+    """HU + 1024 (a converter that dropped the rescale intercept): air near 0, nothing below it, bone's long tail
+    above; the map found is the identity shifted by 1024 HU, within a few percent."""
+    raw = np.maximum(phantom.ct.array + 1024.0, 0.0)
+    window = estimate_window(raw)
+    assert not isinstance(window, str), window
+    assert window.hu_per_unit == pytest.approx(1.0, rel=0.03)
+    mapped = to_hu(raw, window)
+    body = (phantom.ct.array >= -950) & (phantom.ct.array <= 100)
+    assert float(np.median(np.abs(mapped[body] - phantom.ct.array[body]))) < 15

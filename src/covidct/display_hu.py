@@ -1,7 +1,8 @@
 """Whole display-range CT volumes (windowed to 0..255 or similar) mapped back to approximate Hounsfield units.
 
 Many public COVID-19 volumes are distributed already windowed (e.g. the Radiopaedia cases of Ma et al.'s
-COVID-19-CT-Seg, stacks converted from JPEG). covidct's HU rules (lung field, the GGO/consolidation rule, the leak
+COVID-19-CT-Seg, stacks converted from JPEG), and some converters store CT values without the rescale intercept
+(HU + 1024, so that air is near 0 and nothing looks like HU). covidct's HU rules (lung field, the GGO/consolidation rule, the leak
 checks) are what keeps healthy whole volumes clean; without HU a whole volume falls back to the lesion network alone,
 which marks vessels and dependent lung as lesions (docs/BENCHMARKS.md: normal001 windowed W1500/L-600 read as
 pneumonia with 441 mL of "lesions").
@@ -13,7 +14,8 @@ A linear window (display = clip(a·HU + b)) is undone from two anchors found in 
 The map is refused (the volume is analysed as display intensities, as before) when the anchors are not trustworthy:
 - the border's air is not one sharp value (< 25 % of the unclipped border within ±3 of its commonest value), as when a
   mediastinal window clips air and lung together;
-- the soft-tissue peak is not in the upper 40 % of the range above air;
+- the map would put the volume's top above +4000 HU (the peak taken for soft tissue is lung: the window clips
+  soft tissue and fat);
 - the window may clip soft tissue itself (its top near +40 HU, so that the highest visible peak may be fat): more
   voxels at the clipped top than 0.3× those within ±3 % of the peak, unless the fat peak (−100 HU) is also seen where
   the two anchors put it.
@@ -31,8 +33,12 @@ AIR_HU = -1000.0
 SOFT_TISSUE_HU = 40.0
 FAT_HU = -100.0
 MIN_AIR_SHARPNESS = 0.25
-MIN_TISSUE_POSITION = 0.6
+MAX_TOP_HU = 4000.0  # CT's usual range ends at +3071 HU; a higher top means the soft-tissue anchor is wrong
 MAX_CLIP_RATIO = 0.3
+# How far a mapped HU value may be from the truth near soft tissue: the map puts each patient's own soft-tissue peak
+# at +40 HU, and the four real series' peaks lie at 33, 39, 45 and 61 HU. Checks that compare a density with a
+# threshold near soft tissue widen their margin by this much on a mapped volume (pipeline.lesions' effusion check).
+MAPPED_HU_UNCERTAINTY = 20.0
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,8 @@ def estimate_window(vol: np.ndarray) -> DisplayWindow | str:
     vmin, vmax = float(np.min(vol)), float(np.max(vol))
     if not vmax > vmin or vol.ndim != 3:
         return "the volume has no intensity range"
-    unit = max((vmax - vmin) / 255.0, 1e-6)  # one grey level of an 8-bit display, whatever the stored range
+    # one grey level of an 8-bit display, whatever the stored range (bone and metal's sparse tail left out)
+    unit = max((min(vmax, float(np.percentile(vol, 99.9))) - vmin) / 255.0, 1e-6)
     border = _border(vol)
     free = border[(border > vmin + 0.5 * unit) & (border < vmax - 0.5 * unit)]
     if free.size < 0.01 * border.size:
@@ -96,8 +103,9 @@ def estimate_window(vol: np.ndarray) -> DisplayWindow | str:
     if centres.size == 0:
         return "no soft-tissue peak in the histogram"
     tissue = float(centres.max())
-    if (tissue - air) < MIN_TISSUE_POSITION * (vmax - air):
-        return "the highest histogram peak is too close to air to be soft tissue (window clips soft tissue?)"
+    hu_per_unit = (SOFT_TISSUE_HU - AIR_HU) / (tissue - air)
+    if AIR_HU + (vmax - air) * hu_per_unit > MAX_TOP_HU:
+        return "the highest histogram peak is too close to air to be soft tissue (the window clips soft tissue?)"
     width = 0.03 * (tissue - air)
     near_peak = int(np.count_nonzero((vol >= tissue - width) & (vol <= tissue + width)))
     clip_ratio = int(np.count_nonzero(vol >= vmax - 0.5 * unit)) / max(near_peak, 1)
@@ -106,7 +114,6 @@ def estimate_window(vol: np.ndarray) -> DisplayWindow | str:
     if clip_ratio > MAX_CLIP_RATIO and not fat_seen:
         return (f"the window's top may clip soft tissue ({clip_ratio:.2f}x the soft-tissue peak's voxels at the top "
                 "value, no fat peak where expected)")
-    hu_per_unit = (SOFT_TISSUE_HU - AIR_HU) / (tissue - air)
     return DisplayWindow(air_value=air, tissue_value=tissue, hu_per_unit=hu_per_unit,
                          lo_hu=AIR_HU + (vmin - air) * hu_per_unit, hi_hu=AIR_HU + (vmax - air) * hu_per_unit,
                          air_sharpness=sharpness, clip_ratio=clip_ratio, fat_seen=fat_seen)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from covidct.display_hu import MAPPED_HU_UNCERTAINTY
 from covidct.errors import NoLungsFound
 from covidct.pipeline import diagnosis, hu_rules, lesions, load, lungs, measures, outputs, reporting
 from covidct.pipeline.grid import working_grid
@@ -74,12 +75,14 @@ class Analyzer:
         return lungs.segment_lungs(ct, self.models["lungs"], runner or self._runner())
 
     def segment_lesions(self, ct: CT, lung_labels: np.ndarray, runner: ModelRunner | None = None,
-                        probability: dict | None = None) -> np.ndarray:
+                        probability: dict | None = None, mapped_hu: bool = False) -> np.ndarray:
         """The lesions stage on ``ct``: (z, y, x) uint8, 0 none, 1 GGO, 2 consolidation, 3 pleural effusion.
-        ``probability``: receives the lesion probability (see :func:`covidct.pipeline.lesions.segment_lesions`)."""
+        ``probability``: receives the lesion probability (see :func:`covidct.pipeline.lesions.segment_lesions`);
+        ``mapped_hu``: ``ct`` is a display-range volume mapped to approximate HU (covidct.display_hu)."""
         return lesions.segment_lesions(ct, lung_labels, runner or self._runner(), self.models["lesions"],
                                        self.models["infection"], self.lesion_min_hu, self.min_lesion_mm3,
-                                       probability, self.hu_settings)
+                                       probability, self.hu_settings,
+                                       hu_uncertainty=MAPPED_HU_UNCERTAINTY if mapped_hu else 0.0)
 
     def __call__(
         self, ct: CT, outdir: str | Path | None = None, *, png: bool = False, html: bool = True,
@@ -128,7 +131,7 @@ class Analyzer:
             stage("lesions")
             t0 = time.perf_counter()
             prob: dict = {}
-            lesion_labels = self.segment_lesions(work, lung_labels, runner, prob)
+            lesion_labels = self.segment_lesions(work, lung_labels, runner, prob, bool(ct.meta.get("display_window")))
         finally:
             runner.close()
         del runner

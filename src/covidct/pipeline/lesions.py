@@ -38,8 +38,9 @@ from covidct.volume import CT
 def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_model: LoadedModel | None = None,
                     infection_model: LoadedModel | None = None, lesion_min_hu: float = -800.0,
                     min_lesion_mm3: float = 20.0, probability: dict | None = None,
-                    hu_settings: hu_rules.HULesionSettings = hu_rules.DEFAULT) -> np.ndarray:
-    """(z, y, x) uint8: 0 none, 1 GGO, 2 consolidation, 3 pleural effusion (``hu_settings``: the HU rule's).
+                    hu_settings: hu_rules.HULesionSettings = hu_rules.DEFAULT, hu_uncertainty: float = 0.0) -> np.ndarray:
+    """(z, y, x) uint8: 0 none, 1 GGO, 2 consolidation, 3 pleural effusion (``hu_settings``: the HU rule's;
+    ``hu_uncertainty``: how far the HU values may be off near soft tissue, e.g. a display-range volume mapped to HU).
 
     ``probability`` (optional): receives ``"lesion"``, the models' infection probability on ``ct``'s grid
     (uint8 p x 255, see covidct.report.heatmap), or None when the HU rule decided; and for whole HU volumes
@@ -104,7 +105,8 @@ def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_mode
     else:
         effusion &= ~lung
     if effusion.any() and ct.n_slices > 1:
-        effusion = _plausible_effusion(effusion, lung, ct.spacing, hu=vol if ct.is_hu else None)
+        effusion = _plausible_effusion(effusion, lung, ct.spacing, hu=vol if ct.is_hu else None,
+                                       dense_hu=EFFUSION_DENSE_HU - hu_uncertainty)
     if hu_rule is not None:
         out = np.where(out == EFFUSION, EFFUSION, hu_rule.result()).astype(np.uint8)
         if probability is not None:
@@ -185,11 +187,11 @@ EFFUSION_MIN_LUNG_CONTACT = 0.1
 
 
 def _plausible_effusion(effusion: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, float],
-                        min_ml: float = 5.0, hu: np.ndarray | None = None) -> np.ndarray:
+                        min_ml: float = 5.0, hu: np.ndarray | None = None, dense_hu: float = EFFUSION_DENSE_HU) -> np.ndarray:
     """Keep effusion components that look like one: fluid lying against the lung surface, dependent
     (in the posterior half of the lungs, supine patient) and at least ``min_ml`` in volume. Patches of
     chest-wall or paraspinal muscle, which have the same density, fail one of these. With ``hu``, a component
-    denser than fluid (median above ``EFFUSION_DENSE_HU``) must also lie against the lung over at least
+    denser than fluid (median above ``dense_hu``, default ``EFFUSION_DENSE_HU``) must also lie against the lung over at least
     ``EFFUSION_MIN_LUNG_CONTACT`` of its surface (within one voxel in-plane): a dense blob that only touches the
     lung's edge is muscle, while a dense effusion (exudate, blood) still lies against the lung it displaces."""
     box = bounding_box(effusion)  # labelled on its box: the same components, numbered in the same order
@@ -211,7 +213,7 @@ def _plausible_effusion(effusion: np.ndarray, lung: np.ndarray, spacing: tuple[f
     keep = np.zeros(n + 1, bool)
     keep[1:] = (size_ml >= min_ml) & (touch > 0) & (cy >= lung_mid_y)
     dense = [] if hu is None else [i for i in np.flatnonzero(keep)
-                                   if float(np.median(hu[box][lbl == i])) > EFFUSION_DENSE_HU]
+                                   if float(np.median(hu[box][lbl == i])) > dense_hu]
     if dense:  # the contact maps only when a component is denser than fluid
         near = (dilate_mm(lung, spacing, max(spacing[1], spacing[2])) & ~lung)[box]
         surface = (lbl > 0) & ~ndimage.binary_erosion(lbl > 0)  # components never touch: one erosion for all

@@ -54,11 +54,11 @@ def display_to_hu(ct: CT) -> tuple[CT, str]:
 
     window = estimate_window(ct.array) if os.environ.get(DISPLAY_TO_HU_ENV, "1") != "0" else f"{DISPLAY_TO_HU_ENV}=0"
     if isinstance(window, str):
-        return ct, ("input intensities are not HU (display-range volume) and could not be mapped to HU: "
+        return ct, ("input intensities are not HU (a display-range or offset volume) and could not be mapped to HU: "
                     f"{window}; HU checks skipped, volumes less reliable")
     hu = ct.with_array(to_hu(ct.array, window), is_hu=True)
     hu.meta["display_window"] = window.as_dict()
     hu.warnings = [w for w in hu.warnings if not w.endswith(NOT_HU)]  # the loader's "treated as non-HU" no longer holds
-    return hu, ("input intensities are not HU (display-range volume): mapped to approximate HU from its outside air "
+    return hu, ("input intensities are not HU (a display-range or offset volume): mapped to approximate HU from its outside air "
                 f"(-1000 HU) and soft tissue (+40 HU), an estimated window of {window.lo_hu:.0f}..{window.hi_hu:.0f} HU; "
                 "HU figures are approximate")
