@@ -10,15 +10,17 @@ pneumonia with 441 mL of "lesions").
 A linear window (display = clip(a·HU + b)) is undone from two anchors found in the volume itself:
 - **outside air = −1000 HU**: the commonest value of the image border, not counting the clipped minimum (padding
   outside a circular field of view, or air itself when the window clips it; then nothing is mapped);
-- **soft tissue = +40 HU** (muscle, blood, heart): the highest clear peak of the histogram below the clipped top.
+- **subcutaneous fat = -100 HU**: a clear histogram peak within 60 HU of where the two anchors above (air and soft
+  tissue) put -100 HU; where none is seen, **soft tissue = +40 HU** (muscle, blood, heart): the highest clear peak
+  of the histogram below the clipped top. Fat is preferred: the soft-tissue peak moves with contrast enhancement and
+  between patients (33-61 HU on the four real series here; their fat peaks -105 to -115 HU).
 The map is refused (the volume is analysed as display intensities, as before) when the anchors are not trustworthy:
 - the border's air is not one sharp value (< 25 % of the unclipped border within ±3 of its commonest value), as when a
   mediastinal window clips air and lung together;
 - the map would put the volume's top above +4000 HU (the peak taken for soft tissue is lung: the window clips
   soft tissue and fat);
 - the window may clip soft tissue itself (its top near +40 HU, so that the highest visible peak may be fat): more
-  voxels at the clipped top than 0.3× those within ±3 % of the peak, unless the fat peak (−100 HU) is also seen where
-  the two anchors put it.
+  voxels at the clipped top than 0.3× those within ±3 % of the peak, unless the fat peak is seen.
 These thresholds were set on four real series under 13 windows (docs/BENCHMARKS.md, twenty-second session); what they
 accept came within a few HU of the true values there. A non-linear map (gamma, per-slice stretching) is not detected.
 """
@@ -35,6 +37,7 @@ FAT_HU = -100.0
 MIN_AIR_SHARPNESS = 0.25
 MAX_TOP_HU = 4000.0  # CT's usual range ends at +3071 HU; a higher top means the soft-tissue anchor is wrong
 MAX_CLIP_RATIO = 0.3
+FAT_SEARCH_HU = 60.0
 # How far a mapped HU value may be from the truth near soft tissue: the map puts each patient's own soft-tissue peak
 # at +40 HU, and the four real series' peaks lie at 33, 39, 45 and 61 HU. Checks that compare a density with a
 # threshold near soft tissue widen their margin by this much on a mapped volume (pipeline.lesions' effusion check).
@@ -43,11 +46,13 @@ MAPPED_HU_UNCERTAINTY = 20.0
 
 @dataclass(frozen=True)
 class DisplayWindow:
-    """The linear map found: ``HU = hu_per_unit * (value - air_value) + AIR_HU``; the window it implies
-    (``lo_hu``..``hi_hu``: the HU of the volume's minimum and maximum values) and the evidence."""
+    """The linear map found: ``HU = hu_per_unit * (value - air_value) + AIR_HU`` (through the fat peak where one was
+    seen, else through the soft-tissue peak); the HU of the volume's minimum and maximum values (``lo_hu``, ``hi_hu``)
+    and the evidence."""
 
     air_value: float
     tissue_value: float
+    fat_value: float | None
     hu_per_unit: float
     lo_hu: float
     hi_hu: float
@@ -56,7 +61,7 @@ class DisplayWindow:
     fat_seen: bool
 
     def as_dict(self) -> dict:
-        return {k: round(float(v), 3) if not isinstance(v, bool) else v for k, v in asdict(self).items()}
+        return {k: v if v is None or isinstance(v, bool) else round(float(v), 3) for k, v in asdict(self).items()}
 
 
 def _border(vol: np.ndarray) -> np.ndarray:
@@ -81,6 +86,16 @@ def _peaks(vol: np.ndarray, lo: float, hi: float, unit: float) -> tuple[np.ndarr
     return edges[at] + 0.5 * unit, edges, smooth
 
 
+def _fat_peak(centres: np.ndarray, air: float, tissue: float, per_unit: float) -> float | None:
+    """The histogram peak taken for fat: within ``FAT_SEARCH_HU`` of -100 HU on the air / soft-tissue map and at
+    least ``FAT_SEARCH_HU`` below soft tissue (the nearest to -100 HU), or None."""
+    hu = AIR_HU + (np.asarray(centres) - air) * per_unit
+    ok = (np.abs(hu - FAT_HU) <= FAT_SEARCH_HU) & (hu <= SOFT_TISSUE_HU - FAT_SEARCH_HU) & (centres < tissue)
+    if not ok.any():
+        return None
+    return float(centres[ok][np.argmin(np.abs(hu[ok] - FAT_HU))])
+
+
 def estimate_window(vol: np.ndarray) -> DisplayWindow | str:
     """The linear display window of a whole volume (z, y, x), or why it cannot be trusted (a sentence)."""
     vol = np.asarray(vol)
@@ -103,20 +118,21 @@ def estimate_window(vol: np.ndarray) -> DisplayWindow | str:
     if centres.size == 0:
         return "no soft-tissue peak in the histogram"
     tissue = float(centres.max())
-    hu_per_unit = (SOFT_TISSUE_HU - AIR_HU) / (tissue - air)
-    if AIR_HU + (vmax - air) * hu_per_unit > MAX_TOP_HU:
+    per_unit = (SOFT_TISSUE_HU - AIR_HU) / (tissue - air)  # HU per unit on the air / soft-tissue map
+    if AIR_HU + (vmax - air) * per_unit > MAX_TOP_HU:
         return "the highest histogram peak is too close to air to be soft tissue (the window clips soft tissue?)"
+    fat = _fat_peak(centres, air, tissue, per_unit)
     width = 0.03 * (tissue - air)
     near_peak = int(np.count_nonzero((vol >= tissue - width) & (vol <= tissue + width)))
     clip_ratio = int(np.count_nonzero(vol >= vmax - 0.5 * unit)) / max(near_peak, 1)
-    fat = air + (tissue - air) * (FAT_HU - AIR_HU) / (SOFT_TISSUE_HU - AIR_HU)
-    fat_seen = bool(np.any(np.abs(centres - fat) <= max(3 * unit, 0.02 * (tissue - air))))
-    if clip_ratio > MAX_CLIP_RATIO and not fat_seen:
+    if clip_ratio > MAX_CLIP_RATIO and fat is None:
         return (f"the window's top may clip soft tissue ({clip_ratio:.2f}x the soft-tissue peak's voxels at the top "
                 "value, no fat peak where expected)")
-    return DisplayWindow(air_value=air, tissue_value=tissue, hu_per_unit=hu_per_unit,
+    # fat is the steadier anchor: soft tissue's peak moves with contrast enhancement and between patients
+    hu_per_unit = per_unit if fat is None else (FAT_HU - AIR_HU) / (fat - air)
+    return DisplayWindow(air_value=air, tissue_value=tissue, fat_value=fat, hu_per_unit=hu_per_unit,
                          lo_hu=AIR_HU + (vmin - air) * hu_per_unit, hi_hu=AIR_HU + (vmax - air) * hu_per_unit,
-                         air_sharpness=sharpness, clip_ratio=clip_ratio, fat_seen=fat_seen)
+                         air_sharpness=sharpness, clip_ratio=clip_ratio, fat_seen=fat is not None)
 
 
 def to_hu(vol: np.ndarray, window: DisplayWindow) -> np.ndarray:

@@ -59,6 +59,7 @@ def display_to_hu(ct: CT) -> tuple[CT, str]:
     hu = ct.with_array(to_hu(ct.array, window), is_hu=True)
     hu.meta["display_window"] = window.as_dict()
     hu.warnings = [w for w in hu.warnings if not w.endswith(NOT_HU)]  # the loader's "treated as non-HU" no longer holds
-    return hu, ("input intensities are not HU (a display-range or offset volume): mapped to approximate HU from its outside air "
-                f"(-1000 HU) and soft tissue (+40 HU), an estimated window of {window.lo_hu:.0f}..{window.hi_hu:.0f} HU; "
+    anchor = "soft tissue (+40 HU)" if window.fat_value is None else "fat (-100 HU)"
+    return hu, ("input intensities are not HU (a display-range or offset volume): mapped to approximate HU from its "
+                f"outside air (-1000 HU) and {anchor}, values {window.lo_hu:.0f}..{window.hi_hu:.0f} HU; "
                 "HU figures are approximate")

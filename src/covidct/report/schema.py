@@ -81,11 +81,13 @@ REPORT_SCHEMA: dict[str, Any] = {
                 "is_hu": {"type": "boolean"},
                 "display_window": {
                     "type": ["object", "null"],
-                    "description": "a display-range volume mapped to approximate HU: the window found (else null)",
+                    "description": "a display-range or HU + 1024 volume mapped to approximate HU: the map found (else null)",
                 },
                 "series_uid": _STR_OR_NULL,
                 "patient_id": _STR_OR_NULL,
-            }
+            },
+            # display_window is new in 1.5: covidct always writes it, a report of an earlier version lacks it
+            required=["path", "kind", "n_slices", "shape_zyx", "spacing_mm", "is_hu", "series_uid", "patient_id"],
         ),
         "diagnosis": _obj(
             {
