@@ -65,13 +65,14 @@ def test_display_volume_is_analysed_in_hu(phantom, tmp_path, monkeypatch):
     original = analyzer(ct, None, html=False).report
     exact = ct.with_array(windowed(ct.array, level, width) * np.float32(width / 255.0) + np.float32(level - width / 2))
     inverse = analyzer(exact, None, html=False).report
-    mapped = analyzer(display, tmp_path / "out", html=False).report
+    mapped = analyzer(display, tmp_path / "out", html=True).report
     assert mapped["input"]["is_hu"] is True and mapped["input"]["display_window"]["hu_per_unit"] > 0
     assert any("mapped to approximate HU" in w for w in mapped["warnings"])
     assert not any("treated as non-HU" in w for w in mapped["warnings"])
     assert mapped["diagnosis"]["label"] == original["diagnosis"]["label"] == inverse["diagnosis"]["label"]
     assert mapped["lungs"]["total_ml"] == pytest.approx(inverse["lungs"]["total_ml"], rel=0.02)
     assert mapped["lesions"]["total_ml"] == pytest.approx(inverse["lesions"]["total_ml"], rel=0.15, abs=2.0)
+    assert "mapped from display values" in (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     saved = nib.load(tmp_path / "out" / "lungs.nii.gz")
     np.testing.assert_allclose(saved.affine, nib.load(path).affine)  # masks stay on the input's grid
 

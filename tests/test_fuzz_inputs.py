@@ -151,7 +151,7 @@ def _damage(folder: Path, files: list[Path], datasets: list, slice_ops: list[tup
         elif kind == "wrong":
             vr, value = WRONG_VALUES[op[1]][op[2] % len(WRONG_VALUES[op[1]])]
             _set(ds, op[1], vr, value)
-        elif kind == "truncate_pixels" and "PixelData" in ds:
+        elif kind == "truncate_pixels" and ds.get("PixelData") is not None:  # not after a "blank" PixelData
             ds.PixelData = ds.PixelData[: int(len(ds.PixelData) * op[1]) // 2 * 2]
         elif kind == "move" and "ImagePositionPatient" in ds:
             try:

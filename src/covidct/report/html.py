@@ -105,11 +105,21 @@ def _input_section(r: dict) -> str:
         ("Slices", _fmt(inp.get("n_slices"), 0)),
         ("Array size", " × ".join(str(int(s)) for s in shape) + " (z × y × x)" if shape else _fmt(None)),
         ("Voxel spacing", spacing),
-        ("Hounsfield units", _fmt(inp.get("is_hu"))),
+        ("Hounsfield units", _hu_text(inp)),
         ("Patient ID", _fmt(inp.get("patient_id"))),
         ("Series UID", _fmt(inp.get("series_uid"))),
     ]
     return f"<section><h2>Input</h2>{_kv(rows)}</section>"
+
+
+def _hu_text(inp: dict) -> str:
+    """Whether the values are HU; for a display-range volume mapped to HU, the map found (covidct.display_hu)."""
+    win = inp.get("display_window")
+    if not win:
+        return _fmt(inp.get("is_hu"))
+    anchor = "fat, −100 HU" if win.get("fat_value") is not None else "soft tissue, +40 HU"
+    return _fmt(f"approximate: mapped from display values (outside air −1000 HU, {anchor}; "
+                f"{float(win['hu_per_unit']):.2f} HU per grey level)")
 
 
 def _diagnosis_section(r: dict) -> str:
