@@ -92,3 +92,17 @@ def test_values_stored_without_the_intercept_are_undone(phantom):
     mapped = to_hu(raw, window)
     body = (phantom.ct.array >= -950) & (phantom.ct.array <= 100)
     assert float(np.median(np.abs(mapped[body] - phantom.ct.array[body]))) < 15
+
+
+def test_segment_maps_a_display_volume_too(phantom, tmp_path, capsys):
+    """`covidct segment` on a windowed volume segments it as the HU volume it came from, and says so."""
+    from covidct.cli import main
+
+    ct = phantom.ct
+    for name, arr in (("hu", ct.array), ("display", windowed(ct.array, -600, 1500))):
+        nib.save(nib.Nifti1Image(np.asarray(arr).transpose(2, 1, 0), ct.affine), tmp_path / f"{name}.nii.gz")
+        assert main(["segment", str(tmp_path / f"{name}.nii.gz"), "-o", str(tmp_path / name), "--task", "lungs"]) == 0
+    assert "mapped to approximate HU" in capsys.readouterr().err
+    hu = nib.load(next((tmp_path / "hu").glob("*.nii.gz"))).get_fdata() > 0
+    shown = nib.load(next((tmp_path / "display").glob("*.nii.gz"))).get_fdata() > 0
+    assert 2 * (hu & shown).sum() / (hu.sum() + shown.sum()) > 0.97

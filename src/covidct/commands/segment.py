@@ -71,7 +71,11 @@ def register(app: typer.Typer) -> None:
                         save_overlay_png(ct.array[0], label, output / f"{path.stem}_overlay.png", colors=colors)
                     continue
                 from covidct.pipeline import shared_analyzer
+                from covidct.pipeline.load import display_to_hu
 
+                if not ct.is_hu and ct.n_slices >= 3:  # a whole display-range volume: back to HU where it can be
+                    ct, note = display_to_hu(ct)
+                    typer.echo(f"covidct: warning: {ct.name}: {note}", err=True)
                 lesions_model = model_name if task != "lungs" else "lesions"
                 lungs_model = model_name if task == "lungs" else "lungs"
                 an = shared_analyzer(lungs_model=lungs_model, lesions_model=lesions_model)
@@ -79,7 +83,7 @@ def register(app: typer.Typer) -> None:
                 if task == "lungs":
                     mask = lungs
                 else:
-                    mask = an.segment_lesions(ct, lungs)
+                    mask = an.segment_lesions(ct, lungs, mapped_hu=bool(ct.meta.get("display_window")))
                     if task == "infection":
                         mask = (mask > 0).astype(np.uint8)
                 save_mask_nifti(mask, ct, output / f"{ct.name}_{task}.nii.gz")
