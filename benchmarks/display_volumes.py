@@ -32,12 +32,6 @@ WINDOWS = [(-600, 1500), (-600, 1600), (-500, 1500), (-500, 2000), (-550, 1600),
            (-400, 1500), (-500, 1200), (-700, 1500), (-600, 1200), (-700, 1000), (40, 400)]
 
 
-def windowed(hu: np.ndarray, level: float, width: float) -> np.ndarray:
-    """8-bit display values of ``hu`` under a linear window (rounded, clipped), as float32."""
-    lo = level - width / 2
-    return np.clip(np.rint((hu - lo) / width * 255.0), 0, 255).astype(np.float32)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=None, help="the data folder (default: COVIDCT_DATA)")
@@ -56,7 +50,7 @@ def main() -> int:
 
     from covidct.data.covid_ct_md import read_slice_labels
     from covidct.display_hu import estimate_window, to_hu
-    from covidct.evaluate.hu_volumes import false_lesions, slice_auc
+    from covidct.evaluate.hu_volumes import display_windowed, false_lesions, slice_auc
     from covidct.evaluate.lidc import nodule_mask, parse_lidc_xml
     from covidct.io import load_ct
     from covidct.pipeline.analyzer import Analyzer
@@ -89,7 +83,7 @@ def main() -> int:
         row = {"series": name, "window": "HU original", **analysed(base, exclude, True)}
         print(row, flush=True)
         rows.append(row)
-        variants = {f"W{width} L{level}": (lambda hu, lv=level, wd=width: windowed(hu, lv, wd)) for level, width in WINDOWS}
+        variants = {f"W{width} L{level}": (lambda hu, lv=level, wd=width: display_windowed(hu, lv, wd)) for level, width in WINDOWS}
         variants["HU + 1024, no intercept"] = lambda hu: np.maximum(hu + 1024.0, 0.0).astype(np.float32)
         for variant, make in variants.items():
             display = base.with_array(make(base.array), is_hu=False)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from covidct.display_hu import estimate_window, to_hu
+from covidct.evaluate.hu_volumes import display_windowed
 from covidct.io import load_ct
 from covidct.phantom import make_phantom
 from covidct.pipeline import Analyzer
@@ -14,8 +15,7 @@ from covidct.pipeline.load import DISPLAY_TO_HU_ENV
 
 
 def windowed(hu: np.ndarray, level: float, width: float) -> np.ndarray:
-    lo = level - width / 2
-    return np.clip(np.rint((hu - lo) / width * 255.0), 0, 255).astype(np.uint8)
+    return display_windowed(hu, level, width).astype(np.uint8)  # as an 8-bit file stores it
 
 
 @pytest.fixture(scope="module")

@@ -70,20 +70,20 @@ def _border(vol: np.ndarray) -> np.ndarray:
     return np.concatenate([vol[:, :b].ravel(), vol[:, -b:].ravel(), vol[:, b:-b, :b].ravel(), vol[:, b:-b, -b:].ravel()])
 
 
-def _peaks(vol: np.ndarray, lo: float, hi: float, unit: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Histogram of ``vol`` strictly between ``lo`` and ``hi`` in bins of ``unit``, smoothed; its clear peaks'
-    centres, and the bin edges and smoothed counts."""
+def _peaks(vol: np.ndarray, lo: float, hi: float, unit: float) -> np.ndarray:
+    """The centres of the clear peaks of ``vol``'s histogram strictly between ``lo`` and ``hi`` (bins of ``unit``,
+    smoothed)."""
     from scipy.ndimage import gaussian_filter1d
     from scipy.signal import find_peaks
 
     inside = vol[(vol > lo + unit) & (vol < hi - 0.5 * unit)]
     edges = np.arange(lo + unit, hi, unit)
     if inside.size == 0 or len(edges) < 8:
-        return np.empty(0), edges, np.empty(0)
+        return np.empty(0)
     hist, edges = np.histogram(inside, bins=edges)
     smooth = gaussian_filter1d(hist.astype(float), 1.5)
     at, _ = find_peaks(smooth, prominence=0.1 * smooth.max())
-    return edges[at] + 0.5 * unit, edges, smooth
+    return edges[at] + 0.5 * unit
 
 
 def _fat_peak(centres: np.ndarray, air: float, tissue: float, per_unit: float) -> float | None:
@@ -114,7 +114,7 @@ def estimate_window(vol: np.ndarray) -> DisplayWindow | str:
     sharpness = float(np.mean(np.abs(free - air) <= 3 * unit))
     if sharpness < MIN_AIR_SHARPNESS:
         return f"the border's air is not one value ({sharpness:.0%} within 3 grey levels of its commonest value)"
-    centres, _, _ = _peaks(vol, air, vmax, unit)
+    centres = _peaks(vol, air, vmax, unit)
     if centres.size == 0:
         return "no soft-tissue peak in the histogram"
     tissue = float(centres.max())

@@ -256,6 +256,13 @@ def outside_fov_padded(ct, value: float = -3024.0):
     return dataclasses.replace(ct, array=arr, path=f"{ct.path}@padded{value:g}")
 
 
+def display_windowed(hu: np.ndarray, level: float, width: float) -> np.ndarray:
+    """``hu`` as 8-bit display values under a linear window (rounded, clipped to 0..255; float32), as a collection
+    converted from windowed images stores a volume (``covidct.display_hu`` maps such volumes back to HU)."""
+    lo = level - width / 2
+    return np.clip(np.rint((np.asarray(hu) - lo) / width * 255.0), 0, 255).astype(np.float32)
+
+
 # --- lung checks ---------------------------------------------------------------------------------
 
 def _apex_base(ref: np.ndarray, spacing: Sequence[float], min_cm2: float = 10.0) -> tuple[int, int] | None:
