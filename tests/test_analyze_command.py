@@ -421,3 +421,19 @@ def test_the_summary_says_when_a_reading_is_borderline(capsys, tmp_path):
     report["pattern"].update(borderline=[], reasons=["bilateral, 72 % peripheral → typical", "P(abnormal) 0.99"])
     _print_summary(report, tmp_path)
     assert "borderline" not in capsys.readouterr().out
+
+
+def test_patient_position_is_read_and_reported(tmp_path, analyzer):
+    """DICOM Patient Position sets the dependent side (covidct.volume.dependent_side); the report says it."""
+    ph = make_phantom(seed=2, lesion_burden=0.0, **SMALL)
+    folder = write_phantom(ph, tmp_path / "study", fmt="dicom")
+    assert load_ct(folder).meta["patient_position"] == "HFS"  # the phantom writer's
+    for f in folder.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.PatientPosition = "HFP"
+        ds.save_as(f)
+    ct = load_ct(folder)
+    assert ct.meta["patient_position"] == "HFP"
+    report = analyzer(ct, tmp_path / "out").report
+    assert report["input"]["patient_position"] == "HFP"
+    assert "HFP (dependent side: anterior)" in (tmp_path / "out" / "report.html").read_text(encoding="utf-8")

@@ -8,6 +8,7 @@ import pytest
 from covidct.labels import CONSOLIDATION, EFFUSION, GGO, LEFT_LUNG, RIGHT_LUNG
 from covidct.pattern import FEATURE_DOCS, analyse_pattern, measure_pattern
 from covidct.pattern.geometry import lung_geometry
+from covidct.volume import DEPENDENT_SIDE, SUPINE, dependent_side
 
 SPACING = (5.0, 2.0, 2.0)
 SHAPE = (40, 96, 128)
@@ -95,11 +96,12 @@ def effusion_septal() -> tuple:
     return lungs, les, hu
 
 
-def dependent_only() -> tuple:
-    """A thin (6 mm) GGO band at the posterior (dependent) edge of both lungs: dependent density."""
+def dependent_only(dependent: tuple[int, int] = SUPINE) -> tuple:
+    """A thin (6 mm) GGO band at the dependent edge of both lungs (posterior for a supine patient): dependent
+    density."""
     lungs, les, hu = chest()
-    geo = lung_geometry(lungs, SPACING)
-    put(lungs, les, hu, (geo.posterior_gap <= 6.0) & (Z < 0.0), GGO)
+    geo = lung_geometry(lungs, SPACING, dependent)
+    put(lungs, les, hu, (geo.dependent_gap <= 6.0) & (Z < 0.0), GGO)
     return lungs, les, hu
 
 
@@ -133,9 +135,28 @@ def test_geometry_maps_follow_the_anatomy() -> None:
     col = lungs[k, :, 40] > 0
     ys = np.flatnonzero(col)
     assert geo.ap_position[k, ys[0], 40] < 0.1 and geo.ap_position[k, ys[-1], 40] > 0.9
-    assert geo.posterior_gap[k, ys[-1], 40] == 0.0
-    assert geo.posterior_gap[k, ys[0], 40] == pytest.approx((ys[-1] - ys[0]) * SPACING[1])
+    assert geo.dependent_gap[k, ys[-1], 40] == 0.0
+    assert geo.dependent_gap[k, ys[0], 40] == pytest.approx((ys[-1] - ys[0]) * SPACING[1])
     assert np.isnan(geo.relative_depth[~inside]).all()
+
+
+@pytest.mark.parametrize("position", ["HFP", "FFP", "HFDL", "FFDR"])
+def test_the_dependent_edge_follows_the_patient_position(position: str) -> None:
+    """Prone: the most anterior lung voxel of a column is the dependent edge; decubitus: the outermost one towards
+    the side lain on (x runs to the patient's left)."""
+    lungs, _, _ = chest()
+    axis, sign = DEPENDENT_SIDE[position]
+    geo = lung_geometry(lungs, SPACING, (axis, sign))
+    k, row = SHAPE[0] // 2, SHAPE[1] // 2
+    line = lungs[k, :, 40] > 0 if axis == 1 else lungs[k, row, :] == (LEFT_LUNG if sign > 0 else RIGHT_LUNG)
+    idx = np.flatnonzero(line)
+    edge, other = (idx[-1], idx[0]) if sign > 0 else (idx[0], idx[-1])
+    gap = geo.dependent_gap[k, :, 40] if axis == 1 else geo.dependent_gap[k, row, :]
+    assert gap[edge] == 0.0
+    assert gap[other] == pytest.approx(abs(edge - other) * SPACING[axis])
+    assert np.isnan(geo.dependent_gap[lungs == 0]).all()
+    assert dependent_side({"patient_position": position.lower() + " "}) == (axis, sign)
+    assert dependent_side({}) == dependent_side({"patient_position": "HFS"}) == SUPINE
 
 
 def test_every_feature_is_documented_and_measured() -> None:
@@ -210,6 +231,23 @@ def test_dependent_band_is_not_an_opacity() -> None:
     assert res.features["opacity_ml"] < 1.0
     assert (res.rsna_category, res.label) == ("negative", "normal")
     assert any("dependent" in r for r in res.reasons)
+
+
+def test_the_dependent_band_of_a_prone_patient_is_anterior() -> None:
+    """Prone, gravity pulls forward: the anterior band is dependent density, and the same band read as if supine
+    (or a posterior band read prone) is an opacity."""
+    prone = DEPENDENT_SIDE["HFP"]
+    lungs, les, hu = dependent_only(prone)
+    assert np.mean(Y[les == GGO] < 0.0) > 0.95  # the band lies anteriorly
+    res = analyse_pattern(lungs, les, SPACING, hu, dependent=prone)
+    assert res.features["dependent_density_ml"] > 10.0 and res.features["opacity_ml"] < 1.0
+    assert (res.rsna_category, res.label) == ("negative", "normal")
+    assert any("dependent (anterior subpleural band)" in r for r in res.reasons)
+    as_supine = analyse_pattern(lungs, les, SPACING, hu)
+    assert as_supine.features["dependent_density_ml"] < 1.0 and as_supine.features["opacity_ml"] > 10.0
+    lungs, les, hu = dependent_only()
+    posterior = analyse_pattern(lungs, les, SPACING, hu, dependent=prone)
+    assert posterior.features["opacity_ml"] > 10.0 and posterior.label != "normal"
 
 
 def test_lobar_consolidation_is_atypical_other_pneumonia() -> None:

@@ -69,7 +69,7 @@ def test_analyze_dicom_phantom_outputs(tmp_path, phantom_dicom, analyzer):
     out = tmp_path / "out"
     res = analyze(folder, out, analyzer=analyzer)
     rep = json.loads((out / "report.json").read_text())
-    assert rep["schema_version"] == "1.5" and rep["mode"] == "volume"
+    assert rep["schema_version"] == "1.6" and rep["mode"] == "volume" and rep["input"]["patient_position"] == "HFS"
     assert rep["pattern"]["rsna_category"] in ("typical", "indeterminate", "atypical", "negative")
     assert 1 <= rep["pattern"]["co_rads"] <= 5 and rep["pattern"]["reasons"]
     assert rep["pattern"]["features"]["opacity_ml"] >= 0 and rep["diagnosis"]["method"].startswith("from the lesion pattern")
@@ -445,3 +445,26 @@ def test_dense_effusion_away_from_the_lung_is_muscle_not_fluid():
     # on a display-range volume mapped to HU (values a few HU off near soft tissue) the contact test reaches lower
     kept = _plausible_effusion(effusion, lung, spacing, hu=hu, dense_hu=EFFUSION_DENSE_HU - 20.0)
     assert kept[fluid_layer].all() and kept[dense_layer].all() and not kept[blob].any()
+
+
+def test_effusion_lies_on_the_dependent_side_of_the_patient_position():
+    """A fluid layer against the anterior lung surface is an effusion of a prone patient, not of a supine one; for a
+    patient lying on the left side it lies against the left lung's lateral wall."""
+    from covidct.pipeline.lesions import _plausible_effusion
+    from covidct.volume import DEPENDENT_SIDE, SUPINE
+
+    spacing = (2.0, 1.5, 1.5)
+    hu = np.full((20, 80, 80), 40.0, np.float32)
+    lung = np.zeros(hu.shape, bool)
+    lung[2:18, 14:50, 10:35] = True  # right lung (small x) and left lung; rows run anterior -> posterior
+    lung[2:18, 14:50, 45:71] = True
+    hu[lung] = -850.0
+    anterior = np.zeros(hu.shape, bool)
+    anterior[4:16, 10:14, 10:35] = True
+    lateral_left = np.zeros(hu.shape, bool)
+    lateral_left[4:16, 20:45, 71:75] = True
+    hu[anterior | lateral_left] = 10.0
+    assert not _plausible_effusion(anterior, lung, spacing, hu=hu, dependent=SUPINE).any()
+    assert _plausible_effusion(anterior, lung, spacing, hu=hu, dependent=DEPENDENT_SIDE["HFP"])[anterior].all()
+    assert _plausible_effusion(lateral_left, lung, spacing, hu=hu, dependent=DEPENDENT_SIDE["HFDL"])[lateral_left].all()
+    assert not _plausible_effusion(lateral_left, lung, spacing, hu=hu, dependent=DEPENDENT_SIDE["HFDR"]).any()

@@ -90,6 +90,7 @@ def info(
         "series_uid": ct.meta.get("series_uid"),
         "patient_id": ct.meta.get("patient_id"),
         "slice_thickness_mm": ct.meta.get("slice_thickness"),
+        "patient_position": ct.meta.get("patient_position"),
         "warnings": list(ct.warnings),
     }
     if as_json:

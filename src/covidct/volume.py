@@ -130,3 +130,24 @@ def affine_from_spacing(spacing_zyx: tuple[float, float, float], origin_lps: tup
             [0.0, 0.0, 0.0, 1.0],
         ]
     )
+
+
+# Which side of the canonical (z, y, x) array gravity pulls to, from DICOM Patient Position (0018,5100): (array axis,
+# +1 where the dependent side is at the high index end, -1 at the low end). Dependent density (gravitational
+# hypoventilation) and free pleural fluid lie on that side: posterior for a supine patient, anterior when prone,
+# the side lain on in decubitus (canonical x runs from the patient's right to left). Without the attribute (NIfTI,
+# images, a header without it) the patient is taken as supine, as in nearly every chest CT.
+SUPINE = (1, 1)
+DEPENDENT_SIDE: dict[str, tuple[int, int]] = {
+    "HFS": SUPINE, "FFS": SUPINE,
+    "HFP": (1, -1), "FFP": (1, -1),
+    "HFDL": (2, 1), "FFDL": (2, 1),
+    "HFDR": (2, -1), "FFDR": (2, -1),
+}
+DEPENDENT_NAMES = {(1, 1): "posterior", (1, -1): "anterior", (2, 1): "left", (2, -1): "right"}
+
+
+def dependent_side(ct_or_meta: CT | dict) -> tuple[int, int]:
+    """(axis, sign) of the dependent side of a CT (or its ``meta``): see ``DEPENDENT_SIDE``; supine when unknown."""
+    meta = ct_or_meta.meta if isinstance(ct_or_meta, CT) else ct_or_meta
+    return DEPENDENT_SIDE.get(str(meta.get("patient_position") or "").strip().upper(), SUPINE)

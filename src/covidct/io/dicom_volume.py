@@ -348,6 +348,7 @@ def build_volume(paths: list[Path], root: Path, shown: str, warnings: list[str],
         "manufacturer": str(_f(ds0, "Manufacturer", "")) or None,
         "kvp": _num(ds0, "KVP"),
         "convolution_kernel": None if kernel is None else str(kernel),
+        "patient_position": str(_f(ds0, "PatientPosition", "")).strip() or None,  # HFS, HFP, ...: the dependent side
         "rows": rows,
         "columns": cols,
         "transfer_syntax": None if tsyn is None else str(tsyn),

@@ -2,8 +2,8 @@
 
 ``measure_pattern`` (features.py) measures where and what the lesions are; ``classify_pattern``
 (category.py) gives the RSNA category, the CO-RADS score, the reasons and the three-class
-probabilities; ``analyse_pattern`` does both. Depends only on numpy/scipy and covidct.labels
-(no models, no training code).
+probabilities; ``analyse_pattern`` does both. Depends only on numpy/scipy, covidct.labels and covidct.volume's
+conventions (no models, no training code).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from covidct.pattern.category import (
     classify_pattern,
 )
 from covidct.pattern.features import FEATURE_DOCS, OPENING_RADIUS_MM, measure_pattern
+from covidct.volume import DEPENDENT_NAMES, SUPINE
 
 __all__ = ["FEATURE_DOCS", "OPACITY_PERCENT", "OPACITY_PERCENT_HU_RULE", "OPENING_RADIUS_MM", "RSNA_CATEGORIES", "PatternResult", "analyse_pattern", "classify_pattern",
            "measure_pattern"]
@@ -25,7 +26,8 @@ __all__ = ["FEATURE_DOCS", "OPACITY_PERCENT", "OPACITY_PERCENT_HU_RULE", "OPENIN
 
 def analyse_pattern(lungs: np.ndarray, lesions: np.ndarray, spacing: tuple[float, float, float],
                     hu: np.ndarray | None = None, opening_mm: float = OPENING_RADIUS_MM,
-                    abnormal_percent: float = OPACITY_PERCENT) -> PatternResult:
+                    abnormal_percent: float = OPACITY_PERCENT, dependent: tuple[int, int] = SUPINE) -> PatternResult:
     """Features, RSNA category, CO-RADS and diagnosis of one volume (canonical orientation, HU or None);
-    ``opening_mm``: see :func:`measure_pattern`; ``abnormal_percent``: see :func:`rsna_category`."""
-    return classify_pattern(measure_pattern(lungs, lesions, spacing, hu, opening_mm), abnormal_percent)
+    ``opening_mm``, ``dependent``: see :func:`measure_pattern`; ``abnormal_percent``: see :func:`rsna_category`."""
+    return classify_pattern(measure_pattern(lungs, lesions, spacing, hu, opening_mm, dependent), abnormal_percent,
+                            DEPENDENT_NAMES[dependent])

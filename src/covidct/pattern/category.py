@@ -133,13 +133,15 @@ def _describe(f: dict, y: dict) -> str:
     return ", ".join(parts)
 
 
-def rsna_category(f: dict, abnormal_percent: float = OPACITY_PERCENT) -> tuple[str, int, list[str]]:
+def rsna_category(f: dict, abnormal_percent: float = OPACITY_PERCENT,
+                  dependent_edge: str = "posterior") -> tuple[str, int, list[str]]:
     """(RSNA category, CO-RADS score, reasons) from the pattern features; ``abnormal_percent``: the opacity that
-    counts as abnormal (``OPACITY_PERCENT``, or ``OPACITY_PERCENT_HU_RULE`` for the HU rule's masks)."""
+    counts as abnormal (``OPACITY_PERCENT``, or ``OPACITY_PERCENT_HU_RULE`` for the HU rule's masks);
+    ``dependent_edge``: the lung edge gravity pulls to, named in the reasons (covidct.volume.DEPENDENT_NAMES)."""
     y = _findings(f, abnormal_percent)
     reasons: list[str] = []
     if f["dependent_density_ml"] >= 1.0:
-        reasons.append(f"{f['dependent_density_ml']:.0f} mL of dependent (posterior subpleural band) density not "
+        reasons.append(f"{f['dependent_density_ml']:.0f} mL of dependent ({dependent_edge} subpleural band) density not "
                        "counted as opacity")
     abnormal = y["opacity"] or y["segmental"] or y["nodular"] or y["effusion"]
     if not abnormal:
@@ -254,10 +256,11 @@ def borderline_features(f: dict, reading: tuple[str, int], abnormal_percent: flo
     return out
 
 
-def classify_pattern(features: dict, abnormal_percent: float = OPACITY_PERCENT) -> PatternResult:
-    """RSNA category, CO-RADS, reasons and COVID-19 / other pneumonia / normal probabilities (``abnormal_percent``:
-    see :func:`rsna_category`)."""
-    category, co_rads, reasons = rsna_category(features, abnormal_percent)
+def classify_pattern(features: dict, abnormal_percent: float = OPACITY_PERCENT,
+                     dependent_edge: str = "posterior") -> PatternResult:
+    """RSNA category, CO-RADS, reasons and COVID-19 / other pneumonia / normal probabilities (``abnormal_percent``,
+    ``dependent_edge``: see :func:`rsna_category`)."""
+    category, co_rads, reasons = rsna_category(features, abnormal_percent, dependent_edge)
     borderline = borderline_features(features, (category, co_rads), abnormal_percent)
     if borderline:
         shown = ", ".join(f"{_SENSITIVITY_NAMES[n]} ({_shown(n, features[n])})" for n in borderline)

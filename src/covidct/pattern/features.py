@@ -8,7 +8,8 @@ Robustness to false lesions (before any threshold): the features are measured on
 opacities*: GGO + consolidation inside the lungs after a morphological opening with a 3 mm ball
 (structures thinner than 6 mm, i.e. vessels beyond the hila, linear atelectasis and mask rims, are not
 opacities), without the connected opacities that lie almost entirely (>= 80 %) in the 10 mm above the
-dependent (posterior, supine) lung edge: those are dependent density (gravitational hypoventilation),
+dependent lung edge (posterior for a supine patient; anterior when prone, the side lain on in decubitus: DICOM
+Patient Position, covidct.volume.DEPENDENT_SIDE): those are dependent density (gravitational hypoventilation),
 reported separately as ``dependent_density_ml`` and never taken as a peripheral COVID-19 opacity.
 """
 
@@ -19,9 +20,10 @@ from scipy import ndimage
 
 from covidct.labels import CONSOLIDATION, EFFUSION, GGO, LEFT_LUNG, RIGHT_LUNG
 from covidct.pattern.geometry import lung_geometry
+from covidct.volume import SUPINE
 
 OPENING_RADIUS_MM = 3.0  # opacities at least 6 mm across
-DEPENDENT_BAND_MM = 10.0  # dependent density: a subpleural band up to ~1 cm thick at the posterior edge
+DEPENDENT_BAND_MM = 10.0  # dependent density: a subpleural band up to ~1 cm thick at the dependent edge
 DEPENDENT_SHARE = 0.8  # share of an opacity inside that band for it to count as dependent density
 WORKING_SPACING_MM = 1.4  # in-plane spacing the features are measured at (fractions barely change)
 FOCUS_MIN_ML = 1.0  # a focus: a connected opacity of at least 1 mL (a 12 mm ball)
@@ -54,7 +56,8 @@ FEATURE_DOCS: dict[str, tuple[str, str, str]] = {
     "upper_zone_fraction": ("0-1", "share of opacity in the upper third", ""),
     "posterior_fraction": ("0-1", "share of opacity in the posterior half of the lung (same slice and lung)",
                            "posterior predominant when >= 0.6 (COVID-19 series report posterior predominance)"),
-    "dependent_density_ml": ("mL", "connected opacities >= 80 % within 10 mm of the dependent (posterior) lung edge",
+    "dependent_density_ml": ("mL", "connected opacities >= 80 % within 10 mm of the dependent lung edge "
+                             "(posterior when supine, anterior when prone: DICOM Patient Position)",
                              "dependent density is physiological, not pneumonia; excluded from the opacities"),
     "n_foci": ("count", "connected opacities of >= 1 mL", "multifocal when >= 3 (RSNA typical/indeterminate)"),
     "n_round_foci": ("count", "foci of at most one segment (1/18 of the lungs) with shortest/longest principal axis >= 0.5",
@@ -115,12 +118,14 @@ def working_grid(arrays: list[np.ndarray], spacing: tuple[float, float, float]) 
 
 
 def measure_pattern(lungs: np.ndarray, lesions: np.ndarray, spacing: tuple[float, float, float],
-                    hu: np.ndarray | None = None, opening_mm: float = OPENING_RADIUS_MM) -> dict:
+                    hu: np.ndarray | None = None, opening_mm: float = OPENING_RADIUS_MM,
+                    dependent: tuple[int, int] = SUPINE) -> dict:
     """All pattern features (see ``FEATURE_DOCS``) of one volume in covidct's canonical orientation.
 
     ``opening_mm``: the opening that keeps opacities at least twice as wide (it drops the lesion models'
     marks on vessels); 0 for lesion masks already cleaned of vessels (covidct's HU rule), where a second
-    opening would remove fine and small real opacities (cap001: 1.25 % of the lungs -> 0.20 %)."""
+    opening would remove fine and small real opacities (cap001: 1.25 % of the lungs -> 0.20 %). ``dependent``: the
+    (axis, sign) of the side gravity pulls to (covidct.volume.dependent_side; supine by default)."""
     arrays = [np.asarray(lungs), np.asarray(lesions)] + ([np.asarray(hu)] if hu is not None else [])
     arrays, spacing = working_grid(arrays, spacing)
     lungs, lesions = arrays[0], arrays[1]
@@ -132,7 +137,7 @@ def measure_pattern(lungs: np.ndarray, lesions: np.ndarray, spacing: tuple[float
         return _empty(effusion)
     lungs, lesions = lungs[box], lesions[box]
     hu = None if hu is None else hu[box]
-    geo = lung_geometry(lungs, spacing)
+    geo = lung_geometry(lungs, spacing, dependent)
     inside = lungs > 0
     lung_ml = {lab: float(np.count_nonzero(lungs == lab)) * vml for lab in (LEFT_LUNG, RIGHT_LUNG)}
     infection = np.isin(lesions, (GGO, CONSOLIDATION)) & inside
@@ -141,7 +146,7 @@ def measure_pattern(lungs: np.ndarray, lesions: np.ndarray, spacing: tuple[float
     comp, n = ndimage.label(opened, np.ones((3, 3, 3), bool))
     dependent = np.zeros(n + 1, bool)
     if n:
-        in_band = opened & (geo.posterior_gap <= DEPENDENT_BAND_MM)
+        in_band = opened & (geo.dependent_gap <= DEPENDENT_BAND_MM)
         sizes = np.bincount(comp.ravel(), minlength=n + 1)
         band = np.bincount(comp[in_band], minlength=n + 1)
         dependent[1:] = band[1:] >= DEPENDENT_SHARE * sizes[1:]

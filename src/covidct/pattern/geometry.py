@@ -9,8 +9,9 @@ These maps are the coordinates the pattern features are measured in (covidct.pat
   the lung is ``relative_depth <= 1/3``.
 - ``zone``: 0 lower, 1 middle, 2 upper third of each lung's cranio-caudal extent (z increases to the head).
 - ``ap_position``: 0 at the most anterior, 1 at the most posterior lung voxel of the same lung and slice.
-- ``posterior_gap``: distance (mm) to the most posterior lung voxel of the same (slice, column), i.e.
-  how far above the dependent (supine) lung edge a voxel lies.
+- ``dependent_gap``: distance (mm) to the lung voxel farthest towards the dependent side along the same line
+  (covidct.volume.DEPENDENT_SIDE): for a supine patient the most posterior lung voxel of the same (slice, column),
+  i.e. how far above the dependent lung edge a voxel lies; the most anterior one when prone.
 
 Axes follow covidct.volume: (z, y, x) with z inferior -> superior, y anterior -> posterior.
 """
@@ -24,6 +25,7 @@ from scipy import ndimage
 
 from covidct.labels import LEFT_LUNG, RIGHT_LUNG
 from covidct.preprocess import bounding_box
+from covidct.volume import SUPINE
 
 
 @dataclass
@@ -35,7 +37,7 @@ class LungGeometry:
     relative_depth: np.ndarray
     zone: np.ndarray  # int8, -1 outside the lungs
     ap_position: np.ndarray
-    posterior_gap: np.ndarray
+    dependent_gap: np.ndarray
 
     @property
     def voxel_ml(self) -> float:
@@ -54,8 +56,10 @@ def thoracic_envelope(lung_slice: np.ndarray) -> np.ndarray:
     return (x[None, :] >= first[:, None]) & (x[None, :] <= last[:, None])
 
 
-def lung_geometry(lungs: np.ndarray, spacing: tuple[float, float, float]) -> LungGeometry:
-    """Compute the position maps of ``lungs`` (0 background, 1 left, 2 right) on its own grid."""
+def lung_geometry(lungs: np.ndarray, spacing: tuple[float, float, float],
+                  dependent: tuple[int, int] = SUPINE) -> LungGeometry:
+    """Compute the position maps of ``lungs`` (0 background, 1 left, 2 right) on its own grid; ``dependent``: the
+    (axis, sign) of the side gravity pulls to (covidct.volume.dependent_side; supine by default)."""
     lungs = np.asarray(lungs)
     dz, dy, dx = (float(s) for s in spacing)
     inside = lungs > 0
@@ -79,12 +83,7 @@ def lung_geometry(lungs: np.ndarray, spacing: tuple[float, float, float]) -> Lun
             rows = np.flatnonzero(m.any(axis=1)) + box[0].start
             ap[k][box][m] = np.broadcast_to((yb - rows[0]) / max(rows[-1] - rows[0], 1), m.shape)[m]
 
-    # posterior gap: distance above the most posterior lung voxel of the same (z, x) column
-    has = inside.any(axis=1)
-    col_ymax = lungs.shape[1] - 1 - np.argmax(inside[:, ::-1, :], axis=1)
-    gap = (col_ymax[:, None, :] - y[None]) * np.float32(dy)
-    gap = np.where(inside & has[:, None, :], gap, nan).astype(np.float32)
-
+    gap = _dependent_gap(inside, (dz, dy, dx), dependent)
     zone = np.full(lungs.shape, -1, np.int8)
     for lab in (LEFT_LUNG, RIGHT_LUNG):
         zs = np.flatnonzero((lungs == lab).reshape(len(lungs), -1).any(axis=1))
@@ -95,4 +94,21 @@ def lung_geometry(lungs: np.ndarray, spacing: tuple[float, float, float]) -> Lun
             sl = zone[a:b]
             sl[lungs[a:b] == lab] = z_idx
     return LungGeometry(lungs=lungs, spacing=(dz, dy, dx), relative_depth=rel, zone=zone,
-                        ap_position=ap, posterior_gap=gap)
+                        ap_position=ap, dependent_gap=gap)
+
+
+def _dependent_gap(inside: np.ndarray, spacing: tuple[float, float, float], dependent: tuple[int, int]) -> np.ndarray:
+    """Distance (mm) of each lung voxel from the farthest lung voxel towards the dependent side on its line along
+    the dependent axis (NaN outside the lungs)."""
+    axis, sign = dependent
+    m = np.moveaxis(inside, axis, 1)  # the dependent axis second, as y is for a supine patient
+    if sign < 0:
+        m = m[:, ::-1]
+    n = m.shape[1]
+    idx = np.arange(n, dtype=np.float32)[None, :, None]
+    far = n - 1 - np.argmax(m[:, ::-1, :], axis=1)  # the last lung voxel of each line
+    gap = (far[:, None, :] - idx) * np.float32(spacing[axis])
+    gap = np.where(m & m.any(axis=1)[:, None, :], gap, np.float32(np.nan)).astype(np.float32)
+    if sign < 0:
+        gap = gap[:, ::-1]
+    return np.ascontiguousarray(np.moveaxis(gap, 1, axis))

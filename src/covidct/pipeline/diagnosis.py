@@ -11,7 +11,7 @@ import numpy as np
 from covidct.labels import DIAGNOSIS_CLASSES
 from covidct.pattern import OPACITY_PERCENT, OPACITY_PERCENT_HU_RULE, OPENING_RADIUS_MM, analyse_pattern
 from covidct.pipeline import hu_rules
-from covidct.volume import CT
+from covidct.volume import CT, dependent_side
 
 PATTERN_METHOD = (
     "from the lesion pattern (covidct.pattern; rules with literature thresholds, not fitted to patients): "
@@ -178,6 +178,7 @@ def diagnose(ct: CT, lungs: np.ndarray, lesions: np.ndarray, sev: dict, mode: st
     if mode != "volume":
         return diagnose_from_findings(sev), None
     reading = pattern_reading(ct)
-    res = analyse_pattern(lungs, lesions, ct.spacing, ct.array if ct.is_hu else None, **reading)
+    res = analyse_pattern(lungs, lesions, ct.spacing, ct.array if ct.is_hu else None, dependent=dependent_side(ct),
+                          **reading)
     method = PATTERN_METHOD.format(abnormal_percent=reading["abnormal_percent"])
     return {"label": res.label, "probabilities": res.probabilities, "method": method}, res.report()

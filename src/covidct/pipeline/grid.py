@@ -28,7 +28,7 @@ def working_grid(ct: CT, target: int = WORKING_SIZE) -> tuple[CT, int]:
         arr = downscale_local_mean(ct.array, (1, f, f), cval=float(np.median(ct.array[:, 0, :]))).astype(np.float32)
     dz, dy, dx = ct.spacing
     work = CT(array=arr, spacing=(dz, dy * f, dx * f), affine=ct.affine, is_hu=ct.is_hu, kind=ct.kind,
-              path=ct.path, spacing_known=ct.spacing_known)  # fmt: skip
+              path=ct.path, spacing_known=ct.spacing_known, meta=ct.meta)  # fmt: skip
     return work, f
 
 

@@ -32,7 +32,7 @@ from covidct.report.heatmap import (
     uncertainty,
     upsample_probability,
 )
-from covidct.volume import CT
+from covidct.volume import CT, SUPINE, dependent_side
 
 
 def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_model: LoadedModel | None = None,
@@ -106,7 +106,7 @@ def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_mode
         effusion &= ~lung
     if effusion.any() and ct.n_slices > 1:
         effusion = _plausible_effusion(effusion, lung, ct.spacing, hu=vol if ct.is_hu else None,
-                                       dense_hu=EFFUSION_DENSE_HU - hu_uncertainty)
+                                       dense_hu=EFFUSION_DENSE_HU - hu_uncertainty, dependent=dependent_side(ct))
     if hu_rule is not None:
         out = np.where(out == EFFUSION, EFFUSION, hu_rule.result()).astype(np.uint8)
         if probability is not None:
@@ -187,9 +187,11 @@ EFFUSION_MIN_LUNG_CONTACT = 0.1
 
 
 def _plausible_effusion(effusion: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, float],
-                        min_ml: float = 5.0, hu: np.ndarray | None = None, dense_hu: float = EFFUSION_DENSE_HU) -> np.ndarray:
+                        min_ml: float = 5.0, hu: np.ndarray | None = None, dense_hu: float = EFFUSION_DENSE_HU,
+                        dependent: tuple[int, int] = SUPINE) -> np.ndarray:
     """Keep effusion components that look like one: fluid lying against the lung surface, dependent
-    (in the posterior half of the lungs, supine patient) and at least ``min_ml`` in volume. Patches of
+    (centred in the dependent half of the lungs: ``dependent``, the (axis, sign) of covidct.volume.dependent_side;
+    the posterior half for a supine patient) and at least ``min_ml`` in volume. Patches of
     chest-wall or paraspinal muscle, which have the same density, fail one of these. With ``hu``, a component
     denser than fluid (median above ``dense_hu``, default ``EFFUSION_DENSE_HU``) must also lie against the lung over at least
     ``EFFUSION_MIN_LUNG_CONTACT`` of its surface (within one voxel in-plane): a dense blob that only touches the
@@ -207,11 +209,12 @@ def _plausible_effusion(effusion: np.ndarray, lung: np.ndarray, spacing: tuple[f
     count = np.bincount(comp, minlength=n + 1)[1:]
     size_ml = count * vox_ml
     touch = np.bincount(comp, weights=shell[where], minlength=n + 1)[1:]
-    cy = np.bincount(comp, weights=(where[1] + box[1].start).astype(float), minlength=n + 1)[1:] / count
-    rows = lung.sum(axis=(0, 2))  # lung voxels per row; rows run anterior -> posterior
-    lung_mid_y = (rows * np.arange(len(rows))).sum() / rows.sum() if rows.any() else 0.0
+    axis, sign = dependent
+    centre = np.bincount(comp, weights=(where[axis] + box[axis].start).astype(float), minlength=n + 1)[1:] / count
+    lines = lung.sum(axis=tuple(a for a in range(3) if a != axis))  # lung voxels per index along that axis
+    lung_mid = (lines * np.arange(len(lines))).sum() / lines.sum() if lines.any() else 0.0
     keep = np.zeros(n + 1, bool)
-    keep[1:] = (size_ml >= min_ml) & (touch > 0) & (cy >= lung_mid_y)
+    keep[1:] = (size_ml >= min_ml) & (touch > 0) & (centre >= lung_mid if sign > 0 else centre <= lung_mid)
     dense = [] if hu is None else [i for i in np.flatnonzero(keep)
                                    if float(np.median(hu[box][lbl == i])) > dense_hu]
     if dense:  # the contact maps only when a component is denser than fluid

@@ -52,6 +52,7 @@ def build_report(ct: CT, mode: str, sev: dict, diagnosis: dict, models: list[dic
             "spacing_mm": [round(float(s), 4) for s in ct.spacing] if ct.spacing_known else None,
             "is_hu": bool(ct.is_hu),
             "display_window": ct.meta.get("display_window"),
+            "patient_position": ct.meta.get("patient_position"),
             "series_uid": ct.meta.get("series_uid"),
             "patient_id": ct.meta.get("patient_id"),
         },

@@ -13,7 +13,7 @@ import numpy as np
 from covidct.labels import CONSOLIDATION, EFFUSION, GGO, LEFT_LUNG, LESION_COLORS, LUNG_COLORS, RIGHT_LUNG
 from covidct.report.figures import lesion_profile_svg, overlay_rgb, png_bytes, representative_slices
 from covidct.report.html_pattern import pattern_section
-from covidct.volume import CT
+from covidct.volume import CT, DEPENDENT_NAMES, dependent_side
 
 RESEARCH_NOTICE = "Research use only — not for diagnosis."
 _DIAG_NAMES = {"covid19": "COVID-19 pneumonia", "pneumonia": "Other pneumonia", "normal": "Normal"}
@@ -109,7 +109,16 @@ def _input_section(r: dict) -> str:
         ("Patient ID", _fmt(inp.get("patient_id"))),
         ("Series UID", _fmt(inp.get("series_uid"))),
     ]
+    if r.get("mode") == "volume":
+        rows.insert(-2, ("Patient position", _position_text(inp.get("patient_position"))))
     return f"<section><h2>Input</h2>{_kv(rows)}</section>"
+
+
+def _position_text(position: str | None) -> str:
+    """DICOM Patient Position and the dependent side it gives (supine when not given)."""
+    side = DEPENDENT_NAMES[dependent_side({"patient_position": position})]
+    shown = position if position else "not given, read as supine"
+    return _fmt(f"{shown} (dependent side: {side})")
 
 
 def _hu_text(inp: dict) -> str:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-REPORT_SCHEMA_VERSION = "1.5"
+REPORT_SCHEMA_VERSION = "1.6"
 
 _NUM = {"type": "number"}
 _NUM_OR_NULL = {"type": ["number", "null"]}
@@ -83,10 +83,15 @@ REPORT_SCHEMA: dict[str, Any] = {
                     "type": ["object", "null"],
                     "description": "a display-range or HU + 1024 volume mapped to approximate HU: the map found (else null)",
                 },
+                "patient_position": {
+                    "type": ["string", "null"],
+                    "description": "DICOM Patient Position (HFS, HFP, ...): the dependent side; null when not given",
+                },
                 "series_uid": _STR_OR_NULL,
                 "patient_id": _STR_OR_NULL,
             },
-            # display_window is new in 1.5: covidct always writes it, a report of an earlier version lacks it
+            # display_window is new in 1.5 and patient_position in 1.6: covidct always writes them, a report of an
+            # earlier version lacks them
             required=["path", "kind", "n_slices", "shape_zyx", "spacing_mm", "is_hu", "series_uid", "patient_id"],
         ),
         "diagnosis": _obj(
