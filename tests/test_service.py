@@ -375,3 +375,24 @@ def test_refine_without_a_click_model_says_so(served, monkeypatch):
     r = client.post(f"/api/jobs/{job['id']}/refine", json={"slice": 8, "clicks": [{"x": 40, "y": 40, "positive": True}]})
     assert r.status_code == 503 and "click refinement unavailable" in r.json()["detail"]
     assert client.get(f"/api/jobs/{job['id']}").json()["revision"] == before
+
+
+def test_display_range_volume_is_viewed_as_the_hu_it_was_analysed_in(tmp_path):
+    """A whole volume windowed to 0..255 is analysed as approximate HU (covidct.display_hu); the viewer and the
+    click refinement then work on those HU too (lung and mediastinal windows), not on the display values."""
+    import nibabel as nib
+
+    from covidct.evaluate.hu_volumes import display_windowed
+    from covidct.phantom import make_phantom
+
+    ph = make_phantom(seed=1, lesion_burden=0.1, shape=(24, 160, 160), spacing=(5.0, 2.2, 2.2))
+    grey = display_windowed(ph.ct.array, -600, 1500).astype(np.uint8)
+    path = tmp_path / "windowed.nii.gz"
+    nib.save(nib.Nifti1Image(grey.transpose(2, 1, 0), ph.ct.affine), str(path))
+    with TestClient(create_app(tmp_path / "data", workers=1)) as client:
+        job = wait(client, upload(client, path).json()["id"])
+        assert job["status"] == "done", job
+        vol = client.get(f"/api/jobs/{job['id']}/volume").json()
+        assert vol["is_hu"] and set(vol["windows"]) == {"lung", "mediastinum"}
+        rep = client.get(f"/api/jobs/{job['id']}/files/report.json").json()
+        assert rep["input"]["display_window"] is not None

@@ -234,6 +234,8 @@ def run_job(store: JobStore, job_id: str, analyzer_factory: Callable[[], object]
         result = folder / "result"
         shutil.rmtree(result, ignore_errors=True)
         analysis = analyzer(ct, result, progress=lambda s: store.update(job_id, stage=s), keep_probability=True)
+        if analysis.ct is not ct:  # a display-range volume analysed as approximate HU: the viewer shows what was read
+            save_ct_cache(analysis.ct, folder / "cache")
         save_mask(analysis.lungs, folder / "cache" / "lungs.npy")
         save_mask(analysis.lesions, folder / "cache" / "lesions.npy")
         prob = getattr(analysis, "lesion_probability", None)  # uint8 p x 255; None with the HU rule
