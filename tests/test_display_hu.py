@@ -39,12 +39,39 @@ def test_lung_windows_are_undone(phantom, level, width):
 
 @pytest.mark.parametrize(("level", "width", "why"), [
     (40, 400, "no air"),  # mediastinal window: air and lung clipped together
-    (-600, 1200, "clip soft tissue"),  # top at 0 HU: the highest peak is fat, soft tissue is clipped
-    (-700, 1500, "clip soft tissue"),
+    (-700, 1000, "too close to air"),  # top at -200 HU: fat and soft tissue clipped, only air and lung left
 ])
 def test_untrustworthy_windows_are_refused(phantom, level, width, why):
     reason = estimate_window(windowed(phantom.ct.array, level, width))
     assert isinstance(reason, str) and why in reason
+
+
+@pytest.mark.parametrize(("level", "width"), [(-600, 1200), (-700, 1500)])
+def test_windows_clipping_soft_tissue_are_undone_on_air_and_fat(phantom, level, width):
+    """A window whose top clips soft tissue (W1200/L-600, a common lung window: top at 0 HU) shows fat as its highest
+    peak: the map rests on outside air and fat, and reads like the HU original."""
+    hu = phantom.ct.array
+    window = estimate_window(windowed(hu, level, width))
+    assert not isinstance(window, str), window
+    assert window.tissue_value is None and window.fat_seen
+    assert window.hi_hu == pytest.approx(level + width / 2, abs=30)
+    mapped = to_hu(windowed(hu, level, width), window)
+    body = (hu >= -950) & (hu <= 100)
+    assert float(np.median(np.abs(mapped[body] - hu[body]))) < 15
+
+
+def test_soft_tissue_peak_is_not_taken_for_fat():
+    """A peak with only its own upper tail above it (soft tissue under a top near +100 HU) is not fat: taken as fat it
+    would put the top below -40 HU. Synthetic histogram: air, lung, soft tissue, a clipped top."""
+    rng = np.random.default_rng(0)
+    vol = np.full((8, 64, 64), 10.0, np.float32)  # outside air, the border's value
+    inner = np.s_[:, 8:56, 8:56]
+    body = rng.normal(200.0, 12.0, size=vol[inner].shape)  # soft tissue near the top
+    body[:, 10:38, 4:20] = rng.normal(40.0, 6.0, size=(8, 28, 16))  # lung
+    body[:, 40:44, 40:44] = 0.0  # the clipped minimum (not the border's air)
+    vol[inner] = np.clip(np.rint(body), 0, 211)  # the top clips the upper tail of soft tissue
+    reason = estimate_window(vol)
+    assert isinstance(reason, str) and "clip soft tissue" in reason
 
 
 def test_flat_volume_is_refused():

@@ -14,15 +14,22 @@ A linear window (display = clip(a·HU + b)) is undone from two anchors found in 
   tissue) put -100 HU; where none is seen, **soft tissue = +40 HU** (muscle, blood, heart): the highest clear peak
   of the histogram below the clipped top. Fat is preferred: the soft-tissue peak moves with contrast enhancement and
   between patients (33-61 HU on the four real series here; their fat peaks -105 to -115 HU).
+Where the window's top clips soft tissue itself (a top at or below about +100 HU, as in the common W1200/L-600 lung
+window), the highest clear peak may be fat: it is then taken as fat, with outside air, when that map puts the top
+between -40 HU (fat at least ``FAT_SEARCH_HU`` below it) and +200 HU (a higher top would have shown soft tissue as a
+clear peak), and the voxels between the peak's band and the top are at least ``FAT_ONLY_MIN_SHOULDER`` of those in
+the band (right above soft tissue's own peak lies only its upper tail; above fat lie the fat/soft-tissue gap and the
+soft tissue below the top). ``tissue_value`` is then None.
 The map is refused (the volume is analysed as display intensities, as before) when the anchors are not trustworthy:
 - the border's air is not one sharp value (< 25 % of the unclipped border within ±3 of its commonest value), as when a
   mediastinal window clips air and lung together;
 - the map would put the volume's top above +4000 HU (the peak taken for soft tissue is lung: the window clips
-  soft tissue and fat);
+  soft tissue and fat) and the peak cannot be fat either;
 - the window may clip soft tissue itself (its top near +40 HU, so that the highest visible peak may be fat): more
-  voxels at the clipped top than 0.3× those within ±3 % of the peak, unless the fat peak is seen.
-These thresholds were set on four real series under 13 windows (docs/BENCHMARKS.md, twenty-second session); what they
-accept came within a few HU of the true values there. A non-linear map (gamma, per-slice stretching) is not detected.
+  voxels at the clipped top than 0.3× those within ±3 % of the peak, unless the fat peak is seen or the peak can be fat.
+These thresholds were set on four real series under 13 windows (docs/BENCHMARKS.md, twenty-second and twenty-third
+sessions); what they accept came within a few HU of the true values there. A non-linear map (gamma, per-slice
+stretching) is not detected.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ MIN_AIR_SHARPNESS = 0.25
 MAX_TOP_HU = 4000.0  # CT's usual range ends at +3071 HU; a higher top means the soft-tissue anchor is wrong
 MAX_CLIP_RATIO = 0.3
 FAT_SEARCH_HU = 60.0
+FAT_ONLY_MAX_TOP_HU = 200.0
+FAT_ONLY_MIN_SHOULDER = 0.3
 # How far a mapped HU value may be from the truth near soft tissue: the map puts each patient's own soft-tissue peak
 # at +40 HU, and the four real series' peaks lie at 33, 39, 45 and 61 HU. Checks that compare a density with a
 # threshold near soft tissue widen their margin by this much on a mapped volume (pipeline.lesions' effusion check).
@@ -48,10 +57,10 @@ MAPPED_HU_UNCERTAINTY = 20.0
 class DisplayWindow:
     """The linear map found: ``HU = hu_per_unit * (value - air_value) + AIR_HU`` (through the fat peak where one was
     seen, else through the soft-tissue peak); the HU of the volume's minimum and maximum values (``lo_hu``, ``hi_hu``)
-    and the evidence."""
+    and the evidence. ``tissue_value`` is None where the window's top clips soft tissue (air and fat alone)."""
 
     air_value: float
-    tissue_value: float
+    tissue_value: float | None
     fat_value: float | None
     hu_per_unit: float
     lo_hu: float
@@ -120,19 +129,41 @@ def estimate_window(vol: np.ndarray) -> DisplayWindow | str:
     tissue = float(centres.max())
     per_unit = (SOFT_TISSUE_HU - AIR_HU) / (tissue - air)  # HU per unit on the air / soft-tissue map
     if AIR_HU + (vmax - air) * per_unit > MAX_TOP_HU:
-        return "the highest histogram peak is too close to air to be soft tissue (the window clips soft tissue?)"
+        return (_fat_only(vol, air, tissue, vmin, vmax, unit, sharpness)
+                or "the highest histogram peak is too close to air to be soft tissue (the window clips soft tissue?)")
     fat = _fat_peak(centres, air, tissue, per_unit)
     width = 0.03 * (tissue - air)
     near_peak = int(np.count_nonzero((vol >= tissue - width) & (vol <= tissue + width)))
     clip_ratio = int(np.count_nonzero(vol >= vmax - 0.5 * unit)) / max(near_peak, 1)
     if clip_ratio > MAX_CLIP_RATIO and fat is None:
-        return (f"the window's top may clip soft tissue ({clip_ratio:.2f}x the soft-tissue peak's voxels at the top "
-                "value, no fat peak where expected)")
+        return (_fat_only(vol, air, tissue, vmin, vmax, unit, sharpness)
+                or (f"the window's top may clip soft tissue ({clip_ratio:.2f}x the soft-tissue peak's voxels at the top "
+                    "value, no fat peak where expected)"))
     # fat is the steadier anchor: soft tissue's peak moves with contrast enhancement and between patients
     hu_per_unit = per_unit if fat is None else (FAT_HU - AIR_HU) / (fat - air)
     return DisplayWindow(air_value=air, tissue_value=tissue, fat_value=fat, hu_per_unit=hu_per_unit,
                          lo_hu=AIR_HU + (vmin - air) * hu_per_unit, hi_hu=AIR_HU + (vmax - air) * hu_per_unit,
                          air_sharpness=sharpness, clip_ratio=clip_ratio, fat_seen=fat is not None)
+
+
+def _fat_only(vol: np.ndarray, air: float, peak: float, vmin: float, vmax: float, unit: float,
+              sharpness: float) -> DisplayWindow | None:
+    """The map through outside air and the highest clear peak taken as fat, for a window whose top clips soft tissue;
+    None where the peak cannot be fat (the top would map outside (-40, +200] HU, or too few voxels lie above the
+    peak's band for soft tissue to be clipped above it)."""
+    hu_per_unit = (FAT_HU - AIR_HU) / (peak - air)
+    top = AIR_HU + (vmax - air) * hu_per_unit
+    if not FAT_HU + FAT_SEARCH_HU < top <= FAT_ONLY_MAX_TOP_HU:
+        return None
+    width = 0.03 * (peak - air)
+    near = int(np.count_nonzero((vol >= peak - width) & (vol <= peak + width)))
+    shoulder = int(np.count_nonzero((vol > peak + width) & (vol < vmax - 0.5 * unit)))
+    if shoulder < FAT_ONLY_MIN_SHOULDER * near:
+        return None
+    clip_ratio = int(np.count_nonzero(vol >= vmax - 0.5 * unit)) / max(near, 1)
+    return DisplayWindow(air_value=air, tissue_value=None, fat_value=peak, hu_per_unit=hu_per_unit,
+                         lo_hu=AIR_HU + (vmin - air) * hu_per_unit, hi_hu=top, air_sharpness=sharpness,
+                         clip_ratio=clip_ratio, fat_seen=True)
 
 
 def to_hu(vol: np.ndarray, window: DisplayWindow) -> np.ndarray:

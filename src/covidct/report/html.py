@@ -127,6 +127,8 @@ def _hu_text(inp: dict) -> str:
     if not win:
         return _fmt(inp.get("is_hu"))
     anchor = "fat, −100 HU" if win.get("fat_value") is not None else "soft tissue, +40 HU"
+    if win.get("fat_value") is not None and win.get("tissue_value") is None:
+        anchor += "; the window's top clips soft tissue"
     return _fmt(f"approximate: mapped from display values (outside air −1000 HU, {anchor}; "
                 f"{float(win['hu_per_unit']):.2f} HU per grey level)")
 
