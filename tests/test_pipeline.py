@@ -468,3 +468,23 @@ def test_effusion_lies_on_the_dependent_side_of_the_patient_position():
     assert _plausible_effusion(anterior, lung, spacing, hu=hu, dependent=DEPENDENT_SIDE["HFP"])[anterior].all()
     assert _plausible_effusion(lateral_left, lung, spacing, hu=hu, dependent=DEPENDENT_SIDE["HFDL"])[lateral_left].all()
     assert not _plausible_effusion(lateral_left, lung, spacing, hu=hu, dependent=DEPENDENT_SIDE["HFDR"]).any()
+
+
+def test_scan_that_cuts_the_lungs_says_so(analyzer):
+    """A scan that stops inside the lungs (here a phantom without its upper half, as an abdominal CT shows only the
+    lung bases) gets a warning that its measures describe the scanned part only; the whole phantom does not."""
+    from covidct.pipeline.diagnosis import coverage_warnings
+
+    ph = make_phantom(seed=0, shape=(20, 128, 128), spacing=(10.0, 2.6, 2.6), margin_slices=2)  # lung-free ends
+    whole = analyzer(ph.ct)
+    assert not [w for w in whole.report["warnings"] if "cuts the lungs" in w]
+    lower = ph.ct.with_array(ph.ct.array)
+    lower.array = np.ascontiguousarray(ph.ct.array[:12])
+    warned = [w for w in analyzer(lower).report["warnings"] if "cuts the lungs" in w]
+    assert len(warned) == 1 and "top slice" in warned[0] and "bottom slice" not in warned[0]
+    # the rule itself: lung on an end slice counts from a tenth of the largest slice's lung
+    lungs = np.zeros((5, 10, 10), np.uint8)
+    lungs[1:4] = 1
+    assert coverage_warnings(lungs, (2.0, 1.0, 1.0)) == []
+    lungs[0, :2, :5] = 1  # 10 % of the largest slice's lung on the bottom slice
+    assert "bottom slice" in coverage_warnings(lungs, (2.0, 1.0, 1.0))[0]

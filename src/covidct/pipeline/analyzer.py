@@ -152,6 +152,8 @@ class Analyzer:
         finding, pattern = diagnosis.diagnose(ct, masks.lungs, masks.lesions, severity, mode)
         t["diagnosis"] = time.perf_counter() - t0
         hu_rule = hu_rules.applies(ct.is_hu, ct.n_slices)  # GGO/consolidation came from the HU rule
+        if mode == "volume":
+            warnings.extend(diagnosis.coverage_warnings(masks.lungs, ct.spacing))
         if mode == "volume" and (hu_rule or self.models["infection"] is not None):
             warnings.extend(diagnosis.low_involvement_warnings(severity, hu_rule=hu_rule))
             # on thin slices the HU rule may add vessels: its figures are then not the lower bounds measured on 2.5-5 mm

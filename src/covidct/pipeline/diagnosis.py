@@ -46,6 +46,31 @@ def low_involvement_warnings(sev: dict, hu_rule: bool = False) -> list[str]:
     ]
 
 
+# A scan that stops inside the lungs (an abdominal CT with the lung bases, a cardiac or neck CT, a series cut short)
+# has lung on its first or last slice. A few cm² there are the tip of a costophrenic recess or of an apex the scan
+# just reaches (P001's first slice: 8.4 cm², 2 % of its largest slice's lung; the demo phantom's top slice 7 %); this
+# share of the largest slice's lung means a noticeable part of the lungs lies outside the scan (the TotalSegmentator
+# abdominal example: its top slice holds its largest lung area). Chosen on those cases (docs/BENCHMARKS.md,
+# twenty-third session).
+CUT_LUNG_SHARE = 0.10
+
+
+def coverage_warnings(lungs: np.ndarray, spacing: tuple[float, float, float]) -> list[str]:
+    """A warning when the lung mask of a volume runs on past its top or bottom slice (canonical z: index 0 at the
+    feet end): its measures then describe the scanned part of the lungs only."""
+    area = (np.asarray(lungs) > 0).reshape(len(lungs), -1).sum(1)
+    if len(area) < 3 or not area.any():
+        return []
+    cm2 = float(spacing[1]) * float(spacing[2]) / 100.0
+    ends = [(f"its top slice (the head end: {area[-1] * cm2:.0f} cm² of lung on it)", area[-1]),
+            (f"its bottom slice (the feet end: {area[0] * cm2:.0f} cm² of lung on it)", area[0])]
+    cut = [name for name, a in ends if a >= CUT_LUNG_SHARE * area.max()]
+    if not cut:
+        return []
+    return [f"the scan cuts the lungs at {' and at '.join(cut)}: part of the lungs lies outside it, so the lung "
+            "volumes, involvement, zones, severity score and pattern describe the scanned part only"]
+
+
 # How much of the true lesion volume the HU rule finds, measured on synthetic chest phantoms with voxel truth (seed 0 at
 # 5 mm and at 2.5 mm slices; docs/BENCHMARKS.md, "How conservative the HU rule's extent is"): what it marks is right
 # (precision 0.98), but it finds a fraction, and consolidated lung outside the lung mask is never scored.
