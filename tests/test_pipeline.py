@@ -488,3 +488,20 @@ def test_scan_that_cuts_the_lungs_says_so(analyzer):
     assert coverage_warnings(lungs, (2.0, 1.0, 1.0)) == []
     lungs[0, :2, :5] = 1  # 10 % of the largest slice's lung on the bottom slice
     assert "bottom slice" in coverage_warnings(lungs, (2.0, 1.0, 1.0))[0]
+
+
+def test_one_lung_takes_its_side_from_the_body_midline():
+    """A lung mask that is one lung (the other removed, collapsed or airless) is labelled by the side of the body it
+    lies on, not cut in half; two lungs are split as before."""
+    z, y, x = np.mgrid[:12, :80, :120]
+    hu = np.where(((x - 60) / 55.0) ** 2 + ((y - 40) / 35.0) ** 2 <= 1.0, 40.0, -1000.0).astype(np.float32)  # body
+    left = (((x - 85) / 18.0) ** 2 + ((y - 40) / 22.0) ** 2 <= 1.0) & (z >= 1) & (z <= 10)  # x > 60: patient's left
+    right = (((x - 35) / 18.0) ** 2 + ((y - 40) / 22.0) ** 2 <= 1.0) & (z >= 1) & (z <= 10)
+    hu[left | right] = -850.0
+    spacing = (5.0, 2.0, 2.0)
+    for lung, side in ((left, 1), (right, 2)):
+        labels = split_left_right(lung, spacing, hu)
+        assert (labels[lung] == side).all() and not labels[~lung].any()
+        assert (split_left_right(lung, spacing) == 1).any() and (split_left_right(lung, spacing) == 2).any()  # no HU
+    both = split_left_right(left | right, spacing, hu)
+    assert (both[left] == 1).all() and (both[right] == 2).all()

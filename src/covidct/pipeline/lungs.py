@@ -74,7 +74,7 @@ def segment_lungs(ct: CT, model: LoadedModel | None, runner: ModelRunner) -> np.
         mask = keep_lung_components(hu_rules.hu_lungs(vol, ct.spacing, mask))
     if hu_rules.applies(ct.is_hu, ct.n_slices):  # a whole HU volume: there may be a neck to trace it from
         mask = drop_trachea(mask, vol, ct.spacing)
-    return split_left_right(mask, ct.spacing)
+    return split_left_right(mask, ct.spacing, vol if ct.is_hu else None)
 
 
 AIR_HU = -920.0  # pure air after partial-volume averaging on the working grid
@@ -220,19 +220,51 @@ def keep_lung_components(mask: np.ndarray, min_fraction: float = 0.05, fill_in_p
     return out
 
 
-def split_left_right(mask: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
-    """Label a lung mask 1 (patient's left = larger x) / 2 (right), also when the lungs touch."""
+def split_left_right(mask: np.ndarray, spacing: tuple[float, float, float], hu: np.ndarray | None = None) -> np.ndarray:
+    """Label a lung mask 1 (patient's left = larger x) / 2 (right), also when the lungs touch. With the HU volume
+    (``hu``), a mask that is one lung (the other removed, collapsed or airless) is labelled by the side of the body's
+    midline it lies on, rather than cut in half."""
     out = np.zeros(mask.shape, np.uint8)
     box = bounding_box(mask, margin=1)
     if box is None:
         return out
-    out[box] = _split_left_right(mask[box], spacing)
+    mid = None if hu is None else _body_midline(hu, mask)
+    out[box] = _split_left_right(mask[box], spacing, None if mid is None else mid - box[2].start)
     return out
 
 
-def _split_left_right(mask: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+ONE_SIDE_SHARE = 0.8  # a lung mask this much on one side of the body's midline is one lung
+
+
+def _body_midline(hu: np.ndarray, mask: np.ndarray) -> float | None:
+    """The x of the body's midline: the median over the lung slices of the centroid column of tissue denser than
+    -500 HU (body, table, arms: left-right symmetric about the patient, unlike a lung mask of one lung)."""
+    zs = np.flatnonzero(mask.any(axis=(1, 2)))
+    mids = []
+    for z in zs[:: max(1, len(zs) // 16)]:  # a few slices are enough for a centroid
+        counts = np.count_nonzero(hu[z] > -500.0, axis=0)
+        if counts.sum():
+            mids.append(float(np.dot(counts, np.arange(len(counts))) / counts.sum()))
+    return float(np.median(mids)) if mids else None
+
+
+def _side_of(mask: np.ndarray, mid: float) -> int:
+    """LEFT_LUNG / RIGHT_LUNG when ``mask`` lies at least ``ONE_SIDE_SHARE`` on that side of column ``mid`` (x runs to
+    the patient's left), else 0."""
+    counts = np.count_nonzero(mask, axis=(0, 1))
+    left = float(counts[np.arange(len(counts)) > mid].sum()) / max(float(counts.sum()), 1.0)
+    return LEFT_LUNG if left >= ONE_SIDE_SHARE else RIGHT_LUNG if left <= 1.0 - ONE_SIDE_SHARE else 0
+
+
+def _split_left_right(mask: np.ndarray, spacing: tuple[float, float, float], mid: float | None = None) -> np.ndarray:
     out = np.zeros(mask.shape, np.uint8)
     seeds = _two_seeds(mask)
+    if seeds is not None and mid is not None and (_mean_x(seeds[0]) > mid) == (_mean_x(seeds[1]) > mid):
+        seeds = None  # two pieces of one lung, both on one side of the body
+    side = _side_of(mask, mid) if seeds is None and mid is not None else 0
+    if side:  # one lung
+        out[mask] = side
+        return out
     if seeds is None:  # one blob that erosion could not split: cut at the midline of each slice
         xs = np.nonzero(mask)[2]
         mid = 0.5 * (xs.min() + xs.max())
