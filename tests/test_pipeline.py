@@ -505,3 +505,22 @@ def test_one_lung_takes_its_side_from_the_body_midline():
         assert (split_left_right(lung, spacing) == 1).any() and (split_left_right(lung, spacing) == 2).any()  # no HU
     both = split_left_right(left | right, spacing, hu)
     assert (both[left] == 1).all() and (both[right] == 2).all()
+
+
+def test_a_missing_lung_is_warned_about_and_the_other_keeps_its_side(analyzer):
+    """A hemithorax made airless (its lung set to soft tissue, as a collapsed lung or a removed one looks): the
+    remaining lung is labelled by its own side, not cut in half, and a warning says a lung is under half the other."""
+    from covidct.labels import LEFT_LUNG, RIGHT_LUNG
+    from covidct.pipeline.diagnosis import asymmetry_warnings
+
+    ph = make_phantom(seed=2, lesion_burden=0.0, shape=(20, 128, 128), spacing=(8.0, 2.6, 2.6), margin_slices=2)
+    arr = ph.ct.array.copy()
+    arr[ph.lungs == RIGHT_LUNG] = 40.0
+    res = analyzer(ph.ct.with_array(arr))
+    kept = ph.lungs == LEFT_LUNG
+    assert (res.lungs[kept] == LEFT_LUNG).mean() > 0.95 and not (res.lungs == RIGHT_LUNG).any()
+    assert any("right lung measures 0 %" in w for w in res.report["warnings"])
+    assert not [w for w in analyzer(ph.ct).report["warnings"] if "lung measures" in w]
+    sev = {"per_lung": {"left": {"lung_vox": 100}, "right": {"lung_vox": 201}}}
+    assert asymmetry_warnings(sev) and not asymmetry_warnings({"per_lung": {"left": {"lung_vox": 100},
+                                                                             "right": {"lung_vox": 199}}})

@@ -153,7 +153,8 @@ class Analyzer:
         t["diagnosis"] = time.perf_counter() - t0
         hu_rule = hu_rules.applies(ct.is_hu, ct.n_slices)  # GGO/consolidation came from the HU rule
         if mode == "volume":
-            warnings.extend(diagnosis.coverage_warnings(masks.lungs, ct.spacing))
+            # a scan that cuts the lungs makes their volumes partial: its warning then speaks for the asymmetry too
+            warnings.extend(diagnosis.coverage_warnings(masks.lungs, ct.spacing) or diagnosis.asymmetry_warnings(severity))
         if mode == "volume" and (hu_rule or self.models["infection"] is not None):
             warnings.extend(diagnosis.low_involvement_warnings(severity, hu_rule=hu_rule))
             # on thin slices the HU rule may add vessels: its figures are then not the lower bounds measured on 2.5-5 mm

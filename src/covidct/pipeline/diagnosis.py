@@ -71,6 +71,24 @@ def coverage_warnings(lungs: np.ndarray, spacing: tuple[float, float, float]) ->
             "volumes, involvement, zones, severity score and pattern describe the scanned part only"]
 
 
+# In healthy adults the left lung is about 10-20 % smaller than the right (normal001: 0.86 of it; the other real
+# series here 0.8-1.1). A lung mask under half the other lung's volume means airless lung that the mask leaves out
+# (collapse, a large pleural effusion or consolidation: not measured, docs/BENCHMARKS.md "Diffuse disease", twentieth
+# session) or a removed lung or lobes.
+SMALL_LUNG_RATIO = 0.5
+
+
+def asymmetry_warnings(sev: dict) -> list[str]:
+    """A warning when one lung's mask is under ``SMALL_LUNG_RATIO`` of the other's volume."""
+    vox = {side: int(sev["per_lung"][side]["lung_vox"]) for side in ("left", "right")}
+    small, big = sorted(vox, key=vox.get)
+    if vox[big] == 0 or vox[small] >= SMALL_LUNG_RATIO * vox[big]:
+        return []
+    return [f"the {small} lung measures {100.0 * vox[small] / vox[big]:.0f} % of the {big} lung's volume: part of it may be "
+            "airless (collapse, a large pleural effusion or consolidation, which the lung mask leaves out and covidct "
+            "does not measure) or removed, so the lesion figures and the reading may miss disease there"]
+
+
 # How much of the true lesion volume the HU rule finds, measured on synthetic chest phantoms with voxel truth (seed 0 at
 # 5 mm and at 2.5 mm slices; docs/BENCHMARKS.md, "How conservative the HU rule's extent is"): what it marks is right
 # (precision 0.98), but it finds a fraction, and consolidated lung outside the lung mask is never scored.
