@@ -127,16 +127,17 @@ def estimate_window(vol: np.ndarray) -> DisplayWindow | str:
     if centres.size == 0:
         return "no soft-tissue peak in the histogram"
     tissue = float(centres.max())
+    width = 0.03 * (tissue - air)  # the peak's band
+    near_peak = int(np.count_nonzero((vol >= tissue - width) & (vol <= tissue + width)))
+    at_top = int(np.count_nonzero(vol >= vmax - 0.5 * unit))
     per_unit = (SOFT_TISSUE_HU - AIR_HU) / (tissue - air)  # HU per unit on the air / soft-tissue map
     if AIR_HU + (vmax - air) * per_unit > MAX_TOP_HU:
-        return (_fat_only(vol, air, tissue, vmin, vmax, unit, sharpness)
+        return (_fat_only(vol, air, tissue, near_peak, at_top, vmin, vmax, unit, sharpness)
                 or "the highest histogram peak is too close to air to be soft tissue (the window clips soft tissue?)")
     fat = _fat_peak(centres, air, tissue, per_unit)
-    width = 0.03 * (tissue - air)
-    near_peak = int(np.count_nonzero((vol >= tissue - width) & (vol <= tissue + width)))
-    clip_ratio = int(np.count_nonzero(vol >= vmax - 0.5 * unit)) / max(near_peak, 1)
+    clip_ratio = at_top / max(near_peak, 1)
     if clip_ratio > MAX_CLIP_RATIO and fat is None:
-        return (_fat_only(vol, air, tissue, vmin, vmax, unit, sharpness)
+        return (_fat_only(vol, air, tissue, near_peak, at_top, vmin, vmax, unit, sharpness)
                 or (f"the window's top may clip soft tissue ({clip_ratio:.2f}x the soft-tissue peak's voxels at the top "
                     "value, no fat peak where expected)"))
     # fat is the steadier anchor: soft tissue's peak moves with contrast enhancement and between patients
@@ -146,24 +147,22 @@ def estimate_window(vol: np.ndarray) -> DisplayWindow | str:
                          air_sharpness=sharpness, clip_ratio=clip_ratio, fat_seen=fat is not None)
 
 
-def _fat_only(vol: np.ndarray, air: float, peak: float, vmin: float, vmax: float, unit: float,
-              sharpness: float) -> DisplayWindow | None:
-    """The map through outside air and the highest clear peak taken as fat, for a window whose top clips soft tissue;
-    None where the peak cannot be fat (the top would map outside (-40, +200] HU, or too few voxels lie above the
-    peak's band for soft tissue to be clipped above it)."""
+def _fat_only(vol: np.ndarray, air: float, peak: float, near: int, at_top: int, vmin: float, vmax: float,
+              unit: float, sharpness: float) -> DisplayWindow | None:
+    """The map through outside air and the highest clear peak taken as fat, for a window whose top clips soft tissue
+    (``near``, ``at_top``: the voxels in the peak's ±3 % band and at the top value); None where the peak cannot be fat
+    (the top would map outside (-40, +200] HU, or too few voxels lie above the peak's band for soft tissue to be
+    clipped above it)."""
     hu_per_unit = (FAT_HU - AIR_HU) / (peak - air)
     top = AIR_HU + (vmax - air) * hu_per_unit
     if not FAT_HU + FAT_SEARCH_HU < top <= FAT_ONLY_MAX_TOP_HU:
         return None
-    width = 0.03 * (peak - air)
-    near = int(np.count_nonzero((vol >= peak - width) & (vol <= peak + width)))
-    shoulder = int(np.count_nonzero((vol > peak + width) & (vol < vmax - 0.5 * unit)))
+    shoulder = int(np.count_nonzero((vol > peak + 0.03 * (peak - air)) & (vol < vmax - 0.5 * unit)))
     if shoulder < FAT_ONLY_MIN_SHOULDER * near:
         return None
-    clip_ratio = int(np.count_nonzero(vol >= vmax - 0.5 * unit)) / max(near, 1)
     return DisplayWindow(air_value=air, tissue_value=None, fat_value=peak, hu_per_unit=hu_per_unit,
                          lo_hu=AIR_HU + (vmin - air) * hu_per_unit, hi_hu=top, air_sharpness=sharpness,
-                         clip_ratio=clip_ratio, fat_seen=True)
+                         clip_ratio=at_top / max(near, 1), fat_seen=True)
 
 
 def to_hu(vol: np.ndarray, window: DisplayWindow) -> np.ndarray:
