@@ -62,7 +62,8 @@ def test_windows_clipping_soft_tissue_are_undone_on_air_and_fat(phantom, level, 
 
 def test_soft_tissue_peak_is_not_taken_for_fat():
     """A peak with only its own upper tail above it (soft tissue under a top near +100 HU) is not fat: taken as fat it
-    would put the top below -40 HU. Synthetic histogram: air, lung, soft tissue, a clipped top."""
+    would put the top below -40 HU. It is taken as soft tissue. Synthetic histogram: air, lung, soft tissue, a
+    clipped top."""
     rng = np.random.default_rng(0)
     vol = np.full((8, 64, 64), 10.0, np.float32)  # outside air, the border's value
     inner = np.s_[:, 8:56, 8:56]
@@ -70,8 +71,29 @@ def test_soft_tissue_peak_is_not_taken_for_fat():
     body[:, 10:38, 4:20] = rng.normal(40.0, 6.0, size=(8, 28, 16))  # lung
     body[:, 40:44, 40:44] = 0.0  # the clipped minimum (not the border's air)
     vol[inner] = np.clip(np.rint(body), 0, 211)  # the top clips the upper tail of soft tissue
-    reason = estimate_window(vol)
-    assert isinstance(reason, str) and "clip soft tissue" in reason
+    window = estimate_window(vol)
+    assert not isinstance(window, str), window
+    assert window.tissue_value is not None and not window.fat_seen and window.hi_hu > 40.0
+
+
+@pytest.mark.parametrize(("level", "width"), [(-650, 1500), (-600, 1400), (-500, 1200)])
+def test_soft_tissue_seen_whole_under_a_top_clipping_bone_is_undone(phantom, level, width):
+    """A lean patient (no fat peak) with much bone and contrast above a top at +100 HU: more voxels sit at the top
+    value than 0.3x those in the soft-tissue peak's band, yet the peak is seen whole (only its upper tail lies
+    between it and the top), so the air / soft-tissue map is kept (before: refused, cap001's three such windows)."""
+    rng = np.random.default_rng(0)
+    lean = phantom.ct.array.copy()
+    fat = (lean > -160) & (lean < -50)
+    lean[fat] = rng.normal(40.0, 12.0, int(fat.sum()))
+    soft = (lean > 0) & (lean < 80)
+    lean[soft & (rng.random(lean.shape) < 0.3)] = 700.0
+    window = estimate_window(windowed(lean, level, width))
+    assert not isinstance(window, str), window
+    assert window.tissue_value is not None and not window.fat_seen and window.clip_ratio > 0.3
+    assert window.hi_hu == pytest.approx(level + width / 2, abs=30)
+    mapped = to_hu(windowed(lean, level, width), window)
+    body = (lean >= -950) & (lean <= 100)
+    assert float(np.median(np.abs(mapped[body] - lean[body]))) < 15
 
 
 def test_flat_volume_is_refused():

@@ -26,8 +26,11 @@ The map is refused (the volume is analysed as display intensities, as before) wh
 - the map would put the volume's top above +4000 HU (the peak taken for soft tissue is lung: the window clips
   soft tissue and fat) and the peak cannot be fat either;
 - the window may clip soft tissue itself (its top near +40 HU, so that the highest visible peak may be fat): more
-  voxels at the clipped top than 0.3× those within ±3 % of the peak, unless the fat peak is seen or the peak can be fat.
-These thresholds were set on four real series under 13 windows (docs/BENCHMARKS.md, twenty-second and twenty-third
+  voxels at the clipped top than 0.3× those within ±3 % of the peak, unless the fat peak is seen, the peak can be fat,
+  or the peak is soft tissue seen whole (the top at least 20 HU above it on the soft-tissue map, and fewer voxels
+  than ``FAT_ONLY_MIN_SHOULDER`` × those in its band between the band and the top: only its upper tail; the many
+  voxels at the top are then bone and contrast).
+These thresholds were set on four real series under 13 windows (docs/BENCHMARKS.md, twenty-second to twenty-fourth
 sessions); what they accept came within a few HU of the true values there. A non-linear map (gamma, per-slice
 stretching) is not detected.
 """
@@ -46,7 +49,10 @@ MAX_TOP_HU = 4000.0  # CT's usual range ends at +3071 HU; a higher top means the
 MAX_CLIP_RATIO = 0.3
 FAT_SEARCH_HU = 60.0
 FAT_ONLY_MAX_TOP_HU = 200.0
-FAT_ONLY_MIN_SHOULDER = 0.3
+FAT_ONLY_MIN_SHOULDER = 0.3  # the voxels above a peak's band over those in it: fat at or above, soft tissue below
+# a soft-tissue peak under a top that clips many voxels (bone, contrast) is accepted when the top lies at least this
+# far above it (about the peak's half-width at these noise levels): the peak is then seen whole, not cut by the top
+SOFT_TISSUE_HEADROOM_HU = 20.0
 # How far a mapped HU value may be from the truth near soft tissue: the map puts each patient's own soft-tissue peak
 # at +40 HU, and the four real series' peaks lie at 33, 39, 45 and 61 HU. Checks that compare a density with a
 # threshold near soft tissue widen their margin by this much on a mapped volume (pipeline.lesions' effusion check).
@@ -137,14 +143,34 @@ def estimate_window(vol: np.ndarray) -> DisplayWindow | str:
     fat = _fat_peak(centres, air, tissue, per_unit)
     clip_ratio = at_top / max(near_peak, 1)
     if clip_ratio > MAX_CLIP_RATIO and fat is None:
-        return (_fat_only(vol, air, tissue, near_peak, at_top, vmin, vmax, unit, sharpness)
-                or (f"the window's top may clip soft tissue ({clip_ratio:.2f}x the soft-tissue peak's voxels at the top "
-                    "value, no fat peak where expected)"))
+        fat_map = _fat_only(vol, air, tissue, near_peak, at_top, vmin, vmax, unit, sharpness)
+        if fat_map is not None:
+            return fat_map
+        if not _soft_tissue_whole(vol, air, tissue, near_peak, vmax, unit, per_unit):
+            return (f"the window's top may clip soft tissue ({clip_ratio:.2f}x the soft-tissue peak's voxels at the "
+                    "top value, no fat peak where expected)")
     # fat is the steadier anchor: soft tissue's peak moves with contrast enhancement and between patients
     hu_per_unit = per_unit if fat is None else (FAT_HU - AIR_HU) / (fat - air)
     return DisplayWindow(air_value=air, tissue_value=tissue, fat_value=fat, hu_per_unit=hu_per_unit,
                          lo_hu=AIR_HU + (vmin - air) * hu_per_unit, hi_hu=AIR_HU + (vmax - air) * hu_per_unit,
                          air_sharpness=sharpness, clip_ratio=clip_ratio, fat_seen=fat is not None)
+
+
+def _shoulder(vol: np.ndarray, air: float, peak: float, vmax: float, unit: float) -> int:
+    """The voxels between the peak's +-3 % band and the clipped top value."""
+    return int(np.count_nonzero((vol > peak + 0.03 * (peak - air)) & (vol < vmax - 0.5 * unit)))
+
+
+def _soft_tissue_whole(vol: np.ndarray, air: float, peak: float, near: int, vmax: float, unit: float,
+                       per_unit: float) -> bool:
+    """Whether the highest clear peak is soft tissue seen whole although many voxels sit at the top value (bone and
+    contrast clipped): the air / soft-tissue map puts the top at least ``SOFT_TISSUE_HEADROOM_HU`` above soft tissue,
+    and fewer voxels than ``FAT_ONLY_MIN_SHOULDER`` x ``near`` (those in the peak's band) lie between the band and the
+    top: above soft tissue's own peak lies only its upper tail, above fat the fat/soft-tissue gap and the soft tissue
+    below the top (the same boundary as :func:`_fat_only`'s, the other way)."""
+    if AIR_HU + (vmax - air) * per_unit < SOFT_TISSUE_HU + SOFT_TISSUE_HEADROOM_HU:
+        return False
+    return _shoulder(vol, air, peak, vmax, unit) < FAT_ONLY_MIN_SHOULDER * near
 
 
 def _fat_only(vol: np.ndarray, air: float, peak: float, near: int, at_top: int, vmin: float, vmax: float,
@@ -157,8 +183,7 @@ def _fat_only(vol: np.ndarray, air: float, peak: float, near: int, at_top: int, 
     top = AIR_HU + (vmax - air) * hu_per_unit
     if not FAT_HU + FAT_SEARCH_HU < top <= FAT_ONLY_MAX_TOP_HU:
         return None
-    shoulder = int(np.count_nonzero((vol > peak + 0.03 * (peak - air)) & (vol < vmax - 0.5 * unit)))
-    if shoulder < FAT_ONLY_MIN_SHOULDER * near:
+    if _shoulder(vol, air, peak, vmax, unit) < FAT_ONLY_MIN_SHOULDER * near:
         return None
     return DisplayWindow(air_value=air, tissue_value=None, fat_value=peak, hu_per_unit=hu_per_unit,
                          lo_hu=AIR_HU + (vmin - air) * hu_per_unit, hi_hu=top, air_sharpness=sharpness,
