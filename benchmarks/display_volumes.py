@@ -10,6 +10,8 @@ why not), the error of the mapped HU against the true HU (median absolute, over 
 -950..100 and in the lung band -950..-300), and ``analyze``'s lesion mL, diagnosis and slice AUC (P001, cap001) or
 false lesions outside the nodules (LIDC-IDRI-0001, outside the readers' contours grown by 10 mm) - with the mapping
 (the default) and without it (``COVIDCT_DISPLAY_TO_HU=0``, the display path as it was), beside the HU original.
+Where the window is refused: the share of the body its minimum swallows (``clipped_lung_share``) and whether
+``analyze`` therefore stops with an error (``analyze_stops``: a window that clips the lungs).
 Skips (exit 0) when the data folder is absent.
 """
 
@@ -49,7 +51,7 @@ def main() -> int:
         return 0
 
     from covidct.data.covid_ct_md import read_slice_labels
-    from covidct.display_hu import estimate_window, to_hu
+    from covidct.display_hu import CLIPPED_LUNG_SHARE, clipped_lung_share, estimate_window, to_hu
     from covidct.evaluate.hu_volumes import display_windowed, false_lesions, slice_auc
     from covidct.evaluate.lidc import nodule_mask, parse_lidc_xml
     from covidct.io import load_ct
@@ -91,6 +93,9 @@ def main() -> int:
             row = {"series": name, "window": variant, "mapped": not isinstance(window, str)}
             if isinstance(window, str):
                 row["refused"] = window
+                share = clipped_lung_share(display.array, display.spacing)
+                row["clipped_lung_share"] = round(share, 4)
+                row["analyze_stops"] = share >= CLIPPED_LUNG_SHARE  # `analyze` gives an error instead of a reading
             else:
                 hu = to_hu(display.array, window)
                 for key, (lo, hi) in (("err_hu", (-950, 100)), ("err_hu_lung_band", (-950, -300))):

@@ -155,3 +155,21 @@ def test_segment_maps_a_display_volume_too(phantom, tmp_path, capsys):
     hu = nib.load(next((tmp_path / "hu").glob("*.nii.gz"))).get_fdata() > 0
     shown = nib.load(next((tmp_path / "display").glob("*.nii.gz"))).get_fdata() > 0
     assert 2 * (hu & shown).sum() / (hu.sum() + shown.sum()) > 0.97
+
+
+def test_window_clipping_the_lungs_stops_analyze_with_one_line(phantom, tmp_path, capsys):
+    """A mediastinal window (W400/L40: everything below -160 HU is its minimum) hides the lung's density: `analyze`
+    stops with a one-line error and writes nothing, rather than reading the hidden lungs as normal. A lung window of
+    the same volume is not stopped (its minimum is only air outside the body)."""
+    from covidct.cli import main
+    from covidct.display_hu import CLIPPED_LUNG_SHARE, clipped_lung_share
+
+    ct = phantom.ct
+    assert clipped_lung_share(windowed(ct.array, 40, 400), ct.spacing) > 2 * CLIPPED_LUNG_SHARE
+    assert clipped_lung_share(windowed(ct.array, -600, 1500), ct.spacing) < 0.1 * CLIPPED_LUNG_SHARE
+    path = tmp_path / "mediastinal.nii.gz"
+    nib.save(nib.Nifti1Image(windowed(ct.array, 40, 400).transpose(2, 1, 0), ct.affine), path)
+    assert main(["analyze", str(path), "-o", str(tmp_path / "out")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "clips the lungs" in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

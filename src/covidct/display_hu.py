@@ -30,6 +30,8 @@ The map is refused (the volume is analysed as display intensities, as before) wh
   or the peak is soft tissue seen whole (the top at least 20 HU above it on the soft-tissue map, and fewer voxels
   than ``FAT_ONLY_MIN_SHOULDER`` × those in its band between the band and the top: only its upper tail; the many
   voxels at the top are then bone and contrast).
+A refused window that clips the lungs to its minimum (a mediastinal window: everything below -160 HU is one value)
+leaves nothing of the lung's density to read: :func:`clipped_lung_share` finds it and ``analyze`` stops with an error.
 These thresholds were set on four real series under 13 windows (docs/BENCHMARKS.md, twenty-second to twenty-fourth
 sessions); what they accept came within a few HU of the true values there. A non-linear map (gamma, per-slice
 stretching) is not detected.
@@ -188,6 +190,31 @@ def _fat_only(vol: np.ndarray, air: float, peak: float, near: int, at_top: int, 
     return DisplayWindow(air_value=air, tissue_value=None, fat_value=peak, hu_per_unit=hu_per_unit,
                          lo_hu=AIR_HU + (vmin - air) * hu_per_unit, hi_hu=top, air_sharpness=sharpness,
                          clip_ratio=at_top / max(near, 1), fat_seen=True)
+
+
+# A refused window whose minimum swallows this share of the body (in-plane components of the minimum value, enclosed by
+# the body, of at least CLIPPED_MIN_CM2) hides the lungs: a mediastinal window (W400/L40) puts everything below -160 HU
+# at its minimum, aerated lung, GGO and emphysema alike (0.16-0.41 on the four real series here; lung windows 0.0001)
+CLIPPED_LUNG_SHARE = 0.05
+CLIPPED_MIN_CM2 = 1.0  # smaller holes at the minimum are speckle (outside air clamped at -1024 HU by some scanners)
+
+
+def clipped_lung_share(vol: np.ndarray, spacing: tuple[float, float, float]) -> float:
+    """The share of the body (each slice's region above the volume's minimum, holes filled) taken by enclosed regions
+    at the minimum value of at least ``CLIPPED_MIN_CM2`` in their slice: the lungs, where a window clips them."""
+    from scipy import ndimage
+
+    in_plane = np.zeros((3, 3, 3), bool)
+    in_plane[1] = ndimage.generate_binary_structure(2, 1)
+    above = np.asarray(vol) > np.min(vol)
+    body = np.stack([ndimage.binary_fill_holes(s) for s in above])
+    holes = body & ~above
+    lbl, n = ndimage.label(holes, structure=in_plane)
+    if n:
+        big = np.bincount(lbl.ravel()) * (spacing[1] * spacing[2] / 100.0) >= CLIPPED_MIN_CM2
+        big[0] = False
+        holes = big[lbl]
+    return float(np.count_nonzero(holes)) / max(float(np.count_nonzero(body)), 1.0)
 
 
 def to_hu(vol: np.ndarray, window: DisplayWindow) -> np.ndarray:

@@ -47,13 +47,19 @@ DISPLAY_TO_HU_ENV = "COVIDCT_DISPLAY_TO_HU"  # "0": analyse display-range volume
 def display_to_hu(ct: CT) -> tuple[CT, str]:
     """A whole display-range volume mapped back to approximate HU where its window can be found
     (:mod:`covidct.display_hu`; the estimate in ``meta["display_window"]``; not where ``COVIDCT_DISPLAY_TO_HU=0``),
-    else ``ct`` itself; and the warning."""
+    else ``ct`` itself; and the warning. UnsupportedInput where a refused window clips the lungs to its minimum."""
     import os
 
-    from covidct.display_hu import estimate_window, to_hu
+    from covidct.display_hu import CLIPPED_LUNG_SHARE, clipped_lung_share, estimate_window, to_hu
 
-    window = estimate_window(ct.array) if os.environ.get(DISPLAY_TO_HU_ENV, "1") != "0" else f"{DISPLAY_TO_HU_ENV}=0"
+    mapping = os.environ.get(DISPLAY_TO_HU_ENV, "1") != "0"
+    window = estimate_window(ct.array) if mapping else f"{DISPLAY_TO_HU_ENV}=0"
     if isinstance(window, str):
+        share = clipped_lung_share(ct.array, ct.spacing) if mapping else 0.0
+        if share >= CLIPPED_LUNG_SHARE:  # nothing of the lung's density is left to read: a reading would be unfounded
+            raise UnsupportedInput(
+                f"the display window clips the lungs to its minimum value ({share:.0%} of the body; a mediastinal or "
+                "soft-tissue window): lung density cannot be read; give the series in HU or in a lung window")
         return ct, ("input intensities are not HU (a display-range or offset volume) and could not be mapped to HU: "
                     f"{window}; HU checks skipped, volumes less reliable")
     hu = ct.with_array(to_hu(ct.array, window), is_hu=True)
