@@ -173,3 +173,18 @@ def test_window_clipping_the_lungs_stops_analyze_with_one_line(phantom, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "clips the lungs" in err[0] and "Traceback" not in err[0]
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_segment_stops_on_a_window_clipping_the_lungs_for_lesions_only(phantom, tmp_path, capsys):
+    """`covidct segment` of a mediastinal-window volume: lesions need the lung's density and stop with the error; the
+    lung outline does not, and is still segmented (with the not-mapped warning)."""
+    from covidct.cli import main
+
+    ct = phantom.ct
+    path = tmp_path / "mediastinal.nii.gz"
+    nib.save(nib.Nifti1Image(windowed(ct.array, 40, 400).transpose(2, 1, 0), ct.affine), path)
+    assert main(["segment", str(path), "-o", str(tmp_path / "inf"), "--task", "infection"]) != 0
+    assert "clips the lungs" in capsys.readouterr().err
+    assert main(["segment", str(path), "-o", str(tmp_path / "lungs"), "--task", "lungs"]) == 0
+    assert "could not be mapped" in capsys.readouterr().err
+    assert any((tmp_path / "lungs").glob("*.nii.gz"))

@@ -74,7 +74,7 @@ def register(app: typer.Typer) -> None:
                 from covidct.pipeline.load import display_to_hu
 
                 if not ct.is_hu and ct.n_slices >= 3:  # a whole display-range volume: back to HU where it can be
-                    ct, note = display_to_hu(ct)
+                    ct, note = display_to_hu(ct, lung_density_needed=task != "lungs")
                     typer.echo(f"covidct: warning: {ct.name}: {note}", err=True)
                 lesions_model = model_name if task != "lungs" else "lesions"
                 lungs_model = model_name if task == "lungs" else "lungs"

@@ -44,10 +44,11 @@ def study_of(ct: CT, model_warnings: Sequence[str] = ()) -> Study:
 DISPLAY_TO_HU_ENV = "COVIDCT_DISPLAY_TO_HU"  # "0": analyse display-range volumes as they are (no mapping to HU)
 
 
-def display_to_hu(ct: CT) -> tuple[CT, str]:
+def display_to_hu(ct: CT, lung_density_needed: bool = True) -> tuple[CT, str]:
     """A whole display-range volume mapped back to approximate HU where its window can be found
     (:mod:`covidct.display_hu`; the estimate in ``meta["display_window"]``; not where ``COVIDCT_DISPLAY_TO_HU=0``),
-    else ``ct`` itself; and the warning. UnsupportedInput where a refused window clips the lungs to its minimum."""
+    else ``ct`` itself; and the warning. UnsupportedInput where a refused window clips the lungs to its minimum and
+    ``lung_density_needed`` (lesions; a lung outline alone can still be found there)."""
     import os
 
     from covidct.display_hu import CLIPPED_LUNG_SHARE, clipped_lung_share, estimate_window, to_hu
@@ -55,7 +56,7 @@ def display_to_hu(ct: CT) -> tuple[CT, str]:
     mapping = os.environ.get(DISPLAY_TO_HU_ENV, "1") != "0"
     window = estimate_window(ct.array) if mapping else f"{DISPLAY_TO_HU_ENV}=0"
     if isinstance(window, str):
-        share = clipped_lung_share(ct.array, ct.spacing) if mapping else 0.0
+        share = clipped_lung_share(ct.array, ct.spacing) if mapping and lung_density_needed else 0.0
         if share >= CLIPPED_LUNG_SHARE:  # nothing of the lung's density is left to read: a reading would be unfounded
             raise UnsupportedInput(
                 f"the display window clips the lungs to its minimum value ({share:.0%} of the body; a mediastinal or "
