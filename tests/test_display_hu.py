@@ -188,3 +188,21 @@ def test_segment_stops_on_a_window_clipping_the_lungs_for_lesions_only(phantom, 
     assert main(["segment", str(path), "-o", str(tmp_path / "lungs"), "--task", "lungs"]) == 0
     assert "could not be mapped" in capsys.readouterr().err
     assert any((tmp_path / "lungs").glob("*.nii.gz"))
+
+
+def test_unmapped_display_volume_stops_analyze_unless_asked_for(phantom, tmp_path, capsys, monkeypatch):
+    """A whole display volume whose window cannot be undone (W1000/L-700: only air and lung left) is not read as
+    display values by `analyze`, which would call healthy lungs diseased: one-line error, nothing written. With
+    COVIDCT_DISPLAY_TO_HU=0 (display analysis asked for) it is analysed, with the warning."""
+    from covidct.cli import main
+
+    ct = phantom.ct
+    path = tmp_path / "narrow.nii.gz"
+    nib.save(nib.Nifti1Image(windowed(ct.array, -700, 1000).transpose(2, 1, 0), ct.affine), path)
+    assert main(["analyze", str(path), "-o", str(tmp_path / "out")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "could not be undone" in err[0] and "too close to air" in err[0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    monkeypatch.setenv(DISPLAY_TO_HU_ENV, "0")
+    assert main(["analyze", str(path), "-o", str(tmp_path / "asked"), "--no-html"]) == 0
+    assert (tmp_path / "asked" / "report.json").is_file()

@@ -20,7 +20,8 @@ between -40 HU (fat at least ``FAT_SEARCH_HU`` below it) and +200 HU (a higher t
 clear peak), and the voxels between the peak's band and the top are at least ``FAT_ONLY_MIN_SHOULDER`` of those in
 the band (right above soft tissue's own peak lies only its upper tail; above fat lie the fat/soft-tissue gap and the
 soft tissue below the top). ``tissue_value`` is then None.
-The map is refused (the volume is analysed as display intensities, as before) when the anchors are not trustworthy:
+The map is refused (``analyze`` then stops with an error; ``segment`` goes on with display intensities) when the
+anchors are not trustworthy:
 - the border's air is not one sharp value (< 25 % of the unclipped border within ±3 of its commonest value), as when a
   mediastinal window clips air and lung together;
 - the map would put the volume's top above +4000 HU (the peak taken for soft tissue is lung: the window clips

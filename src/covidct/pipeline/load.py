@@ -36,7 +36,7 @@ def study_of(ct: CT, model_warnings: Sequence[str] = ()) -> Study:
         mode = "volume"
     note = None
     if mode == "volume" and not ct.is_hu:
-        ct, note = display_to_hu(ct)
+        ct, note = display_to_hu(ct, stop_unless_mapped=True)
     warnings = list(ct.warnings) + list(model_warnings) + ([note] if note else [])
     return Study(ct=ct, mode=mode, warnings=warnings)
 
@@ -44,11 +44,12 @@ def study_of(ct: CT, model_warnings: Sequence[str] = ()) -> Study:
 DISPLAY_TO_HU_ENV = "COVIDCT_DISPLAY_TO_HU"  # "0": analyse display-range volumes as they are (no mapping to HU)
 
 
-def display_to_hu(ct: CT, lung_density_needed: bool = True) -> tuple[CT, str]:
+def display_to_hu(ct: CT, lung_density_needed: bool = True, stop_unless_mapped: bool = False) -> tuple[CT, str]:
     """A whole display-range volume mapped back to approximate HU where its window can be found
     (:mod:`covidct.display_hu`; the estimate in ``meta["display_window"]``; not where ``COVIDCT_DISPLAY_TO_HU=0``),
     else ``ct`` itself; and the warning. UnsupportedInput where a refused window clips the lungs to its minimum and
-    ``lung_density_needed`` (lesions; a lung outline alone can still be found there)."""
+    ``lung_density_needed`` (lesions; a lung outline alone can still be found there), and with ``stop_unless_mapped``
+    wherever the window is refused (``analyze``: read as display values, healthy whole volumes read as disease)."""
     import os
 
     from covidct.display_hu import CLIPPED_LUNG_SHARE, clipped_lung_share, estimate_window, to_hu
@@ -61,6 +62,11 @@ def display_to_hu(ct: CT, lung_density_needed: bool = True) -> tuple[CT, str]:
             raise UnsupportedInput(
                 f"the display window clips the lungs to its minimum value ({share:.0%} of the body; a mediastinal or "
                 "soft-tissue window): lung density cannot be read; give the series in HU or in a lung window")
+        if mapping and stop_unless_mapped:  # measured: every healthy whole volume read as display values read as disease
+            raise UnsupportedInput(
+                f"the volume is in display intensities, not HU, and its window could not be undone: {window}; covidct "
+                "reads whole volumes in HU (as display values healthy lungs read as disease): give the series in HU "
+                "or in a lung window that shows fat or soft tissue")
         return ct, ("input intensities are not HU (a display-range or offset volume) and could not be mapped to HU: "
                     f"{window}; HU checks skipped, volumes less reliable")
     hu = ct.with_array(to_hu(ct.array, window), is_hu=True)
