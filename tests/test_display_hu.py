@@ -206,3 +206,26 @@ def test_unmapped_display_volume_stops_analyze_unless_asked_for(phantom, tmp_pat
     monkeypatch.setenv(DISPLAY_TO_HU_ENV, "0")
     assert main(["analyze", str(path), "-o", str(tmp_path / "asked"), "--no-html"]) == 0
     assert (tmp_path / "asked" / "report.json").is_file()
+
+
+def test_info_says_whether_analyze_can_undo_the_window(phantom, tmp_path, capsys):
+    """`covidct info` on a whole display volume tells, before any analysis, whether its window was found (and the HU
+    range it maps to) or why `analyze` would stop."""
+    import json
+
+    from covidct.cli import main
+
+    ct = phantom.ct
+    found = {}
+    for level, width in ((-600, 1500), (-700, 1000)):
+        path = tmp_path / f"w{width}.nii.gz"
+        nib.save(nib.Nifti1Image(windowed(ct.array, level, width).transpose(2, 1, 0), ct.affine), path)
+        main(["info", str(path), "--json"])
+        found[width] = json.loads(capsys.readouterr().out)["hu_map"]
+    assert found[1500].startswith("found from outside air") and "HU" in found[1500]
+    assert found[1000].startswith("none, analyze stops") and "too close to air" in found[1000]
+    hu_path = tmp_path / "hu.nii.gz"
+    nib.save(nib.Nifti1Image(ct.array.transpose(2, 1, 0), ct.affine), hu_path)
+    capsys.readouterr()
+    main(["info", str(hu_path), "--json"])
+    assert "hu_map" not in json.loads(capsys.readouterr().out)  # HU volumes need no map

@@ -93,6 +93,8 @@ def info(
         "patient_position": ct.meta.get("patient_position"),
         "warnings": list(ct.warnings),
     }
+    if not ct.is_hu and ct.n_slices >= 3:  # a whole display-range volume: whether analyze can undo its window
+        summary["hu_map"] = _hu_map(ct)
     if as_json:
         typer.echo(json.dumps(summary))
         return
@@ -110,6 +112,22 @@ def info(
     console.print(table)
     for w in ct.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}")
+
+
+def _hu_map(ct) -> str:
+    """What ``analyze`` does with a whole display-range volume's intensities (covidct.pipeline.load.display_to_hu)."""
+    from covidct.errors import UnsupportedInput
+    from covidct.pipeline.load import display_to_hu
+
+    try:
+        mapped, _ = display_to_hu(ct, stop_unless_mapped=True)
+    except UnsupportedInput as exc:
+        return f"none, analyze stops: {exc}"
+    w = mapped.meta.get("display_window")
+    if w is None:
+        return "off (COVIDCT_DISPLAY_TO_HU=0)"
+    anchor = "fat" if w["fat_value"] is not None else "soft tissue"
+    return f"found from outside air and {anchor}: values {w['lo_hu']:.0f} .. {w['hi_hu']:.0f} HU (analyze maps them)"
 
 
 @app.command()
