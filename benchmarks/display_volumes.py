@@ -10,8 +10,9 @@ why not), the error of the mapped HU against the true HU (median absolute, over 
 -950..100 and in the lung band -950..-300), and ``analyze``'s lesion mL, diagnosis and slice AUC (P001, cap001) or
 false lesions outside the nodules (LIDC-IDRI-0001, outside the readers' contours grown by 10 mm) - with the mapping
 (the default) and without it (``COVIDCT_DISPLAY_TO_HU=0``, the display path as it was), beside the HU original.
-Where the window is refused: the share of the body its minimum swallows (``clipped_lung_share``) and whether
-``analyze`` therefore stops with an error (``analyze_stops``: a window that clips the lungs).
+Where the window is refused ``analyze`` stops with an error (``analyze_stops``: "lungs clipped" where the window's
+minimum swallows the lungs, ``clipped_lung_share`` of the body, else "window not undone"); the display-value reading
+beside it is what ``COVIDCT_DISPLAY_TO_HU=0`` asks for.
 Skips (exit 0) when the data folder is absent.
 """
 
@@ -95,7 +96,7 @@ def main() -> int:
                 row["refused"] = window
                 share = clipped_lung_share(display.array, display.spacing)
                 row["clipped_lung_share"] = round(share, 4)
-                row["analyze_stops"] = share >= CLIPPED_LUNG_SHARE  # `analyze` gives an error instead of a reading
+                row["analyze_stops"] = "lungs clipped" if share >= CLIPPED_LUNG_SHARE else "window not undone"
             else:
                 hu = to_hu(display.array, window)
                 for key, (lo, hi) in (("err_hu", (-950, 100)), ("err_hu_lung_band", (-950, -300))):
