@@ -141,15 +141,17 @@ def estimate_window(vol: np.ndarray) -> DisplayWindow | str:
     at_top = int(np.count_nonzero(vol >= vmax - 0.5 * unit))
     per_unit = (SOFT_TISSUE_HU - AIR_HU) / (tissue - air)  # HU per unit on the air / soft-tissue map
     if AIR_HU + (vmax - air) * per_unit > MAX_TOP_HU:
-        return (_fat_only(vol, air, tissue, near_peak, at_top, vmin, vmax, unit, sharpness)
+        shoulder = _shoulder(vol, air, tissue, vmax, unit)
+        return (_fat_only(air, tissue, near_peak, at_top, shoulder, vmin, vmax, sharpness)
                 or "the highest histogram peak is too close to air to be soft tissue (the window clips soft tissue?)")
     fat = _fat_peak(centres, air, tissue, per_unit)
     clip_ratio = at_top / max(near_peak, 1)
     if clip_ratio > MAX_CLIP_RATIO and fat is None:
-        fat_map = _fat_only(vol, air, tissue, near_peak, at_top, vmin, vmax, unit, sharpness)
+        shoulder = _shoulder(vol, air, tissue, vmax, unit)  # counted once for both readings of the peak
+        fat_map = _fat_only(air, tissue, near_peak, at_top, shoulder, vmin, vmax, sharpness)
         if fat_map is not None:
             return fat_map
-        if not _soft_tissue_whole(vol, air, tissue, near_peak, vmax, unit, per_unit):
+        if not _soft_tissue_whole(air, near_peak, shoulder, vmax, per_unit):
             return (f"the window's top may clip soft tissue ({clip_ratio:.2f}x the soft-tissue peak's voxels at the "
                     "top value, no fat peak where expected)")
     # fat is the steadier anchor: soft tissue's peak moves with contrast enhancement and between patients
@@ -164,8 +166,7 @@ def _shoulder(vol: np.ndarray, air: float, peak: float, vmax: float, unit: float
     return int(np.count_nonzero((vol > peak + 0.03 * (peak - air)) & (vol < vmax - 0.5 * unit)))
 
 
-def _soft_tissue_whole(vol: np.ndarray, air: float, peak: float, near: int, vmax: float, unit: float,
-                       per_unit: float) -> bool:
+def _soft_tissue_whole(air: float, near: int, shoulder: int, vmax: float, per_unit: float) -> bool:
     """Whether the highest clear peak is soft tissue seen whole although many voxels sit at the top value (bone and
     contrast clipped): the air / soft-tissue map puts the top at least ``SOFT_TISSUE_HEADROOM_HU`` above soft tissue,
     and fewer voxels than ``FAT_ONLY_MIN_SHOULDER`` x ``near`` (those in the peak's band) lie between the band and the
@@ -173,20 +174,21 @@ def _soft_tissue_whole(vol: np.ndarray, air: float, peak: float, near: int, vmax
     below the top (the same boundary as :func:`_fat_only`'s, the other way)."""
     if AIR_HU + (vmax - air) * per_unit < SOFT_TISSUE_HU + SOFT_TISSUE_HEADROOM_HU:
         return False
-    return _shoulder(vol, air, peak, vmax, unit) < FAT_ONLY_MIN_SHOULDER * near
+    return shoulder < FAT_ONLY_MIN_SHOULDER * near
 
 
-def _fat_only(vol: np.ndarray, air: float, peak: float, near: int, at_top: int, vmin: float, vmax: float,
-              unit: float, sharpness: float) -> DisplayWindow | None:
+def _fat_only(air: float, peak: float, near: int, at_top: int, shoulder: int, vmin: float, vmax: float,
+              sharpness: float) -> DisplayWindow | None:
     """The map through outside air and the highest clear peak taken as fat, for a window whose top clips soft tissue
-    (``near``, ``at_top``: the voxels in the peak's ±3 % band and at the top value); None where the peak cannot be fat
+    (``near``, ``at_top``, ``shoulder``: the voxels in the peak's ±3 % band, at the top value and between the two);
+    None where the peak cannot be fat
     (the top would map outside (-40, +200] HU, or too few voxels lie above the peak's band for soft tissue to be
     clipped above it)."""
     hu_per_unit = (FAT_HU - AIR_HU) / (peak - air)
     top = AIR_HU + (vmax - air) * hu_per_unit
     if not FAT_HU + FAT_SEARCH_HU < top <= FAT_ONLY_MAX_TOP_HU:
         return None
-    if _shoulder(vol, air, peak, vmax, unit) < FAT_ONLY_MIN_SHOULDER * near:
+    if shoulder < FAT_ONLY_MIN_SHOULDER * near:
         return None
     return DisplayWindow(air_value=air, tissue_value=None, fat_value=peak, hu_per_unit=hu_per_unit,
                          lo_hu=AIR_HU + (vmin - air) * hu_per_unit, hi_hu=top, air_sharpness=sharpness,
