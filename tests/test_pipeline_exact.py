@@ -50,6 +50,19 @@ def test_dilation_on_the_bounding_box_is_exact(seed):
     np.testing.assert_array_equal(dilate_mm(mask, spacing, 5.0), _dilate_full(mask, spacing, 5.0))
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_dilation_by_opencv_is_scipys_box_filter(seed):
+    # OpenCV's rectangle per slice and its column pass along z: the voxels of scipy's maximum filter, for any
+    # radius (0 along an axis included), a single slice, masks dense or sparse
+    rng = np.random.default_rng(100 + seed)
+    shape = (1 if seed % 4 == 0 else int(rng.integers(2, 15)), int(rng.integers(1, 30)), int(rng.integers(1, 30)))
+    mask = rng.random(shape) < rng.choice([0.01, 0.1, 0.5])
+    spacing = tuple(float(v) for v in rng.uniform(0.4, 6.0, 3))
+    mm = float(rng.uniform(0.0, 9.0))
+    np.testing.assert_array_equal(dilate_mm(mask, spacing, mm), _dilate_full(mask, spacing, mm) if shape[0] > 1
+                                  else _dilate_full(mask, (np.inf, *spacing[1:]), mm))
+
+
 def test_bounding_box_and_in_plane_components():
     rng = np.random.default_rng(2)
     mask = rng.random((4, 20, 25)) < 0.4

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from covidct import components
 from covidct.errors import CovidCTError, ModelError, UnsupportedInput
 
 __all__ = ["Click", "refine", "refine_volume", "parse_click", "model_spatial_dims"]
@@ -259,7 +260,6 @@ def _local_update(prior: np.ndarray, new: np.ndarray, points: Sequence[Sequence[
     change (added or removed voxels) is taken if it reaches within ``radii`` of a click (~1/16 of the
     slice), else the prior stays. A click then never erases or adds lesions elsewhere (the network
     re-segments the whole slice or volume on every click)."""
-    from scipy import ndimage
 
     changed = new != prior
     if not changed.any():
@@ -267,7 +267,7 @@ def _local_update(prior: np.ndarray, new: np.ndarray, points: Sequence[Sequence[
     near = np.zeros(prior.shape, bool)
     for p in points:
         near |= _ellipsoid(prior.shape, p, radii)
-    lbl, _ = ndimage.label(changed)
+    lbl, _ = components.label(changed)
     keep = np.unique(lbl[near & changed])
     out = prior.copy()
     take = np.isin(lbl, keep[keep > 0])
@@ -278,18 +278,17 @@ def _local_update(prior: np.ndarray, new: np.ndarray, points: Sequence[Sequence[
 def _honour_clicks(prob: np.ndarray, mask: np.ndarray, points: Sequence[Sequence[int]], positives: Sequence[bool],
                    r_min: Sequence[float], r_neg: Sequence[float]) -> np.ndarray:
     """Make each click hold: positives inside the mask, negatives outside (latest click wins on a voxel)."""
-    from scipy import ndimage
 
     m = mask.astype(bool, copy=True)
     for p, positive in zip(points, positives, strict=True):
         p = tuple(int(v) for v in p)
         small = _ellipsoid(m.shape, p, r_min)
         if positive and not m[p]:
-            lbl, _ = ndimage.label(prob >= 0.25)
+            lbl, _ = components.label(prob >= 0.25)
             grown = (lbl == lbl[p]) if lbl[p] else np.zeros_like(m)
             m |= (grown & _ellipsoid(m.shape, p, r_neg)) | small
         elif not positive and m[p]:
-            lbl, _ = ndimage.label(m)
+            lbl, _ = components.label(m)
             m &= ~((lbl == lbl[p]) & _ellipsoid(m.shape, p, r_neg))
             m &= ~small
     return m.astype(np.uint8)

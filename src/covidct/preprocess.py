@@ -31,6 +31,8 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from covidct import components
+
 if TYPE_CHECKING:
     import torch
 
@@ -161,7 +163,7 @@ def threshold_lung_mask(hu: np.ndarray, threshold: float = -400.0) -> np.ndarray
         vol = vol[None]
     out = inner_components(vol < threshold)
     if out.shape[0] > 2:
-        lbl, n = ndimage.label(out)
+        lbl, n = components.label(out)
         if n:
             sizes = component_sizes(lbl, out, n)
             keep = sizes >= max(sizes[1:].max() * 0.05, 1)
@@ -180,7 +182,7 @@ def cut_lung_beyond(hu: np.ndarray, field: np.ndarray, z: int, step: int, thresh
     cuts joins its own enclosed part; the air inside a CT table that spans the image's width joins nothing."""
     part = slice(0, z + 1) if step < 0 else slice(z, len(hu))
     air = off_corner_components(np.asarray(hu)[part] < threshold)
-    lbl, n = ndimage.label(air)
+    lbl, n = components.label(air)
     joined = np.zeros(n + 1, bool)
     joined[lbl[-1 if step < 0 else 0][field[z]]] = True
     joined[0] = False
@@ -267,7 +269,7 @@ def kmeans_lung_mask(image: np.ndarray, erosion: int = 2, dilation: int = 6) -> 
         dark = ndimage.binary_erosion(dark, iterations=erosion, border_value=1)
     if dilation > 0:
         dark = ndimage.binary_dilation(dark, iterations=dilation)
-    lbl, n = ndimage.label(dark)
+    lbl, n = components.label(dark)
     if n == 0:
         return dark
     border = np.unique(np.concatenate([lbl[0], lbl[-1], lbl[:, 0], lbl[:, -1]]))

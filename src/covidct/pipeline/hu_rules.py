@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from covidct import components
 from covidct.labels import CONSOLIDATION, GGO
 from covidct.pipeline.morphology import binary_3d, in_plane  # scipy's binary ops, same voxels, OpenCV speed
 from covidct.preprocess import (
@@ -148,7 +149,7 @@ def elongation(coords_mm: np.ndarray) -> float:
 
 def drop_tubes(mask: np.ndarray, spacing: Sequence[float], max_elongation: float) -> np.ndarray:
     """Remove the 3-D components of ``mask`` shaped like a tube (vessel segments survive an opening as tubes)."""
-    lbl, n = ndimage.label(mask)
+    lbl, n = components.label(mask)
     if n == 0:
         return mask
     keep = np.zeros(n + 1, bool)
@@ -168,7 +169,7 @@ def drop_vessel_pieces(opened: np.ndarray, dense: np.ndarray, spacing: Sequence[
     the whole tree)."""
     if min_share <= 0 or not opened.any():
         return opened
-    parts, n = ndimage.label(opened)
+    parts, n = components.label(opened)
     ball = ellipsoid(spacing, reach_mm)
     pad = [b // 2 for b in ball.shape]
     keep = np.zeros(n + 1, bool)
@@ -182,7 +183,7 @@ def drop_vessel_pieces(opened: np.ndarray, dense: np.ndarray, spacing: Sequence[
 
 def drop_small_components(mask: np.ndarray, spacing: Sequence[float], min_ml: float) -> np.ndarray:
     """``mask`` without its connected components smaller than ``min_ml`` mL."""
-    lbl, n = ndimage.label(mask)
+    lbl, n = components.label(mask)
     if n == 0:
         return mask
     sizes = component_sizes(lbl, mask, n) * float(np.prod(spacing)) / 1000.0
@@ -244,7 +245,7 @@ def _enclosed_holes(lung: np.ndarray, allowed: np.ndarray, spacing: Sequence[flo
     small = component_sizes(hl, holes, nh) * spacing[1] * spacing[2] / 100.0 <= max_cm2
     small[0] = False
     holes = small[hl]
-    outside, n3 = ndimage.label(~lung)
+    outside, n3 = components.label(~lung)
     if n3:  # the largest non-lung region is the body around the lungs
         body = np.argmax(np.bincount(outside.ravel())[1:]) + 1
         holes &= outside != body
@@ -281,7 +282,7 @@ def hu_lungs(hu: np.ndarray, spacing: Sequence[float], lungs: np.ndarray, reach_
     # the 3-D components the model calls lung in part (not bowel gas, not the air in a CT table); one labelling
     # serves both tests
     air = off_corner_components(v < lung_hu)
-    l3, n3 = ndimage.label(air)
+    l3, n3 = components.label(air)
     if n3:
         size = component_sizes(l3, air, n3)
         part = (size >= max(size.max() * 0.05, 1)) & (np.bincount(l3[m], minlength=n3 + 1) >= 0.1 * size)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from covidct import components
 from covidct.labels import CONSOLIDATION, EFFUSION, GGO
 from covidct.pipeline import hu_rules
 from covidct.pipeline.background import beside
@@ -199,7 +200,7 @@ def _plausible_effusion(effusion: np.ndarray, lung: np.ndarray, spacing: tuple[f
     box = bounding_box(effusion)  # labelled on its box: the same components, numbered in the same order
     if box is None:
         return effusion
-    lbl, n = ndimage.label(effusion[box])
+    lbl, n = components.label(effusion[box])
     shell = (dilate_mm(lung, spacing, 2.0 * max(spacing[1], spacing[2])) & ~lung)[box]
     vox_ml = float(np.prod(spacing)) / 1000.0
     # Per-component sums over the effusion voxels only, added in raster order as ndimage.sum_labels and
@@ -237,7 +238,7 @@ def _drop_small(labels: np.ndarray, spacing: tuple[float, float, float], min_mm3
     box = bounding_box(fg)  # components counted on the labels' box only
     if box is None:
         return labels
-    lbl, n = ndimage.label(fg[box])
+    lbl, n = components.label(fg[box])
     sizes = component_sizes(lbl, fg[box], n)
     small = sizes < min_vox
     small[0] = False

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from covidct import components
 from covidct.labels import LEFT_LUNG, RIGHT_LUNG
 from covidct.pipeline import hu_rules
 from covidct.pipeline.morphology import dilate_mm, grow_box, in_plane, in_plane_opening, radius_vox
@@ -146,7 +147,7 @@ def trachea_from_neck(mask: np.ndarray, hu: np.ndarray, spacing: tuple[float, fl
 
     def regions(z: int) -> tuple[np.ndarray, np.ndarray]:
         if z not in seen:  # each slice labelled once, whichever seed comes down to it
-            lbl, n = ndimage.label(inner_components((hu[z][plane] < TRACHEA_HU)[None])[0])
+            lbl, n = components.label(inner_components((hu[z][plane] < TRACHEA_HU)[None])[0])
             seen[z] = lbl, np.bincount(lbl.ravel(), minlength=n + 1) * px_cm2
         return seen[z]
 
@@ -211,7 +212,7 @@ def keep_lung_components(mask: np.ndarray, min_fraction: float = 0.05, fill_in_p
     box = bounding_box(mask, margin=1)
     if box is None:
         return mask
-    lbl, n = ndimage.label(mask[box])
+    lbl, n = components.label(mask[box])
     sizes = component_sizes(lbl, mask[box], n)
     keep = sizes >= max(sizes.max() * min_fraction, 1)
     sub = keep[lbl]
@@ -280,7 +281,7 @@ def _split_left_right(mask: np.ndarray, spacing: tuple[float, float, float], mid
     # its own bounding box. Its distances are the same there: the voxel beside any of its voxels towards
     # another component is background. Lungs apart after the HU rule removed the airways then cost a labelling;
     # P001's touch, and still need the watershed. Same labels on every case of benchmarks/exact_outputs.py.
-    lbl, n = ndimage.label(mask)
+    lbl, n = components.label(mask)
     has_left = np.bincount(lbl[left], minlength=n + 1) > 0  # the seeds lie in the mask: label 0 never counts
     has_right = np.bincount(lbl[right], minlength=n + 1) > 0
     side = np.where(has_left & ~has_right, LEFT_LUNG, np.where(has_right & ~has_left, RIGHT_LUNG, 0))
@@ -332,7 +333,7 @@ def _two_seeds(mask: np.ndarray, max_iter: int = 12) -> tuple[np.ndarray, np.nda
     cols = np.flatnonzero(mask.any(axis=(0, 1)))
     spread = int(cols[-1] - cols[0]) + 1 if cols.size else 1  # the mask's x extent
     for _ in range(max_iter + 1):
-        lbl, n = ndimage.label(cur)
+        lbl, n = components.label(cur)
         if n >= 2:
             sizes = component_sizes(lbl, cur, n)
             order = np.argsort(sizes)[::-1]

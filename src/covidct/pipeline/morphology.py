@@ -33,15 +33,24 @@ def dilate_mm(mask: np.ndarray, spacing: tuple[float, float, float], mm: float) 
     if box is None:
         return np.zeros(mask.shape, bool)
     box = grow_box(box, r, mask.shape)
-    # a box of rank-1 passes is cheaper than a ball and close enough for a margin
-    block = mask[box].astype(np.uint8)
-    for axis, ri in enumerate(r):
-        if ri:
-            size = [1, 1, 1]
-            size[axis] = 2 * ri + 1
-            block = ndimage.maximum_filter(block, size=tuple(size))
+    # a box is cheaper than a ball and close enough for a margin: scipy's maximum_filter of the block with a
+    # (2rz+1, 2ry+1, 2rx+1) box, computed by OpenCV (several times faster): each slice's rectangle, then the
+    # slices' columns along z (a (2rz+1) x 1 kernel over the (z, y*x) view: columns never mix). Outside the block
+    # counts as background in both, as scipy's reflected border adds no value the window does not already hold.
+    import cv2
+
+    block = np.ascontiguousarray(mask[box], dtype=np.uint8)
+    rz, ry, rx = r
+    if ry or rx:
+        rect = np.ones((2 * ry + 1, 2 * rx + 1), np.uint8)
+        for i, s in enumerate(block):
+            block[i] = cv2.dilate(s, rect, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    if rz:
+        cols = block.reshape(block.shape[0], -1)
+        block = cv2.dilate(cols, np.ones((2 * rz + 1, 1), np.uint8), borderType=cv2.BORDER_CONSTANT,
+                           borderValue=0).reshape(block.shape)
     out = np.zeros(mask.shape, bool)
-    out[box] = block
+    out[box] = block.view(bool)
     return out
 
 
