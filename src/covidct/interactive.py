@@ -260,7 +260,6 @@ def _local_update(prior: np.ndarray, new: np.ndarray, points: Sequence[Sequence[
     change (added or removed voxels) is taken if it reaches within ``radii`` of a click (~1/16 of the
     slice), else the prior stays. A click then never erases or adds lesions elsewhere (the network
     re-segments the whole slice or volume on every click)."""
-
     changed = new != prior
     if not changed.any():
         return prior.copy()
@@ -278,7 +277,6 @@ def _local_update(prior: np.ndarray, new: np.ndarray, points: Sequence[Sequence[
 def _honour_clicks(prob: np.ndarray, mask: np.ndarray, points: Sequence[Sequence[int]], positives: Sequence[bool],
                    r_min: Sequence[float], r_neg: Sequence[float]) -> np.ndarray:
     """Make each click hold: positives inside the mask, negatives outside (latest click wins on a voxel)."""
-
     m = mask.astype(bool, copy=True)
     for p, positive in zip(points, positives, strict=True):
         p = tuple(int(v) for v in p)
