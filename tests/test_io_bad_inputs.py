@@ -267,13 +267,15 @@ def test_permission_denied_path_simulated(tmp_path, monkeypatch, hu):
     assert "permission denied" in _raises(UnreadableInput, tmp_path / "s")
 
 
-def test_multiframe_dicom_unsupported(tmp_path, hu):
+def test_multiframe_dicom_without_frame_positions_is_refused(tmp_path, hu):
+    # Enhanced CT gives each frame its position (tests/test_io_multiframe.py); frames without one cannot be placed
     p = make_series(tmp_path / "s", hu)[0]
     ds = pydicom.dcmread(p)
     ds.NumberOfFrames = 2
     ds.PixelData = ds.PixelData * 2
     ds.save_as(p)
-    assert "multi-frame" in _raises(UnsupportedInput, p)
+    msg = _raises(UnsupportedInput, p)
+    assert "multi-frame" in msg and "cannot be placed" in msg and msg.count(p.name) == 1
 
 
 def test_label_mask_given_as_the_ct_is_refused(tmp_path):

@@ -7,7 +7,6 @@ DICOM SEG writer needs (see ``covidct.io.dicom`` for the rules).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,18 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from covidct.errors import InconsistentSeries, UnreadableInput, UnsupportedInput
-from covidct.io import decode_split, imagecodecs_plugin
+from covidct.io import decode_split, dicom_frames
+from covidct.io.dicom_decode import (  # noqa: F401 - _pixels and the tag helpers are read from here too
+    _decode,
+    _f,
+    _floats,
+    _has_preamble,
+    _int,
+    _num,
+    _pixels,
+    _rel,
+    _rescale,
+)
 from covidct.io.nifti import check_affine, reorient_xyz, spacing_from_affine
 from covidct.volume import CT, SliceRef
 
@@ -23,123 +33,6 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 GAP_FACTOR = 1.5
 MAX_MISSING_FRACTION = 0.25
 DUPLICATE_TOL_MM = 0.01
-
-
-def _has_preamble(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
-def _f(ds: Dataset, kw: str, default=None):
-    """``ds``'s value for ``kw``; ``default`` when absent, empty, or not convertible to its VR (e.g. DS 'abc')."""
-    try:
-        v = ds.get(kw, None)
-    except Exception:  # noqa: BLE001 - pydicom converts values lazily and raises many types on damaged ones
-        return default
-    if v is None or v == "":
-        return default
-    return v
-
-
-def _floats(v) -> tuple[float, ...] | None:
-    """A tuple of finite floats, or None (missing, not numbers, NaN/Inf)."""
-    try:
-        out = tuple(float(x) for x in v)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return out if all(math.isfinite(x) for x in out) else None
-
-
-def _num(ds: Dataset, kw: str, default: float | None = None) -> float | None:
-    """A finite number from ``ds[kw]`` (first value of a multi-value), or ``default``."""
-    v = _f(ds, kw)
-    if v is not None and not isinstance(v, str | bytes) and hasattr(v, "__len__"):
-        v = v[0] if len(v) else None
-    try:
-        x = float(v)
-    except (TypeError, ValueError, OverflowError):
-        return default
-    return x if math.isfinite(x) else default
-
-
-def _int(ds: Dataset, kw: str, default: int) -> int:
-    x = _num(ds, kw)
-    return default if x is None or abs(x) > 2**31 else int(x)
-
-
-def _rescale(ds: Dataset, kw: str, default: float, name: str) -> float:
-    """RescaleSlope/Intercept: the default when absent; a present value that is not a finite number is refused
-    (guessing it would give wrong HU everywhere)."""
-    if _f(ds, kw) is None and kw not in ds:
-        return default
-    x = _num(ds, kw)
-    if x is None:
-        if _f(ds, kw) is None:
-            return default  # present but empty
-        raise UnsupportedInput(f"{name}: {kw} {str(ds.get(kw, ''))[:30]!r} is not a number")
-    return x
-
-
-def _rel(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.name
-
-
-def _gdcm_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("gdcm") is not None
-
-
-_USE_GDCM = _gdcm_available()
-_USE_IMAGECODECS = imagecodecs_plugin.register()
-
-
-def _pixels(ds: Dataset) -> np.ndarray:
-    """Pixel data. Lossless JPEG and JPEG-LS slices go through imagecodecs when installed (``covidct.io.
-    imagecodecs_plugin``: several times faster than GDCM, identical pixels); other compressed slices, and any that
-    imagecodecs refuses, through GDCM when installed (about 2x faster than pylibjpeg on P001's JPEG-lossless
-    slices); else pydicom's other decoders."""
-    ts = ds.file_meta.get("TransferSyntaxUID", None)
-    if ts is None or not ts.is_compressed:
-        return ds.pixel_array
-    plugins = [name for name, use in (("imagecodecs", _USE_IMAGECODECS and ts in imagecodecs_plugin.SYNTAXES),
-                                      ("gdcm", _USE_GDCM)) if use]
-    for name in plugins:
-        try:
-            ds.pixel_array_options(decoding_plugin=name)
-            return ds.pixel_array
-        except Exception:  # noqa: BLE001 - fall back to the next decoder
-            pass
-    ds.pixel_array_options(decoding_plugin="")
-    return ds.pixel_array
-
-
-def _decode(path: Path) -> tuple[Dataset, np.ndarray]:
-    ds = pydicom.dcmread(path, force=not _has_preamble(path))
-    if _int(ds, "SamplesPerPixel", 1) != 1:
-        raise UnsupportedInput(f"{path.name}: colour DICOM image (SamplesPerPixel {_f(ds, 'SamplesPerPixel')})")
-    if _int(ds, "NumberOfFrames", 1) > 1:
-        raise UnsupportedInput(f"{path.name}: multi-frame DICOM (enhanced CT) is not supported")
-    px = _pixels(ds)
-    if px.ndim != 2:
-        raise UnsupportedInput(f"{path.name}: pixel data of shape {px.shape} is not one 2-D slice")
-    slope = _rescale(ds, "RescaleSlope", 1.0, path.name)
-    inter = _rescale(ds, "RescaleIntercept", 0.0, path.name)
-    hu = px.astype(np.float32)
-    # the compressed bytes and pydicom's cached decoded copy are not needed again (P001: 78 MB of int16)
-    del ds.PixelData
-    if slope != 1.0:
-        hu *= np.float32(slope)
-    if inter != 0.0:
-        hu += np.float32(inter)
-    return ds, hu
 
 
 def _positive(x: float | None) -> float | None:
@@ -187,7 +80,11 @@ def _sorted_slots(paths: list[Path], headers: dict[Path, Dataset] | None) -> tup
 
 def build_volume(paths: list[Path], root: Path, shown: str, warnings: list[str], *, single_file: bool,
                   headers: dict[Path, Dataset] | None = None) -> CT:
-    """``headers``: the files' headers as read without pixel data, kept for writers (DICOM SEG)."""
+    """``headers``: the files' headers as read without pixel data, kept for writers (DICOM SEG). One multi-frame
+    file (Enhanced CT) is read as the series of its frames."""
+    if len(paths) == 1 and dicom_frames.frame_count(
+            headers[paths[0]] if headers and paths[0] in headers else _header(paths[0])) > 1:
+        return _assemble(dicom_frames.decode_frames(paths[0], shown), root, shown, warnings, None, headers)
     slots = _sorted_slots(paths, headers)
 
     # Decoding holds the GIL most of the time (GDCM, pydicom): threads overlap little; analyze's scan process
@@ -208,7 +105,10 @@ def build_volume(paths: list[Path], root: Path, shown: str, warnings: list[str],
     try:
         results = decode_split.decode_all(paths, _try, lambda p: slots[0][slots[1][p]] if slots is not None else None)
     except UnsupportedInput as e:
-        raise UnsupportedInput(f"{shown}: {e}") from e
+        msg = str(e)  # "<file name>: why"; for a single file, shown already names it
+        if single_file and msg.startswith(f"{paths[0].name}: "):
+            msg = msg[len(paths[0].name) + 2:]
+        raise UnsupportedInput(f"{shown}: {msg}") from e
     slices: list[tuple[Path, Dataset, np.ndarray]] = []
     for p, r in zip(paths, results, strict=True):
         if isinstance(r, BaseException):
@@ -219,6 +119,20 @@ def build_volume(paths: list[Path], root: Path, shown: str, warnings: list[str],
         slices.append((p, r[0], r[1]))
     if not slices:
         raise UnreadableInput(f"{shown}: no DICOM slice could be decoded")
+    return _assemble(slices, root, shown, warnings, slots, headers)
+
+
+def _header(path: Path) -> Dataset | None:
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True, force=not _has_preamble(path))
+    except Exception:  # noqa: BLE001 - decoding reports it
+        return None
+
+
+def _assemble(slices: list[tuple[Path, Dataset, np.ndarray]], root: Path, shown: str, warnings: list[str],
+              slots: tuple[np.ndarray, dict[Path, int]] | None, headers: dict[Path, Dataset] | None) -> CT:
+    """The CT of decoded slices ``(path, header, HU)``: ordered along the slice normal, checked (duplicates, gaps,
+    spacing), reoriented, with the provenance writers need."""
     ds0 = slices[0][1]
     rows, cols = slices[0][2].shape
     sizes = sorted({s[2].shape for s in slices})
@@ -361,6 +275,9 @@ def build_volume(paths: list[Path], root: Path, shown: str, warnings: list[str],
         "source_files": [str(p) for p, _, _ in slices],
         "source_rel_files": [_rel(p, root) for p, _, _ in slices],
     }
+    frames = [getattr(ds, dicom_frames.FRAME_ATTR, None) for _, ds, _ in slices]
+    if frames[0] is not None:  # one multi-frame file: the frame behind each slice (its SEG references frames)
+        meta["source_frames"] = [int(f) for f in frames]
     if headers is not None:  # in source_files order; private ("_"): not part of the CT's description
         meta["_source_headers"] = [headers[p] for p, _, _ in slices]
     return CT(

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from covidct.io.dicom_frames import frame_count
 from covidct.labels import CONSOLIDATION, EFFUSION, GGO, LEFT_LUNG, LESION_COLORS, LUNG_COLORS, RIGHT_LUNG
 from covidct.volume import CT
 
@@ -216,11 +217,14 @@ def _segmentation(sources: list, pixel_array: np.ndarray, segments: list) -> obj
 
 
 def _source_headers(ct: CT, files: list[Path]) -> list:
-    """The source headers (geometry, UIDs, patient/study) with empty Type 2 attributes filled in."""
+    """The source headers (geometry, UIDs, patient/study) with empty Type 2 attributes filled in (one for the frames of
+    a multi-frame image)."""
     import pydicom
 
     # The loader's (read without pixel data, as here) when it kept them, else read again.
     sources = ct.meta.get("_source_headers")
+    if ct.meta.get("source_frames"):  # the frames of one multi-frame image: its one header
+        sources, files = (sources or [])[:1], files[:1]
     if not sources or len(sources) != len(files):
         sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
     for ds in sources:
@@ -249,6 +253,51 @@ def value_obeys_vr(ds, kw: str) -> bool:
     return True
 
 
+def _checked_slices(ct: CT, files: list[Path], sources: list, path: str | Path, new_uids: bool | None, rows: int,
+                    cols: int) -> list:
+    """A series' source headers once they can be referenced (else, with ``new_uids``, those of a copy of the series
+    with fresh UIDs written beside ``path``) and still match the loaded series."""
+    try:
+        check_source_references(sources, ct.path)
+    except SegNotWritten:
+        from covidct.report.dicom_copy import NEW_UIDS_DIR, NEW_UIDS_ENV, write_series_copy
+
+        if not (new_uids if new_uids is not None else os.environ.get(NEW_UIDS_ENV) == "1"):
+            raise
+        # opt-in: reference a copy of the series with fresh UIDs, written beside the SEG
+        ct = write_series_copy(ct, files, Path(path).parent / NEW_UIDS_DIR)
+        files = _source_files(ct)
+        sources = _source_headers(ct, files)
+        check_source_references(sources, ct.path)
+    uids = ct.meta.get("source_sop_uids") or []
+    for i, ds in enumerate(sources):
+        if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
+            raise ValueError(f"{files[i].name}: {ds.Rows}x{ds.Columns} pixels, masks are {rows}x{cols}")
+        if uids and str(ds.SOPInstanceUID) != uids[i]:
+            raise ValueError(
+                f"{files[i].name}: SOP Instance UID differs from the loaded series (file changed?)"
+            )
+    return sources
+
+
+def _frames_of_one_image(ct: CT, header, masks: dict[str, np.ndarray]) -> tuple[list, dict[str, np.ndarray]]:
+    """For a multi-frame source image: ``[header]`` once it can be referenced, and the masks (slice, row, col) in
+    the image's frame order, one per frame (empty for a frame the loader dropped as a duplicate)."""
+    check_source_references([header], ct.path)
+    n = frame_count(header)
+    frames = np.asarray(ct.meta["source_frames"]) - 1
+    rows, cols = masks["lungs"].shape[1:]
+    if (int(header.Rows), int(header.Columns)) != (rows, cols) or frames.max(initial=-1) >= n:
+        raise ValueError(f"{ct.path}: the multi-frame source ({n} frames of {header.Rows}x{header.Columns}) no "
+                         f"longer matches the loaded volume (file changed?)")
+    out = {}
+    for name, m in masks.items():
+        full = np.zeros((n, rows, cols), m.dtype)
+        full[frames] = m
+        out[name] = full
+    return [header], out
+
+
 def prepare_dicom_seg(ct: CT) -> None:
     """Build and encode, in memory, a one-frame SEG of ``ct``'s first slice, and discard it.
 
@@ -263,7 +312,8 @@ def prepare_dicom_seg(ct: CT) -> None:
     check_source_references(sources, ct.path)
     sources = sources[:1]
     rows, cols = int(sources[0].Rows), int(sources[0].Columns)
-    pixel_array = np.zeros((1, rows, cols, 1), dtype=bool)
+    # a multi-frame source needs one frame of the SEG per frame it has
+    pixel_array = np.zeros((frame_count(sources[0]) if ct.meta.get("source_frames") else 1, rows, cols, 1), bool)
     pixel_array[0, rows // 2, cols // 2, 0] = True
     _segmentation(sources, pixel_array, _segments()[:1]).save_as(io.BytesIO(), enforce_file_format=True)
 
@@ -297,27 +347,11 @@ def write_dicom_seg(ct: CT, lungs: np.ndarray, lesions: np.ndarray, path: str | 
         raise ValueError(f"{ct.path}: {len(files)} source files for {n_frames} slices")
 
     sources = _source_headers(ct, files)
-    try:
-        check_source_references(sources, ct.path)
-    except SegNotWritten:
-        from covidct.report.dicom_copy import NEW_UIDS_DIR, NEW_UIDS_ENV, write_series_copy
-
-        if not (new_uids if new_uids is not None else os.environ.get(NEW_UIDS_ENV) == "1"):
-            raise
-        # opt-in: reference a copy of the series with fresh UIDs, written beside the SEG
-        ct = write_series_copy(ct, files, Path(path).parent / NEW_UIDS_DIR)
-        files = _source_files(ct)
-        sources = _source_headers(ct, files)
-        check_source_references(sources, ct.path)
-    uids = ct.meta.get("source_sop_uids") or []
-    for i, ds in enumerate(sources):
-        if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
-            raise ValueError(f"{files[i].name}: {ds.Rows}x{ds.Columns} pixels, masks are {rows}x{cols}")
-        if uids and str(ds.SOPInstanceUID) != uids[i]:
-            raise ValueError(
-                f"{files[i].name}: SOP Instance UID differs from the loaded series (file changed?)"
-            )
-
+    if ct.meta.get("source_frames"):  # one multi-frame image (Enhanced CT): one SEG frame per source frame
+        sources, masks = _frames_of_one_image(ct, sources[0], masks)
+        n_frames = len(masks["lungs"])
+    else:
+        sources = _checked_slices(ct, files, sources, path, new_uids, rows, cols)
     present = np.zeros(256, dtype=bool)
     present[_nibble(lesions).ravel()] = True  # the lesion classes in use (no int64 copy, unlike bincount)
     # only lesion classes that are present; the lungs are always written
