@@ -233,7 +233,7 @@ def _refuse_mixed_orientations(shown: str, key: tuple, items: list, groups: dict
 
 
 def load_dicom_file(path: Path) -> CT:
-    """A single DICOM file as a one-slice volume (multi-frame files are not supported)."""
+    """A single DICOM file: a one-slice volume, or for a multi-frame file (Enhanced CT) the volume of its frames."""
     preamble = _has_preamble(path)
     if not preamble and not _starts_like_dicom(path):
         raise UnreadableInput(f"{path}: not a DICOM file (no DICOM preamble or header)")

@@ -26,8 +26,10 @@ _SKIPPED = {Tag("PixelData"), Tag("FloatPixelData"), Tag("DoubleFloatPixelData")
             Tag("SharedFunctionalGroupsSequence"), Tag("PerFrameFunctionalGroupsSequence")}
 
 
-def frame_count(ds: Dataset) -> int:
-    """NumberOfFrames (1 when absent or unreadable)."""
+def frame_count(ds: Dataset | None) -> int:
+    """NumberOfFrames (1 when absent or unreadable, or without a header)."""
+    if ds is None:
+        return 1
     try:
         return max(int(ds.get("NumberOfFrames", 1) or 1), 1)
     except (TypeError, ValueError):
