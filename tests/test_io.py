@@ -419,3 +419,18 @@ def test_staged_outputs_all_or_nothing(tmp_path):
         (staging / "sub").mkdir()
         (staging / "sub" / "new.txt").write_text("fresh")
     assert sorted(p.name for p in (out / "sub").iterdir()) == ["new.txt"] and (out / "a.txt").exists()
+
+
+def test_nifti_without_orientation_warns_and_reads_the_fallback(tmp_path, hu):
+    # qform_code = sform_code = 0: NIfTI's fallback (pixdim, the first axis right to left); said, not silent
+    img = nib.Nifti1Image(hu.astype(np.int16), None)
+    img.header.set_zooms((0.7, 0.8, 5.0))
+    nib.save(img, tmp_path / "noaff.nii.gz")
+    ct = load_ct(tmp_path / "noaff.nii.gz")
+    assert ct.spacing == pytest.approx((5.0, 0.8, 0.7))
+    assert any("no orientation" in w and "0.7 × 0.8 × 5 mm" in w for w in ct.warnings)
+    oriented = nib.Nifti1Image(hu.astype(np.int16), np.diag([-0.7, 0.8, 5.0, 1.0]))
+    nib.save(oriented, tmp_path / "oriented.nii.gz")
+    other = load_ct(tmp_path / "oriented.nii.gz")
+    assert not any("no orientation" in w for w in other.warnings)
+    np.testing.assert_array_equal(ct.array, other.array)  # the same axes as that fallback written out

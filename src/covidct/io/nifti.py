@@ -161,6 +161,14 @@ def load_nifti(path: Path) -> CT:
         sform, scode = img.get_sform(coded=False), int(hdr["sform_code"])
     except (ValueError, OverflowError, np.linalg.LinAlgError) as e:  # e.g. a quaternion of Inf
         raise UnsupportedInput(f"{path}: the NIfTI's qform/sform is unusable ({_one_line(e)})") from e
+    if qcode == 0 and scode == 0:
+        zooms = " × ".join(f"{float(z):g}" for z in hdr.get_zooms()[:3])
+        warnings.append(
+            "the NIfTI header gives no orientation (qform_code and sform_code 0): its axes are read as NIfTI's "
+            "fallback for that case (the first from the patient's right to left, the second from back to front, the "
+            f"third from feet to head) with voxel sizes from pixdim ({zooms} mm); if the file was written otherwise, "
+            "the left/right labels, zones and volumes are wrong"
+        )
     meta = {
         "modality": "CT" if is_hu else None,
         "nifti_version": 2 if isinstance(img, nib.Nifti2Image) else 1,
