@@ -87,3 +87,17 @@ def test_a_damaged_multiframe_file_is_one_clear_error(series_and_multiframe, tmp
     ds.save_as(mixed / "enhanced.dcm")
     ct = load_ct(mixed)
     assert "source_frames" not in ct.meta and any("2 series" in w for w in ct.warnings)
+
+
+def test_info_says_the_slices_are_the_frames_of_one_file(series_and_multiframe):
+    import json
+
+    from typer.testing import CliRunner
+
+    from covidct.cli import app
+
+    folder, path = series_and_multiframe
+    res = CliRunner().invoke(app, ["info", str(path), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["frames"].startswith("10 slices from the frames of one multi-frame file")
+    assert "frames" not in json.loads(CliRunner().invoke(app, ["info", str(folder), "--json"]).output)

@@ -93,6 +93,8 @@ def info(
         "patient_position": ct.meta.get("patient_position"),
         "warnings": list(ct.warnings),
     }
+    if ct.meta.get("source_frames"):  # one multi-frame file (Enhanced CT)
+        summary["frames"] = f"{len(ct.meta['source_frames'])} slices from the frames of one multi-frame file"
     if not ct.is_hu and ct.n_slices >= 3:  # a whole display-range volume: whether analyze can undo its window
         summary["hu_map"] = _hu_map(ct)
     if as_json:
