@@ -334,7 +334,7 @@ def test_fast_jpeg_decoder_matches_gdcm(tmp_path, hu, syntax, signed, bits):
     from pydicom import uid
 
     from covidct.io import imagecodecs_plugin
-    from covidct.io.dicom_volume import _pixels
+    from covidct.io.dicom_decode import _pixels
 
     assert imagecodecs_plugin.register()
     paths = make_series(tmp_path / "s", hu, intercept=0.0 if signed else -1024.0)

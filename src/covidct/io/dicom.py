@@ -49,7 +49,8 @@ from pydicom.dataset import Dataset
 
 from covidct.errors import InconsistentSeries, NotCT, UnreadableInput
 from covidct.io.archive import ZipLimits, open_zip, safe_extract
-from covidct.io.dicom_volume import _f, _floats, _has_preamble, _int, _rel, _usable_orientation, build_volume
+from covidct.io.dicom_decode import _f, _floats, _has_preamble, _int, _rel
+from covidct.io.dicom_volume import _usable_orientation, build_volume
 from covidct.volume import CT
 
 __all__ = ["load_dicom_folder", "load_dicom_file", "load_dicom_zip", "_has_preamble"]

@@ -15,16 +15,14 @@ from pydicom.dataset import Dataset
 
 from covidct.errors import InconsistentSeries, UnreadableInput, UnsupportedInput
 from covidct.io import decode_split, dicom_frames
-from covidct.io.dicom_decode import (  # noqa: F401 - _pixels and the tag helpers are read from here too
+from covidct.io.dicom_decode import (
     _decode,
     _f,
     _floats,
     _has_preamble,
     _int,
     _num,
-    _pixels,
     _rel,
-    _rescale,
 )
 from covidct.io.nifti import check_affine, reorient_xyz, spacing_from_affine
 from covidct.volume import CT, SliceRef
