@@ -101,3 +101,16 @@ def test_info_says_the_slices_are_the_frames_of_one_file(series_and_multiframe):
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["frames"].startswith("10 slices from the frames of one multi-frame file")
     assert "frames" not in json.loads(CliRunner().invoke(app, ["info", str(folder), "--json"]).output)
+
+
+def test_a_series_of_several_multiframe_files_is_one_clear_error(series_and_multiframe, tmp_path):
+    _, path = series_and_multiframe
+    two = tmp_path / "two"
+    two.mkdir()
+    for k in range(2):  # one series split over two multi-frame files: not read
+        ds = pydicom.dcmread(path)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = hd.UID()
+        ds.save_as(two / f"part{k}.dcm")
+    with pytest.raises(CovidCTError, match="multi-frame file on its own") as err:
+        load_ct(two)
+    assert "\n" not in str(err.value)

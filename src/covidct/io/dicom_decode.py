@@ -115,7 +115,8 @@ def _decode(path: Path) -> tuple[Dataset, np.ndarray]:
     if _int(ds, "SamplesPerPixel", 1) != 1:
         raise UnsupportedInput(f"{path.name}: colour DICOM image (SamplesPerPixel {_f(ds, 'SamplesPerPixel')})")
     if _int(ds, "NumberOfFrames", 1) > 1:  # one file of many slices: covidct.io.dicom_frames reads it
-        raise UnsupportedInput(f"{path.name}: a multi-frame image among single-frame slices")
+        raise UnsupportedInput(f"{path.name}: a multi-frame image in a series of several files (covidct reads a "
+                               "multi-frame file on its own)")
     px = _pixels(ds)
     if px.ndim != 2:
         raise UnsupportedInput(f"{path.name}: pixel data of shape {px.shape} is not one 2-D slice")
