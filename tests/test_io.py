@@ -434,3 +434,22 @@ def test_nifti_without_orientation_warns_and_reads_the_fallback(tmp_path, hu):
     other = load_ct(tmp_path / "oriented.nii.gz")
     assert not any("no orientation" in w for w in other.warnings)
     np.testing.assert_array_equal(ct.array, other.array)  # the same axes as that fallback written out
+
+
+def test_a_cd_export_with_its_dicomdir_reads_the_images_without_a_warning(tmp_path, hu):
+    import pydicom
+    from pydicom.fileset import FileSet
+
+    files = make_series(tmp_path / "s", hu)
+    fs = FileSet()
+    for f in files:
+        ds = pydicom.dcmread(f)
+        for kw in ("StudyDate", "StudyTime", "StudyID", "SeriesNumber", "InstanceNumber"):  # a DICOMDIR needs them
+            if kw not in ds:
+                setattr(ds, kw, "1" if kw.endswith(("ID", "Number")) else "20200101" if kw == "StudyDate" else "000000")
+        fs.add(ds)
+    fs.write(tmp_path / "cd")  # DICOMDIR + PT*/ST*/SE*/IM* files without extensions, as on a CD
+    assert (tmp_path / "cd" / "DICOMDIR").is_file()
+    ct = load_ct(tmp_path / "cd")
+    np.testing.assert_array_equal(ct.array, load_ct(tmp_path / "s").array)
+    assert not ct.warnings  # the DICOMDIR index is not an unreadable file

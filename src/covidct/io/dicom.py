@@ -78,8 +78,12 @@ def _starts_like_dicom(path: Path) -> bool:
     return head in (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
 
 
-def _read_header(path: Path) -> Dataset | None:
-    """Header of a DICOM image file, or None if it is not one (raises nothing)."""
+NOT_AN_IMAGE = "not an image"  # _read_header's answer for a readable DICOM file that is no image (DICOMDIR, SR...)
+
+
+def _read_header(path: Path) -> Dataset | str | None:
+    """Header of a DICOM image file; :data:`NOT_AN_IMAGE` for a readable DICOM file without pixels (a DICOMDIR, a
+    structured report, a presentation state); None if it is not a usable DICOM file (raises nothing)."""
     try:
         if _has_preamble(path):
             ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -91,7 +95,7 @@ def _read_header(path: Path) -> Dataset | None:
     except Exception:  # noqa: BLE001 - any parser failure means "not a usable DICOM file"
         return None
     if "Rows" not in ds or "Columns" not in ds:
-        return None  # DICOMDIR, SR, presentation states...
+        return NOT_AN_IMAGE  # DICOMDIR, SR, presentation states...
     if _int(ds, "Rows", 0) <= 0 or _int(ds, "Columns", 0) <= 0:
         return None  # an image header without a usable size
     return ds
@@ -169,10 +173,10 @@ def load_dicom_folder(root: Path, *, display_path: str | None = None, series: st
             warnings.append(f"skipped {_rel(p, root)}: permission denied")
             continue
         ds = _read_header(p)
-        if ds is None:
-            if _has_preamble(p):
+        if ds is None or ds == NOT_AN_IMAGE:
+            if ds is None and _has_preamble(p):
                 warnings.append(f"skipped unreadable DICOM file {_rel(p, root)}")
-            continue
+            continue  # a DICOMDIR (a CD's index) and the like: the images beside it are what is read
         headers.append((p, ds))
     if not headers:
         exts = sorted({p.suffix.lower() for p in files if p.suffix})
