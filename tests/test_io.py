@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from nibabel.orientations import axcodes2ornt, ornt_transform
 from PIL import Image
+from pydicom.uid import generate_uid
 
 from conftest_io_helpers import ORIGIN, SPACING_XYZ, make_series, phantom_hu
 from covidct.errors import UnreadableInput, UnsupportedInput
@@ -453,3 +454,24 @@ def test_a_cd_export_with_its_dicomdir_reads_the_images_without_a_warning(tmp_pa
     ct = load_ct(tmp_path / "cd")
     np.testing.assert_array_equal(ct.array, load_ct(tmp_path / "s").array)
     assert not ct.warnings  # the DICOMDIR index is not an unreadable file
+
+
+def test_of_a_thin_and_a_thick_reconstruction_the_measured_spacing_is_read(tmp_path):
+    # one study, two axial reconstructions over the same lungs: 1 mm (more slices) and 5 mm. The HU rule was measured
+    # on 2-6 mm series, so the 5 mm one is read, and the warning says why; a thick series covering only part of
+    # the lungs does not win, and --series still takes any
+    thin = phantom_hu((32, 28, 40))
+    thick = thin.reshape(32, 28, 8, 5).mean(axis=3)
+    study = generate_uid()
+    make_series(tmp_path / "study" / "thin", thin, spacing_xyz=(0.7, 0.8, 1.0), study_uid=study, prefix="T")
+    make_series(tmp_path / "study" / "thick", thick, spacing_xyz=(0.7, 0.8, 5.0), study_uid=study, prefix="K",
+                origin=(ORIGIN[0], ORIGIN[1], ORIGIN[2] + 2.0))
+    ct = load_ct(tmp_path / "study")
+    assert ct.n_slices == 8 and ct.spacing[0] == pytest.approx(5.0)
+    assert any("picked" in w and "for its 5 mm slice spacing" in w for w in ct.warnings)
+    thin_uid = next(w for w in ct.warnings if "picked" in w).split("also found: ")[1].split("(")[1].split(",")[0]
+    assert load_ct(tmp_path / "study", series=thin_uid).n_slices == 40
+    make_series(tmp_path / "part" / "thin", thin, spacing_xyz=(0.7, 0.8, 1.0), study_uid=study, prefix="T")
+    make_series(tmp_path / "part" / "thick", thick[..., :3], spacing_xyz=(0.7, 0.8, 5.0), study_uid=study, prefix="K")
+    ct = load_ct(tmp_path / "part")
+    assert ct.n_slices == 40 and not any("for its" in w for w in ct.warnings)

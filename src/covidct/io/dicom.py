@@ -147,6 +147,39 @@ def _is_localizer(ds: Dataset) -> bool:
     return any(str(x).upper() == "LOCALIZER" for x in it)
 
 
+# Slice spacings (mm) of the whole series the HU lesion rule was chosen and measured on (2-6 mm; thinner series,
+# simulated, read healthy lungs' vessel shells as GGO: docs/BENCHMARKS.md). Of a study's several reconstructions,
+# one in this range that covers the lungs as far as the others is read first; --series takes any other.
+MEASURED_SPACING_MM = (2.0, 6.0)
+COVERAGE_SHARE = 0.8
+
+
+def _z_extent(key: tuple, items: list) -> tuple[float, float] | None:
+    """(extent along the slice normal, median slice spacing) in mm of a series' headers; None without geometry."""
+    iop = key[1]
+    if iop is None or len(items) < 2:
+        return None
+    pos = []
+    for _, ds in items:
+        ipp = _floats(_f(ds, "ImagePositionPatient"))
+        if ipp is None or len(ipp) != 3:
+            return None
+        pos.append(float(np.dot(ipp, _normal(iop))))
+    pos = np.sort(np.asarray(pos))
+    steps = np.diff(pos)
+    steps = steps[steps > 1e-3]
+    return (float(pos[-1] - pos[0]), float(np.median(steps))) if steps.size else None
+
+
+def _measured_spacing(extent: tuple[float, float] | None, widest: float) -> bool:
+    """Whether a series' slice spacing is in :data:`MEASURED_SPACING_MM` and it covers at least
+    :data:`COVERAGE_SHARE` of the widest series' extent."""
+    if extent is None:
+        return False
+    lo, hi = MEASURED_SPACING_MM
+    return lo <= extent[1] <= hi and extent[0] >= COVERAGE_SHARE * widest
+
+
 def _describe(key: tuple, items: list) -> str:
     ds = items[0][1]
     mod = str(_f(ds, "Modality", "?"))
@@ -191,6 +224,8 @@ def load_dicom_folder(root: Path, *, display_path: str | None = None, series: st
             found = ", ".join(sorted({k[0] or "<no SeriesInstanceUID>" for k in groups})[:6])
             raise UnreadableInput(f"{shown}: no series {series} here; found {len(groups)}: {found}")
         groups = chosen
+    extents = {k: _z_extent(k, it) for k, it in groups.items()}
+    widest = max((e[0] for e in extents.values() if e is not None), default=0.0)
     ranked = sorted(
         groups.items(),
         key=lambda kv: (
@@ -198,6 +233,7 @@ def load_dicom_folder(root: Path, *, display_path: str | None = None, series: st
             not _is_localizer(kv[1][0][1]),
             _int(kv[1][0][1], "NumberOfFrames", 1) == 1,
             _is_axial(kv[0]),
+            _measured_spacing(extents[kv[0]], widest),
             len(kv[1]),
         ),
         reverse=True,
@@ -219,8 +255,14 @@ def load_dicom_folder(root: Path, *, display_path: str | None = None, series: st
     if len(ranked) > 1:
         rest = "; ".join(_describe(k, it) for k, it in ranked[1:6])
         more = f" and {len(ranked) - 6} more" if len(ranked) > 6 else ""
-        warnings.append(f"folder holds {len(ranked)} series; picked {_describe(key, items)}; also found: {rest}{more}"
-                        " (choose one with --series UID)")
+        why = ""
+        if any(len(it) > len(items) and _is_ct(it[0][1]) and _is_axial(k) and not _is_localizer(it[0][1])
+               for k, it in ranked[1:]) and _measured_spacing(extents[key], widest):
+            lo, hi = MEASURED_SPACING_MM
+            why = (f" (for its {extents[key][1]:.3g} mm slice spacing: covidct's HU lesion rule was measured on "
+                   f"{lo:g}-{hi:g} mm series)")
+        warnings.append(f"folder holds {len(ranked)} series; picked {_describe(key, items)}{why}; also found: {rest}"
+                        f"{more} (choose one with --series UID)")
     return build_volume([p for p, _ in items], root, shown, warnings, single_file=False, headers=dict(items))
 
 
