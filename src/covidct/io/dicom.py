@@ -8,8 +8,11 @@ How a folder becomes one volume:
   be parsed is skipped with a warning.
 * Files are grouped by SeriesInstanceUID **and** geometry (ImageOrientationPatient rounded,
   Rows/Columns, PixelSpacing): de-identified data may carry empty or duplicated UIDs, so a UID
-  alone never defines a series. The CT group that is axial and has the most slices wins
-  (localizers rank last); a warning names it and lists the others. Non-CT only -> ``NotCT``.
+  alone never defines a series. The CT group that is axial wins (localizers rank last; single-frame series before
+  a multi-frame file); of several, one whose slice spacing is 2-6 mm (what the HU lesion rule was measured on)
+  and that covers at least 80 % of the widest one's extent, then the one with the most slices; a warning names it
+  (and why, when a series with more slices was passed over) and lists the others. Non-CT only -> ``NotCT``.
+* One multi-frame file (Enhanced CT) is read as the series of its frames (``covidct.io.dicom_frames``).
 * Slices are ordered by ImagePositionPatient projected on the slice normal
   (row x column direction cosines), never by file name or InstanceNumber.
 * One SeriesInstanceUID whose slices have different orientations (more than ~1 degree apart;
