@@ -466,6 +466,9 @@ def test_of_a_thin_and_a_thick_reconstruction_the_measured_spacing_is_read(tmp_p
     make_series(tmp_path / "study" / "thin", thin, spacing_xyz=(0.7, 0.8, 1.0), study_uid=study, prefix="T")
     make_series(tmp_path / "study" / "thick", thick, spacing_xyz=(0.7, 0.8, 5.0), study_uid=study, prefix="K",
                 origin=(ORIGIN[0], ORIGIN[1], ORIGIN[2] + 2.0))
+    # a sagittal reformat, wider across the body than the scan is long, does not set the coverage asked for
+    make_series(tmp_path / "study" / "sag", phantom_hu((60, 28, 40)), row_dir=(0, 1, 0), col_dir=(0, 0, -1),
+                spacing_xyz=(2.0, 0.8, 1.0), study_uid=study, prefix="S")
     ct = load_ct(tmp_path / "study")
     assert ct.n_slices == 8 and ct.spacing[0] == pytest.approx(5.0)
     assert any("picked" in w and "for its 5 mm slice spacing" in w for w in ct.warnings)

@@ -228,7 +228,9 @@ def load_dicom_folder(root: Path, *, display_path: str | None = None, series: st
             raise UnreadableInput(f"{shown}: no series {series} here; found {len(groups)}: {found}")
         groups = chosen
     extents = {k: _z_extent(k, it) for k, it in groups.items()}
-    widest = max((e[0] for e in extents.values() if e is not None), default=0.0)
+    # the widest axial CT series (a sagittal or coronal reformat's extent is across the body, not along it)
+    widest = max((extents[k][0] for k, it in groups.items() if extents[k] is not None and _is_ct(it[0][1])
+                  and _is_axial(k) and not _is_localizer(it[0][1])), default=0.0)
     ranked = sorted(
         groups.items(),
         key=lambda kv: (
