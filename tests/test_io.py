@@ -313,6 +313,26 @@ def test_compressed_transfer_syntax(tmp_path, hu, syntax):
     np.testing.assert_array_equal(ct.array, hu.transpose(2, 1, 0))
 
 
+def test_jpeg2000_lossless_series_loads_exactly(tmp_path, hu):
+    """JPEG 2000 lossless, common in PACS archives: encoded here by OpenJPEG through imagecodecs (pydicom has no
+    encoder for it), decoded by the loader (GDCM)."""
+    import imagecodecs
+    import pydicom
+    from pydicom import uid
+    from pydicom.encaps import encapsulate
+
+    paths = make_series(tmp_path / "s", hu)
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        ds.PixelData = encapsulate([imagecodecs.jpeg2k_encode(ds.pixel_array, level=0, reversible=True)])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = uid.JPEG2000Lossless
+        ds.save_as(p, enforce_file_format=True)
+    ct = load_ct(tmp_path / "s")
+    assert ct.meta["transfer_syntax"] == uid.JPEG2000Lossless
+    np.testing.assert_array_equal(ct.array, hu.transpose(2, 1, 0))
+
+
 def _jpeg_lossless(ds, bits: int) -> None:
     """Re-encode ``ds``'s pixels as JPEG lossless SV1 (libjpeg-turbo through imagecodecs: pydicom cannot encode it)."""
     import imagecodecs
