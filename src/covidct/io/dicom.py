@@ -157,6 +157,11 @@ MEASURED_SPACING_MM = (2.0, 6.0)
 COVERAGE_SHARE = 0.8
 
 
+def _axial_ct(key: tuple, items: list) -> bool:
+    """An axial CT series, not a localizer."""
+    return _is_ct(items[0][1]) and _is_axial(key) and not _is_localizer(items[0][1])
+
+
 def _z_extent(key: tuple, items: list) -> tuple[float, float] | None:
     """(extent along the slice normal, median slice spacing) in mm of a series' headers; None without geometry."""
     iop = key[1]
@@ -209,7 +214,7 @@ def load_dicom_folder(root: Path, *, display_path: str | None = None, series: st
             warnings.append(f"skipped {_rel(p, root)}: permission denied")
             continue
         ds = _read_header(p)
-        if ds is None or ds == NOT_AN_IMAGE:
+        if not isinstance(ds, Dataset):
             if ds is None and _has_preamble(p):
                 warnings.append(f"skipped unreadable DICOM file {_rel(p, root)}")
             continue  # a DICOMDIR (a CD's index) and the like: the images beside it are what is read
@@ -229,8 +234,8 @@ def load_dicom_folder(root: Path, *, display_path: str | None = None, series: st
         groups = chosen
     extents = {k: _z_extent(k, it) for k, it in groups.items()}
     # the widest axial CT series (a sagittal or coronal reformat's extent is across the body, not along it)
-    widest = max((extents[k][0] for k, it in groups.items() if extents[k] is not None and _is_ct(it[0][1])
-                  and _is_axial(k) and not _is_localizer(it[0][1])), default=0.0)
+    widest = max((extents[k][0] for k, it in groups.items() if extents[k] is not None and _axial_ct(k, it)),
+                 default=0.0)
     ranked = sorted(
         groups.items(),
         key=lambda kv: (
@@ -261,8 +266,8 @@ def load_dicom_folder(root: Path, *, display_path: str | None = None, series: st
         rest = "; ".join(_describe(k, it) for k, it in ranked[1:6])
         more = f" and {len(ranked) - 6} more" if len(ranked) > 6 else ""
         why = ""
-        if any(len(it) > len(items) and _is_ct(it[0][1]) and _is_axial(k) and not _is_localizer(it[0][1])
-               for k, it in ranked[1:]) and _measured_spacing(extents[key], widest):
+        if any(len(it) > len(items) and _axial_ct(k, it) for k, it in ranked[1:]) and _measured_spacing(
+                extents[key], widest):
             lo, hi = MEASURED_SPACING_MM
             why = (f" (for its {extents[key][1]:.3g} mm slice spacing: covidct's HU lesion rule was measured on "
                    f"{lo:g}-{hi:g} mm series)")
@@ -301,7 +306,7 @@ def load_dicom_file(path: Path) -> CT:
         raise UnreadableInput(f"{path}: DICOM image without a usable Rows/Columns size")
     if not _is_ct(ds):
         raise NotCT(f"{path}: {_f(ds, 'Modality', 'non-CT')} image: covidct analyses CT only")
-    return build_volume([path], path.parent, str(path), [], single_file=True)
+    return build_volume([path], path.parent, str(path), [], single_file=True, headers={path: ds})
 
 
 def load_dicom_zip(path: Path, *, series: str | None = None, limits: ZipLimits | None = None) -> CT:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
 
 from covidct.errors import InconsistentSeries, UnreadableInput, UnsupportedInput
@@ -19,7 +18,6 @@ from covidct.io.dicom_decode import (
     _decode,
     _f,
     _floats,
-    _has_preamble,
     _int,
     _num,
     _rel,
@@ -80,8 +78,7 @@ def build_volume(paths: list[Path], root: Path, shown: str, warnings: list[str],
                   headers: dict[Path, Dataset] | None = None) -> CT:
     """``headers``: the files' headers as read without pixel data, kept for writers (DICOM SEG). One multi-frame
     file (Enhanced CT) is read as the series of its frames."""
-    if len(paths) == 1 and dicom_frames.frame_count(
-            headers[paths[0]] if headers and paths[0] in headers else _header(paths[0])) > 1:
+    if len(paths) == 1 and dicom_frames.frame_count((headers or {}).get(paths[0])) > 1:
         return _assemble(dicom_frames.decode_frames(paths[0], shown), root, shown, warnings, None, headers)
     slots = _sorted_slots(paths, headers)
 
@@ -118,13 +115,6 @@ def build_volume(paths: list[Path], root: Path, shown: str, warnings: list[str],
     if not slices:
         raise UnreadableInput(f"{shown}: no DICOM slice could be decoded")
     return _assemble(slices, root, shown, warnings, slots, headers)
-
-
-def _header(path: Path) -> Dataset | None:
-    try:
-        return pydicom.dcmread(path, stop_before_pixels=True, force=not _has_preamble(path))
-    except Exception:  # noqa: BLE001 - decoding reports it
-        return None
 
 
 def _assemble(slices: list[tuple[Path, Dataset, np.ndarray]], root: Path, shown: str, warnings: list[str],
