@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from nibabel.orientations import inv_ornt_aff
 from pydicom.dataset import Dataset
 
 from covidct.errors import InconsistentSeries, UnreadableInput, UnsupportedInput
@@ -22,7 +23,14 @@ from covidct.io.dicom_decode import (
     _num,
     _rel,
 )
-from covidct.io.nifti import check_affine, reorient_xyz, spacing_from_affine
+from covidct.io.nifti import (
+    SHEAR_MIN_DEG,
+    check_affine,
+    orientation_warnings,
+    reorient_xyz,
+    shear_degrees,
+    spacing_from_affine,
+)
 from covidct.volume import CT, SliceRef
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -214,15 +222,25 @@ def _assemble(slices: list[tuple[Path, Dataset, np.ndarray]], root: Path, shown:
     lps[:3, 1] = c_dir * dr
     lps[:3, 2] = n_dir * dz
     lps[:3, 3] = ipps[0]
-    src_affine = LPS_TO_RAS @ lps
+    stacked = LPS_TO_RAS @ lps  # the slices stacked along their normal (as ITK-based readers build the volume)
+    src_affine = stacked
+    if geometry_known and n > 1:
+        # A tilted gantry: the slices step along the table, not along their normal. The affine then takes that
+        # step (its component along the normal stays dz), so that every voxel sits where its slice says.
+        step = np.subtract(ipps[-1], ipps[0], dtype=np.float64)
+        step /= np.linalg.norm(step)
+        lps[:3, 2] = step * (dz / float(step @ n_dir))
+        if shear_degrees(lps) >= SHEAR_MIN_DEG:
+            src_affine = LPS_TO_RAS @ lps
     try:
         check_affine(src_affine, shown)  # e.g. positions of 1e308 mm overflow
     except UnsupportedInput as e:
         raise InconsistentSeries(str(e)) from e
-    canon_xyz, canon_aff, info = reorient_xyz(stack.transpose(2, 1, 0), src_affine)
+    source_xyz = stack.transpose(2, 1, 0)
+    canon_xyz, canon_aff, info = reorient_xyz(source_xyz, src_affine)
     arr = np.ascontiguousarray(canon_xyz.transpose(2, 1, 0), dtype=np.float32)
-    if info["oblique"]:
-        warnings.append("oblique series: kept the nearest axis-aligned orientation (affine stays exact)")
+    warnings.extend(orientation_warnings(canon_aff, info["oblique"],
+                                         "oblique series: kept the nearest axis-aligned orientation (affine stays exact)"))
 
     fwd = info["forward"]
     slice_axis_to_z = int(fwd[2, 0]) == 2
@@ -258,6 +276,8 @@ def _assemble(slices: list[tuple[Path, Dataset, np.ndarray]], root: Path, shown:
         "iop": [float(v) for v in iop],
         "frame_of_reference_uid": str(_f(ds0, "FrameOfReferenceUID", "")) or None,
         "geometry_known": geometry_known,
+        # a tilted series' NIfTI qform: its slices stacked along the normal (the sform, ``affine``, holds the shear)
+        "qform_affine": None if src_affine is stacked else (stacked @ inv_ornt_aff(info["forward"], source_xyz.shape)).tolist(),
         "slice_gaps": gaps,
         "source_sop_uids": [str(_f(ds, "SOPInstanceUID", "")) for _, ds, _ in slices],
         "source_files": [str(p) for p, _, _ in slices],

@@ -74,10 +74,46 @@ def is_oblique(affine: np.ndarray) -> bool:
     return bool(np.any((cos > OBLIQUE_TOL) & (cos < 1 - OBLIQUE_TOL)))
 
 
+# A slice axis further than this from the normal of the slice planes is a sheared grid (a gantry tilt): 0.1 degree
+# is 0.5 mm of drift across a 300 mm scan, far above the rounding of the positions DICOM headers give.
+SHEAR_MIN_DEG = 0.1
+
+
+def shear_degrees(affine_canon: np.ndarray) -> float:
+    """The angle between a canonical affine's slice axis (z) and the normal of its slice planes (x, y): 0 for
+    an orthogonal grid, the gantry tilt for a series acquired with a tilted gantry."""
+    a = np.asarray(affine_canon, dtype=np.float64)[:3, :3]
+    normal = np.cross(a[:, 0], a[:, 1])
+    nn, nz = float(np.linalg.norm(normal)), float(np.linalg.norm(a[:, 2]))
+    if nn == 0 or nz == 0:
+        return 0.0
+    return float(np.degrees(np.arccos(min(1.0, abs(float(a[:, 2] @ normal)) / (nn * nz)))))
+
+
 def spacing_from_affine(affine_canon: np.ndarray) -> tuple[float, float, float]:
-    """(dz, dy, dx) voxel sizes of a canonical affine (column norms)."""
-    dx, dy, dz = (float(v) for v in np.linalg.norm(np.asarray(affine_canon)[:3, :3], axis=0))
+    """(dz, dy, dx) voxel sizes of a canonical affine: its column norms, except on a sheared grid (a gantry tilt,
+    :func:`shear_degrees`), whose dz is the distance between the slice planes, so that dz · dy · dx is the voxel's
+    volume (the step from slice to slice is longer, by 1 / cos(tilt))."""
+    a = np.asarray(affine_canon, dtype=np.float64)[:3, :3]
+    dx, dy, dz = (float(v) for v in np.linalg.norm(a, axis=0))
+    if shear_degrees(affine_canon) >= SHEAR_MIN_DEG:
+        normal = np.cross(a[:, 0], a[:, 1])
+        dz = abs(float(a[:, 2] @ normal)) / float(np.linalg.norm(normal))
     return (dz, dy, dx)
+
+
+OBLIQUE_WARNING = "oblique volume: axes were matched to the nearest patient axes (affine kept exact)"
+
+
+def orientation_warnings(canon_aff: np.ndarray, oblique: bool, oblique_warning: str = OBLIQUE_WARNING) -> list[str]:
+    """The warning a grid's orientation gets: a gantry tilt (a sheared grid, :func:`shear_degrees`) says so, and
+    why the NIfTI masks' qform and sform differ; an oblique grid (``reorient_xyz``'s ``oblique``) says that."""
+    tilt = shear_degrees(canon_aff)
+    if tilt >= SHEAR_MIN_DEG:
+        return [f"gantry tilt {tilt:.1f}°: the slices are sheared against each other; they are analysed as acquired "
+                "(volumes measured between the slice planes), and the NIfTI masks carry the shear in their sform "
+                "(their qform stacks the slices along the normal, as ITK-based viewers read such a series)"]
+    return [oblique_warning] if oblique else []
 
 
 def looks_like_hu(arr: np.ndarray) -> bool:
@@ -146,8 +182,7 @@ def load_nifti(path: Path) -> CT:
 
     data = finite_or_refuse(data, str(path), warnings)  # all/most NaN: refused; a few: set to the minimum
     canon_xyz, canon_aff, info = reorient_xyz(data, affine)
-    if info["oblique"]:
-        warnings.append("oblique volume: axes were matched to the nearest patient axes (affine kept exact)")
+    warnings.extend(orientation_warnings(canon_aff, info["oblique"]))
     arr = np.ascontiguousarray(canon_xyz.transpose(2, 1, 0), dtype=np.float32)
     is_hu = looks_like_hu(arr)
     lo, hi = float(arr.min()), float(arr.max())
@@ -227,8 +262,7 @@ def load_itk(path: Path) -> CT:
     arr = np.ascontiguousarray(canon_xyz.transpose(2, 1, 0), dtype=np.float32)
     is_hu = looks_like_hu(arr)
     warnings = [] if is_hu else [f"intensities do not look like Hounsfield units; {NOT_HU}"]
-    if info["oblique"]:
-        warnings.append("oblique volume: axes were matched to the nearest patient axes (affine kept exact)")
+    warnings.extend(orientation_warnings(canon_aff, info["oblique"]))
     return CT(
         array=arr, spacing=spacing_from_affine(canon_aff), affine=canon_aff, is_hu=is_hu, kind="itk",
         path=str(path), slices=[SliceRef(k, float((canon_aff @ [0, 0, k, 1])[2])) for k in range(arr.shape[0])],

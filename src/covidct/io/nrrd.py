@@ -13,7 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from covidct.errors import UnreadableInput, UnsupportedInput
-from covidct.io.nifti import NOT_HU, _one_line, looks_like_hu, reorient_xyz, spacing_from_affine
+from covidct.io.nifti import (
+    NOT_HU,
+    _one_line,
+    looks_like_hu,
+    orientation_warnings,
+    reorient_xyz,
+    spacing_from_affine,
+)
 from covidct.volume import CT, SliceRef
 
 # sign flips taking each NRRD world space to RAS+ (x, y, z)
@@ -71,8 +78,7 @@ def load_nrrd(path: Path) -> CT:
     if not np.isfinite(data_xyz).all():
         raise UnreadableInput(f"{path}: NRRD holds NaN/Inf voxels")
     canon_xyz, canon_aff, info = reorient_xyz(data_xyz, affine)
-    if info["oblique"]:
-        warnings.append("oblique volume: axes were matched to the nearest patient axes (affine kept exact)")
+    warnings.extend(orientation_warnings(canon_aff, info["oblique"]))
     arr = np.ascontiguousarray(canon_xyz.transpose(2, 1, 0), dtype=np.float32)
     is_hu = looks_like_hu(arr)
     if not is_hu:

@@ -115,7 +115,9 @@ def _nifti_for(ct: CT, array_zyx: np.ndarray, dtype: type) -> nib.Nifti1Image:
         return klass(data, None, header=hdr)
     data = np.asarray(array_zyx, dtype=dtype).transpose(2, 1, 0)
     img = nib.Nifti1Image(data, ct.affine)
-    img.set_qform(ct.affine, code=1)
+    # a tilted series: the qform cannot hold a shear; it gets the slices stacked along their normal instead
+    qform = ct.meta.get("qform_affine")
+    img.set_qform(ct.affine if qform is None else np.asarray(qform, dtype=np.float64), code=1)
     img.set_sform(ct.affine, code=1)
     img.header.set_xyzt_units("mm")
     return img
