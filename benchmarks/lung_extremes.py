@@ -6,7 +6,8 @@ Each healthy series (covid-ct-md normal001, LIDC-IDRI-0001) is analysed as it is
 areas over 10, 30 and 50 % of its HU lung field (random patches and subpleural ones;
 ``covidct.evaluate.hu_volumes.emphysema_simulated``) and with airless lung along its dependent edge over 5, 15 and 30 %
 (air bronchograms and vessels kept; ``dependent_consolidation_simulated``), and with a pleural effusion of the same
-extent (water in that band). Per case: the simulated region's mL, the share of it inside the final lung mask and
+extent (water in that band), and as CT pulmonary angiography, its lung vessels enhanced to 250 and 400 HU
+(``covidct.evaluate.contrast.contrast_enhanced_simulated``: no lesion added, so every lesion mL there is false). Per case: the simulated region's mL, the share of it inside the final lung mask and
 labelled consolidation or effusion, the lung mL beside the unchanged series', the lesion mL, severity and diagnosis.
 Emphysema must stay lung; dependent consolidation is lung and lesion; an effusion is effusion.
 Skips (exit 0) when the data folder is absent.
@@ -20,6 +21,9 @@ import numpy as np
 
 from bench_io import emit_json, healthy_series_args  # noqa: E402  (the script's folder is on sys.path)
 
+# each series' own blood pool (median HU of the aorta; twenty-third session): LIDC-IDRI-0001 is contrast-enhanced
+BLOOD_HU = {"normal001": 40.0, "LIDC-IDRI-0001": 125.0}
+
 
 def main() -> int:
     parsed = healthy_series_args(__doc__)
@@ -27,6 +31,7 @@ def main() -> int:
         return 0
     args, series = parsed
 
+    from covidct.evaluate.contrast import contrast_enhanced_simulated
     from covidct.evaluate.hu_volumes import dependent_consolidation_simulated, emphysema_simulated
     from covidct.io import load_ct
     from covidct.labels import CONSOLIDATION, EFFUSION
@@ -46,6 +51,9 @@ def main() -> int:
             for effusion in (False, True):
                 ct, region = dependent_consolidation_simulated(base, share, effusion=effusion)
                 cases.append((f"{'pleural effusion' if effusion else 'dependent consolidation'} {share:g}", ct, region))
+        blood = BLOOD_HU.get(name, 40.0)
+        for contrast in (250.0, 400.0):  # CT pulmonary angiography: the lung's vessels enhanced (no lesion added)
+            cases.append((f"pulmonary angiography {contrast:g} HU", contrast_enhanced_simulated(base, contrast, blood), None))
         base_lung = None
         for case, ct, region in cases:
             t0 = time.perf_counter()

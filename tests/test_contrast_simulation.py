@@ -1,0 +1,43 @@
+"""The CT pulmonary angiography simulation (covidct.evaluate.contrast) and a lesion-free phantom read through it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from covidct.evaluate.contrast import contrast_enhanced_simulated
+from covidct.evaluate.hu_volumes import hu_lung_reference
+from covidct.phantom import make_phantom
+
+SHAPE = dict(shape=(24, 160, 160), spacing=(5.0, 2.2, 2.2))
+
+
+@pytest.fixture(scope="module")
+def healthy():
+    return make_phantom(seed=210, lesions=False, effusion=False, **SHAPE)
+
+
+def test_only_the_lung_fields_blood_is_enhanced(healthy):
+    ct = healthy.ct
+    sim = contrast_enhanced_simulated(ct, 400.0)
+    field = hu_lung_reference(ct.array, ct.spacing)
+    gain = sim.array - ct.array
+    assert np.all(gain >= 0) and np.all(gain <= 360.0 + 1e-3)
+    assert not gain[~field].any()  # the body, mediastinum and organs as they were
+    assert not gain[ct.array > 150].any()  # bone stays
+    lung = field & (ct.array < -800)
+    vessel = field & (ct.array > -100)
+    assert np.median(gain[lung]) < 20.0  # aerated lung: a few HU of blood in it
+    assert np.median(gain[vessel]) > 200.0  # vessels inside the lung: most of the way to 400 HU
+    same = contrast_enhanced_simulated(ct, 40.0)  # no contrast: nothing moves
+    np.testing.assert_array_equal(same.array, ct.array)
+
+
+def test_a_lesion_free_phantom_as_ctpa_reads_normal(healthy):
+    """Enhanced vessels' partial-volume shells are denser, but are not ground glass."""
+    from covidct.pipeline import analyze
+
+    for ct in (healthy.ct, contrast_enhanced_simulated(healthy.ct, 400.0)):
+        report = analyze(ct, None).report
+        assert report["diagnosis"]["label"] == "normal"
+        assert report["lesions"]["ggo_ml"] + report["lesions"]["consolidation_ml"] < 5.0
