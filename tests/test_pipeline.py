@@ -305,6 +305,36 @@ def test_thin_slice_hu_volumes_are_warned_that_vessels_may_read_as_ggo():
     assert not any("are lower bounds" in x for x in report["warnings"])  # measured on 2.5-5 mm slices only
 
 
+def test_gapped_slices_are_warned_that_lesions_are_under_counted(tmp_path):
+    """Slices much thinner than their spacing (an incremental acquisition, or every k-th slice of a series): the HU
+    rule's 3-D vessel filter reads the neighbours as touching; the report says so. Not for contiguous or overlapping
+    slices, without a known thickness (NIfTI), or where the HU rule did not draw the lesions; and through a DICOM
+    series' SliceThickness."""
+    import dataclasses
+
+    import pydicom
+
+    from covidct.phantom import make_phantom, write_phantom
+    from covidct.pipeline import Analyzer
+    from covidct.pipeline.diagnosis import gapped_slice_warnings
+
+    ph = make_phantom(shape=(20, 128, 128), spacing=(6.0, 2.6, 2.6), seed=1)
+    ct = ph.ct
+    gapped = dataclasses.replace(ct, meta={**ct.meta, "slice_thickness": 2.0})
+    (w,) = gapped_slice_warnings(gapped, hu_rule=True)
+    assert w.startswith("the slices are 2 mm thick but 6 mm apart") and "under-counted" in w
+    assert gapped_slice_warnings(gapped, hu_rule=False) == []
+    for thick in (6.0, 5.0, 8.0, None):  # contiguous, nearly so, overlapping, unknown
+        assert gapped_slice_warnings(dataclasses.replace(ct, meta={**ct.meta, "slice_thickness": thick}), True) == []
+    folder = write_phantom(ph, tmp_path / "in", fmt="dicom")
+    for f in folder.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.SliceThickness = 1.5
+        ds.save_as(f)
+    report = Analyzer()(load_ct(folder), None, html=False).report
+    assert any(x.startswith("the slices are 1.5 mm thick but 6 mm apart") for x in report["warnings"])
+
+
 def test_a_series_noisier_than_the_hu_rules_own_is_warned():
     """A whole HU volume under a simulated sharp kernel is noisier than the series the HU rule was chosen on: the
     report says so, with its noise; the phantom as generated is not warned."""

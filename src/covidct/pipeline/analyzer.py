@@ -160,6 +160,7 @@ class Analyzer:
             # on thin slices the HU rule may add vessels: its figures are then not the lower bounds measured on 2.5-5 mm
             warnings.extend(diagnosis.thin_slice_warnings(ct, hu_rule)
                             or diagnosis.conservative_extent_warnings(severity, hu_rule))
+            warnings.extend(diagnosis.gapped_slice_warnings(ct, hu_rule))
             warnings.extend(diagnosis.noise_warnings(masks.hu_rule) + diagnosis.density_warnings(masks.hu_rule))
         info = {role: m.info if m is not None else None for role, m in self.models.items()}
         models = [reporting.model_entry(info["lungs"], "hu-threshold-lungs"),
