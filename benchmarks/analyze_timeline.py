@@ -36,8 +36,9 @@ EPOCH_ENV = "COVIDCT_TIMELINE_EPOCH"
 IMPORTS = {"numpy", "scipy", "onnxruntime", "pydicom", "highdicom", "nibabel", "skimage", "cv2", "matplotlib", "PIL",
            "typer", "rich", "jsonschema", "gdcm", "pylibjpeg", "SimpleITK", "torch", "monai", "jinja2", "yaml"}
 TRACED = {  # module -> functions / Class.method to trace
-    "covidct.commands.analyze": ["_analyze_one", "_print_summary", "_scan_process_load", "_scan_process_prepare",
-                                 "_scan_process_write_seg", "_ScanProcess.load_beside"],
+    "covidct.commands.analyze": ["_analyze_one", "_print_summary"],
+    "covidct.commands.scan_process": ["_scan_process_load", "_scan_process_prepare", "_scan_process_write_seg",
+                                      "ScanProcess.load_beside"],
     "covidct.commands.scan_transfer": ["pack", "unpack"],
     "covidct.io": ["load_ct"],
     "covidct.io.writers": ["save_mask_nifti"],

@@ -15,7 +15,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from covidct.commands.analyze import _ScanProcess
+from covidct.commands.scan_process import ScanProcess
 from covidct.io import load_ct
 from covidct.phantom import make_phantom, write_phantom
 from covidct.pipeline import Analyzer, analyze
@@ -73,7 +73,7 @@ def test_scan_crosses_the_process_boundary_unpickled_in_the_calling_thread(study
         return obj
 
     monkeypatch.setattr(pickle, "loads", loads)
-    with _ScanProcess(fork=True) as helper:
+    with ScanProcess(fork=True) as helper:
         ct, _ = helper.load_beside(folder, lambda: None)
     assert unpickled_in == {"ct": [threading.current_thread()]}
     np.testing.assert_array_equal(ct.array, load_ct(folder).array)
@@ -81,7 +81,7 @@ def test_scan_crosses_the_process_boundary_unpickled_in_the_calling_thread(study
 
 def test_scan_process_reads_the_series_and_writes_the_same_seg(study, tmp_path):
     folder, ph = study
-    with _ScanProcess(fork=True) as helper:
+    with ScanProcess(fork=True) as helper:
         assert helper.pool is not None
         ct, result = helper.load_beside(folder, lambda: "models loaded")
         assert result == "models loaded"
@@ -97,10 +97,10 @@ def test_scan_process_errors_come_back_as_they_are(study, tmp_path):
     from covidct.errors import UnreadableInput
 
     folder, ph = study
-    with _ScanProcess(fork=True) as helper:
+    with ScanProcess(fork=True) as helper:
         with pytest.raises(UnreadableInput):
             helper.load_beside(tmp_path / "missing", lambda: None)
-    with _ScanProcess(fork=True) as helper:
+    with ScanProcess(fork=True) as helper:
         ct, _ = helper.load_beside(folder, lambda: None)
         with pytest.raises(ValueError, match="do not match"):
             helper.seg_writer(ct)(ph.lungs[:3], ph.lesions[:3], tmp_path / "x.dcm").result()
@@ -108,7 +108,7 @@ def test_scan_process_errors_come_back_as_they_are(study, tmp_path):
 
 def test_scan_process_falls_back_when_the_child_dies(study, tmp_path):
     folder, ph = study
-    with _ScanProcess(fork=True) as helper:
+    with ScanProcess(fork=True) as helper:
         ct, _ = helper.load_beside(folder, lambda: None)
         write = helper.seg_writer(ct)
         helper.pool.submit(os._exit, 1).exception()  # the child is gone: the pool is broken
@@ -126,7 +126,7 @@ def test_scan_process_reads_the_chosen_series(study, tmp_path, fork):
     shutil.copytree(folder, both / "first")
     shutil.copytree(other, both / "second")
     uid = load_ct(other).meta["series_uid"]
-    with _ScanProcess(fork=fork) as helper:
+    with ScanProcess(fork=fork) as helper:
         ct, _ = helper.load_beside(both, lambda: None, series=uid)
     assert ct.meta["series_uid"] == uid and ct.shape == (12, 96, 96)
 
@@ -142,7 +142,7 @@ def test_series_needs_a_single_input(study, tmp_path, capsys):
 
 def test_without_fork_everything_stays_in_this_process(study):
     folder, _ = study
-    with _ScanProcess(fork=False) as helper:
+    with ScanProcess(fork=False) as helper:
         ct, _ = helper.load_beside(folder, lambda: None)
         assert helper.pool is None and helper.seg_writer(ct) is None
     np.testing.assert_array_equal(ct.array, load_ct(folder).array)

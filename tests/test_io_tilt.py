@@ -120,3 +120,28 @@ def test_analyze_a_tilted_series(tmp_path):
     assert total == pytest.approx(np.count_nonzero(np.asarray(lungs.dataobj)) * voxel_ml, rel=1e-3)
     seg = pydicom.dcmread(tmp_path / "out" / "segmentation.dcm")
     assert seg.Modality == "SEG"
+
+
+def test_positions_that_do_not_drift_straight_are_not_a_tilt(tmp_path):
+    """One slice moved sideways (a damaged header) or a drift far beyond any gantry's tilt: the slices are stacked
+    along their normal as before, with no tilt warning (found by the damaged-series fuzz test: a division by zero)."""
+    paths = make_series(tmp_path / "s", phantom_hu())
+    plain = load_ct(tmp_path / "s")
+    for k, p in enumerate(paths):  # a 20-degree drift, but one slice 3 mm off it (over 3 pixels)
+        ds = pydicom.dcmread(p)
+        ipp = [float(v) for v in ds.ImagePositionPatient]
+        off = np.tan(np.deg2rad(20.0)) * SPACING_XYZ[2] * k + (3.0 if k == 2 else 0.0)
+        ds.ImagePositionPatient = [ipp[0], ipp[1] + off, ipp[2]]
+        ds.save_as(p)
+    ct = load_ct(tmp_path / "s")
+    np.testing.assert_array_equal(ct.affine[:3, :3], plain.affine[:3, :3])
+    assert not any("tilt" in w for w in ct.warnings)
+    steep = make_series(tmp_path / "t", phantom_hu())
+    for k, p in enumerate(steep):  # 60 degrees of straight drift
+        ds = pydicom.dcmread(p)
+        ipp = [float(v) for v in ds.ImagePositionPatient]
+        ds.ImagePositionPatient = [ipp[0], ipp[1] + np.tan(np.deg2rad(60.0)) * SPACING_XYZ[2] * k, ipp[2]]
+        ds.save_as(p)
+    ct = load_ct(tmp_path / "t")
+    np.testing.assert_array_equal(ct.affine[:3, :3], plain.affine[:3, :3])
+    assert not any("tilt" in w for w in ct.warnings)

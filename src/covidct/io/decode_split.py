@@ -1,7 +1,7 @@
 """A series' pixel data decoded by two processes: a forked helper decodes the second half of the files.
 
 GDCM's JPEG decoding and pydicom's parsing hold the GIL, so decoding threads do not overlap (P001, 148 JPEG-lossless
-slices: about 1.1 s with one thread or two). ``analyze``'s scan process (covidct.commands.analyze) turns this on
+slices: about 1.1 s with one thread or two). ``analyze``'s scan process (covidct.commands.scan_process) turns this on
 with :func:`enable`: it is a single-threaded process whose parent waits for the scan meanwhile, so a fork is cheap
 and safe there. The slices go into a volume in anonymous shared memory (:func:`empty`), which both processes
 write; the helper sends back what else each file gave (its header without pixel data, or the error) through a

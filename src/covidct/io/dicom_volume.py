@@ -28,7 +28,6 @@ from covidct.io.nifti import (
     check_affine,
     orientation_warnings,
     reorient_xyz,
-    shear_degrees,
     spacing_from_affine,
 )
 from covidct.volume import CT, SliceRef
@@ -123,6 +122,26 @@ def build_volume(paths: list[Path], root: Path, shown: str, warnings: list[str],
     if not slices:
         raise UnreadableInput(f"{shown}: no DICOM slice could be decoded")
     return _assemble(slices, root, shown, warnings, slots, headers)
+
+
+MAX_TILT_DEG = 45.0  # gantries tilt up to about 30 degrees; a larger drift is damaged positions, not a tilt
+
+
+def _tilted_step(ipps: np.ndarray, pos: np.ndarray, n_dir: np.ndarray, dz: float, pixel: float) -> np.ndarray | None:
+    """The step from slice to slice of a series acquired with a tilted gantry, or None. A tilt moves every slice
+    sideways in proportion to its position along the normal (a straight drift, to within half a pixel), by more than
+    ``SHEAR_MIN_DEG`` and less than ``MAX_TILT_DEG``; positions that drift otherwise are damaged, and the slices are
+    then stacked along their normal as before."""
+    if len(pos) < 2 or pos[-1] - pos[0] <= 0:
+        return None
+    lateral = ipps - np.outer(pos, n_dir)  # each position's part within the slice plane
+    along = pos - pos[0]
+    drift = (lateral[-1] - lateral[0]) / along[-1]  # sideways mm per mm along the normal
+    if np.abs(lateral - lateral[0] - np.outer(along, drift)).max() > 0.5 * pixel:
+        return None
+    if not SHEAR_MIN_DEG <= np.degrees(np.arctan(np.linalg.norm(drift))) <= MAX_TILT_DEG:
+        return None
+    return (n_dir + drift) * dz
 
 
 def _assemble(slices: list[tuple[Path, Dataset, np.ndarray]], root: Path, shown: str, warnings: list[str],
@@ -224,14 +243,12 @@ def _assemble(slices: list[tuple[Path, Dataset, np.ndarray]], root: Path, shown:
     lps[:3, 3] = ipps[0]
     stacked = LPS_TO_RAS @ lps  # the slices stacked along their normal (as ITK-based readers build the volume)
     src_affine = stacked
-    if geometry_known and n > 1:
+    step = _tilted_step(np.asarray(ipps, dtype=np.float64), pos, n_dir, dz, min(dr, dc)) if geometry_known else None
+    if step is not None:
         # A tilted gantry: the slices step along the table, not along their normal. The affine then takes that
         # step (its component along the normal stays dz), so that every voxel sits where its slice says.
-        step = np.subtract(ipps[-1], ipps[0], dtype=np.float64)
-        step /= np.linalg.norm(step)
-        lps[:3, 2] = step * (dz / float(step @ n_dir))
-        if shear_degrees(lps) >= SHEAR_MIN_DEG:
-            src_affine = LPS_TO_RAS @ lps
+        lps[:3, 2] = step
+        src_affine = LPS_TO_RAS @ lps
     try:
         check_affine(src_affine, shown)  # e.g. positions of 1e308 mm overflow
     except UnsupportedInput as e:
