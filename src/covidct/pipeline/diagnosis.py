@@ -147,7 +147,7 @@ def gapped_slice_warnings(ct: CT, hu_rule: bool) -> list[str]:
         f"the slices are {float(thick):.3g} mm thick but {dz:.3g} mm apart (an incremental or sequential acquisition, or "
         "a subset of a series' slices): the HU rule that draws GGO and consolidation filters vessels over neighbouring "
         "slices as if they touched, and over the gaps it also removes lesions (a pneumonia series read on every third "
-        "of its 2 mm slices lost 75 % of its GGO and read as normal; a COVID-19 series on every fifth lost 63-74 %), "
+        "of its 2 mm slices lost 75-76 % of its GGO and read as normal; a COVID-19 series on every fifth lost 63-74 %), "
         "so lesion figures are under-counted and the reading may be wrong; a contiguous reconstruction of the study is "
         "read more reliably"
     ]
