@@ -256,8 +256,7 @@ def _assemble(slices: list[tuple[Path, Dataset, np.ndarray]], root: Path, shown:
     source_xyz = stack.transpose(2, 1, 0)
     canon_xyz, canon_aff, info = reorient_xyz(source_xyz, src_affine)
     arr = np.ascontiguousarray(canon_xyz.transpose(2, 1, 0), dtype=np.float32)
-    warnings.extend(orientation_warnings(canon_aff, info["oblique"],
-                                         "oblique series: kept the nearest axis-aligned orientation (affine stays exact)"))
+    warnings.extend(orientation_warnings(canon_aff, info["oblique"], dicom=True))
 
     fwd = info["forward"]
     slice_axis_to_z = int(fwd[2, 0]) == 2

@@ -105,15 +105,22 @@ def spacing_from_affine(affine_canon: np.ndarray) -> tuple[float, float, float]:
 OBLIQUE_WARNING = "oblique volume: axes were matched to the nearest patient axes (affine kept exact)"
 
 
-def orientation_warnings(canon_aff: np.ndarray, oblique: bool, oblique_warning: str = OBLIQUE_WARNING) -> list[str]:
-    """The warning a grid's orientation gets: a gantry tilt (a sheared grid, :func:`shear_degrees`) says so, and
-    why the NIfTI masks' qform and sform differ; an oblique grid (``reorient_xyz``'s ``oblique``) says that."""
+DICOM_OBLIQUE_WARNING = "oblique series: kept the nearest axis-aligned orientation (affine stays exact)"
+
+
+def orientation_warnings(canon_aff: np.ndarray, oblique: bool, dicom: bool = False) -> list[str]:
+    """The warning a grid's orientation gets: a gantry tilt (a sheared grid, :func:`shear_degrees`) says so (for a
+    DICOM series also why its NIfTI masks' qform and sform differ: a volume file's masks keep its own header); an
+    oblique grid (``reorient_xyz``'s ``oblique``) says that."""
     tilt = shear_degrees(canon_aff)
     if tilt >= SHEAR_MIN_DEG:
+        masks = ("and the NIfTI masks carry the shear in their sform (their qform stacks the slices along the normal, "
+                 "as ITK-based viewers read such a series)" if dicom else "and the masks are written on the input's own grid")
         return [f"gantry tilt {tilt:.1f}°: the slices are sheared against each other; they are analysed as acquired "
-                "(volumes measured between the slice planes), and the NIfTI masks carry the shear in their sform "
-                "(their qform stacks the slices along the normal, as ITK-based viewers read such a series)"]
-    return [oblique_warning] if oblique else []
+                f"(volumes measured between the slice planes), {masks}"]
+    if not oblique:
+        return []
+    return [DICOM_OBLIQUE_WARNING if dicom else OBLIQUE_WARNING]
 
 
 def looks_like_hu(arr: np.ndarray) -> bool:
