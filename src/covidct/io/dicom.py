@@ -12,6 +12,8 @@ How a folder becomes one volume:
   a multi-frame file); of several, one whose slice spacing is 2-6 mm (what the HU lesion rule was measured on)
   and that covers at least 80 % of the widest one's extent, then the one with the most slices; a warning names it
   (and why, when a series with more slices was passed over) and lists the others. Non-CT only -> ``NotCT``.
+* A series holding several acquisitions over the same positions (AcquisitionNumber: inspiration and expiration,
+  before and after contrast) is one group per acquisition; the first is read, with the warning naming the others.
 * One multi-frame file (Enhanced CT) is read as the series of its frames (``covidct.io.dicom_frames``).
 * Slices are ordered by ImagePositionPatient projected on the slice normal
   (row x column direction cosines), never by file name or InstanceNumber.
@@ -117,6 +119,37 @@ def _series_key(ds: Dataset) -> tuple:
     )
 
 
+def _split_acquisitions(groups: dict[tuple, list]) -> dict[tuple, list]:
+    """Each group keyed once more by acquisition: a series that holds several acquisitions over the same positions
+    (AcquisitionNumber: inspiration and expiration, or before and after contrast) becomes one group per acquisition,
+    since its repeated positions with other pixels cannot be stacked; any other group stays whole (acquisition None;
+    a sequential scan numbers each table position's slices as an acquisition, with no position repeated)."""
+    out: dict[tuple, list] = {}
+    for key, items in groups.items():
+        by_acq: dict[int | None, list] = defaultdict(list)
+        for p, ds in items:
+            by_acq[_int(ds, "AcquisitionNumber", -1) if "AcquisitionNumber" in ds else None].append((p, ds))
+        if len(by_acq) > 1 and None not in by_acq and _positions_repeat(key, items) and not any(
+                _positions_repeat(key, it) for it in by_acq.values()):
+            out.update({(*key, acq): it for acq, it in sorted(by_acq.items())})
+        else:
+            out[(*key, None)] = items
+    return out
+
+
+def _positions_repeat(key: tuple, items: list) -> bool:
+    """Whether two slices of a group lie at the same position along the slice normal (within 0.01 mm)."""
+    if key[1] is None:
+        return False
+    pos = []
+    for _, ds in items:
+        ipp = _floats(_f(ds, "ImagePositionPatient"))
+        if ipp is None or len(ipp) != 3:
+            return False
+        pos.append(round(float(np.dot(ipp, _normal(key[1]))) * 100))
+    return len(set(pos)) < len(pos)
+
+
 def _normal(iop: tuple[float, ...]) -> np.ndarray:
     r, c = np.array(iop[:3]), np.array(iop[3:6])
     return np.cross(r, c)
@@ -194,7 +227,8 @@ def _describe(key: tuple, items: list) -> str:
     desc = str(_f(ds, "SeriesDescription", "")).strip()
     uid = key[0] or "<no SeriesInstanceUID>"
     name = f"'{desc}' " if desc else ""
-    return f"{mod} series {name}({uid}, {len(items)} slice(s) {key[3]}x{key[2]}, {_plane_name(key)})"
+    acq = "" if key[5] is None else f", acquisition {key[5]}"
+    return f"{mod} series {name}({uid}{acq}, {len(items)} slice(s) {key[3]}x{key[2]}, {_plane_name(key)})"
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -226,6 +260,7 @@ def load_dicom_folder(root: Path, *, display_path: str | None = None, series: st
     groups: dict[tuple, list[tuple[Path, Dataset]]] = defaultdict(list)
     for p, ds in headers:
         groups[_series_key(ds)].append((p, ds))
+    groups = _split_acquisitions(groups)
     if series is not None:
         chosen = {k: it for k, it in groups.items() if k[0] == series.strip()}
         if not chosen:
@@ -245,6 +280,7 @@ def load_dicom_folder(root: Path, *, display_path: str | None = None, series: st
             _is_axial(kv[0]),
             _measured_spacing(extents[kv[0]], widest),
             len(kv[1]),
+            -(kv[0][5] or 0),  # of a series' acquisitions over the same positions, alike otherwise: the first
         ),
         reverse=True,
     )
@@ -271,8 +307,9 @@ def load_dicom_folder(root: Path, *, display_path: str | None = None, series: st
             lo, hi = MEASURED_SPACING_MM
             why = (f" (for its {extents[key][1]:.3g} mm slice spacing: covidct's HU lesion rule was measured on "
                    f"{lo:g}-{hi:g} mm series)")
+        acqs = "; of one series' acquisitions over the same positions the first is read" if key[5] is not None else ""
         warnings.append(f"folder holds {len(ranked)} series; picked {_describe(key, items)}{why}; also found: {rest}"
-                        f"{more} (choose one with --series UID)")
+                        f"{more} (choose one with --series UID{acqs})")
     return build_volume([p for p, _ in items], root, shown, warnings, single_file=False, headers=dict(items))
 
 
