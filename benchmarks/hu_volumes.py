@@ -8,8 +8,9 @@ lesion-free phantoms (seeds 200..: the HU rule's settings were chosen with them;
 grids and slice thicknesses, never used to choose anything). Versions of the four covid-ct-md / LIDC series with
 2x and 3x thicker slices (slices averaged), interpolated to a half and a third of their slice spacing (linear in z: smoother
 than a real thin acquisition, it shows what depends on the number of slices), and under a simulated sharp
-reconstruction kernel at two levels (``covidct.evaluate.hu_volumes.sharp_kernel_simulated``) and with their lung
-made 100 HU denser, as after a shallow breath (``shallow_breath_simulated``).
+reconstruction kernel at two levels (``covidct.evaluate.hu_volumes.sharp_kernel_simulated``), with their lung
+made 100 HU denser, as after a shallow breath (``shallow_breath_simulated``), and gapped: every third of their slices
+(``covidct.evaluate.acquisitions.gapped_slices``).
 
 Methods, one row each per volume so every figure has the baseline and the floor beside it:
 - ``shipped``: ``covidct analyze`` (``Analyzer()``) as it is on this branch;
@@ -38,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from covidct.evaluate.acquisitions import gapped_slices
 from covidct.evaluate.hu_volumes import (
     build_table,
     dice,
@@ -59,6 +61,7 @@ from hu_volumes_loo import loo_case, loo_rows, series_name  # noqa: E402  (the s
 REPO = Path(__file__).resolve().parents[1]
 SHARP_LEVELS = ((1.5, 45.0), (3.5, 100.0))  # sharp_kernel_simulated's (boost, noise HU)
 SHALLOW_BREATH_HU = 100.0  # shallow_breath_simulated's shift
+GAPPED_EVERY = 3  # gapped_slices' k
 # volumes each method was tuned on (LOO bookkeeping): the HU rules have fixed, a-priori settings
 TUNED_ON: dict[str, list[str]] = {"before": [], "shipped": [], "HU count": [], "rule floor": []}
 # the volumes the shipped HU lesion rule's settings were chosen on (setting 11 of benchmarks/hu_volumes_loo.py,
@@ -124,6 +127,11 @@ def volumes(data: Path, n_phantoms: int) -> list[dict]:
         for boost, noise in SHARP_LEVELS:
             out.append({**base, "name": f"{base['name']} (simulated sharp kernel {boost:g}/{noise:g} HU)", "simulated": True,
                         "load": lambda b=base["load"], bo=boost, no=noise: sharp_kernel_simulated(b(), bo, no)})
+    # ... gapped: every third of their slices, as thick as before (an incremental acquisition, or a subset of a series'
+    # slices; twenty-sixth session). The HU rule's 3-D vessel filter reads such neighbours as touching.
+    for base in [v for v in out if v["name"] in ("P001", "cap001", "normal001", "LIDC-IDRI-0001")]:
+        out.append({**base, "name": f"{base['name']} (every 3rd slice, gapped)", "gapped": GAPPED_EVERY, "simulated": True,
+                    "load_native": base["load"], "load": None})
     # ... and with their lung 100 HU denser, as after a shallow breath (nineteenth session). A check, not a scan.
     for base in [v for v in out if v["name"] in ("P001", "cap001", "normal001", "LIDC-IDRI-0001")]:
         out.append({**base, "name": f"{base['name']} (simulated shallow breath, lung +{SHALLOW_BREATH_HU:g} HU)",
@@ -213,6 +221,10 @@ def run(data: Path, n_phantoms: int, cache: Path | None, before: Path | None, lo
             native = vol["load_native"]()
             ct, y, nearest = thin_interpolated(native, vol["thin"], vol.get("labels_of"))
             vol = {**vol, "y": y}
+        elif vol.get("gapped"):  # its slices keep their files: the slice labels apply as they are
+            native = vol["load_native"]()
+            ct = gapped_slices(native, vol["gapped"])
+            nearest = np.arange(0, native.n_slices, vol["gapped"])
         else:
             ct = vol["load"]()
         print(f"# {vol['name']}: {ct.shape} {tuple(round(s, 2) for s in ct.spacing)}", file=sys.stderr, flush=True)
@@ -223,7 +235,7 @@ def run(data: Path, n_phantoms: int, cache: Path | None, before: Path | None, lo
             from covidct.evaluate.lidc import nodule_mask, parse_lidc_xml
 
             exclude = nodule_mask(native or ct, parse_lidc_xml(vol["nodules_xml"]), margin_mm=nodule_margin)
-            if nearest is not None:  # each interpolated slice excluded where its nearest original slice is
+            if nearest is not None:  # each interpolated (kept) slice excluded where its (own) original slice is
                 exclude = exclude[nearest]
             elif native is not None:  # the original series' nodules, a slab excluded where any of its slices is
                 k = vol["thick"]

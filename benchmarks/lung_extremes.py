@@ -7,7 +7,7 @@ areas over 10, 30 and 50 % of its HU lung field (random patches and subpleural o
 ``covidct.evaluate.hu_volumes.emphysema_simulated``) and with airless lung along its dependent edge over 5, 15 and 30 %
 (air bronchograms and vessels kept; ``dependent_consolidation_simulated``), and with a pleural effusion of the same
 extent (water in that band), and as CT pulmonary angiography, its lung vessels enhanced to 250 and 400 HU
-(``covidct.evaluate.contrast.contrast_enhanced_simulated``: no lesion added, so every lesion mL there is false). Per case: the simulated region's mL, the share of it inside the final lung mask and
+(``covidct.evaluate.acquisitions.contrast_enhanced_simulated``: no lesion added, so every lesion mL there is false). Per case: the simulated region's mL, the share of it inside the final lung mask and
 labelled consolidation or effusion, the lung mL beside the unchanged series', the lesion mL, severity and diagnosis.
 Emphysema must stay lung; dependent consolidation is lung and lesion; an effusion is effusion.
 Skips (exit 0) when the data folder is absent.
@@ -31,7 +31,7 @@ def main() -> int:
         return 0
     args, series = parsed
 
-    from covidct.evaluate.contrast import contrast_enhanced_simulated
+    from covidct.evaluate.acquisitions import contrast_enhanced_simulated
     from covidct.evaluate.hu_volumes import dependent_consolidation_simulated, emphysema_simulated
     from covidct.io import load_ct
     from covidct.labels import CONSOLIDATION, EFFUSION

@@ -1,10 +1,10 @@
-"""Contrast enhancement simulated on a whole HU series (a model of CT pulmonary angiography, not one).
+"""Acquisitions simulated on a whole HU series (models, not scans): a CT pulmonary angiography and a gapped series.
 
 COVID-19 patients are very often scanned as CT pulmonary angiography (CTPA: pulmonary arteries at 250-500 HU) to rule
 out embolism. Inside the lung the enhanced vessels' partial-volume shells are denser than in an unenhanced scan, which
-an HU lesion rule could take for ground glass. No CTPA series is in ../shared, so this simulation stands in: within the
-HU lung field each voxel moves towards ``contrast_hu`` by its share of blood, read from the in-plane smoothed image (so
-that the noise is not amplified) between aerated lung and unenhanced blood.
+an HU lesion rule could take for ground glass (:func:`contrast_enhanced_simulated`). An incremental or sequential
+acquisition, or a subset of a series' slices, gives slices thinner than their spacing (:func:`gapped_slices`). No such
+series is in ../shared, so these stand in.
 """
 
 from __future__ import annotations
@@ -31,3 +31,16 @@ def contrast_enhanced_simulated(ct, contrast_hu: float, blood_hu: float = 40.0):
     out = hu.astype(np.float32, copy=True)
     out[inside] += share[inside] * np.float32(contrast_hu - blood_hu)
     return dataclasses.replace(ct, array=out, path=f"{ct.path}@contrast{contrast_hu:g}")
+
+
+def gapped_slices(ct, k: int, start: int = 0):
+    """Every ``k``-th slice of ``ct`` from ``start``: slices as thick as before (``meta["slice_thickness"]``) but ``k``
+    times as far apart, each keeping its own reference (file, position), so slice labels by file name still apply.
+    The affine follows, so the slices keep their place."""
+    affine = ct.affine.copy()
+    affine[:3, 3] += ct.affine[:3, 2] * start
+    affine[:3, 2] *= k
+    dz, dy, dx = ct.spacing
+    slices = [dataclasses.replace(s, index=i) for i, s in enumerate(ct.slices[start::k])]
+    return dataclasses.replace(ct, array=np.ascontiguousarray(ct.array[start::k]), slices=slices, affine=affine,
+                               spacing=(dz * k, dy, dx), source_shape=None, path=f"{ct.path}@every{k}from{start}")

@@ -1,11 +1,11 @@
-"""The CT pulmonary angiography simulation (covidct.evaluate.contrast) and a lesion-free phantom read through it."""
+"""The CT pulmonary angiography simulation (covidct.evaluate.acquisitions) and a lesion-free phantom read through it."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from covidct.evaluate.contrast import contrast_enhanced_simulated
+from covidct.evaluate.acquisitions import contrast_enhanced_simulated
 from covidct.evaluate.hu_volumes import hu_lung_reference
 from covidct.phantom import make_phantom
 
@@ -41,3 +41,22 @@ def test_a_lesion_free_phantom_as_ctpa_reads_normal(healthy):
         report = analyze(ct, None).report
         assert report["diagnosis"]["label"] == "normal"
         assert report["lesions"]["ggo_ml"] + report["lesions"]["consolidation_ml"] < 5.0
+
+
+def test_gapped_slices_keep_their_place_thickness_and_files():
+    """Every k-th slice: positions, files and thickness kept, spacing k times, the affine following."""
+    from covidct.evaluate.acquisitions import gapped_slices
+    from covidct.volume import CT, SliceRef
+
+    arr = np.arange(10 * 4 * 5, dtype=np.float32).reshape(10, 4, 5)
+    aff = np.diag([-0.7, -0.7, 2.0, 1.0])
+    aff[:3, 3] = (10.0, 20.0, -50.0)
+    slices = [SliceRef(index=i, z_mm=-50.0 + 2.0 * i, file=f"IM{i}.dcm") for i in range(10)]
+    ct = CT(array=arr, spacing=(2.0, 0.7, 0.7), affine=aff, is_hu=True, kind="dicom", slices=slices,
+            meta={"slice_thickness": 2.0})
+    g = gapped_slices(ct, 3, start=1)
+    np.testing.assert_array_equal(g.array, arr[1::3])
+    assert g.spacing == (6.0, 0.7, 0.7) and g.meta["slice_thickness"] == 2.0
+    assert [s.file for s in g.slices] == ["IM1.dcm", "IM4.dcm", "IM7.dcm"] and [s.index for s in g.slices] == [0, 1, 2]
+    for i, s in enumerate(g.slices):  # each kept slice where it was
+        assert (g.affine @ [0, 0, i, 1])[2] == pytest.approx(s.z_mm)
