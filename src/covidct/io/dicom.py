@@ -137,17 +137,24 @@ def _split_acquisitions(groups: dict[tuple, list]) -> dict[tuple, list]:
     return out
 
 
-def _positions_repeat(key: tuple, items: list) -> bool:
-    """Whether two slices of a group lie at the same position along the slice normal (within 0.01 mm)."""
-    if key[1] is None:
-        return False
+def _positions(key: tuple, items: list) -> np.ndarray | None:
+    """Each slice's position along the slice normal, in mm, from a group's headers; None without geometry."""
+    iop = key[1]
+    if iop is None:
+        return None
     pos = []
     for _, ds in items:
         ipp = _floats(_f(ds, "ImagePositionPatient"))
         if ipp is None or len(ipp) != 3:
-            return False
-        pos.append(round(float(np.dot(ipp, _normal(key[1]))) * 100))
-    return len(set(pos)) < len(pos)
+            return None
+        pos.append(float(np.dot(ipp, _normal(iop))))
+    return np.asarray(pos)
+
+
+def _positions_repeat(key: tuple, items: list) -> bool:
+    """Whether two slices of a group lie at the same position along the slice normal (within 0.01 mm)."""
+    pos = _positions(key, items)
+    return pos is not None and len(set(np.round(pos * 100).tolist())) < len(pos)
 
 
 def _normal(iop: tuple[float, ...]) -> np.ndarray:
@@ -197,16 +204,10 @@ def _axial_ct(key: tuple, items: list) -> bool:
 
 def _z_extent(key: tuple, items: list) -> tuple[float, float] | None:
     """(extent along the slice normal, median slice spacing) in mm of a series' headers; None without geometry."""
-    iop = key[1]
-    if iop is None or len(items) < 2:
+    pos = _positions(key, items) if len(items) >= 2 else None
+    if pos is None:
         return None
-    pos = []
-    for _, ds in items:
-        ipp = _floats(_f(ds, "ImagePositionPatient"))
-        if ipp is None or len(ipp) != 3:
-            return None
-        pos.append(float(np.dot(ipp, _normal(iop))))
-    pos = np.sort(np.asarray(pos))
+    pos = np.sort(pos)
     steps = np.diff(pos)
     steps = steps[steps > 1e-3]
     return (float(pos[-1] - pos[0]), float(np.median(steps))) if steps.size else None
