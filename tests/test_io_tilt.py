@@ -15,10 +15,9 @@ import pytest
 
 from conftest_io_helpers import SPACING_XYZ, make_series, phantom_hu
 from covidct.io import load_ct, save_mask_nifti
+from covidct.io.dicom_volume import LPS_TO_RAS
 from covidct.io.nifti import SHEAR_MIN_DEG, shear_degrees, spacing_from_affine
 from covidct.io.writers import save_ct_nifti
-
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def _tilt(paths, degrees: float) -> None:

@@ -64,13 +64,8 @@ def _scan_process_start(parent: int) -> None:
     process dies with the parent, whatever kills it; otherwise an aborted parent left it holding the
     terminal's pipes open forever."""
     import ctypes
-    import gc
     import signal
 
-    # No garbage collector here: its collections over pydicom's and highdicom's many small objects took about 0.5 s
-    # of this process's CPU per scan (P001: 830 collections), beside the networks' work. This process reads one scan
-    # and writes one SEG, then ends; the decoding's few reference cycles are collected once (_scan_process_load).
-    gc.disable()
     leave_stops_to_the_parent()
     try:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
@@ -98,7 +93,10 @@ def _scan_process_load(path: Path, series: str | None = None, fetch: Callable[[]
     _SCAN = dataclasses.replace(ct, array=np.broadcast_to(np.float32(0), ct.shape))
     data = scan_transfer.pack(ct, _VOXELS)
     del ct
-    gc.collect()  # the decoding's reference cycles hold pixel buffers (without this, the process peaked 150 MB higher)
+    # the collector is paused for the study (gc_paused, inherited by this forked process: its collections over
+    # pydicom's and highdicom's objects took about 0.5 s of CPU here per scan); the decoding's reference cycles hold
+    # pixel buffers, so they are collected once (without this, the process peaked 150 MB higher)
+    gc.collect()
     scan_transfer.trim_heap(_VOXELS)
     _VOXELS = None
     return data
@@ -241,7 +239,7 @@ class ScanProcess:
 def gc_paused() -> Iterator[None]:
     """Python's garbage collector off for one study, as it was after. Its passes over the many small objects of a
     scan's DICOM headers found next to no garbage (reference cycles) and took about 0.75 s of CPU per study over the
-    three processes (P001; the forked processes inherit the pause: see _scan_process_start); the arrays are
+    three processes (P001; the forked processes inherit the pause: see _scan_process_load); the arrays are
     freed by reference counting either way."""
     import gc
 

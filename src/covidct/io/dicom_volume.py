@@ -293,7 +293,7 @@ def _assemble(slices: list[tuple[Path, Dataset, np.ndarray]], root: Path, shown:
         "frame_of_reference_uid": str(_f(ds0, "FrameOfReferenceUID", "")) or None,
         "geometry_known": geometry_known,
         # a tilted series' NIfTI qform: its slices stacked along the normal (the sform, ``affine``, holds the shear)
-        "qform_affine": None if src_affine is stacked else (stacked @ inv_ornt_aff(info["forward"], source_xyz.shape)).tolist(),
+        "qform_affine": None if step is None else (stacked @ inv_ornt_aff(info["forward"], source_xyz.shape)).tolist(),
         "slice_gaps": gaps,
         "source_sop_uids": [str(_f(ds, "SOPInstanceUID", "")) for _, ds, _ in slices],
         "source_files": [str(p) for p, _, _ in slices],

@@ -94,11 +94,10 @@ def spacing_from_affine(affine_canon: np.ndarray) -> tuple[float, float, float]:
     """(dz, dy, dx) voxel sizes of a canonical affine: its column norms, except on a sheared grid (a gantry tilt,
     :func:`shear_degrees`), whose dz is the distance between the slice planes, so that dz · dy · dx is the voxel's
     volume (the step from slice to slice is longer, by 1 / cos(tilt))."""
-    a = np.asarray(affine_canon, dtype=np.float64)[:3, :3]
-    dx, dy, dz = (float(v) for v in np.linalg.norm(a, axis=0))
-    if shear_degrees(affine_canon) >= SHEAR_MIN_DEG:
-        normal = np.cross(a[:, 0], a[:, 1])
-        dz = abs(float(a[:, 2] @ normal)) / float(np.linalg.norm(normal))
+    dx, dy, dz = (float(v) for v in np.linalg.norm(np.asarray(affine_canon, dtype=np.float64)[:3, :3], axis=0))
+    tilt = shear_degrees(affine_canon)
+    if tilt >= SHEAR_MIN_DEG:
+        dz *= float(np.cos(np.radians(tilt)))  # the step's component along the slice planes' normal
     return (dz, dy, dx)
 
 
