@@ -153,6 +153,31 @@ def gapped_slice_warnings(ct: CT, hu_rule: bool) -> list[str]:
     ]
 
 
+# Metal (a pacemaker and its leads, spinal rods, a port, a central line's tip) and undiluted iodinated contrast lie far
+# above bone, which reaches at most about 2000 HU in the real series here (docs/BENCHMARKS.md, "Metal implants"); their
+# streak artefacts change the HU values of the lung around them. Ten 1 mm³ voxels or more: not a stray bright voxel.
+METAL_HU = 2500.0
+METAL_MIN_ML = 0.01
+
+
+def metal_warnings(ct: CT, hu_rule: bool) -> list[str]:
+    """For a whole HU volume holding metal or undiluted contrast (above ``METAL_HU``): its streaks change the HU values
+    the HU rule reads, near it and along the streaks."""
+    if not hu_rule:
+        return []
+    dense = ct.array >= METAL_HU
+    ml = float(np.count_nonzero(dense)) * ct.voxel_volume_ml
+    if ml < METAL_MIN_ML:
+        return []
+    n = int(np.count_nonzero(dense.any((1, 2))))
+    return [
+        f"metal or undiluted contrast ({ml:.2g} mL above {METAL_HU:.0f} HU, on {n} of {ct.n_slices} slices): its streak "
+        "artefacts change the HU values of the lung around it, so lesions there may be added or missed (a pacemaker and "
+        "spinal rods simulated on the four real series here moved their lesion volumes by -7.6 to +2.6 mL; the healthy "
+        "ones still read normal, the borderline pneumonia series read as COVID-19 with the rods)"
+    ]
+
+
 def density_warnings(notes: dict | None) -> list[str]:
     """For a whole HU volume whose aerated lung is denser than in any volume the HU rule was measured on (the rule's
     ``notes``, :func:`covidct.pipeline.hu_rules.hu_lesions`): after a shallow breath or on expiration, or with disease

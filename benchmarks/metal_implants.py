@@ -1,0 +1,86 @@
+"""Metal implants on the real whole HU series: a pacemaker with its lead, spinal fixation rods (simulated streaks).
+
+    python benchmarks/metal_implants.py [--data DIR] [--json OUT] [--only NAME ...] [--photons N]
+
+Each real chest series of covid-ct-md (P001, cap001, normal001) and LIDC-IDRI-0001 is analysed as it is and with each
+implant of ``covidct.evaluate.metal.metal_implant_simulated`` (the metal and the streaks its filtered back-projection
+makes; no lesion added). Per case: lesion mL in all and on the slices that hold metal, the lung mL, the severity, the
+diagnosis, the warnings about metal, and the slice-level infection AUC where slice labels exist. On the healthy series
+every lesion mL is false (LIDC-IDRI-0001 scored outside its readers' nodules, as in ``benchmarks/hu_volumes.py``).
+Skips (exit 0) when the data folder is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench_io import emit_json  # noqa: E402  (the script's folder is on sys.path)
+
+SERIES = {"P001": "covid-ct-md/P001", "cap001": "covid-ct-md/cap001", "normal001": "covid-ct-md/normal001",
+          "LIDC-IDRI-0001": "lidc-idri/LIDC-IDRI-0001"}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=None, help="the data folder (default: COVIDCT_DATA)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the result here")
+    ap.add_argument("--only", nargs="*", default=None, help="only these series")
+    ap.add_argument("--photons", type=float, default=1e5, help="X-ray photons per ray before the patient")
+    args = ap.parse_args()
+    from covidct.data.sources import data_root
+
+    data = args.data or data_root()
+    if data is None or not Path(data).is_dir():
+        print("skipped: no data folder (set COVIDCT_DATA or pass --data)")
+        return 0
+    from covidct.data.covid_ct_md import read_slice_labels
+    from covidct.evaluate.hu_volumes import slice_auc
+    from covidct.evaluate.lidc import nodule_mask, parse_lidc_xml
+    from covidct.evaluate.metal import IMPLANTS, metal_implant_simulated
+    from covidct.io import load_ct
+    from covidct.pipeline.analyzer import Analyzer
+
+    labels = read_slice_labels(Path(data) / "covid-ct-md") if (Path(data) / "covid-ct-md").is_dir() else {}
+    analyzer = Analyzer()
+    rows = []
+    for name, rel in SERIES.items():
+        folder = Path(data) / rel
+        if not folder.is_dir() or (args.only and name not in args.only):
+            continue
+        base = load_ct(folder)
+        ml = float(np.prod(base.spacing)) / 1000.0
+        xml = next(iter(sorted(folder.glob("*.xml"))), None)
+        exclude = nodule_mask(base, parse_lidc_xml(xml), margin_mm=10.0) if xml is not None else None
+        cases = [("as it is", base, None)]
+        for implant in IMPLANTS:
+            ct, metal = metal_implant_simulated(base, implant, photons=args.photons)
+            cases.append((implant, ct, metal))
+        for case, ct, metal in cases:
+            t0 = time.perf_counter()
+            res = analyzer(ct, None, html=False)
+            lesion = (res.lesions == 1) | (res.lesions == 2)
+            if exclude is not None:
+                lesion &= ~exclude
+            row = {"series": name, "case": case, "lung_ml": round(float((res.lungs > 0).sum()) * ml, 1),
+                   "lesion_ml": round(float(lesion.sum()) * ml, 2),
+                   "severity": res.report["severity"]["score"], "diagnosis": res.report["diagnosis"]["label"],
+                   "metal_warnings": [w for w in res.report["warnings"] if "metal" in w.lower()],
+                   "seconds": round(time.perf_counter() - t0, 1)}
+            if metal is not None:
+                on = metal.any((1, 2))
+                row["metal_slices"] = int(on.sum())
+                row["lesion_ml_on_metal_slices"] = round(float(lesion[on].sum()) * ml, 2)
+            if name in labels:
+                row["slice_auc"] = round(slice_auc(ct, lesion, labels[name]), 4)
+            print(f"{name} {case}: {row}", file=sys.stderr, flush=True)
+            rows.append(row)
+    return emit_json({"rows": rows, "photons": args.photons}, args.json)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
