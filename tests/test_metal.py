@@ -49,12 +49,18 @@ def test_analyze_warns_of_metal_and_only_then(healthy, implants):
     from covidct.pipeline import analyze
     from covidct.pipeline.diagnosis import metal_warnings
 
-    assert metal_warnings(healthy.ct, True) == []
+    assert metal_warnings(healthy.ct, healthy.lungs, True) == []
     report = analyze(healthy.ct, None).report
     assert not [w for w in report["warnings"] if "metal" in w]
     sim, metal = implants["pacemaker"]
-    report = analyze(sim, None).report
+    analysis = analyze(sim, None)
+    report = analysis.report
     said = [w for w in report["warnings"] if w.startswith("metal or undiluted contrast")]
-    assert len(said) == 1 and f"on {int(metal.any((1, 2)).sum())} of {sim.n_slices} slices" in said[0]
+    with_lung = int(analysis.lungs.any((1, 2)).sum())
+    on = int((metal.any((1, 2)) & analysis.lungs.any((1, 2))).sum())
+    assert len(said) == 1 and f"on {on} of the {with_lung} slices with lung" in said[0]
     assert report["diagnosis"]["label"] == "normal"  # the streaks are not read as disease
-    assert metal_warnings(sim, False) == []  # not for what the HU rule did not read (2-D images, display slices)
+    assert metal_warnings(sim, healthy.lungs, False) == []  # not what the HU rule did not read (2-D images, display)
+    below = healthy.lungs.copy()
+    below[metal.any((1, 2))] = 0
+    assert metal_warnings(sim, below, True) == []  # metal only on slices without lung: its streaks miss the lungs

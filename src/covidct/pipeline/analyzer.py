@@ -161,7 +161,7 @@ class Analyzer:
             warnings.extend(diagnosis.thin_slice_warnings(ct, hu_rule)
                             or diagnosis.conservative_extent_warnings(severity, hu_rule))
             warnings.extend(diagnosis.gapped_slice_warnings(ct, hu_rule))
-            warnings.extend(diagnosis.metal_warnings(ct, hu_rule))
+            warnings.extend(diagnosis.metal_warnings(ct, masks.lungs, hu_rule))
             warnings.extend(diagnosis.noise_warnings(masks.hu_rule) + diagnosis.density_warnings(masks.hu_rule))
         info = {role: m.info if m is not None else None for role, m in self.models.items()}
         models = [reporting.model_entry(info["lungs"], "hu-threshold-lungs"),
