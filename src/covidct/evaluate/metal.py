@@ -98,7 +98,7 @@ def _pacemaker(hu, lung, zs, spacing, metal) -> None:
         metal[k, y0:y1, x0:x1] = MU_METAL["titanium"]
     # the lead: from the can's medial end to the superior vena cava (right of the midline, in the front third of the
     # mediastinum between the lungs), then down to the heart's level
-    svc = _superior_vena_cava(lung[kc], dy, dx)
+    svc = _superior_vena_cava(lung[kc], dx)
     k_heart = int(round(z_lo + 0.3 * (z_hi - z_lo)))
     start = (cx - hx, cy)
     for t in np.linspace(0.0, 1.0, int(np.hypot(start[0] - svc[0], start[1] - svc[1])) + 1):
@@ -109,7 +109,7 @@ def _pacemaker(hu, lung, zs, spacing, metal) -> None:
               1.0 / dx, MU_METAL["steel"])
 
 
-def _superior_vena_cava(lung_slice: np.ndarray, dy: float, dx: float) -> tuple[float, float]:
+def _superior_vena_cava(lung_slice: np.ndarray, dx: float) -> tuple[float, float]:
     """(x, y) in pixels: 10 mm right of the middle between the lungs' medial edges, a third of the way back from the
     lungs' front (where the superior vena cava runs)."""
     half = lung_slice.shape[1] // 2
@@ -153,8 +153,8 @@ def _streaks(hu_slice: np.ndarray, metal_mu: np.ndarray, pixel_mm: float, photon
     from skimage.transform import iradon, radon
 
     n = hu_slice.shape[0]
-    f = max(1, int(round(n / 256)))
-    small = (hu_slice.shape[1] // f, n // f)
+    f = max(1, int(round(max(hu_slice.shape) / 256)))
+    small = (hu_slice.shape[1] // f, n // f)  # (width, height), as cv2 takes sizes
     px = pixel_mm * f
     mu_tissue = np.clip(MU_WATER * (1.0 + cv2.resize(hu_slice, small, interpolation=cv2.INTER_AREA) / 1000.0), 0, None)
     mu_metal = cv2.resize(metal_mu, small, interpolation=cv2.INTER_AREA)
@@ -166,6 +166,10 @@ def _streaks(hu_slice: np.ndarray, metal_mu: np.ndarray, pixel_mm: float, photon
     counts = np.maximum(rng.poisson(photons * np.exp(-measured[rays])), 1)
     measured[rays] = -np.log(counts / photons)
     error = (measured - p_tissue - p_metal) / px
-    d_mu = iradon(error, theta, circle=False, output_size=small[1], filter_name="ramp")
+    # radon pads the slice to a square about its centre and iradon rebuilds a square about the same centre
+    side = max(small)
+    d_mu = iradon(error, theta, circle=False, output_size=side, filter_name="ramp")
+    y0, x0 = side // 2 - small[1] // 2, side // 2 - small[0] // 2
+    d_mu = d_mu[y0 : y0 + small[1], x0 : x0 + small[0]]
     d_hu = (1000.0 * d_mu / MU_WATER).astype(np.float32)
     return cv2.resize(d_hu, (hu_slice.shape[1], n), interpolation=cv2.INTER_LINEAR)

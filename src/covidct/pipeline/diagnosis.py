@@ -169,7 +169,7 @@ def metal_warnings(ct: CT, lungs: np.ndarray, hu_rule: bool) -> list[str]:
     zs = np.flatnonzero(with_lung)
     if zs.size == 0:
         return []
-    dense = ct.array[zs[0] : zs[-1] + 1] >= METAL_HU  # a view of the lungs' slab: no copy of the volume
+    dense = ct.array[zs[0] : zs[-1] + 1] >= METAL_HU  # over the lungs' slab only
     dense[~with_lung[zs[0] : zs[-1] + 1]] = False
     ml = float(np.count_nonzero(dense)) * ct.voxel_volume_ml
     if ml < METAL_MIN_ML:
@@ -177,9 +177,9 @@ def metal_warnings(ct: CT, lungs: np.ndarray, hu_rule: bool) -> list[str]:
     n = int(np.count_nonzero(dense.any((1, 2))))
     return [
         f"metal or undiluted contrast ({ml:.2g} mL above {METAL_HU:.0f} HU, on {n} of the {zs.size} slices with lung): "
-        "its streak artefacts change the HU values of the lung around it, so lesions there may be added or missed (a pacemaker and "
-        "spinal rods simulated on the four real series here moved their lesion volumes by -7.6 to +2.6 mL; the healthy "
-        "ones still read normal, the borderline pneumonia series read as COVID-19 with the rods)"
+        "its streak artefacts change the HU values of the lung around it, so lesions there may be added or missed "
+        "(a pacemaker and spinal rods simulated on the four real series here moved their lesion volumes by -7.6 to "
+        "+2.6 mL; the healthy ones still read normal, the borderline pneumonia series read as COVID-19 with the rods)"
     ]
 
 
