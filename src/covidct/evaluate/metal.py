@@ -21,7 +21,9 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from scipy import ndimage
+
+from covidct import components
+from covidct.preprocess import component_sizes, fill_holes_in_plane
 
 MU_WATER = 0.0193  # /mm, about 70 keV
 MU_METAL = {"titanium": 0.14, "steel": 0.47}
@@ -41,7 +43,7 @@ def metal_implant_simulated(ct, implant: str = "pacemaker", photons: float = 1e5
 
     if implant not in IMPLANTS:
         raise ValueError(f"unknown implant {implant!r}; choose from {', '.join(IMPLANTS)}")
-    hu = ct.array.astype(np.float32)
+    hu = np.asarray(ct.array, np.float32)  # read only: the streaked copy is ``out``
     lung = hu_lung_reference(hu, ct.spacing)
     zs = np.flatnonzero(lung.any((1, 2)))
     if zs.size < 3:
@@ -61,11 +63,12 @@ def metal_implant_simulated(ct, implant: str = "pacemaker", photons: float = 1e5
 
 
 def _body(hu_slice: np.ndarray) -> np.ndarray:
-    body = ndimage.binary_fill_holes(hu_slice > -500)
-    lab, n = ndimage.label(body)
+    """The largest region denser than -500 HU of one slice, holes filled."""
+    body = fill_holes_in_plane((hu_slice > -500)[None])[0]
+    lab, n = components.label(body)
     if n == 0:
         return body
-    return lab == (1 + int(np.argmax(ndimage.sum(body, lab, range(1, n + 1)))))
+    return lab == int(np.argmax(component_sizes(lab, body, n)))
 
 
 def _disc(metal: np.ndarray, k: int, cy: float, cx: float, radius_px: float, mu: float) -> None:
@@ -92,10 +95,9 @@ def _pacemaker(hu, lung, zs, spacing, metal) -> None:
     under = lung[ks.start : ks.stop, :, max(0, int(cx - hx)) : int(cx + hx) + 1].any((0, 2))
     lung_front = int(np.flatnonzero(under).min()) if under.any() else hu.shape[1]
     cy = max(min(y_skin + 12.0 / dy, lung_front - 6.0 / dy - hy), y_skin + hy + 1.0 / dy)
-    for k in ks:
-        y0, y1 = int(round(cy - hy)), int(round(cy + hy)) + 1
-        x0, x1 = int(round(cx - hx)), int(round(cx + hx)) + 1
-        metal[k, y0:y1, x0:x1] = MU_METAL["titanium"]
+    y0, y1 = int(round(cy - hy)), int(round(cy + hy)) + 1
+    x0, x1 = int(round(cx - hx)), int(round(cx + hx)) + 1
+    metal[ks.start : ks.stop, y0:y1, x0:x1] = MU_METAL["titanium"]
     # the lead: from the can's medial end to the superior vena cava (right of the midline, in the front third of the
     # mediastinum between the lungs), then down to the heart's level
     svc = _superior_vena_cava(lung[kc], dx)
