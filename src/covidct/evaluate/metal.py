@@ -62,7 +62,7 @@ def metal_implant_simulated(ct, implant: str = "pacemaker", photons: float = 1e5
     return dataclasses.replace(ct, array=out, path=f"{ct.path}@{implant.replace(' ', '-')}"), mask
 
 
-def _body(hu_slice: np.ndarray) -> np.ndarray:
+def body_of_slice(hu_slice: np.ndarray) -> np.ndarray:
     """The largest region denser than -500 HU of one slice, holes filled."""
     body = fill_holes_in_plane((hu_slice > -500)[None])[0]
     lab, n = components.label(body)
@@ -86,7 +86,7 @@ def _pacemaker(hu, lung, zs, spacing, metal) -> None:
     left = lung[kc, :, lung.shape[2] // 2 :]  # the patient's left lung (x runs to the left)
     xs = np.flatnonzero(left.any(0))
     cx = lung.shape[2] // 2 + (int(np.median(xs)) if xs.size else lung.shape[2] // 4)
-    body = _body(hu[kc])
+    body = body_of_slice(hu[kc])
     front = np.flatnonzero(body[:, cx])
     y_skin = int(front.min()) if front.size else 0
     hx, hy = 25.0 / dx, 3.5 / dy
@@ -129,7 +129,7 @@ def _spinal_rods(hu, lung, zs, spacing, metal) -> None:
     ks = range(int(round(z_lo + 0.1 * (z_hi - z_lo))), int(round(z_lo + 0.75 * (z_hi - z_lo))) + 1)
     tips, centres = [], []
     for k in ks:
-        body = _body(hu[k])
+        body = body_of_slice(hu[k])
         cols = np.flatnonzero(body.any(0))
         if cols.size == 0:
             continue
@@ -152,7 +152,7 @@ def _streaks(hu_slice: np.ndarray, metal_mu: np.ndarray, pixel_mm: float, photon
              rng: np.random.Generator) -> np.ndarray:
     """HU error of one slice's reconstruction from the line integrals a scanner measures (module docstring)."""
     import cv2
-    from skimage.transform import iradon, radon
+    from skimage.transform import radon
 
     n = hu_slice.shape[0]
     f = max(1, int(round(max(hu_slice.shape) / 256)))
@@ -167,11 +167,18 @@ def _streaks(hu_slice: np.ndarray, metal_mu: np.ndarray, pixel_mm: float, photon
     rays = p_metal > 1e-3
     counts = np.maximum(rng.poisson(photons * np.exp(-measured[rays])), 1)
     measured[rays] = -np.log(counts / photons)
-    error = (measured - p_tissue - p_metal) / px
-    # radon pads the slice to a square about its centre and iradon rebuilds a square about the same centre
-    side = max(small)
-    d_mu = iradon(error, theta, circle=False, output_size=side, filter_name="ramp")
-    y0, x0 = side // 2 - small[1] // 2, side // 2 - small[0] // 2
-    d_mu = d_mu[y0 : y0 + small[1], x0 : x0 + small[0]]
-    d_hu = (1000.0 * d_mu / MU_WATER).astype(np.float32)
+    d_hu = fbp_error((measured - p_tissue - p_metal) / px, theta, (small[1], small[0]))
     return cv2.resize(d_hu, (hu_slice.shape[1], n), interpolation=cv2.INTER_LINEAR)
+
+
+def fbp_error(error: np.ndarray, theta: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """HU error of a slice of ``shape`` (rows, columns) reconstructed by filtered back-projection (ramp filter) from
+    line integrals off by ``error`` (per pixel; skimage's sinogram of the slice at angles ``theta``, circle=False)."""
+    from skimage.transform import iradon
+
+    # radon pads the slice to a square about its centre and iradon rebuilds a square about the same centre
+    side = max(shape)
+    d_mu = iradon(error, theta, circle=False, output_size=side, filter_name="ramp")
+    y0, x0 = side // 2 - shape[0] // 2, side // 2 - shape[1] // 2
+    d_mu = d_mu[y0 : y0 + shape[0], x0 : x0 + shape[1]]
+    return (1000.0 * d_mu / MU_WATER).astype(np.float32)
