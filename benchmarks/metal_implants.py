@@ -13,6 +13,7 @@ Skips (exit 0) when the data folder is absent.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -81,6 +82,8 @@ def simulated_rows(data: Path, only: list[str] | None, simulations: list, region
                    "severity": res.report["severity"]["score"], "diagnosis": res.report["diagnosis"]["label"],
                    "metal_warnings": [w for w in warnings if "metal" in w.lower()],
                    "noise_warning": any("noisier" in w for w in warnings),
+                   "warned_lung_noise_hu": next((float(m.group(1)) for w in warnings
+                                                 if (m := re.search(r"noisier .*?\((\d+) HU against", w))), None),
                    "density_warning": any("denser than in any series" in w for w in warnings),
                    "seconds": round(time.perf_counter() - t0, 1)}
             if added is not None and region is not None:

@@ -40,9 +40,12 @@ def test_the_arms_lie_beside_the_chest_and_add_noise_in_the_lung(healthy, arms):
     np.testing.assert_array_equal(again.array, sim.array)  # deterministic per seed
 
 
-def test_analyze_reads_a_healthy_chest_with_arms_down_as_normal(healthy, arms):
+def test_analyze_reads_a_healthy_chest_with_arms_down_as_normal_and_warns_of_the_noise(healthy, arms):
     from covidct.pipeline import analyze
 
-    report = analyze(arms[1e5][0], None).report
+    report = analyze(arms[2e4][0], None).report
     assert report["diagnosis"]["label"] == "normal"
     assert not [w for w in report["warnings"] if "metal" in w]  # bone is not metal
+    (noise,) = [w for w in report["warnings"] if w.startswith("the lung is noisier")]
+    assert "the arms down beside the chest" in noise
+    assert not [w for w in analyze(healthy.ct, None).report["warnings"] if "noisier" in w]

@@ -216,16 +216,19 @@ def density_warnings(notes: dict | None) -> list[str]:
 
 def noise_warnings(notes: dict | None) -> list[str]:
     """For a whole HU volume whose lung is noisier than any series the HU rule was chosen on (the rule's ``notes``,
-    :func:`covidct.pipeline.hu_rules.hu_lesions`), as with a sharp "lung" reconstruction kernel."""
+    :func:`covidct.pipeline.hu_rules.hu_lesions`), as with a sharp "lung" reconstruction kernel, a low dose or the arms
+    down (``benchmarks/arms_down.py``); contrast-filled lung vessels raise the measure too (docs/BENCHMARKS.md)."""
     noise = (notes or {}).get("lung_noise_hu")
     if noise is None or noise <= hu_rules.SOFT_KERNEL_NOISE_HU:
         return []
     return [
         f"the lung is noisier than in the soft-kernel series the HU rule was chosen on ({noise:.0f} HU against at most "
-        f"{hu_rules.SOFT_KERNEL_NOISE_HU:.0f}; a sharp 'lung' reconstruction kernel?): noise breaks faint GGO up, so "
-        "lesions may be under-counted and the reading may change (a pneumonia series under a simulated sharp kernel "
-        "lost 19-45 % of its lesion volume and read as COVID-19); a soft-tissue kernel reconstruction of the same "
-        "study is read more reliably"
+        f"{hu_rules.SOFT_KERNEL_NOISE_HU:.0f}; a sharp 'lung' reconstruction kernel, a low dose or the arms down beside "
+        "the chest? contrast in the lung vessels of a pulmonary angiography raises this figure too): noise breaks "
+        "faint GGO up, so lesions may be under-counted and the reading may change (a pneumonia series under a "
+        "simulated sharp kernel lost 19-45 % of its lesion volume and read as COVID-19; the four real series here with "
+        "the arms down simulated moved by -2.7 to +0.5 mL and kept their readings); a soft-tissue kernel "
+        "reconstruction of the same study, where there is one, is read more reliably"
     ]
 
 
