@@ -22,6 +22,8 @@ def test_motion_grows_from_the_apex_to_the_bases(healthy):
     still = breathing_motion_simulated(ct, 0.0)
     np.testing.assert_array_equal(still.array, ct.array)
     moved = breathing_motion_simulated(ct, 15.0)
+    step = breathing_motion_simulated(ct, 15.0, "step")
+    assert np.abs(step.array - ct.array).mean() > np.abs(moved.array - ct.array).mean()  # the harshest profile
     lung = hu_lung_reference(ct.array, ct.spacing)
     zs = np.flatnonzero(lung.any((1, 2)))
     change = np.abs(moved.array - ct.array).mean((1, 2))
@@ -30,6 +32,8 @@ def test_motion_grows_from_the_apex_to_the_bases(healthy):
     lower, upper = change[zs.min() : mid].mean(), change[mid : zs.max()].mean()
     assert lower > upper > 0  # the bases move most
     np.testing.assert_array_equal(breathing_motion_simulated(ct, 15.0).array, moved.array)  # deterministic
+    with pytest.raises(ValueError, match="unknown motion profile"):
+        breathing_motion_simulated(ct, 10.0, "jerky")
     with pytest.raises(ValueError, match="no lung field"):
         breathing_motion_simulated(dataclasses.replace(ct, array=np.full_like(ct.array, 40.0)), 10.0)
 
@@ -37,7 +41,7 @@ def test_motion_grows_from_the_apex_to_the_bases(healthy):
 def test_analyze_reads_a_healthy_chest_that_breathed_as_normal(healthy):
     from covidct.pipeline import analyze
 
-    # 10 mm at the bases, the second half of every view (a moderate breath within one rotation); at 20 mm this phantom's
-    # heart border smears over the left lung base as ground glass (53 mL, read as pneumonia: docs/BENCHMARKS.md)
+    # the bases moving steadily by 10 mm over each rotation; with the second half of the views moved at once by 20 mm
+    # (the harshest profile) this phantom's heart border smeared over the left lung base as 53 mL of ground glass
     report = analyze(breathing_motion_simulated(healthy.ct, 10.0), None).report
     assert report["diagnosis"]["label"] == "normal"

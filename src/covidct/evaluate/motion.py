@@ -7,10 +7,12 @@ smear of partial volume that an HU lesion rule could read as ground glass. No se
 :func:`breathing_motion_simulated` adds it to a series, slice by slice (2-D parallel beam, 360 views over 180°, on a grid
 of about 256² as in :mod:`covidct.evaluate.metal`, the change brought back to the series' grid bilinearly):
 
-- the second half of each slice's views is taken of the anatomy ``shift`` mm further up (inspiration moves the lung
-  bases down, so a fixed slice then sees what lay above it), linearly interpolated between the series' slices;
+- each slice's views are taken of the anatomy moving steadily up by ``shift`` mm over the rotation (``"linear"``:
+  inspiration moves the lung bases down, so a fixed slice sees what lay above it), or with the second half of the views
+  moved by the whole ``shift`` at once (``"step"``, the harshest case), linearly interpolated between the series'
+  slices;
 - ``shift`` grows from 0 at the lung apex to ``amplitude_mm`` at the lowest lung slice and below (the apex hardly
-  moves, the bases most: 10-20 mm in tidal breathing);
+  moves, the bases most; the diaphragm moves about 10-20 mm over a quiet breath, and a rotation lasts 0.3-1 s);
 - the change added is the filtered back-projection of the difference between those views and the series' own, so the
   series keeps its own noise.
 """
@@ -23,14 +25,19 @@ import numpy as np
 
 from covidct.evaluate.metal import MU_WATER, fbp_error
 
-ANGLES = 360  # views over 180°; the second half is moved
+ANGLES = 360  # views over 180°
+PROFILES = ("linear", "step")
 
 
-def breathing_motion_simulated(ct, amplitude_mm: float = 15.0):
+def breathing_motion_simulated(ct, amplitude_mm: float = 10.0, profile: str = "linear"):
     """``ct`` as if the patient breathed during each slice's rotation (module docstring); canonical orientation
-    (z superior). ``amplitude_mm`` 0 gives the series back unchanged."""
+    (z superior). ``profile``: ``"linear"`` (the anatomy moves steadily by the slice's shift over its views) or
+    ``"step"`` (the first half of the views sees it still, the second half moved by the whole shift: the harshest
+    case). ``amplitude_mm`` 0 gives the series back unchanged."""
     from covidct.evaluate.hu_volumes import hu_lung_reference
 
+    if profile not in PROFILES:
+        raise ValueError(f"unknown motion profile {profile!r}; choose from {', '.join(PROFILES)}")
     hu = np.asarray(ct.array, np.float32)
     if amplitude_mm <= 0:
         return dataclasses.replace(ct, array=hu.copy())
@@ -38,40 +45,50 @@ def breathing_motion_simulated(ct, amplitude_mm: float = 15.0):
     zs = np.flatnonzero(lung.any((1, 2)))
     if zs.size < 3:
         raise ValueError("no lung field found to move")
-    dz = float(ct.spacing[0])
     z_lo, z_hi = int(zs.min()), int(zs.max())
+    views = np.arange(ANGLES) / ANGLES if profile == "linear" else (np.arange(ANGLES) >= ANGLES // 2).astype(float)
+    sinograms = _Sinograms(hu)
     out = hu.copy()
     for k in range(z_hi + 1):
         share = 1.0 if k <= z_lo else (z_hi - k) / max(z_hi - z_lo, 1)
-        up = share * amplitude_mm / dz  # in slices; canonical z runs to the head
-        if up <= 0:
-            continue
-        moved = _slice_at(hu, k + up)
-        out[k] += _motion_error(moved - hu[k])
-    return dataclasses.replace(ct, array=out, path=f"{ct.path}@breathing{amplitude_mm:g}mm")
+        up = share * amplitude_mm / float(ct.spacing[0])  # in slices; canonical z runs to the head
+        if up > 0:
+            out[k] += sinograms.motion_error(k, up * views)
+    return dataclasses.replace(ct, array=out, path=f"{ct.path}@breathing-{profile}{amplitude_mm:g}mm")
 
 
-def _slice_at(hu: np.ndarray, z: float) -> np.ndarray:
-    """The series at fractional slice ``z`` (linear between slices; the top slice beyond the series)."""
-    z = min(z, len(hu) - 1.0)
-    k0 = int(np.floor(z))
-    k1 = min(k0 + 1, len(hu) - 1)
-    t = np.float32(z - k0)
-    return (1 - t) * hu[k0] + t * hu[k1]
+class _Sinograms:
+    """Each slice's sinogram at the working size (about 256², as in :mod:`covidct.evaluate.metal`), made when first
+    needed: a slice's moved views are read from its neighbours' sinograms, linearly between them."""
 
+    def __init__(self, hu: np.ndarray) -> None:
+        self.hu = hu
+        h, w = hu.shape[1:]
+        f = max(1, int(round(max(h, w) / 256)))
+        self.small = (w // f, h // f)  # (columns, rows), as OpenCV takes sizes
+        self.theta = np.linspace(0.0, 180.0, ANGLES, endpoint=False)
+        self._cache: dict[int, np.ndarray] = {}
 
-def _motion_error(difference: np.ndarray) -> np.ndarray:
-    """HU change of a slice whose second half of views saw ``difference`` (HU) more than the first."""
-    import cv2
-    from skimage.transform import radon
+    def __getitem__(self, k: int) -> np.ndarray:
+        import cv2
+        from skimage.transform import radon
 
-    h, w = difference.shape
-    f = max(1, int(round(max(h, w) / 256)))
-    small = (w // f, h // f)
-    d_mu = MU_WATER * cv2.resize(difference, small, interpolation=cv2.INTER_AREA) / 1000.0
-    theta = np.linspace(0.0, 180.0, ANGLES, endpoint=False)
-    moved = radon(d_mu, theta[ANGLES // 2 :], circle=False)  # line integrals per pixel, the moved views only
-    error = np.zeros((moved.shape[0], ANGLES))
-    error[:, ANGLES // 2 :] = moved
-    d_hu = fbp_error(error, theta, (small[1], small[0]))
-    return cv2.resize(d_hu, (w, h), interpolation=cv2.INTER_LINEAR)
+        k = min(max(k, 0), len(self.hu) - 1)  # beyond the series: its last slice
+        if k not in self._cache:
+            mu = MU_WATER * cv2.resize(self.hu[k], self.small, interpolation=cv2.INTER_AREA) / 1000.0
+            self._cache[k] = radon(mu, self.theta, circle=False)  # line integrals per pixel (water's share cancels)
+        return self._cache[k]
+
+    def motion_error(self, k: int, shift: np.ndarray) -> np.ndarray:
+        """HU change of slice ``k`` when view j sees the anatomy ``shift[j]`` slices further up."""
+        import cv2
+
+        for old in [i for i in self._cache if i < k]:  # slices are visited upwards and read only at or above k
+            del self._cache[old]
+        own = self[k]
+        moved = np.empty_like(own)
+        for j, d in enumerate(shift):
+            k0, t = k + int(np.floor(d)), d - np.floor(d)
+            moved[:, j] = (1.0 - t) * self[k0][:, j] + t * self[k0 + 1][:, j]
+        d_hu = fbp_error(moved - own, self.theta, (self.small[1], self.small[0]))
+        return cv2.resize(d_hu, self.hu.shape[:0:-1], interpolation=cv2.INTER_LINEAR)
