@@ -11,32 +11,22 @@ dose on two cores. Skips (exit 0) when the data folder is absent.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
-from bench_io import emit_json  # noqa: E402  (the script's folder is on sys.path)
+from bench_io import emit_json, real_series_args  # noqa: E402  (the script's folder is on sys.path)
 from metal_implants import simulated_rows  # noqa: E402
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=None, help="the data folder (default: COVIDCT_DATA)")
-    ap.add_argument("--json", type=Path, default=None, help="also write the result here")
-    ap.add_argument("--only", nargs="*", default=None, help="only these series")
-    ap.add_argument("--photons", type=float, nargs="+", default=[1e5, 2e4],
-                    help="X-ray photons per ray before the patient, one case each")
-    args = ap.parse_args()
-    from covidct.data.sources import data_root
-
-    data = args.data or data_root()
-    if data is None or not Path(data).is_dir():
-        print("skipped: no data folder (set COVIDCT_DATA or pass --data)")
+    parsed = real_series_args(__doc__, lambda ap: ap.add_argument(
+        "--photons", type=float, nargs="+", default=[1e5, 2e4],
+        help="X-ray photons per ray before the patient, one case each"))
+    if parsed is None:
         return 0
+    args, data = parsed
     from covidct.evaluate.arms import arms_down_simulated
 
     simulations = [(f"arms down, {n:g} photons", lambda ct, n=n: arms_down_simulated(ct, photons=n))
                    for n in args.photons]
-    rows = simulated_rows(Path(data), args.only, simulations, None)  # the arms are beside every slice
+    rows = simulated_rows(data, args.only, simulations, None)  # the arms are beside every slice
     return emit_json({"rows": rows, "photons": args.photons}, args.json)
 
 

@@ -42,6 +42,26 @@ def healthy_series_args(doc: str) -> tuple[argparse.Namespace, dict[str, Path]] 
     return None if series is None else (args, series)
 
 
+def real_series_args(doc: str, options) -> tuple[argparse.Namespace, Path] | None:
+    """The command line of a benchmark that simulates an acquisition on the real series (``--data DIR``, ``--json OUT``,
+    ``--only NAME ...``, and what ``options(parser)`` adds) and the data folder; None (with a 'skipped' line printed)
+    without one."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=None, help="the data folder (default: COVIDCT_DATA)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the result here")
+    ap.add_argument("--only", nargs="*", default=None, help="only these series")
+    options(ap)
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT / "src"))
+    from covidct.data.sources import data_root
+
+    data = args.data or data_root()
+    if data is None or not Path(data).is_dir():
+        print("skipped: no data folder (set COVIDCT_DATA or pass --data)")
+        return None
+    return args, Path(data)
+
+
 def healthy_series_or_none(data: Path | None) -> dict[str, Path] | None:
     """The two healthy whole HU series (name -> folder) in ``data`` (default: ``COVIDCT_DATA``), which the simulations
     of disease are drawn into; None (with a 'skipped' line printed) when either is missing."""

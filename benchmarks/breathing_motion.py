@@ -14,33 +14,28 @@ series and amplitude on two cores. Skips (exit 0) when the data folder is absent
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from bench_io import emit_json  # noqa: E402  (the script's folder is on sys.path)
+from bench_io import emit_json, real_series_args  # noqa: E402  (the script's folder is on sys.path)
 from metal_implants import simulated_rows  # noqa: E402
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=None, help="the data folder (default: COVIDCT_DATA)")
-    ap.add_argument("--json", type=Path, default=None, help="also write the result here")
-    ap.add_argument("--only", nargs="*", default=None, help="only these series")
+def _options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--amplitude", type=float, nargs="+", default=[5.0, 10.0, 20.0],
                     help="how far the lung bases move during a slice's rotation (mm), one case each")
     ap.add_argument("--profile", choices=["linear", "step"], default="linear",
                     help="steady motion over the views, or the second half of them moved at once (the harshest)")
-    args = ap.parse_args()
-    from covidct.data.sources import data_root
 
-    data = args.data or data_root()
-    if data is None or not Path(data).is_dir():
-        print("skipped: no data folder (set COVIDCT_DATA or pass --data)")
+
+def main() -> int:
+    parsed = real_series_args(__doc__, _options)
+    if parsed is None:
         return 0
+    args, data = parsed
     from covidct.evaluate.motion import breathing_motion_simulated
 
     simulations = [(f"breathing ({args.profile}), bases moving {a:g} mm",
                     lambda ct, a=a: (breathing_motion_simulated(ct, a, args.profile), None)) for a in args.amplitude]
-    rows = simulated_rows(Path(data), args.only, simulations, None)  # the motion reaches every lung slice
+    rows = simulated_rows(data, args.only, simulations, None)  # the motion reaches every lung slice
     return emit_json({"rows": rows, "amplitude_mm": args.amplitude, "profile": args.profile}, args.json)
 
 

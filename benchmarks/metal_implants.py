@@ -12,7 +12,6 @@ Skips (exit 0) when the data folder is absent.
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 import time
@@ -20,38 +19,31 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_io import emit_json  # noqa: E402  (the script's folder is on sys.path)
+from bench_io import emit_json, real_series_args  # noqa: E402  (the script's folder is on sys.path)
 
 SERIES = {"P001": "covid-ct-md/P001", "cap001": "covid-ct-md/cap001", "normal001": "covid-ct-md/normal001",
           "LIDC-IDRI-0001": "lidc-idri/LIDC-IDRI-0001"}
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=None, help="the data folder (default: COVIDCT_DATA)")
-    ap.add_argument("--json", type=Path, default=None, help="also write the result here")
-    ap.add_argument("--only", nargs="*", default=None, help="only these series")
-    ap.add_argument("--photons", type=float, default=1e5, help="X-ray photons per ray before the patient")
-    args = ap.parse_args()
-    from covidct.data.sources import data_root
-
-    data = args.data or data_root()
-    if data is None or not Path(data).is_dir():
-        print("skipped: no data folder (set COVIDCT_DATA or pass --data)")
+    parsed = real_series_args(__doc__, lambda ap: ap.add_argument(
+        "--photons", type=float, default=1e5, help="X-ray photons per ray before the patient"))
+    if parsed is None:
         return 0
+    args, data = parsed
     from covidct.evaluate.metal import IMPLANTS, metal_implant_simulated
 
     simulations = [(implant, lambda ct, implant=implant: metal_implant_simulated(ct, implant, photons=args.photons))
                    for implant in IMPLANTS]
-    rows = simulated_rows(Path(data), args.only, simulations, "metal")
+    rows = simulated_rows(data, args.only, simulations, "metal")
     return emit_json({"rows": rows, "photons": args.photons}, args.json)
 
 
 def simulated_rows(data: Path, only: list[str] | None, simulations: list, region: str | None) -> list[dict]:
     """One row per real series and case: the series as it is, then each ``(case, simulate)`` of ``simulations``
     (``simulate(ct)`` gives the simulated ct and the mask of what it added, e.g. the metal, whose slices the rows
-    report as ``region``, unless None). Lesion mL outside the readers' nodules (LIDC-IDRI-0001), lung mL, severity, diagnosis, the warnings
-    about metal, noise and density, the slice AUC where slice labels exist."""
+    report as ``region``, unless None). Lesion mL outside the readers' nodules (LIDC-IDRI-0001), lung mL, severity,
+    diagnosis, the warnings about metal, noise and density, the slice AUC where slice labels exist."""
     from covidct.data.covid_ct_md import read_slice_labels
     from covidct.evaluate.hu_volumes import slice_auc
     from covidct.evaluate.lidc import nodule_mask, parse_lidc_xml
