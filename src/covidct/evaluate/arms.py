@@ -12,7 +12,7 @@ arms and adds to the series what the arms change in its reconstruction:
   edge, where the body reaches it), on every slice from the lowest to the lung apex;
 - photon starvation: on each ray the variance the arms add, ``(exp(p_with) − exp(p_without)) / photons`` (``p``: the
   line integral; at least one count), as Gaussian noise: the series keeps its own noise, and only the extra is added;
-- beam hardening in the humeri' cortex, measured as p / (1 + 0.1 p) as for metal (:mod:`covidct.evaluate.metal`);
+- beam hardening in the humeri's cortex, measured as p / (1 + 0.1 p) as for metal (:mod:`covidct.evaluate.metal`);
   the scanner's own water correction is taken as exact for the soft tissue.
 
 What it leaves out: the body outside a field of view that cuts it (its attenuation is unknown, so lateral rays are
@@ -26,7 +26,7 @@ import dataclasses
 
 import numpy as np
 
-from covidct.evaluate.metal import BEAM_HARDENING, MU_WATER, body_of_slice, fbp_error
+from covidct.evaluate.metal import BEAM_HARDENING, MU_WATER, VIEWS, body_of_slice, fbp_error, working_size
 
 ARM_HALF_WIDTH_MM, ARM_HALF_DEPTH_MM, ARM_FAT_MM = 40.0, 50.0, 8.0
 HUMERUS_RADIUS_MM, CORTEX_MM = 11.0, 4.0
@@ -112,9 +112,7 @@ class _Canvas:
 def _canvas(shape: tuple[int, int], pixel_mm: tuple[float, float], centres) -> _Canvas:
     from skimage.transform import radon
 
-    h, w = shape
-    f = max(1, int(round(max(h, w) / 256)))
-    small = (w // f, h // f)
+    f, small = working_size(shape)
     py, px = pixel_mm[0] * f, pixel_mm[1] * f
     lo = int(np.ceil(max(0.0, ARM_HALF_WIDTH_MM - min(c[1] for c in centres)) / px)) + 2
     hi = int(np.ceil(max(0.0, max(c[1] for c in centres) + ARM_HALF_WIDTH_MM - small[0] * px) / px)) + 2
@@ -124,9 +122,8 @@ def _canvas(shape: tuple[int, int], pixel_mm: tuple[float, float], centres) -> _
     soft = np.isfinite(arm_hu) & ~cortex
     mu_arm = np.where(soft, MU_WATER * (1.0 + np.nan_to_num(arm_hu) / 1000.0), 0.0)
     mu_cortex = np.where(cortex, MU_WATER * (1.0 + CORTEX_HU / 1000.0), 0.0)
-    theta = np.linspace(0.0, 180.0, 360, endpoint=False)
-    return _Canvas(small, (lo, hi), px, theta, radon(mu_arm, theta, circle=False) * px,
-                   radon(mu_cortex, theta, circle=False) * px)
+    return _Canvas(small, (lo, hi), px, VIEWS, radon(mu_arm, VIEWS, circle=False) * px,
+                   radon(mu_cortex, VIEWS, circle=False) * px)
 
 
 def _arm_error(hu_slice: np.ndarray, canvas: _Canvas, photons: float, rng: np.random.Generator) -> np.ndarray:

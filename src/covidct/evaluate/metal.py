@@ -29,6 +29,7 @@ MU_WATER = 0.0193  # /mm, about 70 keV
 MU_METAL = {"titanium": 0.14, "steel": 0.47}
 STORED_MAX_HU = 3071.0  # the top of a 12-bit CT's stored range, where metal saturates
 BEAM_HARDENING = 0.1
+VIEWS = np.linspace(0.0, 180.0, 360, endpoint=False)  # parallel-beam views, degrees
 IMPLANTS = ("pacemaker", "spinal rods")
 
 
@@ -155,12 +156,11 @@ def _streaks(hu_slice: np.ndarray, metal_mu: np.ndarray, pixel_mm: float, photon
     from skimage.transform import radon
 
     n = hu_slice.shape[0]
-    f = max(1, int(round(max(hu_slice.shape) / 256)))
-    small = (hu_slice.shape[1] // f, n // f)  # (width, height), as cv2 takes sizes
+    f, small = working_size(hu_slice.shape)
     px = pixel_mm * f
     mu_tissue = np.clip(MU_WATER * (1.0 + cv2.resize(hu_slice, small, interpolation=cv2.INTER_AREA) / 1000.0), 0, None)
     mu_metal = cv2.resize(metal_mu, small, interpolation=cv2.INTER_AREA)
-    theta = np.linspace(0.0, 180.0, 360, endpoint=False)
+    theta = VIEWS
     p_tissue = radon(mu_tissue, theta, circle=False) * px
     p_metal = radon(mu_metal, theta, circle=False) * px
     measured = p_tissue + p_metal / (1.0 + BEAM_HARDENING * p_metal)
@@ -169,6 +169,12 @@ def _streaks(hu_slice: np.ndarray, metal_mu: np.ndarray, pixel_mm: float, photon
     measured[rays] = -np.log(counts / photons)
     d_hu = fbp_error((measured - p_tissue - p_metal) / px, theta, (small[1], small[0]))
     return cv2.resize(d_hu, (hu_slice.shape[1], n), interpolation=cv2.INTER_LINEAR)
+
+
+def working_size(shape: tuple[int, int]) -> tuple[int, tuple[int, int]]:
+    """(block factor, (columns, rows) as cv2 takes sizes) of the grid of about 256² a slice's projections run on."""
+    f = max(1, int(round(max(shape) / 256)))
+    return f, (shape[1] // f, shape[0] // f)
 
 
 def fbp_error(error: np.ndarray, theta: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -23,9 +23,8 @@ import dataclasses
 
 import numpy as np
 
-from covidct.evaluate.metal import MU_WATER, fbp_error
+from covidct.evaluate.metal import MU_WATER, VIEWS, fbp_error, working_size
 
-ANGLES = 360  # views over 180°
 PROFILES = ("linear", "step")
 
 
@@ -46,7 +45,8 @@ def breathing_motion_simulated(ct, amplitude_mm: float = 10.0, profile: str = "l
     if zs.size < 3:
         raise ValueError("no lung field found to move")
     z_lo, z_hi = int(zs.min()), int(zs.max())
-    views = np.arange(ANGLES) / ANGLES if profile == "linear" else (np.arange(ANGLES) >= ANGLES // 2).astype(float)
+    n = len(VIEWS)
+    views = np.arange(n) / n if profile == "linear" else (np.arange(n) >= n // 2).astype(float)
     sinograms = _Sinograms(hu)
     out = hu.copy()
     for k in range(z_hi + 1):
@@ -63,10 +63,8 @@ class _Sinograms:
 
     def __init__(self, hu: np.ndarray) -> None:
         self.hu = hu
-        h, w = hu.shape[1:]
-        f = max(1, int(round(max(h, w) / 256)))
-        self.small = (w // f, h // f)  # (columns, rows), as OpenCV takes sizes
-        self.theta = np.linspace(0.0, 180.0, ANGLES, endpoint=False)
+        self.small = working_size(hu.shape[1:])[1]  # (columns, rows), as OpenCV takes sizes
+        self.theta = VIEWS
         self._cache: dict[int, np.ndarray] = {}
 
     def __getitem__(self, k: int) -> np.ndarray:
