@@ -11,8 +11,7 @@ dose on two cores. Skips (exit 0) when the data folder is absent.
 
 from __future__ import annotations
 
-from bench_io import emit_json, real_series_args  # noqa: E402  (the script's folder is on sys.path)
-from metal_implants import simulated_rows  # noqa: E402
+from bench_io import emit_json, real_series_args, simulated_rows  # noqa: E402  (the script's folder is on sys.path)
 
 
 def main() -> int:

@@ -1,4 +1,5 @@
-"""What several benchmark scripts share: the default P001 series, and writing a result as JSON.
+"""What several benchmark scripts share: the default P001 series, the real series' rows under a simulated
+acquisition, and writing a result as JSON.
 
 Imported by the scripts beside it (their folder is on ``sys.path`` when they run).
 """
@@ -60,6 +61,65 @@ def real_series_args(doc: str, options) -> tuple[argparse.Namespace, Path] | Non
         print("skipped: no data folder (set COVIDCT_DATA or pass --data)")
         return None
     return args, Path(data)
+
+
+REAL_SERIES = {"P001": "covid-ct-md/P001", "cap001": "covid-ct-md/cap001", "normal001": "covid-ct-md/normal001",
+               "LIDC-IDRI-0001": "lidc-idri/LIDC-IDRI-0001"}
+
+
+def simulated_rows(data: Path, only: list[str] | None, simulations: list, region: str | None) -> list[dict]:
+    """One row per real series and case: the series as it is, then each ``(case, simulate)`` of ``simulations``
+    (``simulate(ct)`` gives the simulated ct and the mask of what it added, e.g. the metal, whose slices the rows
+    report as ``region``, unless None). Lesion mL outside the readers' nodules (LIDC-IDRI-0001), lung mL, severity,
+    diagnosis, the warnings about metal, noise and density, the slice AUC where slice labels exist."""
+    import re
+    import time
+
+    import numpy as np
+
+    from covidct.data.covid_ct_md import read_slice_labels
+    from covidct.evaluate.hu_volumes import slice_auc
+    from covidct.evaluate.lidc import nodule_mask, parse_lidc_xml
+    from covidct.io import load_ct
+    from covidct.pipeline.analyzer import Analyzer
+
+    labels = read_slice_labels(data / "covid-ct-md") if (data / "covid-ct-md").is_dir() else {}
+    analyzer = Analyzer()
+    rows = []
+    for name, rel in REAL_SERIES.items():
+        folder = data / rel
+        if not folder.is_dir() or (only and name not in only):
+            continue
+        base = load_ct(folder)
+        ml = float(np.prod(base.spacing)) / 1000.0
+        xml = next(iter(sorted(folder.glob("*.xml"))), None)
+        exclude = nodule_mask(base, parse_lidc_xml(xml), margin_mm=10.0) if xml is not None else None
+        cases = [("as it is", base, None)] + [(case, *simulate(base)) for case, simulate in simulations]
+        for case, ct, added in cases:
+            t0 = time.perf_counter()
+            res = analyzer(ct, None, html=False)
+            lesion = (res.lesions == 1) | (res.lesions == 2)
+            if exclude is not None:
+                lesion &= ~exclude
+            warnings = res.report["warnings"]
+            row = {"series": name, "case": case, "lung_ml": round(float((res.lungs > 0).sum()) * ml, 1),
+                   "lesion_ml": round(float(lesion.sum()) * ml, 2),
+                   "severity": res.report["severity"]["score"], "diagnosis": res.report["diagnosis"]["label"],
+                   "metal_warnings": [w for w in warnings if "metal" in w.lower()],
+                   "noise_warning": any("noisier" in w for w in warnings),
+                   "warned_lung_noise_hu": next((float(m.group(1)) for w in warnings
+                                                 if (m := re.search(r"noisier .*?\((\d+) HU against", w))), None),
+                   "density_warning": any("denser than in any series" in w for w in warnings),
+                   "seconds": round(time.perf_counter() - t0, 1)}
+            if added is not None and region is not None:
+                on = added.any((1, 2))
+                row[f"{region}_slices"] = int(on.sum())
+                row[f"lesion_ml_on_{region}_slices"] = round(float(lesion[on].sum()) * ml, 2)
+            if name in labels:
+                row["slice_auc"] = round(slice_auc(ct, lesion, labels[name]), 4)
+            print(f"{name} {case}: {row}", file=sys.stderr, flush=True)
+            rows.append(row)
+    return rows
 
 
 def healthy_series_or_none(data: Path | None) -> dict[str, Path] | None:

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench_io import emit_json, real_series_args  # noqa: E402  (the script's folder is on sys.path)
-from metal_implants import simulated_rows  # noqa: E402
+from bench_io import emit_json, real_series_args, simulated_rows  # noqa: E402  (the script's folder is on sys.path)
 
 
 def _options(ap: argparse.ArgumentParser) -> None:

@@ -26,10 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_io import ROOT, emit_json  # noqa: E402  (the script's folder is on sys.path)
+from bench_io import REAL_SERIES, ROOT, emit_json  # noqa: E402  (the script's folder is on sys.path)
 
-SERIES = {"P001": "covid-ct-md/P001", "cap001": "covid-ct-md/cap001", "normal001": "covid-ct-md/normal001",
-          "LIDC-IDRI-0001": "lidc-idri/LIDC-IDRI-0001"}
 # (level, width) in HU
 WINDOWS = [(-600, 1500), (-600, 1600), (-500, 1500), (-500, 2000), (-550, 1600), (-650, 1500), (-600, 1400),
            (-400, 1500), (-500, 1200), (-700, 1500), (-600, 1200), (-700, 1000), (40, 400)]
@@ -45,7 +43,7 @@ def main() -> int:
     from covidct.data.sources import data_root
 
     root = args.data or data_root()
-    series = {n: root / rel for n, rel in SERIES.items() if root is not None and (root / rel).exists()
+    series = {n: root / rel for n, rel in REAL_SERIES.items() if root is not None and (root / rel).exists()
               and (args.only is None or n == args.only)}
     if not series:
         print("skipped: no real series found (set COVIDCT_DATA or pass --data)")

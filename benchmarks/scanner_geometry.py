@@ -20,10 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_io import ROOT, emit_json  # noqa: E402  (the script's folder is on sys.path)
-
-SERIES = {"P001": "covid-ct-md/P001", "cap001": "covid-ct-md/cap001", "normal001": "covid-ct-md/normal001",
-          "LIDC-IDRI-0001": "lidc-idri/LIDC-IDRI-0001"}
+from bench_io import REAL_SERIES, ROOT, emit_json  # noqa: E402  (the script's folder is on sys.path)
 
 
 def crops(h: int, w: int) -> dict[str, tuple[int, int, int, int]]:
@@ -42,7 +39,7 @@ def main() -> int:
     from covidct.data.sources import data_root
 
     root = args.data or data_root()
-    series = {n: root / rel for n, rel in SERIES.items() if root is not None and (root / rel).exists()}
+    series = {n: root / rel for n, rel in REAL_SERIES.items() if root is not None and (root / rel).exists()}
     if not series:
         print("skipped: no real series found (set COVIDCT_DATA or pass --data)")
         return 0

@@ -12,7 +12,7 @@ arms and adds to the series what the arms change in its reconstruction:
   edge, where the body reaches it), on every slice from the lowest to the lung apex;
 - photon starvation: on each ray the variance the arms add, ``(exp(p_with) − exp(p_without)) / photons`` (``p``: the
   line integral; at least one count), as Gaussian noise: the series keeps its own noise, and only the extra is added;
-- beam hardening in the humeri's cortex, measured as p / (1 + 0.1 p) as for metal (:mod:`covidct.evaluate.metal`);
+- beam hardening in the humeri's cortex, measured as p / (1 + 0.1 p) as for metal (:mod:`covidct.evaluate.projection`);
   the scanner's own water correction is taken as exact for the soft tissue.
 
 What it leaves out: the body outside a field of view that cuts it (its attenuation is unknown, so lateral rays are
@@ -26,7 +26,8 @@ import dataclasses
 
 import numpy as np
 
-from covidct.evaluate.metal import BEAM_HARDENING, MU_WATER, VIEWS, body_of_slice, fbp_error, working_size
+from covidct.evaluate.metal import body_of_slice
+from covidct.evaluate.projection import BEAM_HARDENING, MU_WATER, VIEWS, fbp_error, working_size
 
 ARM_HALF_WIDTH_MM, ARM_HALF_DEPTH_MM, ARM_FAT_MM = 40.0, 50.0, 8.0
 HUMERUS_RADIUS_MM, CORTEX_MM = 11.0, 4.0
@@ -98,7 +99,7 @@ def _arms(y_mm: np.ndarray, x_mm: np.ndarray, centres) -> tuple[np.ndarray, np.n
 
 @dataclasses.dataclass
 class _Canvas:
-    """A slice's working grid (about 256², as in :mod:`covidct.evaluate.metal`) widened to hold both arms, with the
+    """A slice's working grid (about 256², :mod:`covidct.evaluate.projection`) widened to hold both arms, with the
     arms' own line integrals (the same on every slice)."""
 
     small: tuple[int, int]  # the slice's working size, (columns, rows) as OpenCV takes sizes

@@ -23,13 +23,11 @@ import dataclasses
 import numpy as np
 
 from covidct import components
+from covidct.evaluate.projection import BEAM_HARDENING, MU_WATER, VIEWS, fbp_error, working_size
 from covidct.preprocess import component_sizes, fill_holes_in_plane
 
-MU_WATER = 0.0193  # /mm, about 70 keV
 MU_METAL = {"titanium": 0.14, "steel": 0.47}
 STORED_MAX_HU = 3071.0  # the top of a 12-bit CT's stored range, where metal saturates
-BEAM_HARDENING = 0.1
-VIEWS = np.linspace(0.0, 180.0, 360, endpoint=False)  # parallel-beam views, degrees
 IMPLANTS = ("pacemaker", "spinal rods")
 
 
@@ -160,31 +158,11 @@ def _streaks(hu_slice: np.ndarray, metal_mu: np.ndarray, pixel_mm: float, photon
     px = pixel_mm * f
     mu_tissue = np.clip(MU_WATER * (1.0 + cv2.resize(hu_slice, small, interpolation=cv2.INTER_AREA) / 1000.0), 0, None)
     mu_metal = cv2.resize(metal_mu, small, interpolation=cv2.INTER_AREA)
-    theta = VIEWS
-    p_tissue = radon(mu_tissue, theta, circle=False) * px
-    p_metal = radon(mu_metal, theta, circle=False) * px
+    p_tissue = radon(mu_tissue, VIEWS, circle=False) * px
+    p_metal = radon(mu_metal, VIEWS, circle=False) * px
     measured = p_tissue + p_metal / (1.0 + BEAM_HARDENING * p_metal)
     rays = p_metal > 1e-3
     counts = np.maximum(rng.poisson(photons * np.exp(-measured[rays])), 1)
     measured[rays] = -np.log(counts / photons)
-    d_hu = fbp_error((measured - p_tissue - p_metal) / px, theta, (small[1], small[0]))
+    d_hu = fbp_error((measured - p_tissue - p_metal) / px, VIEWS, (small[1], small[0]))
     return cv2.resize(d_hu, (hu_slice.shape[1], n), interpolation=cv2.INTER_LINEAR)
-
-
-def working_size(shape: tuple[int, int]) -> tuple[int, tuple[int, int]]:
-    """(block factor, (columns, rows) as cv2 takes sizes) of the grid of about 256² a slice's projections run on."""
-    f = max(1, int(round(max(shape) / 256)))
-    return f, (shape[1] // f, shape[0] // f)
-
-
-def fbp_error(error: np.ndarray, theta: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """HU error of a slice of ``shape`` (rows, columns) reconstructed by filtered back-projection (ramp filter) from
-    line integrals off by ``error`` (per pixel; skimage's sinogram of the slice at angles ``theta``, circle=False)."""
-    from skimage.transform import iradon
-
-    # radon pads the slice to a square about its centre and iradon rebuilds a square about the same centre
-    side = max(shape)
-    d_mu = iradon(error, theta, circle=False, output_size=side, filter_name="ramp")
-    y0, x0 = side // 2 - shape[0] // 2, side // 2 - shape[1] // 2
-    d_mu = d_mu[y0 : y0 + shape[0], x0 : x0 + shape[1]]
-    return (1000.0 * d_mu / MU_WATER).astype(np.float32)

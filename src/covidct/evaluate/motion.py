@@ -5,7 +5,7 @@ tube turns, the diaphragm and the lung bases move along the body's axis, so the 
 anatomy and filtered back-projection mixes them: doubled vessels and diaphragm contours, streaks at their edges, a
 smear of partial volume that an HU lesion rule could read as ground glass. No series with motion is in ../shared, so
 :func:`breathing_motion_simulated` adds it to a series, slice by slice (2-D parallel beam, 360 views over 180°, on a grid
-of about 256² as in :mod:`covidct.evaluate.metal`, the change brought back to the series' grid bilinearly):
+of about 256²: :mod:`covidct.evaluate.projection`, the change brought back to the series' grid bilinearly):
 
 - each slice's views are taken of the anatomy moving steadily up by ``shift`` mm over the rotation (``"linear"``:
   inspiration moves the lung bases down, so a fixed slice sees what lay above it), or with the second half of the views
@@ -23,7 +23,7 @@ import dataclasses
 
 import numpy as np
 
-from covidct.evaluate.metal import MU_WATER, VIEWS, fbp_error, working_size
+from covidct.evaluate.projection import MU_WATER, VIEWS, fbp_error, working_size
 
 PROFILES = ("linear", "step")
 
@@ -58,7 +58,7 @@ def breathing_motion_simulated(ct, amplitude_mm: float = 10.0, profile: str = "l
 
 
 class _Sinograms:
-    """Each slice's sinogram at the working size (about 256², as in :mod:`covidct.evaluate.metal`), made when first
+    """Each slice's sinogram at the working size (about 256², :mod:`covidct.evaluate.projection`), made when first
     needed: a slice's moved views are read from its neighbours' sinograms, linearly between them."""
 
     def __init__(self, hu: np.ndarray) -> None:
