@@ -100,10 +100,11 @@ def simulated_rows(data: Path, only: list[str] | None, simulations: list, region
             res = analyzer(ct, None, html=False)
             lesion = (res.lesions == 1) | (res.lesions == 2)
             if exclude is not None:
-                lesion &= ~exclude
+                lesion &= ~on_grid_of(exclude, base, ct)
             warnings = res.report["warnings"]
             row = {"series": name, "case": case, "lung_ml": round(float((res.lungs > 0).sum()) * ml, 1),
                    "lesion_ml": round(float(lesion.sum()) * ml, 2),
+                   "effusion_ml": round(float((res.lesions == 3).sum()) * ml, 2),
                    "severity": res.report["severity"]["score"], "diagnosis": res.report["diagnosis"]["label"],
                    "metal_warnings": [w for w in warnings if "metal" in w.lower()],
                    "noise_warning": any("noisier" in w for w in warnings),
@@ -120,6 +121,19 @@ def simulated_rows(data: Path, only: list[str] | None, simulations: list, region
             print(f"{name} {case}: {row}", file=sys.stderr, flush=True)
             rows.append(row)
     return rows
+
+
+def on_grid_of(mask, base, ct):
+    """``mask`` on ``base``'s grid brought to ``ct``'s, whose slices are ``base``'s moved in-plane by whole voxels
+    (a wider field of view: ``covidct.evaluate.acquisitions.wide_field_simulated``); outside ``base``'s field False."""
+    import numpy as np
+
+    if ct.shape == base.shape:
+        return mask
+    x0, y0 = np.rint(np.linalg.solve(ct.affine, base.affine @ np.array([0.0, 0.0, 0.0, 1.0]))[:2]).astype(int)
+    out = np.zeros(ct.shape, bool)
+    out[:, y0 : y0 + base.shape[1], x0 : x0 + base.shape[2]] = mask
+    return out
 
 
 def healthy_series_or_none(data: Path | None) -> dict[str, Path] | None:

@@ -69,7 +69,7 @@ def test_analyze_dicom_phantom_outputs(tmp_path, phantom_dicom, analyzer):
     out = tmp_path / "out"
     res = analyze(folder, out, analyzer=analyzer)
     rep = json.loads((out / "report.json").read_text())
-    assert rep["schema_version"] == "1.6" and rep["mode"] == "volume" and rep["input"]["patient_position"] == "HFS"
+    assert rep["schema_version"] == "1.7" and rep["mode"] == "volume" and rep["input"]["patient_position"] == "HFS"
     assert rep["pattern"]["rsna_category"] in ("typical", "indeterminate", "atypical", "negative")
     assert 1 <= rep["pattern"]["co_rads"] <= 5 and rep["pattern"]["reasons"]
     assert rep["pattern"]["features"]["opacity_ml"] >= 0 and rep["diagnosis"]["method"].startswith("from the lesion pattern")

@@ -71,6 +71,7 @@ def register(app: typer.Typer) -> None:
                         save_overlay_png(ct.array[0], label, output / f"{path.stem}_overlay.png", colors=colors)
                     continue
                 from covidct.pipeline import shared_analyzer
+                from covidct.pipeline.grid import crop_in_plane, lung_field_box, paste_in_plane
                 from covidct.pipeline.load import display_to_hu
 
                 if not ct.is_hu and ct.n_slices >= 3:  # a whole display-range volume: back to HU where it can be
@@ -79,13 +80,17 @@ def register(app: typer.Typer) -> None:
                 lesions_model = model_name if task != "lungs" else "lesions"
                 lungs_model = model_name if task == "lungs" else "lungs"
                 an = shared_analyzer(lungs_model=lungs_model, lesions_model=lesions_model)
-                lungs = an.segment_lungs(ct)
+                box = lung_field_box(ct)  # narrow lungs in a wide field of view: the networks see the lungs' box
+                part = ct if box is None else crop_in_plane(ct, box)
+                lungs = an.segment_lungs(part)
                 if task == "lungs":
                     mask = lungs
                 else:
-                    mask = an.segment_lesions(ct, lungs, mapped_hu=bool(ct.meta.get("display_window")))
+                    mask = an.segment_lesions(part, lungs, mapped_hu=bool(ct.meta.get("display_window")))
                     if task == "infection":
                         mask = (mask > 0).astype(np.uint8)
+                if box is not None:
+                    mask = paste_in_plane(mask, ct.shape, box)
                 save_mask_nifti(mask, ct, output / f"{ct.name}_{task}.nii.gz")
             except CovidCTError as exc:
                 last_error = exc

@@ -1,10 +1,12 @@
-"""Acquisitions simulated on a whole HU series (models, not scans): a CT pulmonary angiography and a gapped series.
+"""Acquisitions simulated on a whole HU series (models, not scans): a CT pulmonary angiography, a gapped series and a
+reconstruction field of view wider than the body.
 
 COVID-19 patients are very often scanned as CT pulmonary angiography (CTPA: pulmonary arteries at 250-500 HU) to rule
 out embolism. Inside the lung the enhanced vessels' partial-volume shells are denser than in an unenhanced scan, which
 an HU lesion rule could take for ground glass (:func:`contrast_enhanced_simulated`). An incremental or sequential
 acquisition, or a subset of a series' slices, gives slices thinner than their spacing (:func:`gapped_slices`). No such
-series is in ../shared, so these stand in.
+series is in ../shared, so these stand in. Large patients and patients scanned with their arms down are reconstructed
+on fields of 450-550 mm, where the chest is small in the image (:func:`wide_field_simulated`).
 """
 
 from __future__ import annotations
@@ -44,3 +46,28 @@ def gapped_slices(ct, k: int, start: int = 0):
     slices = [dataclasses.replace(s, index=i) for i, s in enumerate(ct.slices[start::k])]
     return dataclasses.replace(ct, array=np.ascontiguousarray(ct.array[start::k]), slices=slices, affine=affine,
                                spacing=(dz * k, dy, dx), source_shape=None, path=f"{ct.path}@every{k}from{start}")
+
+
+def wide_field_simulated(ct, size: int, noise_hu: float | None = None, seed: int = 0):
+    """``ct`` reconstructed on a ``size``² field at the same pixel size: its slices centred in air (-1000 HU with the
+    series' own noise in the air above the body (else 10 HU; or ``noise_hu``), clipped at -1024 HU as scanners store it) inside the field's
+    reconstruction circle, and outside it the series' own value for outside its circle (its minimum, at most -1024 HU).
+    Pixels below -1100 HU (outside the series' own circle) become that air too. The affine follows."""
+    z, h, w = ct.shape
+    if size < max(h, w):
+        raise ValueError(f"a {size}² field cannot hold {h}x{w} slices")
+    hu = ct.array
+    band = hu[:, 5:25, w // 4 : w - w // 4]  # above the body, where it leaves air there
+    air = band[(band > -1100) & (band < -900)]
+    noise = noise_hu if noise_hu is not None else float(np.std(air)) if air.size > 100 else 10.0
+    rng = np.random.default_rng(seed)
+    out = np.clip(rng.normal(-1000.0, noise, (z, size, size)), -1024, None).astype(np.float32)
+    yy, xx = np.ogrid[:size, :size]
+    out[:, (yy - (size - 1) / 2) ** 2 + (xx - (size - 1) / 2) ** 2 > (size / 2) ** 2] = min(float(hu.min()), -1024.0)
+    y0, x0 = (size - h) // 2, (size - w) // 2
+    part = out[:, y0 : y0 + h, x0 : x0 + w]
+    inside = hu >= -1100
+    part[inside] = hu[inside]
+    affine = ct.affine.copy()
+    affine[:3, 3] -= affine[:3, :3] @ np.array([x0, y0, 0.0])  # affine indices are (x, y, z)
+    return dataclasses.replace(ct, array=out, affine=affine, source_shape=None, path=f"{ct.path}@field{size}")

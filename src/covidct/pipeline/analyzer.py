@@ -18,7 +18,7 @@ import numpy as np
 from covidct.display_hu import MAPPED_HU_UNCERTAINTY
 from covidct.errors import NoLungsFound
 from covidct.pipeline import diagnosis, hu_rules, lesions, load, lungs, measures, outputs, reporting
-from covidct.pipeline.grid import working_grid
+from covidct.pipeline.grid import crop_in_plane, lung_field_box, paste_in_plane, working_grid
 from covidct.pipeline.predict import BATCH_SIZE, ModelRunner
 from covidct.pipeline.types import Analysis, LoadedModel, Masks, Study
 from covidct.report.heatmap import uncertainty_warning
@@ -117,9 +117,22 @@ class Analyzer:
         return analysis
 
     def _masks(self, ct: CT, t: dict, stage: Callable[[str], None], keep_probability: bool) -> Masks:
-        """The lungs and lesions stages on the working grid, their masks brought back to ``ct``'s grid."""
+        """The lungs and lesions stages on the working grid, their masks brought back to ``ct``'s grid; on a box
+        centred on the lungs where they are narrow in a wide field of view (:func:`grid.lung_field_box`)."""
         stage("lungs")
         t0 = time.perf_counter()
+        box = lung_field_box(ct)
+        if box is None:
+            return self._masks_in(ct, t, stage, keep_probability, t0)
+        masks = self._masks_in(crop_in_plane(ct, box), t, stage, keep_probability, t0)
+        for name in ("lungs", "lesions", "lesion_probability"):
+            if getattr(masks, name) is not None:
+                setattr(masks, name, paste_in_plane(getattr(masks, name), ct.shape, box))
+        masks.box = box
+        return masks
+
+    def _masks_in(self, ct: CT, t: dict, stage: Callable[[str], None], keep_probability: bool, t0: float) -> Masks:
+        """:meth:`_masks` on ``ct`` as it is (``t0``: when the lungs stage started)."""
         # work at the models' resolution (about 256² in-plane): 4x fewer voxels for a 512² series
         work, factor = working_grid(ct)
         runner = self._runner(ahead=True)  # its cache of normalised slices is shared by the models
@@ -179,7 +192,8 @@ class Analyzer:
             warning = uncertainty_warning(uncertainty)
             if warning:
                 warnings.append(warning)
-        report = reporting.build_report(ct, mode, severity, finding, models, t, warnings, pattern=pattern)
+        report = reporting.build_report(ct, mode, severity, finding, models, t, warnings, pattern=pattern,
+                                        analysed_box=masks.box)
         report["uncertainty"] = uncertainty if masks.uncertainty is not None else None
         return Analysis(ct=ct, lungs=masks.lungs, lesions=masks.lesions, report=report,
                         lesion_probability=masks.lesion_probability, slice_uncertainty=masks.slice_uncertainty)

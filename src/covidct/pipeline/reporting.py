@@ -21,9 +21,10 @@ def _r(x: float | None, nd: int = 2) -> float | None:
 
 
 def build_report(ct: CT, mode: str, sev: dict, diagnosis: dict, models: list[dict], timings: dict, warnings: list[str],
-                 pattern: dict | None = None) -> dict:
+                 pattern: dict | None = None, analysed_box: tuple[slice, slice] | None = None) -> dict:
     """The report of one analysis (``slices`` and ``outputs`` are filled in by the outputs stage); ``pattern``:
-    the RSNA/CO-RADS pattern of the diagnosis stage (None for a slice)."""
+    the RSNA/CO-RADS pattern of the diagnosis stage (None for a slice); ``analysed_box``: the in-plane box the
+    networks saw (:func:`covidct.pipeline.grid.lung_field_box`), None for the whole field."""
     vml = sev["voxel_ml"]
     pl = sev["per_lung"]
 
@@ -55,6 +56,7 @@ def build_report(ct: CT, mode: str, sev: dict, diagnosis: dict, models: list[dic
             "patient_position": ct.meta.get("patient_position"),
             "series_uid": ct.meta.get("series_uid"),
             "patient_id": ct.meta.get("patient_id"),
+            "analysed_box_yx": None if analysed_box is None else [[b.start, b.stop] for b in analysed_box],
         },
         "diagnosis": diagnosis,
         "lungs": {

@@ -47,6 +47,7 @@ class Masks:
     uncertainty: dict | None = None
     slice_uncertainty: list[dict] | None = None
     hu_rule: dict | None = None  # the HU rule's notes on a whole HU volume (covidct.pipeline.hu_rules.hu_lesions)
+    box: tuple[slice, slice] | None = None  # the in-plane box the networks saw (covidct.pipeline.grid.lung_field_box)
 
 
 @dataclass

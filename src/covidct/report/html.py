@@ -111,6 +111,11 @@ def _input_section(r: dict) -> str:
     ]
     if r.get("mode") == "volume":
         rows.insert(-2, ("Patient position", _position_text(inp.get("patient_position"))))
+    box = inp.get("analysed_box_yx")
+    if box:  # a wide field of view: the networks saw the lungs' box only (covidct.pipeline.grid.lung_field_box)
+        (y0, y1), (x0, x1) = box
+        rows.insert(-2, ("Field analysed", _fmt(f"rows {y0}–{y1 - 1}, columns {x0}–{x1 - 1}: a box centred on the "
+                                                "lungs, which are narrow in this wide field of view")))
     return f"<section><h2>Input</h2>{_kv(rows)}</section>"
 
 

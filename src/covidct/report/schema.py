@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-REPORT_SCHEMA_VERSION = "1.6"
+REPORT_SCHEMA_VERSION = "1.7"
 
 _NUM = {"type": "number"}
 _NUM_OR_NULL = {"type": ["number", "null"]}
@@ -89,9 +89,18 @@ REPORT_SCHEMA: dict[str, Any] = {
                 },
                 "series_uid": _STR_OR_NULL,
                 "patient_id": _STR_OR_NULL,
+                "analysed_box_yx": {
+                    "type": ["array", "null"],
+                    "items": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 2, "maxItems": 2},
+                    "minItems": 2,
+                    "maxItems": 2,
+                    "description": "[[row start, row stop], [column start, column stop]] of the in-plane box centred on "
+                                   "the lungs that the networks saw, where the lungs are narrow in a wide field of view; "
+                                   "null: the whole field",
+                },
             },
-            # display_window is new in 1.5 and patient_position in 1.6: covidct always writes them, a report of an
-            # earlier version lacks them
+            # display_window is new in 1.5, patient_position in 1.6 and analysed_box_yx in 1.7: covidct always writes
+            # them, a report of an earlier version lacks them
             required=["path", "kind", "n_slices", "shape_zyx", "spacing_mm", "is_hu", "series_uid", "patient_id"],
         ),
         "diagnosis": _obj(
