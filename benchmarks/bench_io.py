@@ -111,6 +111,7 @@ def simulated_rows(data: Path, only: list[str] | None, simulations: list, region
                    "warned_lung_noise_hu": next((float(m.group(1)) for w in warnings
                                                  if (m := re.search(r"noisier .*?\((\d+) HU against", w))), None),
                    "density_warning": any("denser than in any series" in w for w in warnings),
+                   "boxed": res.report["input"]["analysed_box_yx"] is not None,
                    "seconds": round(time.perf_counter() - t0, 1)}
             if added is not None and region is not None:
                 on = added.any((1, 2))
@@ -125,14 +126,17 @@ def simulated_rows(data: Path, only: list[str] | None, simulations: list, region
 
 def on_grid_of(mask, base, ct):
     """``mask`` on ``base``'s grid brought to ``ct``'s, whose slices are ``base``'s moved in-plane by whole voxels
-    (a wider field of view: ``covidct.evaluate.acquisitions.wide_field_simulated``); outside ``base``'s field False."""
+    (a wider field of view, ``covidct.evaluate.acquisitions.wide_field_simulated``, or a crop); False where ``base``
+    has no voxel."""
     import numpy as np
 
     if ct.shape == base.shape:
         return mask
     x0, y0 = np.rint(np.linalg.solve(ct.affine, base.affine @ np.array([0.0, 0.0, 0.0, 1.0]))[:2]).astype(int)
     out = np.zeros(ct.shape, bool)
-    out[:, y0 : y0 + base.shape[1], x0 : x0 + base.shape[2]] = mask
+    (h, w), (hh, ww) = base.shape[1:], ct.shape[1:]
+    ys, xs = slice(max(0, -y0), min(h, hh - y0)), slice(max(0, -x0), min(w, ww - x0))
+    out[:, ys.start + y0 : ys.stop + y0, xs.start + x0 : xs.stop + x0] = mask[:, ys, xs]
     return out
 
 
