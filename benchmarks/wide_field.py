@@ -13,6 +13,7 @@ HU-threshold lung field (``covidct.pipeline.grid.lung_field``) spans each fracti
 where its lungs span more, cut to a square box centred on them where less (``grid.box_around``); the analysis's own
 box (``grid.lung_field_box``) is turned off, so that each field reaches the networks as it is.
 Skips (exit 0) when the data folder is absent.
+The phantoms' response to the same box: ``benchmarks/phantom_scale.py``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ def main() -> int:
                         help="noise of the added air in HU (default: the series' own above the body; 0: flat)")
         ap.add_argument("--fractions", type=float, nargs="+", default=None,
                         help="instead of --sizes: lung-field shares of the width, one case each (box turned off)")
-
     parsed = real_series_args(__doc__, options)
     if parsed is None:
         return 0
