@@ -10,7 +10,13 @@ import pytest
 
 from covidct.evaluate.acquisitions import wide_field_simulated
 from covidct.phantom import make_phantom
-from covidct.pipeline.grid import TRAINED_LUNG_FRACTION, crop_in_plane, lung_field_box, paste_in_plane
+from covidct.pipeline.grid import (
+    TRAINED_LUNG_FRACTION,
+    crop_in_plane,
+    lung_field,
+    lung_field_box,
+    paste_in_plane,
+)
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +128,16 @@ def test_an_airless_lung_stays_in_the_box(healthy):
     lungs = np.pad(healthy.lungs > 0, ((0, 0), (40, 40), (40, 40))).any(0)
     xs = np.flatnonzero(lungs.any(0))
     assert box is not None and box[1].start <= xs[0] and xs[-1] < box[1].stop
+
+
+def test_the_scanner_table_is_not_taken_for_lung(healthy):
+    """A wide field shows the whole table under the patient: its shell (here one 3.5 mm pixel at 200 HU) encloses
+    foam at -850 HU as wide as the table, which the lung field must not take in."""
+    import dataclasses
+
+    wide = wide_field_simulated(healthy.ct, 192)
+    with_table = wide.array.copy()
+    with_table[:, 153:164, 30:162] = 200.0
+    with_table[:, 154:163, 31:161] = -850.0
+    table = dataclasses.replace(wide, array=with_table)
+    assert lung_field(table) == lung_field(wide) and lung_field_box(table) == lung_field_box(wide) is not None
