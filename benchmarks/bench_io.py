@@ -111,7 +111,7 @@ def simulated_rows(data: Path, only: list[str] | None, simulations: list, region
                    "warned_lung_noise_hu": next((float(m.group(1)) for w in warnings
                                                  if (m := re.search(r"noisier .*?\((\d+) HU against", w))), None),
                    "density_warning": any("denser than in any series" in w for w in warnings),
-                   "boxed": res.report["input"]["analysed_box_yx"] is not None,
+                   "boxed": res.report["input"].get("analysed_box_yx") is not None,
                    "seconds": round(time.perf_counter() - t0, 1)}
             if added is not None and region is not None:
                 on = added.any((1, 2))
