@@ -67,7 +67,8 @@ REAL_SERIES = {"P001": "covid-ct-md/P001", "cap001": "covid-ct-md/cap001", "norm
                "LIDC-IDRI-0001": "lidc-idri/LIDC-IDRI-0001"}
 
 
-def simulated_rows(data: Path, only: list[str] | None, simulations: list, region: str | None) -> list[dict]:
+def simulated_rows(data: Path, only: list[str] | None, simulations: list, region: str | None,
+                   lesions_model: str = "lesions") -> list[dict]:
     """One row per real series and case: the series as it is, then each ``(case, simulate)`` of ``simulations``
     (``simulate(ct)`` gives the simulated ct and the mask of what it added, e.g. the metal, whose slices the rows
     report as ``region``, unless None). Lesion mL outside the readers' nodules (LIDC-IDRI-0001), lung mL, severity,
@@ -84,7 +85,7 @@ def simulated_rows(data: Path, only: list[str] | None, simulations: list, region
     from covidct.pipeline.analyzer import Analyzer
 
     labels = read_slice_labels(data / "covid-ct-md") if (data / "covid-ct-md").is_dir() else {}
-    analyzer = Analyzer()
+    analyzer = Analyzer(lesions_model=lesions_model)
     rows = []
     for name, rel in REAL_SERIES.items():
         folder = data / rel

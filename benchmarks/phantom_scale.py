@@ -1,6 +1,6 @@
 """Phantoms analysed as they are and on the box a wide field of view gets: does the box suit them too?
 
-    python benchmarks/phantom_scale.py [--json OUT]
+    python benchmarks/phantom_scale.py [--json OUT] [--lesions-model NAME_OR_RUN]
 
 13 phantoms (10 with lesions and an effusion, 3 lesion-free; their lungs span 63-68 % of the width, so
 ``covidct.pipeline.grid.lung_field_box`` leaves them whole) are analysed as they are and with the box forced on every
@@ -21,7 +21,7 @@ PHANTOMS = ([{"seed": s, "shape": (48, 192, 192)} for s in range(5)]
             + [{"seed": s, "shape": (40, 176, 176), "lesions": False, "effusion": False} for s in range(10, 13)])
 
 
-def phantom_rows() -> list[dict]:
+def phantom_rows(lesions_model: str = "lesions") -> list[dict]:
     """One row per phantom and setting (``box``: as it is / forced), against the phantom's exact labels."""
     import sys
 
@@ -35,7 +35,7 @@ def phantom_rows() -> list[dict]:
         total = int(a.sum() + b.sum())
         return round(2 * float((a & b).sum()) / total, 4) if total else None
 
-    analyzer, rows = Analyzer(), []
+    analyzer, rows = Analyzer(lesions_model=lesions_model), []
     for narrow, setting in ((grid.NARROW_LUNG_FRACTION, "as it is"), (1.0, "box forced")):
         grid.NARROW_LUNG_FRACTION = narrow
         for options in PHANTOMS:
@@ -60,11 +60,12 @@ def phantom_rows() -> list[dict]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path, default=None, help="also write the result here")
+    ap.add_argument("--lesions-model", default="lesions", help="lesion model: shipped name or run folder")
     args = ap.parse_args()
     import sys
 
     sys.path.insert(0, str(ROOT / "src"))
-    return emit_json({"rows": phantom_rows()}, args.json)
+    return emit_json({"rows": phantom_rows(args.lesions_model), "lesions_model": args.lesions_model}, args.json)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python benchmarks/wide_field.py [--data DIR] [--json OUT] [--only NAME ...] [--sizes N ...] [--air-noise HU]
     python benchmarks/wide_field.py --fractions F ... [--data DIR] [--json OUT] [--only NAME ...]
+    (either: [--lesions-model NAME_OR_RUN], the lesion model; default the shipped one)
 
 Each real chest series of covid-ct-md (P001, cap001, normal001) and LIDC-IDRI-0001 is analysed as it is and on
 wider fields at the same pixel size (``covidct.evaluate.acquisitions.wide_field_simulated``: the slices centred in
@@ -38,6 +39,7 @@ def main() -> int:
         ap.add_argument("--sizes", type=int, nargs="+", default=[640, 768], help="field sizes in pixels, one case each")
         ap.add_argument("--air-noise", type=float, default=None,
                         help="noise of the added air in HU (default: the series' own above the body; 0: flat)")
+        ap.add_argument("--lesions-model", default="lesions", help="lesion model: shipped name or run folder")
         ap.add_argument("--fractions", type=float, nargs="+", default=None,
                         help="instead of --sizes: lung-field shares of the width, one case each (box turned off)")
     parsed = real_series_args(__doc__, options)
@@ -55,9 +57,9 @@ def main() -> int:
     else:
         simulations = [(f"field {n}²", lambda ct, n=n: (wide_field_simulated(ct, n, args.air_noise), None))
                        for n in args.sizes]
-    rows = simulated_rows(data, args.only, simulations, None)
+    rows = simulated_rows(data, args.only, simulations, None, args.lesions_model)
     return emit_json({"rows": rows, "sizes": None if args.fractions else args.sizes, "fractions": args.fractions,
-                      "air_noise_hu": args.air_noise}, args.json)
+                      "air_noise_hu": args.air_noise, "lesions_model": args.lesions_model}, args.json)
 
 
 if __name__ == "__main__":

@@ -114,3 +114,38 @@ class ClassifyDataset(torch.utils.data.Dataset):
             # MONAI transforms return a MetaTensor only when they fire: a batch must be plain tensors
             x = (x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)).float()
         return x, self.y[i]
+
+
+class RandZoomOutd:
+    """A wider field of view, before the normalisation (dictionary transform on the raw (H, W) arrays).
+
+    With probability ``prob`` the image is shrunk by a factor drawn from ``scale`` (area-averaged; labels nearest) and
+    centred, with a random shift, on a canvas of its own size filled with its own outside air: the median of its four
+    corners. The normalisation's percentiles and CLAHE tiles then see the wider field as a reconstruction with a field
+    of view wider than the body would give them (docs/BENCHMARKS.md, twenty-ninth session: the lesion network's
+    readings on real series changed with the anatomy's scale)."""
+
+    def __init__(self, keys: Sequence[str], prob: float, scale: Sequence[float]) -> None:
+        self.keys, self.prob, self.scale = list(keys), float(prob), tuple(scale)
+
+    def __call__(self, data: dict) -> dict:
+        import cv2
+
+        if np.random.random() >= self.prob:
+            return data
+        d = dict(data)
+        image = np.asarray(d[self.keys[0]], np.float32)
+        h, w = image.shape
+        f = np.random.uniform(*self.scale)
+        hh, ww = max(1, int(round(h * f))), max(1, int(round(w * f)))
+        y0, x0 = np.random.randint(0, h - hh + 1), np.random.randint(0, w - ww + 1)
+        air = float(np.median([image[0, 0], image[0, -1], image[-1, 0], image[-1, -1]]))
+        for i, key in enumerate(self.keys):
+            if d.get(key) is None:
+                continue
+            a = np.asarray(d[key])
+            small = cv2.resize(a.astype(np.float32), (ww, hh), interpolation=cv2.INTER_AREA if i == 0 else cv2.INTER_NEAREST)
+            canvas = np.full((h, w), air if i == 0 else 0, np.float32)
+            canvas[y0 : y0 + hh, x0 : x0 + ww] = small
+            d[key] = canvas if i == 0 else canvas.astype(a.dtype)
+        return d

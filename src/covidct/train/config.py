@@ -153,6 +153,8 @@ class AugmentConfig(AugmentBase):
     smooth_prob: float = 0.1
     airless_prob: float = 0.0  # lungs task only: airless (consolidated) lung painted in, label kept (train.airless)
     airless_share: list[float] = field(default_factory=lambda: [0.05, 0.45])  # share of the lung, drawn per slice
+    zoom_out_prob: float = 0.0  # a wider field of view before the normalisation (train.augment.RandZoomOutd)
+    zoom_out_scale: list[float] = field(default_factory=lambda: [0.6, 1.0])  # the anatomy's size, drawn per slice
 
 
 @dataclass

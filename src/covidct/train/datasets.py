@@ -272,14 +272,19 @@ def build_transforms(input_size: int, norm: NormalisationConfig, augment=None, w
 
     size = (input_size, input_size)
     keys = ["image", "label"] if with_label else ["image"]
-    ts = [
+    a = augment
+    ts = []
+    if a is not None and a.enabled and getattr(a, "zoom_out_prob", 0.0) > 0:  # before the normalisation, as a scan's
+        from covidct.train.augment import RandZoomOutd
+
+        ts.append(RandZoomOutd(keys, prob=a.zoom_out_prob, scale=a.zoom_out_scale))
+    ts += [
         ToModelInputd(keys=["image"], cfg=norm),
         Lambdad(keys=keys, func=lambda a: torch.as_tensor(np.ascontiguousarray(a))[None]),
         Lambdad(keys=["image"], func=lambda t: resize_image_tensor(t, size)),
     ]
     if with_label:
         ts.append(Lambdad(keys=["label"], func=lambda t: resize_label_tensor(t, size)))
-    a = augment
     if a is not None and a.enabled:
         if with_label and getattr(a, "airless_prob", 0.0) > 0:  # before the flips: it paints the posterior side
             from covidct.train.airless import RandAirlessLungd
