@@ -49,10 +49,11 @@ def gapped_slices(ct, k: int, start: int = 0):
 
 
 def wide_field_simulated(ct, size: int, noise_hu: float | None = None, seed: int = 0):
-    """``ct`` reconstructed on a ``size``² field at the same pixel size: its slices centred in air (-1000 HU with the
-    series' own noise in the air above the body (else 10 HU; or ``noise_hu``), clipped at -1024 HU as scanners store it) inside the field's
-    reconstruction circle, and outside it the series' own value for outside its circle (its minimum, at most -1024 HU).
-    Pixels below -1100 HU (outside the series' own circle) become that air too. The affine follows."""
+    """``ct`` reconstructed on a ``size``² field at the same pixel size: its slices centred in air inside the field's
+    reconstruction circle (-1000 HU with ``noise_hu`` of noise, by default the series' own in the air above the body,
+    else 10 HU; clipped at -1024 HU as scanners store it), and outside the circle the series' own value for outside its
+    circle (its minimum, at most -1024 HU). Pixels below -1100 HU (outside the series' own circle) become that air too.
+    The affine follows."""
     z, h, w = ct.shape
     if size < max(h, w):
         raise ValueError(f"a {size}² field cannot hold {h}x{w} slices")

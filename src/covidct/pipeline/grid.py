@@ -13,7 +13,7 @@ WORKING_SIZE = 256
 # The scale of the anatomy at the networks' 256² input follows the reconstruction field of view. The lesion network
 # learnt mostly on MedSeg slices, whose lungs span a median 82 % of the width (IQR 73-88 %), and on phantoms (63-68 %).
 # The four real series here, brought to other fields (docs/BENCHMARKS.md, twenty-ninth session), read right wherever
-# their lungs spanned 80-90 %; at 60-75 % the lesion network marked up to 30 mL of "effusion" beside the spine and the
+# their lungs spanned 80-90 %; at 60-75 % the lesion network marked up to 43 mL of "effusion" beside the spine and the
 # pneumonia cap001 read COVID-19. Where the lungs span less than ``NARROW_LUNG_FRACTION`` (fields much wider than the
 # body: large patients, arms down), the networks see a square box centred on the lungs in which they span
 # ``TRAINED_LUNG_FRACTION``, as nnU-Net brings every case to the scale it learnt; the masks outside it are empty.
