@@ -98,6 +98,7 @@ def test_losses_build_and_run():
         ({"normalisation": {"window": "lung", "clahe": 1}}, "normalisation.clahe"),
         ({"task": "infection", "augment": {"airless_prob": 0.5}}, "augment.airless_prob"),
         ({"task": "lungs", "augment": {"airless_prob": 0.5, "airless_share": [0.5, 0.2]}}, "augment.airless_share"),
+        ({"augment": {"zoom_out_prob": 0.5, "zoom_out_scale": [0.0, 1.0]}}, "augment.zoom_out_scale"),
     ],
 )
 def test_config_errors_name_the_key(patch, key):

@@ -120,7 +120,7 @@ class RandZoomOutd:
     """A wider field of view, before the normalisation (dictionary transform on the raw (H, W) arrays).
 
     With probability ``prob`` the image is shrunk by a factor drawn from ``scale`` (area-averaged; labels nearest) and
-    centred, with a random shift, on a canvas of its own size filled with its own outside air: the median of its four
+    set at a random place on a canvas of its own size filled with its own outside air: the median of its four
     corners. The normalisation's percentiles and CLAHE tiles then see the wider field as a reconstruction with a field
     of view wider than the body would give them (docs/BENCHMARKS.md, twenty-ninth session: the lesion network's
     readings on real series changed with the anatomy's scale)."""

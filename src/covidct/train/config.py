@@ -322,6 +322,9 @@ def _check(cfg: Config) -> None:
     sh = cfg.augment.airless_share
     if len(sh) != 2 or not 0 < sh[0] <= sh[1] < 1:
         raise ConfigError(f"augment.airless_share: expected [low, high] within (0, 1), got {sh}")
+    zs = cfg.augment.zoom_out_scale
+    if len(zs) != 2 or not 0 < zs[0] <= zs[1] <= 1:
+        raise ConfigError(f"augment.zoom_out_scale: expected [low, high] within (0, 1], got {zs}")
     if cfg.normalisation is not None:
         from covidct.preprocess import NormalisationConfig
 
