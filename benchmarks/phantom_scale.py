@@ -27,13 +27,13 @@ def phantom_rows(lesions_model: str = "lesions") -> list[dict]:
 
     import numpy as np
 
+    from covidct.evaluate.hu_volumes import dice as dice_of
     from covidct.phantom import make_phantom
     from covidct.pipeline import grid
     from covidct.pipeline.analyzer import Analyzer
 
-    def dice(a, b) -> float | None:
-        total = int(a.sum() + b.sum())
-        return round(2 * float((a & b).sum()) / total, 4) if total else None
+    def dice(a, b) -> float | None:  # None where both are empty
+        return round(dice_of(a, b), 4) if a.any() or b.any() else None
 
     analyzer, rows = Analyzer(lesions_model=lesions_model), []
     for narrow, setting in ((grid.NARROW_LUNG_FRACTION, "as it is"), (1.0, "box forced")):

@@ -16,7 +16,7 @@ import dataclasses
 import numpy as np
 from scipy import ndimage
 
-from covidct.evaluate.hu_volumes import hu_lung_reference
+from covidct.evaluate.hu_volumes import hu_lung_reference, outside_circle
 
 AERATED_HU = -870.0
 
@@ -63,8 +63,7 @@ def wide_field_simulated(ct, size: int, noise_hu: float | None = None, seed: int
     noise = noise_hu if noise_hu is not None else float(np.std(air)) if air.size > 100 else 10.0
     rng = np.random.default_rng(seed)
     out = np.clip(rng.normal(-1000.0, noise, (z, size, size)), -1024, None).astype(np.float32)
-    yy, xx = np.ogrid[:size, :size]
-    out[:, (yy - (size - 1) / 2) ** 2 + (xx - (size - 1) / 2) ** 2 > (size / 2) ** 2] = min(float(hu.min()), -1024.0)
+    out[:, outside_circle(size, size)] = min(float(hu.min()), -1024.0)
     y0, x0 = (size - h) // 2, (size - w) // 2
     part = out[:, y0 : y0 + h, x0 : x0 + w]
     inside = hu >= -1100

@@ -224,11 +224,11 @@ def field_of_view_cropped(ct, top: int = 0, bottom: int = 0, left: int = 0, righ
     """``ct`` reconstructed with a tighter field of view: ``top`` / ``bottom`` rows and ``left`` / ``right`` columns
     taken off each slice (a large patient or a targeted reconstruction: the lungs may touch the image edge). The
     affine follows, so the slices keep their place. Only a model: no series in ../shared was reconstructed so."""
+    from covidct.pipeline.grid import crop_in_plane
+
     h, w = ct.array.shape[1:]
-    arr = np.ascontiguousarray(ct.array[:, top : h - bottom, left : w - right])
-    affine = ct.affine.copy()
-    affine[:3, 3] += affine[:3, 0] * left + affine[:3, 1] * top  # voxel (x, y) = (left, top) is the new origin
-    return dataclasses.replace(ct, array=arr, affine=affine, source_shape=None,
+    cut = crop_in_plane(ct, (slice(top, h - bottom), slice(left, w - right)))
+    return dataclasses.replace(cut, array=np.ascontiguousarray(cut.array),
                                path=f"{ct.path}@fov{top},{bottom},{left},{right}")
 
 
@@ -245,14 +245,17 @@ def pixel_size_scaled(ct, factor: float):
                                path=f"{ct.path}@pixel{factor:g}")
 
 
+def outside_circle(h: int, w: int) -> np.ndarray:
+    """(h, w) bool: outside the reconstruction circle inscribed in an h x w slice."""
+    yy, xx = np.ogrid[:h, :w]
+    return (yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2 > (min(h, w) / 2) ** 2
+
+
 def outside_fov_padded(ct, value: float = -3024.0):
     """``ct`` with everything outside the reconstruction circle (inscribed in the slice) set to ``value``, as many
     scanners store it (-3024 or -2048 HU; LIDC-IDRI-0001 has -2048 there)."""
-    h, w = ct.array.shape[1:]
-    yy, xx = np.ogrid[:h, :w]
-    outside = (yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2 > (min(h, w) / 2) ** 2
     arr = ct.array.copy()
-    arr[:, outside] = value
+    arr[:, outside_circle(*ct.array.shape[1:])] = value
     return dataclasses.replace(ct, array=arr, path=f"{ct.path}@padded{value:g}")
 
 

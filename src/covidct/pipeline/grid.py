@@ -3,6 +3,8 @@ come back to the input's own grid (exactly; tests/test_pipeline_exact.py checks 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from covidct.preprocess import bounding_box, threshold_lung_mask
@@ -149,9 +151,8 @@ def lung_field_box(ct: CT) -> tuple[slice, slice] | None:
 def crop_in_plane(ct: CT, box: tuple[slice, slice]) -> CT:
     """``ct`` cut to the in-plane ``box`` (a view of its array), its affine moved to the box's first voxel."""
     affine = np.array(ct.affine, copy=True)
-    affine[:3, 3] += affine[:3, :3] @ np.array([box[1].start, box[0].start, 0.0])  # affine indices are (x, y, z)
-    return CT(array=ct.array[:, box[0], box[1]], spacing=ct.spacing, affine=affine, is_hu=ct.is_hu, kind=ct.kind,
-              path=ct.path, spacing_known=ct.spacing_known, slices=ct.slices, meta=ct.meta)  # fmt: skip
+    affine[:3, 3] += affine[:3, 0] * box[1].start + affine[:3, 1] * box[0].start  # affine indices are (x, y, z)
+    return dataclasses.replace(ct, array=ct.array[:, box[0], box[1]], affine=affine, source_shape=None)
 
 
 def paste_in_plane(part: np.ndarray, shape: tuple[int, int, int], box: tuple[slice, slice]) -> np.ndarray:
