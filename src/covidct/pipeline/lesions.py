@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from covidct import components
-from covidct.labels import CONSOLIDATION, EFFUSION, GGO
+from covidct.labels import CONSOLIDATION, EFFUSION, GGO, LEFT_LUNG, RIGHT_LUNG
 from covidct.pipeline import hu_rules
 from covidct.pipeline.background import beside
 from covidct.pipeline.grid import first_argmax, upsample_labels
@@ -107,7 +107,8 @@ def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_mode
         effusion &= ~lung
     if effusion.any() and ct.n_slices > 1:
         effusion = _plausible_effusion(effusion, lung, ct.spacing, hu=vol if ct.is_hu else None,
-                                       dense_hu=EFFUSION_DENSE_HU - hu_uncertainty, dependent=dependent_side(ct))
+                                       dense_hu=EFFUSION_DENSE_HU - hu_uncertainty, dependent=dependent_side(ct),
+                                       lung_labels=lungs)
     if hu_rule is not None:
         out = np.where(out == EFFUSION, EFFUSION, hu_rule.result()).astype(np.uint8)
         if probability is not None:
@@ -189,14 +190,17 @@ EFFUSION_MIN_LUNG_CONTACT = 0.1
 
 def _plausible_effusion(effusion: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, float],
                         min_ml: float = 5.0, hu: np.ndarray | None = None, dense_hu: float = EFFUSION_DENSE_HU,
-                        dependent: tuple[int, int] = SUPINE) -> np.ndarray:
+                        dependent: tuple[int, int] = SUPINE, lung_labels: np.ndarray | None = None) -> np.ndarray:
     """Keep effusion components that look like one: fluid lying against the lung surface, dependent
     (centred in the dependent half of the lungs: ``dependent``, the (axis, sign) of covidct.volume.dependent_side;
     the posterior half for a supine patient) and at least ``min_ml`` in volume. Patches of
     chest-wall or paraspinal muscle, which have the same density, fail one of these. With ``hu``, a component
     denser than fluid (median above ``dense_hu``, default ``EFFUSION_DENSE_HU``) must also lie against the lung over at least
     ``EFFUSION_MIN_LUNG_CONTACT`` of its surface (within one voxel in-plane): a dense blob that only touches the
-    lung's edge is muscle, while a dense effusion (exudate, blood) still lies against the lung it displaces."""
+    lung's edge is muscle, while a dense effusion (exudate, blood) still lies against the lung it displaces.
+    With ``hu`` (a whole HU volume, whose slices run from the feet to the head), two anatomical checks follow
+    (:func:`_in_one_pleural_base`): the component reaches the lower half of the lungs, and, with ``lung_labels``,
+    it lies on one side of the midline between the lungs."""
     box = bounding_box(effusion)  # labelled on its box: the same components, numbered in the same order
     if box is None:
         return effusion
@@ -216,6 +220,10 @@ def _plausible_effusion(effusion: np.ndarray, lung: np.ndarray, spacing: tuple[f
     lung_mid = (lines * np.arange(len(lines))).sum() / lines.sum() if lines.any() else 0.0
     keep = np.zeros(n + 1, bool)
     keep[1:] = (size_ml >= min_ml) & (touch > 0) & (centre >= lung_mid if sign > 0 else centre <= lung_mid)
+    if hu is not None and keep.any():
+        offsets = tuple(b.start for b in box)
+        keep[1:] &= _in_one_pleural_base(comp, tuple(w + o for w, o in zip(where, offsets, strict=True)), n, lung,
+                                         lung_labels)
     dense = [] if hu is None else [i for i in np.flatnonzero(keep)
                                    if float(np.median(hu[box][lbl == i])) > dense_hu]
     if dense:  # the contact maps only when a component is denser than fluid
@@ -227,6 +235,42 @@ def _plausible_effusion(effusion: np.ndarray, lung: np.ndarray, spacing: tuple[f
     out = np.zeros(effusion.shape, bool)
     out[box] = keep[lbl]
     return out
+
+
+# Where free pleural fluid can be (docs/BENCHMARKS.md, "Anatomical checks on the effusion", thirtieth session). It
+# settles first in the costophrenic recesses, the lowest part of each pleural space, so it reaches the lower half of the
+# lungs whatever the patient's position; the false "effusion" of wide fields of view lay at the apices (the lesion
+# network's scale failure). The two pleural spaces are separated by the mediastinum, so one component of fluid does not
+# cross the midline between the lungs; the false one of normal001 on a 406 mm field was the back muscles behind the
+# spine, from one side to the other. Known cost: a loculated effusion confined to the upper half is not kept.
+EFFUSION_LOWEST_SHARE = 0.5
+EFFUSION_MAX_ACROSS_MIDLINE = 0.25
+
+
+def _in_one_pleural_base(comp: np.ndarray, where: tuple[np.ndarray, ...], n: int, lung: np.ndarray,
+                         lung_labels: np.ndarray | None) -> np.ndarray:
+    """(n,) bool for the components numbered 1..n, whose voxels ``where`` (whole-volume coordinates in raster order)
+    carry the numbers ``comp``: True where the component's lowest slice lies in the lower
+    ``EFFUSION_LOWEST_SHARE`` of the lungs' cranio-caudal extent and (with ``lung_labels``) at most
+    ``EFFUSION_MAX_ACROSS_MIDLINE`` of its voxels, on the slices that show both lungs, lie across the midline between
+    the lungs' medial edges from the side that holds most of them."""
+    lung_zs = np.flatnonzero(lung.reshape(len(lung), -1).any(1))
+    ids, first = np.unique(comp, return_index=True)  # raster order: a component's first voxel is on its lowest slice
+    lowest = np.zeros(n + 1)
+    lowest[ids] = where[0][first]
+    ok = lowest[1:] <= lung_zs[0] + EFFUSION_LOWEST_SHARE * (lung_zs[-1] - lung_zs[0])
+    if lung_labels is None or not ok.any():
+        return ok
+    xs = np.arange(lung_labels.shape[2])
+    right_cols, left_cols = ((lung_labels == label).any(1) for label in (RIGHT_LUNG, LEFT_LUNG))  # (z, x)
+    both = right_cols.any(1) & left_cols.any(1)
+    # canonical x runs from the patient's right to left: the right lung's medial edge is its largest x
+    midline = 0.5 * (np.where(right_cols, xs, -1).max(1) + np.where(left_cols, xs, xs.size).min(1))
+    on = both[where[0]]
+    left = np.bincount(comp[on], weights=where[2][on] >= midline[where[0][on]], minlength=n + 1)[1:]
+    total = np.bincount(comp[on], minlength=n + 1)[1:]
+    across = np.minimum(left, total - left)
+    return ok & (across <= EFFUSION_MAX_ACROSS_MIDLINE * np.maximum(total, 1))
 
 
 def _drop_small(labels: np.ndarray, spacing: tuple[float, float, float], min_mm3: float) -> np.ndarray:
