@@ -20,8 +20,8 @@ WORKING_SIZE = 256
 # body: large patients, arms down), the networks see a square box centred on the lungs in which they span
 # ``TRAINED_LUNG_FRACTION``, as nnU-Net brings every case to the scale it learnt; the masks outside it are empty.
 # Not above 60 %: the phantoms, boxed the same way, lost their effusion (Dice 0.55 -> 0.14) and lesion-free ones gained
-# 17-22 mL of it; the networks learnt them at their own scale. Real series at 60-80 % stay at risk (a retraining with
-# scale augmentation is the fix).
+# 17-22 mL of it; the networks learnt them at their own scale. At 60-80 % the false effusion is caught by anatomical
+# checks instead (covidct.pipeline.lesions._in_one_pleural_base); a retraining with scale augmentation is the fix.
 TRAINED_LUNG_FRACTION = 0.85
 NARROW_LUNG_FRACTION = 0.60
 
