@@ -7,8 +7,9 @@ learned from 8-bit, mid-chest, infected slices only, and mark vessels, lung base
 volumes: docs/BENCHMARKS.md, "HU volumes"), the infection model is not run, and the lesion model gives
 the pleural effusion. For HU input two
 physical checks follow: GGO/consolidation must lie in the (slightly dilated) lungs and be denser than
-``lesion_min_hu``; effusion must lie in the pleural space next to a lung, at water density, and is kept
-out of the lung label (as in covidct's phantom and MedSeg's labels). :func:`final_masks` then brings both
+``lesion_min_hu``; effusion must lie in the pleural space next to a lung, at water density, reach the lower half of
+the lungs and stay on one side of the midline, and is kept out of the lung label (as in covidct's phantom and
+MedSeg's labels). :func:`final_masks` then brings both
 label maps back to the input's grid (and, for whole HU volumes, trims the soft-tissue rim along the lung border:
 :func:`covidct.pipeline.hu_rules.trim_lung_border`).
 """
