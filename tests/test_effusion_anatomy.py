@@ -59,3 +59,17 @@ def test_fluid_across_the_midline_is_not_pleural():
     assert _keep(leaning, hu, labels)[leaning].all()
     # without the lung labels (one lung, or a caller that has none) only the other checks apply
     assert _plausible_effusion(across, labels > 0, SPACING, hu=hu)[across].all()
+
+
+def test_the_checks_follow_the_patient_position():
+    """Lying on the left side, free fluid layers along the left lung's lateral wall, from the base up: kept; the same
+    layer confined to the top of the lungs is not, whatever the position."""
+    from covidct.volume import DEPENDENT_SIDE
+
+    hu, labels = _chest()
+    lateral, lateral_apex = np.zeros(hu.shape, bool), np.zeros(hu.shape, bool)
+    lateral[2:24, 18:46, 71:75] = True  # beyond the left lung's lateral edge (x 70), lower part of the lungs
+    lateral_apex[26:38, 18:46, 71:75] = True
+    hu[lateral | lateral_apex] = 10.0
+    kept = _keep(lateral | lateral_apex, hu, labels, dependent=DEPENDENT_SIDE["HFDL"])
+    assert kept[lateral].all() and not kept[lateral_apex].any()
