@@ -222,9 +222,7 @@ def _plausible_effusion(effusion: np.ndarray, lung: np.ndarray, spacing: tuple[f
     keep = np.zeros(n + 1, bool)
     keep[1:] = (size_ml >= min_ml) & (touch > 0) & (centre >= lung_mid if sign > 0 else centre <= lung_mid)
     if hu is not None and keep.any():
-        offsets = tuple(b.start for b in box)
-        keep[1:] &= _in_one_pleural_base(comp, tuple(w + o for w, o in zip(where, offsets, strict=True)), n, lung,
-                                         lung_labels)
+        keep[1:] &= _in_one_pleural_base(comp, where[0] + box[0].start, where[2] + box[2].start, n, lung, lung_labels)
     dense = [] if hu is None else [i for i in np.flatnonzero(keep)
                                    if float(np.median(hu[box][lbl == i])) > dense_hu]
     if dense:  # the contact maps only when a component is denser than fluid
@@ -248,17 +246,17 @@ EFFUSION_LOWEST_SHARE = 0.5
 EFFUSION_MAX_ACROSS_MIDLINE = 0.25
 
 
-def _in_one_pleural_base(comp: np.ndarray, where: tuple[np.ndarray, ...], n: int, lung: np.ndarray,
+def _in_one_pleural_base(comp: np.ndarray, z: np.ndarray, x: np.ndarray, n: int, lung: np.ndarray,
                          lung_labels: np.ndarray | None) -> np.ndarray:
-    """(n,) bool for the components numbered 1..n, whose voxels ``where`` (whole-volume coordinates in raster order)
-    carry the numbers ``comp``: True where the component's lowest slice lies in the lower
+    """(n,) bool for the components numbered 1..n, whose voxels, at slices ``z`` and columns ``x`` of the whole
+    volume in raster order, carry the numbers ``comp``: True where the component's lowest slice lies in the lower
     ``EFFUSION_LOWEST_SHARE`` of the lungs' cranio-caudal extent and (with ``lung_labels``) at most
     ``EFFUSION_MAX_ACROSS_MIDLINE`` of its voxels, on the slices that show both lungs, lie across the midline between
     the lungs' medial edges from the side that holds most of them."""
     lung_zs = np.flatnonzero(lung.reshape(len(lung), -1).any(1))
     ids, first = np.unique(comp, return_index=True)  # raster order: a component's first voxel is on its lowest slice
     lowest = np.zeros(n + 1)
-    lowest[ids] = where[0][first]
+    lowest[ids] = z[first]
     ok = lowest[1:] <= lung_zs[0] + EFFUSION_LOWEST_SHARE * (lung_zs[-1] - lung_zs[0])
     if lung_labels is None or not ok.any():
         return ok
@@ -267,8 +265,8 @@ def _in_one_pleural_base(comp: np.ndarray, where: tuple[np.ndarray, ...], n: int
     both = right_cols.any(1) & left_cols.any(1)
     # canonical x runs from the patient's right to left: the right lung's medial edge is its largest x
     midline = 0.5 * (np.where(right_cols, xs, -1).max(1) + np.where(left_cols, xs, xs.size).min(1))
-    on = both[where[0]]
-    left = np.bincount(comp[on], weights=where[2][on] >= midline[where[0][on]], minlength=n + 1)[1:]
+    on = both[z]
+    left = np.bincount(comp[on], weights=x[on] >= midline[z[on]], minlength=n + 1)[1:]
     total = np.bincount(comp[on], minlength=n + 1)[1:]
     across = np.minimum(left, total - left)
     return ok & (across <= EFFUSION_MAX_ACROSS_MIDLINE * np.maximum(total, 1))
