@@ -142,10 +142,13 @@ def test_page_upload_view_correct(server, phantom_nifti, tmp_path):
             page.wait_for_selector("#viewer[data-show-lesions=true][data-state=ready]")
             # the heatmap toggle (button and key H) draws the lesion probability over the slice, and removes it
             assert page.locator("#tog-heat").is_enabled() and page.locator("#heat-legend").is_hidden()
-            assert page.locator("#inv-unsure").inner_text().startswith("Model uncertainty: ")
+            # a whole HU volume: the HU rule drew the lesions, so the uncertainty and the heatmap are the lesion
+            # model's own view, and the page says so
+            assert page.locator("#inv-unsure").inner_text().startswith("Lesion model uncertainty (the HU rule")
             page.click("#tog-heat")
             page.wait_for_selector("#viewer[data-show-heatmap=true][data-state=ready]")
             assert page.evaluate(canvas_sum) != with_lesions and page.locator("#heat-legend").is_visible()
+            assert "not the drawn lesions" in page.locator("#heat-legend").inner_text()
             assert page.locator("#tog-heat").get_attribute("aria-pressed") == "true"
             page.screenshot(path=str(shots / "2b-heatmap.png"))
             page.keyboard.press("h")

@@ -145,7 +145,10 @@ def test_analyze_heatmap_outputs_lie_on_the_input_grid(analysed):
     # never raise the masks' uncertainty warning
     assert "HU rule" in u["method"]
     assert not any(w.startswith("uncertain lesion boundaries") for w in rep["warnings"])
-    assert "Model uncertainty: " in (out / "report.html").read_text()
+    # ... and the heatmap is said to be the lesion model's own view, in report.json and on the page
+    assert f"heatmap: {hm.MODEL_ONLY_NOTE}" in rep["warnings"] and not hm.probability_drew_lesions(rep)
+    page = (out / "report.html").read_text()
+    assert "Lesion model uncertainty (on a whole HU volume the HU rule" in page and "<p class='sub'>Model uncertainty" not in page
 
 
 def test_analyze_heatmap_of_a_slice_image_has_its_exact_size(analysed):
@@ -158,6 +161,8 @@ def test_analyze_heatmap_of_a_slice_image_has_its_exact_size(analysed):
     size = Image.open(img).size
     assert Image.open(out / "heatmap.png").size == size and Image.open(out / "lesion_probability.png").size == size
     assert rep["uncertainty"]["uncertain_ml"] is None and rep["uncertainty"]["uncertain_percent_of_lungs"] is not None
+    # a slice image: the models drew its lesions, so the heatmap is theirs and carries no such note
+    assert hm.probability_drew_lesions(rep) and not any(w.startswith("heatmap:") for w in rep["warnings"])
 
 
 def test_no_heatmap_without_the_flag(analysed, tmp_path):

@@ -21,6 +21,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
+from covidct.report.heatmap import MODEL_ONLY_NOTE  # noqa: E402
 from covidct.service.app import create_app  # noqa: E402
 from covidct.service.safety import ZipLimits  # noqa: E402
 
@@ -202,6 +203,7 @@ def test_viewer_endpoints(served):
     assert client.get(f"/api/jobs/{jid}/slices/8/heart.png").status_code == 422
     # the heatmap layer: the models' lesion probability, at the slice's size, coloured where lesions are
     assert vol["heatmap"] is True
+    assert vol["heatmap_note"] == MODEL_ONLY_NOTE  # a whole HU volume: the HU rule drew its lesions, not the model
     heat = np.asarray(Image.open(io.BytesIO(client.get(f"/api/jobs/{jid}/slices/{k}/heatmap.png").content)))
     assert heat.shape == (96, 96, 4) and (heat[..., 3] > 0).any()
     assert (heat[..., 3][ov[..., 3] > 0] > 0).mean() > 0.5  # most lesion pixels carry probability colour

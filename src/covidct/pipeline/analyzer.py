@@ -21,7 +21,7 @@ from covidct.pipeline import diagnosis, hu_rules, lesions, load, lungs, measures
 from covidct.pipeline.grid import crop_in_plane, lung_field_box, paste_in_plane, working_grid
 from covidct.pipeline.predict import BATCH_SIZE, ModelRunner
 from covidct.pipeline.types import Analysis, LoadedModel, Masks, Study
-from covidct.report.heatmap import uncertainty_warning
+from covidct.report.heatmap import HU_RULE_MODEL, uncertainty_warning
 from covidct.volume import CT
 
 
@@ -180,7 +180,7 @@ class Analyzer:
         models = [reporting.model_entry(info["lungs"], "hu-threshold-lungs"),
                   reporting.model_entry(info["lesions"], "hu-rule-lesions")]
         if hu_rule:  # GGO/consolidation from the HU rule; the lesion model gave the effusion only
-            models.append(reporting.model_entry(None, "hu-rule-lesions (GGO, consolidation)"))
+            models.append(reporting.model_entry(None, HU_RULE_MODEL))
         elif info["infection"]:
             models.append(reporting.model_entry(info["infection"], ""))
         uncertainty = dict(masks.uncertainty or {})

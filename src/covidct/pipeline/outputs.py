@@ -182,6 +182,8 @@ def write_heatmaps(analysis: Analysis, folder: Path) -> dict[str, str | list[str
         return {"heatmap": "heatmap.png", "lesion_probability": "lesion_probability.png"}
     hm.save_probability_nifti(prob, ct, folder / "lesion_probability.nii.gz")
     hm.save_heatmap_pngs(ct, prob, analysis.lungs, folder / "heatmap")
+    if not hm.probability_drew_lesions(analysis.report):
+        analysis.report["warnings"].append(f"heatmap: {hm.MODEL_ONLY_NOTE}")
     return {"heatmap": "heatmap/", "lesion_probability": "lesion_probability.nii.gz"}
 
 

@@ -29,6 +29,19 @@ UNCERTAIN_BAND = (0.3, 0.7)
 HIGH_UNCERTAINTY_PERCENT = 10.0  # of the lung volume in the band; above every real series measured (docs/BENCHMARKS.md)
 METHOD = "lesion probability in 0.3-0.7 and mean binary entropy, inside the lungs"
 HEATMAP_FLOOR = 0.05  # probabilities below this are left uncoloured (the grey CT shows through)
+# The report's models[] entry of the HU rule where it drew GGO and consolidation (whole HU volumes). The lesion
+# probability is then the lesion model's own view, which those masks do not follow: on whole HU volumes the model
+# marks vessels and lung bases as well (why the HU rule draws them there).
+HU_RULE_MODEL = "hu-rule-lesions (GGO, consolidation)"
+MODEL_ONLY_NOTE = ("the lesion model's probability, not the drawn lesions: on a whole HU volume the HU rule draws GGO and "
+                   "consolidation, and the model marks vessels and lung bases as well (the healthy series normal001 and "
+                   "LIDC-IDRI-0001: 130 and 180 mL at p >= 0.5 against 2.7 and 1.6 mL of lesion; docs/BENCHMARKS.md)")
+
+
+def probability_drew_lesions(report: dict) -> bool:
+    """Whether the report's GGO and consolidation came from the models whose probability a heatmap shows (False
+    where the HU rule drew them: :data:`MODEL_ONLY_NOTE`)."""
+    return not any(m.get("name") == HU_RULE_MODEL for m in report.get("models") or [])
 
 
 def infection_probability(lesion_prob: np.ndarray | None, infection_prob: np.ndarray | None) -> np.ndarray | None:

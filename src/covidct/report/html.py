@@ -12,6 +12,7 @@ import numpy as np
 
 from covidct.labels import CONSOLIDATION, EFFUSION, GGO, LEFT_LUNG, LESION_COLORS, LUNG_COLORS, RIGHT_LUNG
 from covidct.report.figures import lesion_profile_svg, overlay_rgb, png_bytes, representative_slices
+from covidct.report.heatmap import probability_drew_lesions
 from covidct.report.html_pattern import pattern_section
 from covidct.volume import CT, DEPENDENT_NAMES, dependent_side
 
@@ -223,8 +224,11 @@ def _involvement_section(r: dict) -> str:
             for z in _ZONE_ORDER
         )
     u = r.get("uncertainty") or {}
+    # where the HU rule drew the lesions the model's uncertainty is not the masks' (covidct.report.heatmap)
+    whose = "Model uncertainty" if probability_drew_lesions(r) else (
+        "Lesion model uncertainty (on a whole HU volume the HU rule, not this model, draws GGO and consolidation)")
     unsure = "" if u.get("uncertain_percent_of_lungs") is None else (
-        f"<p class='sub'>Model uncertainty: {_fmt(u['uncertain_percent_of_lungs'], 1, ' %')} {what} has a lesion "
+        f"<p class='sub'>{whose}: {_fmt(u['uncertain_percent_of_lungs'], 1, ' %')} {what} has a lesion "
         f"probability between 0.3 and 0.7 (mean entropy {_fmt(u.get('mean_entropy_bits'), 3, ' bit')}).</p>")
     return (
         "<section><h2>Involvement</h2><p class='sub'>Ground-glass opacity + consolidation, "

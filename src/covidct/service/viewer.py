@@ -22,7 +22,7 @@ from PIL import Image
 from scipy import ndimage
 
 from covidct.labels import CONSOLIDATION, GGO, LESION_COLORS, LUNG_COLORS
-from covidct.report.heatmap import heatmap_rgba
+from covidct.report.heatmap import MODEL_ONLY_NOTE, heatmap_rgba, probability_drew_lesions
 from covidct.service.jobs import JobStore, load_ct_cache, save_mask, write_json_atomic
 from covidct.volume import CT
 
@@ -175,6 +175,8 @@ class JobViews:
             "windows": {k: list(v) for k, v in WINDOWS.items()} if ct.is_hu else {},
             "revision": rev,
             "heatmap": (self.store.folder(job_id) / "cache" / "lesion_prob.npy").is_file(),
+            # what the heatmap shows where the HU rule drew the lesions (None where the models drew them)
+            "heatmap_note": None if probability_drew_lesions(rep) else MODEL_ONLY_NOTE,
             "report": rep,
         }
 

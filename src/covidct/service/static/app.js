@@ -172,6 +172,12 @@ async function loadViewer(job) {
   $("btn-lung").disabled = $("btn-medi").disabled = !vol.is_hu;
   $("tog-heat").disabled = !vol.heatmap; // no lesion model ran: no probabilities to show
   $("tog-heat").title = vol.heatmap ? "Lesion probability of the models (H)" : "No lesion probabilities for this analysis";
+  // where the HU rule drew the lesions the heatmap is the lesion model's own view: the legend says so
+  $("heat-legend-text").textContent = vol.heatmap_note
+    ? "lesion model's probability 0 → 1, not the drawn lesions (the HU rule drew them; the model marks vessels too)"
+    : "lesion probability 0 → 1 (model output, before the HU checks)";
+  $("heat-legend").title = vol.heatmap_note || "";
+  if (vol.heatmap_note) $("tog-heat").title = "Lesion model's probability, not the drawn lesions (H)";
   $("viewer-card").hidden = false; $("report").hidden = false;
   sizeCanvas();
   const worst = worstSlices(5);
@@ -372,7 +378,10 @@ function renderReport(r) {
   const u = r.uncertainty || {};
   if (u.uncertain_percent_of_lungs !== null && u.uncertain_percent_of_lungs !== undefined) {
     box.insertAdjacentHTML("beforeend", '<p class="small muted" id="inv-unsure"></p>');
-    box.lastElementChild.textContent = "Model uncertainty: " + u.uncertain_percent_of_lungs.toFixed(1)
+    // where the HU rule drew the lesions this is the lesion model's own uncertainty, not the masks'
+    const modelOnly = Boolean(S.vol && S.vol.heatmap_note);
+    box.lastElementChild.textContent = (modelOnly ? "Lesion model uncertainty (the HU rule, not this model, drew "
+      + "GGO and consolidation): " : "Model uncertainty: ") + u.uncertain_percent_of_lungs.toFixed(1)
       + " % of the lungs has a lesion probability between 0.3 and 0.7 (Heatmap shows where).";
   }
   const vols = $("vols"); vols.innerHTML = "";
