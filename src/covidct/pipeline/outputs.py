@@ -174,7 +174,7 @@ def write_heatmaps(analysis: Analysis, folder: Path) -> dict[str, str | list[str
 
     ct, prob = analysis.ct, analysis.lesion_probability
     if prob is None:
-        analysis.report["warnings"].append("no heatmap written: no lesion model ran (HU rule)")
+        analysis.report["warnings"].append("no heatmap written: no lesion model ran (HU thresholds only)")
         return {"heatmap": None, "lesion_probability": None}
     if analysis.report["mode"] == "slice":
         hm.save_probability_png(prob[0], folder / "lesion_probability.png")

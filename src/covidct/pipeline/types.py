@@ -41,7 +41,7 @@ class Masks:
 
     lungs: np.ndarray
     lesions: np.ndarray
-    # the models' lesion probability (uint8, p x 255) on the input's grid, None with the HU rule; and the
+    # the models' lesion probability (uint8, p x 255) on the input's grid, None when no lesion model ran; and the
     # uncertainty figures (report ``uncertainty`` and one dict per slice), see covidct.report.heatmap
     lesion_probability: np.ndarray | None = None
     uncertainty: dict | None = None

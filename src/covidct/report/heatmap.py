@@ -113,7 +113,7 @@ def uncertainty(prob: np.ndarray | None, lungs: np.ndarray, voxel_mm3: float | N
                "uncertain_ml": None, "uncertain_percent_of_lungs": None, "mean_entropy_bits": None,
                "high": False}
     if prob is None:
-        summary["method"] = "none: no lesion model ran (HU rule)"
+        summary["method"] = "none: no lesion model ran (HU thresholds only)"
         return summary, [dict(none_slice) for _ in range(n)]
     if prob.shape != lungs.shape:
         raise ValueError(f"probability {prob.shape} and lungs {lungs.shape} differ in shape")

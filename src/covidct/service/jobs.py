@@ -238,7 +238,7 @@ def run_job(store: JobStore, job_id: str, analyzer_factory: Callable[[], object]
             save_ct_cache(analysis.ct, folder / "cache")
         save_mask(analysis.lungs, folder / "cache" / "lungs.npy")
         save_mask(analysis.lesions, folder / "cache" / "lesions.npy")
-        prob = getattr(analysis, "lesion_probability", None)  # uint8 p x 255; None with the HU rule
+        prob = getattr(analysis, "lesion_probability", None)  # uint8 p x 255; None when no lesion model ran
         if prob is not None:
             save_mask(prob, folder / "cache" / "lesion_prob.npy")  # the viewer's heatmap layer
         rep = analysis.report
