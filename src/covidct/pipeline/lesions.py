@@ -45,8 +45,9 @@ def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_mode
     ``hu_uncertainty``: how far the HU values may be off near soft tissue, e.g. a display-range volume mapped to HU).
 
     ``probability`` (optional): receives ``"lesion"``, the models' infection probability on ``ct``'s grid
-    (uint8 p x 255, see covidct.report.heatmap), or None when no lesion model ran (the HU thresholds alone: no model shipped); and for whole HU volumes
-    ``"hu_rule"``, the HU rule's notes (lung noise and density: :func:`covidct.pipeline.hu_rules.hu_lesions`)."""
+    (uint8 p x 255, see covidct.report.heatmap), or None when no lesion model ran (no model shipped: HU thresholds
+    alone); and for whole HU volumes ``"hu_rule"``, the HU rule's notes (lung noise and density:
+    :func:`covidct.pipeline.hu_rules.hu_lesions`)."""
     vol = ct.array
     lung = lungs > 0
     out = np.zeros(vol.shape, np.uint8)

@@ -171,13 +171,13 @@ async function loadViewer(job) {
   $("slice").max = String(nz - 1);
   $("btn-lung").disabled = $("btn-medi").disabled = !vol.is_hu;
   $("tog-heat").disabled = !vol.heatmap; // no lesion model ran: no probabilities to show
-  $("tog-heat").title = vol.heatmap ? "Lesion probability of the models (H)" : "No lesion probabilities for this analysis";
-  // where the HU rule drew the lesions the heatmap is the lesion model's own view: the legend says so
+  // where the HU rule drew the lesions the heatmap is the lesion model's own view: the button and legend say so
+  $("tog-heat").title = !vol.heatmap ? "No lesion probabilities for this analysis"
+    : vol.heatmap_note ? "Lesion model's probability, not the drawn lesions (H)" : "Lesion probability of the models (H)";
   $("heat-legend-text").textContent = vol.heatmap_note
     ? "lesion model's probability 0 → 1, not the drawn lesions (the HU rule drew them; the model marks vessels too)"
     : "lesion probability 0 → 1 (model output, before the HU checks)";
   $("heat-legend").title = vol.heatmap_note || "";
-  if (vol.heatmap_note) $("tog-heat").title = "Lesion model's probability, not the drawn lesions (H)";
   $("viewer-card").hidden = false; $("report").hidden = false;
   sizeCanvas();
   const worst = worstSlices(5);
