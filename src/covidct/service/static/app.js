@@ -4,6 +4,8 @@
 const $ = (id) => document.getElementById(id);
 const STAGE_NAMES = { unpack: "Unpack", load: "Read CT", lungs: "Lungs", lesions: "Lesions", severity: "Severity", outputs: "Reports" };
 const DX_NAMES = { covid19: "COVID-19", pneumonia: "Other pneumonia", normal: "Normal" };
+// the heatmap legend as the page writes it (the models drew the lesions); replaced where the HU rule drew them
+const HEAT_LEGEND = $("heat-legend-text").textContent;
 
 // --- access token: ?token=... in the page's URL, kept for this tab only -------------------------------
 const params = new URLSearchParams(location.search);
@@ -176,7 +178,7 @@ async function loadViewer(job) {
     : vol.heatmap_note ? "Lesion model's probability, not the drawn lesions (H)" : "Lesion probability of the models (H)";
   $("heat-legend-text").textContent = vol.heatmap_note
     ? "lesion model's probability 0 → 1, not the drawn lesions (the HU rule drew them; the model marks vessels too)"
-    : "lesion probability 0 → 1 (model output, before the HU checks)";
+    : HEAT_LEGEND;
   $("heat-legend").title = vol.heatmap_note || "";
   $("viewer-card").hidden = false; $("report").hidden = false;
   sizeCanvas();
