@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-from scipy import ndimage
 
 from covidct import components
 
@@ -143,6 +142,8 @@ def resize_slices(stack: np.ndarray, size: tuple[int, int], order: int = 1) -> n
 
 def resample_volume(volume: np.ndarray, spacing: tuple[float, float, float], target: tuple[float, float, float], order: int = 1) -> np.ndarray:
     """Resample a (z, y, x) volume from ``spacing`` to ``target`` spacing (mm)."""
+    from scipy import ndimage  # here, not at the top: a one-shot `refine` of a slice needs no SciPy (~0.2 s)
+
     zoom = [s / t for s, t in zip(spacing, target, strict=True)]
     return ndimage.zoom(volume, zoom, order=order, mode="nearest", grid_mode=False)
 
@@ -193,7 +194,7 @@ def cut_lung_beyond(hu: np.ndarray, field: np.ndarray, z: int, step: int, thresh
 # 4-connected within a slice, nothing across slices: ndimage.label of a (z, y, x) volume with this
 # structure numbers each slice's 2-D components (as labelling the slices one by one) in one call.
 IN_PLANE = np.zeros((3, 3, 3), bool)
-IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
+IN_PLANE[1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]  # ndimage.generate_binary_structure(2, 1)
 
 
 def component_sizes(labels: np.ndarray, mask: np.ndarray, n: int) -> np.ndarray:
@@ -259,6 +260,8 @@ def kmeans_lung_mask(image: np.ndarray, erosion: int = 2, dilation: int = 6) -> 
 
     Works on display or HU values; returns a bool (H, W) mask of the lung field (dilated) used to crop.
     """
+    from scipy import ndimage
+
     x = np.asarray(image, dtype=np.float32)
     data = x.reshape(-1, 1)
     criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 1e-3)

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from covidct.commands.scan_process import ScanProcess, gc_paused
 from covidct.errors import CovidCTError, UnreadableInput
 
 if TYPE_CHECKING:
@@ -54,6 +53,9 @@ def _shared_analyzer(model_args: dict) -> pipeline.Analyzer:
 def _analyze_one(path: Path, output: Path, series: str | None, png: bool, html: bool, model_args: dict,
                  heatmap: bool = False, fetch: Callable[[], object] | None = None):
     """One study: the scan read (``fetch``ed first) in a helper process while the models load; the Analysis."""
+    # imported here, not with the command table: it brings numpy, which `covidct --help` does not need
+    from covidct.commands.scan_process import ScanProcess, gc_paused
+
     with gc_paused(), ScanProcess() as helper:
         ct, analyzer = helper.load_beside(path, lambda: _shared_analyzer(model_args), series, fetch)
         return analyzer(ct, output, png=png, html=html, seg_writer=helper.seg_writer(ct), heatmap=heatmap)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 import typer
 
 from covidct.batch import expand_image_folders
 from covidct.errors import CovidCTError
+
+if TYPE_CHECKING:  # numpy is imported where a command runs, not for `covidct --help`
+    import numpy as np
 
 BATCH = 16
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import typer
 
 
@@ -28,6 +27,8 @@ def register(app: typer.Typer) -> None:
                                   "a 3-D refinement model (configs/refine3d_phantom.yaml) refines the whole volume."),
     ) -> None:
         """Refine a lesion mask with positive/negative clicks; writes OUT as a label PNG like `covidct segment --task infection`."""
+        import numpy as np  # here, not at the top: `covidct --help` does not need it
+
         from covidct.errors import UnsupportedInput
         from covidct.interactive import Click, model_spatial_dims, parse_click, refine_volume
         from covidct.interactive import refine as refine_fn

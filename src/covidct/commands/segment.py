@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 import typer
 
 from covidct.batch import expand_image_folders
 from covidct.errors import CovidCTError
+
+if TYPE_CHECKING:  # numpy is imported where a command runs, not for `covidct --help`
+    import numpy as np
 
 TASKS = ("lungs", "infection", "lesions")
 
@@ -88,7 +91,7 @@ def register(app: typer.Typer) -> None:
                 else:
                     mask = an.segment_lesions(part, lungs, mapped_hu=bool(ct.meta.get("display_window")))
                     if task == "infection":
-                        mask = (mask > 0).astype(np.uint8)
+                        mask = (mask > 0).astype("uint8")
                 if box is not None:
                     mask = paste_in_plane(mask, ct.shape, box)
                 save_mask_nifti(mask, ct, output / f"{ct.name}_{task}.nii.gz")

@@ -18,12 +18,15 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import nibabel as nib
 import numpy as np
 from PIL import Image
 
 from covidct.volume import CT
+
+if TYPE_CHECKING:  # nibabel (and the pydicom it imports) only where a NIfTI is written: not for PNG-only commands
+    import nibabel as nib
 
 LUNG_WINDOW = (-1350.0, 150.0)
 
@@ -102,6 +105,8 @@ def _as_uint8_labels(a: np.ndarray, what: str) -> np.ndarray:
 
 def _nifti_for(ct: CT, array_zyx: np.ndarray, dtype: type) -> nib.Nifti1Image:
     """A NIfTI image of a canonical array on the input's grid (see module docstring)."""
+    import nibabel as nib
+
     hexhdr = ct.meta.get("nifti_header_hex") if ct.kind == "nifti" else None
     if hexhdr:
         data = np.asarray(to_source_layout(ct, array_zyx), dtype=dtype)
@@ -129,6 +134,12 @@ def nifti_like_input(ct: CT, array_zyx: np.ndarray, dtype: type) -> nib.Nifti1Im
     return _nifti_for(ct, array_zyx, dtype)
 
 
+def _nib_save(img, path: Path) -> None:
+    import nibabel as nib
+
+    nib.save(img, str(path))
+
+
 def save_mask_nifti(mask_zyx: np.ndarray, ct: CT, path: str | Path) -> Path:
     """Write a canonical (z, y, x) label mask as a uint8 NIfTI that overlays the input exactly."""
     _check_nifti_path(path)
@@ -136,7 +147,7 @@ def save_mask_nifti(mask_zyx: np.ndarray, ct: CT, path: str | Path) -> Path:
     if m.shape != ct.shape:
         raise ValueError(f"mask shape {m.shape} does not match the CT's canonical shape {ct.shape}")
     img = _nifti_for(ct, _as_uint8_labels(m, "mask"), np.uint8)
-    return atomic_write(path, lambda p: nib.save(img, str(p)))
+    return atomic_write(path, lambda p: _nib_save(img, p))
 
 
 def save_ct_nifti(ct: CT, path: str | Path) -> Path:
@@ -150,7 +161,7 @@ def save_ct_nifti(ct: CT, path: str | Path) -> Path:
     else:
         data, dtype = a, np.float32
     img = _nifti_for(ct, data, dtype)
-    return atomic_write(path, lambda p: nib.save(img, str(p)))
+    return atomic_write(path, lambda p: _nib_save(img, p))
 
 
 def _squeeze2d(a: np.ndarray, what: str) -> np.ndarray:
