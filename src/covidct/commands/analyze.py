@@ -116,6 +116,9 @@ def register(app: typer.Typer) -> None:
         insecure: bool = typer.Option(False, "--insecure", help="With --pacs: do not verify the PACS's TLS certificate."),
         ca_bundle: Path = typer.Option(None, "--ca-bundle", help="With --pacs: CA certificate file to verify the PACS's TLS certificate with."),
         timeout: float = typer.Option(30.0, "--timeout", min=1, help="With --pacs: seconds to wait for each PACS answer."),
+        view: str = typer.Option("auto", "--view", help="auto: a slice image stored transposed (its two lungs one "
+                                 "above the other) is analysed in the radiological view, its masks written back in "
+                                 "the image's layout, and the report says so; as-is: every image as given."),
         ggo_floor_follows_lung: bool = typer.Option(False, "--ggo-floor-follows-lung", help="For a scan at a shallow breath or on expiration (the report warns when the lung is denser than in full inspiration): raise the GGO floor by as much as the best-aerated lung is denser, so that healthy lung is not counted as GGO. Not for disease over most of the lung: its faint GGO is then missed."),
     ) -> None:
         """Analyse chest CTs: diagnosis, lung and lesion masks, severity, JSON/HTML/NIfTI/DICOM SEG outputs.
@@ -127,7 +130,11 @@ def register(app: typer.Typer) -> None:
         """
         from covidct.batch import discover_studies, run_batch
 
+        if view not in ("auto", "as-is"):
+            raise typer.BadParameter("must be auto or as-is", param_hint="--view")
         model_args = {"lungs_model": lungs_model, "lesions_model": lesions_model, "ggo_floor_follows_lung": ggo_floor_follows_lung}
+        if view != "auto":  # only then: the default shares the Analyzer other callers of shared_analyzer() get
+            model_args["slice_view"] = view
         if pacs is not None or study is not None or push:
             pacs_args = {"auth_file": auth_file, "insecure": insecure, "ca_bundle": ca_bundle, "timeout": timeout}
             _analyze_from_pacs(inputs, pacs, study, series, push, output, pacs_args, png=png, html=html,

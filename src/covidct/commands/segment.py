@@ -42,6 +42,9 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Option(None, "--model", help="Shipped model name, checkpoint (.pt) or run folder; default: the shipped model of the task."),
         overlay: bool = typer.Option(False, "--overlay", help="Also write <stem>_overlay.png in colour."),
         batch_size: int = typer.Option(8, "--batch-size", min=1, help="Slices per forward pass."),
+        view: str = typer.Option("auto", "--view", help="auto: a slice image stored transposed (its two lungs one "
+                                 "above the other) is segmented in the radiological view and its mask written back "
+                                 "in the image's layout; as-is: every image as given."),
     ) -> None:
         """Segment slices or volumes. A 2-D image gives OUTDIR/<stem>.png: one-channel 8-bit class indices with
         the input's exact width and height. A volume gives OUTDIR/<name>_<task>.nii.gz aligned to the input
@@ -53,8 +56,11 @@ def register(app: typer.Typer) -> None:
 
         if task not in TASKS:
             raise typer.BadParameter(f"must be one of {', '.join(TASKS)}", param_hint="--task")
+        if view not in ("auto", "as-is"):
+            raise typer.BadParameter("must be auto or as-is", param_hint="--view")
         model_name = model or ("lungs" if task == "lungs" else "lesions" if task == "lesions" else "infection")
         from covidct.models import runtime, zoo
+        from covidct.slice_view import TRANSPOSED_NOTE, looks_transposed
 
         if model is None and task == "infection" and not zoo.has_model("infection"):
             model_name = "lesions"
@@ -68,7 +74,14 @@ def register(app: typer.Typer) -> None:
                 ct = load_ct(path)
                 output.mkdir(parents=True, exist_ok=True)  # only once an input is readable: no empty folder
                 if ct.kind == "image":
-                    label = segment_slices([ct.array[0]], ct.is_hu, task, model_name, batch_size)[0]
+                    image = ct.array[0]
+                    turned = view == "auto" and zoo.has_model("lungs") and looks_transposed(image, ct.is_hu,
+                                                                                             runtime.load("lungs"))
+                    label = segment_slices([image.T.copy() if turned else image], ct.is_hu, task, model_name,
+                                           batch_size)[0]
+                    if turned:
+                        label = label.T.copy()
+                        typer.echo(f"covidct: note: {path.name}: {TRANSPOSED_NOTE}", err=True)
                     save_label_png(label, output / f"{path.stem}.png")
                     if overlay:
                         save_overlay_png(ct.array[0], label, output / f"{path.stem}_overlay.png", colors=colors)

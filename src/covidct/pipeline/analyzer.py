@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from covidct import slice_view
 from covidct.display_hu import MAPPED_HU_UNCERTAINTY
 from covidct.errors import NoLungsFound
 from covidct.pipeline import diagnosis, hu_rules, lesions, load, lungs, measures, outputs, reporting
@@ -31,7 +32,8 @@ class Analyzer:
     ``lungs_model`` / ``lesions_model``: a shipped model name, a checkpoint path, or None for the
     HU-rule fallback. Missing shipped models fall back with a warning. ``ggo_floor_follows_lung``: on whole HU
     volumes the HU rule's GGO floor rises by as much as the best-aerated lung is denser than in full inspiration
-    (for a scan at a shallow breath; :class:`covidct.pipeline.hu_rules.HULesionSettings`).
+    (for a scan at a shallow breath; :class:`covidct.pipeline.hu_rules.HULesionSettings`). ``slice_view``: "auto"
+    analyses a slice image stored transposed in the radiological view (:mod:`covidct.slice_view`), "as-is" never.
     """
 
     def __init__(
@@ -44,9 +46,13 @@ class Analyzer:
         lesion_min_hu: float = -800.0,
         min_lesion_mm3: float = 20.0,
         ggo_floor_follows_lung: bool = False,
+        slice_view: str = "auto",
     ) -> None:
         from covidct.models import runtime, zoo
 
+        if slice_view not in ("auto", "as-is"):
+            raise ValueError(f"slice_view must be 'auto' or 'as-is', not {slice_view!r}")
+        self.slice_view = slice_view
         self.bf16 = bf16
         self.batch_size = batch_size
         self.lesion_min_hu = lesion_min_hu
@@ -104,7 +110,7 @@ class Analyzer:
         t = {"load": float(ct.meta.get("_load_seconds", 0.0))}
         study = load.study_of(ct, self.warnings)
         ct = study.ct  # a display-range volume mapped to HU is analysed as such
-        masks = self._masks(ct, t, stage, heatmap if keep_probability is None else keep_probability)
+        masks = self._slice_masks(study, t, stage, heatmap if keep_probability is None else keep_probability)
         if outdir is None:
             return self._finish(study, masks, t, stage)
         early = outputs.EarlyOutputs.start(Path(outdir), ct, masks.lungs, masks.lesions, study.mode, seg_writer)
@@ -129,6 +135,21 @@ class Analyzer:
             if getattr(masks, name) is not None:
                 setattr(masks, name, paste_in_plane(getattr(masks, name), ct.shape, box))
         masks.box = box
+        return masks
+
+    def _slice_masks(self, study: Study, t: dict, stage: Callable[[str], None], keep_probability: bool) -> Masks:
+        """:meth:`_masks`; a slice image that looks stored transposed is analysed in the radiological view and its
+        masks put back in its own layout, with a warning (:mod:`covidct.slice_view`)."""
+        ct, lung_model = study.ct, self.models["lungs"]
+        if not (study.mode == "slice" and self.slice_view == "auto" and lung_model is not None
+                and slice_view.looks_transposed(ct.array[0], ct.is_hu, (lung_model.net, lung_model.info))):
+            return self._masks(ct, t, stage, keep_probability)
+        masks = self._masks(slice_view.transposed(ct), t, stage, keep_probability)
+        for name in ("lungs", "lesions", "lesion_probability"):
+            if getattr(masks, name) is not None:
+                setattr(masks, name, np.ascontiguousarray(getattr(masks, name).transpose(0, 2, 1)))
+        masks.box = None if masks.box is None else (masks.box[1], masks.box[0])
+        study.warnings.append(slice_view.TRANSPOSED_NOTE)
         return masks
 
     def _masks_in(self, ct: CT, t: dict, stage: Callable[[str], None], keep_probability: bool, t0: float) -> Masks:

@@ -1,0 +1,64 @@
+"""Single slice images stored transposed: found from the lungs and analysed in the radiological view.
+
+A 2-D image carries no geometry, so covidct takes it to be in the radiological view (the patient's left-right axis
+along the image's columns). A volume saved slice by slice without reorienting comes out transposed: its rows run
+left-right and the two lungs lie one above the other (Inf-Net distributes its MedSeg test slices so). The networks
+were trained mostly in the radiological view: on those 48 slices as distributed the shipped infection model scores
+0.399 per-image Dice, transposed back 0.479 (docs/BENCHMARKS.md, "Slice images stored transposed").
+
+Rule (:func:`lungs_one_above_the_other`), chosen on training and validation slices in both layouts: the lung
+network's mask of the slice; its two largest 4-connected components, the smaller at least a fifth of the larger; the
+slice is transposed when their centroids lie further apart along the rows than along the columns. Undecided (one
+lung, or one much smaller, as at the apices and bases) counts as not transposed: the slice is analysed as given.
+A left-right or up-down flip is not looked for: the networks read those nearly as well (flip augmentation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from covidct import components
+from covidct.volume import CT
+
+MIN_SECOND_LUNG = 0.2  # the smaller of the two largest lung components, as a fraction of the larger
+TRANSPOSED_NOTE = ("the slice looked transposed (its two lungs lie one above the other, not side by side): it was "
+                   "analysed in the radiological view and its masks put back in the image's own layout")
+
+
+def lungs_one_above_the_other(lung_mask: np.ndarray) -> bool | None:
+    """True when the two largest lung components of a 2-D mask lie further apart along the rows than along the
+    columns, False when side by side, None when there are not two lungs of comparable size to tell by."""
+    labels, n = components.label(np.asarray(lung_mask, bool))
+    if n < 2:
+        return None
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    first, second = np.argsort(sizes)[::-1][:2]
+    if sizes[second] < MIN_SECOND_LUNG * sizes[first]:
+        return None
+    ys, xs = np.indices(labels.shape)
+    centres = [(ys[labels == k].mean(), xs[labels == k].mean()) for k in (first, second)]
+    dy, dx = abs(centres[0][0] - centres[1][0]), abs(centres[0][1] - centres[1][1])
+    return bool(dy > dx)
+
+
+def looks_transposed(image: np.ndarray, is_hu: bool, lungs_model: tuple) -> bool:
+    """Whether a 2-D slice is stored transposed, by :func:`lungs_one_above_the_other` on the mask that
+    ``lungs_model`` (``(net, info)`` from :func:`covidct.models.runtime.load`) gives it as it is."""
+    from covidct.models import runtime
+
+    net, info = lungs_model
+    prob = runtime.predict_slices(net, info, [np.asarray(image, np.float32)], is_hu, batch_size=1, bf16=False)
+    mask = runtime.labels_for_task(prob, info, "lungs")[0]
+    return bool(lungs_one_above_the_other(mask > 0))
+
+
+def transposed(ct: CT) -> CT:
+    """``ct`` (a slice image) with its rows and columns swapped: the radiological view of a transposed slice."""
+    affine = np.array(ct.affine, copy=True)
+    affine[:, [0, 1]] = affine[:, [1, 0]]  # affine columns are (x, y, z) index directions
+    return dataclasses.replace(ct, array=np.ascontiguousarray(ct.array.transpose(0, 2, 1)),
+                               spacing=(ct.spacing[0], ct.spacing[2], ct.spacing[1]), affine=affine,
+                               source_shape=None)

@@ -1,0 +1,92 @@
+"""Slice images stored transposed (covidct.slice_view): found from the lungs, analysed and segmented in the
+radiological view, masks written back in the image's own layout; --view as-is leaves them as given."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from covidct.cli import main
+from covidct.phantom import make_phantom
+from covidct.pipeline import Analyzer, analyze
+from covidct.preprocess import apply_window
+from covidct.slice_view import TRANSPOSED_NOTE, lungs_one_above_the_other, transposed
+from covidct.volume import CT
+
+
+def _two_lungs(shape=(120, 160), centres=((60, 50), (60, 110)), radii=((40, 22), (40, 22))) -> np.ndarray:
+    yy, xx = np.indices(shape)
+    mask = np.zeros(shape, bool)
+    for (cy, cx), (ry, rx) in zip(centres, radii, strict=True):
+        mask |= ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+    return mask
+
+
+def test_two_lungs_side_by_side_or_one_above_the_other():
+    side = _two_lungs()
+    assert lungs_one_above_the_other(side) is False
+    assert lungs_one_above_the_other(side.T) is True
+    # one lung, or a second far smaller (an apex, a base): undecided
+    assert lungs_one_above_the_other(_two_lungs(centres=((60, 50),), radii=((40, 22),))) is None
+    assert lungs_one_above_the_other(_two_lungs(radii=((40, 22), (8, 6)))) is None
+    assert lungs_one_above_the_other(np.zeros((20, 20), bool)) is None
+
+
+def test_transposed_ct_swaps_rows_columns_and_spacing():
+    arr = np.arange(2 * 3 * 4, dtype=np.float32).reshape(1, 6, 4)
+    ct = CT(array=arr, spacing=(1.0, 0.5, 0.8), affine=np.diag([0.8, 0.5, 1.0, 1.0]), is_hu=False, kind="image")
+    t = transposed(ct)
+    assert t.array.shape == (1, 4, 6) and np.array_equal(t.array[0], arr[0].T)
+    assert t.spacing == (1.0, 0.8, 0.5)
+    # each voxel keeps its place in the world: (x, y) of the transposed slice is (y, x) of the stored one
+    assert np.allclose(t.affine @ [3, 1, 0, 1], ct.affine @ [1, 3, 0, 1])
+    assert np.array_equal(transposed(t).array, arr)
+
+
+@pytest.fixture(scope="module")
+def slice_images(tmp_path_factory):
+    """A phantom's fullest lung slice as an 8-bit PNG, as it is and stored transposed."""
+    ph = make_phantom(seed=4, shape=(20, 128, 128), spacing=(5.0, 2.5, 2.5), lesion_burden=0.2)
+    k = int(np.argmax((ph.lungs > 0).reshape(ph.ct.n_slices, -1).sum(1)))
+    img = (apply_window(ph.ct.array[k], "lung") * 255).astype(np.uint8)[:, 4:]  # non-square on purpose
+    folder = tmp_path_factory.mktemp("view")
+    Image.fromarray(img).save(folder / "as_is.png")
+    Image.fromarray(np.ascontiguousarray(img.T)).save(folder / "turned.png")
+    return folder
+
+
+def test_analyze_reads_a_transposed_slice_in_the_radiological_view(slice_images, tmp_path):
+    analyzer = Analyzer()
+    plain = analyze(slice_images / "as_is.png", tmp_path / "a", analyzer=analyzer)
+    turned = analyze(slice_images / "turned.png", tmp_path / "t", analyzer=analyzer)
+    assert plain.lungs.any() and TRANSPOSED_NOTE not in plain.report["warnings"]
+    assert TRANSPOSED_NOTE in turned.report["warnings"]
+    # the same analysis, its masks in the transposed file's own layout
+    assert np.array_equal(turned.lungs, plain.lungs.transpose(0, 2, 1))
+    assert np.array_equal(turned.lesions, plain.lesions.transpose(0, 2, 1))
+    assert turned.report["involvement_percent"] == plain.report["involvement_percent"]
+    written = np.asarray(Image.open(tmp_path / "t" / "lesions.png"))
+    assert written.shape == Image.open(slice_images / "turned.png").size[::-1]
+    assert TRANSPOSED_NOTE in json.loads((tmp_path / "t" / "report.json").read_text())["warnings"]
+    # as-is: the transposed file analysed as given, no note
+    as_is = analyze(slice_images / "turned.png", tmp_path / "x", analyzer=Analyzer(slice_view="as-is"))
+    assert TRANSPOSED_NOTE not in as_is.report["warnings"]
+    with pytest.raises(ValueError, match="slice_view"):
+        Analyzer(slice_view="sideways")
+
+
+def test_segment_writes_a_transposed_slice_mask_in_its_own_layout(slice_images, tmp_path, capsys):
+    assert main(["segment", str(slice_images / "as_is.png"), str(slice_images / "turned.png"), "-o",
+                 str(tmp_path / "auto"), "--task", "lesions"]) == 0
+    err = capsys.readouterr().err
+    assert "turned.png" in err and "as_is.png" not in err and "looked transposed" in err
+    plain = np.asarray(Image.open(tmp_path / "auto" / "as_is.png"))
+    turned = np.asarray(Image.open(tmp_path / "auto" / "turned.png"))
+    assert np.array_equal(turned, plain.T)
+    assert main(["segment", str(slice_images / "turned.png"), "-o", str(tmp_path / "raw"), "--task", "lesions",
+                 "--view", "as-is"]) == 0
+    assert "looked transposed" not in capsys.readouterr().err
+    assert main(["segment", str(slice_images / "turned.png"), "-o", str(tmp_path / "bad"), "--view", "up"]) == 64
