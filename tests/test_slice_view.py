@@ -90,3 +90,21 @@ def test_segment_writes_a_transposed_slice_mask_in_its_own_layout(slice_images, 
                  "--view", "as-is"]) == 0
     assert "looked transposed" not in capsys.readouterr().err
     assert main(["segment", str(slice_images / "turned.png"), "-o", str(tmp_path / "bad"), "--view", "up"]) == 64
+
+
+def test_a_volume_stored_transposed_is_warned_not_turned():
+    from covidct.slice_view import transposed_volume_warnings
+
+    side = np.repeat(_two_lungs()[None], 8, axis=0)
+    assert transposed_volume_warnings(side) == []
+    warning = transposed_volume_warnings(side.transpose(0, 2, 1))
+    assert len(warning) == 1 and "8 of 8 slices" in warning[0] and "front and back" in warning[0]
+    assert transposed_volume_warnings(side[:4].transpose(0, 2, 1)) == []  # under 5 decided slices: no call
+    assert transposed_volume_warnings(np.zeros((3, 10, 10), bool)) == []
+    # through the analysis: a phantom volume with its rows and columns swapped (the geometry left as it was)
+    ph = make_phantom(seed=2, shape=(24, 128, 128), spacing=(5.0, 2.6, 2.6), lesions=False)
+    plain = Analyzer()(ph.ct)
+    turned = Analyzer()(CT(array=np.ascontiguousarray(ph.ct.array.transpose(0, 2, 1)), spacing=ph.ct.spacing,
+                           affine=ph.ct.affine, is_hu=True, kind="array"))
+    assert not [w for w in plain.report["warnings"] if "one above the other" in w]
+    assert [w for w in turned.report["warnings"] if "one above the other" in w]

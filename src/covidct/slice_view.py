@@ -62,3 +62,29 @@ def transposed(ct: CT) -> CT:
     return dataclasses.replace(ct, array=np.ascontiguousarray(ct.array.transpose(0, 2, 1)),
                                spacing=(ct.spacing[0], ct.spacing[2], ct.spacing[1]), affine=affine,
                                source_shape=None)
+
+
+# A volume is read as stored: its orientation comes from its geometry. Its lungs lying one above the other on most
+# slices means rows and columns swapped in the file (an array written with the wrong axis order or affine). Measured
+# on the final lung masks of all 45 volumes of benchmarks/hu_volumes.py: 0 % of decided slices as stored, 100 %
+# transposed (docs/BENCHMARKS.md, "Volumes stored transposed").
+TRANSPOSED_VOLUME_SHARE = 2 / 3
+MIN_DECIDED_SLICES = 5
+
+
+def transposed_volume_warnings(lungs: np.ndarray) -> list[str]:
+    """A warning when the lungs of a (z, y, x) lung mask lie one above the other on at least two thirds of the
+    decided slices (at least 5) among those with a fifth or more of the largest slice's lung area."""
+    mask = np.asarray(lungs) > 0
+    area = mask.reshape(len(mask), -1).sum(1)
+    if not area.any():
+        return []
+    decided = [d for k in np.nonzero(area >= 0.2 * area.max())[0]
+               if (d := lungs_one_above_the_other(mask[k])) is not None]
+    above = sum(decided)
+    if len(decided) < MIN_DECIDED_SLICES or above < TRANSPOSED_VOLUME_SHARE * len(decided):
+        return []
+    return [f"the two lungs lie one above the other, not side by side, on {above} of {len(decided)} slices: the "
+            "volume's rows and columns look swapped (an array written with the wrong axis order or orientation?), so "
+            "its left and right lung figures describe front and back halves, and the pattern's left-right and "
+            "front-back features are unreliable; write the volume with its true orientation and analyse it again"]
