@@ -38,10 +38,12 @@ def lungs_one_above_the_other(lung_mask: np.ndarray) -> bool | None:
     first, second = np.argsort(sizes)[::-1][:2]
     if sizes[second] < MIN_SECOND_LUNG * sizes[first]:
         return None
-    ys, xs = np.indices(labels.shape)
-    centres = [(ys[labels == k].mean(), xs[labels == k].mean()) for k in (first, second)]
-    dy, dx = abs(centres[0][0] - centres[1][0]), abs(centres[0][1] - centres[1][1])
-    return bool(dy > dx)
+    # centroids from the rows' and columns' label counts (no coordinate images)
+    per_row = np.stack([np.count_nonzero(labels == k, axis=1) for k in (first, second)])
+    per_col = np.stack([np.count_nonzero(labels == k, axis=0) for k in (first, second)])
+    cy = per_row @ np.arange(labels.shape[0]) / sizes[[first, second]]
+    cx = per_col @ np.arange(labels.shape[1]) / sizes[[first, second]]
+    return bool(abs(cy[0] - cy[1]) > abs(cx[0] - cx[1]))
 
 
 def looks_transposed(image: np.ndarray, is_hu: bool, lungs_model: tuple) -> bool:
@@ -74,13 +76,16 @@ MIN_DECIDED_SLICES = 5
 
 def transposed_volume_warnings(lungs: np.ndarray) -> list[str]:
     """A warning when the lungs of a (z, y, x) lung mask lie one above the other on at least two thirds of the
-    decided slices (at least 5) among those with a fifth or more of the largest slice's lung area."""
-    mask = np.asarray(lungs) > 0
+    decided slices (at least 5) among those with a fifth or more of the largest slice's lung area (sampled: at most 40
+    of them, every 4th voxel in-plane)."""
+    # every 4th voxel in-plane and at most 40 of the slices with lung: the lungs' layout, not their edges (~15 ms)
+    mask = np.asarray(lungs)[:, ::4, ::4] > 0
     area = mask.reshape(len(mask), -1).sum(1)
     if not area.any():
         return []
-    decided = [d for k in np.nonzero(area >= 0.2 * area.max())[0]
-               if (d := lungs_one_above_the_other(mask[k])) is not None]
+    slices = np.nonzero(area >= 0.2 * area.max())[0]
+    slices = slices[:: -(-len(slices) // 40)]
+    decided = [d for k in slices if (d := lungs_one_above_the_other(mask[k])) is not None]
     above = sum(decided)
     if len(decided) < MIN_DECIDED_SLICES or above < TRANSPOSED_VOLUME_SHARE * len(decided):
         return []
