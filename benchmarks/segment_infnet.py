@@ -36,9 +36,12 @@ def dice(pred: np.ndarray, gt: np.ndarray) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="infection", help="shipped name, checkpoint or run folder")
+    ap.add_argument("--lesions-model", default="lesions", help="the lesions model scored on Inf-Net's multi-class test "
+                    "labels (1 GGO, 2 consolidation)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     from covidct.data import data_root, load_source, read_binary
+    from covidct.data.sources import read_indices
     from covidct.evaluate import evaluate
     from covidct.io import read_label_png
     from covidct.models import zoo
@@ -48,25 +51,46 @@ def main() -> int:
     if test is None or not (test / "Imgs").is_dir():
         print("skip: ../shared/data/medseg-infnet not found")
         return 0
-    def run(view: str) -> dict:
+    stems = sorted(p.stem for p in (test / "Imgs").glob("*.jpg"))
+
+    def run(task: str, model: str, view: str) -> tuple[list[np.ndarray], dict]:
+        """`covidct segment` of the 48 files: the label images it writes, and how it ran."""
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            cmd = [sys.executable, "-m", "covidct", "segment", str(test / "Imgs"), "-o", tmp, "--task", "infection",
-                   "--model", args.model] + ([] if view == "auto" else ["--view", view])
+            cmd = [sys.executable, "-m", "covidct", "segment", str(test / "Imgs"), "-o", tmp, "--task", task,
+                   "--model", model] + ([] if view == "auto" else ["--view", view])
             done = subprocess.run(cmd, check=True, capture_output=True, text=True)
             wall = time.perf_counter() - t0
-            stems = sorted(p.stem for p in (test / "Imgs").glob("*.jpg"))
-            pairs = [(read_label_png(Path(tmp) / f"{s}.png"), read_binary(test / "GT" / f"{s}.png")) for s in stems]
-        per_image = np.array([dice(p, g) for p, g in pairs])
-        inter = sum(int(((p > 0) & (g > 0)).sum()) for p, g in pairs)
-        pooled = 2.0 * inter / sum(int((p > 0).sum() + (g > 0).sum()) for p, g in pairs)
-        return {"n_images": len(pairs), "dice_mean": float(per_image.mean()), "dice_std": float(per_image.std()),
-                "dice_pooled": float(pooled), "n_turned": done.stderr.count("looked transposed"),
-                "command": f"covidct segment Imgs -o OUT --task infection --model {args.model}"
-                           + ("" if view == "auto" else f" --view {view}"),
-                "wall_s_incl_start": round(wall, 2)}
+            preds = [read_label_png(Path(tmp) / f"{s}.png") for s in stems]
+        return preds, {"n_turned": done.stderr.count("looked transposed"),
+                       "command": f"covidct segment Imgs -o OUT --task {task} --model {model}"
+                                  + ("" if view == "auto" else f" --view {view}"),
+                       "wall_s_incl_start": round(wall, 2)}
 
-    cli, as_is = run("auto"), run("as-is")
+    def scored(preds: list[np.ndarray], truths: list[np.ndarray], value: int | None) -> dict:
+        """Per-image Dice (mean ± std; images where class and prediction are both empty left out, as `covidct
+        evaluate` does) and pooled Dice of one class (``value``; None: any non-zero label)."""
+        pairs = [((p > 0, g > 0) if value is None else (p == value, g == value)) for p, g in zip(preds, truths, strict=True)]
+        per_image = np.array([dice(p, g) if p.any() or g.any() else np.nan for p, g in pairs])
+        inter = sum(int((p & g).sum()) for p, g in pairs)
+        pooled = 2.0 * inter / max(sum(int(p.sum() + g.sum()) for p, g in pairs), 1)
+        return {"n_images": len(pairs), "n_scored": int(np.isfinite(per_image).sum()),
+                "dice_mean": float(np.nanmean(per_image)), "dice_std": float(np.nanstd(per_image)),
+                "dice_pooled": float(pooled)}
+
+    infection_truth = [read_binary(test / "GT" / f"{s}.png") for s in stems]
+    lesion_truth = [read_indices(test.parent / "MultiClassInfection-Test" / "GT" / f"{s}.png") for s in stems]
+
+    def infection(view: str) -> dict:
+        preds, how = run("infection", args.model, view)
+        return {**scored(preds, infection_truth, None), **how}
+
+    def lesions(view: str) -> dict:
+        preds, how = run("lesions", args.lesions_model, view)
+        return {"ggo": scored(preds, lesion_truth, 1), "consolidation": scored(preds, lesion_truth, 2), **how}
+
+    cli, as_is = infection("auto"), infection("as-is")
+    les, les_as_is = lesions("auto"), lesions("as-is")
     weights, _ = zoo.resolve_model_path(args.model)
     with tempfile.TemporaryDirectory() as tmp:
         ev = evaluate(weights, load_source("medseg-infnet", split="test"), "infection", tmp)
@@ -85,11 +109,28 @@ def main() -> int:
         print("| model card (recorded) | none recorded | |")
     print(f"| `covidct.evaluate`, view-corrected slices, fp32 | {inf['mean']:.3f} ± {inf['std']:.3f} | {inf['pooled']:.3f} |")
     print(f"\nwall time of the command (48 images, interpreter start included): {cli['wall_s_incl_start']:.1f} s")
+    with tempfile.TemporaryDirectory() as tmp:
+        ev_les = evaluate(zoo.resolve_model_path(args.lesions_model)[0],
+                          load_source("medseg-infnet", split="test", multiclass=True), "lesions", tmp)["per_class"]
+    print(f"\nmodel {args.lesions_model}: covidct segment --task lesions on the same files, against Inf-Net's multi-class "
+          "labels (per-image Dice over the images with the class or a prediction of it; pooled)")
+    print("| measure | GGO | consolidation |")
+    print("|---|---|---|")
+    for name, r in ((f"`covidct segment` (this run; {les['n_turned']} slices read transposed back)", les),
+                    ("`covidct segment --view as-is` (this run)", les_as_is)):
+        g, c = r["ggo"], r["consolidation"]
+        print(f"| {name} | {g['dice_mean']:.3f} ± {g['dice_std']:.3f} ({g['dice_pooled']:.3f}) | "
+              f"{c['dice_mean']:.3f} ± {c['dice_std']:.3f} ({c['dice_pooled']:.3f}) |")
+    g, c = ev_les["ggo"]["dice"], ev_les["consolidation"]["dice"]
+    print(f"| `covidct.evaluate`, view-corrected slices, fp32 | {g['mean']:.3f} ± {g['std']:.3f} ({g['pooled']:.3f}) | "
+          f"{c['mean']:.3f} ± {c['std']:.3f} ({c['pooled']:.3f}) |")
     if card:
         same = abs(card["dice_mean"] - cli["dice_mean"]) < 5e-4
         print("reproduces the card" if same else f"DIFFERS from the card by {cli['dice_mean'] - card['dice_mean']:+.4f}")
     if args.json:
-        args.json.write_text(json.dumps({"segment_infnet": cli, "segment_infnet_as_is": as_is}, indent=1) + "\n")
+        args.json.write_text(json.dumps({"segment_infnet": cli, "segment_infnet_as_is": as_is,
+                                         "segment_infnet_lesions": les, "segment_infnet_lesions_as_is": les_as_is},
+                                        indent=1) + "\n")
     return 0
 
 
