@@ -1,4 +1,4 @@
-"""Single slice images stored transposed: found from the lungs and analysed in the radiological view.
+"""Inputs stored transposed, found from the lungs: slice images are analysed in the radiological view, volumes warned.
 
 A 2-D image carries no geometry, so covidct takes it to be in the radiological view (the patient's left-right axis
 along the image's columns). A volume saved slice by slice without reorienting comes out transposed: its rows run
@@ -11,6 +11,9 @@ network's mask of the slice; its two largest 4-connected components, the smaller
 slice is transposed when their centroids lie further apart along the rows than along the columns. Undecided (one
 lung, or one much smaller, as at the apices and bases) counts as not transposed: the slice is analysed as given.
 A left-right or up-down flip is not looked for: the networks read those nearly as well (flip augmentation).
+
+A volume is not turned (its geometry gives its orientation): :func:`transposed_volume_warnings` only warns when its
+lungs lie one above the other on most slices.
 """
 
 from __future__ import annotations

@@ -110,7 +110,7 @@ class Analyzer:
         t = {"load": float(ct.meta.get("_load_seconds", 0.0))}
         study = load.study_of(ct, self.warnings)
         ct = study.ct  # a display-range volume mapped to HU is analysed as such
-        masks = self._slice_masks(study, t, stage, heatmap if keep_probability is None else keep_probability)
+        masks = self._masks_in_view(study, t, stage, heatmap if keep_probability is None else keep_probability)
         if outdir is None:
             return self._finish(study, masks, t, stage)
         early = outputs.EarlyOutputs.start(Path(outdir), ct, masks.lungs, masks.lesions, study.mode, seg_writer)
@@ -137,9 +137,10 @@ class Analyzer:
         masks.box = box
         return masks
 
-    def _slice_masks(self, study: Study, t: dict, stage: Callable[[str], None], keep_probability: bool) -> Masks:
-        """:meth:`_masks`; a slice image that looks stored transposed is analysed in the radiological view and its
-        masks put back in its own layout, with a warning (:mod:`covidct.slice_view`)."""
+    def _masks_in_view(self, study: Study, t: dict, stage: Callable[[str], None], keep_probability: bool) -> Masks:
+        """:meth:`_masks` of the study; a slice image that looks stored transposed is analysed in the radiological
+        view and its masks put back in its own layout, with a warning (:mod:`covidct.slice_view`). Volumes as
+        stored: their geometry gives their orientation."""
         ct, lung_model = study.ct, self.models["lungs"]
         if not (study.mode == "slice" and self.slice_view == "auto" and lung_model is not None
                 and slice_view.looks_transposed(ct.array[0], ct.is_hu, (lung_model.net, lung_model.info))):
