@@ -25,6 +25,7 @@ import numpy as np
 from covidct import components
 from covidct.volume import CT
 
+VIEWS = ("auto", "as-is")  # the --view choices: turn a slice image stored transposed, or read every one as given
 MIN_SECOND_LUNG = 0.2  # the smaller of the two largest lung components, as a fraction of the larger
 TRANSPOSED_NOTE = ("the slice looked transposed (its two lungs lie one above the other, not side by side): it was "
                    "analysed in the radiological view and its masks put back in the image's own layout")
@@ -41,12 +42,8 @@ def lungs_one_above_the_other(lung_mask: np.ndarray) -> bool | None:
     first, second = np.argsort(sizes)[::-1][:2]
     if sizes[second] < MIN_SECOND_LUNG * sizes[first]:
         return None
-    # centroids from the rows' and columns' label counts (no coordinate images)
-    per_row = np.stack([np.count_nonzero(labels == k, axis=1) for k in (first, second)])
-    per_col = np.stack([np.count_nonzero(labels == k, axis=0) for k in (first, second)])
-    cy = per_row @ np.arange(labels.shape[0]) / sizes[[first, second]]
-    cx = per_col @ np.arange(labels.shape[1]) / sizes[[first, second]]
-    return bool(abs(cy[0] - cy[1]) > abs(cx[0] - cx[1]))
+    (y1, x1), (y2, x2) = (np.nonzero(labels == k) for k in (first, second))
+    return bool(abs(y1.mean() - y2.mean()) > abs(x1.mean() - x2.mean()))
 
 
 def looks_transposed(image: np.ndarray, is_hu: bool, lungs_model: tuple) -> bool:
@@ -87,7 +84,7 @@ def transposed_volume_warnings(lungs: np.ndarray) -> list[str]:
     if not area.any():
         return []
     slices = np.nonzero(area >= 0.2 * area.max())[0]
-    slices = slices[:: -(-len(slices) // 40)]
+    slices = slices[:: int(np.ceil(len(slices) / 40))]
     decided = [d for k in slices if (d := lungs_one_above_the_other(mask[k])) is not None]
     above = sum(decided)
     if len(decided) < MIN_DECIDED_SLICES or above < TRANSPOSED_VOLUME_SHARE * len(decided):

@@ -129,9 +129,10 @@ def register(app: typer.Typer) -> None:
         OUTDIR/summary.csv; finished studies are skipped (resume) and a failing one does not stop the rest.
         """
         from covidct.batch import discover_studies, run_batch
+        from covidct.slice_view import VIEWS
 
-        if view not in ("auto", "as-is"):
-            raise typer.BadParameter("must be auto or as-is", param_hint="--view")
+        if view not in VIEWS:
+            raise typer.BadParameter(f"must be one of {', '.join(VIEWS)}", param_hint="--view")
         model_args = {"lungs_model": lungs_model, "lesions_model": lesions_model, "ggo_floor_follows_lung": ggo_floor_follows_lung}
         if view != "auto":  # only then: the default shares the Analyzer other callers of shared_analyzer() get
             model_args["slice_view"] = view

@@ -56,15 +56,18 @@ def register(app: typer.Typer) -> None:
 
         if task not in TASKS:
             raise typer.BadParameter(f"must be one of {', '.join(TASKS)}", param_hint="--task")
-        if view not in ("auto", "as-is"):
-            raise typer.BadParameter("must be auto or as-is", param_hint="--view")
+        from covidct.slice_view import TRANSPOSED_NOTE, VIEWS, looks_transposed
+
+        if view not in VIEWS:
+            raise typer.BadParameter(f"must be one of {', '.join(VIEWS)}", param_hint="--view")
         model_name = model or ("lungs" if task == "lungs" else "lesions" if task == "lesions" else "infection")
         from covidct.models import runtime, zoo
-        from covidct.slice_view import TRANSPOSED_NOTE, looks_transposed
 
         if model is None and task == "infection" and not zoo.has_model("infection"):
             model_name = "lesions"
         runtime.load(model_name)  # fail early, once, on a bad model
+        # the lung network that tells a slice image stored transposed, loaded once for all the inputs
+        view_model = runtime.load("lungs") if view == "auto" and zoo.has_model("lungs") else None
         failures: list[str] = []
         last_error: CovidCTError | None = None
         files = expand_image_folders(inputs)
@@ -75,8 +78,7 @@ def register(app: typer.Typer) -> None:
                 output.mkdir(parents=True, exist_ok=True)  # only once an input is readable: no empty folder
                 if ct.kind == "image":
                     image = ct.array[0]
-                    turned = view == "auto" and zoo.has_model("lungs") and looks_transposed(image, ct.is_hu,
-                                                                                             runtime.load("lungs"))
+                    turned = view_model is not None and looks_transposed(image, ct.is_hu, view_model)
                     label = segment_slices([image.T.copy() if turned else image], ct.is_hu, task, model_name,
                                            batch_size)[0]
                     if turned:

@@ -23,6 +23,7 @@ from covidct.pipeline.grid import crop_in_plane, lung_field_box, paste_in_plane,
 from covidct.pipeline.predict import BATCH_SIZE, ModelRunner
 from covidct.pipeline.types import Analysis, LoadedModel, Masks, Study
 from covidct.report.heatmap import HU_RULE_MODEL, uncertainty_warning
+from covidct.slice_view import VIEWS
 from covidct.volume import CT
 
 
@@ -50,8 +51,8 @@ class Analyzer:
     ) -> None:
         from covidct.models import runtime, zoo
 
-        if slice_view not in ("auto", "as-is"):
-            raise ValueError(f"slice_view must be 'auto' or 'as-is', not {slice_view!r}")
+        if slice_view not in VIEWS:
+            raise ValueError(f"slice_view must be one of {VIEWS}, not {slice_view!r}")
         self.slice_view = slice_view
         self.bf16 = bf16
         self.batch_size = batch_size
