@@ -169,15 +169,17 @@ def test_console_entry_point_exit_code_and_flushed_output(tmp_path):
     assert bad.stderr.strip().splitlines()[-1].startswith("covidct: error:") and not (tmp_path / "o").exists()
 
 
-def test_help_imports_no_numpy():
-    """`covidct --help` lists every command without importing numpy (a tenth of a second or more at each call)."""
+def test_help_imports_no_numpy_or_rich():
+    """`covidct --help` lists every command without importing numpy or rich's help formatting (a tenth of a second
+    or more each at every call)."""
     import subprocess
     import sys
 
     probe = ("import sys\nfrom covidct.cli import main\ncode = main(['--help'])\n"
-             "print(code, 'numpy' in sys.modules, file=sys.stderr)\n")
+             "print(code, 'numpy' in sys.modules, 'typer.rich_utils' in sys.modules, file=sys.stderr)\n")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
-    assert "analyze" in out.stdout and out.stderr.split()[-2:] == ["0", "False"], out.stderr[-2000:]
+    assert "analyze" in out.stdout and "Exit codes" in out.stdout, out.stdout[-2000:]
+    assert out.stderr.split()[-3:] == ["0", "False", "False"], out.stderr[-2000:]
 
 
 def test_console_entry_point_turns_off_numpy_huge_pages():

@@ -275,6 +275,13 @@ def test_grid_and_set_index_lists_and_sources_repeat():
     recs = load_records(cfg.data.sources)
     assert [r["id"] for r in recs] == ["c0-0", "c0-0#1", "c0-0#2", "c0-1", "c0-1#1", "c0-1#2"]
     assert {r["case"] for r in recs} == {"c0"}  # copies stay in their case (split-safe)
+    # the same slices from two sources (full slices and crops of them): prefixed ids, the same case and group
+    with pytest.raises(ConfigError, match="occurs twice"):
+        load_records(load_config(tiny_config(data={"sources": [{"name": "disks1"}, {"name": "disks1"}]})).data.sources)
+    cfg = load_config(tiny_config(data={"sources": [{"name": "disks1"}, {"name": "disks1", "id_prefix": "crop-"}]}))
+    recs = load_records(cfg.data.sources)
+    assert [r["id"] for r in recs] == ["c0-0", "c0-1", "crop-c0-0", "crop-c0-1"]
+    assert {r["case"] for r in recs} == {"c0"} and len({str(r.get("group")) for r in recs}) == 1
 
 
 def test_configured_split_file_cases_fractions(tmp_path):

@@ -38,6 +38,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # plain click help: typer's rich formatting imports rich's markdown and traceback modules (~0.17 s of the 0.4 s
+    # a `covidct --help` took in a slow period, docs/BENCHMARKS.md); the texts are the same
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 

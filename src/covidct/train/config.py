@@ -42,6 +42,7 @@ class SourceConfig:
     exclude_meta: dict = field(default_factory=dict)  # drop records whose meta[k] == v (or in v if a list)
     limit: int | None = None  # keep at most this many records (first ones; for smoke runs)
     repeat: int = 1  # oversample: each record this many times (same case, so splits are unaffected)
+    id_prefix: str = ""  # put before every record id: two sources of the same slices (a slice and its crop) stay apart
     options: dict = field(default_factory=dict)
 
 

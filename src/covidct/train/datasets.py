@@ -110,6 +110,8 @@ def load_records(sources: Sequence) -> list[dict]:
             recs = [r for r in recs if (r.get("meta") or {}).get(k) not in vals]
         if s.limit is not None:
             recs = recs[: s.limit]
+        if s.id_prefix:  # the same slices in two forms (MedSeg's full slices and Inf-Net's crops of them)
+            recs = [{**r, "id": f"{s.id_prefix}{r['id']}"} for r in recs]
         if s.repeat < 1:
             raise ConfigError(f"{key}.repeat: must be >= 1, got {s.repeat}")
         if s.repeat > 1:  # copies share the record's case; ids get a suffix so they stay unique
