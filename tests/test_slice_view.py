@@ -108,3 +108,24 @@ def test_a_volume_stored_transposed_is_warned_not_turned():
                            affine=ph.ct.affine, is_hu=True, kind="array"))
     assert not [w for w in plain.report["warnings"] if "one above the other" in w]
     assert [w for w in turned.report["warnings"] if "one above the other" in w]
+
+
+def test_a_volume_stored_flipped_front_to_back_is_warned():
+    from covidct.slice_view import flipped_front_back_warnings, lung_base_offset
+
+    ph = make_phantom(seed=3, shape=(24, 128, 128), spacing=(5.0, 2.6, 2.6), lesions=False)
+    lungs = ph.lungs
+    assert lung_base_offset(lungs) > 0.1  # the bases lie behind the lungs' middle
+    assert flipped_front_back_warnings(lungs) == []
+    warning = flipped_front_back_warnings(lungs[:, ::-1])
+    assert len(warning) == 1 and "flipped front to back" in warning[0]
+    # a scan that cuts the lung bases off cannot tell; nor can a handful of slices
+    bases_cut = lungs[int(np.flatnonzero(lungs.any((1, 2)))[0]) + 3:]
+    assert lung_base_offset(bases_cut) is None and flipped_front_back_warnings(bases_cut[:, ::-1]) == []
+    assert lung_base_offset(np.zeros((3, 10, 10), bool)) is None
+    # through the analysis: the phantom's slices flipped front to back, its geometry left as it was
+    plain = Analyzer()(ph.ct)
+    flipped = Analyzer()(CT(array=np.ascontiguousarray(ph.ct.array[:, ::-1]), spacing=ph.ct.spacing,
+                            affine=ph.ct.affine, is_hu=True, kind="array"))
+    assert not [w for w in plain.report["warnings"] if "front to back" in w]
+    assert [w for w in flipped.report["warnings"] if "flipped front to back" in w]

@@ -13,7 +13,8 @@ lung, or one much smaller, as at the apices and bases) counts as not transposed:
 A left-right or up-down flip is not looked for: the networks read those nearly as well (flip augmentation).
 
 A volume is not turned (its geometry gives its orientation): :func:`transposed_volume_warnings` only warns when its
-lungs lie one above the other on most slices.
+lungs lie one above the other on most slices, and :func:`flipped_front_back_warnings` when its lung bases lie in
+front of the lungs' middle (the dorsal costophrenic recesses are the lowest lung, whichever way the patient lay).
 """
 
 from __future__ import annotations
@@ -93,3 +94,40 @@ def transposed_volume_warnings(lungs: np.ndarray) -> list[str]:
             "volume's rows and columns look swapped (an array written with the wrong axis order or orientation?), so "
             "its left and right lung figures describe front and back halves, and the pattern's left-right and "
             "front-back features are unreliable; write the volume with its true orientation and analyse it again"]
+
+
+# The lowest part of the lungs is the dorsal costophrenic recesses, behind the diaphragm's dome, in any patient position.
+# On the lowest 15 % of the slices with lung, the lung's mean row lies behind the middle of the lungs' front-back
+# extent by +0.10 to +0.36 of that extent on all 45 volumes of benchmarks/hu_volumes.py as stored (cap001 the least,
+# +0.10; phantoms +0.29 to +0.35), so by -0.10 to -0.36 on the same volumes flipped front to back: the sign decides
+# (docs/BENCHMARKS.md, "Volumes stored flipped front to back"). Undecided where the scan cuts the lung bases off.
+BASE_SLICES_SHARE = 0.15
+BASE_CUT_SHARE = 0.10  # lung on the bottom slice, as a share of the largest slice's: the bases are not in the scan
+
+
+def lung_base_offset(lungs: np.ndarray) -> float | None:
+    """Where the lung bases lie front to back: the mean row of the lung on the lowest ``BASE_SLICES_SHARE`` of the
+    slices with lung of a canonical (z feet to head, y front to back) mask, minus the middle of the lungs' row extent,
+    as a share of that extent (positive: behind the middle); None where the bottom slice cuts the lungs or there are
+    fewer than 5 slices with lung. Every 4th voxel in-plane (a few ms)."""
+    mask = np.asarray(lungs)[:, ::4, ::4] > 0
+    area = mask.reshape(len(mask), -1).sum(1)
+    zs = np.flatnonzero(area)
+    if zs.size < 5 or area[0] >= BASE_CUT_SHARE * area.max():
+        return None
+    rows = np.flatnonzero(mask.any((0, 2)))
+    top, bottom = rows[0], rows[-1] + 1
+    base = zs[: max(1, int(round(BASE_SLICES_SHARE * zs.size)))]
+    mean_row = np.nonzero(mask[base])[1].mean() + 0.5
+    return float((mean_row - (top + bottom) / 2) / (bottom - top))
+
+
+def flipped_front_back_warnings(lungs: np.ndarray) -> list[str]:
+    """A warning when a volume's lung bases lie in front of the lungs' middle (:func:`lung_base_offset` below 0)."""
+    offset = lung_base_offset(lungs)
+    if offset is None or offset >= 0:
+        return []
+    return [f"the lung bases lie in front of the lungs' middle ({-offset:.0%} of their depth), where they lie behind "
+            "it in every patient: the volume looks flipped front to back (a wrong orientation in its header?), so the "
+            "front-back and dependent-side figures (pattern, effusion check) are unreliable; write the volume with its "
+            "true orientation and analyse it again"]

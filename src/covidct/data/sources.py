@@ -311,12 +311,16 @@ def load_medseg_ct100(
 
 
 def load_medseg_infnet(
-    root: str | Path | None = None, split: str = "train", multiclass: bool = False
+    root: str | Path | None = None, split: str = "train", multiclass: bool = False, effusion_from_ct100: bool = False,
+    min_effusion_px: int = 50,
 ) -> list[dict]:
     """Inf-Net's MedSeg crops (train 50 / test 48), transposed back into the radiological view.
 
     ``infection`` is the doctor binary GT; with ``multiclass`` also ``lesions`` (1 GGO,
-    2 consolidation). Groups use the README's same-patient pairs, plus the high runner-up
+    2 consolidation). With ``effusion_from_ct100`` the crop's ``lesions`` also get class 3 (pleural effusion) where
+    the full CT100 slice's infection mask, cut by the crop's box, is infected and Inf-Net's labels are not (at least
+    ``min_effusion_px`` pixels), as :func:`load_medseg_ct100` labels them: a crop trained beside its full slice then
+    teaches the same classes. Groups use the README's same-patient pairs, plus the high runner-up
     matches of ``../medseg-ct100/infnet_map.csv`` when that file exists (as load_medseg_ct100).
     """
     if split not in _INFNET_DIRS:
@@ -331,11 +335,20 @@ def load_medseg_infnet(
     if map_csv.exists():
         extra = _neighbour_pairs(_read_csv(map_csv))
     groups = medseg_groups([int(s) for s in stems if s.isdigit()], extra)
+    boxes = ({int(r["ct100_index"]): r for r in _read_csv(map_csv) if r["box_x0"]}
+             if effusion_from_ct100 and multiclass and map_csv.exists() else {})
     out = []
     for s in stems:
         img = read_grey(img_dir / f"{s}.jpg").T
         inf = read_binary(gt_dir / f"{s}.png").T
         lesions = read_indices(mc_dir / f"{s}.png").T if multiclass else None
+        row = boxes.get(int(s)) if s.isdigit() else None
+        if row is not None and lesions is not None:  # infnet = ct100[y0:y1, x0:x1].T: the box is this view's crop
+            x0, y0, x1, y1 = (int(row[k]) for k in ("box_x0", "box_y0", "box_x1", "box_y1"))
+            full = read_binary(map_csv.parent / "masks" / f"tr_mask_{int(s):04d}.png")[y0:y1, x0:x1]
+            extra = (full > 0) & (lesions == 0) if full.shape == lesions.shape else np.zeros(lesions.shape, bool)
+            if extra.sum() >= min_effusion_px:
+                lesions = np.where(extra, np.uint8(3), lesions).astype(lesions.dtype)
         out.append(
             _record(
                 image=np.ascontiguousarray(img), infection=np.ascontiguousarray(inf),
