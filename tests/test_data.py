@@ -211,6 +211,14 @@ def test_medseg_infnet_transposed_back(medseg_root: Path) -> None:
         np.testing.assert_array_equal(r["infection"], r["lesions"] > 0)
         assert r["meta"]["infnet_split"] == split
     assert load_medseg_infnet(medseg_root / "medseg-infnet", "train")[0]["lesions"] is None
+    # the crop takes its full slice's effusion class (the extra region of the CT100 mask), as load_medseg_ct100 gives it
+    crop = load_medseg_infnet(medseg_root / "medseg-infnet", "train", multiclass=True, effusion_from_ct100=True,
+                              min_effusion_px=1)[0]["lesions"]
+    full = load_medseg_ct100(medseg_root / "medseg-ct100", min_effusion_px=1)[0]["lesions"]
+    np.testing.assert_array_equal(crop, full[y0:y1, x0:x1])
+    assert (crop == 3).sum() == 6
+    assert not (load_medseg_infnet(medseg_root / "medseg-infnet", "train", multiclass=True, effusion_from_ct100=True,
+                                   min_effusion_px=7)[0]["lesions"] == 3).any()  # under the size floor: left out
 
 
 def test_medseg_groups_union_find() -> None:
