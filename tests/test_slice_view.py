@@ -110,22 +110,29 @@ def test_a_volume_stored_transposed_is_warned_not_turned():
     assert [w for w in turned.report["warnings"] if "one above the other" in w]
 
 
-def test_a_volume_stored_flipped_front_to_back_is_warned():
-    from covidct.slice_view import flipped_front_back_warnings, lung_base_offset
+def test_a_volume_stored_flipped_front_to_back_or_head_to_feet_is_warned():
+    from covidct.slice_view import flipped_volume_warnings, lung_end_offsets
 
-    ph = make_phantom(seed=3, shape=(24, 128, 128), spacing=(5.0, 2.6, 2.6), lesions=False)
+    ph = make_phantom(seed=3, shape=(40, 128, 128), spacing=(5.0, 2.6, 2.6), lesions=False)  # apices inside it
     lungs = ph.lungs
-    assert lung_base_offset(lungs) > 0.1  # the bases lie behind the lungs' middle
-    assert flipped_front_back_warnings(lungs) == []
-    warning = flipped_front_back_warnings(lungs[:, ::-1])
-    assert len(warning) == 1 and "flipped front to back" in warning[0]
-    # a scan that cuts the lung bases off cannot tell; nor can a handful of slices
-    bases_cut = lungs[int(np.flatnonzero(lungs.any((1, 2)))[0]) + 3:]
-    assert lung_base_offset(bases_cut) is None and flipped_front_back_warnings(bases_cut[:, ::-1]) == []
-    assert lung_base_offset(np.zeros((3, 10, 10), bool)) is None
+    base, apex = lung_end_offsets(lungs)
+    assert base > 0.1 and base > apex  # the bases lie behind the lungs' middle, and further back than the apices
+    assert flipped_volume_warnings(lungs) == []
+    front_back = flipped_volume_warnings(lungs[:, ::-1])
+    assert len(front_back) == 1 and "flipped front to back (" in front_back[0]
+    head_feet = flipped_volume_warnings(lungs[::-1])
+    assert len(head_feet) == 1 and "flipped head to feet (" in head_feet[0]
+    both = flipped_volume_warnings(lungs[::-1, ::-1])
+    assert len(both) == 1 and "flipped head to feet and front to back" in both[0]
+    # an end the scan cuts off is not judged; nor is a handful of slices
+    area = (lungs > 0).sum((1, 2))
+    bases_cut = lungs[int(np.flatnonzero(area >= 0.3 * area.max())[0]):]
+    assert lung_end_offsets(bases_cut)[0] is None and lung_end_offsets(bases_cut)[1] is not None
+    assert flipped_volume_warnings(bases_cut[:, ::-1]) == [] and flipped_volume_warnings(bases_cut[::-1]) == []
+    assert lung_end_offsets(np.zeros((3, 10, 10), bool)) == (None, None)
     # through the analysis: the phantom's slices flipped front to back, its geometry left as it was
     plain = Analyzer()(ph.ct)
     flipped = Analyzer()(CT(array=np.ascontiguousarray(ph.ct.array[:, ::-1]), spacing=ph.ct.spacing,
                             affine=ph.ct.affine, is_hu=True, kind="array"))
-    assert not [w for w in plain.report["warnings"] if "front to back" in w]
+    assert not [w for w in plain.report["warnings"] if "flipped" in w]
     assert [w for w in flipped.report["warnings"] if "flipped front to back" in w]

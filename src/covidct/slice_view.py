@@ -13,8 +13,9 @@ lung, or one much smaller, as at the apices and bases) counts as not transposed:
 A left-right or up-down flip is not looked for: the networks read those nearly as well (flip augmentation).
 
 A volume is not turned (its geometry gives its orientation): :func:`transposed_volume_warnings` only warns when its
-lungs lie one above the other on most slices, and :func:`flipped_front_back_warnings` when its lung bases lie in
-front of the lungs' middle (the dorsal costophrenic recesses are the lowest lung, whichever way the patient lay).
+lungs lie one above the other on most slices, and :func:`flipped_volume_warnings` when its lung bases lie in
+front of the lungs' middle or its lowest lung less far back than its highest (the dorsal costophrenic recesses are the
+lowest lung, whichever way the patient lay).
 """
 
 from __future__ import annotations
@@ -96,38 +97,58 @@ def transposed_volume_warnings(lungs: np.ndarray) -> list[str]:
             "front-back features are unreliable; write the volume with its true orientation and analyse it again"]
 
 
-# The lowest part of the lungs is the dorsal costophrenic recesses, behind the diaphragm's dome, in any patient position.
-# On the lowest 15 % of the slices with lung, the lung's mean row lies behind the middle of the lungs' front-back
-# extent by +0.10 to +0.36 of that extent on all 45 volumes of benchmarks/hu_volumes.py as stored (cap001 the least,
-# +0.10; phantoms +0.29 to +0.35), so by -0.10 to -0.36 on the same volumes flipped front to back: the sign decides
-# (docs/BENCHMARKS.md, "Volumes stored flipped front to back"). Undecided where the scan cuts the lung bases off.
-BASE_SLICES_SHARE = 0.15
-BASE_CUT_SHARE = 0.10  # lung on the bottom slice, as a share of the largest slice's: the bases are not in the scan
+# The lowest part of the lungs is the dorsal costophrenic recesses, behind the diaphragm's dome, in any patient position;
+# the apices sit near the middle front to back. On the lowest 15 % of the slices with lung, the lung's mean row lies
+# behind the middle of the lungs' front-back extent by +0.105 to +0.359 of that extent on all 45 volumes of
+# benchmarks/hu_volumes.py as stored (cap001 the least), and on the highest 15 % by +0.009 to +0.087 (44 volumes; the
+# TotalSegmentator example has no apices), always nearer the middle than at the bases (by 0.091 to 0.343). So the end
+# further from the middle is the bases (at the top: flipped head to feet), and bases in front of the middle mean
+# flipped front to back (docs/BENCHMARKS.md, "Volumes stored flipped"). An end the scan cuts off (lung on its first or
+# last slice) is not judged.
+END_SLICES_SHARE = 0.15
+END_CUT_SHARE = 0.10  # lung on an end slice, as a share of the largest slice's: that end of the lungs is cut off
 
 
-def lung_base_offset(lungs: np.ndarray) -> float | None:
-    """Where the lung bases lie front to back: the mean row of the lung on the lowest ``BASE_SLICES_SHARE`` of the
-    slices with lung of a canonical (z feet to head, y front to back) mask, minus the middle of the lungs' row extent,
-    as a share of that extent (positive: behind the middle); None where the bottom slice cuts the lungs or there are
-    fewer than 5 slices with lung. Every 4th voxel in-plane (a few ms)."""
+def lung_end_offsets(lungs: np.ndarray) -> tuple[float | None, float | None]:
+    """Where the lung bases and apices lie front to back in a canonical (z feet to head, y front to back) mask: the
+    mean row of the lung on the lowest and on the highest ``END_SLICES_SHARE`` of the slices with lung, minus the
+    middle of the lungs' row extent, as a share of that extent (positive: behind the middle); None for an end the scan
+    cuts off, and for both under 5 slices with lung. Every 4th voxel in-plane (a few ms)."""
     mask = np.asarray(lungs)[:, ::4, ::4] > 0
     area = mask.reshape(len(mask), -1).sum(1)
     zs = np.flatnonzero(area)
-    if zs.size < 5 or area[0] >= BASE_CUT_SHARE * area.max():
-        return None
+    if zs.size < 5:
+        return None, None
     rows = np.flatnonzero(mask.any((0, 2)))
     top, bottom = rows[0], rows[-1] + 1
-    base = zs[: max(1, int(round(BASE_SLICES_SHARE * zs.size)))]
-    mean_row = np.nonzero(mask[base])[1].mean() + 0.5
-    return float((mean_row - (top + bottom) / 2) / (bottom - top))
+    n = max(1, int(round(END_SLICES_SHARE * zs.size)))
+
+    def offset(end: np.ndarray, cut: bool) -> float | None:
+        if cut:
+            return None
+        return float((np.nonzero(mask[end])[1].mean() + 0.5 - (top + bottom) / 2) / (bottom - top))
+
+    return (offset(zs[:n], area[0] >= END_CUT_SHARE * area.max()),
+            offset(zs[-n:], area[-1] >= END_CUT_SHARE * area.max()))
 
 
-def flipped_front_back_warnings(lungs: np.ndarray) -> list[str]:
-    """A warning when a volume's lung bases lie in front of the lungs' middle (:func:`lung_base_offset` below 0)."""
-    offset = lung_base_offset(lungs)
-    if offset is None or offset >= 0:
+def flipped_volume_warnings(lungs: np.ndarray) -> list[str]:
+    """A warning when a volume looks flipped head to feet (its highest lung lies further from the middle, front to back,
+    than its lowest: those are its bases) and/or front to back (its bases in front of the middle):
+    :func:`lung_end_offsets`. With only the bases in the scan, only the second is judged."""
+    base, apex = lung_end_offsets(lungs)
+    head_feet = base is not None and apex is not None and abs(apex) > abs(base)
+    bases = apex if head_feet else base
+    front_back = bases is not None and bases < 0
+    if not (head_feet or front_back):
         return []
-    return [f"the lung bases lie in front of the lungs' middle ({-offset:.0%} of their depth), where they lie behind "
-            "it in every patient: the volume looks flipped front to back (a wrong orientation in its header?), so the "
-            "front-back and dependent-side figures (pattern, effusion check) are unreliable; write the volume with its "
-            "true orientation and analyse it again"]
+    how = " and ".join(n for n, f in (("head to feet", head_feet), ("front to back", front_back)) if f)
+    return [f"the lung bases (the lungs' end that reaches furthest back in every patient, whichever way they lay) lie "
+            f"{'at the top of the volume' if head_feet else 'at its bottom'}, "
+            f"{'in front of' if front_back else 'behind'} the lungs' middle: the volume looks flipped {how} (a wrong "
+            "orientation in its header?), so "
+            + ("the upper and lower zones, the cranio-caudal pattern features and which end a cut scan misses"
+               if head_feet else "")
+            + (" and " if head_feet and front_back else "")
+            + ("the front-back and dependent-side figures (pattern, effusion check)" if front_back else "")
+            + " are unreliable; write the volume with its true orientation and analyse it again"]
