@@ -13,9 +13,9 @@ lung, or one much smaller, as at the apices and bases) counts as not transposed:
 A left-right or up-down flip is not looked for: the networks read those nearly as well (flip augmentation).
 
 A volume is not turned (its geometry gives its orientation): :func:`transposed_volume_warnings` only warns when its
-lungs lie one above the other on most slices, and :func:`flipped_volume_warnings` when its lung bases lie in
-front of the lungs' middle or its lowest lung less far back than its highest (the dorsal costophrenic recesses are the
-lowest lung, whichever way the patient lay).
+lungs lie one above the other on most slices, and :func:`flipped_volume_warnings` when its lung bases (the dorsal
+costophrenic recesses, whichever way the patient lay: the lungs' end furthest back) lie at its top or in front of the
+lungs' middle.
 """
 
 from __future__ import annotations
@@ -140,15 +140,14 @@ def flipped_volume_warnings(lungs: np.ndarray) -> list[str]:
     head_feet = base is not None and apex is not None and abs(apex) > abs(base)
     bases = apex if head_feet else base
     front_back = bases is not None and bases < 0
-    if not (head_feet or front_back):
+    flips = [(name, unreliable) for name, unreliable, flipped in (
+        ("head to feet", "the upper and lower zones, the cranio-caudal pattern features and which end a cut scan misses",
+         head_feet),
+        ("front to back", "the front-back and dependent-side figures (pattern, effusion check)", front_back)) if flipped]
+    if not flips:
         return []
-    how = " and ".join(n for n, f in (("head to feet", head_feet), ("front to back", front_back)) if f)
+    where = f"{'at the top of the volume' if head_feet else 'at the bottom of the volume'}, {'in front of' if front_back else 'behind'}"
     return [f"the lung bases (the lungs' end that reaches furthest back in every patient, whichever way they lay) lie "
-            f"{'at the top of the volume' if head_feet else 'at its bottom'}, "
-            f"{'in front of' if front_back else 'behind'} the lungs' middle: the volume looks flipped {how} (a wrong "
-            "orientation in its header?), so "
-            + ("the upper and lower zones, the cranio-caudal pattern features and which end a cut scan misses"
-               if head_feet else "")
-            + (" and " if head_feet and front_back else "")
-            + ("the front-back and dependent-side figures (pattern, effusion check)" if front_back else "")
-            + " are unreliable; write the volume with its true orientation and analyse it again"]
+            f"{where} the lungs' middle: the volume looks flipped {' and '.join(n for n, _ in flips)} (a wrong "
+            f"orientation in its header?), so {' and '.join(u for _, u in flips)} are unreliable; write the volume "
+            "with its true orientation and analyse it again"]

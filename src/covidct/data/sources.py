@@ -330,13 +330,10 @@ def load_medseg_infnet(
     if not img_dir.is_dir():
         raise UnreadableInput(f"Inf-Net image folder not found: {img_dir}")
     stems = sorted((p.stem for p in img_dir.glob("*.jpg")), key=lambda s: (len(s), s))
-    extra: list[tuple[int, int]] = []
     map_csv = root.parent / SOURCE_FOLDERS["medseg-ct100"] / "infnet_map.csv"
-    if map_csv.exists():
-        extra = _neighbour_pairs(_read_csv(map_csv))
-    groups = medseg_groups([int(s) for s in stems if s.isdigit()], extra)
-    boxes = ({int(r["ct100_index"]): r for r in _read_csv(map_csv) if r["box_x0"]}
-             if effusion_from_ct100 and multiclass and map_csv.exists() else {})
+    map_rows = _read_csv(map_csv) if map_csv.exists() else []
+    groups = medseg_groups([int(s) for s in stems if s.isdigit()], _neighbour_pairs(map_rows))
+    boxes = {int(r["ct100_index"]): r for r in map_rows if r["box_x0"]} if effusion_from_ct100 and multiclass else {}
     out = []
     for s in stems:
         img = read_grey(img_dir / f"{s}.jpg").T

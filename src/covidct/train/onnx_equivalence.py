@@ -39,7 +39,8 @@ def validation_records(card: dict, part: str = "val") -> list[dict]:
         opts = dict(src)
         sources.append(SourceConfig(name=opts.pop("name"), root=opts.pop("root", None),
                                     exclude_meta=opts.pop("exclude_meta", None) or {}, limit=opts.pop("limit", None),
-                                    id_prefix=opts.pop("id_prefix", ""), repeat=1, options={k: v for k, v in opts.items() if k != "repeat"}))
+                                    id_prefix=opts.pop("id_prefix", ""), repeat=1,
+                                    options={k: v for k, v in opts.items() if k != "repeat"}))
     records = load_records(sources)
     by_meta = ((config.get("data") or {}).get("split") or {}).get("by_meta")
     if by_meta:
