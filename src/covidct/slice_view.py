@@ -68,6 +68,13 @@ def transposed(ct: CT) -> CT:
                                source_shape=None)
 
 
+def _sampled(lungs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every 4th voxel in-plane of a (z, y, x) lung mask, as bool, and its lung area per slice: the volume checks
+    below look at the lungs' layout, not their edges (a few ms instead of ~0.2 s at full resolution)."""
+    mask = np.asarray(lungs)[:, ::4, ::4] > 0
+    return mask, mask.reshape(len(mask), -1).sum(1)
+
+
 # A volume is read as stored: its orientation comes from its geometry. Its lungs lying one above the other on most
 # slices means rows and columns swapped in the file (an array written with the wrong axis order or affine). Measured
 # on the final lung masks of all 45 volumes of benchmarks/hu_volumes.py: 0 % of decided slices as stored, 100 %
@@ -80,9 +87,7 @@ def transposed_volume_warnings(lungs: np.ndarray) -> list[str]:
     """A warning when the lungs of a (z, y, x) lung mask lie one above the other on at least two thirds of the
     decided slices (at least 5) among those with a fifth or more of the largest slice's lung area (sampled: at most 40
     of them, every 4th voxel in-plane)."""
-    # every 4th voxel in-plane and at most 40 of the slices with lung: the lungs' layout, not their edges (~15 ms)
-    mask = np.asarray(lungs)[:, ::4, ::4] > 0
-    area = mask.reshape(len(mask), -1).sum(1)
+    mask, area = _sampled(lungs)
     if not area.any():
         return []
     slices = np.nonzero(area >= 0.2 * area.max())[0]
@@ -106,7 +111,9 @@ def transposed_volume_warnings(lungs: np.ndarray) -> list[str]:
 # flipped front to back (docs/BENCHMARKS.md, "Volumes stored flipped"). An end the scan cuts off (lung on its first or
 # last slice) is not judged.
 END_SLICES_SHARE = 0.15
-END_CUT_SHARE = 0.10  # lung on an end slice, as a share of the largest slice's: that end of the lungs is cut off
+# lung on an end slice, as a share of the largest slice's: that end of the lungs is cut off (the share
+# covidct.pipeline.diagnosis.CUT_LUNG_SHARE warns at; not imported: the pipeline sits above this module)
+END_CUT_SHARE = 0.10
 
 
 def lung_end_offsets(lungs: np.ndarray) -> tuple[float | None, float | None]:
@@ -114,8 +121,7 @@ def lung_end_offsets(lungs: np.ndarray) -> tuple[float | None, float | None]:
     mean row of the lung on the lowest and on the highest ``END_SLICES_SHARE`` of the slices with lung, minus the
     middle of the lungs' row extent, as a share of that extent (positive: behind the middle); None for an end the scan
     cuts off, and for both under 5 slices with lung. Every 4th voxel in-plane (a few ms)."""
-    mask = np.asarray(lungs)[:, ::4, ::4] > 0
-    area = mask.reshape(len(mask), -1).sum(1)
+    mask, area = _sampled(lungs)
     zs = np.flatnonzero(area)
     if zs.size < 5:
         return None, None
@@ -146,8 +152,8 @@ def flipped_volume_warnings(lungs: np.ndarray) -> list[str]:
         ("front to back", "the front-back and dependent-side figures (pattern, effusion check)", front_back)) if flipped]
     if not flips:
         return []
-    where = f"{'at the top of the volume' if head_feet else 'at the bottom of the volume'}, {'in front of' if front_back else 'behind'}"
+    end, side = ("top" if head_feet else "bottom"), ("in front of" if front_back else "behind")
     return [f"the lung bases (the lungs' end that reaches furthest back in every patient, whichever way they lay) lie "
-            f"{where} the lungs' middle: the volume looks flipped {' and '.join(n for n, _ in flips)} (a wrong "
+            f"at the {end} of the volume, {side} the lungs' middle: the volume looks flipped {' and '.join(n for n, _ in flips)} (a wrong "
             f"orientation in its header?), so {' and '.join(u for _, u in flips)} are unreliable; write the volume "
             "with its true orientation and analyse it again"]

@@ -239,6 +239,11 @@ _INFNET_DIRS = {
 }
 
 
+def _infnet_box(row: dict[str, str]) -> tuple[int, int, int, int]:
+    """The (x0, y0, x1, y1) box of a CT100 slice that Inf-Net cropped (``infnet = ct100[y0:y1, x0:x1].T``)."""
+    return int(row["box_x0"]), int(row["box_y0"]), int(row["box_x1"]), int(row["box_y1"])
+
+
 def load_medseg_ct100(
     root: str | Path | None = None, infnet_root: str | Path | None = None, effusion_from_extra: bool = True,
     min_effusion_px: int = 50, lungs_dir: str | Path | None = None,
@@ -282,7 +287,7 @@ def load_medseg_ct100(
         }
         lesions = None
         if split in _INFNET_DIRS and r["box_x0"]:
-            x0, y0, x1, y1 = (int(r[k]) for k in ("box_x0", "box_y0", "box_x1", "box_y1"))
+            x0, y0, x1, y1 = _infnet_box(r)
             meta["infnet_box_xyxy"] = (x0, y0, x1, y1)
             if have_infnet:
                 gt = read_indices(iroot / _INFNET_DIRS[split][2] / f"{idx}.png")
@@ -333,15 +338,16 @@ def load_medseg_infnet(
     map_csv = root.parent / SOURCE_FOLDERS["medseg-ct100"] / "infnet_map.csv"
     map_rows = _read_csv(map_csv) if map_csv.exists() else []
     groups = medseg_groups([int(s) for s in stems if s.isdigit()], _neighbour_pairs(map_rows))
-    boxes = {int(r["ct100_index"]): r for r in map_rows if r["box_x0"]} if effusion_from_ct100 and multiclass else {}
+    boxes = ({int(r["ct100_index"]): _infnet_box(r) for r in map_rows if r["box_x0"]}
+             if effusion_from_ct100 and multiclass else {})
     out = []
     for s in stems:
         img = read_grey(img_dir / f"{s}.jpg").T
         inf = read_binary(gt_dir / f"{s}.png").T
         lesions = read_indices(mc_dir / f"{s}.png").T if multiclass else None
-        row = boxes.get(int(s)) if s.isdigit() else None
-        if row is not None and lesions is not None:  # infnet = ct100[y0:y1, x0:x1].T: the box is this view's crop
-            x0, y0, x1, y1 = (int(row[k]) for k in ("box_x0", "box_y0", "box_x1", "box_y1"))
+        box = boxes.get(int(s)) if s.isdigit() else None
+        if box is not None and lesions is not None:  # infnet = ct100[y0:y1, x0:x1].T: the box is this view's crop
+            x0, y0, x1, y1 = box
             full = read_binary(map_csv.parent / "masks" / f"tr_mask_{int(s):04d}.png")[y0:y1, x0:x1]
             extra = (full > 0) & (lesions == 0) if full.shape == lesions.shape else np.zeros(lesions.shape, bool)
             if extra.sum() >= min_effusion_px:
