@@ -444,3 +444,18 @@ def test_airless_lung_augmentation_paints_lung_keeps_label():
         rows = np.flatnonzero(changed.any(axis=1))
         dependent += rows.min() > 55  # a band along the posterior (bottom) edge only
     assert painted_any == 12 and 0 < dependent < 12  # both kinds are drawn
+
+
+def test_resolved_config_keeps_each_sources_repeat_and_id_prefix(tmp_path):
+    """config.resolved.yaml (and the model card's config) round-trips: a source's ``repeat`` and ``id_prefix``
+    survive, so a run (or the ONNX check of its validation split) can be rebuilt from it."""
+    from pathlib import Path
+
+    from covidct.train.config import config_to_dict, dump_config, load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "infection_infnet.yaml")
+    crops = [s for s in cfg.data.sources if s.name == "medseg-infnet"][0]
+    assert (crops.id_prefix, crops.repeat) == ("crop-", 6)
+    again = load_config(dump_config(cfg, tmp_path / "resolved.yaml"))
+    assert config_to_dict(again) == config_to_dict(cfg)
+    assert [(s.id_prefix, s.repeat) for s in again.data.sources] == [(s.id_prefix, s.repeat) for s in cfg.data.sources]

@@ -362,7 +362,9 @@ def config_to_dict(cfg: Config) -> dict:
     d = dataclasses.asdict(cfg)
     d["data"]["sources"] = [{"name": s["name"], **({"root": s["root"]} if s["root"] else {}),
                              **({"exclude_meta": s["exclude_meta"]} if s["exclude_meta"] else {}),
-                             **({"limit": s["limit"]} if s["limit"] is not None else {}), **s["options"]}
+                             **({"limit": s["limit"]} if s["limit"] is not None else {}),
+                             **({"id_prefix": s["id_prefix"]} if s["id_prefix"] else {}),
+                             **({"repeat": s["repeat"]} if s["repeat"] != 1 else {}), **s["options"]}
                             for s in d["data"]["sources"]]
     return d
 
