@@ -5,8 +5,10 @@
 Runs the command a user runs, ``covidct segment <Imgs folder> -o OUT --task infection [--model M]``, on the
 files exactly as distributed (``medseg-infnet/TestingSet/LungInfection-Test/Imgs``, 48 JPGs, stored
 transposed relative to the radiological view; the command reads the slices it finds transposed in that view,
-``covidct.slice_view``), and again with ``--view as-is`` (every file as stored), reads the label PNGs it writes and scores them against
-``GT/`` (per-image Dice, mean ± std over the 48, and pooled). Beside it: ``covidct.evaluate`` on the same
+``covidct.slice_view``; slices cut tight around the lungs are read by the model's crop version where its card names
+one), again with ``--view as-is`` (every file as stored) and with ``--no-crop-model`` (every file by the model
+itself), reads the label PNGs it writes and scores them against ``GT/`` (per-image Dice, mean ± std over the 48, and
+pooled). Beside it: ``covidct.evaluate`` on the same
 slices through the data adapter (view-corrected, fp32) and the figure recorded in the model card
 (``metrics.benchmarks.segment_infnet``), so that a user can check that the command reproduces the card.
 ``--json`` writes the result for ``scripts/ship_model.py --metrics``. Skips (exit 0) without the data.
@@ -44,7 +46,7 @@ def main() -> int:
     from covidct.data.sources import read_indices
     from covidct.evaluate import evaluate
     from covidct.io import read_label_png
-    from covidct.models import zoo
+    from covidct.models import runtime, zoo
 
     root = data_root()
     test = None if root is None else root / "medseg-infnet" / "TestingSet" / "LungInfection-Test"
@@ -54,17 +56,19 @@ def main() -> int:
     stems = sorted(p.stem for p in (test / "Imgs").glob("*.jpg"))
 
     def run(task: str, model: str, view: str) -> tuple[list[np.ndarray], dict]:
-        """`covidct segment` of the 48 files: the label images it writes, and how it ran."""
+        """`covidct segment` of the 48 files: the label images it writes, and how it ran (``view``: auto, as-is, or
+        no-crop-model: auto without the crop model)."""
+        options = {"auto": [], "as-is": ["--view", "as-is"], "no-crop-model": ["--no-crop-model"]}[view]
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             cmd = [sys.executable, "-m", "covidct", "segment", str(test / "Imgs"), "-o", tmp, "--task", task,
-                   "--model", model] + ([] if view == "auto" else ["--view", view])
+                   "--model", model, *options]
             done = subprocess.run(cmd, check=True, capture_output=True, text=True)
             wall = time.perf_counter() - t0
             preds = [read_label_png(Path(tmp) / f"{s}.png") for s in stems]
         return preds, {"n_turned": done.stderr.count("looked transposed"),
-                       "command": f"covidct segment Imgs -o OUT --task {task} --model {model}"
-                                  + ("" if view == "auto" else f" --view {view}"),
+                       "n_crop_model": done.stderr.count("cut tight around the lungs"),
+                       "command": " ".join(["covidct segment Imgs -o OUT --task", task, "--model", model, *options]),
                        "wall_s_incl_start": round(wall, 2)}
 
     def scored(preds: list[np.ndarray], truths: list[np.ndarray], value: int | None) -> dict:
@@ -89,35 +93,42 @@ def main() -> int:
         preds, how = run("lesions", args.lesions_model, view)
         return {"ggo": scored(preds, lesion_truth, 1), "consolidation": scored(preds, lesion_truth, 2), **how}
 
-    cli, as_is = infection("auto"), infection("as-is")
-    les, les_as_is = lesions("auto"), lesions("as-is")
+    cli, as_is, own = infection("auto"), infection("as-is"), infection("no-crop-model")
+    les, les_as_is, les_own = lesions("auto"), lesions("as-is"), lesions("no-crop-model")
     weights, _ = zoo.resolve_model_path(args.model)
+    crops = runtime.crops_model_name(runtime.load(args.model)[1])
     with tempfile.TemporaryDirectory() as tmp:
-        ev = evaluate(weights, load_source("medseg-infnet", split="test"), "infection", tmp)
+        ev = evaluate(weights, load_source("medseg-infnet", split="test"), "infection", tmp, crops_model=crops)
     inf = ev["per_class"]["infection"]["dice"]
     card = (zoo.load(args.model)[1].get("card") or {}).get("metrics", {}).get("benchmarks", {}).get("segment_infnet")
     print(f"model {args.model}: covidct segment on the 48 Inf-Net test files as distributed")
     print("| measure | per-image Dice (mean ± std) | pooled Dice |")
     print("|---|---|---|")
-    print(f"| `covidct segment` (this run; {cli['n_turned']} slices read transposed back) | {cli['dice_mean']:.3f} ± "
-          f"{cli['dice_std']:.3f} | {cli['dice_pooled']:.3f} |")
-    print(f"| `covidct segment --view as-is` (this run) | {as_is['dice_mean']:.3f} ± {as_is['dice_std']:.3f} | "
-          f"{as_is['dice_pooled']:.3f} |")
+    print(f"| `covidct segment` (this run; {cli['n_turned']} slices read transposed back, {cli['n_crop_model']} by the "
+          f"crop model) | {cli['dice_mean']:.3f} ± {cli['dice_std']:.3f} | {cli['dice_pooled']:.3f} |")
+    print(f"| `covidct segment --view as-is` (this run; {as_is['n_crop_model']} by the crop model) | "
+          f"{as_is['dice_mean']:.3f} ± {as_is['dice_std']:.3f} | {as_is['dice_pooled']:.3f} |")
+    print(f"| `covidct segment --no-crop-model` (this run) | {own['dice_mean']:.3f} ± {own['dice_std']:.3f} | "
+          f"{own['dice_pooled']:.3f} |")
     if card:
         print(f"| model card (recorded) | {card['dice_mean']:.3f} ± {card['dice_std']:.3f} | {card['dice_pooled']:.3f} |")
     else:
         print("| model card (recorded) | none recorded | |")
-    print(f"| `covidct.evaluate`, view-corrected slices, fp32 | {inf['mean']:.3f} ± {inf['std']:.3f} | {inf['pooled']:.3f} |")
+    print(f"| `covidct.evaluate`, view-corrected slices, fp32 ({len(ev.get('read_by_crops_model', []))} by the crop "
+          f"model) | {inf['mean']:.3f} ± {inf['std']:.3f} | {inf['pooled']:.3f} |")
     print(f"\nwall time of the command (48 images, interpreter start included): {cli['wall_s_incl_start']:.1f} s")
     with tempfile.TemporaryDirectory() as tmp:
         ev_les = evaluate(zoo.resolve_model_path(args.lesions_model)[0],
-                          load_source("medseg-infnet", split="test", multiclass=True), "lesions", tmp)["per_class"]
+                          load_source("medseg-infnet", split="test", multiclass=True), "lesions", tmp,
+                          crops_model=runtime.crops_model_name(runtime.load(args.lesions_model)[1]))["per_class"]
     print(f"\nmodel {args.lesions_model}: covidct segment --task lesions on the same files, against Inf-Net's multi-class "
           "labels (per-image Dice over the images with the class or a prediction of it; pooled)")
     print("| measure | GGO | consolidation |")
     print("|---|---|---|")
-    for name, r in ((f"`covidct segment` (this run; {les['n_turned']} slices read transposed back)", les),
-                    ("`covidct segment --view as-is` (this run)", les_as_is)):
+    for name, r in ((f"`covidct segment` (this run; {les['n_turned']} slices read transposed back, "
+                     f"{les['n_crop_model']} by the crop model)", les),
+                    (f"`covidct segment --view as-is` (this run; {les_as_is['n_crop_model']} by the crop model)", les_as_is),
+                    ("`covidct segment --no-crop-model` (this run)", les_own)):
         g, c = r["ggo"], r["consolidation"]
         print(f"| {name} | {g['dice_mean']:.3f} ± {g['dice_std']:.3f} ({g['dice_pooled']:.3f}) | "
               f"{c['dice_mean']:.3f} ± {c['dice_std']:.3f} ({c['dice_pooled']:.3f}) |")
@@ -129,7 +140,9 @@ def main() -> int:
         print("reproduces the card" if same else f"DIFFERS from the card by {cli['dice_mean'] - card['dice_mean']:+.4f}")
     if args.json:
         args.json.write_text(json.dumps({"segment_infnet": cli, "segment_infnet_as_is": as_is,
-                                         "segment_infnet_lesions": les, "segment_infnet_lesions_as_is": les_as_is},
+                                         "segment_infnet_no_crop_model": own,
+                                         "segment_infnet_lesions": les, "segment_infnet_lesions_as_is": les_as_is,
+                                         "segment_infnet_lesions_no_crop_model": les_own},
                                         indent=1) + "\n")
     return 0
 

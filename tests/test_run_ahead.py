@@ -52,7 +52,7 @@ def test_analysis_with_the_lesion_network_run_ahead_is_identical(phantom_ct, mon
     monkeypatch.setattr(RunAhead, "__init__", counting_init)
     ahead = an(phantom_ct)
     assert len(started) == 1 and not started[0].pending
-    monkeypatch.setattr(an, "_runner", lambda ahead=False, real=an._runner: real(ahead=False))
+    monkeypatch.setattr(an, "_runner", lambda ahead=False, models=None, real=an._runner: real(ahead=False, models=models))
     plain = an(phantom_ct)
     assert len(started) == 1
     np.testing.assert_array_equal(ahead.lungs, plain.lungs)

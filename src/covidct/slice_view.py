@@ -1,4 +1,5 @@
-"""Inputs stored transposed, found from the lungs: slice images are analysed in the radiological view, volumes warned.
+"""Inputs stored transposed or cut tight, found from the lungs: slice images are analysed in the radiological view
+(and tight crops by the models that learnt such crops), volumes warned.
 
 A 2-D image carries no geometry, so covidct takes it to be in the radiological view (the patient's left-right axis
 along the image's columns). A volume saved slice by slice without reorienting comes out transposed: its rows run
@@ -11,6 +12,9 @@ network's mask of the slice; its two largest 4-connected components, the smaller
 slice is transposed when their centroids lie further apart along the rows than along the columns. Undecided (one
 lung, or one much smaller, as at the apices and bases) counts as not transposed: the slice is analysed as given.
 A left-right or up-down flip is not looked for: the networks read those nearly as well (flip augmentation).
+
+A slice image whose lungs fill it (:func:`cut_tight`, from the same mask) is read by the lesion models' crop
+versions, where their cards name one (``crops_model``; see ``CROP_SPAN``).
 
 A volume is not turned (its geometry gives its orientation): :func:`transposed_volume_warnings` only warns when its
 lungs lie one above the other on most slices, and :func:`flipped_volume_warnings` when its lung bases (the dorsal
@@ -33,6 +37,13 @@ TRANSPOSED_NOTE = ("the slice looked transposed (its two lungs lie one above the
                    "analysed in the radiological view and its masks put back in the image's own layout")
 
 
+def crops_note(*models: str) -> str:
+    """What a user is told when a slice cut tight around its lungs is read by ``models`` (their names)."""
+    names = ", ".join(f"'{m}'" for m in models)
+    return (f"the slice is cut tight around the lungs (they fill {CROP_SPAN:.0%} or more of it): its lesions were read "
+            f"by the model{'s' if len(models) > 1 else ''} {names}, which learnt such crops")
+
+
 def lungs_one_above_the_other(lung_mask: np.ndarray) -> bool | None:
     """True when the two largest lung components of a 2-D mask lie further apart along the rows than along the
     columns, False when side by side, None when there are not two lungs of comparable size to tell by."""
@@ -48,15 +59,42 @@ def lungs_one_above_the_other(lung_mask: np.ndarray) -> bool | None:
     return bool(abs(y1.mean() - y2.mean()) > abs(x1.mean() - x2.mean()))
 
 
-def looks_transposed(image: np.ndarray, is_hu: bool, lungs_model: tuple) -> bool:
-    """Whether a 2-D slice is stored transposed, by :func:`lungs_one_above_the_other` on the mask that
-    ``lungs_model`` (``(net, info)`` from :func:`covidct.models.runtime.load`) gives it as it is."""
+# A slice image cut tight around the lungs (Inf-Net's MedSeg crops, most COVID-CT images) shows the lungs about 1.3x
+# larger than a full slice and, in Inf-Net's labels, with more generous lesion outlines: models fine-tuned with such
+# crops read them better (Inf-Net training crops of the models' validation groups: infection 0.498 -> 0.653) and full
+# slices worse (Ma validation 0.678 -> 0.659), so covidct reads only such crops with them (a shipped model's card
+# names its ``crops_model``). The lung network's box spans at least this share of the width or height on 49 of Inf-Net's
+# 50 training crops (0.935 and more; one 0.859), on 2 of MedSeg's 100 full slices (0.949, 0.951) and on none of 300 Ma
+# slices (at most 0.809) (docs/BENCHMARKS.md, "Slice images cut tight around the lungs: read by crop models").
+CROP_SPAN = 0.93
+
+
+@dataclasses.dataclass(frozen=True)
+class SliceLayout:
+    """How a 2-D slice image is laid out, from the lung network's mask of it as given."""
+
+    transposed: bool  # its two lungs lie one above the other (:func:`lungs_one_above_the_other`)
+    cut_tight: bool  # its lungs fill the image (:func:`cut_tight`)
+
+
+def cut_tight(lung_mask: np.ndarray) -> bool:
+    """True when the lungs' bounding box spans at least ``CROP_SPAN`` of a 2-D mask's width or height."""
+    mask = np.asarray(lung_mask, bool)
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if rows.size == 0:
+        return False
+    return bool(max((rows[-1] - rows[0] + 1) / mask.shape[0], (cols[-1] - cols[0] + 1) / mask.shape[1]) >= CROP_SPAN)
+
+
+def slice_layout(image: np.ndarray, is_hu: bool, lungs_model: tuple) -> SliceLayout:
+    """:class:`SliceLayout` of a 2-D slice from the mask that ``lungs_model`` (``(net, info)`` from
+    :func:`covidct.models.runtime.load`) gives it as it is (one pass of the lung network)."""
     from covidct.models import runtime
 
     net, info = lungs_model
     prob = runtime.predict_slices(net, info, [np.asarray(image, np.float32)], is_hu, batch_size=1, bf16=False)
-    mask = runtime.labels_for_task(prob, info, "lungs")[0]
-    return bool(lungs_one_above_the_other(mask > 0))
+    mask = runtime.labels_for_task(prob, info, "lungs")[0] > 0
+    return SliceLayout(transposed=bool(lungs_one_above_the_other(mask)), cut_tight=cut_tight(mask))
 
 
 def transposed(ct: CT) -> CT:

@@ -119,6 +119,11 @@ def register(app: typer.Typer) -> None:
         view: str = typer.Option("auto", "--view", help="auto: a slice image stored transposed (its two lungs one "
                                  "above the other) is analysed in the radiological view, its masks written back in "
                                  "the image's layout, and the report says so; as-is: every image as given."),
+        crop_model: bool = typer.Option(True, "--crop-model/--no-crop-model", help="A slice image cut tight around "
+                                        "its lungs (they fill 93 % or more of it, as in Inf-Net's and COVID-CT's "
+                                        "crops) is read by the lesion models' crop versions (infection-crops, "
+                                        "lesions-crops), which learnt such crops, and the report says so; "
+                                        "--no-crop-model: by the models themselves."),
         ggo_floor_follows_lung: bool = typer.Option(False, "--ggo-floor-follows-lung", help="For a scan at a shallow breath or on expiration (the report warns when the lung is denser than in full inspiration): raise the GGO floor by as much as the best-aerated lung is denser, so that healthy lung is not counted as GGO. Not for disease over most of the lung: its faint GGO is then missed."),
     ) -> None:
         """Analyse chest CTs: diagnosis, lung and lesion masks, severity, JSON/HTML/NIfTI/DICOM SEG outputs.
@@ -136,6 +141,8 @@ def register(app: typer.Typer) -> None:
         model_args = {"lungs_model": lungs_model, "lesions_model": lesions_model, "ggo_floor_follows_lung": ggo_floor_follows_lung}
         if view != "auto":  # only then: the default shares the Analyzer other callers of shared_analyzer() get
             model_args["slice_view"] = view
+        if not crop_model:
+            model_args["crop_models"] = False
         if pacs is not None or study is not None or push:
             pacs_args = {"auth_file": auth_file, "insecure": insecure, "ca_bundle": ca_bundle, "timeout": timeout}
             _analyze_from_pacs(inputs, pacs, study, series, push, output, pacs_args, png=png, html=html,

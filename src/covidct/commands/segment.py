@@ -45,6 +45,11 @@ def register(app: typer.Typer) -> None:
         view: str = typer.Option("auto", "--view", help="auto: a slice image stored transposed (its two lungs one "
                                  "above the other) is segmented in the radiological view and its mask written back "
                                  "in the image's layout; as-is: every image as given."),
+        crop_model: bool = typer.Option(True, "--crop-model/--no-crop-model", help="A slice image cut tight around "
+                                        "its lungs (they fill 93 % or more of it, as in Inf-Net's and COVID-CT's crops) "
+                                        "is read by the model's crop version where its card names one "
+                                        "(infection-crops, lesions-crops), which learnt such crops; "
+                                        "--no-crop-model: always by the model itself."),
     ) -> None:
         """Segment slices or volumes. A 2-D image gives OUTDIR/<stem>.png: one-channel 8-bit class indices with
         the input's exact width and height. A volume gives OUTDIR/<name>_<task>.nii.gz aligned to the input
@@ -56,7 +61,7 @@ def register(app: typer.Typer) -> None:
 
         if task not in TASKS:
             raise typer.BadParameter(f"must be one of {', '.join(TASKS)}", param_hint="--task")
-        from covidct.slice_view import TRANSPOSED_NOTE, VIEWS, looks_transposed
+        from covidct.slice_view import TRANSPOSED_NOTE, VIEWS, crops_note, slice_layout
 
         if view not in VIEWS:
             raise typer.BadParameter(f"must be one of {', '.join(VIEWS)}", param_hint="--view")
@@ -65,9 +70,10 @@ def register(app: typer.Typer) -> None:
 
         if model is None and task == "infection" and not zoo.has_model("infection"):
             model_name = "lesions"
-        runtime.load(model_name)  # fail early, once, on a bad model
-        # the lung network that tells a slice image stored transposed, loaded once for all the inputs
-        view_model = runtime.load("lungs") if view == "auto" and zoo.has_model("lungs") else None
+        _, info = runtime.load(model_name)  # fail early, once, on a bad model
+        crops_name = runtime.crops_model_name(info) if crop_model and task != "lungs" else None
+        # the lung network that tells a slice image stored transposed or cut tight, loaded once for all the inputs
+        lungs_net = (runtime.load("lungs") if (view == "auto" or crops_name) and zoo.has_model("lungs") else None)
         failures: list[str] = []
         last_error: CovidCTError | None = None
         files = expand_image_folders(inputs)
@@ -78,12 +84,16 @@ def register(app: typer.Typer) -> None:
                 output.mkdir(parents=True, exist_ok=True)  # only once an input is readable: no empty folder
                 if ct.kind == "image":
                     image = ct.array[0]
-                    turned = view_model is not None and looks_transposed(image, ct.is_hu, view_model)
-                    label = segment_slices([image.T.copy() if turned else image], ct.is_hu, task, model_name,
+                    layout = slice_layout(image, ct.is_hu, lungs_net) if lungs_net is not None else None
+                    turned = view == "auto" and layout is not None and layout.transposed
+                    name = crops_name if crops_name and layout is not None and layout.cut_tight else model_name
+                    label = segment_slices([image.T.copy() if turned else image], ct.is_hu, task, name,
                                            batch_size)[0]
                     if turned:
                         label = label.T.copy()
                         typer.echo(f"covidct: note: {path.name}: {TRANSPOSED_NOTE}", err=True)
+                    if name != model_name:
+                        typer.echo(f"covidct: note: {path.name}: {crops_note(name)}", err=True)
                     save_label_png(label, output / f"{path.stem}.png")
                     if overlay:
                         save_overlay_png(ct.array[0], label, output / f"{path.stem}_overlay.png", colors=colors)

@@ -113,13 +113,22 @@ def register(app: typer.Typer) -> None:
         output: Path = typer.Option(..., "-o", "--output", help="Folder for metrics.md, metrics.csv, per_image.csv and figures."),
         task: str = typer.Option(None, "--task", help="lungs, infection or lesions (default: the model's task)."),
         hd95: bool = typer.Option(False, "--hd95", help="Also compute the 95 % Hausdorff distance (slower)."),
+        crop_model: bool = typer.Option(True, "--crop-model/--no-crop-model", help="Images cut tight around their "
+                                        "lungs are read by the model's crop version where its card names one, as "
+                                        "`covidct segment` reads them; --no-crop-model: every image by the model."),
     ) -> None:
         """Score a segmentation model: per-class Dice, IoU, sensitivity, specificity, precision, F1, G-mean, F2
         (mean ± std over images), global accuracy, Inf-Net's mean Dice over 256 thresholds, and figures."""
-        from covidct.evaluate import evaluate as run_eval
-        from covidct.models import zoo
+        import json
 
-        weights, _ = zoo.resolve_model_path(model)
+        from covidct.evaluate import evaluate as run_eval
+        from covidct.models import runtime, zoo
+
+        weights, card = zoo.resolve_model_path(model)
+        crops = runtime.crops_model_name({"card": json.loads(card.read_text())}) if crop_model and card else None
         records = load_eval_records(data)
-        result = run_eval(weights, records, task, output, with_hd95=hd95)
+        result = run_eval(weights, records, task, output, with_hd95=hd95, crops_model=crops)
+        if crops and result.get("read_by_crops_model"):
+            typer.echo(f"{len(result['read_by_crops_model'])} of {result['n_images']} images are cut tight around "
+                       f"their lungs and were read by '{crops}' (--no-crop-model: all by the model itself)")
         typer.echo((output / "metrics.md").read_text() if (output / "metrics.md").exists() else str(result))

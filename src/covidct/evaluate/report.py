@@ -37,12 +37,15 @@ def evaluate(
     threshold: float | None = None,
     model=None,
     info: dict | None = None,
+    crops_model: str | Path | None = None,
 ) -> dict:
     """Metrics of a checkpoint (or a run dir's ``best.pt``) on ``records``; writes the report to ``out_dir``.
 
     ``task`` defaults to the model's task. A ``lesions`` model can be scored on ``infection`` (classes
     collapsed to lesion > 0). Records without a label for the task are skipped. Pass ``model``/``info``
-    to evaluate an already loaded model.
+    to evaluate an already loaded model. ``crops_model`` (a shipped model's card's ``crops_model``): images cut
+    tight around the lungs are read by it instead, as ``covidct segment`` does (:func:`covidct.slice_view.cut_tight`
+    on the shipped lung network's mask); their ids are listed under ``"read_by_crops_model"``.
     """
     from covidct.models.inference import load_model, predict_slices
     from covidct.models.runtime import labels_for_task
@@ -61,14 +64,27 @@ def evaluate(
     if model_task != task and not collapse:
         raise ModelError(f"evaluate: model was trained for {model_task!r}, cannot score it on {task!r}")
     classes = TASK_CLASSES[task]
+    given_threshold = threshold
     if threshold is None:
         threshold = (info.get("thresholds") or {}).get("foreground")
     kept = [(r, task_label(r, task)) for r in records]
     kept = [(r, lab) for r, lab in kept if lab is not None]
     Path(out_dir).mkdir(parents=True, exist_ok=True)  # an unwritable OUTDIR fails before the long part
-    probs = predict_slices(model, info, [np.asarray(r["image"], np.float32) for r, _ in kept],
-                           [bool(r.get("is_hu", False)) for r, _ in kept], batch_size=batch_size, bf16=bf16)
-    preds = labels_for_task(probs, info, task, threshold)  # the same label rule as ``covidct segment``
+    images = [np.asarray(r["image"], np.float32) for r, _ in kept]
+    is_hu = [bool(r.get("is_hu", False)) for r, _ in kept]
+    tight = _cut_tight(images, is_hu) if crops_model is not None and task != "lungs" else [False] * len(kept)
+    groups = [(model, info, threshold, [i for i, t in enumerate(tight) if not t])]
+    if any(tight):  # the crop model with its own stored threshold, unless one was given
+        groups.append((*_crops(crops_model), given_threshold, [i for i, t in enumerate(tight) if t]))
+    probs: list = [None] * len(kept)
+    preds: list = [None] * len(kept)
+    for net, net_info, thr, idx in groups:
+        if not idx:
+            continue
+        p = predict_slices(net, net_info, [images[i] for i in idx], [is_hu[i] for i in idx], batch_size=batch_size,
+                           bf16=bf16)
+        for i, pi, li in zip(idx, p, labels_for_task(p, net_info, task, thr), strict=True):  # ``segment``'s label rule
+            probs[i], preds[i] = pi, li
     gts = [lab for _, lab in kept]
     if collapse:
         fg = [1.0 - p[0] for p in probs]
@@ -79,6 +95,9 @@ def evaluate(
     res["model"] = str(info.get("path", model_path_or_run_dir))
     res["threshold"] = threshold
     res["ids"] = [r["id"] for r, _ in kept]
+    if crops_model is not None:
+        res["crops_model"] = str(crops_model)
+        res["read_by_crops_model"] = [r["id"] for (r, _), t in zip(kept, tight, strict=True) if t]
     if fg is not None and kept:
         thr = dice_over_thresholds(fg, [g > 0 for g in gts])
         res["dice_256_thresholds"] = {"mean_dice": thr["mean_dice"], "max_dice": thr["max_dice"],
@@ -91,6 +110,23 @@ def evaluate(
             save_heatmap(preds, gts, staging / "heatmap.png")
             save_confusion(np.asarray(res["confusion"]), classes, staging / "confusion.png")
     return res
+
+
+def _cut_tight(images: list[np.ndarray], is_hu: list[bool]) -> list[bool]:
+    """Which slices are cut tight around their lungs, decided as ``covidct segment`` decides it (the shipped lung
+    network through the inference runtime)."""
+    from covidct.models import runtime
+    from covidct.slice_view import slice_layout
+
+    lungs = runtime.load("lungs")
+    return [slice_layout(img, hu, lungs).cut_tight for img, hu in zip(images, is_hu, strict=True)]
+
+
+def _crops(name: str | Path | None) -> tuple:
+    from covidct.models import zoo
+    from covidct.models.inference import load_model
+
+    return load_model(zoo.resolve_model_path(name)[0])
 
 
 def _fmt(s: dict) -> str:

@@ -148,3 +148,12 @@ def labels_for_task(probs: Sequence[np.ndarray], info: dict, task: str, threshol
     if task == "infection":
         labels = [(lab > 0).astype(np.uint8) for lab in labels]
     return labels
+
+
+def crops_model_name(info: dict) -> str | None:
+    """The shipped model that reads 2-D slices cut tight around the lungs in this model's place (its card's
+    ``crops_model``; :data:`covidct.slice_view.CROP_SPAN`), when the card names one and it is shipped."""
+    from covidct.models import zoo
+
+    name = (info.get("card") or {}).get("crops_model")
+    return str(name) if name and zoo.has_model(name) else None

@@ -35,6 +35,8 @@ class Analyzer:
     volumes the HU rule's GGO floor rises by as much as the best-aerated lung is denser than in full inspiration
     (for a scan at a shallow breath; :class:`covidct.pipeline.hu_rules.HULesionSettings`). ``slice_view``: "auto"
     analyses a slice image stored transposed in the radiological view (:mod:`covidct.slice_view`), "as-is" never.
+    ``crop_models``: a slice image cut tight around its lungs is read by the lesion and infection models' crop versions
+    where their cards name one (:data:`covidct.slice_view.CROP_SPAN`).
     """
 
     def __init__(
@@ -48,12 +50,15 @@ class Analyzer:
         min_lesion_mm3: float = 20.0,
         ggo_floor_follows_lung: bool = False,
         slice_view: str = "auto",
+        crop_models: bool = True,
     ) -> None:
         from covidct.models import runtime, zoo
 
         if slice_view not in VIEWS:
             raise ValueError(f"slice_view must be one of {VIEWS}, not {slice_view!r}")
         self.slice_view = slice_view
+        self.crop_models = crop_models
+        self._crops: dict[str, LoadedModel | None] | None = None  # the crop versions, loaded at first need
         self.bf16 = bf16
         self.batch_size = batch_size
         self.lesion_min_hu = lesion_min_hu
@@ -72,22 +77,39 @@ class Analyzer:
             net, info = runtime.load(name, optimise=True)
             self.models[role] = LoadedModel(net, info)
 
-    def _runner(self, ahead: bool = False) -> ModelRunner:
+    def _runner(self, ahead: bool = False, models: dict | None = None) -> ModelRunner:
         """``ahead``: the lesion model starts on the lung model's slices while the lung mask is post-processed."""
         return ModelRunner(bf16=self.bf16, batch_size=self.batch_size,
-                           ahead={"lungs": self.models["lesions"]} if ahead else None)
+                           ahead={"lungs": (models or self.models)["lesions"]} if ahead else None)
+
+    def _crop_versions(self) -> dict[str, LoadedModel | None] | None:
+        """The models with the lesion and infection models replaced by their crop versions (their cards'
+        ``crops_model``), loaded at first need; None when neither has one."""
+        if self._crops is None:
+            from covidct.models import runtime
+
+            crops = dict(self.models)
+            for role in ("lesions", "infection"):
+                name = runtime.crops_model_name(self.models[role].info) if self.models[role] is not None else None
+                if name:
+                    crops[role] = LoadedModel(*runtime.load(name, optimise=True))
+            self._crops = crops if any(crops[r] is not self.models[r] for r in ("lesions", "infection")) else {}
+        return self._crops or None
 
     def segment_lungs(self, ct: CT, runner: ModelRunner | None = None) -> np.ndarray:
         """The lungs stage on ``ct``: (z, y, x) uint8, 0 background, 1 left lung, 2 right lung."""
         return lungs.segment_lungs(ct, self.models["lungs"], runner or self._runner())
 
     def segment_lesions(self, ct: CT, lung_labels: np.ndarray, runner: ModelRunner | None = None,
-                        probability: dict | None = None, mapped_hu: bool = False) -> np.ndarray:
+                        probability: dict | None = None, mapped_hu: bool = False,
+                        models: dict | None = None) -> np.ndarray:
         """The lesions stage on ``ct``: (z, y, x) uint8, 0 none, 1 GGO, 2 consolidation, 3 pleural effusion.
         ``probability``: receives the lesion probability (see :func:`covidct.pipeline.lesions.segment_lesions`);
-        ``mapped_hu``: ``ct`` is a display-range volume mapped to approximate HU (covidct.display_hu)."""
-        return lesions.segment_lesions(ct, lung_labels, runner or self._runner(), self.models["lesions"],
-                                       self.models["infection"], self.lesion_min_hu, self.min_lesion_mm3,
+        ``mapped_hu``: ``ct`` is a display-range volume mapped to approximate HU (covidct.display_hu); ``models``:
+        other models than the analyzer's (its crop versions)."""
+        models = models or self.models
+        return lesions.segment_lesions(ct, lung_labels, runner or self._runner(models=models), models["lesions"],
+                                       models["infection"], self.lesion_min_hu, self.min_lesion_mm3,
                                        probability, self.hu_settings,
                                        hu_uncertainty=MAPPED_HU_UNCERTAINTY if mapped_hu else 0.0)
 
@@ -123,15 +145,17 @@ class Analyzer:
             early.discard()
         return analysis
 
-    def _masks(self, ct: CT, t: dict, stage: Callable[[str], None], keep_probability: bool) -> Masks:
+    def _masks(self, ct: CT, t: dict, stage: Callable[[str], None], keep_probability: bool,
+               models: dict | None = None) -> Masks:
         """The lungs and lesions stages on the working grid, their masks brought back to ``ct``'s grid; on a box
-        centred on the lungs where they are narrow in a wide field of view (:func:`grid.lung_field_box`)."""
+        centred on the lungs where they are narrow in a wide field of view (:func:`grid.lung_field_box`).
+        ``models``: other models than the analyzer's (its crop versions)."""
         stage("lungs")
         t0 = time.perf_counter()
         box = lung_field_box(ct)
         if box is None:
-            return self._masks_in(ct, t, stage, keep_probability, t0)
-        masks = self._masks_in(crop_in_plane(ct, box), t, stage, keep_probability, t0)
+            return self._masks_in(ct, t, stage, keep_probability, t0, models)
+        masks = self._masks_in(crop_in_plane(ct, box), t, stage, keep_probability, t0, models)
         for name in ("lungs", "lesions", "lesion_probability"):
             if getattr(masks, name) is not None:
                 setattr(masks, name, paste_in_plane(getattr(masks, name), ct.shape, box))
@@ -140,13 +164,20 @@ class Analyzer:
 
     def _masks_in_view(self, study: Study, t: dict, stage: Callable[[str], None], keep_probability: bool) -> Masks:
         """:meth:`_masks` of the study; a slice image that looks stored transposed is analysed in the radiological
-        view and its masks put back in its own layout, with a warning (:mod:`covidct.slice_view`). Volumes as
-        stored: their geometry gives their orientation."""
+        view and its masks put back in its own layout, and one cut tight around its lungs is read by the crop
+        versions of the lesion models, each with a note (:mod:`covidct.slice_view`). Volumes as stored: their
+        geometry gives their orientation."""
         ct, lung_model = study.ct, self.models["lungs"]
-        if not (study.mode == "slice" and self.slice_view == "auto" and lung_model is not None
-                and slice_view.looks_transposed(ct.array[0], ct.is_hu, (lung_model.net, lung_model.info))):
-            return self._masks(ct, t, stage, keep_probability)
-        masks = self._masks(slice_view.transposed(ct), t, stage, keep_probability)
+        layout = None
+        if study.mode == "slice" and lung_model is not None and (self.slice_view == "auto" or self.crop_models):
+            layout = slice_view.slice_layout(ct.array[0], ct.is_hu, (lung_model.net, lung_model.info))
+        models = self._crop_versions() if self.crop_models and layout is not None and layout.cut_tight else None
+        if models:
+            study.warnings.append(slice_view.crops_note(*dict.fromkeys(
+                models[r].info.get("name", "") for r in ("lesions", "infection") if models[r] is not self.models[r])))
+        if not (self.slice_view == "auto" and layout is not None and layout.transposed):
+            return self._masks(ct, t, stage, keep_probability, models)
+        masks = self._masks(slice_view.transposed(ct), t, stage, keep_probability, models)
         for name in ("lungs", "lesions", "lesion_probability"):
             if getattr(masks, name) is not None:
                 setattr(masks, name, np.ascontiguousarray(getattr(masks, name).transpose(0, 2, 1)))
@@ -154,11 +185,12 @@ class Analyzer:
         study.warnings.append(slice_view.TRANSPOSED_NOTE)
         return masks
 
-    def _masks_in(self, ct: CT, t: dict, stage: Callable[[str], None], keep_probability: bool, t0: float) -> Masks:
+    def _masks_in(self, ct: CT, t: dict, stage: Callable[[str], None], keep_probability: bool, t0: float,
+                  models: dict | None = None) -> Masks:
         """:meth:`_masks` on ``ct`` as it is (``t0``: when the lungs stage started)."""
         # work at the models' resolution (about 256² in-plane): 4x fewer voxels for a 512² series
         work, factor = working_grid(ct)
-        runner = self._runner(ahead=True)  # its cache of normalised slices is shared by the models
+        runner = self._runner(ahead=True, models=models)  # its cache of normalised slices is shared by the models
         try:
             lung_labels = self.segment_lungs(work, runner)
             t["lungs"] = time.perf_counter() - t0
@@ -167,7 +199,8 @@ class Analyzer:
             stage("lesions")
             t0 = time.perf_counter()
             prob: dict = {}
-            lesion_labels = self.segment_lesions(work, lung_labels, runner, prob, bool(ct.meta.get("display_window")))
+            lesion_labels = self.segment_lesions(work, lung_labels, runner, prob, bool(ct.meta.get("display_window")),
+                                                 models)
         finally:
             runner.close()
         del runner
