@@ -72,7 +72,8 @@ def evaluate(
     Path(out_dir).mkdir(parents=True, exist_ok=True)  # an unwritable OUTDIR fails before the long part
     images = [np.asarray(r["image"], np.float32) for r, _ in kept]
     is_hu = [bool(r.get("is_hu", False)) for r, _ in kept]
-    tight = _cut_tight(images, is_hu) if crops_model is not None and task != "lungs" else [False] * len(kept)
+    tight = _cut_tight(images, is_hu) if crops_model is not None and task != "lungs" else None
+    tight = tight or [False] * len(kept)
     groups = [(model, info, threshold, [i for i, t in enumerate(tight) if not t])]
     if any(tight):  # the crop model with its own stored threshold, unless one was given
         groups.append((*_crops(crops_model), given_threshold, [i for i, t in enumerate(tight) if t]))
@@ -112,12 +113,14 @@ def evaluate(
     return res
 
 
-def _cut_tight(images: list[np.ndarray], is_hu: list[bool]) -> list[bool]:
+def _cut_tight(images: list[np.ndarray], is_hu: list[bool]) -> list[bool] | None:
     """Which slices are cut tight around their lungs, decided as ``covidct segment`` decides it (the shipped lung
-    network through the inference runtime)."""
-    from covidct.models import runtime
+    network through the inference runtime); None without a shipped lung network (``segment`` then routes none)."""
+    from covidct.models import runtime, zoo
     from covidct.slice_view import slice_layout
 
+    if not zoo.has_model("lungs"):
+        return None
     lungs = runtime.load("lungs")
     return [slice_layout(img, hu, lungs).cut_tight for img, hu in zip(images, is_hu, strict=True)]
 
