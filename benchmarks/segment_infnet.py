@@ -96,7 +96,7 @@ def main() -> int:
     cli, as_is, own = infection("auto"), infection("as-is"), infection("no-crop-model")
     les, les_as_is, les_own = lesions("auto"), lesions("as-is"), lesions("no-crop-model")
     weights, _ = zoo.resolve_model_path(args.model)
-    crops = runtime.crops_model_name(runtime.load(args.model)[1])
+    crops = runtime.crops_model_name(runtime.load(args.model)[1].get("card"))
     with tempfile.TemporaryDirectory() as tmp:
         ev = evaluate(weights, load_source("medseg-infnet", split="test"), "infection", tmp, crops_model=crops)
     inf = ev["per_class"]["infection"]["dice"]
@@ -120,7 +120,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         ev_les = evaluate(zoo.resolve_model_path(args.lesions_model)[0],
                           load_source("medseg-infnet", split="test", multiclass=True), "lesions", tmp,
-                          crops_model=runtime.crops_model_name(runtime.load(args.lesions_model)[1]))["per_class"]
+                          crops_model=runtime.crops_model_name(runtime.load(args.lesions_model)[1].get("card")))["per_class"]
     print(f"\nmodel {args.lesions_model}: covidct segment --task lesions on the same files, against Inf-Net's multi-class "
           "labels (per-image Dice over the images with the class or a prediction of it; pooled)")
     print("| measure | GGO | consolidation |")

@@ -29,9 +29,9 @@ def test_cut_tight_from_the_lungs_box():
 
 def test_the_base_cards_name_their_shipped_crop_versions():
     for base in ("infection", "lesions"):
-        assert runtime.crops_model_name(runtime.load(base)[1]) == f"{base}-crops"
-        assert runtime.crops_model_name(runtime.load(f"{base}-crops")[1]) is None
-    assert runtime.crops_model_name(runtime.load("lungs")[1]) is None
+        assert runtime.crops_model_name(runtime.load(base)[1]["card"]) == f"{base}-crops"
+        assert runtime.crops_model_name(runtime.load(f"{base}-crops")[1]["card"]) is None
+    assert runtime.crops_model_name(runtime.load("lungs")[1]["card"]) is None
 
 
 @pytest.fixture(scope="module")

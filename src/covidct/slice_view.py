@@ -37,13 +37,6 @@ TRANSPOSED_NOTE = ("the slice looked transposed (its two lungs lie one above the
                    "analysed in the radiological view and its masks put back in the image's own layout")
 
 
-def crops_note(*models: str) -> str:
-    """What a user is told when a slice cut tight around its lungs is read by ``models`` (their names)."""
-    names = ", ".join(f"'{m}'" for m in models)
-    return (f"the slice is cut tight around the lungs (they fill {CROP_SPAN:.0%} or more of it): its lesions were read "
-            f"by the model{'s' if len(models) > 1 else ''} {names}, which learnt such crops")
-
-
 def lungs_one_above_the_other(lung_mask: np.ndarray) -> bool | None:
     """True when the two largest lung components of a 2-D mask lie further apart along the rows than along the
     columns, False when side by side, None when there are not two lungs of comparable size to tell by."""
@@ -67,6 +60,13 @@ def lungs_one_above_the_other(lung_mask: np.ndarray) -> bool | None:
 # 50 training crops (0.935 and more; one 0.859), on 2 of MedSeg's 100 full slices (0.949, 0.951) and on none of 300 Ma
 # slices (at most 0.809) (docs/BENCHMARKS.md, "Slice images cut tight around the lungs: read by crop models").
 CROP_SPAN = 0.93
+
+
+def crops_note(*models: str) -> str:
+    """What a user is told when a slice cut tight around its lungs is read by ``models`` (their names)."""
+    names = ", ".join(f"'{m}'" for m in models)
+    return (f"the slice is cut tight around the lungs (they fill {CROP_SPAN:.0%} or more of it): its lesions were read "
+            f"by the model{'s' if len(models) > 1 else ''} {names}, which learnt such crops")
 
 
 @dataclasses.dataclass(frozen=True)

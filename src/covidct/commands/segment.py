@@ -71,7 +71,7 @@ def register(app: typer.Typer) -> None:
         if model is None and task == "infection" and not zoo.has_model("infection"):
             model_name = "lesions"
         _, info = runtime.load(model_name)  # fail early, once, on a bad model
-        crops_name = runtime.crops_model_name(info) if crop_model and task != "lungs" else None
+        crops_name = runtime.crops_model_name(info.get("card")) if crop_model and task != "lungs" else None
         # the lung network that tells a slice image stored transposed or cut tight, loaded once for all the inputs
         lungs_net = (runtime.load("lungs") if (view == "auto" or crops_name) and zoo.has_model("lungs") else None)
         failures: list[str] = []

@@ -125,7 +125,7 @@ def register(app: typer.Typer) -> None:
         from covidct.models import runtime, zoo
 
         weights, card = zoo.resolve_model_path(model)
-        crops = runtime.crops_model_name({"card": json.loads(card.read_text())}) if crop_model and card else None
+        crops = runtime.crops_model_name(json.loads(card.read_text())) if crop_model and card else None
         records = load_eval_records(data)
         result = run_eval(weights, records, task, output, with_hd95=hd95, crops_model=crops)
         if crops and result.get("read_by_crops_model"):

@@ -72,11 +72,12 @@ def evaluate(
     Path(out_dir).mkdir(parents=True, exist_ok=True)  # an unwritable OUTDIR fails before the long part
     images = [np.asarray(r["image"], np.float32) for r, _ in kept]
     is_hu = [bool(r.get("is_hu", False)) for r, _ in kept]
-    tight = _cut_tight(images, is_hu) if crops_model is not None and task != "lungs" else None
-    tight = tight or [False] * len(kept)
+    tight = (_cut_tight(images, is_hu) if crops_model is not None and task != "lungs" else None) or [False] * len(kept)
     groups = [(model, info, threshold, [i for i, t in enumerate(tight) if not t])]
     if any(tight):  # the crop model with its own stored threshold, unless one was given
-        groups.append((*_crops(crops_model), given_threshold, [i for i, t in enumerate(tight) if t]))
+        from covidct.models import zoo
+
+        groups.append((*zoo.load(crops_model), given_threshold, [i for i, t in enumerate(tight) if t]))
     probs: list = [None] * len(kept)
     preds: list = [None] * len(kept)
     for net, net_info, thr, idx in groups:
@@ -123,13 +124,6 @@ def _cut_tight(images: list[np.ndarray], is_hu: list[bool]) -> list[bool] | None
         return None
     lungs = runtime.load("lungs")
     return [slice_layout(img, hu, lungs).cut_tight for img, hu in zip(images, is_hu, strict=True)]
-
-
-def _crops(name: str | Path | None) -> tuple:
-    from covidct.models import zoo
-    from covidct.models.inference import load_model
-
-    return load_model(zoo.resolve_model_path(name)[0])
 
 
 def _fmt(s: dict) -> str:

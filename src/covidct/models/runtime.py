@@ -150,10 +150,10 @@ def labels_for_task(probs: Sequence[np.ndarray], info: dict, task: str, threshol
     return labels
 
 
-def crops_model_name(info: dict) -> str | None:
-    """The shipped model that reads 2-D slices cut tight around the lungs in this model's place (its card's
+def crops_model_name(card: dict | None) -> str | None:
+    """The shipped model that reads 2-D slices cut tight around the lungs in the place of the model of ``card`` (its
     ``crops_model``; :data:`covidct.slice_view.CROP_SPAN`), when the card names one and it is shipped."""
     from covidct.models import zoo
 
-    name = (info.get("card") or {}).get("crops_model")
+    name = (card or {}).get("crops_model")
     return str(name) if name and zoo.has_model(name) else None

@@ -90,7 +90,7 @@ class Analyzer:
 
             crops = dict(self.models)
             for role in ("lesions", "infection"):
-                name = runtime.crops_model_name(self.models[role].info) if self.models[role] is not None else None
+                name = runtime.crops_model_name(self.models[role].info.get("card")) if self.models[role] is not None else None
                 if name:
                     crops[role] = LoadedModel(*runtime.load(name, optimise=True))
             self._crops = crops if any(crops[r] is not self.models[r] for r in ("lesions", "infection")) else {}

@@ -32,15 +32,12 @@ def validation_records(card: dict, part: str = "val") -> list[dict]:
     """The slices of one split part (default: validation) of the model described by ``card``."""
     from covidct.train.config import SourceConfig
     from covidct.train.datasets import load_records
+    from covidct.train.schema import build
 
     config = card.get("config") or {}
-    sources = []
-    for src in (config.get("data") or {}).get("sources") or card.get("data", {}).get("sources", []):
-        opts = dict(src)
-        sources.append(SourceConfig(name=opts.pop("name"), root=opts.pop("root", None),
-                                    exclude_meta=opts.pop("exclude_meta", None) or {}, limit=opts.pop("limit", None),
-                                    id_prefix=opts.pop("id_prefix", ""), repeat=1,
-                                    options={k: v for k, v in opts.items() if k != "repeat"}))
+    # the config's own schema reads each source (every field it has); each record once, not oversampled
+    sources = [build(SourceConfig, {**src, "repeat": 1}, f"data.sources[{i}]") for i, src in
+               enumerate((config.get("data") or {}).get("sources") or card.get("data", {}).get("sources", []))]
     records = load_records(sources)
     by_meta = ((config.get("data") or {}).get("split") or {}).get("by_meta")
     if by_meta:
