@@ -106,12 +106,15 @@ class Analyzer:
         """The lesions stage on ``ct``: (z, y, x) uint8, 0 none, 1 GGO, 2 consolidation, 3 pleural effusion.
         ``probability``: receives the lesion probability (see :func:`covidct.pipeline.lesions.segment_lesions`);
         ``mapped_hu``: ``ct`` is a display-range volume mapped to approximate HU (covidct.display_hu); ``models``:
-        other models than the analyzer's (its crop versions)."""
+        other models than the analyzer's (its crop versions, which also read lesions outside the lung mask: on crops the
+        lung network leaves much of the lesions out of it; docs/BENCHMARKS.md, thirty-fifth session)."""
+        read_as_crop = models is not None and models is self._crops
         models = models or self.models
         return lesions.segment_lesions(ct, lung_labels, runner or self._runner(models=models), models["lesions"],
                                        models["infection"], self.lesion_min_hu, self.min_lesion_mm3,
                                        probability, self.hu_settings,
-                                       hu_uncertainty=MAPPED_HU_UNCERTAINTY if mapped_hu else 0.0)
+                                       hu_uncertainty=MAPPED_HU_UNCERTAINTY if mapped_hu else 0.0,
+                                       within_lungs=not read_as_crop)
 
     def __call__(
         self, ct: CT, outdir: str | Path | None = None, *, png: bool = False, html: bool = True,

@@ -40,9 +40,12 @@ from covidct.volume import CT, SUPINE, dependent_side
 def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_model: LoadedModel | None = None,
                     infection_model: LoadedModel | None = None, lesion_min_hu: float = -800.0,
                     min_lesion_mm3: float = 20.0, probability: dict | None = None,
-                    hu_settings: hu_rules.HULesionSettings = hu_rules.DEFAULT, hu_uncertainty: float = 0.0) -> np.ndarray:
+                    hu_settings: hu_rules.HULesionSettings = hu_rules.DEFAULT, hu_uncertainty: float = 0.0,
+                    within_lungs: bool = True) -> np.ndarray:
     """(z, y, x) uint8: 0 none, 1 GGO, 2 consolidation, 3 pleural effusion (``hu_settings``: the HU rule's;
-    ``hu_uncertainty``: how far the HU values may be off near soft tissue, e.g. a display-range volume mapped to HU).
+    ``hu_uncertainty``: how far the HU values may be off near soft tissue, e.g. a display-range volume mapped to HU;
+    ``within_lungs``: GGO and consolidation only within 3 mm of ``lungs``; off for a slice image cut tight around its
+    lungs, whose lesions the lung network leaves largely outside its mask while the crop models find them).
 
     ``probability`` (optional): receives ``"lesion"``, the models' infection probability on ``ct``'s grid
     (uint8 p x 255, see covidct.report.heatmap), or None when no lesion model ran (no model shipped: HU thresholds
@@ -55,7 +58,7 @@ def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_mode
     if zs.size == 0:
         return out
     dz, dy, dx = ct.spacing
-    near_lung = dilate_mm(lung, (dz, dy, dx), 3.0)
+    near_lung = dilate_mm(lung, (dz, dy, dx), 3.0) if within_lungs else None
     binary = False
     prob = p_inf = None
     if lesions_model is not None:
@@ -116,7 +119,8 @@ def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_mode
         if probability is not None:
             probability["hu_rule"] = notes
     infection = (out == GGO) | (out == CONSOLIDATION)
-    infection &= near_lung
+    if within_lungs:
+        infection &= near_lung
     if ct.is_hu:
         infection &= vol >= lesion_min_hu
     result = np.zeros_like(out)
