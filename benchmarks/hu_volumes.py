@@ -7,7 +7,8 @@ scored outside the four readers' nodule contours grown by --nodule-margin mm); c
 lesion-free phantoms (seeds 200..: the HU rule's settings were chosen with them; seeds 210-213 on other
 grids and slice thicknesses, never used to choose anything). Versions of the four covid-ct-md / LIDC series with
 2x and 3x thicker slices (slices averaged), interpolated to a half and a third of their slice spacing (linear in z: smoother
-than a real thin acquisition, it shows what depends on the number of slices), and under a simulated sharp
+than a real thin acquisition, it shows what depends on the number of slices), as if acquired on a half and a third of
+it (each slice repeated with noise that averages back to it: ``covidct.evaluate.acquisitions.thin_acquired``), under a simulated sharp
 reconstruction kernel at two levels (``covidct.evaluate.hu_volumes.sharp_kernel_simulated``), with their lung
 made 100 HU denser, as after a shallow breath (``shallow_breath_simulated``), and gapped: every third of their slices
 (``covidct.evaluate.acquisitions.gapped_slices``).
@@ -39,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from covidct.evaluate.acquisitions import gapped_slices
+from covidct.evaluate.acquisitions import gapped_slices, thin_acquired
 from covidct.evaluate.hu_volumes import (
     build_table,
     dice,
@@ -120,6 +121,14 @@ def volumes(data: Path, n_phantoms: int) -> list[dict]:
         for k in (3, 2):
             out.append({**base, "name": f"{base['name']} (interpolated to 1/{k} slice spacing)", "thin": k,
                         "load_native": base["load"], "load": None, "slice_labels": None,
+                        "labels_of": base.get("slice_labels"), "nodules_xml": base.get("nodules_xml")})
+    # ... and as if acquired on 1/2 and 1/3 of their slice spacing (thirty-fifth session): each slice repeated with
+    # noise that averages back to it and makes each thin slice sqrt(k) times as noisy (evaluate.acquisitions.
+    # thin_acquired). Sharper through-plane than the interpolated rows, as a real thin slice is; a model, not a scanner.
+    for base in [v for v in out if v["name"] in ("P001", "cap001", "normal001", "LIDC-IDRI-0001")]:
+        for k in (3, 2):
+            out.append({**base, "name": f"{base['name']} (acquired at 1/{k} slice spacing, simulated)", "acquired": k,
+                        "simulated": True, "load_native": base["load"], "load": None, "slice_labels": None,
                         "labels_of": base.get("slice_labels"), "nodules_xml": base.get("nodules_xml")})
     # the same series under a simulated sharp ("lung") reconstruction kernel, two levels (lung noise about 35 and
     # 55 HU against 21-24 HU; eighteenth session): no sharp-kernel series is in ../shared. A check, not a scanner.
@@ -220,6 +229,10 @@ def run(data: Path, n_phantoms: int, cache: Path | None, before: Path | None, lo
         elif vol.get("thin"):
             native = vol["load_native"]()
             ct, y, nearest = thin_interpolated(native, vol["thin"], vol.get("labels_of"))
+            vol = {**vol, "y": y}
+        elif vol.get("acquired"):
+            native = vol["load_native"]()
+            ct, y, nearest = thin_acquired(native, vol["acquired"], vol.get("labels_of"))
             vol = {**vol, "y": y}
         elif vol.get("gapped"):  # its slices keep their files: the slice labels apply as they are
             native = vol["load_native"]()

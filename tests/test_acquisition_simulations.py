@@ -60,3 +60,33 @@ def test_gapped_slices_keep_their_place_thickness_and_files():
     assert [s.file for s in g.slices] == ["IM1.dcm", "IM4.dcm", "IM7.dcm"] and [s.index for s in g.slices] == [0, 1, 2]
     for i, s in enumerate(g.slices):  # each kept slice where it was
         assert (g.affine @ [0, 0, i, 1])[2] == pytest.approx(s.z_mm)
+
+
+def test_a_thin_acquisition_averages_back_to_the_series_with_more_noise(healthy):
+    """k thin slices per slice: their mean is the original slice, each is about sqrt(k) times as noisy (the lung-noise
+    measure), and they lie where the original slice's thickness was, labels following their original slice."""
+    import dataclasses
+
+    from covidct.evaluate.acquisitions import thin_acquired
+    from covidct.pipeline.hu_rules import lung_noise
+    from covidct.volume import SliceRef
+
+    ct = healthy.ct
+    ct = dataclasses.replace(ct, slices=[SliceRef(index=i, z_mm=float((ct.affine @ [0, 0, i, 1])[2]), file=f"IM{i}.dcm")
+                                         for i in range(ct.n_slices)])
+    lungs = hu_lung_reference(ct.array, ct.spacing)
+    labels = {f"IM{i}.dcm": i % 2 for i in range(ct.n_slices) if i != 3}
+    for k in (2, 3):
+        thin, y, nearest = thin_acquired(ct, k, labels, seed=1)
+        assert thin.shape == (ct.n_slices * k, *ct.shape[1:]) and thin.spacing[0] == pytest.approx(ct.spacing[0] / k)
+        np.testing.assert_allclose(thin.array.reshape(ct.n_slices, k, *ct.shape[1:]).mean(1), ct.array, atol=0.05)
+        ratio = lung_noise(thin.array, np.repeat(lungs, k, axis=0)) / lung_noise(ct.array, lungs)
+        assert np.sqrt(k) * 0.85 < ratio < np.sqrt(k) * 1.15
+        np.testing.assert_array_equal(nearest, np.arange(ct.n_slices * k) // k)
+        # the thin slices' centres spread over the original slice's thickness, the same way in the affine
+        for i in (0, k - 1, k * ct.n_slices - 1):
+            world = thin.affine @ [0, 0, i, 1]
+            original = ct.affine @ [0, 0, i // k, 1]
+            assert world[2] - original[2] == pytest.approx(((i % k) - (k - 1) / 2) * ct.spacing[0] / k * np.sign(ct.affine[2, 2]))
+        assert list(y) == [-1 if j == 3 else j % 2 for j in nearest]
+        assert [s.z_mm for s in thin.slices] == pytest.approx([(thin.affine @ [0, 0, i, 1])[2] for i in range(len(y))])

@@ -1,12 +1,13 @@
 """Acquisitions simulated on a whole HU series (models, not scans): a CT pulmonary angiography, a gapped series and a
-reconstruction field of view wider than the body.
+reconstruction field of view wider than the body; a thin-slice acquisition of the same patient.
 
 COVID-19 patients are very often scanned as CT pulmonary angiography (CTPA: pulmonary arteries at 250-500 HU) to rule
 out embolism. Inside the lung the enhanced vessels' partial-volume shells are denser than in an unenhanced scan, which
 an HU lesion rule could take for ground glass (:func:`contrast_enhanced_simulated`). An incremental or sequential
 acquisition, or a subset of a series' slices, gives slices thinner than their spacing (:func:`gapped_slices`). No such
 series is in ../shared, so these stand in. Large patients and patients scanned with their arms down are reconstructed
-on fields of 450-550 mm, where the chest is small in the image (:func:`wide_field_simulated`).
+on fields of 450-550 mm, where the chest is small in the image (:func:`wide_field_simulated`). Most scanners also
+reconstruct 0.6-1.25 mm slices, where a slice averages fewer photons and less tissue (:func:`thin_acquired`).
 """
 
 from __future__ import annotations
@@ -71,3 +72,51 @@ def wide_field_simulated(ct, size: int, noise_hu: float | None = None, seed: int
     affine = ct.affine.copy()
     affine[:3, 3] -= affine[:3, :3] @ np.array([x0, y0, 0.0])  # affine indices are (x, y, z)
     return dataclasses.replace(ct, array=out, affine=affine, source_shape=None, path=f"{ct.path}@field{size}")
+
+
+def thin_acquired(ct, k: int, slice_labels: dict[str, int] | None = None, seed: int = 0):
+    """``ct`` as if acquired on ``k`` times thinner slices: each slice repeated ``k`` times plus noise that is correlated
+    in-plane (white noise smoothed by a Gaussian of 0.8 pixel, as a reconstruction kernel correlates it) and sums to zero
+    within each group, so that the mean of a group (what a ``k`` times thicker reconstruction of the thin slices gives)
+    is the original slice, and scaled so that each thin slice's lung noise (:func:`covidct.pipeline.hu_rules.lung_noise`
+    on the HU lung reference) is sqrt(k) times the original's, as for a slice of 1/k the photons. A model, not a scan:
+    structures keep the original slice's partial volume through-plane (a real thin slice is sharper), where
+    :func:`covidct.evaluate.hu_volumes.thin_interpolated` blurs them. Returns (CT, each thin slice's label from
+    ``slice_labels`` (file name -> 0/1, -1 unlabelled) or None, the original slice of each thin slice)."""
+    from covidct.pipeline.hu_rules import lung_noise
+    from covidct.preprocess import IN_PLANE
+    from covidct.volume import SliceRef
+
+    z, h, w = ct.shape
+    lungs = hu_lung_reference(ct.array, ct.spacing)
+    noise0 = lung_noise(ct.array, lungs)
+    if noise0 is None:
+        raise ValueError("thin_acquired: too little aerated lung to measure the series' noise")
+    rng = np.random.default_rng(seed)
+    field = ndimage.gaussian_filter(rng.standard_normal((z * k, h, w), dtype=np.float32), (0.0, 0.8, 0.8))
+    groups = field.reshape(z, k, h, w)
+    groups -= groups.mean(1, keepdims=True)
+    # the lung-noise measure of the field alone (its spread against its in-plane 3x3 mean, in the eroded lung)
+    core = ndimage.binary_erosion(lungs, IN_PLANE, iterations=2)[::4]
+    sample = groups[::4, 0]
+    r = (sample - ndimage.uniform_filter(sample, size=(1, 3, 3)))[core]
+    measured = 1.4826 * float(np.median(np.abs(r - np.median(r)))) * np.sqrt(9 / 8)
+    out = np.repeat(ct.array.astype(np.float32, copy=False), k, axis=0)
+    out += field * np.float32(noise0 * np.sqrt(k - 1) / measured)
+    dz, dy, dx = ct.spacing
+    affine = ct.affine.copy()
+    affine[:3, 3] -= ct.affine[:3, 2] * (k - 1) / (2 * k)  # the first thin slice at the bottom of the first slice
+    affine[:3, 2] /= k
+    nearest = np.arange(z * k) // k
+    z_mm = np.array([s.z_mm for s in ct.slices] if ct.slices else np.arange(z) * dz, float)
+    step = (z_mm[1] - z_mm[0]) / k if z > 1 else dz / k
+    thin_z = z_mm[nearest] + (np.arange(z * k) % k - (k - 1) / 2) * step
+    thin = dataclasses.replace(ct, array=out, spacing=(dz / k, dy, dx), affine=affine, kind="array", source_shape=None,
+                               meta={**ct.meta, "slice_thickness": dz / k} if "slice_thickness" in ct.meta else ct.meta,
+                               slices=[SliceRef(index=i, z_mm=float(v)) for i, v in enumerate(thin_z)],
+                               path=f"{ct.path}@acquired1/{k}" if ct.path else None)
+    if slice_labels is None:
+        return thin, None, nearest
+    files = [s.file.rsplit("/", 1)[-1] if s.file else None for s in ct.slices]
+    native = np.array([slice_labels.get(f, -1) if f else -1 for f in files])
+    return thin, native[nearest], nearest
