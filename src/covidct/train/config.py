@@ -360,13 +360,22 @@ def load_config(source: str | Path | dict | Config) -> Config:
 def config_to_dict(cfg: Config) -> dict:
     """Plain dict of a config (the content of ``config.resolved.yaml``); round-trips through load_config."""
     d = dataclasses.asdict(cfg)
-    d["data"]["sources"] = [{"name": s["name"], **({"root": s["root"]} if s["root"] else {}),
-                             **({"exclude_meta": s["exclude_meta"]} if s["exclude_meta"] else {}),
-                             **({"limit": s["limit"]} if s["limit"] is not None else {}),
-                             **({"id_prefix": s["id_prefix"]} if s["id_prefix"] else {}),
-                             **({"repeat": s["repeat"]} if s["repeat"] != 1 else {}), **s["options"]}
-                            for s in d["data"]["sources"]]
+    d["data"]["sources"] = [_source_dict(s) for s in cfg.data.sources]
     return d
+
+
+def _source_dict(source: SourceConfig) -> dict:
+    """A source as a config writes it: its name, every other field that differs from its default (so that a field
+    added to :class:`SourceConfig` is kept without a change here), then its loader options."""
+    out: dict = {"name": source.name}
+    for f in fields(SourceConfig):
+        if f.name in ("name", "options"):
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        value = getattr(source, f.name)
+        if value != default:
+            out[f.name] = copy.deepcopy(value)
+    return {**out, **copy.deepcopy(source.options)}
 
 
 def dump_config(cfg: Config, path: str | Path) -> Path:
