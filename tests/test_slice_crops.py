@@ -13,6 +13,7 @@ from covidct.cli import main
 from covidct.evaluate import evaluate
 from covidct.io import load_ct
 from covidct.models import runtime, zoo
+from covidct.models.onnx_runtime import softmax
 from covidct.phantom import make_phantom
 from covidct.pipeline import Analyzer, analyze
 from covidct.preprocess import apply_window
@@ -34,6 +35,31 @@ def test_the_base_cards_name_their_shipped_crop_versions():
         assert runtime.crops_model_name(runtime.load(base)[1]["card"]) == f"{base}-crops"
         assert runtime.crops_model_name(runtime.load(f"{base}-crops")[1]["card"]) is None
     assert runtime.crops_model_name(runtime.load("lungs")[1]["card"]) is None
+
+
+@pytest.mark.parametrize("which", ["onnx", "torch"])
+def test_the_crop_models_average_with_their_mirror_image_and_the_base_models_do_not(which):
+    """The crop models' cards ask for test-time mirroring (chosen on validation crops, docs/BENCHMARKS.md,
+    thirty-sixth session): in either runtime their probabilities are the mean of the network's on the prepared input
+    and on its mirror (mirrored back). The mirror is taken after the preprocessing, whose CLAHE tiles are not
+    mirror-symmetric."""
+    rng = np.random.default_rng(0)
+    img = ndimage.gaussian_filter(rng.uniform(0, 255, (256, 256)), 3).astype(np.float32)
+    for name in ("infection-crops", "lesions-crops"):
+        net, info = runtime.load(name, runtime=which)
+        assert runtime.is_onnx(info) == (which == "onnx")
+        assert info["card"]["test_time_mirror"] is True
+        x = runtime.prepare_slices([img], [False], info)
+        a = softmax(runtime.forward(net, info, x), axis=1)[0]
+        b = softmax(runtime.forward(net, info, np.ascontiguousarray(x[..., ::-1])), axis=1)[0][..., ::-1]
+        mirrored = runtime.predict_slices(net, info, [img], False, bf16=False)[0]
+        assert mirrored.shape == (len(info["card"]["classes"]), 256, 256)
+        assert np.allclose(mirrored, (a + b) / 2, atol=1e-4)
+        plain = dict(info, card={**info["card"], "test_time_mirror": False})
+        assert np.allclose(runtime.predict_slices(net, plain, [img], False, bf16=False)[0], a, atol=1e-4)
+        assert not np.allclose(mirrored, a, atol=1e-3)  # the mirror changes something on this image
+    for base in ("infection", "lesions", "lungs"):
+        assert not runtime.load(base, runtime=which)[1]["card"].get("test_time_mirror")
 
 
 @pytest.fixture(scope="module")

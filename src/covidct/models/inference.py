@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from covidct.models.checkpoint import load_model
-from covidct.models.onnx_runtime import slices_and_flags
+from covidct.models.onnx_runtime import slices_and_flags, test_time_mirror
 from covidct.preprocess import NormalisationConfig, resize_image_tensor, to_model_input
 
 __all__ = ["predict_slices", "prepare_slices", "probabilities_to_labels", "load_model", "optimise_for_cpu", "model_input"]
@@ -80,6 +80,7 @@ def predict_slices(
     :func:`prepare_slices` for these images and this model's settings, when already computed.
     """
     as_array, imgs, flags = slices_and_flags(images, is_hu)
+    mirror = test_time_mirror(info)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -95,6 +96,11 @@ def predict_slices(
         if isinstance(logits, list | tuple):
             logits = logits[0]
         prob = torch.softmax(logits.float(), dim=1)
+        if mirror:  # the mean with the mirror image's probabilities, mirrored back (as the ONNX path)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                flipped = model(torch.flip(x, dims=(-1,)))
+            flipped = flipped[0] if isinstance(flipped, list | tuple) else flipped
+            prob = (prob + torch.flip(torch.softmax(flipped.float(), dim=1), dims=(-1,))) / 2
         if as_array and tuple(prob.shape[-2:]) == tuple(images.shape[-2:]):  # copy the batch straight in
             if stacked is None:
                 stacked = np.empty((len(imgs), *prob.shape[1:]), np.float32)

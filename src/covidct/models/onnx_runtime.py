@@ -192,6 +192,12 @@ def resize_probabilities(p: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return q / np.maximum(q.sum(0, keepdims=True), 1e-8)
 
 
+def test_time_mirror(info: dict) -> bool:
+    """Whether the model's card asks for left-right mirror averaging at test time (``test_time_mirror``: the crop
+    models, chosen on validation crops, docs/BENCHMARKS.md, thirty-sixth session). Checkpoints without a card never."""
+    return bool((info.get("card") or {}).get("test_time_mirror"))
+
+
 def predict_slices(
     net: OnnxNet,
     info: dict,
@@ -206,6 +212,7 @@ def predict_slices(
     output of :func:`prepare_slices` for these images, when already computed.
     """
     as_array, imgs, flags = slices_and_flags(images, is_hu)
+    mirror = test_time_mirror(info)
     out: list[np.ndarray] = []
     stacked: np.ndarray | None = None
     for start in range(0, len(imgs), batch_size):
@@ -213,6 +220,8 @@ def predict_slices(
         x = (prepared[start : start + batch_size] if prepared is not None
              else prepare_slices(chunk, flags[start : start + batch_size], info))
         prob = softmax(net(x), axis=1)
+        if mirror:  # the mean with the mirror image's probabilities, mirrored back
+            prob = (prob + softmax(net(np.ascontiguousarray(x[..., ::-1])), axis=1)[..., ::-1]) / 2
         if as_array and tuple(prob.shape[-2:]) == tuple(images.shape[-2:]):
             if stacked is None:
                 stacked = np.empty((len(imgs), *prob.shape[1:]), np.float32)
