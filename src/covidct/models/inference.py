@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from covidct.models.checkpoint import load_model
-from covidct.models.onnx_runtime import slices_and_flags, test_time_mirror
+from covidct.models.onnx_runtime import mirror_averaged, slices_and_flags
 from covidct.preprocess import NormalisationConfig, resize_image_tensor, to_model_input
 
 __all__ = ["predict_slices", "prepare_slices", "probabilities_to_labels", "load_model", "optimise_for_cpu", "model_input"]
@@ -80,7 +80,7 @@ def predict_slices(
     :func:`prepare_slices` for these images and this model's settings, when already computed.
     """
     as_array, imgs, flags = slices_and_flags(images, is_hu)
-    mirror = test_time_mirror(info)
+    mirror = mirror_averaged(info)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()

@@ -192,7 +192,7 @@ def resize_probabilities(p: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return q / np.maximum(q.sum(0, keepdims=True), 1e-8)
 
 
-def test_time_mirror(info: dict) -> bool:
+def mirror_averaged(info: dict) -> bool:
     """Whether the model's card asks for left-right mirror averaging at test time (``test_time_mirror``: the crop
     models, chosen on validation crops, docs/BENCHMARKS.md, thirty-sixth session). Checkpoints without a card never."""
     return bool((info.get("card") or {}).get("test_time_mirror"))
@@ -212,7 +212,7 @@ def predict_slices(
     output of :func:`prepare_slices` for these images, when already computed.
     """
     as_array, imgs, flags = slices_and_flags(images, is_hu)
-    mirror = test_time_mirror(info)
+    mirror = mirror_averaged(info)
     out: list[np.ndarray] = []
     stacked: np.ndarray | None = None
     for start in range(0, len(imgs), batch_size):
