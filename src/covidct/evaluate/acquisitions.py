@@ -83,7 +83,7 @@ def thin_acquired(ct, k: int, slice_labels: dict[str, int] | None = None, seed: 
     structures keep the original slice's partial volume through-plane (a real thin slice is sharper), where
     :func:`covidct.evaluate.hu_volumes.thin_interpolated` blurs them. Returns (CT, each thin slice's label from
     ``slice_labels`` (file name -> 0/1, -1 unlabelled) or None, the original slice of each thin slice)."""
-    from covidct.pipeline.hu_rules import lung_noise
+    from covidct.pipeline.hu_rules import local_spread, lung_noise
     from covidct.preprocess import IN_PLANE
     from covidct.volume import SliceRef
 
@@ -98,9 +98,7 @@ def thin_acquired(ct, k: int, slice_labels: dict[str, int] | None = None, seed: 
     groups -= groups.mean(1, keepdims=True)
     # the lung-noise measure of the field alone (its spread against its in-plane 3x3 mean, in the eroded lung)
     core = ndimage.binary_erosion(lungs, IN_PLANE, iterations=2)[::4]
-    sample = groups[::4, 0]
-    r = (sample - ndimage.uniform_filter(sample, size=(1, 3, 3)))[core]
-    measured = 1.4826 * float(np.median(np.abs(r - np.median(r)))) * np.sqrt(9 / 8)
+    measured = local_spread(groups[::4, 0], core)
     out = np.repeat(ct.array.astype(np.float32, copy=False), k, axis=0)
     out += field * np.float32(noise0 * np.sqrt(k - 1) / measured)
     dz, dy, dx = ct.spacing

@@ -100,6 +100,13 @@ def lung_noise(hu: np.ndarray, lungs: np.ndarray, every: int = 4) -> float | Non
     core = in_plane("erode", lungs[zs] > 0, IN_PLANE[1], iterations=2) & (h < -750)
     if np.count_nonzero(core) < 1000:
         return None
+    return local_spread(h, core)
+
+
+def local_spread(h: np.ndarray, core: np.ndarray) -> float:
+    """Robust spread of (z, y, x) ``h`` against its in-plane 3x3 mean over ``core``: the median absolute deviation as
+    a standard deviation, scaled so that white noise gives its own (a voxel minus its 3x3 mean keeps 8/9 of the
+    variance)."""
     r = (h - ndimage.uniform_filter(h, size=(1, 3, 3)))[core]
     return float(1.4826 * np.median(np.abs(r - np.median(r))) * np.sqrt(9 / 8))
 
