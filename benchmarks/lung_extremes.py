@@ -6,7 +6,9 @@ Each healthy series (covid-ct-md normal001, LIDC-IDRI-0001) is analysed as it is
 areas over 10, 30 and 50 % of its HU lung field (random patches and subpleural ones;
 ``covidct.evaluate.hu_volumes.emphysema_simulated``) and with airless lung along its dependent edge over 5, 15 and 30 %
 (air bronchograms and vessels kept; ``dependent_consolidation_simulated``), and with a pleural effusion of the same
-extent (water in that band), and as CT pulmonary angiography, its lung vessels enhanced to 250 and 400 HU
+extent (water in that band), with free fluid as it settles in a supine patient (behind a level, coronal surface:
+``covidct.evaluate.acquisitions.layering_effusion_simulated``; both sides over 5, 10 and 20 % of the field, the right
+side alone over 10 and 20 %), and as CT pulmonary angiography, its lung vessels enhanced to 250 and 400 HU
 (``covidct.evaluate.acquisitions.contrast_enhanced_simulated``: no lesion added, so every lesion mL there is false). Per case: the simulated region's mL, the share of it inside the final lung mask and
 labelled consolidation or effusion, the lung mL beside the unchanged series', the lesion mL, severity and diagnosis.
 Emphysema must stay lung; dependent consolidation is lung and lesion; an effusion is effusion.
@@ -31,7 +33,7 @@ def main() -> int:
         return 0
     args, series = parsed
 
-    from covidct.evaluate.acquisitions import contrast_enhanced_simulated
+    from covidct.evaluate.acquisitions import contrast_enhanced_simulated, layering_effusion_simulated
     from covidct.evaluate.hu_volumes import dependent_consolidation_simulated, emphysema_simulated
     from covidct.io import load_ct
     from covidct.labels import CONSOLIDATION, EFFUSION
@@ -51,6 +53,10 @@ def main() -> int:
             for effusion in (False, True):
                 ct, region = dependent_consolidation_simulated(base, share, effusion=effusion)
                 cases.append((f"{'pleural effusion' if effusion else 'dependent consolidation'} {share:g}", ct, region))
+        for share, sides in ((0.05, ("right", "left")), (0.1, ("right", "left")), (0.2, ("right", "left")),
+                             (0.1, ("right",)), (0.2, ("right",))):
+            ct, region = layering_effusion_simulated(base, share, sides)
+            cases.append((f"layering effusion {'+'.join(sides)} {share:g}", ct, region))
         blood = BLOOD_HU.get(name, 40.0)
         for contrast in (250.0, 400.0):  # CT pulmonary angiography: the lung's vessels enhanced (no lesion added)
             cases.append((f"pulmonary angiography {contrast:g} HU", contrast_enhanced_simulated(base, contrast, blood), None))

@@ -7,7 +7,8 @@ an HU lesion rule could take for ground glass (:func:`contrast_enhanced_simulate
 acquisition, or a subset of a series' slices, gives slices thinner than their spacing (:func:`gapped_slices`). No such
 series is in ../shared, so these stand in. Large patients and patients scanned with their arms down are reconstructed
 on fields of 450-550 mm, where the chest is small in the image (:func:`wide_field_simulated`). Most scanners also
-reconstruct 0.6-1.25 mm slices, where a slice averages fewer photons and less tissue (:func:`thin_acquired`).
+reconstruct 0.6-1.25 mm slices, where a slice averages fewer photons and less tissue (:func:`thin_acquired`). Free
+pleural fluid settles under gravity with a level surface (:func:`layering_effusion_simulated`).
 """
 
 from __future__ import annotations
@@ -118,3 +119,30 @@ def thin_acquired(ct, k: int, slice_labels: dict[str, int] | None = None, seed: 
     files = [s.file.rsplit("/", 1)[-1] if s.file else None for s in ct.slices]
     native = np.array([slice_labels.get(f, -1) if f else -1 for f in files])
     return thin, native[nearest], nearest
+
+
+def layering_effusion_simulated(ct, share: float, sides: tuple[str, ...] = ("right", "left"), hu: float = 10.0,
+                                seed: int = 0):
+    """``ct`` with free pleural fluid in each hemithorax of ``sides`` (the patient's), and that region (the truth).
+
+    A supine patient's free fluid settles posteriorly with a level surface, a coronal plane: in each chosen side of the
+    HU lung field (split at the median column of the field) the voxels behind that plane become water (``hu``, noise
+    SD 10 HU), the plane placed so that the fluid takes ``share`` of that side's field. So the fluid is deepest where
+    the lung reaches farthest back (the posterior costophrenic recesses) and thins out towards the apex, where a
+    small effusion leaves none. The lung in front keeps its density (real fluid also compresses it). Only a model: no
+    series in ../shared has an effusion. Canonical orientation: x runs to the patient's left, y to posterior."""
+    arr = ct.array.astype(np.float32, copy=True)
+    field = hu_lung_reference(arr, ct.spacing)
+    xs = np.nonzero(field)[2]
+    middle = float(np.median(xs)) if xs.size else arr.shape[2] / 2
+    cols = np.arange(arr.shape[2])
+    yy = np.arange(arr.shape[1])[None, :, None]
+    region = np.zeros(arr.shape, bool)
+    for side in sides:
+        part = field & ((cols < middle) if side == "right" else (cols >= middle))[None, None, :]
+        ys = np.nonzero(part)[1]
+        if ys.size:
+            region |= part & (yy >= np.quantile(ys, 1.0 - share))
+    arr[region] = hu + np.random.default_rng(seed).normal(0.0, 10.0, int(region.sum())).astype(np.float32)
+    name = "+".join(sides)
+    return dataclasses.replace(ct, array=arr, path=f"{ct.path}@layering-effusion-{name}{share:g}"), region
