@@ -26,3 +26,5 @@ def test_layered_fluid_fills_the_back_of_the_chosen_side_behind_a_level_surface(
     both, region2 = layering_effusion_simulated(ct, 0.2)
     assert region2[:, :, : int(middle)].any() and region2[:, :, int(np.ceil(middle)):].any()
     assert "layering-effusion-right+left0.2" in both.path
+    with pytest.raises(ValueError, match="sides"):
+        layering_effusion_simulated(ct, 0.2, ("posterior",))

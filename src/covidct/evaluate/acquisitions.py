@@ -131,6 +131,9 @@ def layering_effusion_simulated(ct, share: float, sides: tuple[str, ...] = ("rig
     the lung reaches farthest back (the posterior costophrenic recesses) and thins out towards the apex, where a
     small effusion leaves none. The lung in front keeps its density (real fluid also compresses it). Only a model: no
     series in ../shared has an effusion. Canonical orientation: x runs to the patient's left, y to posterior."""
+    unknown = set(sides) - {"right", "left"}
+    if unknown:
+        raise ValueError(f"sides are 'right' and/or 'left', not {sorted(unknown)}")
     arr = ct.array.astype(np.float32, copy=True)
     field = hu_lung_reference(arr, ct.spacing)
     xs = np.nonzero(field)[2]
