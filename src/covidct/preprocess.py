@@ -124,6 +124,28 @@ def to_model_input(image: np.ndarray, is_hu: bool, cfg: NormalisationConfig | No
     return np.stack([_normalise_slice(s, cfg) for s in x01]).astype(np.float32)
 
 
+def lesion_types_by_density(labels: np.ndarray, image: np.ndarray, sigma_px: float, threshold: float) -> np.ndarray:
+    """Lesion labels of one 8-bit display slice with GGO (1) and consolidation (2) re-decided from density.
+
+    Consolidation is as dense as soft tissue; ground glass lies between aerated lung and soft tissue (on HU volumes
+    the HU rule draws the line at -300 / -200 HU). A display image has no HU, so the density is the slice's grey
+    level, Gaussian-smoothed (``sigma_px``) and stretched between the slice's own 0.5th and 99.5th percentiles as in
+    :func:`to_model_input`: a pixel labelled GGO or consolidation is consolidation where it is >= ``threshold``, else
+    GGO. Extent and every other label are kept. Chosen on training crops, judged on validation crops
+    (docs/BENCHMARKS.md, "Lesion type from density on display slices"); the model's card names the settings."""
+    from scipy import ndimage
+
+    img = np.asarray(image, np.float32)
+    lesion = (labels == 1) | (labels == 2)
+    lo, hi = np.percentile(img, PERCENTILES)
+    if hi - lo < 1e-6 or not lesion.any():  # a blank slice has no density to read
+        return labels
+    density = (ndimage.gaussian_filter(img, sigma_px) - lo) / (hi - lo)
+    out = labels.copy()
+    out[lesion] = np.where(density[lesion] >= threshold, 2, 1).astype(labels.dtype)
+    return out
+
+
 # --- resampling ---------------------------------------------------------------------------
 
 

@@ -29,7 +29,7 @@ def segment_slices(images: list[np.ndarray], is_hu: bool, task: str, model_name:
 
         raise UnsupportedInput(f"model {model_name} is a 3-D model: give it a volume, not a 2-D image")
     probs = runtime.predict_slices(model, info, images, is_hu, batch_size=batch_size, bf16=False)
-    labels = runtime.labels_for_task(probs, info, task)
+    labels = runtime.labels_for_task(probs, info, task, images=images, is_hu=is_hu)
     return labels
 
 

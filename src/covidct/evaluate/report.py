@@ -26,6 +26,16 @@ def _model_path(p: str | Path) -> Path:
     return p / "best.pt" if p.is_dir() else p
 
 
+def _with_card(model_path_or_run_dir: str | Path, info: dict) -> dict:
+    """``info`` with the model card beside the weights (a shipped model's, a run folder's), as
+    :func:`covidct.models.zoo.load` gives it: the card's test-time settings (``test_time_mirror``, ``density_typing``)
+    then apply as in ``covidct segment``."""
+    from covidct.models import zoo
+
+    _, card = zoo.resolve_model_path(model_path_or_run_dir)
+    return info if card is None else {**info, "card": json.loads(Path(card).read_text())}
+
+
 def evaluate(
     model_path_or_run_dir: str | Path,
     records: list[dict],
@@ -53,6 +63,7 @@ def evaluate(
 
     if model is None or info is None:
         model, info = load_model(_model_path(model_path_or_run_dir))
+        info = _with_card(model_path_or_run_dir, info)
     model_task = info.get("task")
     if model_task not in TASKS:
         raise ModelError(f"evaluate: {model_path_or_run_dir} is a {model_task!r} model; evaluate scores segmentation "
@@ -85,7 +96,8 @@ def evaluate(
             continue
         p = predict_slices(net, net_info, [images[i] for i in idx], [is_hu[i] for i in idx], batch_size=batch_size,
                            bf16=bf16)
-        for i, pi, li in zip(idx, p, labels_for_task(p, net_info, task, thr), strict=True):  # ``segment``'s label rule
+        labels = labels_for_task(p, net_info, task, thr, images=[images[i] for i in idx], is_hu=[is_hu[i] for i in idx])
+        for i, pi, li in zip(idx, p, labels, strict=True):  # ``segment``'s label rule
             probs[i], preds[i] = pi, li
     gts = [lab for _, lab in kept]
     if collapse:

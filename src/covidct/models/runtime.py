@@ -132,13 +132,17 @@ def probabilities_to_labels(prob: np.ndarray, threshold: float | None = None) ->
     return np.argmax(prob, axis=ch).astype(np.uint8)
 
 
-def labels_for_task(probs: Sequence[np.ndarray], info: dict, task: str, threshold: float | None = None) -> list[np.ndarray]:
+def labels_for_task(probs: Sequence[np.ndarray], info: dict, task: str, threshold: float | None = None,
+                    images: Sequence[np.ndarray] | None = None,
+                    is_hu: bool | Sequence[bool] = False) -> list[np.ndarray]:
     """Label maps of per-slice probabilities (C, H, W) for ``task``: the one rule ``covidct segment`` and
     ``covidct evaluate`` share, so the same model on the same images gives the same masks and Dice.
 
     ``threshold`` defaults to the model's stored foreground threshold. A ``lesions`` model scored on
     ``infection`` counts a pixel infected when P(not background) >= threshold (0.5 without one); a binary
-    model uses P(foreground) >= threshold; a multi-class model its argmax.
+    model uses P(foreground) >= threshold; a multi-class model its argmax. On ``lesions``, with the slices
+    (``images``, ``is_hu``), display slices get GGO and consolidation from density where the model's card asks
+    for it (:func:`density_typing`).
     """
     if threshold is None:
         threshold = (info.get("thresholds") or {}).get("foreground")
@@ -147,7 +151,22 @@ def labels_for_task(probs: Sequence[np.ndarray], info: dict, task: str, threshol
     labels = [probabilities_to_labels(p, threshold if np.asarray(p).shape[0] == 2 else None) for p in probs]
     if task == "infection":
         labels = [(lab > 0).astype(np.uint8) for lab in labels]
+    typing = density_typing(info) if task == "lesions" and images is not None else None
+    if typing is not None:
+        from covidct.preprocess import lesion_types_by_density
+
+        hu = [is_hu] * len(labels) if isinstance(is_hu, bool) else list(is_hu)
+        labels = [lab if h else lesion_types_by_density(lab, img, **typing)
+                  for lab, img, h in zip(labels, images, hu, strict=True)]
     return labels
+
+
+def density_typing(info: dict) -> dict | None:
+    """The settings (``sigma_px``, ``threshold``) with which the model's card asks for GGO and consolidation on
+    display slices to be told apart by density (:func:`covidct.preprocess.lesion_types_by_density`), or None
+    (checkpoints without a card, HU inputs: the network's own types)."""
+    typing = (info.get("card") or {}).get("density_typing")
+    return None if not typing else {"sigma_px": float(typing["sigma_px"]), "threshold": float(typing["threshold"])}
 
 
 def crops_model_name(card: dict | None) -> str | None:

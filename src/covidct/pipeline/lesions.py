@@ -1,7 +1,9 @@
 """Lesions stage: the lesion and infection models (or the HU rule), typing, HU checks and effusion.
 
 The shipped ``lesions`` model (GGO / consolidation / effusion) runs on the lung slices; the binary
-``infection`` model, when shipped, gives the extent and the lesion model the type. On whole HU volumes
+``infection`` model, when shipped, gives the extent and the lesion model the type (on display slices, where its
+card asks for it, GGO against consolidation is decided by density: :func:`covidct.preprocess.lesion_types_by_density`).
+On whole HU volumes
 GGO and consolidation come from the HU rule of :mod:`covidct.pipeline.hu_rules` instead (the models
 learned from 8-bit, mid-chest, infected slices only, and mark vessels, lung bases and mask leaks on whole
 volumes: docs/BENCHMARKS.md, "HU volumes"), the infection model is not run, and the lesion model gives
@@ -21,13 +23,14 @@ from scipy import ndimage
 
 from covidct import components
 from covidct.labels import CONSOLIDATION, EFFUSION, GGO, LEFT_LUNG, RIGHT_LUNG
+from covidct.models.runtime import density_typing
 from covidct.pipeline import hu_rules
 from covidct.pipeline.background import beside
 from covidct.pipeline.grid import first_argmax, upsample_labels
 from covidct.pipeline.morphology import dilate_mm, nearest_labels
 from covidct.pipeline.predict import ModelRunner
 from covidct.pipeline.types import LoadedModel, Masks
-from covidct.preprocess import bounding_box, component_sizes
+from covidct.preprocess import bounding_box, component_sizes, lesion_types_by_density
 from covidct.report.heatmap import (
     infection_probability,
     probability_volume,
@@ -104,6 +107,9 @@ def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_mode
             out[infected & (vol >= -300)] = CONSOLIDATION
         else:
             out[infected] = GGO
+    typing = None if ct.is_hu or binary or lesions_model is None else density_typing(lesions_model.info)
+    for z in zs if typing is not None else ():  # display slices: GGO / consolidation from density, as `segment` does
+        out[z] = lesion_types_by_density(out[z], vol[z], **typing)
     effusion = out == EFFUSION
     if ct.is_hu:
         pleural = dilate_mm(lung, (dz, dy, dx), 30.0) & ~lung
