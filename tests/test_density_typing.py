@@ -93,3 +93,16 @@ def test_segment_evaluate_and_analyze_type_a_display_slice_alike(display_slice, 
             assert ours == pytest.approx(row[f"dice_{name}"], abs=1e-9)
     les = analyze(path, tmp_path / "an", analyzer=Analyzer()).lesions[0]
     assert np.array_equal(les, lesion_types_by_density(les, img.astype(np.float32), 3.0, 0.525))
+
+
+def test_pixels_a_click_adds_in_the_viewer_are_typed_as_the_pipeline_types_them():
+    from covidct.service.viewer import added_lesion_types
+
+    img, labels = _slice()
+    added = labels == 1
+    typed = added_lesion_types(added, img, is_hu=False)
+    assert np.array_equal(typed, lesion_types_by_density(added.astype(np.uint8), img, 3.0, 0.525))
+    assert (typed[38:52, 64:73] == 2).all() and (typed[38:52, 23:32] == 1).all() and not typed[~added].any()
+    hu = np.where(img > 200, 20.0, np.where(img > 100, -500.0, -850.0)).astype(np.float32)
+    typed_hu = added_lesion_types(added, hu, is_hu=True)
+    assert (typed_hu[added & (hu >= -300)] == 2).all() and (typed_hu[added & (hu < -300)] == 1).all()

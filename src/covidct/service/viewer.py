@@ -241,11 +241,7 @@ class JobViews:
                 mask = old > 0
             new_slice = np.where(mask, old, 0).astype(np.uint8)
             added = mask & (old == 0)
-            if ct.is_hu:  # new lesion pixels get a class by density, as the pipeline's rule does
-                new_slice[added & (image < -300)] = GGO
-                new_slice[added & (image >= -300)] = CONSOLIDATION
-            else:
-                new_slice[added] = GGO
+            new_slice[added] = added_lesion_types(added, image, ct.is_hu)[added]
             lesions = np.array(cur_lesions)  # a full copy: the other slices keep their latest state
             lungs = np.array(cur_lungs)
             lesions[k] = new_slice
@@ -302,6 +298,23 @@ def _run_refine(image: np.ndarray, old: np.ndarray, clicks: list[dict], is_hu: b
     except CovidCTError as exc:
         raise ViewerError(422, str(exc).splitlines()[0]) from exc
     return np.asarray(mask).astype(bool)
+
+
+def added_lesion_types(added: np.ndarray, image: np.ndarray, is_hu: bool) -> np.ndarray:
+    """Classes of the lesion pixels a click added (``added``; 0 elsewhere), by density as the pipeline types them:
+    HU below / above -300 HU; a display slice by the shipped lesion card's density typing
+    (:func:`covidct.preprocess.lesion_types_by_density`), GGO where no card asks for it."""
+    from covidct.models import runtime, zoo
+    from covidct.preprocess import lesion_types_by_density
+
+    out = np.zeros(added.shape, np.uint8)
+    if is_hu:
+        out[added & (image < -300)] = GGO
+        out[added & (image >= -300)] = CONSOLIDATION
+        return out
+    out[added] = GGO
+    typing = runtime.density_typing({"card": zoo.shipped_models().get("lesions")})
+    return out if typing is None else lesion_types_by_density(out, image, **typing)
 
 
 def _summary(report: dict) -> dict:
