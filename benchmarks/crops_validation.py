@@ -10,8 +10,9 @@ crops). Each folder of crops, as distributed (stored transposed; ``segment`` rea
 writes the masks back in the files' layout), goes through ``covidct segment --task infection`` or ``--task lesions``,
 then again with ``--no-crop-model``; the label PNGs are scored against the files' own labels (per-image Dice, mean
 over the crops; GGO and consolidation over the crops with the class or a prediction of it). The crop cards record
-these figures (``metrics.benchmarks.routing_rule_validation``, ``test_time_mirror_validation``). Skips (exit 0)
-without the data.
+these figures (``metrics.benchmarks.routing_rule_validation``, ``test_time_mirror_validation``; since the
+thirty-eighth session the lesions rows type GGO and consolidation by density, the cards' ``density_typing_validation``,
+``benchmarks/density_typing.py``). Skips (exit 0) without the data.
 """
 
 from __future__ import annotations
@@ -35,12 +36,12 @@ def dice(pred: np.ndarray, gt: np.ndarray) -> float:
     return float("nan") if den == 0 else 2.0 * int((pred & gt).sum()) / den
 
 
-def validation_crops(task: str) -> list[str]:
-    """File stems of the Inf-Net training crops whose group is in the shipped ``task`` card's validation split."""
+def validation_crops(task: str, split: str = "val") -> list[str]:
+    """File stems of the Inf-Net training crops whose group is in the shipped ``task`` card's ``split`` (validation)."""
     from covidct.data.sources import load_medseg_infnet
     from covidct.models import zoo
 
-    val = set(zoo.shipped_models()[task]["split"]["val"])
+    val = set(zoo.shipped_models()[task]["split"][split])
     return sorted((r["id"] for r in load_medseg_infnet(None, "train") if r["group"] in val), key=lambda s: (len(s), s))
 
 
@@ -53,17 +54,25 @@ def segment(folder: Path, out: Path, task: str, crop_model: bool) -> tuple[Path,
     return out, run.stderr.count("cut tight")
 
 
+def infnet_root() -> Path | None:
+    """``../shared/data/medseg-infnet`` with its training crops, or None (the caller skips)."""
+    from covidct.data import data_root
+
+    root = data_root()
+    infnet = None if root is None else root / "medseg-infnet"
+    return infnet if infnet is not None and (infnet / TRAIN / "Imgs").is_dir() else None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    from covidct.data import data_root, read_binary
+    from covidct.data import read_binary
     from covidct.data.sources import read_indices
     from covidct.io import read_label_png
 
-    root = data_root()
-    infnet = None if root is None else root / "medseg-infnet"
-    if infnet is None or not (infnet / TRAIN / "Imgs").is_dir():
+    infnet = infnet_root()
+    if infnet is None:
         print("skip: ../shared/data/medseg-infnet not found")
         return 0
     result: dict = {}

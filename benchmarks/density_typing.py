@@ -18,44 +18,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from crops_validation import dice, infnet_root, segment, validation_crops  # noqa: E402  (the script's folder is on sys.path)
+
 CROPS = Path("TrainingSet/MultiClassInfection-Train")
 GRID = [(s, round(float(t), 3)) for s in (1.5, 3.0) for t in np.arange(0.40, 0.9001, 0.025)]
-
-
-def dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    den = int(pred.sum() + gt.sum())
-    return float("nan") if den == 0 else 2.0 * int((pred & gt).sum()) / den
-
-
-def crops_of(split: str) -> list[str]:
-    """File stems of the Inf-Net training crops whose group is in the ``lesions-crops`` card's ``split``."""
-    from covidct.data.sources import load_medseg_infnet
-    from covidct.models import zoo
-
-    groups = set(zoo.shipped_models()["lesions-crops"]["split"][split])
-    return sorted((r["id"] for r in load_medseg_infnet(None, "train") if r["group"] in groups), key=lambda s: (len(s), s))
 
 
 def segmented(infnet: Path, stems: list[str], tmp: Path, name: str, crop_model: bool = True) -> list[np.ndarray]:
     """`covidct segment --task lesions` on the crops as a user runs it: the label images it writes."""
     from covidct.io import read_label_png
 
-    folder, out = tmp / f"{name}-in", tmp / f"{name}-out"
+    folder = tmp / f"{name}-in"
     folder.mkdir()
     for s in stems:
         (folder / f"{s}.jpg").symlink_to(infnet / CROPS / "Imgs" / f"{s}.jpg")
-    cmd = [sys.executable, "-m", "covidct", "segment", str(folder), "-o", str(out), "--task", "lesions"]
-    run = subprocess.run(cmd + ([] if crop_model else ["--no-crop-model"]), capture_output=True, text=True, cwd=REPO)
-    if run.returncode != 0:
-        raise SystemExit(f"covidct segment failed: {run.stderr.strip().splitlines()[-1:]}")
+    out, _ = segment(folder, tmp / f"{name}-out", "lesions", crop_model)
     return [read_label_png(out / f"{s}.png") for s in stems]
 
 
@@ -69,22 +51,20 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    from covidct.data import data_root
     from covidct.data.sources import read_indices
     from covidct.io import load_ct
     from covidct.models import runtime
     from covidct.preprocess import lesion_types_by_density
 
-    root = data_root()
-    infnet = None if root is None else root / "medseg-infnet"
-    if infnet is None or not (infnet / CROPS / "Imgs").is_dir():
+    infnet = infnet_root()
+    if infnet is None:
         print("skip: ../shared/data/medseg-infnet not found")
         return 0
     card = runtime.density_typing(runtime.load("lesions-crops")[1])
     sets = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, split, crop_model in (("train", "train", True), ("val", "val", True), ("val, --no-crop-model", "val", False)):
-            stems = crops_of(split)
+            stems = validation_crops("lesions-crops", split)
             images = [load_ct(infnet / CROPS / "Imgs" / f"{s}.jpg").array[0] for s in stems]
             truths = [read_indices(infnet / CROPS / "GT" / f"{s}.png") for s in stems]
             sets[name] = (segmented(infnet, stems, Path(tmp), name.split(",")[0] + str(crop_model), crop_model),
