@@ -53,7 +53,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Segment slices or volumes. A 2-D image gives OUTDIR/<stem>.png: one-channel 8-bit class indices with
         the input's exact width and height. A volume gives OUTDIR/<name>_<task>.nii.gz aligned to the input
-        (lungs as 1 left / 2 right there). Unreadable inputs are reported and the rest still processed."""
+        (lungs as 1 left / 2 right there). On 8-bit slice images GGO and consolidation are told apart by density
+        within the lesions the model outlines (its card's density_typing). Unreadable inputs are reported and the rest
+        still processed."""
         from rich.progress import track
 
         from covidct.io import load_ct, save_label_png, save_mask_nifti, save_overlay_png
