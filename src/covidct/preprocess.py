@@ -140,9 +140,12 @@ def lesion_types_by_density(labels: np.ndarray, image: np.ndarray, sigma_px: flo
     lo, hi = np.percentile(img, PERCENTILES)
     if hi - lo < 1e-6 or not lesion.any():  # a blank slice has no density to read
         return labels
-    density = (ndimage.gaussian_filter(img, sigma_px) - lo) / (hi - lo)
+    # smoothed on the lesions' box grown by the filter's reach: the same values there as over the whole slice
+    box = bounding_box(lesion, margin=int(4.0 * sigma_px + 0.5) + 1)
+    density = (ndimage.gaussian_filter(img[box], sigma_px, truncate=4.0) - lo) / (hi - lo)
     out = labels.copy()
-    out[lesion] = np.where(density[lesion] >= threshold, 2, 1).astype(labels.dtype)
+    inside = lesion[box]
+    out[box][inside] = np.where(density[inside] >= threshold, 2, 1).astype(labels.dtype)
     return out
 
 

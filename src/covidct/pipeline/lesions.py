@@ -108,8 +108,9 @@ def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_mode
         else:
             out[infected] = GGO
     typing = None if ct.is_hu or binary or lesions_model is None else density_typing(lesions_model.info)
-    for z in zs if typing is not None else ():  # display slices: GGO / consolidation from density, as `segment` does
-        out[z] = lesion_types_by_density(out[z], vol[z], **typing)
+    if typing is not None:  # display slices: GGO / consolidation from density, as `segment` types them
+        for z in zs:
+            out[z] = lesion_types_by_density(out[z], vol[z], **typing)
     effusion = out == EFFUSION
     if ct.is_hu:
         pleural = dilate_mm(lung, (dz, dy, dx), 30.0) & ~lung
