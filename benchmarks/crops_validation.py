@@ -54,27 +54,30 @@ def segment(folder: Path, out: Path, task: str, crop_model: bool) -> tuple[Path,
     return out, run.stderr.count("cut tight")
 
 
-def infnet_root() -> Path | None:
-    """``../shared/data/medseg-infnet`` with its training crops, or None (the caller skips)."""
+def arguments_and_data(doc: str) -> tuple[argparse.Namespace, Path | None]:
+    """A crop benchmark's arguments (``--json OUT``) and ``../shared/data/medseg-infnet`` with its training crops, or
+    None after printing why the benchmark skips."""
     from covidct.data import data_root
 
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
     root = data_root()
     infnet = None if root is None else root / "medseg-infnet"
-    return infnet if infnet is not None and (infnet / TRAIN / "Imgs").is_dir() else None
+    if infnet is None or not (infnet / TRAIN / "Imgs").is_dir():
+        print("skip: ../shared/data/medseg-infnet not found")
+        return args, None
+    return args, infnet
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", type=Path, default=None)
-    args = ap.parse_args()
+    args, infnet = arguments_and_data(__doc__)
+    if infnet is None:
+        return 0
     from covidct.data import read_binary
     from covidct.data.sources import read_indices
     from covidct.io import read_label_png
 
-    infnet = infnet_root()
-    if infnet is None:
-        print("skip: ../shared/data/medseg-infnet not found")
-        return 0
     result: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         for task in ("infection", "lesions"):

@@ -16,14 +16,13 @@ scores those). Skips (exit 0) without the data.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from crops_validation import dice, infnet_root, segment, validation_crops  # noqa: E402  (the script's folder is on sys.path)
+from crops_validation import arguments_and_data, dice, segment, validation_crops  # noqa: E402  (the script's folder is on sys.path)
 
 CROPS = Path("TrainingSet/MultiClassInfection-Train")
 GRID = [(s, round(float(t), 3)) for s in (1.5, 3.0) for t in np.arange(0.40, 0.9001, 0.025)]
@@ -48,18 +47,14 @@ def scores(preds: list[np.ndarray], truths: list[np.ndarray]) -> dict[str, float
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", type=Path, default=None)
-    args = ap.parse_args()
+    args, infnet = arguments_and_data(__doc__)
+    if infnet is None:
+        return 0
     from covidct.data.sources import read_indices
     from covidct.io import load_ct
     from covidct.models import runtime
     from covidct.preprocess import lesion_types_by_density
 
-    infnet = infnet_root()
-    if infnet is None:
-        print("skip: ../shared/data/medseg-infnet not found")
-        return 0
     card = runtime.density_typing(runtime.load("lesions-crops")[1])
     sets = {}
     with tempfile.TemporaryDirectory() as tmp:
