@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -304,7 +305,6 @@ def added_lesion_types(added: np.ndarray, image: np.ndarray, is_hu: bool) -> np.
     """Classes of the lesion pixels a click added (``added``; 0 elsewhere), by density as the pipeline types them:
     HU below / above -300 HU; a display slice by the shipped lesion card's density typing
     (:func:`covidct.preprocess.lesion_types_by_density`), GGO where no card asks for it."""
-    from covidct.models import runtime, zoo
     from covidct.preprocess import lesion_types_by_density
 
     out = np.zeros(added.shape, np.uint8)
@@ -313,8 +313,21 @@ def added_lesion_types(added: np.ndarray, image: np.ndarray, is_hu: bool) -> np.
         out[added & (image >= -300)] = CONSOLIDATION
         return out
     out[added] = GGO
-    typing = runtime.density_typing({"card": zoo.shipped_models().get("lesions")})
+    typing = _display_typing()
     return out if typing is None else lesion_types_by_density(out, image, **typing)
+
+
+@lru_cache(maxsize=1)
+def _display_typing() -> dict | None:
+    """The shipped lesion card's density typing, read once per process (not on every click)."""
+    from covidct.errors import ModelError
+    from covidct.models import runtime, zoo
+
+    try:
+        _, card = zoo.resolve_model_path("lesions")
+    except ModelError:  # no lesion model shipped: GGO, as before
+        return None
+    return runtime.density_typing({"card": None if card is None else json.loads(Path(card).read_text())})
 
 
 def _summary(report: dict) -> dict:
