@@ -136,3 +136,36 @@ def test_a_volume_stored_flipped_front_to_back_or_head_to_feet_is_warned():
                             affine=ph.ct.affine, is_hu=True, kind="array"))
     assert not [w for w in plain.report["warnings"] if "flipped" in w]
     assert [w for w in flipped.report["warnings"] if "flipped front to back" in w]
+
+
+def _mirrored_left_right(lungs: np.ndarray) -> np.ndarray:
+    """A label mask as covidct finds it in a volume whose array is flipped left to right with its geometry kept: the
+    lungs change sides and each is labelled by the side it now lies on."""
+    flipped = lungs[:, :, ::-1]
+    return np.where(flipped == 1, 2, np.where(flipped == 2, 1, flipped)).astype(lungs.dtype)
+
+
+def test_a_volume_stored_flipped_left_to_right_is_warned():
+    from covidct.slice_view import MEDIAL_FLIP_BELOW, flipped_volume_warnings, medial_edge_offset
+
+    ph = make_phantom(seed=3, shape=(40, 128, 128), spacing=(5.0, 2.6, 2.6), lesions=False)
+    lungs = ph.lungs
+    # behind the heart the left lung's inner edge lies further from the middle (the descending aorta)
+    assert medial_edge_offset(lungs) > -MEDIAL_FLIP_BELOW
+    assert flipped_volume_warnings(lungs) == []
+    mirrored = _mirrored_left_right(lungs)
+    assert medial_edge_offset(mirrored) == pytest.approx(-medial_edge_offset(lungs))
+    left_right = flipped_volume_warnings(mirrored)
+    assert len(left_right) == 1 and "flipped left to right (" in left_right[0] and "lung bases" not in left_right[0]
+    every_way = flipped_volume_warnings(_mirrored_left_right(lungs[::-1, ::-1]))
+    assert len(every_way) == 1 and "flipped head to feet and front to back and left to right (" in every_way[0]
+    # flipped head to feet and front to back only: the band behind the heart is found mirrored, no left-right flip
+    assert "left to right" not in flipped_volume_warnings(lungs[::-1, ::-1])[0]
+    # one lung, or a handful of slices: not judged
+    assert medial_edge_offset(np.where(lungs == 2, 0, lungs)) is None
+    assert medial_edge_offset(lungs[:3]) is None
+    # through the analysis: the phantom's slices flipped left to right, its geometry left as it was
+    flipped = Analyzer()(CT(array=np.ascontiguousarray(ph.ct.array[:, :, ::-1]), spacing=ph.ct.spacing,
+                            affine=ph.ct.affine, is_hu=True, kind="array"))
+    assert [w for w in flipped.report["warnings"] if "flipped left to right" in w]
+    assert flipped.report["diagnosis"]["label"] == "normal"

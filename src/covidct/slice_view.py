@@ -176,22 +176,82 @@ def lung_end_offsets(lungs: np.ndarray) -> tuple[float | None, float | None]:
             offset(zs[-n:], area[-1] >= END_CUT_SHARE * area.max()))
 
 
+# Below the carina the descending aorta runs left of the spine and the right lung reaches behind the oesophagus (the
+# azygo-oesophageal recess), so behind the lungs' middle front to back the left lung's medial edge lies further from
+# the middle than the right's. Measured on the final masks of the five real chest volumes (P001, cap001, normal001,
+# LIDC-IDRI-0001, cip-ct-64), rows 0.55-0.85 of each slice's lung front-back extent on the slices 0.2-0.6 of the way up
+# the two lungs: median +0.019 to +0.094 of the lungs' width; all 45 volumes of benchmarks/hu_volumes.py as stored
+# positive (docs/BENCHMARKS.md, "Volumes stored flipped left to right"). Mirror-image anatomy (situs inversus, a
+# right-sided descending aorta) reads as a flip.
+MEDIAL_ROWS = (0.55, 0.85)
+MEDIAL_SLICES = (0.2, 0.6)
+MEDIAL_FLIP_BELOW = -0.01
+MEDIAL_MIN_ROWS = 20
+
+
+def medial_edge_offset(lungs: np.ndarray, front_back: bool = False, head_feet: bool = False) -> float | None:
+    """How much further the left lung's (label 1) medial edge lies from the middle than the right's (label 2), as a
+    share of the lungs' width: the median over the rows ``MEDIAL_ROWS`` of each slice's lung front-back extent (behind
+    the middle) on the slices ``MEDIAL_SLICES`` of the way up those with both lungs; the middle is the midpoint of the
+    lungs' outer edges. ``front_back`` / ``head_feet``: the volume is flipped so, and the rows / slices are taken
+    mirrored. None under ``MEDIAL_MIN_ROWS`` rows with both lungs. At most 40 slices (a few ms)."""
+    lungs = np.asarray(lungs)
+    sampled = np.ascontiguousarray(lungs[:, ::4, ::4])  # which slices hold both lungs, and each one's side
+    per_column = [(sampled == label).sum(1) for label in (1, 2)]  # (z, x) voxel counts of each lung
+    both = np.flatnonzero(per_column[0].any(1) & per_column[1].any(1))
+    if both.size < 5:
+        return None
+    lo, hi = (1 - MEDIAL_SLICES[1], 1 - MEDIAL_SLICES[0]) if head_feet else MEDIAL_SLICES
+    z0, z1 = both[0], both[-1]
+    zs = both[(both >= z0 + lo * (z1 - z0)) & (both <= z0 + hi * (z1 - z0))]
+    zs = zs[:: int(np.ceil(len(zs) / 40))] if zs.size else zs
+    r_lo, r_hi = (1 - MEDIAL_ROWS[1], 1 - MEDIAL_ROWS[0]) if front_back else MEDIAL_ROWS
+    x = np.arange(sampled.shape[2])
+    left_at_high_x = np.average(x, weights=per_column[0].sum(0)) > np.average(x, weights=per_column[1].sum(0))
+    width = lungs.shape[2]
+    offsets = []
+    for z in zs:
+        lung = lungs[z] > 0
+        rows, cols = np.flatnonzero(lung.any(1)), np.flatnonzero(lung.any(0))
+        top, bottom = rows[0], rows[-1]
+        band = slice(int(top + r_lo * (bottom - top)), int(top + r_hi * (bottom - top)) + 1)
+        a, b = lungs[z, band] == 1, lungs[z, band] == 2
+        keep = a.any(1) & b.any(1)
+        first_a, last_a = a.argmax(1), width - 1 - a[:, ::-1].argmax(1)
+        first_b, last_b = b.argmax(1), width - 1 - b[:, ::-1].argmax(1)
+        medial_a, medial_b = (first_a, last_b) if left_at_high_x else (last_a, first_b)
+        middle = (cols[0] + cols[-1]) / 2
+        offsets.append(((np.abs(medial_a - middle) - np.abs(medial_b - middle)) / max(cols[-1] - cols[0], 1))[keep])
+    offsets = np.concatenate(offsets) if offsets else np.zeros(0)
+    return float(np.median(offsets)) if offsets.size >= MEDIAL_MIN_ROWS else None
+
+
 def flipped_volume_warnings(lungs: np.ndarray) -> list[str]:
     """A warning when a volume looks flipped head to feet (its highest lung lies further from the middle, front to back,
     than its lowest: those are its bases) and/or front to back (its bases in front of the middle):
-    :func:`lung_end_offsets`. With only the bases in the scan, only the second is judged."""
+    :func:`lung_end_offsets`; with only the bases in the scan, only the second is judged. And/or left to right: the
+    right lung's medial edge behind the heart further from the middle than the left's (:func:`medial_edge_offset`)."""
     base, apex = lung_end_offsets(lungs)
     head_feet = base is not None and apex is not None and abs(apex) > abs(base)
     bases = apex if head_feet else base
     front_back = bases is not None and bases < 0
+    medial = medial_edge_offset(lungs, front_back, head_feet)
+    left_right = medial is not None and medial < MEDIAL_FLIP_BELOW
     flips = [(name, unreliable) for name, unreliable, flipped in (
         ("head to feet", "the upper and lower zones, the cranio-caudal pattern features and which end a cut scan misses",
          head_feet),
-        ("front to back", "the front-back and dependent-side figures (pattern, effusion check)", front_back)) if flipped]
+        ("front to back", "the front-back and dependent-side figures (pattern, effusion check)", front_back),
+        ("left to right", "the left and right lung figures", left_right)) if flipped]
     if not flips:
         return []
-    end, side = ("top" if head_feet else "bottom"), ("in front of" if front_back else "behind")
-    return [f"the lung bases (the lungs' end that reaches furthest back in every patient, whichever way they lay) lie "
-            f"at the {end} of the volume, {side} the lungs' middle: the volume looks flipped {' and '.join(n for n, _ in flips)} (a wrong "
-            f"orientation in its header?), so {' and '.join(u for _, u in flips)} are unreliable; write the volume "
-            "with its true orientation and analyse it again"]
+    evidence = []
+    if head_feet or front_back:
+        end, side = ("top" if head_feet else "bottom"), ("in front of" if front_back else "behind")
+        evidence.append(f"the lung bases (the lungs' end that reaches furthest back in every patient, whichever way "
+                        f"they lay) lie at the {end} of the volume, {side} the lungs' middle")
+    if left_right:
+        evidence.append("behind the heart the right lung's inner edge lies further from the middle than the left's (the "
+                        "descending aorta runs left of the spine in almost everyone; mirror-image anatomy reads so too)")
+    return [f"{'; '.join(evidence)}: the volume looks flipped {' and '.join(n for n, _ in flips)} (a wrong orientation "
+            f"in its header?), so {' and '.join(u for _, u in flips)} are unreliable; write the volume with its true "
+            "orientation and analyse it again"]
