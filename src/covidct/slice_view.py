@@ -19,7 +19,7 @@ versions, where their cards name one (``crops_model``; see ``CROP_SPAN``).
 A volume is not turned (its geometry gives its orientation): :func:`transposed_volume_warnings` only warns when its
 lungs lie one above the other on most slices, and :func:`flipped_volume_warnings` when its lung bases (the dorsal
 costophrenic recesses, whichever way the patient lay: the lungs' end furthest back) lie at its top or in front of the
-lungs' middle.
+lungs' middle, or its right lung's inner edge lies further from the middle than the left's behind the heart.
 """
 
 from __future__ import annotations
