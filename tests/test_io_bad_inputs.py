@@ -81,19 +81,6 @@ def test_corrupt_nifti_and_zip(tmp_path):
     _raises(UnreadableInput, tmp_path / "bad.zip")
 
 
-def test_itk_formats_need_simpleitk(tmp_path):
-    pytest.importorskip("numpy")
-    try:
-        import SimpleITK  # noqa: F401
-
-        pytest.skip("SimpleITK installed")
-    except ImportError:
-        pass
-    p = tmp_path / "vol.mha"
-    p.write_bytes(b"ObjectType = Image\n")
-    assert "SimpleITK" in _raises(UnreadableInput, p)
-
-
 def test_unreadable_permissions(tmp_path, hu):
     p = tmp_path / "locked.dcm"
     make_series(tmp_path / "s", hu)

@@ -83,3 +83,18 @@ def test_nrrd_label_map_refused_and_bad_space(tmp_path):
     nrrd.write(str(tmp_path / "odd.nrrd"), hu.astype(np.int16), header)
     with pytest.raises(UnsupportedInput, match="odd.nrrd"):
         load_ct(tmp_path / "odd.nrrd")
+
+
+def test_nrrd_few_nonfinite_voxels_are_set_to_the_lowest_value_and_most_refused(tmp_path):
+    from covidct.errors import ImplausibleImage
+
+    hu = phantom_hu((16, 16, 4)).astype(np.float32)
+    hu[0, 0, 0] = np.nan
+    p = tmp_path / "nan.nrrd"
+    nrrd.write(str(p), hu, {"space": "left-posterior-superior", "space directions": np.eye(3), "kinds": ["domain"] * 3})
+    ct = load_ct(p)
+    assert np.isfinite(ct.array).all() and any("NaN/Inf" in w for w in ct.warnings)
+    hu[:, :, :3] = np.inf
+    nrrd.write(str(p), hu, {"space": "left-posterior-superior", "space directions": np.eye(3), "kinds": ["domain"] * 3})
+    with pytest.raises(ImplausibleImage, match="NaN or infinite"):
+        load_ct(p)

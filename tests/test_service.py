@@ -331,6 +331,32 @@ def test_content_not_name_decides(tmp_path, inputs):
         assert client.post("/api/jobs").status_code == 422  # no file field
 
 
+def test_metaimage_upload_is_analysed_as_its_nifti(tmp_path, inputs, served):
+    """A grand-challenge style .mha (data in the same file) is sniffed, stored under our name and read with its
+    geometry: the same lungs as the NIfTI of the same phantom. An .mhd header alone (its raw file not uploaded) is not
+    a volume."""
+    import metaimageio
+
+    from covidct.io import load_ct
+
+    ct = load_ct(inputs["nifti"])
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(ct.affine)
+    spacing_xyz = np.linalg.norm(lps[:3, :3], axis=0)
+    path = tmp_path / "scan.mha"
+    metaimageio.write(path, np.rint(ct.array).astype(np.int16), ElementSpacing=spacing_xyz, Offset=lps[:3, 3],
+                      TransformMatrix=lps[:3, :3] / spacing_xyz, CompressedData=True)
+    client, nifti_job, _ = served
+    r = upload(client, path)
+    assert r.status_code == 201 and r.json()["input_kind"] == "mha"
+    job = wait(client, r.json()["id"])
+    assert job["status"] == "done", job
+    ours, theirs = (client.get(f"/api/jobs/{j['id']}/files/report.json").json() for j in (job, nifti_job))
+    assert ours["lungs"] == theirs["lungs"] and ours["lesions"] == theirs["lesions"] and ours["lungs"]["total_ml"] > 0
+    header = path.read_bytes().split(b"ElementDataFile")[0] + b"ElementDataFile = scan.raw\n"
+    r = client.post("/api/jobs", files={"file": ("scan.mhd", header, "application/octet-stream")})
+    assert r.status_code == 415
+
+
 def test_token(tmp_path, inputs):
     with TestClient(create_app(tmp_path, token="s3cret-token", workers=0)) as client:
         assert client.get("/api/health").status_code == 200

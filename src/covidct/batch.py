@@ -20,7 +20,7 @@ from pathlib import Path
 from covidct.errors import CovidCTError, UnreadableInput
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-VOLUME_EXTS = (".nii.gz", ".nii", ".zip", ".mha", ".nrrd", ".dcm")
+VOLUME_EXTS = (".nii.gz", ".nii", ".zip", ".mha", ".mhd", ".nrrd", ".nhdr", ".dcm")
 
 SUMMARY_FIELDS = [
     "study", "input", "status", "error", "diagnosis", "p_covid19", "p_pneumonia", "p_normal",

@@ -88,7 +88,7 @@ class CT:
             return "ct"
         p = Path(self.path)
         n = p.name
-        for ext in (".nii.gz", ".nii", ".zip", ".dcm", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".mha", ".nrrd"):
+        for ext in (".nii.gz", ".nii", ".zip", ".dcm", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".mha", ".mhd", ".nrrd", ".nhdr"):
             if n.lower().endswith(ext):
                 return n[: -len(ext)] or "ct"
         return n or "ct"

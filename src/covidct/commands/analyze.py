@@ -96,7 +96,7 @@ def _analyze_from_pacs(inputs, url, study, series, push, output: Path, pacs_args
 def register(app: typer.Typer) -> None:
     @app.command()
     def analyze(
-        inputs: list[Path] = typer.Argument(None, metavar="INPUT...", help="DICOM folder/.zip, NIfTI, slice image, or a folder of studies (or --pacs)."),
+        inputs: list[Path] = typer.Argument(None, metavar="INPUT...", help="DICOM folder/.zip, NIfTI, NRRD, MetaImage (.mha/.mhd), slice image, or a folder of studies (or --pacs)."),
         output: Path = typer.Option(..., "-o", "--output", help="Output folder (one input: files go directly here; several: one sub-folder per study)."),
         png: bool = typer.Option(False, "--png", help="Also write an overlay PNG for every slice with lung or lesion."),
         html: bool = typer.Option(True, "--html/--no-html", help="Write report.html."),

@@ -90,9 +90,9 @@ def _read_ct(p: Path, series: str | None, zip_limits: ZipLimits | None) -> CT:
 
             return refuse_label_map(load_nrrd(p))
         if suffix in ITK_EXTS:
-            from covidct.io.nifti import load_itk
+            from covidct.io.metaimage import load_metaimage
 
-            return refuse_label_map(load_itk(p))
+            return refuse_label_map(load_metaimage(p))
         if suffix in IMAGE_EXTS:
             return load_image_ct(p)
         from covidct.io.dicom import _has_preamble

@@ -242,38 +242,26 @@ def load_nifti(path: Path) -> CT:
     )
 
 
-def load_itk(path: Path) -> CT:
-    """Load .mha/.mhd/.nrrd with SimpleITK when it is installed (it is not a dependency)."""
-    try:
-        import SimpleITK as sitk  # noqa: N813
-    except ImportError as e:
-        raise UnreadableInput(
-            f"{path}: the {path.suffix} format needs SimpleITK (pip install SimpleITK), which is not installed"
-        ) from e
-    try:
-        img = sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        raise UnreadableInput(f"{path}: not a readable image ({_one_line(e)})") from e
-    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
-        raise UnsupportedInput(f"{path}: {img.GetDimension()}-D image with {img.GetNumberOfComponentsPerPixel()}"
-                               " component(s); covidct needs one 3-D scalar volume")
-    data_xyz = sitk.GetArrayFromImage(img).astype(np.float32).transpose(2, 1, 0)
-    # ITK geometry is LPS: world = origin + D @ (spacing * index).
-    d = np.array(img.GetDirection(), dtype=np.float64).reshape(3, 3)
-    lps = np.eye(4)
-    lps[:3, :3] = d * np.array(img.GetSpacing())[None, :]
-    lps[:3, 3] = img.GetOrigin()
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+def volume_ct(data_xyz: np.ndarray, affine: np.ndarray, path: Path, kind: str, warnings: list[str],
+              meta: dict | None = None, source_shape: tuple[int, ...] | None = None) -> CT:
+    """The CT of a 3-D array (x, y, z) whose voxel-to-RAS+ ``affine`` a NRRD or MetaImage header gave: non-finite
+    voxels handled as for every input (``covidct.io.sanity.finite_or_refuse``), reoriented to the canonical (z, y, x)
+    layout, the orientation and HU checks added to ``warnings``."""
+    from covidct.io.sanity import finite_or_refuse
+
+    data_xyz = finite_or_refuse(np.asarray(data_xyz, dtype=np.float32), str(path), warnings)
     canon_xyz, canon_aff, info = reorient_xyz(data_xyz, affine)
+    warnings.extend(orientation_warnings(canon_aff, info["oblique"]))
     arr = np.ascontiguousarray(canon_xyz.transpose(2, 1, 0), dtype=np.float32)
     is_hu = looks_like_hu(arr)
-    warnings = [] if is_hu else [f"intensities do not look like Hounsfield units; {NOT_HU}"]
-    warnings.extend(orientation_warnings(canon_aff, info["oblique"]))
+    if not is_hu:
+        warnings.append(f"intensities do not look like Hounsfield units; {NOT_HU}")
     return CT(
-        array=arr, spacing=spacing_from_affine(canon_aff), affine=canon_aff, is_hu=is_hu, kind="itk",
-        path=str(path), slices=[SliceRef(k, float((canon_aff @ [0, 0, k, 1])[2])) for k in range(arr.shape[0])],
-        meta={"modality": "CT" if is_hu else None}, warnings=warnings, source_affine=affine,
-        source_axes=info["source_axes"], source_flips=info["source_flips"], source_shape=data_xyz.shape,
+        array=arr, spacing=spacing_from_affine(canon_aff), affine=canon_aff, is_hu=is_hu, kind=kind, path=str(path),
+        slices=[SliceRef(k, float((canon_aff @ [0, 0, k, 1])[2])) for k in range(arr.shape[0])],
+        meta={"modality": "CT" if is_hu else None, **(meta or {})}, warnings=warnings, source_affine=affine,
+        source_axes=info["source_axes"], source_flips=info["source_flips"],
+        source_shape=tuple(int(v) for v in (source_shape or data_xyz.shape)),
     )
 
 

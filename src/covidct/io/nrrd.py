@@ -13,15 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from covidct.errors import UnreadableInput, UnsupportedInput
-from covidct.io.nifti import (
-    NOT_HU,
-    _one_line,
-    looks_like_hu,
-    orientation_warnings,
-    reorient_xyz,
-    spacing_from_affine,
-)
-from covidct.volume import CT, SliceRef
+from covidct.io.nifti import _one_line, volume_ct
+from covidct.volume import CT
 
 # sign flips taking each NRRD world space to RAS+ (x, y, z)
 _TO_RAS = {
@@ -74,19 +67,5 @@ def load_nrrd(path: Path) -> CT:
         affine, warnings = nrrd_affine_ras(header)
     except UnsupportedInput as e:
         raise UnsupportedInput(f"{path}: {e}") from e
-    data_xyz = np.asarray(data, dtype=np.float32)
-    if not np.isfinite(data_xyz).all():
-        raise UnreadableInput(f"{path}: NRRD holds NaN/Inf voxels")
-    canon_xyz, canon_aff, info = reorient_xyz(data_xyz, affine)
-    warnings.extend(orientation_warnings(canon_aff, info["oblique"]))
-    arr = np.ascontiguousarray(canon_xyz.transpose(2, 1, 0), dtype=np.float32)
-    is_hu = looks_like_hu(arr)
-    if not is_hu:
-        warnings.append(f"intensities do not look like Hounsfield units; {NOT_HU}")
-    return CT(
-        array=arr, spacing=spacing_from_affine(canon_aff), affine=canon_aff, is_hu=is_hu, kind="nrrd",
-        path=str(path), slices=[SliceRef(k, float((canon_aff @ [0, 0, k, 1])[2])) for k in range(arr.shape[0])],
-        meta={"modality": "CT" if is_hu else None, "source_dtype": str(data.dtype)}, warnings=warnings,
-        source_affine=affine, source_axes=info["source_axes"], source_flips=info["source_flips"],
-        source_shape=tuple(int(s) for s in data.shape),
-    )
+    return volume_ct(data, affine, path, "nrrd", warnings, meta={"source_dtype": str(data.dtype)},
+                     source_shape=tuple(int(s) for s in data.shape))

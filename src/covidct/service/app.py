@@ -82,7 +82,7 @@ class Job(BaseModel):
     stages: list[str] = Field(default=list(STAGES), description="the stages in order")
     error: str | None = Field(None, description="why the job failed (one line)")
     filename: str | None = None
-    input_kind: str | None = Field(None, description="dicom, zip, nifti, nifti-gz, png, jpeg, tiff or bmp (sniffed)")
+    input_kind: str | None = Field(None, description="dicom, zip, nifti, nifti-gz, mha, png, jpeg, tiff or bmp (sniffed)")
     n_files: int | None = Field(None, description="number of uploaded files")
     created: str | None = None
     updated: str | None = None
@@ -280,7 +280,7 @@ def create_app(
     )
     def create_job(
         file: Annotated[list[UploadFile], File(
-            description="One file: a zip of a DICOM series, a NIfTI (.nii/.nii.gz), a DICOM file or a PNG/JPEG image; "
+            description="One file: a zip of a DICOM series, a NIfTI (.nii/.nii.gz), a MetaImage (.mha), a DICOM file or a PNG/JPEG image; "
             "or several DICOM files of one series. The type is read from the content, not the name.")],
     ) -> Job:
         """Upload a CT and queue its analysis."""

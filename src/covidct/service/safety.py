@@ -30,6 +30,7 @@ STORED_NAMES = {
     "zip": "upload.zip",
     "nifti": "volume.nii",
     "nifti-gz": "volume.nii.gz",
+    "mha": "volume.mha",
     "png": "image.png",
     "jpeg": "image.jpg",
     "tiff": "image.tif",
@@ -68,8 +69,21 @@ def _nifti_header_ok(head: bytes) -> bool:
     return False
 
 
+def _metaimage_with_its_data(path: Path, head: bytes) -> bool:
+    """A MetaImage whose text header (starting with one of the tags ITK writes first) says its data follow in the
+    same file (``ElementDataFile = LOCAL``): an .mha. An .mhd needs its raw file beside it, which one upload lacks."""
+    if not head.lstrip().startswith((b"ObjectType", b"NDims")):
+        return False
+    from covidct.io.metaimage import HEADER_MAX_BYTES
+
+    with open(path, "rb") as f:
+        lines = f.read(HEADER_MAX_BYTES).splitlines()
+    tags = {k.strip().lower(): v.strip().lower() for k, _, v in (line.partition(b"=") for line in lines) if _}
+    return tags.get(b"elementdatafile") == b"local"
+
+
 def sniff(path: Path) -> str:
-    """The upload's type from its first bytes: dicom, zip, nifti, nifti-gz, png, jpeg, tiff or bmp.
+    """The upload's type from its first bytes: dicom, zip, nifti, nifti-gz, mha, png, jpeg, tiff or bmp.
 
     Raises :class:`UploadRejected` (415) for anything else, including a gzip that is not a NIfTI.
     """
@@ -94,6 +108,8 @@ def sniff(path: Path) -> str:
         raise UploadRejected(415, "the uploaded gzip file is not a NIfTI volume")
     if _nifti_header_ok(head):
         return "nifti"
+    if _metaimage_with_its_data(path, head):
+        return "mha"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
     if head.startswith(b"\xff\xd8\xff"):
@@ -105,7 +121,7 @@ def sniff(path: Path) -> str:
     raise UploadRejected(
         415,
         "unsupported file content: expected a DICOM file (with its 'DICM' preamble), a zip of a DICOM series, "
-        "a NIfTI volume (.nii/.nii.gz) or a PNG/JPEG/TIFF/BMP image",
+        "a NIfTI volume (.nii/.nii.gz), a MetaImage volume (.mha) or a PNG/JPEG/TIFF/BMP image",
     )
 
 
