@@ -133,3 +133,20 @@ def make_series(
         ds.save_as(p, enforce_file_format=True)
         paths.append(p)
     return paths
+
+
+def assert_mask_written_on_the_ct_grid(ct, folder: Path) -> None:
+    """Write a mask of ``ct``'s dense voxels with ``save_mask_nifti`` and check that every voxel of the written mask
+    sits at the world point of the CT voxel it labels (the reader's geometry and the writer's agree)."""
+    import nibabel as nib
+
+    from covidct.io import save_mask_nifti
+
+    mask = (ct.array > 200).astype(np.uint8)
+    out = nib.load(save_mask_nifti(mask, ct, folder / "mask.nii.gz"))
+    m = np.asarray(out.dataobj)
+    ijk = np.argwhere(m > 0)[:50]
+    world = nib.affines.apply_affine(out.affine, ijk)
+    canon = np.rint(nib.affines.apply_affine(np.linalg.inv(ct.affine), world)).astype(int)
+    assert (ct.array[canon[:, 2], canon[:, 1], canon[:, 0]] > 200).all()
+    assert int(m.sum()) == int(mask.sum())

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import zlib
 
-import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest_io_helpers import ORIGIN, SPACING_XYZ, phantom_hu
+from conftest_io_helpers import ORIGIN, SPACING_XYZ, assert_mask_written_on_the_ct_grid, phantom_hu
 from covidct.errors import UnreadableInput, UnsupportedInput
-from covidct.io import load_ct, save_mask_nifti
+from covidct.io import load_ct
 from covidct.volume import affine_from_spacing
 
 DZ_DY_DX = (SPACING_XYZ[2], SPACING_XYZ[1], SPACING_XYZ[0])
@@ -71,13 +70,7 @@ def test_mhd_header_beside_its_raw_data_and_masks_written_back(tmp_path, hu):
     ct = load_ct(tmp_path / "scan.mhd")
     assert ct.name == "scan"
     np.testing.assert_array_equal(ct.array, hu.transpose(2, 1, 0))
-    mask = (ct.array > 200).astype(np.uint8)
-    out = nib.load(save_mask_nifti(mask, ct, tmp_path / "mask.nii.gz"))
-    m = np.asarray(out.dataobj)
-    ijk = np.argwhere(m > 0)[:50]
-    world = nib.affines.apply_affine(out.affine, ijk)
-    canon = np.rint(nib.affines.apply_affine(np.linalg.inv(ct.affine), world)).astype(int)
-    assert (ct.array[canon[:, 2], canon[:, 1], canon[:, 0]] > 200).all() and int(m.sum()) == int(mask.sum())
+    assert_mask_written_on_the_ct_grid(ct, tmp_path)
 
 
 def test_metaimage_few_nonfinite_voxels_are_set_to_the_lowest_value(tmp_path, hu):

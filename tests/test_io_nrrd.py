@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import nibabel as nib
 import nrrd
 import numpy as np
 import pytest
 
-from conftest_io_helpers import ORIGIN, SPACING_XYZ, phantom_hu
+from conftest_io_helpers import ORIGIN, SPACING_XYZ, assert_mask_written_on_the_ct_grid, phantom_hu
 from covidct.errors import NotCT, UnsupportedInput
-from covidct.io import load_ct, save_mask_nifti
+from covidct.io import load_ct
 from covidct.volume import affine_from_spacing
 
 DZ_DY_DX = (SPACING_XYZ[2], SPACING_XYZ[1], SPACING_XYZ[0])
@@ -61,15 +60,7 @@ def test_nrrd_mask_written_back_on_the_same_world_grid(tmp_path, hu):
     data = np.flip(hu, axis=1)  # rows run anterior in the file
     origin = (ORIGIN[0], ORIGIN[1] + (hu.shape[1] - 1) * dy, ORIGIN[2])
     ct = load_ct(_write(tmp_path / "flip.nrrd", data, np.diag([dx, -dy, dz]), origin))
-    mask = (ct.array > 200).astype(np.uint8)
-    out = nib.load(save_mask_nifti(mask, ct, tmp_path / "mask.nii.gz"))
-    # every voxel of the written mask sits at the world point of the CT voxel it labels
-    m = np.asarray(out.dataobj)
-    ijk = np.argwhere(m > 0)[:50]
-    world = nib.affines.apply_affine(out.affine, ijk)
-    canon = np.rint(nib.affines.apply_affine(np.linalg.inv(ct.affine), world)).astype(int)
-    assert (ct.array[canon[:, 2], canon[:, 1], canon[:, 0]] > 200).all()
-    assert int(m.sum()) == int(mask.sum())
+    assert_mask_written_on_the_ct_grid(ct, tmp_path)
 
 
 def test_nrrd_label_map_refused_and_bad_space(tmp_path):
