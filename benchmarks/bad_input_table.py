@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 import zipfile
+import zlib
 from pathlib import Path
 
 import nibabel as nib
@@ -97,6 +98,15 @@ def cases(t: Path) -> list[tuple[str, Path]]:
     add("NIfTI pixdim NaN", nifti(t / "pix.nii.gz", ct_like, {80: ("<f", (np.nan,)), 254: ("<h", (0,)),
                                                                252: ("<h", (0,))}))
     add("NIfTI declares 30000^3 voxels", nifti(t / "dims.nii.gz", ct_like, {42: ("<3h", (30000, 30000, 30000))}))
+    (t / "junk.mha").write_bytes(b"\x00\x01 not a header")
+    add("junk named .mha", t / "junk.mha")
+    bomb = (b"ObjectType = Image\nNDims = 3\nCompressedData = True\nCompressedDataSize = 20\n"
+            b"DimSize = 4000 4000 4000\nElementType = MET_SHORT\nElementDataFile = LOCAL\n")
+    (t / "bomb.mha").write_bytes(bomb + zlib.compress(bytes(20)))
+    add(".mha declaring 4000^3 voxels (compressed)", t / "bomb.mha")
+    (t / "alone.mhd").write_bytes(b"ObjectType = Image\nNDims = 3\nDimSize = 8 8 4\nElementType = MET_SHORT\n"
+                                  b"ElementDataFile = alone.raw\n")
+    add(".mhd without its .raw", t / "alone.mhd")
     add("zip: one member of 256 MiB zeros", zipped(t / "b1.zip", {"a.dcm": bytes(256 * MiB)}))
     add("zip: 20001 members", zipped(t / "b2.zip", {f"{i}.dcm": b"" for i in range(20001)}))
     add("zip: 3000 x 64 KiB zeros", zipped(t / "b3.zip", {f"{i}.dcm": bytes(64 * 1024) for i in range(3000)}))
