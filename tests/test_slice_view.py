@@ -161,6 +161,14 @@ def test_a_volume_stored_flipped_left_to_right_is_warned():
     assert len(every_way) == 1 and "flipped head to feet and front to back and left to right (" in every_way[0]
     # flipped head to feet and front to back only: the band behind the heart is found mirrored, no left-right flip
     assert "left to right" not in flipped_volume_warnings(lungs[::-1, ::-1])[0]
+    # lungs cut by a tight field of view (their outer edge moves the middle): those slices are not judged, whether the
+    # lungs reach the image's side or, in HU, air or the scanner's padding lies just outside them
+    cols = np.flatnonzero((mirrored > 0).any((0, 1)))
+    assert medial_edge_offset(mirrored[:, :, cols[0] + 5:]) is None
+    assert medial_edge_offset(mirrored, hu=ph.ct.array[:, :, ::-1]) == pytest.approx(medial_edge_offset(mirrored))
+    padded = ph.ct.array[:, :, ::-1].copy()
+    padded[:, :, : cols[0] + 8] = -3024.0
+    assert medial_edge_offset(mirrored, hu=padded) is None and flipped_volume_warnings(mirrored, padded) == []
     # one lung, or a handful of slices: not judged
     assert medial_edge_offset(np.where(lungs == 2, 0, lungs)) is None
     assert medial_edge_offset(lungs[:3]) is None

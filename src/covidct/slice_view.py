@@ -187,14 +187,18 @@ MEDIAL_ROWS = (0.55, 0.85)
 MEDIAL_SLICES = (0.2, 0.6)
 MEDIAL_FLIP_BELOW = -0.01
 MEDIAL_MIN_ROWS = 20
+WALL_MIN_HU = -500.0  # chest wall (muscle, fat, rib) lies outside the lungs' outer edge unless the field of view cuts them
 
 
-def medial_edge_offset(lungs: np.ndarray, front_back: bool = False, head_feet: bool = False) -> float | None:
+def medial_edge_offset(lungs: np.ndarray, front_back: bool = False, head_feet: bool = False,
+                       hu: np.ndarray | None = None) -> float | None:
     """How much further the left lung's (label 1) medial edge lies from the middle than the right's (label 2), as a
     share of the lungs' width: the median over the rows ``MEDIAL_ROWS`` of each slice's lung front-back extent (behind
     the middle) on the slices ``MEDIAL_SLICES`` of the way up those with both lungs; the middle is the midpoint of the
     lungs' outer edges. ``front_back`` / ``head_feet``: the volume is flipped so, and the rows / slices are taken
-    mirrored. None under ``MEDIAL_MIN_ROWS`` rows with both lungs. At most 40 slices (a few ms)."""
+    mirrored. A slice whose lungs a tight field of view cuts (they reach the image's side, or, with the HU volume
+    ``hu``, no chest wall lies outside their outer edge) moves the middle and is left out. None under
+    ``MEDIAL_MIN_ROWS`` rows with both lungs. At most 40 slices (a few ms)."""
     lungs = np.asarray(lungs)
     sampled = np.ascontiguousarray(lungs[:, ::4, ::4])  # which slices hold both lungs, and each one's side
     per_column = [(sampled == label).sum(1) for label in (1, 2)]  # (z, x) voxel counts of each lung
@@ -213,6 +217,8 @@ def medial_edge_offset(lungs: np.ndarray, front_back: bool = False, head_feet: b
     for z in zs:
         lung = lungs[z] > 0
         rows, cols = np.flatnonzero(lung.any(1)), np.flatnonzero(lung.any(0))
+        if not _walled(lung, cols[0], -1, hu, z) or not _walled(lung, cols[-1], 1, hu, z):
+            continue
         top, bottom = rows[0], rows[-1]
         band = slice(int(top + r_lo * (bottom - top)), int(top + r_hi * (bottom - top)) + 1)
         a, b = lungs[z, band] == 1, lungs[z, band] == 2
@@ -226,16 +232,27 @@ def medial_edge_offset(lungs: np.ndarray, front_back: bool = False, head_feet: b
     return float(np.median(offsets)) if offsets.size >= MEDIAL_MIN_ROWS else None
 
 
-def flipped_volume_warnings(lungs: np.ndarray) -> list[str]:
+def _walled(lung: np.ndarray, edge: int, step: int, hu: np.ndarray | None, z: int) -> bool:
+    """Whether the chest wall lies beyond a slice's lungs at their outer column ``edge`` (``step``: outwards): not at
+    the image's side, and with ``hu`` denser than -500 HU 3 pixels further out on the rows that reach that column
+    (outside a cut field of view lie air or the scanner's padding)."""
+    probe = edge + 3 * step
+    if not 0 <= probe < lung.shape[1]:
+        return False
+    return hu is None or float(np.median(hu[z, lung[:, edge], probe])) > WALL_MIN_HU
+
+
+def flipped_volume_warnings(lungs: np.ndarray, hu: np.ndarray | None = None) -> list[str]:
     """A warning when a volume looks flipped head to feet (its highest lung lies further from the middle, front to back,
     than its lowest: those are its bases) and/or front to back (its bases in front of the middle):
     :func:`lung_end_offsets`; with only the bases in the scan, only the second is judged. And/or left to right: the
-    right lung's medial edge behind the heart further from the middle than the left's (:func:`medial_edge_offset`)."""
+    right lung's medial edge behind the heart further from the middle than the left's (:func:`medial_edge_offset`; ``hu``:
+    the HU volume, which tells the slices whose lungs a tight field of view cuts)."""
     base, apex = lung_end_offsets(lungs)
     head_feet = base is not None and apex is not None and abs(apex) > abs(base)
     bases = apex if head_feet else base
     front_back = bases is not None and bases < 0
-    medial = medial_edge_offset(lungs, front_back, head_feet)
+    medial = medial_edge_offset(lungs, front_back, head_feet, hu)
     left_right = medial is not None and medial < MEDIAL_FLIP_BELOW
     flips = [(name, unreliable) for name, unreliable, flipped in (
         ("head to feet", "the upper and lower zones, the cranio-caudal pattern features and which end a cut scan misses",

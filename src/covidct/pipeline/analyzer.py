@@ -228,7 +228,7 @@ class Analyzer:
             # a scan that cuts the lungs makes their volumes partial: its warning then speaks for the asymmetry too
             warnings.extend(diagnosis.coverage_warnings(masks.lungs, ct.spacing) or diagnosis.asymmetry_warnings(severity))
             warnings.extend(slice_view.transposed_volume_warnings(masks.lungs)
-                            or slice_view.flipped_volume_warnings(masks.lungs))
+                            or slice_view.flipped_volume_warnings(masks.lungs, ct.array if ct.is_hu else None))
         if mode == "volume" and (hu_rule or self.models["infection"] is not None):
             warnings.extend(diagnosis.low_involvement_warnings(severity, hu_rule=hu_rule))
             # on thin slices the HU rule may add vessels: its figures are then not the lower bounds measured on 2.5-5 mm
