@@ -78,7 +78,7 @@ def _metaimage_with_its_data(path: Path, head: bytes) -> bool:
 
     with open(path, "rb") as f:
         lines = f.read(HEADER_MAX_BYTES).splitlines()
-    tags = {k.strip().lower(): v.strip().lower() for k, _, v in (line.partition(b"=") for line in lines) if _}
+    tags = {k.strip().lower(): v.strip().lower() for k, sep, v in (line.partition(b"=") for line in lines) if sep}
     return tags.get(b"elementdatafile") == b"local"
 
 
