@@ -23,22 +23,28 @@ HEADER_MAX_BYTES = 65536
 _READ_ERRORS = (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError, zlib.error, UnicodeDecodeError)
 
 
+def header_tags(path: Path) -> dict[str, str]:
+    """The tags of a MetaImage text header (lower-cased names, their values as written), read up to its last tag
+    ``ElementDataFile`` (the data follow) and from at most ``HEADER_MAX_BYTES`` (junk is not scanned further)."""
+    with open(path, "rb") as f:
+        head = f.read(HEADER_MAX_BYTES)
+    tags: dict[str, str] = {}
+    for raw in head.splitlines():
+        key, sep, value = raw.decode("latin-1").partition("=")
+        if sep:
+            tags[key.strip().lower()] = value.strip()
+            if key.strip().lower() == "elementdatafile":
+                break
+    return tags
+
+
 def declared_shape(path: Path) -> tuple[int, ...] | None:
     """The ``DimSize`` a MetaImage header declares (x, y, z, ...), read from its text before any data (a compressed
     file declaring more voxels than memory holds is refused before it is inflated); None when it declares none."""
-    with open(path, "rb") as f:
-        head = f.read(HEADER_MAX_BYTES)  # a header is a few hundred bytes of text; junk is not scanned further
-    for raw in head.splitlines():
-        line = raw.decode("latin-1").strip()
-        key, _, value = line.partition("=")
-        if key.strip().lower() == "dimsize":
-            try:
-                return tuple(int(v) for v in value.split())
-            except ValueError:
-                return None
-        if key.strip().lower() == "elementdatafile":  # the header's last tag: the data follow
-            return None
-    return None
+    try:
+        return tuple(int(v) for v in header_tags(path)["dimsize"].split())
+    except (KeyError, ValueError):
+        return None
 
 
 def load_metaimage(path: Path) -> CT:

@@ -74,12 +74,9 @@ def _metaimage_with_its_data(path: Path, head: bytes) -> bool:
     same file (``ElementDataFile = LOCAL``): an .mha. An .mhd needs its raw file beside it, which one upload lacks."""
     if not head.lstrip().startswith((b"ObjectType", b"NDims")):
         return False
-    from covidct.io.metaimage import HEADER_MAX_BYTES
+    from covidct.io.metaimage import header_tags
 
-    with open(path, "rb") as f:
-        lines = f.read(HEADER_MAX_BYTES).splitlines()
-    tags = {k.strip().lower(): v.strip().lower() for k, sep, v in (line.partition(b"=") for line in lines) if sep}
-    return tags.get(b"elementdatafile") == b"local"
+    return header_tags(path).get("elementdatafile", "").lower() == "local"
 
 
 def sniff(path: Path) -> str:
