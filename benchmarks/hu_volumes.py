@@ -17,6 +17,9 @@ Methods, one row each per volume so every figure has the baseline and the floor 
 - ``shipped``: ``covidct analyze`` (``Analyzer()``) as it is on this branch;
 - ``HU count``: voxels −700..−300 HU inside the filled HU lung mask (< −320 HU);
 - ``rule floor``: issue 17's no-learning rule (see ``covidct.evaluate.hu_volumes.rule_floor``);
+- ``LCTA affected``: 3D Slicer Lung CT Analyzer's "affected" lung at its default ranges (infiltrated + collapsed,
+  −750..0 HU: ``covidct.pipeline.densitometry``) inside the shipped lung mask (LCTA asks for lung masks; its own
+  segmenter offers lungmask's), the threshold floor issue 17 names;
 - ``before`` (``--before DIR``): the masks an earlier version left in its ``--cache`` folder;
 - ``hu-rules LOO`` (``--loo``): the HU lesion rule (``covidct.pipeline.hu_rules``) on the working grid with
   the settings chosen without the volume (see ``benchmarks/hu_volumes_loo.py``).
@@ -57,6 +60,7 @@ from covidct.evaluate.hu_volumes import (
     thick_slabs,
     thin_interpolated,
 )
+from covidct.pipeline.densitometry import lcta_affected
 from hu_volumes_loo import loo_case, loo_rows, series_name  # noqa: E402  (the script's folder is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +68,7 @@ SHARP_LEVELS = ((1.5, 45.0), (3.5, 100.0))  # sharp_kernel_simulated's (boost, n
 SHALLOW_BREATH_HU = 100.0  # shallow_breath_simulated's shift
 GAPPED_EVERY = 3  # gapped_slices' k
 # volumes each method was tuned on (LOO bookkeeping): the HU rules have fixed, a-priori settings
-TUNED_ON: dict[str, list[str]] = {"before": [], "shipped": [], "HU count": [], "rule floor": []}
+TUNED_ON: dict[str, list[str]] = {"before": [], "shipped": [], "HU count": [], "rule floor": [], "LCTA affected": []}
 # the volumes the shipped HU lesion rule's settings were chosen on (setting 11 of benchmarks/hu_volumes_loo.py,
 # 2026-12-05; docs/BENCHMARKS.md "HU volumes"): the shipped rows of these are marked "tuned on"
 # (also the HU rule's vessel_share, chosen on phantoms 200-202: docs/BENCHMARKS.md "Phantom vessel trees");
@@ -270,6 +274,9 @@ def run(data: Path, n_phantoms: int, cache: Path | None, before: Path | None, lo
         t0 = time.perf_counter()
         floor = rule_floor(ct.array, ct.spacing, ref)
         rows.append(score(vol, ct, "rule floor", ref, floor, {"seconds": time.perf_counter() - t0}, ref, exclude, False))
+        t0 = time.perf_counter()
+        rows.append(score(vol, ct, "LCTA affected", lungs, lcta_affected(ct.array, lungs),
+                          {"seconds": time.perf_counter() - t0}, ref, exclude, False))
         # held-out phantoms choose nothing; thick-slice versions are held out with their series (loo_rows); the
         # interpolated thin versions choose nothing either (a check of slice count, smoother than a real scanner's)
         if loo and not vol.get("held_out") and not vol.get("thin") and not vol.get("simulated"):
