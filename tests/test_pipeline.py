@@ -69,7 +69,7 @@ def test_analyze_dicom_phantom_outputs(tmp_path, phantom_dicom, analyzer):
     out = tmp_path / "out"
     res = analyze(folder, out, analyzer=analyzer)
     rep = json.loads((out / "report.json").read_text())
-    assert rep["schema_version"] == "1.7" and rep["mode"] == "volume" and rep["input"]["patient_position"] == "HFS"
+    assert rep["schema_version"] == "1.8" and rep["mode"] == "volume" and rep["input"]["patient_position"] == "HFS"
     assert rep["pattern"]["rsna_category"] in ("typical", "indeterminate", "atypical", "negative")
     assert 1 <= rep["pattern"]["co_rads"] <= 5 and rep["pattern"]["reasons"]
     assert rep["pattern"]["features"]["opacity_ml"] >= 0 and rep["diagnosis"]["method"].startswith("from the lesion pattern")
@@ -94,6 +94,9 @@ def test_analyze_dicom_phantom_outputs(tmp_path, phantom_dicom, analyzer):
     assert rep["lungs"]["left_ml"] == pytest.approx(truth["left"], rel=0.2)
     assert rep["lungs"]["right_ml"] == pytest.approx(truth["right"], rel=0.2)
     assert res.report["involvement_percent"]["total"] > 1.0
+    dens = rep["densitometry"]  # the same lung voxels as the lung volumes
+    for side in ("left", "right", "total"):
+        assert dens[side]["lung_ml"] == pytest.approx(rep["lungs"][f"{side}_ml"], abs=0.02)
     assert (out / "segmentation.dcm").exists()
     assert not list(tmp_path.glob(".out.tmp-*"))  # no temp folder left behind
 
@@ -175,6 +178,9 @@ def test_batch_resume_and_failure_isolation(tmp_path):
     rows = {r["study"]: r for r in csv.DictReader(open(out / "summary.csv"))}
     assert rows["case1"]["status"] == "done" and rows["case2"]["status"] == "done"
     assert rows["broken"]["status"] == "failed" and rows["broken"]["error"]
+    dens = json.loads((out / "case1" / "report.json").read_text())["densitometry"]["total"]
+    assert float(rows["case1"]["mean_lung_hu"]) == dens["mean_hu"] < -500  # the phantom's aerated lung
+    assert float(rows["case1"]["lcta_affected_pct"]) == dens["affected_percent"]
     assert (out / "case1" / "lungs.nii.gz").exists()
     (studies / "broken.nii.gz").unlink()
     assert main(["analyze", str(studies), "-o", str(out), "--no-html"]) == 0

@@ -17,6 +17,7 @@ import pytest
 from covidct import __version__
 from covidct.io import load_ct
 from covidct.phantom import make_phantom, write_phantom
+from covidct.pipeline.densitometry import densitometry
 from covidct.report import REPORT_SCHEMA, REPORT_SCHEMA_VERSION, slice_rows, validate_report
 from covidct.report.schema import schema_json
 
@@ -96,6 +97,7 @@ def _report(ct, lungs, lesions, mode: str = "volume") -> dict:
         }
         if vol
         else None,
+        "densitometry": densitometry(ct, lungs) if vol else None,
         "lungs": {"left_ml": ml(lungs == 1), "right_ml": ml(lungs == 2), "total_ml": ml(lungs > 0)},
         "lesions": {
             "ggo_ml": ml(lesions == 1),
@@ -188,6 +190,8 @@ def test_valid_reports_pass(dicom_ct, phantom):
         (lambda r: r["pattern"].__setitem__("co_rads", 6), "$.pattern.co_rads"),
         (lambda r: r["pattern"].__setitem__("reasons", []), "$.pattern.reasons"),
         (lambda r: r["pattern"]["features"].__setitem__("n_foci", "many"), "$.pattern.features.n_foci"),
+        (lambda r: r["densitometry"]["left"].__setitem__("laa950_percent", 101.0), "$.densitometry.left.laa950_percent"),
+        (lambda r: r["densitometry"]["total"]["regions"].pop("dorsal"), "$.densitometry.total.regions"),
     ],
 )
 def test_broken_report_names_the_path(dicom_ct, phantom, mutate, path):
@@ -202,6 +206,10 @@ def test_slice_mode_forbids_volumes(dicom_ct, phantom):
     rep = _report(dicom_ct, phantom.lungs, phantom.lesions, mode="slice")
     rep["lungs"]["total_ml"] = 12.0
     with pytest.raises(ValueError, match=r"^\$\.lungs\.total_ml"):
+        validate_report(rep)
+    rep = _report(dicom_ct, phantom.lungs, phantom.lesions, mode="slice")
+    rep["densitometry"] = densitometry(dicom_ct, phantom.lungs)
+    with pytest.raises(ValueError, match=r"^\$\.densitometry"):
         validate_report(rep)
 
 
@@ -346,6 +354,11 @@ def test_html_report_is_self_contained(dicom_ct, phantom, tmp_path):
     # the pattern: category, CO-RADS, escaped reasons, features with their definitions
     assert "Typical appearance · CO-RADS 5" in text and "→ typical &lt;b&gt;" in text
     assert "<code>peripheral_fraction</code>" in text and "outer third" in text
+    # lung density: its table with the Lung CT Analyzer classes' ranges and the regions
+    section = re.search(r"<section id='densitometry'>.*?</section>", text, re.S).group(0)
+    total = rep["densitometry"]["total"]
+    assert "LAA-950" in section and "-750..-400" in section and "dorsal" in section
+    assert f"<td>Both lungs</td><td class='num'>{total['lung_ml']:.1f}</td><td class='num'>{total['mean_hu']:.0f}" in section
 
 
 def test_html_report_single_image(tmp_path):
@@ -372,6 +385,7 @@ def test_html_report_single_image(tmp_path):
     text = write_html_report(ct, lungs, lesions, rep, tmp_path / "r.html").read_text(encoding="utf-8")
     assert "not scored" in text and "single 2-D image" in text
     assert rep["pattern"] is None and "CO-RADS" not in text
+    assert rep["densitometry"] is None and "id='densitometry'" not in text
     assert len(re.findall(r"data:image/png;base64", text)) == 1
 
 

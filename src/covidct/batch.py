@@ -25,7 +25,7 @@ VOLUME_EXTS = (".nii.gz", ".nii", ".zip", ".mha", ".mhd", ".nrrd", ".nhdr", ".dc
 SUMMARY_FIELDS = [
     "study", "input", "status", "error", "diagnosis", "p_covid19", "p_pneumonia", "p_normal",
     "left_lung_ml", "right_lung_ml", "lesion_ml", "involvement_total_pct", "severity_score", "rsna_category",
-    "co_rads", "seconds", "outdir",
+    "co_rads", "mean_lung_hu", "laa950_pct", "lcta_affected_pct", "seconds", "outdir",
 ]  # fmt: skip
 
 
@@ -125,6 +125,9 @@ def _summary_row(study: Study, outdir: Path, status: str, error: str = "", repor
             rsna_category=(report.get("pattern") or {}).get("rsna_category", ""),
             co_rads=(report.get("pattern") or {}).get("co_rads", ""),
         )  # fmt: skip
+        dens = (report.get("densitometry") or {}).get("total") or {}
+        row.update(mean_lung_hu=dens.get("mean_hu", ""), laa950_pct=dens.get("laa950_percent", ""),
+                   lcta_affected_pct=dens.get("affected_percent", ""))
     return row
 
 

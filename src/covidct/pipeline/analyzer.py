@@ -18,7 +18,18 @@ import numpy as np
 from covidct import slice_view
 from covidct.display_hu import MAPPED_HU_UNCERTAINTY
 from covidct.errors import NoLungsFound
-from covidct.pipeline import diagnosis, hu_rules, lesions, load, lungs, measures, outputs, reporting
+from covidct.pipeline import (
+    densitometry,
+    diagnosis,
+    hu_rules,
+    lesions,
+    load,
+    lungs,
+    measures,
+    outputs,
+    reporting,
+)
+from covidct.pipeline.background import beside
 from covidct.pipeline.grid import crop_in_plane, lung_field_box, paste_in_plane, working_grid
 from covidct.pipeline.predict import BATCH_SIZE, ModelRunner
 from covidct.pipeline.types import Analysis, LoadedModel, Masks, Study
@@ -218,6 +229,8 @@ class Analyzer:
         ct, mode, warnings = study.ct, study.mode, study.warnings
         stage("severity")
         t0 = time.perf_counter()
+        # the lung's HU histogram reads only the final masks and the volume: on the other core beside the rest
+        lung_density = beside(densitometry.densitometry, ct, masks.lungs) if mode == "volume" else None
         severity = measures.measure(ct, masks.lungs, masks.lesions, mode)
         t["severity"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -254,7 +267,8 @@ class Analyzer:
             if warning:
                 warnings.append(warning)
         report = reporting.build_report(ct, mode, severity, finding, models, t, warnings, pattern=pattern,
-                                        analysed_box=masks.box)
+                                        analysed_box=masks.box,
+                                        lung_density=None if lung_density is None else lung_density.result())
         report["uncertainty"] = uncertainty if masks.uncertainty is not None else None
         return Analysis(ct=ct, lungs=masks.lungs, lesions=masks.lesions, report=report,
                         lesion_probability=masks.lesion_probability, slice_uncertainty=masks.slice_uncertainty)

@@ -21,10 +21,12 @@ def _r(x: float | None, nd: int = 2) -> float | None:
 
 
 def build_report(ct: CT, mode: str, sev: dict, diagnosis: dict, models: list[dict], timings: dict, warnings: list[str],
-                 pattern: dict | None = None, analysed_box: tuple[slice, slice] | None = None) -> dict:
+                 pattern: dict | None = None, analysed_box: tuple[slice, slice] | None = None,
+                 lung_density: dict | None = None) -> dict:
     """The report of one analysis (``slices`` and ``outputs`` are filled in by the outputs stage); ``pattern``:
     the RSNA/CO-RADS pattern of the diagnosis stage (None for a slice); ``analysed_box``: the in-plane box the
-    networks saw (:func:`covidct.pipeline.grid.lung_field_box`), None for the whole field."""
+    networks saw (:func:`covidct.pipeline.grid.lung_field_box`), None for the whole field; ``lung_density``:
+    :func:`covidct.pipeline.densitometry.densitometry` (None where it does not apply)."""
     vml = sev["voxel_ml"]
     pl = sev["per_lung"]
 
@@ -89,6 +91,7 @@ def build_report(ct: CT, mode: str, sev: dict, diagnosis: dict, models: list[dic
             "lobes_percent": None if sev["lobes_percent"] is None else {k: _r(v, 3) for k, v in sev["lobes_percent"].items()},
         },
         "pattern": pattern,
+        "densitometry": lung_density,
         "slices": [],
         "models": models,
         "timings_s": {k: round(float(v), 3) for k, v in timings.items()},

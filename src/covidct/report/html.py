@@ -13,6 +13,7 @@ import numpy as np
 from covidct.labels import CONSOLIDATION, EFFUSION, GGO, LEFT_LUNG, LESION_COLORS, LUNG_COLORS, RIGHT_LUNG
 from covidct.report.figures import lesion_profile_svg, overlay_rgb, png_bytes, representative_slices
 from covidct.report.heatmap import probability_drew_lesions
+from covidct.report.html_density import densitometry_section
 from covidct.report.html_pattern import pattern_section
 from covidct.volume import CT, DEPENDENT_NAMES, dependent_side
 
@@ -42,8 +43,7 @@ td.num,th.num{text-align:right}
 @media (max-width:760px){.grid2{grid-template-columns:1fr}}
 .big{font-size:24px;font-weight:700}
 .bar{display:grid;grid-template-columns:180px 1fr 70px;align-items:center;gap:10px;margin:5px 0}
-.track{background:#eef0f3;border-radius:4px;height:14px;overflow:hidden}
-.fill{height:100%;border-radius:4px}
+.track{background:#eef0f3;border-radius:4px;height:14px;overflow:hidden} .fill{height:100%;border-radius:4px}
 .val{text-align:right;font-variant-numeric:tabular-nums;font-weight:600}
 .swatch{display:inline-block;width:13px;height:13px;border-radius:3px;vertical-align:-2px;margin-right:5px}
 .legend span{margin-right:16px;font-size:13px;white-space:nowrap}
@@ -53,8 +53,7 @@ td.num,th.num{text-align:right}
 figure{margin:0;background:#111;border-radius:8px;overflow:hidden}
 figure img{display:block;width:100%;height:auto;image-rendering:auto}
 figcaption{color:#e4e7eb;font-size:12px;padding:6px 9px;background:#1f2933}
-.profile{max-width:560px;width:100%;height:auto}
-.muted{color:#7b8794}
+.profile{max-width:560px;width:100%;height:auto} .muted{color:#7b8794}
 ul.warn{margin:0;padding-left:20px;color:#8a4b00}
 footer{color:#7b8794;font-size:12px;text-align:center;margin-top:22px}
 """
@@ -367,6 +366,7 @@ def render_html(ct: CT, lungs: np.ndarray, lesions: np.ndarray, report: dict, im
             pattern_section(report),
             _volumes_section(report),
             _involvement_section(report),
+            densitometry_section(report),
             images_html if images_html is not None else images_section(ct, lungs, lesions),
             _tail_sections(report),
         ]

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-REPORT_SCHEMA_VERSION = "1.7"
+REPORT_SCHEMA_VERSION = "1.8"
 
 _NUM = {"type": "number"}
 _NUM_OR_NULL = {"type": ["number", "null"]}
@@ -41,6 +41,21 @@ def _obj(props: dict[str, Any], *, required: list[str] | None = None, descriptio
 
 
 _LESION_SIDE = _obj({k: _ML for k in _LESION_KEYS})
+_DENSITY_CLASSES = ("emphysema", "inflated", "infiltrated", "collapsed", "vessels")
+_DENSITY_REGIONS = ("ventral", "dorsal", "upper", "middle", "lower")
+_DENSITY_SUMMARY = _obj({"classes_ml": _obj({c: _ML for c in _DENSITY_CLASSES}), "affected_percent": _PCT_OR_NULL})
+_DENSITY_SIDE = {
+    "type": ["object", "null"],
+    "properties": {
+        "lung_ml": _ML,
+        "mean_hu": _NUM,
+        "perc15_hu": _NUM,
+        "laa950_percent": _PCT_OR_NULL,
+        **_DENSITY_SUMMARY["properties"],
+        "regions": _obj({r: _DENSITY_SUMMARY for r in _DENSITY_REGIONS}),
+    },
+    "required": ["lung_ml", "mean_hu", "perc15_hu", "laa950_percent", "classes_ml", "affected_percent", "regions"],
+}
 
 REPORT_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -125,6 +140,20 @@ REPORT_SCHEMA: dict[str, Any] = {
                 "borderline": {"type": "array", "items": {"type": "string", "minLength": 1}},
             },
             "required": ["rsna_category", "co_rads", "features", "reasons"],
+        },
+        "densitometry": {
+            "type": ["object", "null"],
+            "description": "the lung's Hounsfield units: mean lung density, Perc15, LAA-950 and 3D Slicer Lung CT "
+                           "Analyzer's five HU classes, per lung and region (null: no whole HU volume); new in 1.8",
+            "properties": {
+                "method": {"type": "string", "minLength": 1},
+                "classes_hu": _obj({c: {"type": "array", "items": _NUM, "minItems": 2, "maxItems": 2}
+                                    for c in _DENSITY_CLASSES}),
+                "left": _DENSITY_SIDE,
+                "right": _DENSITY_SIDE,
+                "total": _DENSITY_SIDE,
+            },
+            "required": ["method", "classes_hu", "left", "right", "total"],
         },
         "lungs": _obj({"left_ml": _ML, "right_ml": _ML, "total_ml": _ML}),
         "lesions": _obj({**{k: _ML for k in _LESION_KEYS}, "left": _LESION_SIDE, "right": _LESION_SIDE}),
@@ -234,6 +263,7 @@ REPORT_SCHEMA: dict[str, Any] = {
             "lesions": {"properties": {k: {"type": "null"} for k in _LESION_KEYS}},
             "severity": {"properties": {"score": {"type": "null"}}},
             "pattern": {"type": "null"},
+            "densitometry": {"type": "null"},
         }
     },
 }

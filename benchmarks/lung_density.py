@@ -1,0 +1,107 @@
+"""Lung densitometry (report.json's ``densitometry``) on every whole HU volume in ../shared/data, checked against a
+direct computation, with its time.
+
+For each volume: the shipped lung mask (from ``benchmarks/hu_volumes.py``'s ``--cache`` folder when given, else
+``covidct analyze`` in process), then ``covidct.pipeline.densitometry.densitometry``. The check recomputes every
+figure of each lung from the lung's voxels with plain NumPy (mean, ``np.percentile(..., method="inverted_cdf")``
+rounded down, boolean class masks) and prints the largest difference. The table gives mean lung density, Perc15,
+LAA-950 and Lung CT Analyzer's affected share, whole and per region, beside the volume's known state (COVID-19,
+pneumonia, healthy): a threshold share that does not separate them is what the lesion masks must beat.
+
+Usage: python benchmarks/lung_density.py [--data DIR] [--cache DIR] [--json OUT]
+Skips (exit 0) when the data folder is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from covidct.labels import LEFT_LUNG, RIGHT_LUNG
+from covidct.pipeline.densitometry import AFFECTED, LCTA_CLASSES, PARENCHYMA, densitometry
+
+REPO = Path(__file__).resolve().parents[1]
+STATE = {"P001": "COVID-19", "cap001": "pneumonia", "normal001": "healthy", "LIDC-IDRI-0001": "healthy (nodules)",
+         "cip-ct-64": "healthy", "totalseg lung bases": "healthy (bases only)"}
+
+
+def volumes(data: Path) -> list[tuple[str, Path]]:
+    md, out = data / "covid-ct-md", []
+    for name in ("P001", "cap001", "normal001"):
+        out.append((name, md / name))
+    out += [("LIDC-IDRI-0001", data / "lidc-idri" / "LIDC-IDRI-0001"),
+            ("cip-ct-64", data / "chest-misc" / "cip-ct-64" / "ct-64.nrrd")]
+    ts = sorted((data / "chest-misc" / "totalseg-example").glob("*ct*.nii*"))
+    if ts:
+        out.append(("totalseg lung bases", ts[0]))
+    return [(n, p) for n, p in out if p.exists()]
+
+
+def direct(hu: np.ndarray, lung: np.ndarray) -> dict:
+    """The figures of one lung mask from its voxels, without the histogram."""
+    v = hu[lung].astype(np.float64)
+    cls = {name: np.count_nonzero((v >= lo) & (v < hi)) for name, lo, hi in LCTA_CLASSES}
+    par = sum(cls[n] for n in PARENCHYMA)
+    return {"mean_hu": v.mean(), "perc15_hu": float(np.floor(np.percentile(v, 15, method="inverted_cdf"))),
+            "laa950_percent": 100.0 * np.count_nonzero(v < -950) / v.size,
+            "affected_percent": 100.0 * sum(cls[n] for n in AFFECTED) / par, "n_by_class": cls}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--cache", type=Path, default=None, help="benchmarks/hu_volumes.py's --cache folder")
+    ap.add_argument("--json", type=Path, default=None)
+    a = ap.parse_args()
+    if not a.data.is_dir():
+        print(f"skipped: no data folder {a.data}")
+        return 0
+    from covidct.io import load_ct
+    from covidct.pipeline import Analyzer
+
+    analyzer, rows = None, []
+    for name, path in volumes(a.data):
+        ct = load_ct(path)
+        cached = a.cache / f"{name.replace(' ', '_')}.npz" if a.cache else None
+        if cached is not None and cached.exists():
+            lungs = np.load(cached)["lungs"]
+        else:
+            analyzer = analyzer or Analyzer()
+            lungs = analyzer(ct, None, html=False).lungs
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            d = densitometry(ct, lungs)
+            times.append(time.perf_counter() - t0)
+        worst = 0.0
+        for side, lab in (("left", LEFT_LUNG), ("right", RIGHT_LUNG)):
+            ref = direct(ct.array, lungs == lab)
+            got = d[side]
+            worst = max([worst, abs(ref["mean_hu"] - got["mean_hu"]) - 0.05, abs(ref["perc15_hu"] - got["perc15_hu"]),
+                         abs(ref["laa950_percent"] - got["laa950_percent"]) - 5e-4,
+                         abs(ref["affected_percent"] - got["affected_percent"]) - 5e-4]
+                        + [abs(ref["n_by_class"][c] * ct.voxel_volume_ml - got["classes_ml"][c]) - 0.005
+                           for c in ref["n_by_class"]])
+        t = d["total"]
+        rows.append({"volume": name, "state": STATE[name], "lung_ml": t["lung_ml"], "mean_hu": t["mean_hu"],
+                     "perc15_hu": t["perc15_hu"], "laa950_percent": t["laa950_percent"],
+                     "affected_percent": t["affected_percent"],
+                     "affected_ml": round(t["classes_ml"]["infiltrated"] + t["classes_ml"]["collapsed"], 1),
+                     **{f"affected_{r}": t["regions"][r]["affected_percent"] for r in t["regions"]},
+                     "check_max_excess": round(max(worst, 0.0), 6), "seconds_median": round(float(np.median(times)), 3)})
+        print(json.dumps(rows[-1]), flush=True)
+    keys = list(rows[0]) if rows else []
+    print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
+    for r in rows:
+        print("| " + " | ".join(str(r[k]) for k in keys) + " |")
+    if a.json:
+        a.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
