@@ -113,6 +113,11 @@ def test_page_upload_view_correct(server, phantom_nifti, tmp_path):
                 "negative": "Negative for pneumonia"}[rsna]
             assert page.locator("#pattern-corads").inner_text() == f"CO-RADS {page.evaluate('S.report.pattern.co_rads')}"
             assert page.locator("#pattern-reasons li").count() == len(page.evaluate("S.report.pattern.reasons")) >= 1
+            # the lung's density from report.json beside the volumes
+            mean_hu = page.evaluate("S.report.densitometry.total.mean_hu")
+            assert page.locator("#vols tr.density").count() == 3 and mean_hu < -500  # the phantom's aerated lung
+            assert page.locator("#vols tr.density").first.inner_text().split() == [
+                "Mean", "lung", "density", page.evaluate("S.report.densitometry.total.mean_hu.toFixed(0)"), "HU"]
             assert page.locator("#downloads a").count() >= 3
             assert page.locator("#jobs li").count() == 1
             page.screenshot(path=str(shots / "2-done.png"))

@@ -395,6 +395,18 @@ function renderReport(r) {
     tr.innerHTML = "<td></td><td></td>"; tr.children[0].textContent = name; tr.children[1].textContent = ml(v);
     vols.append(tr);
   }
+  // the lung's HU (report.json densitometry): threshold shares, not lesions
+  const D = (r.densitometry || {}).total;
+  if (D) {
+    for (const [name, v] of [["Mean lung density", D.mean_hu.toFixed(0) + " HU"],
+      ["LAA-950 (emphysema index)", D.laa950_percent.toFixed(2) + " %"],
+      ["Lung CT Analyzer affected", D.affected_percent === null ? "—" : D.affected_percent.toFixed(1) + " %"]]) {
+      const tr = document.createElement("tr");
+      tr.className = "density"; tr.innerHTML = "<td></td><td></td>";
+      tr.children[0].textContent = name; tr.children[1].textContent = v;
+      vols.append(tr);
+    }
+  }
   renderDownloads();
   const warns = r.warnings || [];
   $("warn-card").hidden = !warns.length;
