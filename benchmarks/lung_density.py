@@ -8,7 +8,11 @@ rounded down, boolean class masks) and prints the largest difference. The table 
 LAA-950 and Lung CT Analyzer's affected share, whole and per region, beside the volume's known state (COVID-19,
 pneumonia, healthy): a threshold share that does not separate them is what the lesion masks must beat.
 
-Usage: python benchmarks/lung_density.py [--data DIR] [--cache DIR] [--json OUT]
+``--emphysema``: normal001 and LIDC-IDRI-0001 with emphysema-like low attenuation simulated over 10, 30 and 50 % of
+their lung field (``covidct.evaluate.hu_volumes.emphysema_simulated``, also with a subpleural weighting), through
+``covidct analyze`` in process: LAA-950 beside the simulated region's share of the final lung mask.
+
+Usage: python benchmarks/lung_density.py [--data DIR] [--cache DIR] [--emphysema] [--json OUT]
 Skips (exit 0) when the data folder is absent.
 """
 
@@ -26,7 +30,7 @@ from covidct.pipeline.densitometry import AFFECTED, LCTA_CLASSES, PARENCHYMA, de
 
 REPO = Path(__file__).resolve().parents[1]
 STATE = {"P001": "COVID-19", "cap001": "pneumonia", "normal001": "healthy", "LIDC-IDRI-0001": "healthy (nodules)",
-         "cip-ct-64": "healthy", "totalseg lung bases": "healthy (bases only)"}
+         "cip-ct-64": "no lesion label (CIP test chest)", "totalseg lung bases": "healthy (bases only)"}
 
 
 def volumes(data: Path) -> list[tuple[str, Path]]:
@@ -51,10 +55,45 @@ def direct(hu: np.ndarray, lung: np.ndarray) -> dict:
             "affected_percent": 100.0 * sum(cls[n] for n in AFFECTED) / par, "n_by_class": cls}
 
 
+def emphysema_rows(data: Path, analyzer) -> list[dict]:
+    """LAA-950 of healthy volumes with simulated emphysema, beside the simulated share of the final lung mask."""
+    from covidct.evaluate.hu_volumes import emphysema_simulated
+    from covidct.io import load_ct
+
+    rows = []
+    for name, path in volumes(data):
+        if name not in ("normal001", "LIDC-IDRI-0001"):
+            continue
+        base = load_ct(path)
+        for subpleural in (False, True):
+            for share in (0.0, 0.1, 0.3, 0.5):
+                ct, region = emphysema_simulated(base, share, subpleural=subpleural) if share else (base, None)
+                res = analyzer(ct, None, html=False)
+                lung = res.lungs > 0
+                t = res.report["densitometry"]["total"]
+                rows.append({"volume": name, "simulated_share": share, "subpleural": subpleural,
+                             "simulated_pct_of_final_lung": 0.0 if region is None else
+                             round(100.0 * np.count_nonzero(region & lung) / np.count_nonzero(lung), 3),
+                             "lung_ml": t["lung_ml"], "laa950_percent": t["laa950_percent"],
+                             "perc15_hu": t["perc15_hu"], "mean_hu": t["mean_hu"],
+                             "diagnosis": res.report["diagnosis"]["label"]})
+                print(json.dumps(rows[-1]), flush=True)
+                if not share and subpleural:
+                    rows.pop()  # the unsimulated row once per volume
+    return rows
+
+
+def _table(rows: list[dict]) -> str:
+    keys = list(rows[0]) if rows else []
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    return "\n".join(lines + ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--cache", type=Path, default=None, help="benchmarks/hu_volumes.py's --cache folder")
+    ap.add_argument("--emphysema", action="store_true", help="also simulated emphysema on the healthy volumes")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
     if not a.data.is_dir():
@@ -94,12 +133,12 @@ def main() -> int:
                      **{f"affected_{r}": t["regions"][r]["affected_percent"] for r in t["regions"]},
                      "check_max_excess": round(max(worst, 0.0), 6), "seconds_median": round(float(np.median(times)), 3)})
         print(json.dumps(rows[-1]), flush=True)
-    keys = list(rows[0]) if rows else []
-    print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
-    for r in rows:
-        print("| " + " | ".join(str(r[k]) for k in keys) + " |")
+    print(_table(rows))
+    emph = emphysema_rows(a.data, analyzer or Analyzer()) if a.emphysema else []
+    if emph:
+        print(_table(emph))
     if a.json:
-        a.json.write_text(json.dumps(rows, indent=1))
+        a.json.write_text(json.dumps({"volumes": rows, "emphysema": emph}, indent=1))
     return 0
 
 
