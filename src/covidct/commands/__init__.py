@@ -9,7 +9,7 @@ def register(app: typer.Typer) -> None:
     from covidct.commands import analyze
 
     analyze.register(app)
-    for name in ("segment", "train_eval", "classify", "serve", "refine", "pacs", "explain"):
+    for name in ("segment", "train_eval", "classify", "serve", "refine", "pacs", "explain", "compare"):
         try:
             mod = __import__(f"covidct.commands.{name}", fromlist=["register"])
         except ModuleNotFoundError as exc:

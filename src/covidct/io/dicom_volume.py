@@ -22,6 +22,7 @@ from covidct.io.dicom_decode import (
     _int,
     _num,
     _rel,
+    scan_date,
 )
 from covidct.io.nifti import (
     SHEAR_MIN_DEG,
@@ -279,6 +280,7 @@ def _assemble(slices: list[tuple[Path, Dataset, np.ndarray]], root: Path, shown:
         "series_uid": str(_f(ds0, "SeriesInstanceUID", "")) or None,
         "study_uid": str(_f(ds0, "StudyInstanceUID", "")) or None,
         "patient_id": str(_f(ds0, "PatientID", "")) or None,
+        "study_date": scan_date(ds0),
         "slice_thickness": thick,
         "series_description": str(_f(ds0, "SeriesDescription", "")) or None,
         "manufacturer": str(_f(ds0, "Manufacturer", "")) or None,

@@ -58,6 +58,7 @@ def build_report(ct: CT, mode: str, sev: dict, diagnosis: dict, models: list[dic
             "patient_position": ct.meta.get("patient_position"),
             "series_uid": ct.meta.get("series_uid"),
             "patient_id": ct.meta.get("patient_id"),
+            "study_date": ct.meta.get("study_date"),
             "analysed_box_yx": None if analysed_box is None else [[b.start, b.stop] for b in analysed_box],
         },
         "diagnosis": diagnosis,

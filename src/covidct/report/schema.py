@@ -104,6 +104,12 @@ REPORT_SCHEMA: dict[str, Any] = {
                 },
                 "series_uid": _STR_OR_NULL,
                 "patient_id": _STR_OR_NULL,
+                "study_date": {
+                    "type": ["string", "null"],
+                    "pattern": r"^\d{4}-\d{2}-\d{2}$",
+                    "description": "the scan's date (DICOM StudyDate, else SeriesDate or AcquisitionDate), "
+                                   "YYYY-MM-DD; null when the input does not say; new in 1.8",
+                },
                 "analysed_box_yx": {
                     "type": ["array", "null"],
                     "items": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 2, "maxItems": 2},
