@@ -42,7 +42,9 @@ def test_compare_lines_up_two_reports(follow_up, tmp_path, capsys):
     assert (lesions["before"], lesions["after"]) == (rb["lesions"]["total_ml"], ra["lesions"]["total_ml"])
     assert lesions["change"] == pytest.approx(ra["lesions"]["total_ml"] - rb["lesions"]["total_ml"], abs=1e-3)
     assert lesions["change"] > 0  # the later scan of the phantom patient has the larger burden
-    assert lesions["change_percent"] == pytest.approx(100 * lesions["change"] / lesions["before"], abs=0.06)
+    lung = rows["lung volume total"]
+    assert lung["change_percent"] == pytest.approx(100 * lung["change"] / lung["before"], abs=0.06)
+    assert lesions["before"] >= 1.0 or lesions["change_percent"] is None  # no relative change of a sub-mL volume
     assert rows["severity score (0-25)"]["after"] == ra["severity"]["score"]
     assert rows["mean lung density"]["before"] == rb["densitometry"]["total"]["mean_hu"]
     assert rows["diagnosis"]["before"] == rb["diagnosis"]["label"]
