@@ -35,6 +35,8 @@ def case(tmp_path_factory):
                     "left": side, "right": side},
         "involvement_percent": {"left": 12.5, "right": 7.25, "total": 9.8, "zones": zones},
         "severity": {"score": 7, "max": 25},
+        "densitometry": {side: {"mean_hu": -810.5 + k, "perc15_hu": -905.0 + k, "laa950_percent": 0.75 + k,
+                                "affected_percent": 15.5 + k} for k, side in enumerate(("left", "right", "total"))},
     }
     return ct, pydicom.dcmread(seg_path), report
 
@@ -89,6 +91,12 @@ def test_sr_content_codes_and_references(case, tmp_path):
     inv = _numbers(ds, "LUNGINV")
     assert {12.5, 7.25, 9.8} <= set(inv) and set(report["involvement_percent"]["zones"].values()) <= set(inv)
     assert _numbers(ds, "CTSS") == [7.0]
+    # the lung's density per lung and for both: mean attenuation (DCM code, derivation mean, HU), the private rest
+    means = [it for it in _items(ds) if it.ValueType == "NUM" and it.ConceptNameCodeSequence[0].CodeValue == "112031"]
+    assert sorted(float(it.MeasuredValueSequence[0].NumericValue) for it in means) == [-810.5, -809.5, -808.5]
+    assert means[0].MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == "[hnsf'U]"
+    assert sorted(_numbers(ds, "PERC15")) == [-905.0, -904.0, -903.0]
+    assert sorted(_numbers(ds, "LAA950")) == [0.75, 1.75, 2.75] and sorted(_numbers(ds, "LCTAAFF")) == [15.5, 16.5, 17.5]
     assert _numbers(ds, "PCOVID") == [0.7]
     finding = [it for it in _items(ds) if it.ValueType == "CODE" and it.ConceptNameCodeSequence[0].CodeValue == "121073"]
     assert finding[0].ConceptCodeSequence[0].CodeValue == "840539006"  # SNOMED CT COVID-19

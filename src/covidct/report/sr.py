@@ -14,8 +14,12 @@ What goes in (from report.json's dict) and how it is coded:
   involvement, the CT severity score, the diagnosis as a qualitative evaluation "Impression" (DCM 121073) =
   SCT 840539006 COVID-19 / SCT 233604007 pneumonia / SCT 408573005 imaging result normal, each class's
   probability, and, when report.json has them, the RSNA category and the CO-RADS score.
+* Where report.json has ``densitometry``: in each lung's group and the summary, the mean lung density (DCM 112031
+  "Attenuation Coefficient", derivation SCT 373098007 "Mean", UCUM [hnsf'U]), Perc15, LAA-950 and Lung CT Analyzer's
+  affected percentage.
 * Concepts no standard terminology defines (percentage of lung involved, the Pan CT severity score,
-  per-class probabilities, RSNA / CO-RADS categories) use covidct's private coding scheme ``99COVIDCT``
+  per-class probabilities, RSNA / CO-RADS categories, Perc15, LAA-950, LCTA's affected share) use covidct's private
+  coding scheme ``99COVIDCT``
   (a "99" designator is the standard's way to mark local codes, PS3.3 8.2), declared in the Coding Scheme
   Identification Sequence.
 * Procedure reported: LN 24627-2 "CT Chest". Observer: the covidct device. Evidence: the CT images and the
@@ -65,6 +69,10 @@ def _codes() -> dict:
         "rsna": C("RSNACAT", p, "RSNA COVID-19 CT category"),
         "co_rads": C("CORADS", p, "CO-RADS category"),
         "procedure": C("24627-2", "LN", "CT Chest"),
+        "attenuation": codes.DCM.AttenuationCoefficient, "mean": codes.SCT.Mean, "hu": codes.UCUM.HounsfieldUnit,
+        "perc15": C("PERC15", p, "15th percentile of lung attenuation"),
+        "laa950": C("LAA950", p, "Percentage of lung volume below -950 HU"),
+        "lcta_affected": C("LCTAAFF", p, "Lung CT Analyzer affected percentage (-750 to 0 HU)"),
     }
 
 
@@ -161,6 +169,7 @@ def build_measurement_report(report: dict, sources: Sequence[Dataset], seg: Data
         measurements += [percent(zones.get(f"{side}_{zone}"), FindingSite(c["lung"], laterality=c[side],
                                                                           topographical_modifier=c[mod]))
                          for zone, mod in _ZONES if f"{side}_{zone}" in zones]
+        measurements += _density(((report.get("densitometry") or {}).get(side)), c, algorithm, site)
         groups.append(VolumetricROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=tracking(label), referenced_segment=referenced(side), finding_type=c["lung"],
             finding_sites=[site], algorithm_id=algorithm, measurements=measurements))
@@ -201,6 +210,24 @@ def build_measurement_report(report: dict, sources: Sequence[Dataset], seg: Data
     return sr
 
 
+def _density(figures: dict | None, c: dict, algorithm, site) -> list:
+    """Mean lung density, Perc15, LAA-950 and Lung CT Analyzer's affected share of one lung or both (report.json's
+    ``densitometry``), as measurements; none where the report has none."""
+    from highdicom.sr import Measurement
+
+    if not figures:
+        return []
+    out = [Measurement(name=c["attenuation"], value=float(figures["mean_hu"]), unit=c["hu"], derivation=c["mean"],
+                       algorithm_id=algorithm, finding_sites=[site]),
+           Measurement(name=c["perc15"], value=float(figures["perc15_hu"]), unit=c["hu"], algorithm_id=algorithm,
+                       finding_sites=[site])]
+    for key, name in (("laa950_percent", "laa950"), ("affected_percent", "lcta_affected")):
+        if figures.get(key) is not None:
+            out.append(Measurement(name=c[name], value=float(figures[key]), unit=c["percent"], algorithm_id=algorithm,
+                                   finding_sites=[site]))
+    return out
+
+
 def _summary_group(report: dict, c: dict, algorithm, tracking):
     """The whole-patient group: total involvement, severity, diagnosis and probabilities, pattern category."""
     from highdicom.sr import (
@@ -214,6 +241,7 @@ def _summary_group(report: dict, c: dict, algorithm, tracking):
     both = FindingSite(c["lung"], laterality=c["bilateral"])
     measurements = [Measurement(name=c["involvement"], value=float(report["involvement_percent"].get("total") or 0.0),
                                 unit=c["percent"], algorithm_id=algorithm, finding_sites=[both])]
+    measurements += _density((report.get("densitometry") or {}).get("total"), c, algorithm, both)
     severity = report.get("severity", {})
     if severity.get("score") is not None:
         measurements.append(Measurement(name=c["severity"], value=float(severity["score"]), unit=c["score_unit"],
