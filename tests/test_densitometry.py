@@ -79,3 +79,22 @@ def test_one_lung_only():
     d = densitometry(ct, lungs)
     assert d["right"] is None and d["total"]["lung_ml"] == d["left"]["lung_ml"]
     assert d["total"]["affected_percent"] == d["left"]["affected_percent"]
+
+
+def test_emphysema_simulated_on_a_phantom_shows_in_laa950():
+    """Through the whole pipeline: low attenuation painted over 30 % of a lesion-free phantom's lung field stays in
+    the lung mask and LAA-950 follows its share of the mask (the real volumes: docs/BENCHMARKS.md, fortieth session)."""
+    from covidct.evaluate.hu_volumes import emphysema_simulated
+    from covidct.phantom import make_phantom
+    from covidct.pipeline import Analyzer
+
+    analyzer = Analyzer()
+    ph = make_phantom(seed=5, lesion_burden=0.0, shape=(20, 128, 128), spacing=(6.0, 2.6, 2.6))
+    before = analyzer(ph.ct, None, html=False).report["densitometry"]["total"]
+    ct, region = emphysema_simulated(ph.ct, 0.3)
+    res = analyzer(ct, None, html=False)
+    after = res.report["densitometry"]["total"]
+    share = 100.0 * np.count_nonzero(region & (res.lungs > 0)) / np.count_nonzero(res.lungs)
+    assert before["laa950_percent"] < 2.0 and share > 20.0
+    assert after["laa950_percent"] == pytest.approx(before["laa950_percent"] + share, abs=0.1 * share)
+    assert after["mean_hu"] < before["mean_hu"] and after["perc15_hu"] < before["perc15_hu"]
