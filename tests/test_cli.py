@@ -43,6 +43,7 @@ def test_info_dicom_json(dicom_folder, capsys):
     assert info["spacing_mm_zyx"] == [6.0, 3.2, 3.2]
     assert info["intensities"] == "HU" and info["value_range"][0] < -900
     assert info["slice_order"].startswith("increasing")
+    assert len(info["study_date"]) == 10 and info["study_date"][4] == "-"  # the phantom writer's StudyDate, ISO
 
 
 def test_info_zip_same_as_folder(dicom_folder, tmp_path, capsys):

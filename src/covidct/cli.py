@@ -92,6 +92,7 @@ def info(
         "slice_order": z_order,
         "series_uid": ct.meta.get("series_uid"),
         "patient_id": ct.meta.get("patient_id"),
+        "study_date": ct.meta.get("study_date"),
         "slice_thickness_mm": ct.meta.get("slice_thickness"),
         "patient_position": ct.meta.get("patient_position"),
         "warnings": list(ct.warnings),
