@@ -181,6 +181,7 @@ def test_batch_resume_and_failure_isolation(tmp_path):
     dens = json.loads((out / "case1" / "report.json").read_text())["densitometry"]["total"]
     assert float(rows["case1"]["mean_lung_hu"]) == dens["mean_hu"] < -500  # the phantom's aerated lung
     assert float(rows["case1"]["lcta_affected_pct"]) == dens["affected_percent"]
+    assert rows["case1"]["study_date"] == ""  # a NIfTI volume carries no scan date (a DICOM series' StudyDate would)
     assert (out / "case1" / "lungs.nii.gz").exists()
     (studies / "broken.nii.gz").unlink()
     assert main(["analyze", str(studies), "-o", str(out), "--no-html"]) == 0

@@ -23,7 +23,7 @@ IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 VOLUME_EXTS = (".nii.gz", ".nii", ".zip", ".mha", ".mhd", ".nrrd", ".nhdr", ".dcm")
 
 SUMMARY_FIELDS = [
-    "study", "input", "status", "error", "diagnosis", "p_covid19", "p_pneumonia", "p_normal",
+    "study", "input", "study_date", "status", "error", "diagnosis", "p_covid19", "p_pneumonia", "p_normal",
     "left_lung_ml", "right_lung_ml", "lesion_ml", "involvement_total_pct", "severity_score", "rsna_category",
     "co_rads", "mean_lung_hu", "laa950_pct", "lcta_affected_pct", "seconds", "outdir",
 ]  # fmt: skip
@@ -116,6 +116,7 @@ def _summary_row(study: Study, outdir: Path, status: str, error: str = "", repor
         d = report.get("diagnosis", {})
         p = d.get("probabilities", {})
         row.update(
+            study_date=report.get("input", {}).get("study_date") or "",
             diagnosis=d.get("label", ""),
             p_covid19=p.get("covid19", ""), p_pneumonia=p.get("pneumonia", ""), p_normal=p.get("normal", ""),
             left_lung_ml=report["lungs"].get("left_ml", ""), right_lung_ml=report["lungs"].get("right_ml", ""),
