@@ -12,7 +12,11 @@ pneumonia, healthy): a threshold share that does not separate them is what the l
 their lung field (``covidct.evaluate.hu_volumes.emphysema_simulated``, also with a subpleural weighting), through
 ``covidct analyze`` in process: LAA-950 beside the simulated region's share of the final lung mask.
 
-Usage: python benchmarks/lung_density.py [--data DIR] [--cache DIR] [--emphysema] [--json OUT]
+``--windowed``: the four covid-ct-md / LIDC series stored as 8-bit display values in two common lung windows
+(``covidct.evaluate.hu_volumes.display_windowed``), which ``analyze`` maps back to approximate HU
+(``covidct.display_hu``): the densitometry of the mapped volume beside the HU original's.
+
+Usage: python benchmarks/lung_density.py [--data DIR] [--cache DIR] [--emphysema] [--windowed] [--json OUT]
 Skips (exit 0) when the data folder is absent.
 """
 
@@ -83,6 +87,33 @@ def emphysema_rows(data: Path, analyzer) -> list[dict]:
     return rows
 
 
+WINDOWS = ((-600, 1500), (-500, 2000))  # (level, width) HU: common lung windows that keep outside air
+
+
+def windowed_rows(data: Path, analyzer) -> list[dict]:
+    """Densitometry of display-range versions (mapped back to HU by analyze) beside the HU original's."""
+    from covidct.evaluate.hu_volumes import display_windowed
+    from covidct.io import load_ct
+
+    rows = []
+    for name, path in volumes(data):
+        if name not in ("P001", "cap001", "normal001", "LIDC-IDRI-0001"):
+            continue
+        base = load_ct(path)
+        ref = analyzer(base, None, html=False).report["densitometry"]["total"]
+        for level, width in WINDOWS:
+            res = analyzer(base.with_array(display_windowed(base.array, level, width), is_hu=False), None, html=False)
+            got = (res.report.get("densitometry") or {}).get("total")
+            row = {"volume": name, "window": f"W{width} L{level}",
+                   "mapped": res.report["input"]["display_window"] is not None}
+            for key in ("lung_ml", "mean_hu", "perc15_hu", "laa950_percent", "affected_percent"):
+                row[key] = None if got is None else got[key]
+                row[f"{key}_hu_original"] = ref[key]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
 def _table(rows: list[dict]) -> str:
     keys = list(rows[0]) if rows else []
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
@@ -94,6 +125,7 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--cache", type=Path, default=None, help="benchmarks/hu_volumes.py's --cache folder")
     ap.add_argument("--emphysema", action="store_true", help="also simulated emphysema on the healthy volumes")
+    ap.add_argument("--windowed", action="store_true", help="also display-range versions mapped back to HU")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
     if not a.data.is_dir():
@@ -137,8 +169,11 @@ def main() -> int:
     emph = emphysema_rows(a.data, analyzer or Analyzer()) if a.emphysema else []
     if emph:
         print(_table(emph))
+    windowed = windowed_rows(a.data, analyzer or Analyzer()) if a.windowed else []
+    if windowed:
+        print(_table(windowed))
     if a.json:
-        a.json.write_text(json.dumps({"volumes": rows, "emphysema": emph}, indent=1))
+        a.json.write_text(json.dumps({"volumes": rows, "emphysema": emph, "windowed": windowed}, indent=1))
     return 0
 
 
