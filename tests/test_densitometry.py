@@ -98,3 +98,12 @@ def test_emphysema_simulated_on_a_phantom_shows_in_laa950():
     assert before["laa950_percent"] < 2.0 and share > 20.0
     assert after["laa950_percent"] == pytest.approx(before["laa950_percent"] + share, abs=0.1 * share)
     assert after["mean_hu"] < before["mean_hu"] and after["perc15_hu"] < before["perc15_hu"]
+
+
+def test_a_volume_mapped_from_display_values_is_marked_approximate():
+    import dataclasses
+
+    ct, lungs = _volume()
+    assert "approximate" not in densitometry(ct, lungs)["method"]
+    mapped = dataclasses.replace(ct, meta={**ct.meta, "display_window": {"air_value": 0.0}})
+    assert "mapped back to approximate HU" in densitometry(mapped, lungs)["method"]

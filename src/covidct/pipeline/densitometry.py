@@ -42,6 +42,13 @@ METHOD = (
     "most anterior and most posterior voxel; upper/middle/lower: thirds of its cranio-caudal extent"
 )
 
+# measured: benchmarks/lung_density.py --windowed (docs/BENCHMARKS.md, fortieth session)
+MAPPED_NOTE = (
+    ". This volume was given in display values and mapped back to approximate HU: its figures are approximate (four "
+    "series shown in two lung windows and mapped back: mean lung density 0.4-20.5 HU and LAA-950 up to 2.2 points "
+    "from the HU original's)"
+)
+
 
 def lcta_affected(hu: np.ndarray, lungs: np.ndarray) -> np.ndarray:
     """Lung CT Analyzer's "affected" voxels (its infiltrated and collapsed classes at their default ranges) inside
@@ -116,7 +123,8 @@ def densitometry(ct: CT, lungs: np.ndarray) -> dict | None:
         return None
     lab, hu = lungs[box], ct.array[box]
     vml = ct.voxel_volume_ml
-    out: dict = {"method": METHOD, "classes_hu": {name: [lo, hi] for name, lo, hi in LCTA_CLASSES}}
+    method = METHOD + (MAPPED_NOTE if ct.meta.get("display_window") else "")
+    out: dict = {"method": method, "classes_hu": {name: [lo, hi] for name, lo, hi in LCTA_CLASSES}}
     hists, sums = [], []
     for name, label in (("left", LEFT_LUNG), ("right", RIGHT_LUNG)):
         lung = lab == label
