@@ -244,6 +244,9 @@ def test_refine_makes_revisions_and_keeps_the_original(served, standin_refine):
     assert client.get(f"/api/jobs/{jid}/files/report.json?revision=0").json() == orig_report
     latest = client.get(f"/api/jobs/{jid}/files/report.json").json()
     assert latest["revision"]["number"] == base + 1
+    # the revision's report keeps the lung's density (of its own lung mask) and the original's input fields
+    assert latest["densitometry"]["total"]["lung_ml"] == latest["lungs"]["total_ml"]
+    assert latest["input"]["analysed_box_yx"] == orig_report["input"]["analysed_box_yx"]
     assert (_lesion_slice(client, jid, k) > 0).sum() > (_lesion_slice(client, jid, k, revision=0) > 0).sum()
     # a negative click on the new lesion removes it again; undo (no clicks, same base) restores the base
     r2 = client.post(f"/api/jobs/{jid}/refine", json={"slice": k, "base_revision": base, "clicks": [
