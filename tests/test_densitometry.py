@@ -107,3 +107,28 @@ def test_a_volume_mapped_from_display_values_is_marked_approximate():
     assert "approximate" not in densitometry(ct, lungs)["method"]
     mapped = dataclasses.replace(ct, meta={**ct.meta, "display_window": {"air_value": 0.0}})
     assert "mapped back to approximate HU" in densitometry(mapped, lungs)["method"]
+
+
+def test_non_finite_voxels_given_to_the_api_are_left_out():
+    """Files are made finite on reading, but an array handed to the API may hold NaN or Inf: those voxels are left
+    out of the figures instead of breaking the analysis (they did, before this test)."""
+    ct, lungs = _volume()
+    arr = ct.array.copy()
+    arr[0, 2, 11], arr[1, 2, 11], arr[2, 2, 11] = np.nan, np.inf, -np.inf  # three ventral left-lung voxels
+    d = densitometry(_ct(arr), lungs)
+    assert d["left"]["lung_ml"] == pytest.approx(477 * 0.002, abs=0.005) and d["left"]["mean_hu"] == -729.2
+    assert d["right"] == densitometry(ct, lungs)["right"]
+    arr[lungs == 2] = np.nan  # a lung without one finite value has no figures
+    d = densitometry(_ct(arr), lungs)
+    assert d["right"] is None and d["total"]["lung_ml"] == d["left"]["lung_ml"]
+
+
+def test_analyze_an_array_with_nan_voxels():
+    from covidct.phantom import make_phantom
+    from covidct.pipeline import Analyzer
+
+    ph = make_phantom(seed=1, shape=(20, 128, 128), spacing=(6.0, 2.6, 2.6))
+    arr = ph.ct.array.copy()
+    arr[10, 60:64, 30:34] = np.nan
+    res = Analyzer()(ph.ct.with_array(arr), None, html=False)
+    assert np.isfinite(res.report["densitometry"]["total"]["mean_hu"])

@@ -108,6 +108,9 @@ def _histograms(hu: np.ndarray, lung: np.ndarray) -> tuple[np.ndarray, float]:
     dorsal = (np.arange(ny) >= 0.5 * (ys.min() + ys.max() + 1)).astype(np.int32)
     region = np.repeat((third[:, None] * 2 + dorsal[None, :]).ravel(), per_row.ravel())
     values = hu[lung]
+    finite = np.isfinite(values)
+    if not finite.all():  # files are made finite on reading; an array given to the API may not be: those voxels left out
+        values, region = values[finite], region[finite]
     hu_bin = np.clip(np.floor(values), _HIST_LO, _HIST_HI).astype(np.int32) - _HIST_LO
     hist = np.bincount(region * _N_HU + hu_bin, minlength=6 * _N_HU).reshape(3, 2, _N_HU)
     return hist, float(values.sum(dtype=np.float64))
@@ -132,8 +135,13 @@ def densitometry(ct: CT, lungs: np.ndarray) -> dict | None:
             out[name] = None
             continue
         hist, hu_sum = _histograms(hu, lung)
+        if not hist.any():  # no finite value in this lung
+            out[name] = None
+            continue
         out[name] = _side(hist, hu_sum, vml)
         hists.append(hist)
         sums.append(hu_sum)
+    if not hists:
+        return None
     out["total"] = _side(sum(hists), sum(sums), vml)
     return out
