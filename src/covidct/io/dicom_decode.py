@@ -4,6 +4,7 @@ and its Hounsfield units."""
 from __future__ import annotations
 
 import math
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -58,14 +59,12 @@ def _num(ds: Dataset, kw: str, default: float | None = None) -> float | None:
 def scan_date(ds: Dataset) -> str | None:
     """The scan's date as ISO ``YYYY-MM-DD``: StudyDate, else SeriesDate, else AcquisitionDate; None when none is a
     valid DICOM date (DA, ``YYYYMMDD``; de-identified data may shift or blank it)."""
-    import datetime
-
     for kw in ("StudyDate", "SeriesDate", "AcquisitionDate"):
         v = str(_f(ds, kw, "")).strip()
         if len(v) != 8 or not v.isdigit():
             continue
         try:
-            return datetime.date(int(v[:4]), int(v[4:6]), int(v[6:])).isoformat()
+            return date(int(v[:4]), int(v[4:6]), int(v[6:])).isoformat()
         except ValueError:  # 20201332 and the like
             continue
     return None

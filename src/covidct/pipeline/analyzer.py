@@ -29,7 +29,6 @@ from covidct.pipeline import (
     outputs,
     reporting,
 )
-from covidct.pipeline.background import beside
 from covidct.pipeline.grid import crop_in_plane, lung_field_box, paste_in_plane, working_grid
 from covidct.pipeline.predict import BATCH_SIZE, ModelRunner
 from covidct.pipeline.types import Analysis, LoadedModel, Masks, Study
@@ -229,8 +228,7 @@ class Analyzer:
         ct, mode, warnings = study.ct, study.mode, study.warnings
         stage("severity")
         t0 = time.perf_counter()
-        # the lung's HU histogram reads only the final masks and the volume: on the other core beside the rest
-        lung_density = beside(densitometry.densitometry, ct, masks.lungs) if mode == "volume" else None
+        lung_density = densitometry.start_densitometry(ct, masks.lungs, mode)
         severity = measures.measure(ct, masks.lungs, masks.lesions, mode)
         t["severity"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -268,7 +266,7 @@ class Analyzer:
                 warnings.append(warning)
         report = reporting.build_report(ct, mode, severity, finding, models, t, warnings, pattern=pattern,
                                         analysed_box=masks.box,
-                                        lung_density=None if lung_density is None else lung_density.result())
+                                        lung_density=lung_density())
         report["uncertainty"] = uncertainty if masks.uncertainty is not None else None
         return Analysis(ct=ct, lungs=masks.lungs, lesions=masks.lesions, report=report,
                         lesion_probability=masks.lesion_probability, slice_uncertainty=masks.slice_uncertainty)

@@ -9,9 +9,12 @@ are not the lesion masks, and a healthy lung is not 0 % affected (vessels' parti
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from covidct.labels import LEFT_LUNG, RIGHT_LUNG
+from covidct.pipeline.background import beside
 from covidct.preprocess import bounding_box
 from covidct.volume import CT
 
@@ -114,6 +117,14 @@ def _histograms(hu: np.ndarray, lung: np.ndarray) -> tuple[np.ndarray, float]:
     hu_bin = np.clip(np.floor(values), _HIST_LO, _HIST_HI).astype(np.int32) - _HIST_LO
     hist = np.bincount(region * _N_HU + hu_bin, minlength=6 * _N_HU).reshape(3, 2, _N_HU)
     return hist, float(values.sum(dtype=np.float64))
+
+
+def start_densitometry(ct: CT, lungs: np.ndarray, mode: str) -> Callable[[], dict | None]:
+    """:func:`densitometry` of a volume started on the other core (it reads only the final masks and the volume, so it
+    runs beside the measures and diagnosis); call the result to get it (None in slice mode)."""
+    if mode != "volume":
+        return lambda: None
+    return beside(densitometry, ct, lungs).result
 
 
 def densitometry(ct: CT, lungs: np.ndarray) -> dict | None:

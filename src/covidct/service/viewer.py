@@ -350,18 +350,20 @@ def _absorb_slice(lungs_k: np.ndarray, lesions_k: np.ndarray) -> np.ndarray:
 
 def _recompute_report(ct: CT, lungs: np.ndarray, lesions: np.ndarray, orig: dict, n: int, k: int, n_clicks: int) -> dict:
     from covidct.pipeline import build_report, diagnose, measure
-    from covidct.pipeline.densitometry import densitometry
+    from covidct.pipeline.densitometry import start_densitometry
     from covidct.report import slice_rows
 
     mode = orig.get("mode", "volume")
+    # the lung's density follows the revised lung mask (lesions added outside it join it); beside the rest, as in
+    # the pipeline, so a click's revision does not wait for it
+    lung_density = start_densitometry(ct, lungs, mode)
     sev = measure(ct, lungs, lesions, mode)
     diag, pattern = diagnose(ct, lungs, lesions, sev, mode)
     models = list(orig.get("models", [])) + [{"name": "click-refinement", "version": "1", "sha256": None}]
     warnings = list(orig.get("warnings", []))
     # timings stay those of the original analysis (the schema wants them); the revision's own are in "revision"
-    # the lung's density follows the revised lung mask (lesions added outside it join it)
     report = build_report(ct, mode, sev, diag, models, dict(orig.get("timings_s", {})), warnings, pattern=pattern,
-                          lung_density=densitometry(ct, lungs) if mode == "volume" else None)
+                          lung_density=lung_density())
     report["input"]["analysed_box_yx"] = orig.get("input", {}).get("analysed_box_yx")
     # the models' probabilities, and so their uncertainty, are the original analysis's: clicks do not change them
     report["uncertainty"] = orig.get("uncertainty")
