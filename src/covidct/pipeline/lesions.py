@@ -28,6 +28,7 @@ from covidct.pipeline import hu_rules
 from covidct.pipeline.background import beside
 from covidct.pipeline.grid import first_argmax, upsample_labels
 from covidct.pipeline.morphology import dilate_mm, nearest_labels
+from covidct.pipeline.pleural import rib_bounded_fluid
 from covidct.pipeline.predict import ModelRunner
 from covidct.pipeline.types import LoadedModel, Masks
 from covidct.preprocess import bounding_box, component_sizes, lesion_types_by_density
@@ -115,6 +116,8 @@ def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_mode
     if ct.is_hu:
         pleural = dilate_mm(lung, (dz, dy, dx), 30.0) & ~lung
         effusion &= pleural & (vol > -50) & (vol < 80)
+        if hu_volume and dependent_side(ct) == SUPINE:  # free fluid inside the rib cage, which the network misses
+            effusion |= rib_bounded_fluid(vol, lungs, ct.spacing)
     else:
         effusion &= ~lung
     if effusion.any() and ct.n_slices > 1:

@@ -1,0 +1,153 @@
+"""Free pleural fluid on whole HU volumes: water-dense tissue between a lung and the inside of the rib cage.
+
+The lesion network learnt effusion from 8-bit slices and finds little of it on whole HU series; density, thickness
+and contact with the lung alone do not tell fluid from the back muscles, which on coarse voxels mix with fat to water
+density and lie within a voxel of the lung (docs/BENCHMARKS.md, "Pleural fluid from Hounsfield units", thirty-seventh
+session). The rib cage does: free fluid lies inside it, the muscles outside. Per slice, rays from each lung's centroid
+find the lung's outer border and, beyond it, the first bone; the ribs run obliquely, so the bone of the slices within
+``RIB_REACH_MM`` above and below closes the intercostal gaps, short gaps left are filled from the neighbouring rays, and
+a low percentile over the neighbours drops rays that passed a gap to the scapula or an arm. Only the lateral half-plane
+and the back up to ``MEDIAL_DEG`` towards the spine are searched: the heart, aorta and oesophagus lie medially.
+The candidates then pass the effusion checks of covidct.pipeline.lesions (size, contact, dependent, lower half, one
+side). Measured in docs/BENCHMARKS.md, "Pleural fluid inside the rib cage" (forty-first session).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from covidct.pipeline.morphology import in_plane_opening
+from covidct.preprocess import bounding_box
+
+BONE_HU = 200.0  # rib cortex; partial volume on 3-4 mm voxels keeps ribs above it
+FLUID_HU = (-20.0, 45.0)  # simple and parapneumonic effusions 0-25 HU, with noise after a 3x3 mean
+RIB_REACH_MM = 10.0  # the bone of the slices this far above and below closes the intercostal gaps
+MEDIAL_DEG = 45.0  # the back is searched up to this angle from straight back towards the spine
+MAX_DEPTH_MM = 80.0  # the first bone beyond the lung border at most this far (a very large effusion's depth)
+STEP_DEG, STEP_MM, REACH_MM = 3.0, 1.25, 200.0  # the rays
+GAP_DEG = 21.0  # rays without bone filled from neighbours at most this far apart
+SPIKE_DEG, SPIKE_PERCENTILE, SPIKE_TOL_MM = 12.0, 20.0, 3.0  # a ray's bone at most this beyond its neighbours'
+OPEN_MM = 2.0  # in-plane opening: the pleura and thin muscle between lung and rib are thinner
+MIN_LUNG_MM2 = 200.0  # a lung section smaller than this on a slice casts no rays
+
+
+def rib_bounded_fluid(hu: np.ndarray, lungs: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """(z, y, x) bool: water-dense voxels outside the lungs between each lung's outer border and the rib cage, in
+    canonical orientation (x to the patient's left, y to the back) of a supine patient. ``lungs``: 1 left, 2 right."""
+    import cv2
+
+    out = np.zeros(hu.shape, bool)
+    zs = np.flatnonzero(lungs.reshape(len(lungs), -1).any(1))
+    if zs.size == 0:
+        return out
+    dz, dy, dx = spacing
+    lo, hi = int(zs[0]), int(zs[-1]) + 1
+    reach = int(round(RIB_REACH_MM / dz))
+    b0, b1 = max(lo - reach, 0), min(hi + reach, len(hu))
+    # bone within ``reach`` slices: OpenCV's dilation of the (z, y*x) view by a column (columns never mix)
+    bone = (hu[b0:b1] > BONE_HU).view(np.uint8)
+    bone = cv2.dilate(bone.reshape(len(bone), -1), np.ones((2 * reach + 1, 1), np.uint8),
+                      borderType=cv2.BORDER_CONSTANT, borderValue=0).reshape(bone.shape)[lo - b0 : hi - b0]
+    bone = bone.view(bool)
+    sub_hu, sub_lungs = hu[lo:hi], lungs[lo:hi]
+    lung = sub_lungs > 0
+    # what a ray needs, one byte per voxel (one gather per ray sample): the lung label, bone, air outside the lungs
+    outside_air = (sub_hu < -500.0) & ~lung
+    code = np.minimum(sub_lungs, 3).astype(np.uint8) | (bone.view(np.uint8) << 2) | (outside_air.view(np.uint8) << 3)
+    mean = np.empty(sub_hu.shape, np.float32)
+    for i, sl in enumerate(np.clip(sub_hu, -200.0, 200.0).astype(np.float32)):
+        mean[i] = cv2.blur(sl, (3, 3), borderType=cv2.BORDER_REFLECT)
+    fluid = (mean >= FLUID_HU[0]) & (mean <= FLUID_HU[1]) & ~lung
+    cand = np.zeros(fluid.shape, bool)
+    for label, medial in ((1, -1.0), (2, 1.0)):  # the left lung's spine side is smaller x, the right's larger
+        _cast(code, label, fluid, (dy, dx), medial, cand)
+    rad = max(1, int(round(OPEN_MM / min(dy, dx))))
+    disk = np.hypot(*np.mgrid[-rad : rad + 1, -rad : rad + 1]) <= rad
+    box = bounding_box(cand, margin=rad + 1)
+    if box is not None:
+        out[lo:hi][box] = in_plane_opening(cand[box], disk)
+    return out
+
+
+def _cast(code: np.ndarray, label: int, fluid: np.ndarray, pixel: tuple[float, float], medial: float,
+          cand: np.ndarray) -> None:
+    """Mark in ``cand`` the ``fluid`` pixels between lung ``label`` and the ribs, all slices at once (``code``: the
+    lung label in bits 0-1, bone in bit 2, air outside the lungs in bit 3)."""
+    dy, dx = pixel
+    side = (code & 3) == label
+    count = side.sum(axis=(1, 2))
+    zs = np.flatnonzero(count * dy * dx >= MIN_LUNG_MM2)
+    if zs.size == 0:
+        return
+    h, w = side.shape[1:]
+    n = count[zs].astype(float)
+    # each slice's centroid, to the nearest voxel: every pixel's ray and radius then come from one table of offsets
+    cy = np.rint((side[zs].sum(axis=2) * np.arange(h)).sum(axis=1) / n).astype(np.intp)
+    cx = np.rint((side[zs].sum(axis=1) * np.arange(w)).sum(axis=1) / n).astype(np.intp)
+    n_rays = int(round(360.0 / STEP_DEG))
+    ang = np.deg2rad(np.arange(n_rays) * STEP_DEG)
+    ux, uy = np.cos(ang), np.sin(ang)
+    wedge = (ux * medial <= 0) | ((uy > 0) & (np.degrees(np.arctan2(ux * medial, uy)) <= MEDIAL_DEG))
+    radii = np.arange(0.0, REACH_MM, STEP_MM)
+    ys = cy[:, None, None] + np.rint(radii[None] * uy[:, None] / dy).astype(np.intp)[None]  # (slice, ray, step)
+    xs = cx[:, None, None] + np.rint(radii[None] * ux[:, None] / dx).astype(np.intp)[None]
+    inside = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
+    flat = (zs[:, None, None] * h + np.clip(ys, 0, h - 1)) * w + np.clip(xs, 0, w - 1)
+    sample = code.ravel()[flat]
+    on_lung = ((sample & 3) == label) & inside
+    r_lung, r_bone = _bounds(on_lung, (sample & 4).astype(bool) & inside, (sample & 8).astype(bool) | ~inside)
+    r_bone = np.where(wedge[None], _fit_ribs(r_bone, on_lung.any(axis=2)), np.nan)
+    # the fluid pixels near this lung, each compared with its slice's ray towards it
+    box = bounding_box(side[zs].any(axis=0))
+    my, mx = int(MAX_DEPTH_MM / dy) + 1, int(MAX_DEPTH_MM / dx) + 1
+    y0, x0 = max(box[0].start - my, 0), max(box[1].start - mx, 0)
+    zi, py, px = np.nonzero(fluid[zs, y0 : box[0].stop + my, x0 : box[1].stop + mx])
+    oy, ox = np.mgrid[-h + 1 : h, -w + 1 : w]
+    oy, ox = oy * dy, ox * dx
+    ray_of = (np.rint(np.degrees(np.arctan2(oy, ox)) / STEP_DEG).astype(np.intp) % n_rays).astype(np.int16)
+    radius_of = np.hypot(oy, ox).astype(np.float32)
+    off = (py + y0 - cy[zi] + h - 1, px + x0 - cx[zi] + w - 1)
+    ray, rr = ray_of[off], radius_of[off]
+    with np.errstate(invalid="ignore"):
+        hit = (rr > r_lung[zi, ray]) & (rr < r_bone[zi, ray] - STEP_MM)
+    cand[zs[zi[hit]], py[hit] + y0, px[hit] + x0] = True
+
+
+def _bounds(on_lung: np.ndarray, on_bone: np.ndarray, on_air: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per ray (samples STEP_MM apart along the last axis): the radius of the lung's last sample, and of the first
+    bone beyond it where bone comes before air (outside the body) and within MAX_DEPTH_MM (else NaN)."""
+    n = on_lung.shape[-1]
+    has_lung = on_lung.any(axis=-1)
+    last = np.where(has_lung, n - 1 - np.argmax(on_lung[..., ::-1], axis=-1), -1)
+    beyond = np.arange(n) > last[..., None]
+    bone, air = on_bone & beyond, on_air & beyond
+    first_bone = np.where(bone.any(axis=-1), np.argmax(bone, axis=-1), n)
+    first_air = np.where(air.any(axis=-1), np.argmax(air, axis=-1), n)
+    ok = has_lung & (first_bone < first_air) & ((first_bone - last) * STEP_MM <= MAX_DEPTH_MM)
+    return np.where(has_lung, last * STEP_MM, np.nan), np.where(ok, first_bone * STEP_MM, np.nan)
+
+
+def _fit_ribs(r_bone: np.ndarray, has_lung: np.ndarray) -> np.ndarray:
+    """The rib cage's inner radius per ray (last axis, circular): gaps of at most GAP_DEG filled linearly from the
+    nearest rays with bone, and a ray whose bone lies beyond its neighbours' (a gap to the scapula or an arm) brought
+    back to them."""
+    k = r_bone.shape[-1]
+    tiled = np.concatenate([r_bone] * 3, axis=-1)  # circular: the middle copy sees both neighbours
+    idx = np.arange(3 * k)
+    valid = ~np.isnan(tiled)
+    prev = np.maximum.accumulate(np.where(valid, idx, -1), axis=-1)
+    nxt = np.minimum.accumulate(np.where(valid, idx, 3 * k)[..., ::-1], axis=-1)[..., ::-1]
+    mid = slice(k, 2 * k)
+    prev, nxt = prev[..., mid], nxt[..., mid]
+    found = (prev >= 0) & (nxt < 3 * k)
+    p, q = np.clip(prev, 0, 3 * k - 1), np.clip(nxt, 0, 3 * k - 1)
+    rp, rq = np.take_along_axis(tiled, p, axis=-1), np.take_along_axis(tiled, q, axis=-1)
+    span = np.maximum(q - p, 1)
+    filled = rp + (rq - rp) * (idx[mid] - p) / span
+    fit = np.where(np.isnan(r_bone) & found & ((q - p) * STEP_DEG <= GAP_DEG) & has_lung, filled, r_bone)
+    w = int(round(SPIKE_DEG / STEP_DEG))
+    window = np.sort(np.stack([np.roll(fit, s, axis=-1) for s in range(-w, w + 1)]), axis=0)  # NaN sorts last
+    count = np.count_nonzero(~np.isnan(window), axis=0)
+    at = np.floor(SPIKE_PERCENTILE / 100.0 * np.maximum(count - 1, 0)).astype(np.intp)
+    low = np.take_along_axis(window, at[None], axis=0)[0]  # the lower of the two order statistics
+    return np.where(np.isnan(fit), fit, np.fmin(fit, low + SPIKE_TOL_MM))

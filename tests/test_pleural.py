@@ -1,0 +1,52 @@
+"""Free pleural fluid inside the rib cage (covidct.pipeline.pleural): found behind the lung, never in the back muscles
+outside the ribs or in the mediastinum, and labelled effusion by the pipeline."""
+
+import numpy as np
+from scipy import ndimage
+
+from covidct.evaluate.acquisitions import layering_effusion_simulated
+from covidct.labels import EFFUSION
+from covidct.phantom import make_phantom
+from covidct.pipeline.pleural import rib_bounded_fluid
+
+
+def _dry_phantom():
+    return make_phantom(seed=3, shape=(40, 128, 128), spacing=(5.0, 2.7, 2.7), lesions=False, effusion=False)
+
+
+def test_fluid_behind_the_lung_is_found():
+    ph = _dry_phantom()
+    wet, region = layering_effusion_simulated(ph.ct, 0.2, ("right",))
+    lungs = np.where(region, 0, ph.lungs).astype(np.uint8)  # the fluid is not lung
+    found = rib_bounded_fluid(wet.array, lungs, wet.spacing)
+    assert (found & region).sum() >= 0.6 * region.sum()
+    assert (found & ~region).sum() <= 0.1 * found.sum()
+
+
+def test_water_dense_muscle_outside_the_ribs_is_not_fluid():
+    # on coarse voxels the back muscles mix with fat to water density: the rib cage, not density, separates them
+    ph = _dry_phantom()
+    hu = ph.ct.array.copy()
+    # the back wall under each lung: in the columns of a slice whose last bone (the ribs of the two slices above and
+    # below too, as they run obliquely) lies behind the lung, the rows behind that bone
+    bone = ndimage.maximum_filter1d(hu > 200, size=5, axis=0)
+    rows = np.arange(hu.shape[1])[None, :, None]
+    last_bone = hu.shape[1] - 1 - np.argmax(bone[:, ::-1, :], axis=1)  # (z, x)
+    last_lung = ph.lungs.shape[1] - 1 - np.argmax((ph.lungs > 0)[:, ::-1, :], axis=1)
+    lung_below = (ph.lungs > 0).any(axis=1) & bone.any(axis=1) & (last_bone > last_lung)
+    behind_ribs = ph.body & lung_below[:, None, :] & (rows > last_bone[:, None, :]) & (hu > -200)
+    assert behind_ribs.sum() > 1000
+    hu[behind_ribs] = 15.0
+    assert not (rib_bounded_fluid(hu, ph.lungs, ph.ct.spacing) & behind_ribs).any()
+
+
+def test_analyze_labels_the_settled_fluid_effusion_and_none_in_a_dry_chest():
+    from covidct.pipeline.analyzer import Analyzer
+
+    ph = _dry_phantom()
+    assert not (Analyzer()(ph.ct).lesions == EFFUSION).any()
+    wet, region = layering_effusion_simulated(ph.ct, 0.2, ("right",))
+    analysis = Analyzer()(wet)
+    effusion = analysis.lesions == EFFUSION
+    assert (effusion & region).sum() >= 0.5 * region.sum()
+    assert not (analysis.lungs[effusion]).any()
