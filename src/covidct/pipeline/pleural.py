@@ -20,7 +20,7 @@ from covidct.pipeline.morphology import in_plane_opening
 from covidct.preprocess import bounding_box
 
 BONE_HU = 200.0  # rib cortex; partial volume on 3-4 mm voxels keeps ribs above it
-FLUID_HU = (-20.0, 45.0)  # simple and parapneumonic effusions 0-25 HU, with noise after a 3x3 mean
+FLUID_HU = (-20.0, 30.0)  # simple and parapneumonic effusions 0-25 HU; 30 HU as lesions.EFFUSION_DENSE_HU
 RIB_REACH_MM = 10.0  # the bone of the slices this far above and below closes the intercostal gaps
 MEDIAL_DEG = 45.0  # the back is searched up to this angle from straight back towards the spine
 MAX_DEPTH_MM = 80.0  # the first bone beyond the lung border at most this far (a very large effusion's depth)
