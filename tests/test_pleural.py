@@ -36,7 +36,7 @@ def test_water_dense_muscle_outside_the_ribs_is_not_fluid():
     lung_below = (ph.lungs > 0).any(axis=1) & bone.any(axis=1) & (last_bone > last_lung)
     behind_ribs = ph.body & lung_below[:, None, :] & (rows > last_bone[:, None, :]) & (hu > -200)
     assert behind_ribs.sum() > 1000
-    hu[behind_ribs] = 15.0
+    hu[behind_ribs] = 15.0  # water density
     assert not (rib_bounded_fluid(hu, ph.lungs, ph.ct.spacing) & behind_ribs).any()
 
 

@@ -29,6 +29,7 @@ GAP_DEG = 21.0  # rays without bone filled from neighbours at most this far apar
 SPIKE_DEG, SPIKE_PERCENTILE, SPIKE_TOL_MM = 12.0, 20.0, 3.0  # a ray's bone at most this beyond its neighbours'
 OPEN_MM = 2.0  # in-plane opening: the pleura and thin muscle between lung and rib are thinner
 MIN_LUNG_MM2 = 200.0  # a lung section smaller than this on a slice casts no rays
+CHUNK_SLICES = 16  # slices whose rays are cast together
 
 
 def rib_bounded_fluid(hu: np.ndarray, lungs: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
@@ -71,8 +72,8 @@ def rib_bounded_fluid(hu: np.ndarray, lungs: np.ndarray, spacing: tuple[float, f
 
 def _cast(code: np.ndarray, label: int, fluid: np.ndarray, pixel: tuple[float, float], medial: float,
           cand: np.ndarray) -> None:
-    """Mark in ``cand`` the ``fluid`` pixels between lung ``label`` and the ribs, all slices at once (``code``: the
-    lung label in bits 0-1, bone in bit 2, air outside the lungs in bit 3)."""
+    """Mark in ``cand`` the ``fluid`` pixels between lung ``label`` and the ribs (``code``: the lung label in bits
+    0-1, bone in bit 2, air outside the lungs in bit 3), a few slices at a time (the rays' arrays stay small)."""
     dy, dx = pixel
     side = (code & 3) == label
     count = side.sum(axis=(1, 2))
@@ -82,35 +83,40 @@ def _cast(code: np.ndarray, label: int, fluid: np.ndarray, pixel: tuple[float, f
     h, w = side.shape[1:]
     n = count[zs].astype(float)
     # each slice's centroid, to the nearest voxel: every pixel's ray and radius then come from one table of offsets
-    cy = np.rint((side[zs].sum(axis=2) * np.arange(h)).sum(axis=1) / n).astype(np.intp)
-    cx = np.rint((side[zs].sum(axis=1) * np.arange(w)).sum(axis=1) / n).astype(np.intp)
+    cy = np.rint((side.sum(axis=2)[zs] * np.arange(h)).sum(axis=1) / n).astype(np.int32)
+    cx = np.rint((side.sum(axis=1)[zs] * np.arange(w)).sum(axis=1) / n).astype(np.int32)
     n_rays = int(round(360.0 / STEP_DEG))
     ang = np.deg2rad(np.arange(n_rays) * STEP_DEG)
     ux, uy = np.cos(ang), np.sin(ang)
     wedge = (ux * medial <= 0) | ((uy > 0) & (np.degrees(np.arctan2(ux * medial, uy)) <= MEDIAL_DEG))
     radii = np.arange(0.0, REACH_MM, STEP_MM)
-    ys = cy[:, None, None] + np.rint(radii[None] * uy[:, None] / dy).astype(np.intp)[None]  # (slice, ray, step)
-    xs = cx[:, None, None] + np.rint(radii[None] * ux[:, None] / dx).astype(np.intp)[None]
-    inside = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
-    flat = (zs[:, None, None] * h + np.clip(ys, 0, h - 1)) * w + np.clip(xs, 0, w - 1)
-    sample = code.ravel()[flat]
-    on_lung = ((sample & 3) == label) & inside
-    r_lung, r_bone = _bounds(on_lung, (sample & 4).astype(bool) & inside, (sample & 8).astype(bool) | ~inside)
-    r_bone = np.where(wedge[None], _fit_ribs(r_bone, on_lung.any(axis=2)), np.nan)
-    # the fluid pixels near this lung, each compared with its slice's ray towards it
-    box = bounding_box(side[zs].any(axis=0))
-    my, mx = int(MAX_DEPTH_MM / dy) + 1, int(MAX_DEPTH_MM / dx) + 1
-    y0, x0 = max(box[0].start - my, 0), max(box[1].start - mx, 0)
-    zi, py, px = np.nonzero(fluid[zs, y0 : box[0].stop + my, x0 : box[1].stop + mx])
+    ray_dy = np.rint(radii[None] * uy[:, None] / dy).astype(np.int32)  # (ray, step) offsets from the centroid
+    ray_dx = np.rint(radii[None] * ux[:, None] / dx).astype(np.int32)
     oy, ox = np.mgrid[-h + 1 : h, -w + 1 : w]
     oy, ox = oy * dy, ox * dx
     ray_of = (np.rint(np.degrees(np.arctan2(oy, ox)) / STEP_DEG).astype(np.intp) % n_rays).astype(np.int16)
     radius_of = np.hypot(oy, ox).astype(np.float32)
-    off = (py + y0 - cy[zi] + h - 1, px + x0 - cx[zi] + w - 1)
-    ray, rr = ray_of[off], radius_of[off]
-    with np.errstate(invalid="ignore"):
-        hit = (rr > r_lung[zi, ray]) & (rr < r_bone[zi, ray] - STEP_MM)
-    cand[zs[zi[hit]], py[hit] + y0, px[hit] + x0] = True
+    box = bounding_box(side.any(axis=0))  # the fluid pixels near this lung only
+    my, mx = int(MAX_DEPTH_MM / dy) + 1, int(MAX_DEPTH_MM / dx) + 1
+    y0, x0 = max(box[0].start - my, 0), max(box[1].start - mx, 0)
+    near = fluid[:, y0 : box[0].stop + my, x0 : box[1].stop + mx]
+    flat_code = code.reshape(len(code), -1)
+    for at in range(0, len(zs), CHUNK_SLICES):
+        z, y, x = zs[at : at + CHUNK_SLICES], cy[at : at + CHUNK_SLICES], cx[at : at + CHUNK_SLICES]
+        ys = y[:, None, None] + ray_dy[None]  # (slice, ray, step)
+        xs = x[:, None, None] + ray_dx[None]
+        inside = (ys.view(np.uint32) < h) & (xs.view(np.uint32) < w)  # negative offsets wrap to large values
+        sample = np.take_along_axis(flat_code[z], (np.clip(ys, 0, h - 1) * w + np.clip(xs, 0, w - 1)).reshape(len(z), -1),
+                                    axis=1).reshape(ys.shape)
+        on_lung = ((sample & 3) == label) & inside
+        r_lung, r_bone = _bounds(on_lung, (sample & 4).astype(bool) & inside, (sample & 8).astype(bool) | ~inside)
+        r_bone = np.where(wedge[None], _fit_ribs(r_bone, on_lung.any(axis=2)), np.nan)
+        zi, py, px = np.nonzero(near[z])  # each fluid pixel against its slice's ray towards it
+        off = (py + y0 - y[zi] + h - 1, px + x0 - x[zi] + w - 1)
+        ray, rr = ray_of[off], radius_of[off]
+        with np.errstate(invalid="ignore"):
+            hit = (rr > r_lung[zi, ray]) & (rr < r_bone[zi, ray] - STEP_MM)
+        cand[z[zi[hit]], py[hit] + y0, px[hit] + x0] = True
 
 
 def _bounds(on_lung: np.ndarray, on_bone: np.ndarray, on_air: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
