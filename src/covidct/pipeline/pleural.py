@@ -55,10 +55,11 @@ def rib_bounded_fluid(hu: np.ndarray, lungs: np.ndarray, spacing: tuple[float, f
     # what a ray needs, one byte per voxel (one gather per ray sample): the lung label, bone, air outside the lungs
     outside_air = (sub_hu < -500.0) & ~lung
     code = np.minimum(sub_lungs, 3).astype(np.uint8) | (bone.view(np.uint8) << 2) | (outside_air.view(np.uint8) << 3)
-    mean = np.empty(sub_hu.shape, np.float32)
-    for i, sl in enumerate(np.clip(sub_hu, -200.0, 200.0).astype(np.float32)):
-        mean[i] = cv2.blur(sl, (3, 3), borderType=cv2.BORDER_REFLECT)
-    fluid = (mean >= FLUID_HU[0]) & (mean <= FLUID_HU[1]) & ~lung
+    fluid = np.empty(sub_hu.shape, bool)  # a 3x3 mean in [FLUID_HU], slice by slice (no float volume kept)
+    for i, sl in enumerate(sub_hu):
+        mean = cv2.blur(np.clip(sl, -200.0, 200.0).astype(np.float32), (3, 3), borderType=cv2.BORDER_REFLECT)
+        fluid[i] = (mean >= FLUID_HU[0]) & (mean <= FLUID_HU[1])
+    fluid &= ~lung
     cand = np.zeros(fluid.shape, bool)
     for label, medial in ((1, -1.0), (2, 1.0)):  # the left lung's spine side is smaller x, the right's larger
         _cast(code, label, fluid, (dy, dx), medial, cand)
