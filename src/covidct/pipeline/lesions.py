@@ -29,7 +29,7 @@ from covidct.pipeline import hu_rules
 from covidct.pipeline.background import beside
 from covidct.pipeline.grid import first_argmax, upsample_labels
 from covidct.pipeline.morphology import dilate_mm, nearest_labels
-from covidct.pipeline.pleural import rib_bounded_fluid
+from covidct.pipeline.pleural import FLUID_HU, rib_bounded_fluid
 from covidct.pipeline.predict import ModelRunner
 from covidct.pipeline.types import LoadedModel, Masks
 from covidct.preprocess import bounding_box, component_sizes, lesion_types_by_density
@@ -201,7 +201,7 @@ def _absorb_lesions(lungs: np.ndarray, lesions: np.ndarray) -> np.ndarray:
 # unenhanced. A dense "effusion" must at least lie against the lung: the lesion network's effusion on P001 and
 # LIDC-IDRI-0001 was the paraspinal muscle beside the spine (median 34-37 HU, 2-8 % of its surface against the lung;
 # the phantoms' effusions 10-19 HU, 12-20 %; docs/BENCHMARKS.md, fourteenth session).
-EFFUSION_DENSE_HU = 30.0
+EFFUSION_DENSE_HU = FLUID_HU[1]
 EFFUSION_MIN_LUNG_CONTACT = 0.1
 
 

@@ -20,11 +20,14 @@ from covidct.pipeline.morphology import in_plane_opening
 from covidct.preprocess import bounding_box
 
 BONE_HU = 200.0  # rib cortex; partial volume on 3-4 mm voxels keeps ribs above it
-FLUID_HU = (-20.0, 30.0)  # simple and parapneumonic effusions 0-25 HU; 30 HU as lesions.EFFUSION_DENSE_HU
+# simple and parapneumonic effusions 0-25 HU, skeletal muscle 40-60 HU: above 30 HU is denser than fluid (the line
+# covidct.pipeline.lesions.EFFUSION_DENSE_HU takes from here)
+FLUID_HU = (-20.0, 30.0)
 RIB_REACH_MM = 10.0  # the bone of the slices this far above and below closes the intercostal gaps
 MEDIAL_DEG = 45.0  # the back is searched up to this angle from straight back towards the spine
 MAX_DEPTH_MM = 80.0  # the first bone beyond the lung border at most this far (a very large effusion's depth)
 STEP_DEG, STEP_MM, REACH_MM = 3.0, 1.25, 200.0  # the rays
+N_RAYS = int(round(360.0 / STEP_DEG))
 GAP_DEG = 21.0  # rays without bone filled from neighbours at most this far apart
 SPIKE_DEG, SPIKE_PERCENTILE, SPIKE_TOL_MM = 12.0, 20.0, 3.0  # a ray's bone at most this beyond its neighbours'
 OPEN_MM = 2.0  # in-plane opening: the pleura and thin muscle between lung and rib are thinner
@@ -61,8 +64,9 @@ def rib_bounded_fluid(hu: np.ndarray, lungs: np.ndarray, spacing: tuple[float, f
         fluid[i] = (mean >= FLUID_HU[0]) & (mean <= FLUID_HU[1])
     fluid &= ~lung
     cand = np.zeros(fluid.shape, bool)
+    tables = _offset_tables(fluid.shape[1:], (dy, dx))
     for label, medial in ((1, -1.0), (2, 1.0)):  # the left lung's spine side is smaller x, the right's larger
-        _cast(code, label, fluid, (dy, dx), medial, cand)
+        _cast(code, label, fluid, (dy, dx), medial, tables, cand)
     rad = max(1, int(round(OPEN_MM / min(dy, dx))))
     disk = np.hypot(*np.mgrid[-rad : rad + 1, -rad : rad + 1]) <= rad
     box = bounding_box(cand, margin=rad + 1)
@@ -71,11 +75,22 @@ def rib_bounded_fluid(hu: np.ndarray, lungs: np.ndarray, spacing: tuple[float, f
     return out
 
 
+def _offset_tables(shape: tuple[int, int], pixel: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """For every in-plane offset (dy, dx) from -(size - 1) to size - 1 pixels: the ray it lies on and its radius (mm)."""
+    (h, w), (dy, dx) = shape, pixel
+    oy, ox = np.mgrid[-h + 1 : h, -w + 1 : w]
+    oy, ox = oy * dy, ox * dx
+    ray_of = (np.rint(np.degrees(np.arctan2(oy, ox)) / STEP_DEG).astype(np.intp) % N_RAYS).astype(np.int16)
+    return ray_of, np.hypot(oy, ox).astype(np.float32)
+
+
 def _cast(code: np.ndarray, label: int, fluid: np.ndarray, pixel: tuple[float, float], medial: float,
-          cand: np.ndarray) -> None:
+          tables: tuple[np.ndarray, np.ndarray], cand: np.ndarray) -> None:
     """Mark in ``cand`` the ``fluid`` pixels between lung ``label`` and the ribs (``code``: the lung label in bits
-    0-1, bone in bit 2, air outside the lungs in bit 3), a few slices at a time (the rays' arrays stay small)."""
+    0-1, bone in bit 2, air outside the lungs in bit 3; ``tables``: :func:`_offset_tables`), a few slices at a time
+    (the rays' arrays stay small)."""
     dy, dx = pixel
+    ray_of, radius_of = tables
     side = (code & 3) == label
     count = side.sum(axis=(1, 2))
     zs = np.flatnonzero(count * dy * dx >= MIN_LUNG_MM2)
@@ -86,17 +101,12 @@ def _cast(code: np.ndarray, label: int, fluid: np.ndarray, pixel: tuple[float, f
     # each slice's centroid, to the nearest voxel: every pixel's ray and radius then come from one table of offsets
     cy = np.rint((side.sum(axis=2)[zs] * np.arange(h)).sum(axis=1) / n).astype(np.int32)
     cx = np.rint((side.sum(axis=1)[zs] * np.arange(w)).sum(axis=1) / n).astype(np.int32)
-    n_rays = int(round(360.0 / STEP_DEG))
-    ang = np.deg2rad(np.arange(n_rays) * STEP_DEG)
+    ang = np.deg2rad(np.arange(N_RAYS) * STEP_DEG)
     ux, uy = np.cos(ang), np.sin(ang)
     wedge = (ux * medial <= 0) | ((uy > 0) & (np.degrees(np.arctan2(ux * medial, uy)) <= MEDIAL_DEG))
     radii = np.arange(0.0, REACH_MM, STEP_MM)
     ray_dy = np.rint(radii[None] * uy[:, None] / dy).astype(np.int32)  # (ray, step) offsets from the centroid
     ray_dx = np.rint(radii[None] * ux[:, None] / dx).astype(np.int32)
-    oy, ox = np.mgrid[-h + 1 : h, -w + 1 : w]
-    oy, ox = oy * dy, ox * dx
-    ray_of = (np.rint(np.degrees(np.arctan2(oy, ox)) / STEP_DEG).astype(np.intp) % n_rays).astype(np.int16)
-    radius_of = np.hypot(oy, ox).astype(np.float32)
     box = bounding_box(side.any(axis=0))  # the fluid pixels near this lung only
     my, mx = int(MAX_DEPTH_MM / dy) + 1, int(MAX_DEPTH_MM / dx) + 1
     y0, x0 = max(box[0].start - my, 0), max(box[1].start - mx, 0)
