@@ -67,12 +67,22 @@ def rib_bounded_fluid(hu: np.ndarray, lungs: np.ndarray, spacing: tuple[float, f
     tables = _offset_tables(fluid.shape[1:], (dy, dx))
     for label, medial in ((1, -1.0), (2, 1.0)):  # the left lung's spine side is smaller x, the right's larger
         _cast(code, label, fluid, (dy, dx), medial, tables, cand)
-    rad = max(1, int(round(OPEN_MM / min(dy, dx))))
-    disk = np.hypot(*np.mgrid[-rad : rad + 1, -rad : rad + 1]) <= rad
+    disk = _disk(OPEN_MM, (dy, dx))
+    rad = max(disk.shape) // 2
     box = bounding_box(cand, margin=rad + 1)
     if box is not None:
         out[lo:hi][box] = in_plane_opening(cand[box], disk)
     return out
+
+
+def _disk(radius_mm: float, pixel: tuple[float, float]) -> np.ndarray:
+    """The pixels within ``radius_mm`` of the centre, measured in mm (at least the 4-neighbours): a radius rounded to
+    whole pixels made the opening 2.5 mm on 1.27 mm pixels but 1.4 mm on 1.41 mm ones."""
+    dy, dx = pixel
+    radius = max(radius_mm, min(dy, dx))
+    ry, rx = int(radius // dy), int(radius // dx)
+    oy, ox = np.mgrid[-ry : ry + 1, -rx : rx + 1]
+    return np.hypot(oy * dy, ox * dx) <= radius
 
 
 def _offset_tables(shape: tuple[int, int], pixel: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
