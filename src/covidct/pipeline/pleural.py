@@ -15,6 +15,7 @@ side). Measured in docs/BENCHMARKS.md, "Pleural fluid inside the rib cage" (fort
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from covidct.pipeline.morphology import in_plane_opening
 from covidct.preprocess import bounding_box
@@ -71,7 +72,14 @@ def rib_bounded_fluid(hu: np.ndarray, lungs: np.ndarray, spacing: tuple[float, f
     rad = max(disk.shape) // 2
     box = bounding_box(cand, margin=rad + 1)
     if box is not None:
-        out[lo:hi][box] = in_plane_opening(cand[box], disk)
+        # opening by reconstruction: the opening decides where fluid is, then the candidates it touches in-plane
+        # come back whole (a layer's thin ends, its rim against the lung and the ribs)
+        within = cand[box]
+        lbl, _ = ndimage.label(within, structure=np.array([[[0] * 3] * 3, [[0, 1, 0], [1, 1, 1], [0, 1, 0]], [[0] * 3] * 3]))
+        kept = np.zeros(lbl.max() + 1, bool)
+        kept[np.unique(lbl[in_plane_opening(within, disk)])] = True
+        kept[0] = False
+        out[lo:hi][box] = kept[lbl]
     return out
 
 
