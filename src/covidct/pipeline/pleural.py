@@ -59,10 +59,12 @@ def rib_bounded_fluid(hu: np.ndarray, lungs: np.ndarray, spacing: tuple[float, f
     # what a ray needs, one byte per voxel (one gather per ray sample): the lung label, bone, air outside the lungs
     outside_air = (sub_hu < -500.0) & ~lung
     code = np.minimum(sub_lungs, 3).astype(np.uint8) | (bone.view(np.uint8) << 2) | (outside_air.view(np.uint8) << 3)
-    fluid = np.empty(sub_hu.shape, bool)  # a 3x3 mean in [FLUID_HU], slice by slice (no float volume kept)
+    # a 3x3 median in [FLUID_HU], slice by slice (no float volume kept): noise averages out, while a pixel beside the
+    # lung or a rib keeps its own density (a mean mixed the pixels of a thin layer with the lung's)
+    fluid = np.empty(sub_hu.shape, bool)
     for i, sl in enumerate(sub_hu):
-        mean = cv2.blur(np.clip(sl, -200.0, 200.0).astype(np.float32), (3, 3), borderType=cv2.BORDER_REFLECT)
-        fluid[i] = (mean >= FLUID_HU[0]) & (mean <= FLUID_HU[1])
+        median = cv2.medianBlur(np.clip(sl, -200.0, 200.0).astype(np.float32), 3)
+        fluid[i] = (median >= FLUID_HU[0]) & (median <= FLUID_HU[1])
     fluid &= ~lung
     cand = np.zeros(fluid.shape, bool)
     tables = _offset_tables(fluid.shape[1:], (dy, dx))
