@@ -7,8 +7,8 @@ areas over 10, 30 and 50 % of its HU lung field (random patches and subpleural o
 ``covidct.evaluate.hu_volumes.emphysema_simulated``) and with airless lung along its dependent edge over 5, 15 and 30 %
 (air bronchograms and vessels kept; ``dependent_consolidation_simulated``), and with a pleural effusion of the same
 extent (water in that band), with free fluid as it settles in a supine patient (behind a level, coronal surface:
-``covidct.evaluate.acquisitions.layering_effusion_simulated``; both sides over 5, 10 and 20 % of the field, the right
-side alone over 10 and 20 %), and as CT pulmonary angiography, its lung vessels enhanced to 250 and 400 HU
+``covidct.evaluate.acquisitions.layering_effusion_simulated``; both sides over 2, 5, 10 and 20 % of the field, the
+right side alone over 1, 2, 3, 10 and 20 %: small effusions of 20-80 mL among them), and as CT pulmonary angiography, its lung vessels enhanced to 250 and 400 HU
 (``covidct.evaluate.acquisitions.contrast_enhanced_simulated``: no lesion added, so every lesion mL there is false). Per case: the simulated region's mL, the share of it inside the final lung mask and
 labelled consolidation or effusion, the lung mL beside the unchanged series', the lesion mL, severity and diagnosis.
 Emphysema must stay lung; dependent consolidation is lung and lesion; an effusion is effusion.
@@ -53,7 +53,9 @@ def main() -> int:
             for effusion in (False, True):
                 ct, region = dependent_consolidation_simulated(base, share, effusion=effusion)
                 cases.append((f"{'pleural effusion' if effusion else 'dependent consolidation'} {share:g}", ct, region))
-        for share, sides in ((0.05, ("right", "left")), (0.1, ("right", "left")), (0.2, ("right", "left")),
+        # small effusions too (20-80 mL, 7-14 mm deep at most): what a pneumonia often brings
+        for share, sides in ((0.01, ("right",)), (0.02, ("right",)), (0.03, ("right",)), (0.02, ("right", "left")),
+                             (0.05, ("right", "left")), (0.1, ("right", "left")), (0.2, ("right", "left")),
                              (0.1, ("right",)), (0.2, ("right",))):
             ct, region = layering_effusion_simulated(base, share, sides)
             cases.append((f"layering effusion {'+'.join(sides)} {share:g}", ct, region))
