@@ -53,8 +53,9 @@ def test_analyze_labels_the_settled_fluid_effusion_and_none_in_a_dry_chest():
 
 
 def test_a_thin_layer_is_found_alike_whatever_the_pixel_size():
-    # the opening that drops the pleura and thin muscle is 2 mm whatever the grid: a radius rounded to whole pixels
-    # made it 2.5 mm on 1.27 mm pixels (a 9 mm layer found at 0.22) but 1.5 mm on 1.5 mm ones (0.40)
+    # the opening that drops the pleura and thin muscle is 2 mm whatever the grid (a radius rounded to whole pixels
+    # made it 2.5 mm on 1.27 mm pixels: a 9 mm layer found at 0.22, but 0.40 on 1.5 mm ones), and a 3x3 median keeps
+    # the layer's pixels beside the lung (a mean averaged them with it: 0.38-0.40 with the mm opening)
     found = []
     for pixel in (1.27, 1.5):
         ph = make_phantom(seed=3, shape=(40, 256, 256), spacing=(5.0, pixel, pixel), lesions=False, effusion=False)
@@ -62,5 +63,5 @@ def test_a_thin_layer_is_found_alike_whatever_the_pixel_size():
         lungs = np.where(region, 0, ph.lungs).astype(np.uint8)
         fluid = rib_bounded_fluid(wet.array, lungs, wet.spacing)
         found.append((fluid & region).sum() / region.sum())
-    assert min(found) >= 0.35
+    assert min(found) >= 0.6
     assert abs(found[0] - found[1]) <= 0.05

@@ -8,8 +8,12 @@ find the lung's outer border and, beyond it, the first bone; the ribs run obliqu
 ``RIB_REACH_MM`` above and below closes the intercostal gaps, short gaps left are filled from the neighbouring rays, and
 a low percentile over the neighbours drops rays that passed a gap to the scapula or an arm. Only the lateral half-plane
 and the back up to ``MEDIAL_DEG`` towards the spine are searched: the heart, aorta and oesophagus lie medially.
-The candidates then pass the effusion checks of covidct.pipeline.lesions (size, contact, dependent, lower half, one
-side). Measured in docs/BENCHMARKS.md, "Pleural fluid inside the rib cage" (forty-first session).
+Fluid is a pixel whose 3x3 median is water-dense (a thin layer's pixels beside the lung keep their density); an
+in-plane opening of ``OPEN_MM`` (measured in mm, whatever the pixel size) decides where fluid is, and the candidates it
+touches come back whole (opening by reconstruction: a layer's thin ends and rims). The candidates then pass the
+effusion checks of covidct.pipeline.lesions (size, contact, dependent, lower half, one side). Measured in
+docs/BENCHMARKS.md, "Pleural fluid inside the rib cage" (forty-first session) and "Small pleural effusions"
+(forty-second).
 """
 
 from __future__ import annotations
