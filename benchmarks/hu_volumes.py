@@ -29,7 +29,7 @@ lung Dice (cip-ct-64), diagnosis, seconds. The ``scored`` column says whether th
 volume (LOO: refitted without it) or not (held-out).
 
 Usage: python benchmarks/hu_volumes.py [--data DIR] [--phantoms N] [--loo] [--cache DIR] [--before DIR] [--json OUT]
-       [--only NAME ...]
+       [--only NAME ...]   (--only =NAME: that volume only, not its derived versions)
 Skips (exit 0) when the data folder is absent.
 """
 
@@ -216,14 +216,15 @@ def score(vol: dict, ct, method: str, lung: np.ndarray, lesion: np.ndarray, extr
 
 def run(data: Path, n_phantoms: int, cache: Path | None, before: Path | None, loo: bool,
         nodule_margin: float, only: list[str] | None = None) -> list[dict]:
-    """The table's rows (``only``: just the volumes whose name holds one of these strings)."""
+    """The table's rows (``only``: just the volumes whose name holds one of these strings, or is one written
+    after ``=``)."""
     from covidct.pipeline import Analyzer
 
     analyzer = Analyzer()
     rows: list[dict] = []
     loo_cases: list[dict] = []
     for vol in volumes(data, n_phantoms):
-        if only and not any(o in vol["name"] for o in only):
+        if only and not any(vol["name"] == o[1:] if o.startswith("=") else o in vol["name"] for o in only):
             continue
         native = nearest = None  # a derived version: the series it is made from; for a thin one, each slice's original
         if vol.get("thick"):
@@ -301,7 +302,8 @@ def main() -> int:
     ap.add_argument("--before", type=Path, default=None, help="a --cache folder of an earlier version: its rows too")
     ap.add_argument("--nodule-margin", type=float, default=10.0)
     ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--only", action="append", default=None, help="only volumes whose name holds this (repeatable)")
+    ap.add_argument("--only", action="append", default=None, help="only volumes whose name holds this, or, written =NAME, is NAME (=P001: the native series "
+                    "without its derived versions; repeatable)")
     a = ap.parse_args()
     if not a.data.is_dir():
         print(f"skipped: no data folder {a.data}")
