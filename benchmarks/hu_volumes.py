@@ -172,19 +172,26 @@ def _diagnose(ct, lungs, lesions) -> str:
     return f"{d['label']} ({d['probabilities'].get('covid19', float('nan')):.2f}{near})"
 
 
+SHIPPED_WARNINGS: dict[str, list[str] | None] = {}  # the warnings of the shipped pipeline's last run per volume
+
+
 def shipped(ct, cache: Path | None, name: str, analyzer) -> tuple[np.ndarray, np.ndarray, str, float]:
     f = cache / _cache_name(name) if cache else None
     if f is not None and f.exists():
         z = np.load(f)
+        SHIPPED_WARNINGS[name] = [str(w) for w in z["warnings"]] if "warnings" in z.files else None
         return z["lungs"], z["lesions"], str(z["diagnosis"]), float(z["seconds"])
     t0 = time.perf_counter()
     res = analyzer(ct, None, html=False)
     sec = time.perf_counter() - t0
     d = res.report["diagnosis"]
     diag = f"{d['label']} ({d['probabilities'].get('covid19', float('nan')):.2f})"
+    # each warning's opening words: enough to tell which fired (a cache of an older version has none)
+    SHIPPED_WARNINGS[name] = [" ".join(w.split()[:8]) for w in res.report.get("warnings", [])]
     if f is not None:
         f.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(f, lungs=res.lungs, lesions=res.lesions, diagnosis=diag, seconds=sec)
+        np.savez_compressed(f, lungs=res.lungs, lesions=res.lesions, diagnosis=diag, seconds=sec,
+                            warnings=np.array(SHIPPED_WARNINGS[name], dtype=str))
     return res.lungs, res.lesions, diag, sec
 
 
@@ -267,7 +274,8 @@ def run(data: Path, n_phantoms: int, cache: Path | None, before: Path | None, lo
         lungs, lesions, _, sec = shipped(ct, cache, vol["name"], analyzer)
         diag = _diagnose(ct, lungs, lesions)  # this version's diagnosis stage, also on cached masks
         infection = (lesions == 1) | (lesions == 2)
-        rows.append(score(vol, ct, "shipped", lungs, infection, {"diagnosis": diag, "seconds": sec}, ref, exclude, True))
+        extra = {"diagnosis": diag, "seconds": sec, "warnings": SHIPPED_WARNINGS.get(vol["name"])}
+        rows.append(score(vol, ct, "shipped", lungs, infection, extra, ref, exclude, True))
         t0 = time.perf_counter()
         _, count_mask = hu_count_per_slice(ct.array, count_lung)
         rows.append(score(vol, ct, "HU count", count_lung, count_mask, {"seconds": time.perf_counter() - t0}, ref,

@@ -71,7 +71,8 @@ def main() -> int:
             row = {"series": name, "case": case, "lung_ml": round(float(lung.sum()) * ml, 1),
                    "lung_ml_as_it_is": round(base_lung, 1), "lesion_ml": round(float((les > 0).sum()) * ml, 1),
                    "severity": res.report["severity"]["score"], "diagnosis": res.report["diagnosis"]["label"],
-                   "seconds": round(time.perf_counter() - t0, 1)}
+                   "seconds": round(time.perf_counter() - t0, 1),
+                   "warnings": [" ".join(w.split()[:8]) for w in res.report.get("warnings", [])]}
             if region is not None:
                 n = max(int(region.sum()), 1)
                 row.update(region_ml=round(n * ml, 1), region_in_lung=round(float((lung & region).sum()) / n, 3),

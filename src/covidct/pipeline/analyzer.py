@@ -247,7 +247,8 @@ class Analyzer:
                             or diagnosis.conservative_extent_warnings(severity, hu_rule))
             warnings.extend(diagnosis.gapped_slice_warnings(ct, hu_rule))
             warnings.extend(diagnosis.metal_warnings(ct, masks.lungs, hu_rule))
-            warnings.extend(diagnosis.noise_warnings(masks.hu_rule) + diagnosis.density_warnings(masks.hu_rule))
+            warnings.extend(diagnosis.noise_warnings(masks.hu_rule) + diagnosis.density_warnings(masks.hu_rule)
+                            + diagnosis.airless_warnings(masks.hu_rule))
         info = {role: m.info if m is not None else None for role, m in self.models.items()}
         models = [reporting.model_entry(info["lungs"], "hu-threshold-lungs"),
                   reporting.model_entry(info["lesions"], "hu-rule-lesions")]

@@ -232,6 +232,28 @@ def noise_warnings(notes: dict | None) -> list[str]:
     ]
 
 
+# Soft-tissue-dense tissue (above the fluid range up to 80 HU) against the dependent lung inside the rib cage and outside
+# the lung mask (covidct.pipeline.pleural; pieces of at least 5 mL that touch the lung): airless lung (dependent
+# consolidation, atelectasis) or a dense effusion, in neither the lung mask nor the lesion figures. The synthetic
+# phantoms' paravertebral muscle, which lies inside their rib line, gives up to 65 mL (docs/BENCHMARKS.md,
+# forty-second session): a warning from 100 mL.
+AIRLESS_WARN_ML = 100.0
+
+
+def airless_warnings(notes: dict | None) -> list[str]:
+    """For a supine whole HU volume with at least ``AIRLESS_WARN_ML`` of soft-tissue-dense tissue between the lungs and
+    the ribs, outside the lung mask (the HU rule's ``notes``, from :func:`covidct.pipeline.lesions.segment_lesions`)."""
+    ml = (notes or {}).get("airless_outside_lungs_ml")
+    if ml is None or ml < AIRLESS_WARN_ML:
+        return []
+    return [
+        f"{ml:.0f} mL of soft-tissue-dense tissue (30-80 HU) lies against the dependent lung inside the rib cage, "
+        "outside the lung mask: airless lung (dependent consolidation or collapse, as in severe pneumonia or ARDS) or a "
+        "dense pleural effusion. It is in neither the lung volumes nor the lesion figures, severity score and reading "
+        "(healthy lungs with such consolidation simulated over 15-30 % of them read normal): check the scan"
+    ]
+
+
 def diagnose_from_findings(sev: dict) -> dict:
     """COVID-19 / other pneumonia / normal from the lesion findings (an interpretable rule, not fitted to data).
 

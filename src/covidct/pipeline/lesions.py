@@ -29,7 +29,7 @@ from covidct.pipeline import hu_rules
 from covidct.pipeline.background import beside
 from covidct.pipeline.grid import first_argmax, upsample_labels
 from covidct.pipeline.morphology import dilate_mm, nearest_labels
-from covidct.pipeline.pleural import FLUID_HU, rib_bounded_fluid
+from covidct.pipeline.pleural import FLUID_HU, rib_bounded_tissue
 from covidct.pipeline.predict import ModelRunner
 from covidct.pipeline.types import LoadedModel, Masks
 from covidct.preprocess import bounding_box, component_sizes, lesion_types_by_density
@@ -118,7 +118,11 @@ def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_mode
         pleural = dilate_mm(lung, (dz, dy, dx), 30.0) & ~lung
         effusion &= pleural & (vol > -50) & (vol < 80)
         if hu_volume and dependent_side(ct) == SUPINE:  # free fluid inside the rib cage, which the network misses
-            effusion |= rib_bounded_fluid(vol, lungs, ct.spacing)
+            fluid, dense = rib_bounded_tissue(vol, lungs, ct.spacing)
+            effusion |= fluid
+            # denser tissue there is airless lung (or a dense effusion) that the lung mask leaves out: measured, told
+            dense = _plausible_effusion(dense, lung, ct.spacing, dependent=SUPINE)  # size, touching, dependent
+            notes["airless_outside_lungs_ml"] = float(np.count_nonzero(dense)) * float(np.prod(ct.spacing)) / 1000.0
     else:
         effusion &= ~lung
     if effusion.any() and ct.n_slices > 1:

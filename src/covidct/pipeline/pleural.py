@@ -28,6 +28,9 @@ BONE_HU = 200.0  # rib cortex; partial volume on 3-4 mm voxels keeps ribs above 
 # simple and parapneumonic effusions 0-25 HU, skeletal muscle 40-60 HU: above 30 HU is denser than fluid (the line
 # covidct.pipeline.lesions.EFFUSION_DENSE_HU takes from here)
 FLUID_HU = (-20.0, 30.0)
+# above the fluid range up to this: consolidated or collapsed lung (unenhanced 20-50 HU, more with contrast) or a dense
+# effusion (exudate, blood); below liver and enhanced vessels' usual density
+DENSE_HU = 80.0
 RIB_REACH_MM = 10.0  # the bone of the slices this far above and below closes the intercostal gaps
 MEDIAL_DEG = 45.0  # the back is searched up to this angle from straight back towards the spine
 MAX_DEPTH_MM = 80.0  # the first bone beyond the lung border at most this far (a very large effusion's depth)
@@ -43,12 +46,20 @@ CHUNK_SLICES = 16  # slices whose rays are cast together
 def rib_bounded_fluid(hu: np.ndarray, lungs: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
     """(z, y, x) bool: water-dense voxels outside the lungs between each lung's outer border and the rib cage, in
     canonical orientation (x to the patient's left, y to the back) of a supine patient. ``lungs``: 1 left, 2 right."""
+    return rib_bounded_tissue(hu, lungs, spacing)[0]
+
+
+def rib_bounded_tissue(hu: np.ndarray, lungs: np.ndarray,
+                       spacing: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """(fluid, dense), each (z, y, x) bool: the voxels outside the lungs between each lung's outer border and the rib
+    cage (see :func:`rib_bounded_fluid`) that are water-dense, and those denser, up to ``DENSE_HU`` (airless lung or
+    a dense effusion, which the lung mask leaves out)."""
     import cv2
 
-    out = np.zeros(hu.shape, bool)
+    fluid_out, dense_out = np.zeros(hu.shape, bool), np.zeros(hu.shape, bool)
     zs = np.flatnonzero(lungs.reshape(len(lungs), -1).any(1))
     if zs.size == 0:
-        return out
+        return fluid_out, dense_out
     dz, dy, dx = spacing
     lo, hi = int(zs[0]), int(zs[-1]) + 1
     reach = int(round(RIB_REACH_MM / dz))
@@ -66,26 +77,36 @@ def rib_bounded_fluid(hu: np.ndarray, lungs: np.ndarray, spacing: tuple[float, f
     # a 3x3 median in [FLUID_HU], slice by slice (no float volume kept): noise averages out, while a pixel beside the
     # lung or a rib keeps its own density (a mean mixed the pixels of a thin layer with the lung's)
     fluid = np.empty(sub_hu.shape, bool)
+    dense = np.empty(sub_hu.shape, bool)
     for i, sl in enumerate(sub_hu):
         median = cv2.medianBlur(np.clip(sl, -200.0, 200.0).astype(np.float32), 3)
         fluid[i] = (median >= FLUID_HU[0]) & (median <= FLUID_HU[1])
+        dense[i] = (median > FLUID_HU[1]) & (median <= DENSE_HU)
     fluid &= ~lung
-    cand = np.zeros(fluid.shape, bool)
+    dense &= ~lung
+    cand = np.zeros(fluid.shape, bool)  # each pixel is tested on its own: both kinds in one pass
     tables = _offset_tables(fluid.shape[1:], (dy, dx))
     for label, medial in ((1, -1.0), (2, 1.0)):  # the left lung's spine side is smaller x, the right's larger
-        _cast(code, label, fluid, (dy, dx), medial, tables, cand)
+        _cast(code, label, fluid | dense, (dy, dx), medial, tables, cand)
     disk = _disk(OPEN_MM, (dy, dx))
-    rad = max(disk.shape) // 2
-    box = bounding_box(cand, margin=rad + 1)
-    if box is not None:
-        # opening by reconstruction: the opening decides where fluid is, then the candidates it touches in-plane
-        # come back whole (a layer's thin ends, its rim against the lung and the ribs)
-        within = cand[box]
-        lbl, _ = ndimage.label(within, structure=np.array([[[0] * 3] * 3, [[0, 1, 0], [1, 1, 1], [0, 1, 0]], [[0] * 3] * 3]))
-        kept = np.zeros(lbl.max() + 1, bool)
-        kept[np.unique(lbl[in_plane_opening(within, disk)])] = True
-        kept[0] = False
-        out[lo:hi][box] = kept[lbl]
+    fluid_out[lo:hi] = _opened_by_reconstruction(cand & fluid, disk)
+    dense_out[lo:hi] = _opened_by_reconstruction(cand & dense, disk)
+    return fluid_out, dense_out
+
+
+def _opened_by_reconstruction(cand: np.ndarray, disk: np.ndarray) -> np.ndarray:
+    """The in-plane opening of ``cand`` by ``disk`` decides where the tissue is; the candidates it touches in-plane
+    then come back whole (a layer's thin ends, its rim against the lung and the ribs)."""
+    out = np.zeros(cand.shape, bool)
+    box = bounding_box(cand, margin=max(disk.shape) // 2 + 1)
+    if box is None:
+        return out
+    within = cand[box]
+    lbl, _ = ndimage.label(within, structure=np.array([[[0] * 3] * 3, [[0, 1, 0], [1, 1, 1], [0, 1, 0]], [[0] * 3] * 3]))
+    kept = np.zeros(lbl.max() + 1, bool)
+    kept[np.unique(lbl[in_plane_opening(within, disk)])] = True
+    kept[0] = False
+    out[box] = kept[lbl]
     return out
 
 
