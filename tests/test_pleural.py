@@ -65,3 +65,22 @@ def test_a_thin_layer_is_found_alike_whatever_the_pixel_size():
         found.append((fluid & region).sum() / region.sum())
     assert min(found) >= 0.6
     assert abs(found[0] - found[1]) <= 0.05
+
+
+def test_airless_lung_outside_the_mask_is_warned_and_a_dry_chest_is_not():
+    # dependent consolidation (35 HU, bronchi and vessels kept) is left out of the lung mask: measured and warned
+    from covidct.evaluate.hu_volumes import dependent_consolidation_simulated
+    from covidct.pipeline.analyzer import Analyzer
+
+    def airless(report):
+        return [w for w in report["warnings"] if "soft-tissue-dense tissue" in w]
+
+    ph = _dry_phantom()
+    assert not airless(Analyzer()(ph.ct).report)
+    consolidated, region = dependent_consolidation_simulated(ph.ct, 0.15)
+    analysis = Analyzer()(consolidated)
+    warned = airless(analysis.report)
+    assert len(warned) == 1
+    ml = float(warned[0].split(" mL")[0])
+    assert 0.3 * region.sum() * consolidated.voxel_volume_ml <= ml <= 1.1 * region.sum() * consolidated.voxel_volume_ml
+    assert (analysis.lungs[region] > 0).mean() < 0.1  # the mask still leaves it out: only the warning tells
