@@ -250,7 +250,8 @@ def airless_warnings(notes: dict | None) -> list[str]:
         f"{ml:.0f} mL of soft-tissue-dense tissue (30-80 HU) lies against the dependent lung inside the rib cage, "
         "outside the lung mask: airless lung (dependent consolidation or collapse, as in severe pneumonia or ARDS) or a "
         "dense pleural effusion. It is in neither the lung volumes nor the lesion figures, severity score and reading "
-        "(healthy lungs with such consolidation simulated over 15-30 % of them read normal): check the scan"
+        "(healthy lungs with such consolidation simulated over 15-30 % of them read normal in three of four cases): check "
+        "the scan"
     ]
 
 

@@ -8,7 +8,8 @@ GGO and consolidation come from the HU rule of :mod:`covidct.pipeline.hu_rules` 
 learned from 8-bit, mid-chest, infected slices only, and mark vessels, lung bases and mask leaks on whole
 volumes: docs/BENCHMARKS.md, "HU volumes"), the infection model is not run, and the lesion model gives
 the pleural effusion, joined on supine volumes by water-dense tissue inside the rib cage
-(:func:`covidct.pipeline.pleural.rib_bounded_fluid`). For HU input two
+(:func:`covidct.pipeline.pleural.rib_bounded_tissue`; the denser tissue found there, airless lung that the lung mask
+leaves out, is measured into the HU rule's notes, not labelled). For HU input two
 physical checks follow: GGO/consolidation must lie in the (slightly dilated) lungs and be denser than
 ``lesion_min_hu``; effusion must lie in the pleural space next to a lung, at water density, reach the lower half of
 the lungs and stay on one side of the midline, and is kept out of the lung label (as in covidct's phantom and

@@ -11,9 +11,10 @@ and the back up to ``MEDIAL_DEG`` towards the spine are searched: the heart, aor
 Fluid is a pixel whose 3x3 median is water-dense (a thin layer's pixels beside the lung keep their density); an
 in-plane opening of ``OPEN_MM`` (measured in mm, whatever the pixel size) decides where fluid is, and the candidates it
 touches come back whole (opening by reconstruction: a layer's thin ends and rims). The candidates then pass the
-effusion checks of covidct.pipeline.lesions (size, contact, dependent, lower half, one side). Measured in
-docs/BENCHMARKS.md, "Pleural fluid inside the rib cage" (forty-first session) and "Small pleural effusions"
-(forty-second).
+effusion checks of covidct.pipeline.lesions (size, contact, dependent, lower half, one side). The same rays find the
+denser tissue there (up to ``DENSE_HU``: airless lung or a dense effusion), which the lesion stage measures for a
+warning only. Measured in docs/BENCHMARKS.md, "Pleural fluid inside the rib cage" (forty-first session) and "Small
+pleural effusions" (forty-second).
 """
 
 from __future__ import annotations
