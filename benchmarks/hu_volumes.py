@@ -172,27 +172,25 @@ def _diagnose(ct, lungs, lesions) -> str:
     return f"{d['label']} ({d['probabilities'].get('covid19', float('nan')):.2f}{near})"
 
 
-SHIPPED_WARNINGS: dict[str, list[str] | None] = {}  # the warnings of the shipped pipeline's last run per volume
-
-
-def shipped(ct, cache: Path | None, name: str, analyzer) -> tuple[np.ndarray, np.ndarray, str, float]:
+def shipped(ct, cache: Path | None, name: str,
+            analyzer) -> tuple[np.ndarray, np.ndarray, str, float, list[str] | None]:
+    """Lungs, lesions, diagnosis, seconds and the warnings' opening words (None from a cache of an older version)."""
     f = cache / _cache_name(name) if cache else None
     if f is not None and f.exists():
         z = np.load(f)
-        SHIPPED_WARNINGS[name] = [str(w) for w in z["warnings"]] if "warnings" in z.files else None
-        return z["lungs"], z["lesions"], str(z["diagnosis"]), float(z["seconds"])
+        warnings = [str(w) for w in z["warnings"]] if "warnings" in z.files else None
+        return z["lungs"], z["lesions"], str(z["diagnosis"]), float(z["seconds"]), warnings
     t0 = time.perf_counter()
     res = analyzer(ct, None, html=False)
     sec = time.perf_counter() - t0
     d = res.report["diagnosis"]
     diag = f"{d['label']} ({d['probabilities'].get('covid19', float('nan')):.2f})"
-    # each warning's opening words: enough to tell which fired (a cache of an older version has none)
-    SHIPPED_WARNINGS[name] = [" ".join(w.split()[:8]) for w in res.report.get("warnings", [])]
+    warnings = [" ".join(w.split()[:8]) for w in res.report.get("warnings", [])]  # enough to tell which fired
     if f is not None:
         f.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(f, lungs=res.lungs, lesions=res.lesions, diagnosis=diag, seconds=sec,
-                            warnings=np.array(SHIPPED_WARNINGS[name], dtype=str))
-    return res.lungs, res.lesions, diag, sec
+                            warnings=np.array(warnings, dtype=str))
+    return res.lungs, res.lesions, diag, sec, warnings
 
 
 def score(vol: dict, ct, method: str, lung: np.ndarray, lesion: np.ndarray, extra: dict, ref: np.ndarray,
@@ -268,13 +266,13 @@ def run(data: Path, n_phantoms: int, cache: Path | None, before: Path | None, lo
                 exclude = exclude[:n].reshape(n // k, k, *exclude.shape[1:]).any(1)
         n0 = len(rows)
         if before is not None and (before / _cache_name(vol["name"])).exists():
-            lungs, lesions, diag, sec = shipped(ct, before, vol["name"], None)
+            lungs, lesions, diag, sec, _ = shipped(ct, before, vol["name"], None)
             rows.append(score(vol, ct, "before", lungs, (lesions == 1) | (lesions == 2),
                               {"diagnosis": diag, "seconds": sec}, ref, exclude, True))
-        lungs, lesions, _, sec = shipped(ct, cache, vol["name"], analyzer)
+        lungs, lesions, _, sec, warnings = shipped(ct, cache, vol["name"], analyzer)
         diag = _diagnose(ct, lungs, lesions)  # this version's diagnosis stage, also on cached masks
         infection = (lesions == 1) | (lesions == 2)
-        extra = {"diagnosis": diag, "seconds": sec, "warnings": SHIPPED_WARNINGS.get(vol["name"])}
+        extra = {"diagnosis": diag, "seconds": sec, "warnings": warnings}
         rows.append(score(vol, ct, "shipped", lungs, infection, extra, ref, exclude, True))
         t0 = time.perf_counter()
         _, count_mask = hu_count_per_slice(ct.array, count_lung)

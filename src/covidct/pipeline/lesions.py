@@ -123,7 +123,7 @@ def segment_lesions(ct: CT, lungs: np.ndarray, runner: ModelRunner, lesions_mode
             effusion |= fluid
             # denser tissue there is airless lung (or a dense effusion) that the lung mask leaves out: measured, told
             dense = _plausible_effusion(dense, lung, ct.spacing, dependent=SUPINE)  # size, touching, dependent
-            notes["airless_outside_lungs_ml"] = float(np.count_nonzero(dense)) * float(np.prod(ct.spacing)) / 1000.0
+            notes["airless_outside_lungs_ml"] = float(np.count_nonzero(dense)) * ct.voxel_volume_ml
     else:
         effusion &= ~lung
     if effusion.any() and ct.n_slices > 1:

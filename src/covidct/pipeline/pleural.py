@@ -42,6 +42,8 @@ SPIKE_DEG, SPIKE_PERCENTILE, SPIKE_TOL_MM = 12.0, 20.0, 3.0  # a ray's bone at m
 OPEN_MM = 2.0  # in-plane opening: the pleura and thin muscle between lung and rib are thinner
 MIN_LUNG_MM2 = 200.0  # a lung section smaller than this on a slice casts no rays
 CHUNK_SLICES = 16  # slices whose rays are cast together
+# 4-connectivity within a slice only (no neighbours above or below): the opening and its reconstruction are in-plane
+IN_PLANE_4 = np.pad(ndimage.generate_binary_structure(2, 1)[None], ((1, 1), (0, 0), (0, 0)))
 
 
 def rib_bounded_fluid(hu: np.ndarray, lungs: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
@@ -103,7 +105,7 @@ def _opened_by_reconstruction(cand: np.ndarray, disk: np.ndarray) -> np.ndarray:
     if box is None:
         return out
     within = cand[box]
-    lbl, _ = ndimage.label(within, structure=np.array([[[0] * 3] * 3, [[0, 1, 0], [1, 1, 1], [0, 1, 0]], [[0] * 3] * 3]))
+    lbl, _ = ndimage.label(within, structure=IN_PLANE_4)
     kept = np.zeros(lbl.max() + 1, bool)
     kept[np.unique(lbl[in_plane_opening(within, disk)])] = True
     kept[0] = False
